@@ -1,0 +1,1 @@
+"""Readers and writers of genotype, phenotype and covariate files (no pyspark here)."""

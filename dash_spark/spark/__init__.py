@@ -1,0 +1,1 @@
+"""Spark wiring: sessions, partitions, broadcasts and result schemas."""

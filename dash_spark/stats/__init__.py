@@ -1,0 +1,1 @@
+"""Numerical kernels: additive statistics and per-variant finalisation (no pyspark here)."""
