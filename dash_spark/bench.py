@@ -1,0 +1,146 @@
+"""``dash-spark bench``: our scan against plink2 --glm on the same simulated files, in the same run.
+
+Both tools are started as fresh processes (our time includes starting Spark), their numbers are
+compared variant by variant, and the wall times and the ratio ours/plink2 are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", type=int, default=10_000)
+    p.add_argument("--variants", type=int, default=100_000)
+    p.add_argument("--covariates", type=int, default=10, help="covariates besides the intercept")
+    p.add_argument("--phenotypes", type=int, default=1)
+    p.add_argument("--missing-rate", type=float, default=0.0, help="missing genotype call rate")
+    p.add_argument("--pheno-missing-rate", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="plink2 --threads")
+    p.add_argument("--workdir", default="bench_out", help="where cohorts and outputs go (cohorts are reused)")
+    p.add_argument("--plink2", default=shutil.which("plink2") or "plink2")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def _timed(cmd: list[str], log_path: str) -> float:
+    t0 = time.perf_counter()
+    with open(log_path, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        with open(log_path) as fh:
+            tail = fh.read()[-3000:]
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    return dt
+
+
+def read_plink2_glm(path: str) -> dict[str, np.ndarray]:
+    """Columns of a plink2 .glm.linear (ADD rows only) as arrays; NA -> NaN."""
+    import pyarrow.csv as pcsv
+
+    tbl = pcsv.read_csv(
+        path,
+        parse_options=pcsv.ParseOptions(delimiter="\t"),
+        convert_options=pcsv.ConvertOptions(null_values=["NA"], strings_can_be_null=False,
+                                            column_types={"#CHROM": "string", "ID": "string"}),
+    )
+    out = {name.lstrip("#"): tbl.column(name).to_numpy(zero_copy_only=False) for name in tbl.column_names}
+    keep = out["TEST"] == "ADD"
+    return {k: v[keep] for k, v in out.items()}
+
+
+def compare_to_plink2(ours_parquet: str, plink_glm: str, phenotype: str) -> dict:
+    """Largest relative differences between our results and plink2's printed digits."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tbl = pq.read_table(ours_parquet, columns=["variant_index", "id", "a1", "obs_ct", "beta", "se",
+                                               "t_stat", "p", "phenotype", "errcode"])
+    tbl = tbl.filter(pc.equal(tbl["phenotype"], phenotype)).sort_by("variant_index")
+    ours = {c: tbl.column(c).to_numpy(zero_copy_only=False) for c in tbl.column_names}
+    theirs = read_plink2_glm(plink_glm)
+    if len(theirs["ID"]) != len(ours["id"]) or not np.array_equal(theirs["ID"].astype(str), ours["id"].astype(str)):
+        raise RuntimeError(f"{plink_glm}: variant lists differ from ours ({len(theirs['ID'])} vs {len(ours['id'])})")
+    res = {"variants": int(len(ours["id"])),
+           "a1_mismatch": int((theirs["A1"].astype(str) != ours["a1"].astype(str)).sum()),
+           "obs_ct_mismatch": int((theirs["OBS_CT"] != ours["obs_ct"]).sum()),
+           "na_mismatch": int((np.isnan(theirs["BETA"].astype(float)) != np.isnan(ours["beta"].astype(float))).sum())}
+    both = ~np.isnan(theirs["BETA"].astype(float)) & ~np.isnan(ours["beta"].astype(float))
+    for ours_c, their_c in (("beta", "BETA"), ("se", "SE"), ("t_stat", "T_STAT"), ("p", "P")):
+        a = ours[ours_c].astype(float)[both]
+        b = theirs[their_c].astype(float)[both]
+        # plink2 prints 6 significant digits: compare relative to the printed magnitude
+        rel = np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
+        res[f"{ours_c}_max_rel"] = float(rel.max()) if rel.size else 0.0
+    return res
+
+
+def run_bench(args) -> int:
+    from .io.simulate import simulate_cohort
+
+    if shutil.which(args.plink2) is None:
+        raise ConfigError(f"plink2 not found ({args.plink2!r}); install Debian's plink2 package or pass --plink2")
+    work = os.path.abspath(args.workdir)
+    tag = (f"n{args.samples}_m{args.variants}_k{args.covariates}_p{args.phenotypes}"
+           f"_miss{args.missing_rate}_pm{args.pheno_missing_rate}_s{args.seed}")
+    data = os.path.join(work, "cohort_" + tag)
+    t0 = time.perf_counter()
+    if not os.path.exists(os.path.join(data, "cohort.bed")):
+        shutil.rmtree(data, ignore_errors=True)
+        cohort = simulate_cohort(data, n_samples=args.samples, n_variants=args.variants,
+                                 n_covariates=args.covariates, n_phenotypes=args.phenotypes,
+                                 missing_rate=args.missing_rate, pheno_missing_rate=args.pheno_missing_rate,
+                                 n_monomorphic=max(1, args.variants // 10_000), seed=args.seed)
+        bfile, pheno, covar = cohort.bfile, cohort.pheno, cohort.covar
+        print(f"simulated {tag} in {time.perf_counter() - t0:.1f} s")
+    else:
+        bfile, pheno, covar = (os.path.join(data, "cohort"), os.path.join(data, "cohort.pheno.tsv"),
+                               os.path.join(data, "cohort.covar.tsv"))
+        print(f"reusing cohort {data}")
+    for path in (bfile + ".bed", pheno, covar):
+        if not os.path.exists(path):
+            raise ConfigError(f"{path}: expected a simulated cohort file; delete {data} and rerun")
+
+    plink_out = os.path.join(work, "plink2_" + tag, "out")
+    os.makedirs(os.path.dirname(plink_out), exist_ok=True)
+    t_plink = _timed([args.plink2, "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--glm", "hide-covar",
+                      "--threads", str(args.threads), "--memory", "8000", "--out", plink_out],
+                     plink_out + ".stdout")
+    ours_out = os.path.join(work, "ours_" + tag)
+    cmd = [sys.executable, "-m", "dash_spark.cli", "scan", "--bfile", bfile, "--pheno", pheno,
+           "--covar", covar, "--out", ours_out, "--overwrite", "--no-plots"]
+    if args.master:
+        cmd += ["--master", args.master]
+    for k, v in args.conf:
+        cmd += ["--conf", f"{k}={v}"]
+    if args.properties_file:
+        cmd += ["--properties-file", args.properties_file]
+    t_ours = _timed(cmd, ours_out + ".log")
+
+    import glob
+
+    figures = {"samples": args.samples, "variants": args.variants, "covariates": args.covariates,
+               "phenotypes": args.phenotypes, "missing_rate": args.missing_rate,
+               "plink2_seconds": round(t_plink, 2), "ours_seconds": round(t_ours, 2),
+               "ratio": round(t_ours / t_plink, 3), "checks": {}}
+    for glm in sorted(glob.glob(plink_out + ".*.glm.linear")):
+        name = os.path.basename(glm)[len(os.path.basename(plink_out)) + 1 : -len(".glm.linear")]
+        figures["checks"][name] = compare_to_plink2(os.path.join(ours_out, "results.parquet"), glm, name)
+    print(json.dumps(figures, indent=2))
+    print(f"\nplink2 --glm: {t_plink:.2f} s   dash-spark scan (Spark start included): {t_ours:.2f} s   "
+          f"ratio ours/plink2 = {t_ours / t_plink:.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=2)
+    return 0

@@ -1,0 +1,208 @@
+"""The ``dash-spark`` command: ``scan``, ``demo`` and ``bench``.
+
+Every input error is printed on one line as ``dash-spark: error: <message>`` and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import ConfigError, DashError
+
+log = logging.getLogger("dash_spark")
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("dash-spark %(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("dash_spark")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in value.split(",") if x.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return names
+
+
+def _kv(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, found {value!r}")
+    return key.strip(), val.strip()
+
+
+def _positive(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value!r}")
+    return v
+
+
+def add_spark_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Spark")
+    g.add_argument("--master", help="Spark master URL (default: spark-submit's, else local[*])")
+    g.add_argument("--conf", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark property; repeatable")
+    g.add_argument("--properties-file", help="spark-defaults style file, e.g. conf/spark/local.properties")
+
+
+def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--bfile", required=required, metavar="PREFIX", help="PLINK 1 fileset PREFIX.bed/.bim/.fam")
+    p.add_argument("--pheno", required=required, help="phenotype file (#FID IID ... or IID ...)")
+    p.add_argument("--covar", help="covariate file (same layout)")
+    p.add_argument("--out", required=required, metavar="OUTDIR", help="output directory (created)")
+    p.add_argument("--pheno-name", type=_csv, help="phenotype columns to test (default: all)")
+    p.add_argument("--covar-name", type=_csv, help="covariate columns to use (default: all)")
+    p.add_argument("--no-intercept", action="store_true", default=None, help="do not add an intercept")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing OUTDIR")
+    p.add_argument("--block-variants", type=_positive, metavar="N", help="variants per Spark partition")
+    p.add_argument("--task-memory-mb", type=_positive, metavar="MB",
+                   help="working-set budget of one task (default 256)")
+    p.add_argument("--missing-genotypes", choices=["mean"],
+                   help="mean: impute a missing call with the variant's mean dosage (default)")
+    p.add_argument("--omit-ref", dest="count_alt", action="store_true", default=None,
+                   help="A1 is always ALT (plink2's omit-ref); default: the non-major allele")
+    p.add_argument("--no-plots", dest="plots", action="store_false", default=None,
+                   help="skip the Manhattan and QQ plots")
+    add_spark_args(p)
+
+
+def _spark_conf(args) -> dict[str, str]:
+    from .spark.session import read_properties
+
+    conf: dict[str, str] = {}
+    if args.properties_file:
+        conf.update(read_properties(args.properties_file))
+    conf.update(dict(args.conf))
+    return conf
+
+
+SCAN_FIELDS = ("bfile", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
+               "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master")
+
+
+def scan_config_from_args(args):
+    from .config import load_scan_config
+    from .pipeline import ScanConfig
+
+    values = {k: getattr(args, k) for k in SCAN_FIELDS}
+    conf = _spark_conf(args)
+    if getattr(args, "config", None):
+        cfg = load_scan_config(args.config, **values)
+        if conf:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, spark_conf={**cfg.spark_conf, **conf})
+        return cfg
+    missing = [f"--{k}" for k in ("bfile", "pheno", "out") if values[k] is None]
+    if missing:
+        raise ConfigError(f"scan: missing {', '.join(missing)} (or give --config FILE.toml)")
+    return ScanConfig(**{k: v for k, v in values.items() if v is not None}, spark_conf=conf)
+
+
+def cmd_scan(args) -> int:
+    from .pipeline import run_scan
+    from .report import format_top_hits
+
+    res = run_scan(scan_config_from_args(args))
+    for name, summ in res.summaries.items():
+        print(f"== {name}: {summ.n_tests:,} tests, lambda_GC {summ.lambda_gc:.4f}")
+        print(format_top_hits(summ))
+    print(f"results: {res.results_path}")
+    for path in res.glm_paths.values():
+        print(f"plink2-style: {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import os
+
+    from .io.simulate import simulate_cohort
+    from .pipeline import ScanConfig, run_scan
+    from .report import format_top_hits
+
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not args.overwrite:
+        raise DashError(f"{out}: demo directory exists; pass --overwrite or choose another --out")
+    data = os.path.join(out + "-data")
+    log.info("demo: simulating %d samples x %d variants under %s", args.samples, args.variants, data)
+    cohort = simulate_cohort(data, n_samples=args.samples, n_variants=args.variants, n_covariates=4,
+                             n_phenotypes=2, n_causal=6, missing_rate=0.01, pheno_missing_rate=0.03,
+                             n_monomorphic=5, seed=args.seed)
+    cfg = ScanConfig(bfile=cohort.bfile, pheno=cohort.pheno, covar=cohort.covar, out=out,
+                     overwrite=bool(args.overwrite), master=args.master,
+                     spark_conf=_spark_conf(args))
+    res = run_scan(cfg)
+    print(f"\ndemo cohort: {cohort.n_samples:,} samples x {cohort.n_variants:,} variants, "
+          f"planted causal variants at indices {list(cohort.causal)}")
+    for name, summ in res.summaries.items():
+        print(f"\n== {name}: {summ.n_tests:,} tests, lambda_GC {summ.lambda_gc:.4f}; top hits:")
+        print(format_top_hits(summ))
+    print(f"\noutputs in {res.out}:")
+    for fname in sorted(os.listdir(res.out)):
+        print(f"  {fname}")
+    print(f"finished in {res.seconds:.1f} s")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dash-spark", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", help="linear-regression scan of every variant (plink2 --glm on Spark)")
+    p.add_argument("--config", help="TOML job config ([scan] keys = these options)")
+    add_scan_args(p, required=False)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("demo", help="simulate a small cohort and scan it on local Spark")
+    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--samples", type=_positive, default=2000)
+    p.add_argument("--variants", type=_positive, default=20000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--overwrite", action="store_true")
+    add_spark_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="time our scan against plink2 --glm on the same simulated files")
+    from .bench import add_bench_args
+
+    add_bench_args(p)
+    add_spark_args(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except DashError as exc:
+        print(f"dash-spark: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dash-spark: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

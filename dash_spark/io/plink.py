@@ -1,0 +1,217 @@
+"""PLINK 1 binary filesets (.bed/.bim/.fam): metadata, validation and raw variant-range reads.
+
+Genotypes are never decoded here: a task reads the packed bytes of its variant range
+(``3 + j * ceil(n/4)`` is where variant ``j`` starts) and the kernel in
+:mod:`dash_spark.stats.kernel` works on the packed bytes directly.
+
+Encoding (SNP-major, two bits per sample, first sample in the lowest bits), counting the allele
+in column 5 of the .bim (plink2's ALT when reading ``--bfile``):
+
+    00 -> 2 copies, 01 -> missing, 10 -> 1 copy, 11 -> 0 copies
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+BED_MAGIC = bytes([0x6C, 0x1B, 0x01])
+
+
+@dataclass(frozen=True)
+class Fam:
+    """Samples of a .fam, in genotype order. ``iids``/``fids``: tuples of n strings."""
+
+    path: str
+    fids: tuple[str, ...]
+    iids: tuple[str, ...]
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.iids)
+
+
+@dataclass(frozen=True)
+class Bim:
+    """Variants of a .bim, in genotype order; arrays of length m.
+
+    ``alt`` is column 5 (the counted allele), ``ref`` column 6, as plink2 reads ``--bfile``.
+    ``line_offsets`` (m + 1 int64) are byte offsets of each line start, so a task can read
+    the lines of its own variant range.
+    """
+
+    path: str
+    chrom: np.ndarray
+    id: np.ndarray
+    pos: np.ndarray
+    alt: np.ndarray
+    ref: np.ndarray
+    line_offsets: np.ndarray
+
+    @property
+    def n_variants(self) -> int:
+        return len(self.id)
+
+
+def read_fam(path: str) -> Fam:
+    """Read a .fam (FID IID PAT MAT SEX PHENO, whitespace separated); IIDs must be unique."""
+    fids: list[str] = []
+    iids: list[str] = []
+    seen: dict[str, int] = {}
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open .fam ({exc.strerror}); check the --bfile prefix") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 6:
+                raise InputError(
+                    f"{path}:{lineno}: expected 6 fields (FID IID PAT MAT SEX PHENO), found "
+                    f"{len(fields)}. Is this a plink2 .psam? Convert with plink2 --make-bed"
+                )
+            iid = fields[1]
+            if iid in seen:
+                raise InputError(
+                    f"{path}:{lineno}: duplicate sample ID {iid!r} (first on line {seen[iid]}); "
+                    "sample IDs (column 2) must be unique"
+                )
+            seen[iid] = lineno
+            fids.append(fields[0])
+            iids.append(iid)
+    if not iids:
+        raise InputError(f"{path}: no samples; expected one line per sample")
+    return Fam(path=path, fids=tuple(fids), iids=tuple(iids))
+
+
+def _parse_bim_text(text: bytes, path: str, first_line: int) -> tuple[np.ndarray, ...]:
+    """Parse .bim lines (bytes) into chrom, id, pos, alt, ref arrays, naming the bad line."""
+    chrom, ids, pos, alt, ref = [], [], [], [], []
+    for lineno, raw in enumerate(text.decode("utf-8").splitlines(), first_line):
+        fields = raw.split()
+        if len(fields) != 6:
+            raise InputError(
+                f"{path}:{lineno}: expected 6 fields (CHROM ID CM POS ALT REF), found {len(fields)}"
+            )
+        try:
+            p = int(fields[3])
+        except ValueError:
+            raise InputError(
+                f"{path}:{lineno}: position (column 4) must be an integer; found {fields[3]!r}"
+            ) from None
+        chrom.append(fields[0])
+        ids.append(fields[1])
+        pos.append(p)
+        alt.append(fields[4])
+        ref.append(fields[5])
+    return (
+        np.array(chrom, dtype=object),
+        np.array(ids, dtype=object),
+        np.array(pos, dtype=np.int64),
+        np.array(alt, dtype=object),
+        np.array(ref, dtype=object),
+    )
+
+
+def _line_offsets(data: bytes) -> np.ndarray:
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10) + 1
+    if len(buf) and buf[-1] != 10:
+        ends = np.append(ends, len(buf))
+    return np.concatenate([[0], ends]).astype(np.int64)
+
+
+def read_bim(path: str) -> Bim:
+    """Read a .bim into arrays (driver side: validation, counts, filters)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open .bim ({exc.strerror}); check the --bfile prefix") from None
+    offsets = _line_offsets(data)
+    if len(offsets) < 2:
+        raise InputError(f"{path}: no variants; expected one line per variant")
+    chrom, ids, pos, alt, ref = _parse_bim_text(data, path, 1)
+    if len(ids) != len(offsets) - 1:
+        raise InputError(f"{path}: blank lines are not allowed in a .bim")
+    return Bim(path=path, chrom=chrom, id=ids, pos=pos, alt=alt, ref=ref, line_offsets=offsets)
+
+
+def read_bim_range(path: str, byte_start: int, byte_stop: int, first_line: int) -> tuple[np.ndarray, ...]:
+    """Read the .bim lines in ``[byte_start, byte_stop)`` (executor side)."""
+    with open(path, "rb") as fh:
+        fh.seek(byte_start)
+        data = fh.read(byte_stop - byte_start)
+    return _parse_bim_text(data, path, first_line)
+
+
+def bytes_per_variant(n_samples: int) -> int:
+    return (n_samples + 3) // 4
+
+
+def check_bed(path: str, n_samples: int, n_variants: int, fam_path: str, bim_path: str) -> None:
+    """Check magic bytes and size of a .bed against the .fam and .bim counts."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            magic = fh.read(3)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open .bed ({exc.strerror}); check the --bfile prefix") from None
+    if magic[:2] != BED_MAGIC[:2]:
+        raise InputError(
+            f"{path}: not a PLINK 1 .bed; expected magic bytes 6c 1b, found {magic[:2].hex(' ') or 'nothing'}. "
+            "Is it a PLINK 2 .pgen? Convert with plink2 --make-bed"
+        )
+    if len(magic) < 3 or magic[2] != 0x01:
+        found = magic[2:3].hex() or "nothing"
+        raise InputError(
+            f"{path}: expected SNP-major mode byte 01, found {found}. "
+            "Sample-major .bed files are not supported; rewrite with plink2 --make-bed"
+        )
+    expected = 3 + n_variants * bytes_per_variant(n_samples)
+    if size != expected:
+        what = "truncated" if size < expected else "too large"
+        raise InputError(
+            f"{path}: {size:,} bytes ({what}), but {n_samples:,} samples x {n_variants:,} variants need "
+            f"{expected:,}; check that {os.path.basename(fam_path)} and {os.path.basename(bim_path)} "
+            "belong to this .bed and that the copy is complete"
+        )
+
+
+def read_bed_range(path: str, n_samples: int, start: int, stop: int) -> np.ndarray:
+    """Packed bytes of variants ``[start, stop)``: uint8 array shape (stop - start, ceil(n/4))."""
+    nb = bytes_per_variant(n_samples)
+    count = (stop - start) * nb
+    with open(path, "rb") as fh:
+        fh.seek(3 + start * nb)
+        data = fh.read(count)
+    if len(data) != count:
+        raise InputError(
+            f"{path}: file ended while reading variants {start}-{stop - 1}; the .bed is truncated"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, nb)
+
+
+def bim_range_bytes(bim: Bim, start: int, stop: int) -> tuple[int, int]:
+    return int(bim.line_offsets[start]), int(bim.line_offsets[stop])
+
+
+__all__ = [
+    "Bim",
+    "Fam",
+    "BED_MAGIC",
+    "bim_range_bytes",
+    "bytes_per_variant",
+    "check_bed",
+    "read_bed_range",
+    "read_bim",
+    "read_bim_range",
+    "read_fam",
+]
+

@@ -1,0 +1,253 @@
+"""Compose IO, the covariate model and the Spark scan into one run (shared by the CLI and jobs/).
+
+The missing-data rules of a scan, stated once:
+
+- a sample is analysed only if it is in the .fam, in the phenotype file, and (when covariates are
+  given) in the covariate file with every selected covariate present; samples are matched by IID;
+- a sample missing a phenotype value (NA, nan, -9) is left out of that phenotype's test only: each
+  phenotype has its own n and degrees of freedom; phenotypes with the same missing samples share
+  one covariate basis and one pass of work;
+- a missing genotype call is replaced by the mean of that variant's observed calls on the
+  phenotype's samples (``missing_genotypes = "mean"``, Hail / REGENIE semantics).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError, InputError, OutputError
+from .io.plink import check_bed, read_bim, read_fam
+from .io.tables import match_samples, read_sample_table
+from .spark.scan import (
+    Pattern,
+    ScanPlan,
+    default_block_variants,
+    plan_ranges,
+    run_scan_job,
+    sub_block_size,
+)
+from .stats.kernel import pad_weights
+from .stats.regression import covariate_basis
+
+log = logging.getLogger("dash_spark")
+
+MISSING_GENOTYPE_MODES = ("mean",)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Settings of one scan (CLI flags and job-config keys have the same names)."""
+
+    bfile: str
+    pheno: str
+    out: str
+    covar: str | None = None
+    pheno_name: tuple[str, ...] | None = None
+    covar_name: tuple[str, ...] | None = None
+    no_intercept: bool = False
+    overwrite: bool = False
+    block_variants: int | None = None
+    task_memory_mb: int = 256
+    missing_genotypes: str = "mean"
+    count_alt: bool = False
+    plots: bool = True
+    master: str | None = None
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.missing_genotypes not in MISSING_GENOTYPE_MODES:
+            raise ConfigError(
+                f"missing_genotypes: expected one of {', '.join(MISSING_GENOTYPE_MODES)}, "
+                f"found {self.missing_genotypes!r}"
+            )
+        if self.block_variants is not None and self.block_variants < 1:
+            raise ConfigError(f"block_variants: expected a positive integer, found {self.block_variants}")
+        if self.task_memory_mb < 16:
+            raise ConfigError(f"task_memory_mb: expected at least 16, found {self.task_memory_mb}")
+
+
+@dataclass(frozen=True)
+class Model:
+    """The driver-side model: samples, bases and the broadcast matrix ``W = [A | B]``."""
+
+    fam_path: str
+    bim: object
+    n_samples: int
+    phenotypes: tuple[str, ...]
+    covariates: tuple[str, ...]
+    patterns: tuple[Pattern, ...]
+    W: np.ndarray
+    n_a: int
+    counts: dict
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    out: str
+    results_path: str
+    glm_paths: dict[str, str]
+    summaries: dict
+    seconds: float
+
+
+def _bfile_paths(prefix: str) -> tuple[str, str, str]:
+    for ext in (".bed", ".bim", ".fam"):
+        if prefix.endswith(ext):
+            prefix = prefix[: -len(ext)]
+    return prefix + ".bed", prefix + ".bim", prefix + ".fam"
+
+
+def build_model(cfg: ScanConfig) -> Model:
+    """Read .fam/.bim (checking the .bed), phenotypes and covariates; build bases and ``W``."""
+    bed, bim_path, fam_path = _bfile_paths(cfg.bfile)
+    for p in (bed, bim_path, fam_path):
+        if not os.path.exists(p):
+            raise InputError(f"{p}: file not found; --bfile expects PREFIX with PREFIX.bed/.bim/.fam")
+    fam = read_fam(fam_path)
+    bim = read_bim(bim_path)
+    check_bed(bed, fam.n_samples, bim.n_variants, fam_path, bim_path)
+    log.info("genotypes: %s: %d samples x %d variants", cfg.bfile, fam.n_samples, bim.n_variants)
+
+    pheno = read_sample_table(cfg.pheno, kind="pheno", names=list(cfg.pheno_name) if cfg.pheno_name else None)
+    tables = [pheno]
+    covar = None
+    if cfg.covar:
+        covar = read_sample_table(cfg.covar, kind="covar", names=list(cfg.covar_name) if cfg.covar_name else None)
+        tables.append(covar)
+    elif cfg.covar_name:
+        raise ConfigError("--covar-name given without --covar")
+    rows, counts = match_samples(fam.iids, tables)
+    n = fam.n_samples
+    in_all = (rows >= 0).all(axis=0)
+
+    Y = np.full((n, len(pheno.names)), np.nan)
+    Y[in_all] = pheno.values[rows[0, in_all]]
+    cov_names: list[str] = [] if cfg.no_intercept else ["(intercept)"]
+    C_parts = [] if cfg.no_intercept else [np.ones((n, 1))]
+    base = in_all.copy()
+    dropped_cov = 0
+    if covar is not None:
+        Cv = np.full((n, len(covar.names)), np.nan)
+        Cv[in_all] = covar.values[rows[1, in_all]]
+        complete = ~np.isnan(Cv).any(axis=1)
+        dropped_cov = int((base & ~complete).sum())
+        base &= complete
+        C_parts.append(np.where(np.isnan(Cv), 0.0, Cv))
+        cov_names += list(covar.names)
+    if not C_parts:
+        raise ConfigError("--no-intercept without --covar leaves no covariate; give covariates or drop --no-intercept")
+    C = np.hstack(C_parts)
+    if cfg.no_intercept:
+        log.warning("--no-intercept: the model has no intercept; unless a covariate is constant, "
+                    "effects are biased by the phenotype's mean. Drop the flag unless that is intended")
+    log.info(
+        "samples: %d in .fam, %d matched to all tables, %d dropped for a missing covariate, %d analysed at most",
+        n, int(in_all.sum()), dropped_cov, int(base.sum()),
+    )
+    if not base.any():
+        raise InputError(
+            f"{cfg.pheno}: no sample has a phenotype row and complete covariates among the "
+            f"{n} samples of {fam_path}; check that the IIDs match"
+        )
+
+    masks = [base & ~np.isnan(Y[:, t]) for t in range(Y.shape[1])]
+    groups: dict[bytes, list[int]] = {}
+    for t, mask in enumerate(masks):
+        groups.setdefault(np.packbits(mask).tobytes(), []).append(t)
+
+    A_cols, B_cols, patterns = [], [], []
+    a_off = 0
+    for g, idx in enumerate(groups.values()):
+        mask = masks[idx[0]]
+        names = tuple(pheno.names[t] for t in idx)
+        where = f"phenotype {', '.join(names)} ({cfg.pheno})"
+        basis = covariate_basis(C, mask, cov_names, where=where)
+        Yg = np.where(mask[:, None], np.nan_to_num(Y[:, idx]), 0.0)
+        w = mask.astype(np.float64)[:, None]
+        A_cols += [basis.Q, Yg, w]
+        B_cols.append(w)
+        Qy = basis.Q.T @ Yg
+        yy = np.einsum("np,np->p", Yg, Yg)
+        patterns.append(Pattern(names, basis.n, basis.k, a_off, g, Qy, yy))
+        a_off += basis.k + len(idx) + 1
+        for name in names:
+            log.info("phenotype %s: %d samples, %d covariates, %d degrees of freedom",
+                     name, basis.n, basis.k, basis.n - basis.k - 1)
+    A = np.hstack(A_cols)
+    B = np.hstack(B_cols)
+    log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
+             len(pheno.names), len(patterns), A.shape[0], A.shape[1] + B.shape[1],
+             A.nbytes / 1e6 + B.nbytes / 1e6)
+    counts = dict(counts)
+    counts.update(analysed=int(base.sum()), dropped_missing_covariate=dropped_cov)
+    return Model(
+        fam_path=fam_path, bim=bim, n_samples=n, phenotypes=tuple(pheno.names),
+        covariates=tuple(cov_names), patterns=tuple(patterns), W=pad_weights(A, B),
+        n_a=A.shape[1], counts=counts,
+    )
+
+
+def _check_out(cfg: ScanConfig) -> None:
+    if "://" in cfg.out:
+        return
+    if os.path.exists(cfg.out) and not cfg.overwrite:
+        raise OutputError(f"{cfg.out}: output directory exists; pass --overwrite to replace it or choose another --out")
+
+
+def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
+    """Run a scan end to end; outputs appear under ``cfg.out`` only if everything succeeded."""
+    from .spark.fs import HadoopFS, qualify
+    from .spark.session import get_session
+
+    t0 = time.time()
+    _check_out(cfg)
+    model = build_model(cfg)
+    bed, bim_path, _ = _bfile_paths(cfg.bfile)
+    if spark is None:
+        spark = get_session(master=cfg.master, conf=cfg.spark_conf)
+    fs = HadoopFS(spark, cfg.out)
+    out = qualify(cfg.out)
+    if fs.exists(out) and not cfg.overwrite:
+        raise OutputError(f"{cfg.out}: output directory exists; pass --overwrite to replace it or choose another --out")
+    stage = fs.staging_dir(out)
+    try:
+        fs.mkdirs(stage)
+        m = model.bim.n_variants
+        bv = cfg.block_variants or default_block_variants(m, spark.sparkContext.defaultParallelism)
+        ranges = plan_ranges(m, bv, model.bim.line_offsets)
+        plan = ScanPlan(
+            bed_path=qualify(bed), bim_path=qualify(bim_path), n_samples=model.n_samples,
+            n_a=model.n_a, patterns=model.patterns,
+            sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20),
+            count_alt=cfg.count_alt,
+        )
+        log.info("scan: %d variants in %d partitions of <= %d variants, sub-blocks of %d",
+                 m, len(ranges), bv, plan.sub_block)
+        results, W_bc = run_scan_job(spark, plan, model.W, ranges)
+        results_path = f"{stage}/results.parquet"
+        results.write.parquet(results_path)
+        W_bc.destroy()
+        log.info("scan: results written (%.1f s since start)", time.time() - t0)
+        from .output import write_reports
+
+        glm, summaries = write_reports(spark, fs, stage, model, plots=cfg.plots)
+        if fs.exists(out):
+            fs.delete(out)
+        fs.rename(stage, out)
+    except BaseException:
+        try:
+            fs.delete(stage)
+        except Exception:  # pragma: no cover - best effort cleanup
+            if "://" not in stage:
+                shutil.rmtree(stage, ignore_errors=True)
+        raise
+    final = {k: v.replace(stage, out) for k, v in glm.items()}
+    log.info("done in %.1f s: %s", time.time() - t0, out)
+    return ScanResult(out=out, results_path=f"{out}/results.parquet", glm_paths=final,
+                      summaries=summaries, seconds=time.time() - t0)
