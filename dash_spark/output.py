@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from urllib.parse import unquote
 
 log = logging.getLogger("dash_spark")
 
@@ -42,23 +43,37 @@ def glm_lines_sql() -> str:
     )
 
 
-def write_glm_linear(spark, fs, results, phenotype: str, path: str) -> None:
-    """Write one phenotype's rows in .bim order as a single plink2-style file at ``path``."""
+def write_glm_linear(spark, fs, results, phenotypes, stage: str) -> dict[str, str]:
+    """Write every phenotype's ``<phenotype>.glm.linear`` under ``stage`` in one Spark job.
+
+    Rows are partitioned by phenotype and sorted by variant index within each partition, so each
+    phenotype's lines (header first) land in exactly one part file, which is then renamed.
+    """
     from pyspark.sql import functions as F
 
-    lines = (
-        results.where(F.col("phenotype") == phenotype)
-        .orderBy("variant_index")
-        .selectExpr(glm_lines_sql())
-    )
-    header = spark.createDataFrame([(GLM_HEADER,)], "value string")
-    tmp = path + ".parts"
-    header.union(lines).coalesce(1).write.text(tmp)
-    parts = [p for p in fs.list(tmp) if p.startswith("part-")]
-    if len(parts) != 1:  # pragma: no cover - coalesce(1) gives exactly one part
-        raise RuntimeError(f"{tmp}: expected one part file, found {len(parts)}")
-    fs.rename(f"{tmp}/{parts[0]}", path)
+    lines = results.select("phenotype", "variant_index", F.expr(glm_lines_sql()))
+    headers = spark.createDataFrame([(p, -1, GLM_HEADER) for p in phenotypes],
+                                    "phenotype string, variant_index long, value string")
+    tmp = f"{stage}/_glm_parts"
+    (headers.unionByName(lines)
+        .repartition(len(phenotypes), "phenotype")
+        .sortWithinPartitions("phenotype", "variant_index")
+        .drop("variant_index")
+        .write.partitionBy("phenotype").text(tmp))
+    # Spark %-escapes special characters in partition directory names
+    folders = {unquote(d.removeprefix("phenotype=")): d for d in fs.list(tmp) if d.startswith("phenotype=")}
+    paths = {}
+    for name in phenotypes:
+        folder = f"{tmp}/{folders[name]}"
+        parts = [p for p in fs.list(folder) if p.startswith("part-")]
+        if len(parts) != 1:  # pragma: no cover - one phenotype per shuffle partition
+            raise RuntimeError(f"{folder}: expected one part file, found {len(parts)}")
+        path = f"{stage}/{safe_name(name)}.glm.linear"
+        fs.rename(f"{folder}/{parts[0]}", path)
+        paths[name] = path
     fs.delete(tmp)
+    fs.delete_crc_files(stage)
+    return paths
 
 
 def safe_name(phenotype: str) -> str:
@@ -70,14 +85,11 @@ def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
     from . import report
 
     results = spark.read.parquet(f"{stage}/results.parquet")
-    glm_paths: dict[str, str] = {}
     summaries = {}
     local = "://" not in stage or stage.startswith("file://")
     tmpdir = None if local else tempfile.mkdtemp(prefix="dash-spark-")
+    glm_paths = write_glm_linear(spark, fs, results, list(model.phenotypes), stage)
     for name in model.phenotypes:
-        path = f"{stage}/{safe_name(name)}.glm.linear"
-        write_glm_linear(spark, fs, results, name, path)
-        glm_paths[name] = path
         summ = report.summarize_phenotype(results, name)
         summaries[name] = summ
         log.info("phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",

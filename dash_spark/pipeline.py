@@ -166,9 +166,13 @@ def build_model(cfg: ScanConfig) -> Model:
     for g, idx in enumerate(groups.values()):
         mask = masks[idx[0]]
         names = tuple(pheno.names[t] for t in idx)
-        where = f"phenotype {', '.join(names)} ({cfg.pheno})"
+        where = f"phenotype {', '.join(names)} ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
         basis = covariate_basis(C, mask, cov_names, where=where)
         Yg = np.where(mask[:, None], np.nan_to_num(Y[:, idx]), 0.0)
+        if not cfg.no_intercept:
+            # the intercept spans the mean: centring changes no result and keeps the digits that
+            # x'y - (Q'x)'(Q'y) would otherwise cancel away for a phenotype with a large mean
+            Yg = np.where(mask[:, None], Yg - Yg[mask].mean(axis=0), 0.0)
         w = mask.astype(np.float64)[:, None]
         A_cols += [basis.Q, Yg, w]
         B_cols.append(w)

@@ -42,6 +42,18 @@ class HadoopFS:
     def list(self, p: str) -> list[str]:
         return [str(s.getPath().getName()) for s in self.fs.listStatus(self.path(p))]
 
+    def delete_crc_files(self, p: str) -> None:
+        """Remove the ``.name.crc`` side files Hadoop's local filesystem leaves beside renamed files.
+
+        (Only local paths have them, and Hadoop's own listing hides them, so this uses ``os``.)
+        """
+        if "://" in p and not p.startswith("file://"):
+            return
+        folder = p.removeprefix("file://")
+        for name in os.listdir(folder):
+            if name.startswith(".") and name.endswith(".crc"):
+                os.remove(os.path.join(folder, name))
+
     def put(self, local: str, dst: str) -> None:
         """Copy a driver-local file to ``dst`` (moves it when both are local)."""
         if "://" not in dst or dst.startswith("file://"):

@@ -1,0 +1,111 @@
+"""Kernel and finalisation against independent oracles (bed-reader decoding, mpmath, numpy lstsq)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bed_reader import open_bed
+
+from dash_spark.errors import ModelError
+from dash_spark.io.plink import read_bed_range
+from dash_spark.io.simulate import write_bed
+from dash_spark.stats.kernel import compress_block, decode, pad_weights
+from dash_spark.stats.regression import covariate_basis, finalize_mean_imputed, t_pvalues
+
+
+def _write_random_bed(tmp_path, rng, n, m, missing=0.05):
+    G = rng.binomial(2, rng.uniform(0.05, 0.95, m), size=(n, m)).astype(np.int8)
+    G[rng.random((n, m)) < missing] = -1
+    prefix = str(tmp_path / f"r{n}")
+    write_bed(prefix, n, [G], iids=[f"s{i}" for i in range(n)], chrom=["1"] * m,
+              pos=list(range(1, m + 1)), ids=[f"v{j}" for j in range(m)], alt=["A"] * m, ref=["C"] * m)
+    return prefix, G
+
+
+@pytest.mark.parametrize("n", [1, 5, 7, 8, 301])
+def test_kernel_sums_equal_bed_reader_products(tmp_path, rng, n):
+    prefix, _ = _write_random_bed(tmp_path, rng, n, 37)
+    X = open_bed(prefix + ".bed", count_A1=True).read(dtype="float64")  # (n, m), NaN missing
+    packed = read_bed_range(prefix + ".bed", n, 0, 37)
+    assert np.array_equal(decode(packed, n), X, equal_nan=True)
+    A = rng.normal(size=(n, 5))
+    B = rng.normal(size=(n, 2))
+    SX, SXX, SM = compress_block(packed, pad_weights(A, B), 5)
+    miss = np.isnan(X)
+    X0 = np.where(miss, 0.0, X)
+    np.testing.assert_allclose(SX, X0.T @ A, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(SXX, (X0**2).T @ B, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(SM, miss.T.astype(float) @ A, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_sums_add_over_variant_subblocks(tmp_path, rng):
+    prefix, _ = _write_random_bed(tmp_path, rng, 50, 20)
+    W = pad_weights(rng.normal(size=(50, 3)), rng.normal(size=(50, 1)))
+    whole = compress_block(read_bed_range(prefix + ".bed", 50, 0, 20), W, 3)
+    parts = [compress_block(read_bed_range(prefix + ".bed", 50, a, b), W, 3) for a, b in ((0, 7), (7, 20))]
+    for i in range(3):
+        np.testing.assert_allclose(np.vstack([parts[0][i], parts[1][i]]), whole[i], rtol=1e-14)
+
+
+def test_pvalues_match_mpmath_far_beyond_float64():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    cases = [(0.5, 10), (2.0, 100), (8.0, 1914), (40.0, 50), (60.0, 20000), (300.0, 1000), (1e4, 30), (45.0, 3)]
+    t = np.array([c[0] for c in cases])
+    d = np.array([c[1] for c in cases], dtype=float)
+    p, nl = t_pvalues(t, d)
+    for (tt, dd), pi, nli in zip(cases, p, nl):
+        x = mpmath.mpf(dd) / (dd + mpmath.mpf(tt) ** 2)
+        exact = mpmath.betainc(dd / 2, 0.5, 0, x, regularized=True)
+        want = -mpmath.log10(exact)
+        assert abs(nli - float(want)) <= 1e-10 * max(1.0, float(want)), (tt, dd, nli, want)
+        if exact > mpmath.mpf("1e-300"):
+            assert abs(pi - float(exact)) <= 1e-10 * float(exact)
+    assert nl[-3] > 308  # beyond float64's range, yet finite and exact
+
+
+def test_covariate_basis_names_the_collinear_column(rng):
+    n = 40
+    age = rng.uniform(40, 70, n)
+    C = np.column_stack([np.ones(n), age, rng.normal(size=n), 2 * age + 1])
+    with pytest.raises(ModelError, match="'age2'.*collinear with '\\(intercept\\)', 'age', 'PC1'"):
+        covariate_basis(C, np.ones(n, bool), ["(intercept)", "age", "PC1", "age2"], where="t")
+
+
+def test_covariate_basis_too_few_samples(rng):
+    C = np.column_stack([np.ones(5), rng.normal(size=(5, 4))])
+    with pytest.raises(ModelError, match="5 samples.*5 covariates need at least 7"):
+        covariate_basis(C, np.ones(5, bool), [f"c{i}" for i in range(5)], where="t")
+
+
+def test_finalize_equals_lstsq_with_mean_imputation_and_age_scale(rng):
+    """Each variant's fit against numpy's lstsq on the explicitly imputed design."""
+    n, m = 200, 12
+    C = np.column_stack([np.ones(n), rng.uniform(40, 70, n) * 1e3, rng.normal(size=n)])
+    mask = rng.random(n) > 0.1
+    X = rng.binomial(2, 0.3, size=(n, m)).astype(float)
+    X[rng.random((n, m)) < 0.05] = np.nan
+    X[:, 3] = 1.0  # constant
+    y = C @ [1.0, 2e-3, 0.5] + rng.normal(size=n)
+    basis = covariate_basis(C, mask, ["i", "age", "pc"], where="t")
+    Q = basis.Q
+    w = mask.astype(float)
+    Yg = np.where(mask, y, 0.0)[:, None]
+    miss = np.isnan(X) & mask[:, None]
+    X0 = np.where(np.isnan(X), 0.0, X) * w[:, None]
+    stats = finalize_mean_imputed(
+        Qx=X0.T @ Q, yx=X0.T @ Yg, sx=X0.T @ w, sxx=(X0**2).T @ w, Qm=miss.T @ Q, ym=miss.T @ Yg,
+        miss=miss.sum(0).astype(float), Qy=Q.T @ Yg, yy=(Yg**2).sum(0), n=int(mask.sum()))[0]
+    for j in range(m):
+        x = X[mask, j]
+        if j == 3:
+            assert stats.errcode[j] == 1 and np.isnan(stats.beta[j])
+            continue
+        x = np.where(np.isnan(x), np.nanmean(x), x)
+        D = np.column_stack([x, C[mask]])
+        coef, rss, *_ = np.linalg.lstsq(D, y[mask], rcond=None)
+        dof = mask.sum() - D.shape[1]
+        se = np.sqrt(rss[0] / dof * np.linalg.inv(D.T @ D)[0, 0])
+        # a near-zero beta can only be known to float64's precision relative to its standard error
+        assert abs(stats.beta[j] - coef[0]) <= 1e-9 * max(abs(coef[0]), se)
+        assert stats.se[j] == pytest.approx(se, rel=1e-9)
