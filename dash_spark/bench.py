@@ -105,8 +105,8 @@ def run_bench(args) -> int:
         bfile, pheno, covar = cohort.bfile, cohort.pheno, cohort.covar
         print(f"simulated {tag} in {time.perf_counter() - t0:.1f} s")
     else:
-        bfile, pheno, covar = (os.path.join(data, "cohort"), os.path.join(data, "cohort.pheno.tsv"),
-                               os.path.join(data, "cohort.covar.tsv"))
+        bfile, pheno, covar = (os.path.join(data, "cohort"), os.path.join(data, "cohort.pheno"),
+                               os.path.join(data, "cohort.covar"))
         print(f"reusing cohort {data}")
     for path in (bfile + ".bed", pheno, covar):
         if not os.path.exists(path):

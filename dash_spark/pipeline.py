@@ -33,7 +33,7 @@ from .spark.scan import (
     sub_block_size,
 )
 from .stats.kernel import pad_weights
-from .stats.regression import covariate_basis
+from .stats.regression import CovariateCorrelation, covariate_basis
 
 log = logging.getLogger("dash_spark")
 
@@ -84,6 +84,7 @@ class Model:
     patterns: tuple[Pattern, ...]
     W: np.ndarray
     n_a: int
+    n_freq: int
     counts: dict
 
 
@@ -178,11 +179,16 @@ def build_model(cfg: ScanConfig) -> Model:
         B_cols.append(w)
         Qy = basis.Q.T @ Yg
         yy = np.einsum("np,np->p", Yg, Yg)
-        patterns.append(Pattern(names, basis.n, basis.k, a_off, g, Qy, yy))
+        cc = CovariateCorrelation.build(C[mask], basis.R)
+        patterns.append(Pattern(names, basis.n, basis.k, a_off, g, Qy, yy, cc))
         a_off += basis.k + len(idx) + 1
         for name in names:
             log.info("phenotype %s: %d samples, %d covariates, %d degrees of freedom",
                      name, basis.n, basis.k, basis.n - basis.k - 1)
+    # allele frequencies over the .fam's founders (all samples if none) decide which allele is
+    # major, as plink2 does, independently of each phenotype's samples
+    freq_mask = fam.founder if fam.founder.any() else np.ones(n, dtype=bool)
+    A_cols.append(freq_mask.astype(np.float64)[:, None])
     A = np.hstack(A_cols)
     B = np.hstack(B_cols)
     log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
@@ -193,7 +199,7 @@ def build_model(cfg: ScanConfig) -> Model:
     return Model(
         fam_path=fam_path, bim=bim, n_samples=n, phenotypes=tuple(pheno.names),
         covariates=tuple(cov_names), patterns=tuple(patterns), W=pad_weights(A, B),
-        n_a=A.shape[1], counts=counts,
+        n_a=A.shape[1], n_freq=int(freq_mask.sum()), counts=counts,
     )
 
 
@@ -227,7 +233,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         ranges = plan_ranges(m, bv, model.bim.line_offsets)
         plan = ScanPlan(
             bed_path=qualify(bed), bim_path=qualify(bim_path), n_samples=model.n_samples,
-            n_a=model.n_a, patterns=model.patterns,
+            n_a=model.n_a, n_freq=model.n_freq, patterns=model.patterns,
             sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20),
             count_alt=cfg.count_alt,
         )

@@ -24,11 +24,13 @@ BED_MAGIC = bytes([0x6C, 0x1B, 0x01])
 
 @dataclass(frozen=True)
 class Fam:
-    """Samples of a .fam, in genotype order. ``iids``/``fids``: tuples of n strings."""
+    """Samples of a .fam, in genotype order. ``iids``/``fids``: tuples of n strings;
+    ``founder`` [shape: (n,), bool]: both parents unknown (``0``), as plink2 counts founders."""
 
     path: str
     fids: tuple[str, ...]
     iids: tuple[str, ...]
+    founder: np.ndarray
 
     @property
     def n_samples(self) -> int:
@@ -61,6 +63,7 @@ def read_fam(path: str) -> Fam:
     """Read a .fam (FID IID PAT MAT SEX PHENO, whitespace separated); IIDs must be unique."""
     fids: list[str] = []
     iids: list[str] = []
+    founder: list[bool] = []
     seen: dict[str, int] = {}
     try:
         fh = open(path, encoding="utf-8")
@@ -85,9 +88,10 @@ def read_fam(path: str) -> Fam:
             seen[iid] = lineno
             fids.append(fields[0])
             iids.append(iid)
+            founder.append(fields[2] == "0" and fields[3] == "0")
     if not iids:
         raise InputError(f"{path}: no samples; expected one line per sample")
-    return Fam(path=path, fids=tuple(fids), iids=tuple(iids))
+    return Fam(path=path, fids=tuple(fids), iids=tuple(iids), founder=np.array(founder, dtype=bool))
 
 
 def _parse_bim_text(text: bytes, path: str, first_line: int) -> tuple[np.ndarray, ...]:
@@ -163,16 +167,21 @@ def check_bed(path: str, n_samples: int, n_variants: int, fam_path: str, bim_pat
             magic = fh.read(3)
     except OSError as exc:
         raise InputError(f"{path}: cannot open .bed ({exc.strerror}); check the --bfile prefix") from None
-    if magic[:2] != BED_MAGIC[:2]:
+    found = magic.hex(" ") or "an empty file"
+    if magic[:2] != BED_MAGIC[:2] or len(magic) < 3:
         raise InputError(
-            f"{path}: not a PLINK 1 .bed; expected magic bytes 6c 1b, found {magic[:2].hex(' ') or 'nothing'}. "
-            "Is it a PLINK 2 .pgen? Convert with plink2 --make-bed"
+            f"{path}: not a PLINK 1 .bed; expected magic bytes 6c 1b 01, found {found}. "
+            "Check that --bfile names a PLINK 1 fileset (a compressed .bed must be decompressed first)"
         )
-    if len(magic) < 3 or magic[2] != 0x01:
-        found = magic[2:3].hex() or "nothing"
+    if magic[2] == 0x00:
         raise InputError(
-            f"{path}: expected SNP-major mode byte 01, found {found}. "
-            "Sample-major .bed files are not supported; rewrite with plink2 --make-bed"
+            f"{path}: sample-major PLINK 1 .bed (mode byte 00); expected SNP-major 6c 1b 01, found {found}. "
+            "Sample-major .bed files are not supported; rewrite with PLINK 1.9: plink --bfile PREFIX --make-bed"
+        )
+    if magic[2] != 0x01:
+        raise InputError(
+            f"{path}: not a PLINK 1 .bed; expected magic bytes 6c 1b 01, found {found} "
+            "(6c 1b 10 and up start a PLINK 2 .pgen). Convert with plink2 --pfile PREFIX --make-bed"
         )
     expected = 3 + n_variants * bytes_per_variant(n_samples)
     if size != expected:

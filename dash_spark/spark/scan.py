@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from ..io.plink import read_bed_range, read_bim_range
 from ..stats.kernel import compress_block
-from ..stats.regression import ERRCODES, finalize_mean_imputed
+from ..stats.regression import ERRCODES, CovariateCorrelation, finalize_mean_imputed
 
 RESULT_SCHEMA_DDL = (
     "variant_index long, chrom string, pos long, id string, ref string, alt string, a1 string, "
@@ -47,16 +47,22 @@ class Pattern:
     b_offset: int
     Qy: np.ndarray
     yy: np.ndarray
+    cc: CovariateCorrelation | None = None
 
 
 @dataclass(frozen=True)
 class ScanPlan:
-    """Everything a task needs besides the broadcast ``W`` (small; pickled with the closure)."""
+    """Everything a task needs besides the broadcast ``W`` (small; pickled with the closure).
+
+    The last column of A is the mask of the ``n_freq`` samples whose allele frequency decides
+    which allele is major (plink2: the founders).
+    """
 
     bed_path: str
     bim_path: str
     n_samples: int
     n_a: int
+    n_freq: int
     patterns: tuple[Pattern, ...]
     sub_block: int
     count_alt: bool = False
@@ -92,6 +98,9 @@ def _batch_for_block(plan: ScanPlan, W: np.ndarray, start: int, packed: np.ndarr
         "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "obs_ct", "beta", "se",
         "t_stat", "p", "neg_log10_p", "phenotype", "errcode")}
     vidx = np.arange(start, start + m, dtype=np.int64)
+    n_called = plan.n_freq - SM[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alt_freq_all = np.where(n_called > 0, SX[:, -1] / (2.0 * n_called), np.nan)
     errnames = np.array(ERRCODES, dtype=object)
     for pat in plan.patterns:
         a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
@@ -106,12 +115,13 @@ def _batch_for_block(plan: ScanPlan, W: np.ndarray, start: int, packed: np.ndarr
             Qy=pat.Qy,
             yy=pat.yy,
             n=pat.n,
+            cc=pat.cc,
         )
         for name, st in zip(pat.phenotypes, stats):
             if plan.count_alt:
                 flip = np.zeros(m, dtype=bool)
             else:  # plink2's default: A1 is the non-major allele (ALT on ties)
-                flip = st.alt_freq > 0.5
+                flip = np.where(np.isnan(alt_freq_all), st.alt_freq, alt_freq_all) > 0.5
             sign = np.where(flip, -1.0, 1.0)
             cols["variant_index"].append(vidx)
             cols["chrom"].append(chrom)

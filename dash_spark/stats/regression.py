@@ -109,8 +109,9 @@ def covariate_basis(C: np.ndarray, mask: np.ndarray, names: list[str], *, where:
     for j in range(k):
         if diag[j] < 1e-9:
             before = ", ".join(repr(x) for x in names[:j]) or "(none)"
+            const = f" (it is constant, {sub[0, j]:g}, on these samples)" if np.ptp(sub[:, j]) == 0 else ""
             raise ModelError(
-                f"{where}: covariate {names[j]!r} is collinear with {before} on the {n} analysed samples; "
+                f"{where}: covariate {names[j]!r} is collinear with {before} on the {n} analysed samples{const}; "
                 "remove it (--covar-name) or drop the intercept (--no-intercept) if it duplicates it"
             )
     Q = np.zeros((n_all, k))
@@ -133,8 +134,68 @@ class VariantStats:
     errcode: np.ndarray  # uint8, codes in ERRCODES
 
 
-ERRCODES = ("." , "CONST_OMITTED_ALLELE", "VIF_INFINITE", "TOO_FEW_OBS")
-ERR_OK, ERR_CONST, ERR_COLLINEAR, ERR_FEW = 0, 1, 2, 3
+ERRCODES = (".", "CONST_OMITTED_ALLELE", "VIF_INFINITE", "TOO_FEW_OBS", "CORR_TOO_HIGH", "VIF_TOO_HIGH")
+ERR_OK, ERR_CONST, ERR_COLLINEAR, ERR_FEW, ERR_CORR, ERR_VIF = range(6)
+
+#: plink2's defaults: --max-corr 0.999, --vif 50
+MAX_CORR = 0.999
+MAX_VIF = 50.0
+
+
+@dataclass(frozen=True)
+class CovariateCorrelation:
+    """What plink2's per-variant correlation and VIF checks need about one pattern's covariates.
+
+    ``R`` [shape: (k, k)] with ``C = QR``; ``sums`` [shape: (k,)] = C'1; ``cols``: the non-constant
+    covariate columns (the intercept excluded); ``sd`` [shape: (c,)] their centred norms;
+    ``corr_inv`` [shape: (c, c)]: inverse of their correlation matrix.
+    """
+
+    R: np.ndarray
+    sums: np.ndarray
+    n: int
+    cols: np.ndarray
+    sd: np.ndarray
+    corr_inv: np.ndarray
+
+    @classmethod
+    def build(cls, C_masked: np.ndarray, R: np.ndarray) -> "CovariateCorrelation":
+        n = C_masked.shape[0]
+        centred = C_masked - C_masked.mean(axis=0)
+        sd = np.linalg.norm(centred, axis=0)
+        cols = np.flatnonzero(sd > 1e-12 * np.maximum(np.linalg.norm(C_masked, axis=0), 1e-300))
+        Z = centred[:, cols] / sd[cols]
+        corr = Z.T @ Z
+        corr_inv = np.linalg.inv(corr) if len(cols) else np.zeros((0, 0))
+        return cls(R=R, sums=C_masked.sum(axis=0), n=n, cols=cols, sd=sd[cols], corr_inv=corr_inv)
+
+
+def collinearity_errors(cc: CovariateCorrelation, Qx: np.ndarray, sx: np.ndarray, xx_centred: np.ndarray,
+                        *, max_corr: float = MAX_CORR, max_vif: float = MAX_VIF) -> np.ndarray:
+    """plink2's checks per variant: CORR_TOO_HIGH if |corr(x, c)| > max_corr for a covariate c,
+    else VIF_TOO_HIGH if any predictor's variance inflation factor exceeds ``max_vif``.
+
+    The covariates' correlation block is fixed, so with ``r`` = corr(x, covariates) and
+    ``u = corr_cc^{-1} r``, ``s = 1 - r'u``: VIF_x = 1/s and VIF_c = diag(corr_cc^{-1}) + u^2/s.
+    Returns uint8 codes (0 where both checks pass). ``Qx`` (m, k), ``sx``/``xx_centred`` (m,).
+    """
+    m = Qx.shape[0]
+    err = np.zeros(m, dtype=np.uint8)
+    if len(cc.cols) == 0:
+        return err
+    Cx = Qx @ cc.R  # rows: (C'x)' = (Q'x)' R
+    sxx = np.sqrt(np.maximum(xx_centred, 1e-300))
+    r = (Cx[:, cc.cols] - np.outer(sx, cc.sums[cc.cols]) / cc.n) / sxx[:, None] / cc.sd
+    corr_bad = np.abs(r).max(axis=1) > max_corr
+    u = r @ cc.corr_inv
+    s = 1.0 - np.einsum("mc,mc->m", r, u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vif_x = np.where(s > 0, 1.0 / s, np.inf)
+        vif_c = np.diag(cc.corr_inv)[None, :] + u * u * vif_x[:, None]
+    vif_bad = (vif_x > max_vif) | (vif_c.max(axis=1) > max_vif)
+    err[vif_bad] = ERR_VIF
+    err[corr_bad] = ERR_CORR
+    return err
 
 
 def finalize_mean_imputed(
@@ -148,6 +209,7 @@ def finalize_mean_imputed(
     Qy: np.ndarray,
     yy: np.ndarray,
     n: int,
+    cc: CovariateCorrelation | None = None,
 ) -> list[VariantStats]:
     """Finalise one sample pattern under mean imputation of missing calls.
 
@@ -156,6 +218,7 @@ def finalize_mean_imputed(
     ``sxx`` (m,) = sum x^2, ``Qm`` (m, k) = Q'1_M and ``ym`` (m, p) = Y'1_M over the missing calls,
     ``miss`` (m,) = |M|, ``Qy`` (k, p) = Q'Y, ``yy`` (p,) = diag Y'Y. A missing call is replaced by
     the mean of the variant's observed calls on these samples (Hail / REGENIE semantics).
+    With ``cc``, plink2's correlation and VIF checks flag variants too collinear with covariates.
     """
     m, k = Qx.shape
     n_obs = n - miss
@@ -173,7 +236,10 @@ def finalize_mean_imputed(
     # constant on the observed calls: every observed dosage equals the mean
     const = (n_obs == 0) | (sxx - sx * sx / np.where(n_obs > 0, n_obs, 1) <= 1e-12 * np.maximum(sxx, 1.0))
     err[const] = ERR_CONST
-    collinear = ~const & (xx_c <= COLLINEAR_TOL * np.maximum(xx_centred, 1e-300))
+    if cc is not None:
+        checks = collinearity_errors(cc, Qxi, sxi, xx_centred)
+        err = np.where(err == 0, checks, err).astype(np.uint8)
+    collinear = (err == 0) & (xx_c <= COLLINEAR_TOL * np.maximum(xx_centred, 1e-300))
     err[collinear] = ERR_COLLINEAR
     if dof < 1:
         err[:] = ERR_FEW
