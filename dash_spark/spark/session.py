@@ -47,6 +47,21 @@ def read_properties(path: str) -> dict[str, str]:
     return props
 
 
+def _submitted_properties() -> set[str]:
+    """Names of the Spark properties spark-submit already gave this driver, else an empty set.
+
+    Under spark-submit the driver JVM is running before Python starts (``PYSPARK_GATEWAY_PORT`` is
+    set) and holds its ``--conf``/``--properties-file``/``spark-defaults.conf`` values as system
+    properties; :data:`LOCAL_DEFAULTS` must not override them.
+    """
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return set()
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM; getOrCreate would anyway
+    return {key for key, _ in SparkConf().getAll()}
+
+
 def get_session(
     app_name: str = "dash-spark",
     master: str | None = None,
@@ -73,7 +88,8 @@ def get_session(
         builder = builder.master(master)
     elif not submitted:
         builder = builder.master("local[*]")
-    settings = dict(LOCAL_DEFAULTS)
+    preset = _submitted_properties()
+    settings = {k: v for k, v in LOCAL_DEFAULTS.items() if k not in preset}
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
