@@ -68,8 +68,9 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--block-variants", type=_positive, metavar="N", help="variants per Spark partition")
     p.add_argument("--task-memory-mb", type=_positive, metavar="MB",
                    help="working-set budget of one task (default 256)")
-    p.add_argument("--missing-genotypes", choices=["mean"],
-                   help="mean: impute a missing call with the variant's mean dosage (default)")
+    p.add_argument("--missing-genotypes", choices=["drop", "mean"],
+                   help="drop (default, plink2): test each variant on the samples with a call; "
+                        "mean (Hail/REGENIE): impute a missing call with the variant's mean dosage")
     p.add_argument("--omit-ref", dest="count_alt", action="store_true", default=None,
                    help="A1 is always ALT (plink2's omit-ref); default: the non-major allele")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None,

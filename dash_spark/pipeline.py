@@ -7,8 +7,10 @@ The missing-data rules of a scan, stated once:
 - a sample missing a phenotype value (NA, nan, -9) is left out of that phenotype's test only: each
   phenotype has its own n and degrees of freedom; phenotypes with the same missing samples share
   one covariate basis and one pass of work;
-- a missing genotype call is replaced by the mean of that variant's observed calls on the
-  phenotype's samples (``missing_genotypes = "mean"``, Hail / REGENIE semantics).
+- a missing genotype call drops that sample from that variant's test, for every phenotype
+  (``missing_genotypes = "drop"``, the default: plink2's semantics, each variant has its own
+  OBS_CT), or is replaced by the mean of the variant's observed calls on the phenotype's samples
+  (``missing_genotypes = "mean"``: Hail / REGENIE semantics).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .stats.regression import CovariateCorrelation, covariate_basis
 
 log = logging.getLogger("dash_spark")
 
-MISSING_GENOTYPE_MODES = ("mean",)
+MISSING_GENOTYPE_MODES = ("drop", "mean")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class ScanConfig:
     overwrite: bool = False
     block_variants: int | None = None
     task_memory_mb: int = 256
-    missing_genotypes: str = "mean"
+    missing_genotypes: str = "drop"
     count_alt: bool = False
     plots: bool = True
     master: str | None = None
@@ -235,10 +237,12 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
             bed_path=qualify(bed), bim_path=qualify(bim_path), n_samples=model.n_samples,
             n_a=model.n_a, n_freq=model.n_freq, patterns=model.patterns,
             sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20),
-            count_alt=cfg.count_alt,
+            count_alt=cfg.count_alt, missing_genotypes=cfg.missing_genotypes,
         )
-        log.info("scan: %d variants in %d partitions of <= %d variants, sub-blocks of %d",
-                 m, len(ranges), bv, plan.sub_block)
+        log.info("scan: %d variants in %d partitions of <= %d variants, sub-blocks of %d; "
+                 "missing genotype calls: %s", m, len(ranges), bv, plan.sub_block,
+                 "sample dropped for that variant (plink2)" if cfg.missing_genotypes == "drop"
+                 else "mean-imputed per variant (Hail/REGENIE)")
         results, W_bc = run_scan_job(spark, plan, model.W, ranges)
         results_path = f"{stage}/results.parquet"
         results.write.parquet(results_path)

@@ -92,8 +92,9 @@ def make_files(tmp, rng, *, n=400, m=300, missing=0.02, name="c") -> Files:
     return Files(prefix, str(tmp / f"{name}.pheno.tsv"), str(tmp / f"{name}.covar.tsv"), n, m, special)
 
 
-def statsmodels_oracle(files: Files, phenotype: str) -> dict[str, np.ndarray]:
-    """Per-variant OLS of ``phenotype ~ x + 1 + age + sex + PC1``, mean-imputing missing calls.
+def statsmodels_oracle(files: Files, phenotype: str, mode: str = "mean") -> dict[str, np.ndarray]:
+    """Per-variant OLS of ``phenotype ~ x + 1 + age + sex + PC1``; ``mode="mean"`` mean-imputes
+    missing calls, ``mode="drop"`` fits each variant on the samples with a call (complete cases).
 
     Returns arrays over variants (ALT orientation): beta, se, t, p, n, const (bool: x constant on
     the analysed samples). Variants that are constant get NaN.
@@ -117,13 +118,19 @@ def statsmodels_oracle(files: Files, phenotype: str) -> dict[str, np.ndarray]:
     out["const"] = np.zeros(files.m, bool)
     for j in range(files.m):
         x = X[keep, j]
-        x = np.where(np.isnan(x), np.nanmean(x) if np.isfinite(x).any() else 0.0, x)
-        if np.ptp(x) == 0:
+        rows = np.ones(len(x), bool)
+        if mode == "mean":
+            x = np.where(np.isnan(x), np.nanmean(x) if np.isfinite(x).any() else 0.0, x)
+        else:
+            rows = ~np.isnan(x)
+            x = x[rows]
+            out["n"][j] = rows.sum()
+        if len(x) == 0 or np.ptp(x) == 0:
             out["const"][j] = True
             continue
         if j == files.special.get("sexlinked"):
             continue  # exactly collinear with sex: no OLS solution to compare with
-        fit = sm.OLS(y, np.column_stack([x, C])).fit()
+        fit = sm.OLS(y[rows], np.column_stack([x, C[rows]])).fit()
         out["beta"][j], out["se"][j] = fit.params[0], fit.bse[0]
         out["t"][j], out["p"][j] = fit.tvalues[0], fit.pvalues[0]
     return out

@@ -31,10 +31,11 @@ def _read_ours(path):
     return cols
 
 
-@pytest.fixture(scope="module")
-def both(tmp_path_factory, spark):
+@pytest.fixture(scope="module", params=[0.0, 0.03], ids=["complete", "missing-calls"])
+def both(request, tmp_path_factory, spark):
+    """plink2 and our default (drop) mode on the same files, without and with missing calls."""
     tmp = tmp_path_factory.mktemp("plink2")
-    files = make_files(tmp, np.random.default_rng(7), n=500, m=400, missing=0.0, name="p")
+    files = make_files(tmp, np.random.default_rng(7), n=500, m=400, missing=request.param, name="p")
     out = tmp / "plink"
     proc = subprocess.run([_plink2(), "--bfile", files.bfile, "--pheno", files.pheno, "--covar", files.covar,
                            "--glm", "hide-covar", "--threads", "1", "--out", str(out)],
@@ -42,12 +43,12 @@ def both(tmp_path_factory, spark):
     assert proc.returncode == 0, proc.stdout[-2000:]
     res = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar,
                               out=str(tmp / "ours"), plots=False), spark=spark)
-    return files, out, res
+    return files, out, res, request.param
 
 
 @pytest.mark.parametrize("phenotype", PHENOS)
 def test_glm_linear_matches_plink2(both, phenotype):
-    files, out, res = both
+    files, out, res, _ = both
     theirs = read_plink2_glm(f"{out}.{phenotype}.glm.linear")
     ours = _read_ours(res.glm_paths[phenotype])
     assert list(ours["ID"]) == list(theirs["ID"])
@@ -67,12 +68,17 @@ def test_glm_linear_matches_plink2(both, phenotype):
 
 def test_parity_covers_awkward_cases(both):
     """The files really contain what the parity claims: missing phenotypes, dropped samples, errors."""
-    files, out, _ = both
+    files, out, _, missing_rate = both
     counts = {p: set(read_plink2_glm(f"{out}.{p}.glm.linear")["OBS_CT"].tolist()) for p in PHENOS}
     assert counts["pheno1"] != counts["pheno2"]
     assert max(max(v) for v in counts.values()) < files.n
-    err = read_plink2_glm(f"{out}.pheno1.glm.linear")["ERRCODE"]
-    assert (err != ".").sum() >= 2
+    glm = read_plink2_glm(f"{out}.pheno1.glm.linear")
+    assert (glm["ERRCODE"] != ".").sum() >= 2
+    n_distinct = len(set(glm["OBS_CT"].tolist()))
+    if missing_rate:  # each variant's own complete cases: OBS_CT varies
+        assert n_distinct > 10
+    else:
+        assert n_distinct == 1
 
 
 def test_collinearity_error_codes_match_plink2(tmp_path, spark):

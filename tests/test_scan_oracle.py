@@ -11,6 +11,14 @@ from dash_spark.pipeline import ScanConfig, run_scan
 from .oracle_data import PHENOS, make_files, statsmodels_oracle
 
 
+def _assert_same(other, base):
+    for col in base:
+        if base[col].dtype.kind == "f":
+            np.testing.assert_allclose(other[col], base[col], rtol=1e-12, atol=0)
+        else:
+            assert np.array_equal(other[col], base[col]), col
+
+
 def _table(path):
     t = pq.read_table(path).sort_by([("phenotype", "ascending"), ("variant_index", "ascending")])
     return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
@@ -22,17 +30,26 @@ def scanned(tmp_path_factory, spark):
     rng = np.random.default_rng(20261124)
     files = make_files(tmp, rng)
     res = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar,
-                              out=str(tmp / "out"), plots=True), spark=spark)
+                              out=str(tmp / "out"), plots=True, missing_genotypes="mean"), spark=spark)
     return files, res, _table(res.results_path)
 
 
+@pytest.fixture(scope="module")
+def scanned_drop(scanned, spark, tmp_path_factory):
+    files = scanned[0]
+    res = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, plots=False,
+                              out=str(tmp_path_factory.mktemp("drop") / "out")), spark=spark)
+    return files, res, _table(res.results_path)
+
+
+@pytest.mark.parametrize("mode", ["mean", "drop"])
 @pytest.mark.parametrize("phenotype", PHENOS)
-def test_matches_statsmodels_per_variant(scanned, phenotype):
-    files, _, tbl = scanned
+def test_matches_statsmodels_per_variant(request, mode, phenotype):
+    files, _, tbl = request.getfixturevalue("scanned" if mode == "mean" else "scanned_drop")
     sel = tbl["phenotype"] == phenotype
     ours = {k: v[sel] for k, v in tbl.items()}
     assert np.array_equal(ours["variant_index"], np.arange(files.m))
-    ref = statsmodels_oracle(files, phenotype)
+    ref = statsmodels_oracle(files, phenotype, mode)
     sign = np.where(ours["a1"] == ours["alt"], 1.0, -1.0)  # oracle is in ALT orientation
     tested = ~ref["const"] & ~np.isnan(ref["beta"])
     assert tested.sum() > 280
@@ -47,6 +64,17 @@ def test_matches_statsmodels_per_variant(scanned, phenotype):
     np.testing.assert_allclose(ours["neg_log10_p"][tested], -np.log10(ref["p"][tested]), rtol=1e-9, atol=1e-11)
     assert np.all(ours["obs_ct"] == ref["n"])
     assert np.all(ours["errcode"][tested] == ".")
+    if mode == "drop":  # the test really covers variants with different OBS_CT
+        assert len(set(ours["obs_ct"].tolist())) > 10
+
+
+@pytest.mark.parametrize("block_variants,task_memory_mb", [(29, 16)])
+def test_drop_mode_invariant_to_partitioning(scanned_drop, spark, tmp_path, block_variants, task_memory_mb):
+    files, _, base = scanned_drop
+    res = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, out=str(tmp_path / "o"),
+                              block_variants=block_variants, task_memory_mb=task_memory_mb, plots=False),
+                   spark=spark)
+    _assert_same(_table(res.results_path), base)
 
 
 def test_phenotype_specific_samples(scanned):
@@ -71,13 +99,19 @@ def test_degenerate_variants_get_error_codes_not_noise(scanned):
         assert bad.sum() == 3
 
 
-def test_a1_is_the_minor_allele_and_freq_below_half(scanned):
-    _, _, tbl = scanned
-    ok = tbl["errcode"] == "."
-    assert np.all(tbl["a1_freq"][ok] <= 0.5)
-    flipped = tbl["a1"] != tbl["alt"]
-    assert 0.2 < flipped.mean() < 0.8
-    assert np.all(tbl["a1"][flipped] == tbl["ref"][flipped])
+def test_a1_is_the_non_major_allele_over_all_founders(scanned):
+    """plink2's rule: A1 is REF where ALT's frequency among the .fam's founders exceeds 1/2."""
+    from bed_reader import open_bed
+
+    files, _, tbl = scanned
+    with open_bed(files.bfile + ".bed", count_A1=True) as bed:
+        alt_freq = np.nanmean(bed.read(dtype="float64"), axis=0) / 2
+    for p in PHENOS:
+        sel = tbl["phenotype"] == p
+        flipped = tbl["a1"][sel] != tbl["alt"][sel]
+        assert np.array_equal(flipped, alt_freq > 0.5)
+        assert np.all(tbl["a1"][sel][flipped] == tbl["ref"][sel][flipped])
+        assert 0.2 < flipped.mean() < 0.8
 
 
 def test_outputs_written(scanned):
@@ -97,15 +131,11 @@ def test_outputs_written(scanned):
     assert lines[11].split("\t")[8:] == ["NA", "NA", "NA", "NA", "CONST_OMITTED_ALLELE"]
 
 
-@pytest.mark.parametrize("block_variants,task_memory_mb", [(37, 16), (300, 16), (1000, 512)])
+@pytest.mark.parametrize("block_variants,task_memory_mb", [(37, 16), (1000, 512)])
 def test_invariant_to_partitioning_and_subblocks(scanned, spark, tmp_path, block_variants, task_memory_mb):
     files, _, base = scanned
     res = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, out=str(tmp_path / "o"),
-                              block_variants=block_variants, task_memory_mb=task_memory_mb, plots=False),
+                              block_variants=block_variants, task_memory_mb=task_memory_mb, plots=False,
+                              missing_genotypes="mean"),
                    spark=spark)
-    other = _table(res.results_path)
-    for col in base:
-        if base[col].dtype.kind == "f":
-            np.testing.assert_allclose(other[col], base[col], rtol=1e-12, atol=0)
-        else:
-            assert np.array_equal(other[col], base[col]), col
+    _assert_same(_table(res.results_path), base)

@@ -14,14 +14,14 @@ What runs where:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from ..io.plink import read_bed_range, read_bim_range
-from ..stats.kernel import compress_block
-from ..stats.regression import ERRCODES, CovariateCorrelation, finalize_mean_imputed
+from ..stats.kernel import compress_block, missing_grams
+from ..stats.regression import ERRCODES, CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
 
 RESULT_SCHEMA_DDL = (
     "variant_index long, chrom string, pos long, id string, ref string, alt string, a1 string, "
@@ -66,7 +66,7 @@ class ScanPlan:
     patterns: tuple[Pattern, ...]
     sub_block: int
     count_alt: bool = False
-    phenotype_order: tuple[str, ...] = field(default=())
+    missing_genotypes: str = "drop"
 
 
 def plan_ranges(n_variants: int, block_variants: int, line_offsets: np.ndarray) -> list[tuple]:
@@ -104,19 +104,14 @@ def _batch_for_block(plan: ScanPlan, W: np.ndarray, start: int, packed: np.ndarr
     errnames = np.array(ERRCODES, dtype=object)
     for pat in plan.patterns:
         a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
-        stats = finalize_mean_imputed(
-            Qx=SX[:, a : a + k],
-            yx=SX[:, a + k : a + k + pg],
-            sx=SX[:, a + k + pg],
-            sxx=SXX[:, pat.b_offset],
-            Qm=SM[:, a : a + k],
-            ym=SM[:, a + k : a + k + pg],
-            miss=SM[:, a + k + pg],
-            Qy=pat.Qy,
-            yy=pat.yy,
-            n=pat.n,
-            cc=pat.cc,
-        )
+        sums = dict(Qx=SX[:, a : a + k], yx=SX[:, a + k : a + k + pg], sx=SX[:, a + k + pg],
+                    sxx=SXX[:, pat.b_offset], Qm=SM[:, a : a + k], miss=SM[:, a + k + pg],
+                    Qy=pat.Qy, yy=pat.yy, n=pat.n, cc=pat.cc)
+        if plan.missing_genotypes == "mean":
+            stats = finalize_mean_imputed(ym=SM[:, a + k : a + k + pg], **sums)
+        else:
+            QmQm, Qmy, ymy = missing_grams(packed, W, a, k, pg)
+            stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymy, **sums)
         for name, st in zip(pat.phenotypes, stats):
             if plan.count_alt:
                 flip = np.zeros(m, dtype=bool)

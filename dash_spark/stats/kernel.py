@@ -118,3 +118,46 @@ def decode(packed: np.ndarray, n_samples: int) -> np.ndarray:
     codes = codes[:, :n_samples]
     lut = np.array([2.0, np.nan, 1.0, 0.0])
     return lut[codes].T.copy()
+
+
+@njit(cache=True, nogil=True)
+def _missing_grams(packed, W, a0, k, p, has_missing, out_qq, out_qy, out_yy):  # pragma: no cover - jitted
+    m, nbytes = packed.shape
+    for j in range(m):
+        for b in range(nbytes):
+            v = packed[j, b]
+            if not has_missing[v]:
+                continue
+            for s in range(4):
+                if (v >> (2 * s)) & 3 != 1:
+                    continue
+                i = 4 * b + s
+                for r in range(k):
+                    qr = W[i, a0 + r]
+                    if qr == 0.0:
+                        continue
+                    for c in range(r, k):
+                        out_qq[j, r, c] += qr * W[i, a0 + c]
+                    for t in range(p):
+                        out_qy[j, r, t] += qr * W[i, a0 + k + t]
+                for t in range(p):
+                    yt = W[i, a0 + k + t]
+                    out_yy[j, t] += yt * yt
+
+
+def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int):
+    """Sums over each variant's missing calls of ``q_i q_i'``, ``q_i y_i'`` and ``y_i^2``.
+
+    ``q_i`` = row i of the pattern's Q (``W[:, a0:a0+k]``), ``y_i`` = its p phenotype columns
+    (``W[:, a0+k:a0+k+p]``); samples outside the pattern have zero rows and add nothing.
+    Returns ``QmQm`` [shape: (m, k, k)], ``Qmy`` [shape: (m, k, p)], ``ymy`` [shape: (m, p)].
+    Cost: one byte test per byte, then (k^2 + kp) per missing call.
+    """
+    m = packed.shape[0]
+    qq = np.zeros((m, k, k))
+    qy = np.zeros((m, k, p))
+    yy = np.zeros((m, p))
+    _missing_grams(np.ascontiguousarray(packed), W, a0, k, p, _HAS_MISSING, qq, qy, yy)
+    iu = np.triu_indices(k, 1)
+    qq[:, iu[1], iu[0]] = qq[:, iu[0], iu[1]]
+    return qq, qy, yy

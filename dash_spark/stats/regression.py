@@ -222,40 +222,128 @@ def finalize_mean_imputed(
     """
     m, k = Qx.shape
     n_obs = n - miss
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mu = np.where(n_obs > 0, sx / np.where(n_obs > 0, n_obs, 1), 0.0)
+    mu = sx / np.where(n_obs > 0, n_obs, 1)
     Qxi = Qx + mu[:, None] * Qm
     yxi = yx + mu[:, None] * ym
     xxi = sxx + mu * mu * miss
     sxi = sx + mu * miss
     xx_c = xxi - np.einsum("mk,mk->m", Qxi, Qxi)
     xx_centred = xxi - sxi * sxi / n
-    alt_freq = np.where(n_obs > 0, mu / 2.0, np.nan)
-    dof = n - k - 1
-    err = np.zeros(m, dtype=np.uint8)
-    # constant on the observed calls: every observed dosage equals the mean
-    const = (n_obs == 0) | (sxx - sx * sx / np.where(n_obs > 0, n_obs, 1) <= 1e-12 * np.maximum(sxx, 1.0))
-    err[const] = ERR_CONST
+    err = _constant_errors(sx, sxx, n_obs)
     if cc is not None:
-        checks = collinearity_errors(cc, Qxi, sxi, xx_centred)
+        err = np.where(err == 0, collinearity_errors(cc, Qxi, sxi, xx_centred), err).astype(np.uint8)
+    yx_c = yxi - Qxi @ Qy  # (m, p)
+    yy_c = np.broadcast_to(yy - np.einsum("kp,kp->p", Qy, Qy), yx_c.shape)
+    dof = np.full(m, n - k - 1, dtype=np.int64)
+    alt_freq = np.where(n_obs > 0, mu / 2.0, np.nan)
+    return _finish(xx_c, xx_centred, yx_c, yy_c, dof, err, np.full(m, n, dtype=np.int64), alt_freq)
+
+
+def finalize_complete_case(
+    Qx: np.ndarray,
+    yx: np.ndarray,
+    sx: np.ndarray,
+    sxx: np.ndarray,
+    Qm: np.ndarray,
+    miss: np.ndarray,
+    QmQm: np.ndarray,
+    Qmy: np.ndarray,
+    ymy: np.ndarray,
+    Qy: np.ndarray,
+    yy: np.ndarray,
+    n: int,
+    cc: CovariateCorrelation | None = None,
+) -> list[VariantStats]:
+    """Finalise one sample pattern dropping, per variant, the samples without a call (plink2).
+
+    Over the observed samples O = (pattern) minus M, with ``G = Q_O'Q_O = I - Q_M'Q_M``:
+
+        x'x|C = x'x - a'G^{-1}a,   x'y|C = x'y - a'G^{-1}b,   y'y|C = y_O'y_O - b'G^{-1}b
+
+    where ``a = Q'x`` (x is 0 on M) and ``b = Q'y - Q_M'y``. Inputs as in
+    :func:`finalize_mean_imputed` plus ``QmQm`` (m, k, k), ``Qmy`` (m, k, p), ``ymy`` (m, p) from
+    :func:`dash_spark.stats.kernel.missing_grams`. A k x k solve is done only for variants with
+    missing calls in the pattern. Each variant has its own n (OBS_CT) and n - k - 1 dof.
+    """
+    m, k = Qx.shape
+    p = yx.shape[1]
+    n_obs = (n - miss).astype(np.int64)
+    has = miss > 0
+    b = np.broadcast_to(Qy, (m, k, p)) - Qmy
+    rhs = np.concatenate([Qx[:, :, None], b], axis=2)
+    z = rhs.copy()
+    err = _constant_errors(sx, sxx, n_obs)
+    xx_centred = sxx - sx * sx / np.where(n_obs > 0, n_obs, 1)
+    if has.any():
+        G = np.eye(k)[None] - QmQm[has]
+        singular = np.linalg.eigvalsh(G)[:, 0] < 1e-10
+        G[singular] = np.eye(k)
+        z[has] = np.linalg.solve(G, rhs[has])
+        idx = np.flatnonzero(has)
+        err[idx[singular & (err[idx] == 0)]] = ERR_COLLINEAR
+    if cc is not None:
+        checks = np.zeros(m, dtype=np.uint8)
+        checks[~has] = collinearity_errors(cc, Qx[~has], sx[~has], xx_centred[~has])
+        if has.any():
+            checks[has] = _collinearity_errors_observed(
+                cc, Qx[has], sx[has], xx_centred[has], Qm[has], np.eye(k)[None] - QmQm[has], n_obs[has])
         err = np.where(err == 0, checks, err).astype(np.uint8)
+    xx_c = sxx - np.einsum("mk,mk->m", Qx, z[:, :, 0])
+    yx_c = yx - np.einsum("mk,mkp->mp", Qx, z[:, :, 1:])
+    yy_c = (yy[None, :] - ymy) - np.einsum("mkp,mkp->mp", b, z[:, :, 1:])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alt_freq = np.where(n_obs > 0, sx / (2.0 * n_obs), np.nan)
+    return _finish(xx_c, xx_centred, yx_c, yy_c, n_obs - k - 1, err, n_obs, alt_freq)
+
+
+def _collinearity_errors_observed(cc, Qx, sx, xx_centred, Qm, G, n_obs):
+    """plink2's correlation/VIF checks with covariate moments downdated to each variant's calls."""
+    R = cc.R
+    cols = cc.cols
+    sums = cc.sums[None, :] - Qm @ R  # C_O'1
+    CtC = np.einsum("ki,mkl,lj->mij", R, G, R)  # C_O'C_O = R'GR
+    nn = n_obs.astype(float)
+    cov = CtC[:, cols][:, :, cols] - sums[:, cols, None] * sums[:, None, cols] / nn[:, None, None]
+    sd = np.sqrt(np.maximum(np.einsum("mii->mi", cov), 1e-300))
+    corr = cov / sd[:, :, None] / sd[:, None, :]
+    Cx = Qx @ R
+    r = (Cx[:, cols] - sx[:, None] * sums[:, cols] / nn[:, None]) / np.sqrt(np.maximum(xx_centred, 1e-300))[:, None] / sd
+    err = np.zeros(len(sx), dtype=np.uint8)
+    corr_inv = np.linalg.pinv(corr, hermitian=True)
+    u = np.einsum("mc,mcd->md", r, corr_inv)
+    s = 1.0 - np.einsum("mc,mc->m", r, u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vif_x = np.where(s > 0, 1.0 / s, np.inf)
+        vif_c = np.einsum("mii->mi", corr_inv) + u * u * vif_x[:, None]
+    err[(vif_x > MAX_VIF) | (vif_c.max(axis=1) > MAX_VIF)] = ERR_VIF
+    err[np.abs(r).max(axis=1) > MAX_CORR] = ERR_CORR
+    return err
+
+
+def _constant_errors(sx, sxx, n_obs) -> np.ndarray:
+    """CONST_OMITTED_ALLELE where every observed dosage is the same (or nothing was observed)."""
+    spread = sxx - sx * sx / np.where(n_obs > 0, n_obs, 1)
+    const = (n_obs <= 0) | (spread <= 1e-12 * np.maximum(sxx, 1.0))
+    return np.where(const, ERR_CONST, ERR_OK).astype(np.uint8)
+
+
+def _finish(xx_c, xx_centred, yx_c, yy_c, dof, err, obs_ct, alt_freq) -> list[VariantStats]:
+    """Per-phenotype statistics from covariate-adjusted sums; shared by both missing-call modes."""
+    err = err.copy()
     collinear = (err == 0) & (xx_c <= COLLINEAR_TOL * np.maximum(xx_centred, 1e-300))
     err[collinear] = ERR_COLLINEAR
-    if dof < 1:
-        err[:] = ERR_FEW
+    err[(err == 0) & (dof < 1)] = ERR_FEW
     good = err == 0
     xx_g = np.where(good, xx_c, 1.0)
-    yx_c = yxi - Qxi @ Qy  # (m, p)
-    yy_c = yy - np.einsum("kp,kp->p", Qy, Qy)  # (p,)
+    dof_g = np.where(good, dof, 1)
     out = []
-    obs_ct = np.full(m, n, dtype=np.int64)
-    for t in range(yx.shape[1]):
+    for t in range(yx_c.shape[1]):
         beta = yx_c[:, t] / xx_g
-        rss = np.maximum(yy_c[t] - beta * yx_c[:, t], 0.0)
-        se = np.sqrt(rss / max(dof, 1) / xx_g)
+        rss = np.maximum(yy_c[:, t] - beta * yx_c[:, t], 0.0)
+        se = np.sqrt(rss / dof_g / xx_g)
         with np.errstate(divide="ignore", invalid="ignore"):
             tstat = beta / se
-        out.append(_pack(beta, se, tstat, dof, good, obs_ct, alt_freq, err))
+        out.append(_pack(beta, se, tstat, dof_g, good, obs_ct, alt_freq, err))
     return out
 
 
