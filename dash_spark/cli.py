@@ -75,6 +75,19 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="A1 is always ALT (plink2's omit-ref); default: the non-major allele")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None,
                    help="skip the Manhattan and QQ plots")
+    p.add_argument("--covar-variance-standardize", action="store_true", default=None,
+                   help="rescale covariates to mean 0, variance 1 (plink2's flag; ADD results are unchanged)")
+    f = p.add_argument_group("filters (plink2's names and meanings)")
+    f.add_argument("--keep", metavar="FILE", help="analyse only the samples listed (IID or FID IID per line)")
+    f.add_argument("--remove", metavar="FILE", help="leave out the samples listed")
+    f.add_argument("--extract", metavar="FILE", help="test only the variant IDs listed (one per line)")
+    f.add_argument("--exclude", metavar="FILE", help="skip the variant IDs listed")
+    f.add_argument("--chr", metavar="LIST", help="chromosomes, e.g. 1-4,22,X")
+    f.add_argument("--from-bp", type=int, metavar="POS", help="first position (inclusive)")
+    f.add_argument("--to-bp", type=int, metavar="POS", help="last position (inclusive)")
+    f.add_argument("--maf", type=float, metavar="F", help="skip variants with minor allele frequency below F")
+    f.add_argument("--mac", type=float, metavar="N", help="skip variants with minor allele count below N")
+    f.add_argument("--geno", type=float, metavar="F", help="skip variants with a missing-call rate above F")
     add_spark_args(p)
 
 
@@ -89,7 +102,9 @@ def _spark_conf(args) -> dict[str, str]:
 
 
 SCAN_FIELDS = ("bfile", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
-               "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master")
+               "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
+               "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
+               "covar_variance_standardize")
 
 
 def scan_config_from_args(args):

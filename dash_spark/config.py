@@ -15,7 +15,7 @@ from .errors import ConfigError, did_you_mean
 from .pipeline import ScanConfig
 from .spark.session import read_properties
 
-PATH_KEYS = ("bfile", "pheno", "covar", "out")
+PATH_KEYS = ("bfile", "pheno", "covar", "out", "keep", "remove", "extract", "exclude")
 
 
 def _resolve(base: str, value: str) -> str:

@@ -107,7 +107,7 @@ def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
                     fs.put(target, f"{stage}/{fname}")
     summary_local = os.path.join(tmpdir, "summary.tsv") if tmpdir else f"{stage.removeprefix('file://')}/summary.tsv"
     report.write_summary(summaries, summary_local, extra={"counts": model.counts,
-                                                          "n_variants": int(model.bim.n_variants),
+                                                          "n_variants": int(len(model.variants)),
                                                           "covariates": list(model.covariates)})
     if tmpdir:
         for fname in ("summary.tsv", "summary.json"):

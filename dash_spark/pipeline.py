@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ConfigError, InputError, OutputError
+from .filters import CallFilters, sample_mask, variant_mask
 from .io.plink import check_bed, read_bim, read_fam
 from .io.tables import match_samples, read_sample_table
 from .spark.scan import (
@@ -59,6 +60,17 @@ class ScanConfig:
     missing_genotypes: str = "drop"
     count_alt: bool = False
     plots: bool = True
+    keep: str | None = None
+    remove: str | None = None
+    extract: str | None = None
+    exclude: str | None = None
+    chr: str | None = None
+    from_bp: int | None = None
+    to_bp: int | None = None
+    maf: float | None = None
+    mac: float | None = None
+    geno: float | None = None
+    covar_variance_standardize: bool = False
     master: str | None = None
     spark_conf: dict[str, str] = field(default_factory=dict)
 
@@ -70,6 +82,12 @@ class ScanConfig:
             )
         if self.block_variants is not None and self.block_variants < 1:
             raise ConfigError(f"block_variants: expected a positive integer, found {self.block_variants}")
+        for name in ("maf", "geno"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise ConfigError(f"--{name}: expected a fraction between 0 and 1, found {v}")
+        if self.mac is not None and self.mac < 0:
+            raise ConfigError(f"--mac: expected a non-negative count, found {self.mac}")
         if self.task_memory_mb < 16:
             raise ConfigError(f"task_memory_mb: expected at least 16, found {self.task_memory_mb}")
 
@@ -87,6 +105,8 @@ class Model:
     W: np.ndarray
     n_a: int
     n_freq: int
+    n_kept: int
+    variants: np.ndarray
     counts: dict
 
 
@@ -127,7 +147,10 @@ def build_model(cfg: ScanConfig) -> Model:
         raise ConfigError("--covar-name given without --covar")
     rows, counts = match_samples(fam.iids, tables)
     n = fam.n_samples
-    in_all = (rows >= 0).all(axis=0)
+    kept = sample_mask(fam.iids, cfg.keep, cfg.remove)
+    in_all = (rows >= 0).all(axis=0) & kept
+    variants = np.flatnonzero(variant_mask(bim, chr_spec=cfg.chr, from_bp=cfg.from_bp, to_bp=cfg.to_bp,
+                                           extract=cfg.extract, exclude=cfg.exclude))
 
     Y = np.full((n, len(pheno.names)), np.nan)
     Y[in_all] = pheno.values[rows[0, in_all]]
@@ -141,7 +164,14 @@ def build_model(cfg: ScanConfig) -> Model:
         complete = ~np.isnan(Cv).any(axis=1)
         dropped_cov = int((base & ~complete).sum())
         base &= complete
-        C_parts.append(np.where(np.isnan(Cv), 0.0, Cv))
+        Cv = np.where(np.isnan(Cv), 0.0, Cv)
+        if cfg.covar_variance_standardize:
+            # plink2's --covar-variance-standardize: mean 0, variance 1 over the analysed samples
+            # (the genotype's statistics do not change; the covariates are only rescaled)
+            mu = Cv[base].mean(axis=0)
+            sd = Cv[base].std(axis=0, ddof=1)
+            Cv = np.where(base[:, None], (Cv - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+        C_parts.append(Cv)
         cov_names += list(covar.names)
     if not C_parts:
         raise ConfigError("--no-intercept without --covar leaves no covariate; give covariates or drop --no-intercept")
@@ -189,8 +219,9 @@ def build_model(cfg: ScanConfig) -> Model:
                      name, basis.n, basis.k, basis.n - basis.k - 1)
     # allele frequencies over the .fam's founders (all samples if none) decide which allele is
     # major, as plink2 does, independently of each phenotype's samples
-    freq_mask = fam.founder if fam.founder.any() else np.ones(n, dtype=bool)
-    A_cols.append(freq_mask.astype(np.float64)[:, None])
+    # (among the samples --keep/--remove leave); the kept mask itself gives --geno's missing rate
+    freq_mask = fam.founder & kept if (fam.founder & kept).any() else kept
+    A_cols += [kept.astype(np.float64)[:, None], freq_mask.astype(np.float64)[:, None]]
     A = np.hstack(A_cols)
     B = np.hstack(B_cols)
     log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
@@ -201,7 +232,8 @@ def build_model(cfg: ScanConfig) -> Model:
     return Model(
         fam_path=fam_path, bim=bim, n_samples=n, phenotypes=tuple(pheno.names),
         covariates=tuple(cov_names), patterns=tuple(patterns), W=pad_weights(A, B),
-        n_a=A.shape[1], n_freq=int(freq_mask.sum()), counts=counts,
+        n_a=A.shape[1], n_freq=int(freq_mask.sum()), n_kept=int(kept.sum()), variants=variants,
+        counts=counts,
     )
 
 
@@ -230,12 +262,13 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     stage = fs.staging_dir(out)
     try:
         fs.mkdirs(stage)
-        m = model.bim.n_variants
+        m = len(model.variants)
         bv = cfg.block_variants or default_block_variants(m, spark.sparkContext.defaultParallelism)
-        ranges = plan_ranges(m, bv, model.bim.line_offsets)
+        ranges = plan_ranges(model.variants, bv, model.bim.line_offsets)
         plan = ScanPlan(
             bed_path=qualify(bed), bim_path=qualify(bim_path), n_samples=model.n_samples,
-            n_a=model.n_a, n_freq=model.n_freq, patterns=model.patterns,
+            n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns,
+            filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno),
             sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20),
             count_alt=cfg.count_alt, missing_genotypes=cfg.missing_genotypes,
         )

@@ -207,6 +207,20 @@ def read_bed_range(path: str, n_samples: int, start: int, stop: int) -> np.ndarr
     return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, nb)
 
 
+def read_bed_rows(path: str, n_samples: int, variants: np.ndarray) -> np.ndarray:
+    """Packed bytes of the given sorted variant indices (contiguous runs are read in one go)."""
+    variants = np.asarray(variants, dtype=np.int64)
+    if len(variants) == 0:
+        return np.zeros((0, bytes_per_variant(n_samples)), dtype=np.uint8)
+    first, last = int(variants[0]), int(variants[-1]) + 1
+    if last - first <= 2 * len(variants) + 64:  # dense: read the span and pick rows
+        block = read_bed_range(path, n_samples, first, last)
+        return block if last - first == len(variants) else block[variants - first]
+    breaks = np.flatnonzero(np.diff(variants) > 1) + 1
+    runs = np.split(variants, breaks)
+    return np.vstack([read_bed_range(path, n_samples, int(r[0]), int(r[-1]) + 1) for r in runs])
+
+
 def bim_range_bytes(bim: Bim, start: int, stop: int) -> tuple[int, int]:
     return int(bim.line_offsets[start]), int(bim.line_offsets[stop])
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..io.plink import read_bed_range, read_bim_range
+from ..filters import CallFilters
+from ..io.plink import read_bed_range, read_bed_rows, read_bim_range
 from ..stats.kernel import compress_block, missing_grams
 from ..stats.regression import ERRCODES, CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
 
@@ -29,7 +30,7 @@ RESULT_SCHEMA_DDL = (
     "neg_log10_p double, phenotype string, errcode string"
 )
 
-RANGE_SCHEMA_DDL = "part int, start long, stop long, bim_start long, bim_stop long"
+RANGE_SCHEMA_DDL = "part int, start long, stop long, bim_start long, bim_stop long, rows array<int>"
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class Pattern:
 class ScanPlan:
     """Everything a task needs besides the broadcast ``W`` (small; pickled with the closure).
 
-    The last column of A is the mask of the ``n_freq`` samples whose allele frequency decides
-    which allele is major (plink2: the founders).
+    The last two columns of A are the masks of the ``n_kept`` samples left by --keep/--remove
+    (for --geno) and of the ``n_freq`` samples whose allele frequency decides which allele is
+    major and feeds --maf/--mac (plink2: the founders among them).
     """
 
     bed_path: str
@@ -63,19 +65,27 @@ class ScanPlan:
     n_samples: int
     n_a: int
     n_freq: int
+    n_kept: int
     patterns: tuple[Pattern, ...]
     sub_block: int
     count_alt: bool = False
     missing_genotypes: str = "drop"
+    filters: CallFilters = CallFilters()
 
 
-def plan_ranges(n_variants: int, block_variants: int, line_offsets: np.ndarray) -> list[tuple]:
-    """Split ``[0, n_variants)`` into ranges of at most ``block_variants`` variants."""
-    rows = []
-    for part, start in enumerate(range(0, n_variants, block_variants)):
-        stop = min(start + block_variants, n_variants)
-        rows.append((part, start, stop, int(line_offsets[start]), int(line_offsets[stop])))
-    return rows
+def plan_ranges(variants: np.ndarray, block_variants: int, line_offsets: np.ndarray) -> list[tuple]:
+    """Split the selected variant indices (sorted) into partitions of at most ``block_variants``.
+
+    Each row is ``(part, start, stop, bim_start, bim_stop, rows)``: the .bim/.bed span
+    ``[start, stop)`` and the selected offsets within it (empty when all of the span is selected).
+    """
+    out = []
+    for part, a in enumerate(range(0, len(variants), block_variants)):
+        chunk = variants[a : a + block_variants]
+        start, stop = int(chunk[0]), int(chunk[-1]) + 1
+        rows = [] if stop - start == len(chunk) else (chunk - start).astype(int).tolist()
+        out.append((part, start, stop, int(line_offsets[start]), int(line_offsets[stop]), rows))
+    return out
 
 
 def default_block_variants(n_variants: int, parallelism: int) -> int:
@@ -90,14 +100,18 @@ def sub_block_size(n_samples: int, n_columns: int, budget_bytes: int) -> int:
     return int(max(16, min(2048, budget_bytes // per_variant)))
 
 
-def _batch_for_block(plan: ScanPlan, W: np.ndarray, start: int, packed: np.ndarray, meta) -> pa.RecordBatch:
-    chrom, ids, pos, alt, ref = meta
+def _batch_for_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, packed: np.ndarray, meta) -> pa.RecordBatch:
     SX, SXX, SM = compress_block(packed, W, plan.n_a)
+    if plan.filters.active:
+        ok = plan.filters.keep(SX[:, -1], plan.n_freq - SM[:, -1], SM[:, -2], plan.n_kept)
+        if not ok.all():
+            SX, SXX, SM, packed, vidx = SX[ok], SXX[ok], SM[ok], packed[ok], vidx[ok]
+            meta = tuple(x[ok] for x in meta)
+    chrom, ids, pos, alt, ref = meta
     m = packed.shape[0]
     cols: dict[str, list] = {name: [] for name in (
         "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "obs_ct", "beta", "se",
         "t_stat", "p", "neg_log10_p", "phenotype", "errcode")}
-    vidx = np.arange(start, start + m, dtype=np.int64)
     n_called = plan.n_freq - SM[:, -1]
     with np.errstate(divide="ignore", invalid="ignore"):
         alt_freq_all = np.where(n_called > 0, SX[:, -1] / (2.0 * n_called), np.nan)
@@ -148,13 +162,14 @@ def _batch_for_block(plan: ScanPlan, W: np.ndarray, start: int, packed: np.ndarr
 
 def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
     """Yield Arrow batches of results for an iterable of range rows (executor side, no Spark)."""
-    for part, start, stop, bim_start, bim_stop in ranges:
+    for part, start, stop, bim_start, bim_stop, rows in ranges:
         meta_all = read_bim_range(plan.bim_path, bim_start, bim_stop, start + 1)
-        for a in range(start, stop, plan.sub_block):
-            b = min(a + plan.sub_block, stop)
-            packed = read_bed_range(plan.bed_path, plan.n_samples, a, b)
-            meta = tuple(x[a - start : b - start] for x in meta_all)
-            yield _batch_for_block(plan, W, a, packed, meta)
+        offsets = np.arange(stop - start) if not rows else np.asarray(rows, dtype=np.int64)
+        for a in range(0, len(offsets), plan.sub_block):
+            sub = offsets[a : a + plan.sub_block]
+            packed = read_bed_rows(plan.bed_path, plan.n_samples, start + sub)
+            meta = tuple(x[sub] for x in meta_all)
+            yield _batch_for_block(plan, W, (start + sub).astype(np.int64), packed, meta)
 
 
 def run_scan_job(spark, plan: ScanPlan, W: np.ndarray, ranges: list[tuple]):
@@ -166,7 +181,7 @@ def run_scan_job(spark, plan: ScanPlan, W: np.ndarray, ranges: list[tuple]):
         W_local = W_bc.value
         for batch in batches:
             d = batch.to_pydict()
-            rows = zip(d["part"], d["start"], d["stop"], d["bim_start"], d["bim_stop"])
+            rows = zip(d["part"], d["start"], d["stop"], d["bim_start"], d["bim_stop"], d["rows"])
             yield from scan_ranges(plan, W_local, rows)
 
     rdd = sc.parallelize(ranges, len(ranges))
