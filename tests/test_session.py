@@ -1,0 +1,48 @@
+"""Session helpers: spark-defaults parsing and the driver JVM's class-data archive handling."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from dash_spark.errors import ConfigError
+from dash_spark.spark import session
+
+
+def test_read_properties_both_syntaxes(tmp_path):
+    path = tmp_path / "p.properties"
+    path.write_text("# comment\nspark.a  1\nspark.b=two words\n\nspark.c\t3\n")
+    assert session.read_properties(str(path)) == {"spark.a": "1", "spark.b": "two words", "spark.c": "3"}
+    path.write_text("lonely\n")
+    with pytest.raises(ConfigError, match="p.properties:1"):
+        session.read_properties(str(path))
+
+
+def test_archive_is_written_then_adopted(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("DASH_SPARK_JVM_CDS", raising=False)
+    first = session.driver_jvm_options()
+    assert "-XX:TieredStopAtLevel=1" in first
+    target = next(o for o in first.split() if o.startswith("-XX:ArchiveClassesAtExit="))
+    tmp = target.split("=", 1)[1]
+    assert tmp.endswith(f".tmp-{os.getpid()}")
+    # a finished run's archive (pid gone) that is still fresh is not adopted: its JVM may be writing
+    dead = tmp.rsplit("-", 1)[0] + "-999999999"
+    with open(dead, "wb") as fh:
+        fh.write(b"x" * 10)
+    assert "ArchiveClassesAtExit" in session.driver_jvm_options()
+    old = time.time() - 120
+    os.utime(dead, (old, old))
+    adopted = session.driver_jvm_options()
+    final = dead.rsplit(".tmp-", 1)[0]
+    assert f"-XX:SharedArchiveFile={final}" in adopted.split()
+    assert os.path.exists(final) and not os.path.exists(dead)
+
+
+def test_archive_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("DASH_SPARK_JVM_CDS", "0")
+    assert session.driver_jvm_options() == "-XX:TieredStopAtLevel=1"
+    assert not (tmp_path / "dash-spark").exists()
