@@ -121,9 +121,12 @@ def decode(packed: np.ndarray, n_samples: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _missing_grams(packed, W, a0, k, p, has_missing, out_qq, out_qy, out_yy):  # pragma: no cover - jitted
+def _missing_grams(packed, W, a0, k, p, has_missing, todo, out_qq, out_qy, out_yy):  # pragma: no cover - jitted
     m, nbytes = packed.shape
+    buf = np.empty(k + p)
     for j in range(m):
+        if not todo[j]:
+            continue
         for b in range(nbytes):
             v = packed[j, b]
             if not has_missing[v]:
@@ -132,32 +135,35 @@ def _missing_grams(packed, W, a0, k, p, has_missing, out_qq, out_qy, out_yy):  #
                 if (v >> (2 * s)) & 3 != 1:
                     continue
                 i = 4 * b + s
+                nz = False
+                for c in range(k + p):
+                    buf[c] = W[i, a0 + c]
+                    nz = nz or buf[c] != 0.0
+                if not nz:
+                    continue  # sample outside this pattern
                 for r in range(k):
-                    qr = W[i, a0 + r]
-                    if qr == 0.0:
-                        continue
-                    for c in range(r, k):
-                        out_qq[j, r, c] += qr * W[i, a0 + c]
+                    qr = buf[r]
+                    for c in range(k):
+                        out_qq[j, r, c] += qr * buf[c]
                     for t in range(p):
-                        out_qy[j, r, t] += qr * W[i, a0 + k + t]
+                        out_qy[j, r, t] += qr * buf[k + t]
                 for t in range(p):
-                    yt = W[i, a0 + k + t]
-                    out_yy[j, t] += yt * yt
+                    out_yy[j, t] += buf[k + t] * buf[k + t]
 
 
-def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int):
+def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, todo: np.ndarray | None = None):
     """Sums over each variant's missing calls of ``q_i q_i'``, ``q_i y_i'`` and ``y_i^2``.
 
     ``q_i`` = row i of the pattern's Q (``W[:, a0:a0+k]``), ``y_i`` = its p phenotype columns
     (``W[:, a0+k:a0+k+p]``); samples outside the pattern have zero rows and add nothing.
     Returns ``QmQm`` [shape: (m, k, k)], ``Qmy`` [shape: (m, k, p)], ``ymy`` [shape: (m, p)].
-    Cost: one byte test per byte, then (k^2 + kp) per missing call.
+    Cost: one byte test per byte of the variants in ``todo`` (bool (m,), default all: pass the
+    variants that have missing calls in the pattern), then (k^2 + kp) per missing call.
     """
     m = packed.shape[0]
+    todo = np.ones(m, dtype=np.bool_) if todo is None else np.asarray(todo, dtype=np.bool_)
     qq = np.zeros((m, k, k))
     qy = np.zeros((m, k, p))
     yy = np.zeros((m, p))
-    _missing_grams(np.ascontiguousarray(packed), W, a0, k, p, _HAS_MISSING, qq, qy, yy)
-    iu = np.triu_indices(k, 1)
-    qq[:, iu[1], iu[0]] = qq[:, iu[0], iu[1]]
+    _missing_grams(np.ascontiguousarray(packed), W, a0, k, p, _HAS_MISSING, todo, qq, qy, yy)
     return qq, qy, yy

@@ -159,6 +159,16 @@ class CovariateCorrelation:
     corr_inv: np.ndarray
 
     @classmethod
+    def from_moments(cls, CtC: np.ndarray, Ct1: np.ndarray, n: int, R: np.ndarray) -> "CovariateCorrelation":
+        """The same from the additive moments C'C [shape: (k, k)] and C'1 [shape: (k,)] alone."""
+        cov = CtC - np.outer(Ct1, Ct1) / n
+        sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        cols = np.flatnonzero(sd > 1e-12 * np.maximum(np.sqrt(np.diag(CtC)), 1e-300))
+        corr = cov[np.ix_(cols, cols)] / np.outer(sd[cols], sd[cols])
+        corr_inv = np.linalg.inv(corr) if len(cols) else np.zeros((0, 0))
+        return cls(R=R, sums=Ct1.copy(), n=n, cols=cols, sd=sd[cols], corr_inv=corr_inv)
+
+    @classmethod
     def build(cls, C_masked: np.ndarray, R: np.ndarray) -> "CovariateCorrelation":
         n = C_masked.shape[0]
         centred = C_masked - C_masked.mean(axis=0)
@@ -276,7 +286,7 @@ def finalize_complete_case(
     xx_centred = sxx - sx * sx / np.where(n_obs > 0, n_obs, 1)
     if has.any():
         G = np.eye(k)[None] - QmQm[has]
-        singular = np.linalg.eigvalsh(G)[:, 0] < 1e-10
+        singular = _near_singular(G)
         G[singular] = np.eye(k)
         z[has] = np.linalg.solve(G, rhs[has])
         idx = np.flatnonzero(has)
@@ -296,12 +306,26 @@ def finalize_complete_case(
     return _finish(xx_c, xx_centred, yx_c, yy_c, n_obs - k - 1, err, n_obs, alt_freq)
 
 
+def _near_singular(G: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Which of the symmetric PSD matrices G [shape: (m, k, k)], eigenvalues in [0, 1], have one below tol.
+
+    det(G) is at most the smallest eigenvalue, so only matrices with a small determinant (cheap,
+    by LU) need their eigenvalues.
+    """
+    sign, logdet = np.linalg.slogdet(G)
+    out = np.zeros(len(G), dtype=bool)
+    cand = (sign <= 0) | (logdet < np.log(1e-4))
+    if cand.any():
+        out[cand] = np.linalg.eigvalsh(G[cand])[:, 0] < tol
+    return out
+
+
 def _collinearity_errors_observed(cc, Qx, sx, xx_centred, Qm, G, n_obs):
     """plink2's correlation/VIF checks with covariate moments downdated to each variant's calls."""
     R = cc.R
     cols = cc.cols
     sums = cc.sums[None, :] - Qm @ R  # C_O'1
-    CtC = np.einsum("ki,mkl,lj->mij", R, G, R)  # C_O'C_O = R'GR
+    CtC = R.T @ G @ R  # C_O'C_O = R'GR, batched
     nn = n_obs.astype(float)
     cov = CtC[:, cols][:, :, cols] - sums[:, cols, None] * sums[:, None, cols] / nn[:, None, None]
     sd = np.sqrt(np.maximum(np.einsum("mii->mi", cov), 1e-300))
@@ -309,7 +333,10 @@ def _collinearity_errors_observed(cc, Qx, sx, xx_centred, Qm, G, n_obs):
     Cx = Qx @ R
     r = (Cx[:, cols] - sx[:, None] * sums[:, cols] / nn[:, None]) / np.sqrt(np.maximum(xx_centred, 1e-300))[:, None] / sd
     err = np.zeros(len(sx), dtype=np.uint8)
-    corr_inv = np.linalg.pinv(corr, hermitian=True)
+    try:
+        corr_inv = np.linalg.inv(corr)
+    except np.linalg.LinAlgError:  # a covariate constant on some variant's samples
+        corr_inv = np.linalg.pinv(corr, hermitian=True)
     u = np.einsum("mc,mcd->md", r, corr_inv)
     s = 1.0 - np.einsum("mc,mc->m", r, u)
     with np.errstate(divide="ignore", invalid="ignore"):
