@@ -84,27 +84,33 @@ def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
     """Text files, summary and plots for every phenotype of a finished scan under ``stage``."""
     from . import report
 
+    from concurrent.futures import ThreadPoolExecutor
+
     results = spark.read.parquet(f"{stage}/results.parquet")
     summaries = {}
     local = "://" not in stage or stage.startswith("file://")
     tmpdir = None if local else tempfile.mkdtemp(prefix="dash-spark-")
-    glm_paths = write_glm_linear(spark, fs, results, list(model.phenotypes), stage)
-    for name in model.phenotypes:
-        summ = report.summarize_phenotype(results, name)
-        summaries[name] = summ
-        log.info("phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",
-                 name, summ.n_tests, summ.n_errors, summ.lambda_gc)
-        if plots and summ.n_tests > 0:
-            points = report.plot_points(results, name)
-            for kind in ("manhattan", "qq"):
-                fname = f"{safe_name(name)}.{kind}.png"
-                target = os.path.join(tmpdir, fname) if tmpdir else f"{stage.removeprefix('file://')}/{fname}"
-                if kind == "manhattan":
-                    report.plot_manhattan(points, target, title=f"{name}: {summ.n_tests:,} variants")
-                else:
-                    report.plot_qq(points, target, title=name, lambda_gc=summ.lambda_gc)
-                if tmpdir:
-                    fs.put(target, f"{stage}/{fname}")
+    n_rows = len(model.variants)
+    # the text files and the summaries are independent small Spark jobs: run them side by side
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        glm_future = pool.submit(write_glm_linear, spark, fs, results, list(model.phenotypes), stage)
+        for name in model.phenotypes:
+            summ = report.summarize_phenotype(results, name, n_rows_hint=n_rows)
+            summaries[name] = summ
+            log.info("phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",
+                     name, summ.n_tests, summ.n_errors, summ.lambda_gc)
+            if plots and summ.n_tests > 0:
+                points = report.plot_points(results, name)
+                for kind in ("manhattan", "qq"):
+                    fname = f"{safe_name(name)}.{kind}.png"
+                    target = os.path.join(tmpdir, fname) if tmpdir else f"{stage.removeprefix('file://')}/{fname}"
+                    if kind == "manhattan":
+                        report.plot_manhattan(points, target, title=f"{name}: {summ.n_tests:,} variants")
+                    else:
+                        report.plot_qq(points, target, title=name, lambda_gc=summ.lambda_gc)
+                    if tmpdir:
+                        fs.put(target, f"{stage}/{fname}")
+        glm_paths = glm_future.result()
     summary_local = os.path.join(tmpdir, "summary.tsv") if tmpdir else f"{stage.removeprefix('file://')}/summary.tsv"
     report.write_summary(summaries, summary_local, extra={"counts": model.counts,
                                                           "n_variants": int(len(model.variants)),

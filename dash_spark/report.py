@@ -186,13 +186,16 @@ def summarize_phenotype(
     *,
     top_n: int = 10,
     exact_median_max_n: int = DEFAULT_EXACT_MEDIAN_MAX_N,
+    n_rows_hint: int | None = None,
 ) -> PhenotypeSummary:
-    """Summarise one phenotype of a scan with Spark aggregations (three small jobs).
+    """Summarise one phenotype of a scan with Spark aggregations (two or three small jobs).
 
     The median p behind ``lambda_gc`` is exact (Spark ``percentile``) when the phenotype has at
     most ``exact_median_max_n`` tested rows, otherwise ``percentile_approx(p, 0.5, 100000)``; the
-    choice is recorded in ``median_method``. Raises :class:`InputError` when the phenotype has no
-    rows at all.
+    choice is recorded in ``median_method``. When the caller knows an upper bound on the rows
+    (``n_rows_hint``, e.g. the number of variants scanned), the method is chosen up front and
+    the error-code counts and the median come from one grouped job. Raises :class:`InputError`
+    when the phenotype has no rows at all.
     """
     from pyspark.sql import functions as F
 
@@ -201,8 +204,21 @@ def summarize_phenotype(
     _check_columns(results, _REQUIRED + _TOP_COLUMNS)
     rows = _phenotype_rows(results, phenotype)
 
+    valid = (F.col("errcode") == F.lit(TESTED)) & F.col("p").isNotNull() & ~F.isnan("p") \
+        & F.col("neg_log10_p").isNotNull() & ~F.isnan("neg_log10_p")
+
+    def median_of(n_bound):  # percentile and max ignore the nulls of rows that are not valid
+        p = F.when(valid, F.col("p"))
+        if n_bound <= exact_median_max_n:
+            return F.percentile(p, F.lit(0.5)), "exact"
+        return F.percentile_approx(p, F.lit(0.5), F.lit(MEDIAN_APPROX_ACCURACY)), "approx"
+
     code = F.coalesce(F.col("errcode"), F.lit(_NULL_ERRCODE)).alias("errcode")
-    grouped = rows.groupBy(code).agg(F.count(F.lit(1)).alias("n")).collect()
+    aggs = [F.count(F.lit(1)).alias("n")]
+    if n_rows_hint is not None:
+        median_col, method = median_of(n_rows_hint)
+        aggs += [median_col.alias("median_p"), F.max(F.when(valid, F.col("neg_log10_p"))).alias("max_nlp")]
+    grouped = rows.groupBy(code).agg(*aggs).collect()
     counts = {r["errcode"]: int(r["n"]) for r in grouped}
     if not counts:
         raise _unknown_phenotype(results, phenotype)
@@ -211,21 +227,23 @@ def summarize_phenotype(
     n_errors = sum(errcode_counts.values())
 
     tested = _valid_tested(rows)
-    median_p, method, max_nlp = math.nan, "none", math.nan
-    if n_tests > 0:
-        if n_tests <= exact_median_max_n:
-            median_col, method = F.percentile(F.col("p"), F.lit(0.5)), "exact"
+    median_p, max_nlp = math.nan, math.nan
+    if n_rows_hint is not None:
+        row = next((r for r in grouped if r["errcode"] == TESTED), None)
+        if row is not None and row["median_p"] is not None:
+            median_p, max_nlp = float(row["median_p"]), float(row["max_nlp"])
         else:
-            median_col = F.percentile_approx(F.col("p"), F.lit(0.5), F.lit(MEDIAN_APPROX_ACCURACY))
-            method = "approx"
-        agg = tested.agg(
-            median_col.alias("median_p"), F.max("neg_log10_p").alias("max_nlp")
-        ).first()
+            method = "none"
+    elif n_tests > 0:
+        median_col, method = median_of(n_tests)
+        agg = tested.agg(median_col.alias("median_p"), F.max("neg_log10_p").alias("max_nlp")).first()
         if agg["median_p"] is not None:
             median_p = float(agg["median_p"])
             max_nlp = float(agg["max_nlp"])
         else:
             method = "none"
+    else:
+        method = "none"
 
     top_hits: list[dict[str, Any]] = []
     if top_n > 0 and n_tests > 0:

@@ -330,3 +330,19 @@ def test_format_top_hits(trait_summary):
     assert len({len(line) for line in lines[1:]}) == 1  # aligned
     empty = PhenotypeSummary("none", 0, 2, {"X": 2}, math.nan, "none", math.nan, math.nan, [])
     assert "no tested variants" in format_top_hits(empty)
+
+
+@pytest.mark.parametrize("hint", [10**9, 50_000])
+def test_one_job_summary_with_row_hint_equals_default(data, trait_summary, hint):
+    """The grouped single-job path (row count known up front) gives the same summary."""
+    fast = summarize_phenotype(data["df"], "trait", top_n=5, n_rows_hint=hint)
+    assert fast.n_tests == trait_summary.n_tests
+    assert fast.errcode_counts == trait_summary.errcode_counts
+    assert fast.top_hits == trait_summary.top_hits
+    assert fast.min_p_neg_log10 == trait_summary.min_p_neg_log10
+    if hint >= 10**9:  # approximate median: within the documented rank error
+        assert fast.median_method == "approx"
+        assert fast.lambda_gc == pytest.approx(trait_summary.lambda_gc, rel=1e-3)
+    else:
+        assert fast.median_method == "exact"
+        assert fast.lambda_gc == pytest.approx(trait_summary.lambda_gc, rel=1e-12)
