@@ -95,6 +95,11 @@ def test_collinearity_error_codes_match_plink2(tmp_path, spark):
         x = (2 * sex).astype(np.int8)
         x[rng.choice(n, flips, replace=False)] = 1
         cols.append(x)
+    tie = np.repeat(np.array([2, 0, 1, 1], dtype=np.int8), n // 4)  # ALT frequency exactly 1/2
+    cols.append(rng.permutation(tie))
+    # a tie among 428 calls (72 missing): plink2's float arithmetic makes ALT major here
+    tie_missing = np.concatenate([np.full(107, 2), np.full(214, 1), np.full(107, 0), np.full(72, -1)])
+    cols.append(rng.permutation(tie_missing).astype(np.int8))
     G = np.column_stack(cols)
     m = G.shape[1]
     iid = [f"s{i}" for i in range(n)]
@@ -114,6 +119,8 @@ def test_collinearity_error_codes_match_plink2(tmp_path, spark):
                               covar=str(tmp_path / "v.covar"), out=str(tmp_path / "ours"), plots=False), spark=spark)
     ours = _read_ours(res.glm_paths["y"])
     assert list(ours["ERRCODE"]) == [str(e) for e in theirs["ERRCODE"]]
+    assert list(ours["A1"]) == [str(a) for a in theirs["A1"]]  # the last two variants are exact ties
+    assert list(ours["A1"][-2:]) == ["A", "C"]  # ALT for the complete tie, REF for the 428-call one
     assert {"CORR_TOO_HIGH", "VIF_TOO_HIGH", "."} <= set(ours["ERRCODE"])
     ok = theirs["ERRCODE"] == "."
     np.testing.assert_allclose(ours["BETA"][ok].astype(float), theirs["BETA"][ok].astype(float), rtol=6e-6)

@@ -49,6 +49,8 @@ class Pattern:
     Qy: np.ndarray
     yy: np.ndarray
     cc: CovariateCorrelation | None = None
+    CtC: np.ndarray | None = None  # multi-party patterns only: C'C and C'1 over the pattern
+    Ct1: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,7 @@ def _batch_for_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, packed: np
         if not ok.all():
             SX, SXX, SM, packed, vidx = SX[ok], SXX[ok], SM[ok], packed[ok], vidx[ok]
             meta = tuple(x[ok] for x in meta)
-    chrom, ids, pos, alt, ref = meta
-    m = packed.shape[0]
-    cols: dict[str, list] = {name: [] for name in (
-        "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "obs_ct", "beta", "se",
-        "t_stat", "p", "neg_log10_p", "phenotype", "errcode")}
-    n_called = plan.n_freq - SM[:, -1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        alt_freq_all = np.where(n_called > 0, SX[:, -1] / (2.0 * n_called), np.nan)
-    errnames = np.array(ERRCODES, dtype=object)
+    named = []
     for pat in plan.patterns:
         a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
         sums = dict(Qx=SX[:, a : a + k], yx=SX[:, a + k : a + k + pg], sx=SX[:, a + k + pg],
@@ -124,30 +118,54 @@ def _batch_for_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, packed: np
         if plan.missing_genotypes == "mean":
             stats = finalize_mean_imputed(ym=SM[:, a + k : a + k + pg], **sums)
         else:
-            QmQm, Qmy, ymy = missing_grams(packed, W, a, k, pg)
+            QmQm, Qmy, ymy = missing_grams(packed, W, a, k, pg, todo=sums["miss"] > 0)
             stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymy, **sums)
-        for name, st in zip(pat.phenotypes, stats):
-            if plan.count_alt:
-                flip = np.zeros(m, dtype=bool)
-            else:  # plink2's default: A1 is the non-major allele (ALT on ties)
-                flip = np.where(np.isnan(alt_freq_all), st.alt_freq, alt_freq_all) > 0.5
-            sign = np.where(flip, -1.0, 1.0)
-            cols["variant_index"].append(vidx)
-            cols["chrom"].append(chrom)
-            cols["pos"].append(pos)
-            cols["id"].append(ids)
-            cols["ref"].append(ref)
-            cols["alt"].append(alt)
-            cols["a1"].append(np.where(flip, ref, alt))
-            cols["a1_freq"].append(np.where(flip, 1.0 - st.alt_freq, st.alt_freq))
-            cols["obs_ct"].append(st.obs_ct)
-            cols["beta"].append(sign * st.beta)
-            cols["se"].append(st.se)
-            cols["t_stat"].append(sign * st.t_stat)
-            cols["p"].append(st.p)
-            cols["neg_log10_p"].append(st.neg_log10_p)
-            cols["phenotype"].append(np.full(m, name, dtype=object))
-            cols["errcode"].append(errnames[st.errcode])
+        named += list(zip(pat.phenotypes, stats))
+    return results_batch(vidx, meta, SX[:, -1], plan.n_freq - SM[:, -1], named, count_alt=plan.count_alt)
+
+
+def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_alt: bool) -> pa.RecordBatch:
+    """Result rows (phenotype-major) for variants ``vidx`` with .bim fields ``meta``.
+
+    ``freq_alt_sum``/``freq_called`` (m,): ALT dosage sum and called count over the samples whose
+    frequency decides the major allele; ``named_stats``: (phenotype, VariantStats) pairs.
+    """
+    chrom, ids, pos, alt, ref = meta
+    m = len(vidx)
+    cols: dict[str, list] = {name: [] for name in (
+        "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "obs_ct", "beta", "se",
+        "t_stat", "p", "neg_log10_p", "phenotype", "errcode")}
+    # plink2's default: A1 is the non-major allele over the frequency samples. plink2 takes
+    # ref_freq = ref_count * (1 / (2 n)) and alt_freq = 1 - ref_freq, and keeps REF as major on an
+    # exact tie; that arithmetic decides tied counts (either way, depending on n), so it is
+    # reproduced as is. A variant with no call among them falls back to the phenotype's samples
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(freq_called > 0, 1.0 / (2.0 * freq_called), np.nan)
+        ref_freq = (2.0 * freq_called - freq_alt_sum) * inv
+    no_freq = np.isnan(ref_freq)
+    flip_all = np.zeros(m, dtype=bool) if count_alt else (1.0 - ref_freq) > ref_freq
+    errnames = np.array(ERRCODES, dtype=object)
+    for name, st in named_stats:
+        flip = flip_all
+        if not count_alt and no_freq.any():
+            flip = np.where(no_freq, st.alt_freq > 0.5, flip_all)
+        sign = np.where(flip, -1.0, 1.0)
+        cols["variant_index"].append(vidx)
+        cols["chrom"].append(chrom)
+        cols["pos"].append(pos)
+        cols["id"].append(ids)
+        cols["ref"].append(ref)
+        cols["alt"].append(alt)
+        cols["a1"].append(np.where(flip, ref, alt))
+        cols["a1_freq"].append(np.where(flip, 1.0 - st.alt_freq, st.alt_freq))
+        cols["obs_ct"].append(st.obs_ct)
+        cols["beta"].append(sign * st.beta)
+        cols["se"].append(st.se)
+        cols["t_stat"].append(sign * st.t_stat)
+        cols["p"].append(st.p)
+        cols["neg_log10_p"].append(st.neg_log10_p)
+        cols["phenotype"].append(np.full(m, name, dtype=object))
+        cols["errcode"].append(errnames[st.errcode])
     arrays = []
     for name, parts in cols.items():
         values = np.concatenate(parts)
