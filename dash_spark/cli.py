@@ -171,6 +171,67 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_keygen(args) -> int:
+    from .multiparty.keys import fingerprint, load_public, write_keypair
+
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    key, pub = write_keypair(args.out, args.name)
+    print(f"private key: {key} (mode 0600; keep it secret)\npublic key:  {pub} (send to the coordinator)\n"
+          f"fingerprint: {fingerprint(load_public(pub))}")
+    return 0
+
+
+def cmd_manifest(args) -> int:
+    from .multiparty.exchange import Manifest, write_manifest
+    from .multiparty.keys import load_public
+
+    parties = []
+    for spec in args.party:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--party: expected NAME=PATH.pub, found {spec!r}")
+        pub = load_public(path)
+        if pub.party != name:
+            raise ConfigError(f"--party {spec}: the key file belongs to party {pub.party!r}, not {name!r}")
+        parties.append(pub)
+    if len(parties) < 2:
+        raise ConfigError(f"--party: a study needs at least 2 parties, found {len(parties)}")
+    settings = {"intercept": not args.no_intercept, "missing_genotypes": args.missing_genotypes,
+                "pheno_names": list(args.pheno_name) if args.pheno_name else None,
+                "covar_names": list(args.covar_name) if args.covar_name else None,
+                "kind": args.kind, "variant_hash": None}
+    if args.bim:
+        from .io.plink import read_bim
+        from .multiparty.party import variant_hash, variant_table
+
+        settings["variant_hash"] = variant_hash(variant_table(read_bim(args.bim)))
+        settings["kind"] = "scan"
+    manifest = Manifest.new(args.study, parties, settings)
+    print(write_manifest(args.exchange, manifest))
+    return 0
+
+
+def cmd_party_compress(args) -> int:
+    from .multiparty.party import run_party_compress
+
+    path = run_party_compress(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
+                              bfile=args.bfile, master=args.master, spark_conf=_spark_conf(args))
+    print(path)
+    return 0
+
+
+def cmd_combine(args) -> int:
+    from .multiparty.party import run_combine
+
+    written = run_combine(args.manifest, args.out, overwrite=args.overwrite, plots=args.plots,
+                          master=args.master, spark_conf=_spark_conf(args))
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -196,6 +257,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p)
     p.set_defaults(func=cmd_demo)
+
+    party = sub.add_parser("party", help="multi-party studies (DASH): keys, manifest, compress")
+    psub = party.add_subparsers(dest="party_command", required=True)
+    p = psub.add_parser("keygen", help="write NAME.key (0600) and NAME.pub")
+    p.add_argument("--out", required=True, metavar="keys/NAME", help="path prefix of the key files")
+    p.add_argument("--name", help="party name (default: the file name of --out)")
+    p.set_defaults(func=cmd_keygen)
+    p = psub.add_parser("manifest", help="start a study round: parties, keys and model settings")
+    p.add_argument("--study", required=True)
+    p.add_argument("--exchange", required=True, metavar="URI", help="directory or object-store URI shared by all")
+    p.add_argument("--party", action="append", required=True, metavar="NAME=PATH.pub")
+    p.add_argument("--no-intercept", action="store_true")
+    p.add_argument("--missing-genotypes", choices=["drop", "mean"], default="drop")
+    p.add_argument("--pheno-name", type=_csv)
+    p.add_argument("--covar-name", type=_csv)
+    p.add_argument("--kind", choices=["scan", "regression"], help="fix the study kind (default: from compress)")
+    p.add_argument("--bim", help="bind the variant list of this .bim (every party must have the same)")
+    p.set_defaults(func=cmd_manifest)
+    p = psub.add_parser("compress", help="compute, encode, mask, sign and publish this party's statistics")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--party", required=True)
+    p.add_argument("--key", required=True, help="this party's .key file")
+    p.add_argument("--pheno", required=True)
+    p.add_argument("--covar")
+    p.add_argument("--bfile", metavar="PREFIX", help="genotypes (a scan study); without it: regression on covariates")
+    add_spark_args(p)
+    p.set_defaults(func=cmd_party_compress)
+
+    p = sub.add_parser("combine", help="verify, add and finalize every party's share of a study round")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, metavar="OUTDIR")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-plots", dest="plots", action="store_false")
+    add_spark_args(p)
+    p.set_defaults(func=cmd_combine)
 
     p = sub.add_parser("bench", help="time our scan against plink2 --glm on the same simulated files")
     from .bench import add_bench_args

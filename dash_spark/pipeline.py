@@ -126,8 +126,15 @@ def _bfile_paths(prefix: str) -> tuple[str, str, str]:
     return prefix + ".bed", prefix + ".bim", prefix + ".fam"
 
 
-def build_model(cfg: ScanConfig) -> Model:
-    """Read .fam/.bim (checking the .bed), phenotypes and covariates; build bases and ``W``."""
+def build_model(cfg: ScanConfig, *, party: bool = False) -> Model:
+    """Read .fam/.bim (checking the .bed), phenotypes and covariates; build bases and ``W``.
+
+    ``party=True`` builds a party's model for a multi-party study instead: the raw covariates
+    ``C`` (masked) take the place of ``Q`` and phenotypes are not centred (the pooled basis is
+    only known after the parties' sums are added), each phenotype is its own pattern (so every
+    party produces statistics of the same shape), and each pattern carries its global moments
+    ``C'C`` and ``C'1``.
+    """
     bed, bim_path, fam_path = _bfile_paths(cfg.bfile)
     for p in (bed, bim_path, fam_path):
         if not os.path.exists(p):
@@ -192,7 +199,7 @@ def build_model(cfg: ScanConfig) -> Model:
     masks = [base & ~np.isnan(Y[:, t]) for t in range(Y.shape[1])]
     groups: dict[bytes, list[int]] = {}
     for t, mask in enumerate(masks):
-        groups.setdefault(np.packbits(mask).tobytes(), []).append(t)
+        groups.setdefault(str(t).encode() if party else np.packbits(mask).tobytes(), []).append(t)
 
     A_cols, B_cols, patterns = [], [], []
     a_off = 0
@@ -200,8 +207,16 @@ def build_model(cfg: ScanConfig) -> Model:
         mask = masks[idx[0]]
         names = tuple(pheno.names[t] for t in idx)
         where = f"phenotype {', '.join(names)} ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
-        basis = covariate_basis(C, mask, cov_names, where=where)
         Yg = np.where(mask[:, None], np.nan_to_num(Y[:, idx]), 0.0)
+        if party:
+            Cm = np.where(mask[:, None], C, 0.0)
+            A_cols += [Cm, Yg, mask.astype(np.float64)[:, None]]
+            B_cols.append(mask.astype(np.float64)[:, None])
+            patterns.append(Pattern(names, int(mask.sum()), C.shape[1], a_off, g, Cm.T @ Yg,
+                                    np.einsum("np,np->p", Yg, Yg), None, CtC=Cm.T @ Cm, Ct1=Cm.sum(axis=0)))
+            a_off += C.shape[1] + len(idx) + 1
+            continue
+        basis = covariate_basis(C, mask, cov_names, where=where)
         if not cfg.no_intercept:
             # the intercept spans the mean: centring changes no result and keeps the digits that
             # x'y - (Q'x)'(Q'y) would otherwise cancel away for a phenotype with a large mean

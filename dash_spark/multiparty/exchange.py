@@ -1,0 +1,617 @@
+"""The exchange: a directory or object-store URI where parties publish signed, masked shares.
+
+Layout (every path through ``pyarrow.fs``; plain paths and ``file://`` are local, and whatever
+``pyarrow.fs.FileSystem.from_uri`` supports, such as ``s3://``, ``gs://``, ``hdfs://``, works too)::
+
+    <uri>/<study>/<round>/manifest.json
+    <uri>/<study>/<round>/shares/<party>/header.json      canonical JSON, signed
+    <uri>/<study>/<round>/shares/<party>/<stat>.npy       one masked ring array per statistic
+    <uri>/<study>/<round>/shares/<party>/signature.json   Ed25519 signature of the header; written last
+
+The :class:`Manifest` fixes the study, the round id, the parties (with their public keys), the
+model settings and the fixed-point encoding; its :meth:`Manifest.digest` is bound into every
+signed share header, together with the sha256 of every statistic file. Every file is written
+to ``*.tmp`` and then moved into place; ``signature.json`` is written last and marks a share as
+complete, and a complete share is never overwritten.
+
+Threat model: parties and combiner are honest-but-curious; whoever reads the exchange learns the
+manifest, the share headers (statistic names and shapes, declared variant-list hash and
+phenotype/covariate names) and, by adding all shares, the pooled sums of the statistics: nothing
+else, since each share is masked (:mod:`.masking`). Signatures with the manifest's Ed25519 keys
+reject forged, tampered, replayed (other round) and misplaced shares, and the combiner requires a
+share from every party. Out of scope: parties lying about their own data, collusion of all but
+one party (it reveals the remaining party's statistics), and dropouts (a missing party means a
+new round without it). The exchange is not trusted for integrity (signatures and hashes are
+checked) but is for availability.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from ..errors import ConfigError, InputError, OutputError
+from . import ProtocolError
+from .encoding import (FRAC_BITS, HEADROOM_BITS, RING_BITS, check_encoded, check_frac_bits, decode,
+                       encode, ring_sum)
+from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
+from .masking import _STAT_RE, check_stat_name, mask_share, pairwise_seeds
+
+FORMAT_VERSION = 1
+MAX_PARTIES = 1 << HEADROOM_BITS  # the encoding's headroom covers sums over this many parties
+_STUDY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_ROUND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_SIG_RE = re.compile(r"[0-9a-f]{128}")
+
+
+class DuplicateShareError(ProtocolError, OutputError):
+    """A party published a second share for the same round (a complete share is never overwritten)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# canonical JSON
+
+
+def canonical_json(obj: object, *, where: str = "JSON") -> bytes:
+    """Canonical JSON bytes (sorted keys, no whitespace, ASCII, no NaN): what is hashed and signed."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          allow_nan=False).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: not serialisable as canonical JSON; expected str/int/float/bool/None, "
+                         f"lists and string-keyed objects, found an error ({exc}). Convert numpy values "
+                         "with .tolist() or float()") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _parse_json(data: bytes, *, where: str, exc_type: type[Exception] = InputError) -> dict:
+    try:
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise exc_type(f"{where}: not valid JSON; expected a JSON object, found a parse error ({exc}). "
+                       "The file is damaged; publish or write it again") from None
+    if not isinstance(obj, dict):
+        raise exc_type(f"{where}: not a JSON object; expected an object, found {type(obj).__name__}. "
+                       "The file is damaged; publish or write it again")
+    return obj
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest
+
+
+def new_round_id() -> str:
+    """A fresh random round id (32 hex digits): a new round means fresh masks."""
+    return secrets.token_hex(16)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a study round is: parties and keys, model settings, encoding. Bound into every share.
+
+    ``parties``: ``{name: {"x25519": hex, "ed25519": hex}}``; ``settings``: free-form model
+    settings (intercept, missing_genotypes, pheno_names, covar_names, variant_hash, kind
+    ``"regression"``/``"scan"``); ``encoding``: ``{"ring_bits": 128, "frac_bits": 64}``;
+    ``created``: ISO time. Party positions are indices in :attr:`party_names` (sorted).
+    """
+
+    study: str
+    round_id: str
+    parties: dict
+    settings: dict
+    encoding: dict = field(default_factory=lambda: {"ring_bits": RING_BITS, "frac_bits": FRAC_BITS})
+    created: str = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        where = f"manifest of study {self.study!r}"
+        if not isinstance(self.study, str) or not _STUDY_RE.fullmatch(self.study):
+            raise InputError(f"manifest: invalid study name; expected letters, digits, '_', '.' or '-' "
+                             f"starting with a letter or digit, found {self.study!r}. Rename the study")
+        if not isinstance(self.round_id, str) or not _ROUND_RE.fullmatch(self.round_id):
+            raise InputError(f"{where}: invalid round id; expected letters, digits, '_' or '-', found "
+                             f"{self.round_id!r}. Use new_round_id()")
+        if not isinstance(self.parties, dict):
+            raise InputError(f"{where}: parties is not an object; expected {{name: {{x25519, ed25519}}}}, "
+                             f"found {type(self.parties).__name__}. Build it from the parties' .pub files")
+        if not 2 <= len(self.parties) <= MAX_PARTIES:
+            raise InputError(f"{where}: wrong number of parties; expected 2 to {MAX_PARTIES}, found "
+                             f"{len(self.parties)}. A study pools at least two parties")
+        parsed = {}
+        for name in sorted(self.parties):
+            parsed[name] = PublicKeys.from_manifest_entry(name, self.parties[name], where=where)
+        for kind in ("x25519_pub", "ed25519_pub"):
+            seen: dict[bytes, str] = {}
+            for name, pk in parsed.items():
+                other = seen.setdefault(getattr(pk, kind), name)
+                if other != name:
+                    raise InputError(f"{where}: parties {other!r} and {name!r} have the same "
+                                     f"{kind[:-4]} key; expected one key pair per party, found a duplicate. "
+                                     f"Each party runs its own keygen")
+        object.__setattr__(self, "parties", {n: pk.manifest_entry() for n, pk in parsed.items()})
+        if not isinstance(self.settings, dict):
+            raise InputError(f"{where}: settings is not an object; expected a dict, found "
+                             f"{type(self.settings).__name__}. Pass the model settings as a dict")
+        enc = self.encoding
+        if not isinstance(enc, dict) or enc.get("ring_bits") != RING_BITS or set(enc) != {"ring_bits", "frac_bits"}:
+            raise InputError(f"{where}: unsupported encoding; expected {{'ring_bits': {RING_BITS}, "
+                             f"'frac_bits': n}}, found {_short(enc)}. Rebuild the manifest with this dash-spark")
+        check_frac_bits(enc["frac_bits"], where=where)
+        if not isinstance(self.created, str):
+            raise InputError(f"{where}: created is not a string; expected an ISO time, found "
+                             f"{type(self.created).__name__}. Leave it at the default")
+        canonical_json(self.to_dict(), where=where)
+
+    @classmethod
+    def new(cls, study: str, parties: Iterable[PublicKeys] | Mapping[str, dict], settings: Mapping,
+            *, frac_bits: int = FRAC_BITS, round_id: str | None = None) -> "Manifest":
+        """A manifest for a fresh round (``round_id`` defaults to :func:`new_round_id`)."""
+        if isinstance(parties, Mapping):
+            entries = dict(parties)
+        else:
+            entries = {}
+            for pk in parties:
+                if pk.party in entries:
+                    raise InputError(f"manifest of study {study!r}: party {pk.party!r} listed twice; expected "
+                                     "each party once, found a duplicate. Pass each .pub file once")
+                entries[pk.party] = pk.manifest_entry()
+        return cls(study=study, round_id=new_round_id() if round_id is None else round_id,
+                   parties=entries, settings=dict(settings),
+                   encoding={"ring_bits": RING_BITS, "frac_bits": check_frac_bits(frac_bits)})
+
+    @property
+    def party_names(self) -> list[str]:
+        """Sorted party names: a party's position is its index here."""
+        return sorted(self.parties)
+
+    @property
+    def frac_bits(self) -> int:
+        return int(self.encoding["frac_bits"])
+
+    def public_keys(self, party: str) -> PublicKeys:
+        """The public keys of ``party`` (:class:`ProtocolError` when it is not in the manifest)."""
+        if party not in self.parties:
+            raise ProtocolError(f"manifest of study {self.study!r} round {self.round_id!r}: party {party!r} is "
+                                f"not listed; expected one of {', '.join(self.party_names)}, found {party!r}. "
+                                "Use the manifest of the party's study and round")
+        return PublicKeys.from_manifest_entry(party, self.parties[party])
+
+    def to_dict(self) -> dict:
+        return {"version": FORMAT_VERSION, "study": self.study, "round_id": self.round_id,
+                "parties": self.parties, "settings": self.settings, "encoding": self.encoding,
+                "created": self.created}
+
+    def to_json(self) -> str:
+        """Human-readable JSON (the digest uses the canonical form)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, where: str = "manifest") -> "Manifest":
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        obj = _parse_json(data, where=where)
+        version = obj.pop("version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise InputError(f"{where}: unsupported manifest version; expected {FORMAT_VERSION}, found "
+                             f"{_short(version)}. Use the dash-spark version that wrote it")
+        need = ("study", "round_id", "parties", "settings", "encoding", "created")
+        missing = [k for k in need if k not in obj]
+        extra = sorted(set(obj) - set(need))
+        if missing or extra:
+            raise InputError(f"{where}: wrong manifest fields; expected {', '.join(need)}, found "
+                             f"{', '.join(sorted(obj)) or 'none'}. Use a manifest written by write_manifest")
+        return cls(**obj)
+
+    def digest(self) -> str:
+        """sha256 (hex) of the canonical JSON: what every share header binds to."""
+        return hashlib.sha256(canonical_json(self.to_dict(), where="manifest")).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# file system access
+
+
+class _Location:
+    """A base URI resolved to a pyarrow file system and a path in it."""
+
+    def __init__(self, uri: str | os.PathLike):
+        uri = os.fspath(uri)
+        if not isinstance(uri, str) or not uri:
+            raise ConfigError(f"exchange: empty location; expected a directory or URI, found {uri!r}. "
+                              "Pass --exchange")
+        self.uri = uri
+        self.query = ""
+        if "://" not in uri:
+            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+            self.path = os.path.abspath(uri)
+            self.prefix = ""
+            return
+        try:
+            self.fs, path = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"exchange {uri}: cannot open the location; expected a local path or a URI "
+                              f"pyarrow supports (file://, s3://, gs://, hdfs://), found an error "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). "
+                              "Check the URI and credentials") from None
+        self.path = path.rstrip("/") or "/"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.prefix = ""
+        else:
+            self.prefix = uri.split("://", 1)[0] + "://"
+            if "?" in uri:
+                self.query = "?" + uri.split("?", 1)[1]
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.path.rstrip("/")] + list(parts)) if self.path != "/" else "/" + "/".join(parts)
+
+    def show(self, path: str) -> str:
+        """The user-facing location of ``path`` (re-openable with the same scheme and options)."""
+        return f"{self.prefix}{path}{self.query}"
+
+    def info(self, path: str) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{self.show(path)}: cannot inspect the exchange; expected an accessible "
+                             f"location, found an error ({exc}). Check the exchange URI and access") from None
+
+    def exists(self, path: str) -> bool:
+        return self.info(path).type != pafs.FileType.NotFound
+
+    def read(self, path: str, *, what: str, exc_type: type[Exception] = InputError) -> bytes:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise exc_type(f"{self.show(path)}: {what} not found; expected the file, found nothing. "
+                           "Check the exchange location and that the file was published") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise exc_type(f"{self.show(path)}: cannot read {what}; expected a readable file, found an error "
+                           f"({exc}). Check the exchange location and access") from None
+
+    def write_atomic(self, path: str, data: bytes, *, what: str) -> None:
+        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, path)
+        except (pa.ArrowException, OSError) as exc:
+            try:
+                self.fs.delete_file(tmp)
+            except (pa.ArrowException, OSError):
+                pass
+            raise OutputError(f"{self.show(path)}: cannot write {what}; expected a writable exchange, found "
+                              f"an error ({exc}). Check the exchange location and access") from None
+
+    def list_final(self, path: str) -> list[str]:
+        """Base names of the files under ``path`` other than ``*.tmp`` leftovers ([] when absent)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{self.show(path)}: cannot list the exchange; expected an accessible "
+                             f"location, found an error ({exc}). Check the exchange URI and access") from None
+        return [i.base_name for i in infos if not i.base_name.endswith(".tmp")]
+
+    def mkdir(self, path: str) -> None:
+        try:
+            self.fs.create_dir(path, recursive=True)
+        except (pa.ArrowException, OSError) as exc:
+            raise OutputError(f"{self.show(path)}: cannot create directory; expected a writable exchange, "
+                              f"found an error ({exc}). Check the exchange location and access") from None
+
+
+def _round_dir(loc: _Location, study: str, round_id: str) -> str:
+    return loc.join(study, round_id)
+
+
+def _share_dir(loc: _Location, manifest: Manifest, party: str) -> str:
+    return loc.join(manifest.study, manifest.round_id, "shares", party)
+
+
+def manifest_location(uri: str | os.PathLike, study: str, round_id: str) -> str:
+    """Where :func:`write_manifest` puts the manifest of ``study``/``round_id`` under ``uri``."""
+    loc = _Location(uri)
+    return loc.show(loc.join(study, round_id, "manifest.json"))
+
+
+def write_manifest(uri: str | os.PathLike, manifest: Manifest) -> str:
+    """Write ``<uri>/<study>/<round>/manifest.json``; refuse when that study round already exists."""
+    loc = _Location(uri)
+    rdir = _round_dir(loc, manifest.study, manifest.round_id)
+    if loc.exists(rdir):
+        raise OutputError(f"{loc.show(rdir)}: study {manifest.study!r} round {manifest.round_id!r} already exists "
+                          "in the exchange; expected a new round, found an existing directory. Start a new "
+                          "round with new_round_id()")
+    loc.mkdir(rdir)
+    path = loc.join(manifest.study, manifest.round_id, "manifest.json")
+    loc.write_atomic(path, manifest.to_json().encode("utf-8"), what="manifest")
+    return loc.show(path)
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read a manifest from its file (local path or URI) or from its round directory."""
+    loc = _Location(path)
+    target = loc.path
+    if loc.info(target).type == pafs.FileType.Directory:
+        target = loc.join("manifest.json")
+    data = loc.read(target, what="manifest")
+    return Manifest.from_json(data, where=loc.show(target))
+
+
+def _check_exchange_manifest(loc: _Location, manifest: Manifest, *, who: str) -> None:
+    path = loc.join(manifest.study, manifest.round_id, "manifest.json")
+    if not loc.exists(path):
+        return
+    stored = Manifest.from_json(loc.read(path, what="manifest"), where=loc.show(path))
+    if stored.digest() != manifest.digest():
+        raise ProtocolError(f"{who}: the manifest differs from the exchange's {loc.show(path)}; expected "
+                            f"digest {stored.digest()[:16]}, found {manifest.digest()[:16]}. Use the manifest "
+                            "the coordinator wrote to the exchange")
+
+
+# ----------------------------------------------------------------------------------------------
+# shares
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype="<u8"), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_own_keys(manifest: Manifest, party: str, private_keys: PrivateKeys, *, who: str) -> None:
+    check_party_name(party, where=who)
+    expected = manifest.public_keys(party)
+    if not isinstance(private_keys, PrivateKeys):
+        raise InputError(f"{who}: private keys are not PrivateKeys; expected load_private(...), found "
+                         f"{type(private_keys).__name__}. Load the party's .key file")
+    mine = private_keys.public()
+    if private_keys.party != party or mine != expected:
+        raise ProtocolError(f"{who}: the private key does not match party {party!r} in the manifest; expected "
+                            f"party {party!r} fingerprint {fingerprint(expected)}, found party "
+                            f"{private_keys.party!r} fingerprint {fingerprint(mine)}. Load party {party!r}'s "
+                            "own .key file, or fix its keys in the manifest")
+
+
+def mask_stats(manifest: Manifest, party: str, private_keys: PrivateKeys,
+               encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mask a party's encoded statistics with seeds shared with every other manifest party."""
+    who = f"mask statistics of party {party!r}"
+    _check_own_keys(manifest, party, private_keys, who=who)
+    seeds = pairwise_seeds(private_keys, {p: manifest.public_keys(p).x25519_pub for p in manifest.party_names},
+                           study=manifest.study, round_id=manifest.round_id, me=party)
+    return {name: mask_share(check_encoded(v, where=f"{who}, statistic {name!r}"), name, me=party,
+                             parties=manifest.party_names, seeds=seeds)
+            for name, v in encoded.items()}
+
+
+def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, private_keys: PrivateKeys,
+                  stats: Mapping[str, np.ndarray], header_extra: Mapping | None = None) -> str:
+    """Publish a party's masked statistics (ring arrays ``(..., 2)`` uint64) with a signed header.
+
+    The header holds party, study, round, manifest digest, every statistic's array shape and
+    the sha256 of its ``.npy`` file, and ``header_extra`` (under ``"extra"``). Refuses a second
+    share of the same party and round (:class:`DuplicateShareError`). Returns the share's location.
+    """
+    who = f"publish share of party {party!r}"
+    _check_own_keys(manifest, party, private_keys, who=who)
+    if not stats:
+        raise InputError(f"{who}: no statistics; expected at least one, found none. Pass the masked statistics")
+    extra = {} if header_extra is None else dict(header_extra)
+    loc = _Location(uri)
+    _check_exchange_manifest(loc, manifest, who=who)
+    sdir = _share_dir(loc, manifest, party)
+    sig_path = sdir + "/signature.json"
+    if loc.exists(sig_path):
+        raise DuplicateShareError(f"{loc.show(sdir)}: party {party!r} already published a share for round "
+                                  f"{manifest.round_id!r}; expected one share per party and round, found an "
+                                  "existing signed share. Shares are never replaced: start a new round to "
+                                  "publish different values")
+    if loc.list_final(sdir):
+        # masked files of an interrupted publish may have been seen: re-masking other values with the
+        # same streams would reveal their difference, so a round's share is written at most once
+        raise DuplicateShareError(f"{loc.show(sdir)}: party {party!r} has an incomplete share for round "
+                                  f"{manifest.round_id!r}; expected an empty share directory, found files of an "
+                                  "interrupted publish. Start a new round (new_round_id) and publish there")
+    files: dict[str, bytes] = {}
+    spec: dict[str, dict] = {}
+    for name, arr in stats.items():
+        check_stat_name(name, where=who)
+        check_encoded(arr, where=f"{who}, statistic {name!r}")
+        data = _npy_bytes(arr)
+        files[name] = data
+        spec[name] = {"shape": list(arr.shape), "dtype": "uint64", "sha256": hashlib.sha256(data).hexdigest()}
+    header = {"version": FORMAT_VERSION, "party": party, "study": manifest.study, "round_id": manifest.round_id,
+              "manifest_digest": manifest.digest(), "stats": spec, "extra": extra, "created": _now()}
+    header_bytes = canonical_json(header, where=f"{who}, header")
+    signature = {"party": party, "algorithm": "ed25519", "fingerprint": fingerprint(private_keys),
+                 "header_sha256": hashlib.sha256(header_bytes).hexdigest(),
+                 "signature": private_keys.sign(header_bytes).hex()}
+    loc.mkdir(sdir)
+    for name, data in files.items():
+        loc.write_atomic(f"{sdir}/{name}.npy", data, what=f"statistic {name!r}")
+    loc.write_atomic(f"{sdir}/header.json", header_bytes, what="share header")
+    loc.write_atomic(sig_path, canonical_json(signature) + b"\n", what="share signature")
+    return loc.show(sdir)
+
+
+def publish_stats(uri: str | os.PathLike, manifest: Manifest, party: str, private_keys: PrivateKeys,
+                  stats: Mapping[str, object], header_extra: Mapping | None = None,
+                  max_abs_bits: int | None = None) -> str:
+    """Encode (the manifest's ``frac_bits``), mask and publish a party's float statistics."""
+    encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}
+    masked = mask_stats(manifest, party, private_keys, encoded)
+    return publish_share(uri, manifest, party, private_keys, masked, header_extra)
+
+
+def _describe_diff(ref: dict[str, list], got: dict[str, list]) -> tuple[str, str]:
+    exp, fnd = [], []
+    for name in sorted(set(ref) | set(got)):
+        if name not in got:
+            exp.append(f"statistic {name!r}")
+            fnd.append(f"no {name!r}")
+        elif name not in ref:
+            exp.append(f"no {name!r}")
+            fnd.append(f"statistic {name!r}")
+        elif ref[name] != got[name]:
+            exp.append(f"{name!r} of shape {tuple(ref[name])}")
+            fnd.append(f"shape {tuple(got[name])}")
+    return ", ".join(exp[:4]) + (" ..." if len(exp) > 4 else ""), ", ".join(fnd[:4]) + (" ..." if len(fnd) > 4 else "")
+
+
+def _verify_share(loc: _Location, manifest: Manifest, party: str, pub: PublicKeys) -> tuple[dict, dict]:
+    sdir = _share_dir(loc, manifest, party)
+    who = f"share of party {party!r} ({loc.show(sdir)})"
+    sig_obj = _parse_json(loc.read(sdir + "/signature.json", what="share signature", exc_type=ProtocolError),
+                          where=f"{who} signature.json", exc_type=ProtocolError)
+    sig_hex = sig_obj.get("signature")
+    if sig_obj.get("algorithm") != "ed25519" or not isinstance(sig_hex, str) or not _SIG_RE.fullmatch(sig_hex):
+        raise ProtocolError(f"{who}: malformed signature.json; expected an ed25519 signature of 128 hex digits, "
+                            f"found algorithm {_short(sig_obj.get('algorithm'))}. Ask {party!r} to publish "
+                            "again in a new round")
+    header_raw = loc.read(sdir + "/header.json", what="share header", exc_type=ProtocolError)
+    header = _parse_json(header_raw, where=f"{who} header.json", exc_type=ProtocolError)
+    try:
+        signed = canonical_json(header, where=f"{who} header.json")
+    except InputError as exc:
+        raise ProtocolError(str(exc)) from None
+    if not pub.verify(bytes.fromhex(sig_hex), signed):
+        raise ProtocolError(f"{who}: signature does not verify with {party!r}'s Ed25519 key from the manifest; "
+                            f"expected a header signed by {party!r} (fingerprint {fingerprint(pub)}), found a "
+                            f"tampered, unsigned or foreign header. Ask {party!r} to publish again in a new round")
+    if header.get("party") != party:
+        raise ProtocolError(f"{who}: share is in the wrong party's directory; expected party {party!r}, found "
+                            f"{_short(header.get('party'))}. Ask {party!r} to publish its own share")
+    digest = manifest.digest()
+    found = (header.get("study"), header.get("round_id"), header.get("manifest_digest"))
+    if found != (manifest.study, manifest.round_id, digest):
+        raise ProtocolError(f"{who}: replayed or misplaced share from another round; expected study "
+                            f"{manifest.study!r} round {manifest.round_id!r} manifest {digest[:16]}, found study "
+                            f"{_short(found[0])} round {_short(found[1])} manifest {str(found[2])[:16]}. "
+                            f"Ask {party!r} to publish its share for round {manifest.round_id!r}")
+    spec = header.get("stats")
+    if not isinstance(spec, dict) or not spec or not isinstance(header.get("extra"), dict):
+        raise ProtocolError(f"{who}: malformed header; expected 'stats' and 'extra' objects, found "
+                            f"{_short(sorted(header))}. Ask {party!r} to publish again in a new round")
+    stats: dict[str, np.ndarray] = {}
+    for name, meta in spec.items():
+        if not isinstance(name, str) or not _STAT_RE.fullmatch(name) or not (
+                isinstance(meta, dict) and isinstance(meta.get("shape"), list) and isinstance(meta.get("sha256"), str)):
+            raise ProtocolError(f"{who}: malformed header entry for statistic {_short(name)}; expected "
+                                f"{{shape, dtype, sha256}}, found {_short(meta)}. Ask {party!r} to publish again")
+        data = loc.read(f"{sdir}/{name}.npy", what=f"statistic {name!r}", exc_type=ProtocolError)
+        got = hashlib.sha256(data).hexdigest()
+        if got != meta["sha256"]:
+            raise ProtocolError(f"{who}: statistic {name!r} does not match the signed header; expected sha256 "
+                                f"{meta['sha256'][:16]}, found {got[:16]}. The file was altered after "
+                                f"publishing; ask {party!r} to publish again in a new round")
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ProtocolError(f"{who}: statistic {name!r} is not a .npy array; expected uint64 (..., 2), "
+                                f"found an error ({exc}). Ask {party!r} to publish again in a new round") from None
+        if arr.dtype.kind != "u" or arr.dtype.itemsize != 8 or list(arr.shape) != meta["shape"] or (
+                arr.ndim < 1 or arr.shape[-1] != 2):
+            raise ProtocolError(f"{who}: statistic {name!r} has the wrong type; expected uint64 of shape "
+                                f"{tuple(meta['shape'])}, found {arr.dtype} of shape {arr.shape}. "
+                                f"Ask {party!r} to publish again in a new round")
+        stats[name] = arr.astype(np.uint64, copy=False)
+    return header, stats
+
+
+def read_shares(uri: str | os.PathLike, manifest: Manifest, *,
+                must_agree: Iterable[str] = ()) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+    """Verify and read every manifest party's share: ``{party: (header, {stat: ring array})}``.
+
+    Raises :class:`ProtocolError` when a party's share is missing, unsigned, badly signed,
+    from another round, altered, or when parties declare different statistics (names, shapes)
+    or different ``header_extra`` values for the keys in ``must_agree``.
+    """
+    loc = _Location(uri)
+    rdir = _round_dir(loc, manifest.study, manifest.round_id)
+    _check_exchange_manifest(loc, manifest, who=f"combine study {manifest.study!r} round {manifest.round_id!r}")
+    names = manifest.party_names
+    missing, unsigned = [], []
+    for p in names:
+        sdir = _share_dir(loc, manifest, p)
+        if not loc.exists(sdir + "/signature.json"):
+            (unsigned if loc.exists(sdir + "/header.json") else missing).append(p)
+    if missing:
+        raise ProtocolError(f"{loc.show(rdir)}: shares missing from {', '.join(map(repr, missing))}; expected "
+                            f"a share from all {len(names)} parties ({', '.join(names)}), found "
+                            f"{len(names) - len(missing)}. Combine needs every party: wait for the missing "
+                            "ones, or start a new round without them")
+    if unsigned:
+        p = unsigned[0]
+        raise ProtocolError(f"share of party {p!r} ({loc.show(_share_dir(loc, manifest, p))}): signature.json is "
+                            "missing; expected a signed share, found an unsigned or incomplete one. Start a new round "
+                            f"and ask {p!r} to publish there (parties without a signature: {', '.join(unsigned)})")
+    out = {p: _verify_share(loc, manifest, p, manifest.public_keys(p)) for p in names}
+    ref = names[0]
+    ref_spec = {n: m["shape"] for n, m in out[ref][0]["stats"].items()}
+    keys = list(must_agree)
+    for p in names[1:]:
+        spec = {n: m["shape"] for n, m in out[p][0]["stats"].items()}
+        if spec != ref_spec:
+            exp, fnd = _describe_diff(ref_spec, spec)
+            raise ProtocolError(f"share of party {p!r}: statistics differ from those of party {ref!r}; expected {exp}, "
+                                f"found {fnd}. All parties must run the same model settings on the same "
+                                "variant list")
+        for key in keys:
+            a = out[ref][0]["extra"].get(key, "<missing>")
+            b = out[p][0]["extra"].get(key, "<missing>")
+            if a != b:
+                raise ProtocolError(f"share of party {p!r}: header value {key!r} differs from that of party {ref!r}; "
+                                    f"expected {_short(a)}, found {_short(b)}. All parties must use the same "
+                                    f"{key} (check the party's inputs and settings)")
+    return out
+
+
+def sum_shares(shares: Mapping[str, tuple[dict, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Ring sum of every statistic over the parties of :func:`read_shares` (the masks cancel)."""
+    parties = sorted(shares)
+    if not parties:
+        raise InputError("sum_shares: no shares; expected the output of read_shares, found none. "
+                         "Read the shares first")
+    names = list(shares[parties[0]][1])
+    return {n: ring_sum(shares[p][1][n] for p in parties) for n in names}
+
+
+def combine(uri: str | os.PathLike, manifest: Manifest, *,
+            must_agree: Iterable[str] = ()) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Read and verify all shares, add them and decode: ``({party: header}, {stat: pooled float64})``."""
+    shares = read_shares(uri, manifest, must_agree=must_agree)
+    sums = sum_shares(shares)
+    return ({p: h for p, (h, _) in shares.items()},
+            {n: decode(v, manifest.frac_bits) for n, v in sums.items()})
+
+
+__all__ = ["DuplicateShareError", "Manifest", "canonical_json", "combine", "manifest_location", "mask_stats",
+           "new_round_id", "publish_share", "publish_stats", "read_manifest", "read_shares", "sum_shares",
+           "write_manifest"]

@@ -1,0 +1,166 @@
+"""Pairwise additive masks that cancel in the sum over all parties (secure aggregation).
+
+Every pair of parties ``{p, q}`` shares a 32-byte seed: the X25519 shared secret of their keys,
+expanded with HKDF-SHA256 (salt ``sha256("dash-spark|<study>|<round>")``, info
+``"pair|<min(p,q)>|<max(p,q)>"``), so that the seed is unique per study, round and pair and the
+same for both members. Per statistic, HKDF derives a key (info ``"stat|<name>"``) that ChaCha20
+expands into a stream of ring elements (16 little-endian bytes each: ``lo``, ``hi``). The party
+at the lower position of the pair (positions: index in the sorted party list of the manifest)
+adds the stream, the other subtracts it, so all masks cancel in the ring sum of the shares.
+
+Threat model (honest-but-curious parties and combiner): a share alone, or any set of shares
+short of all of them, is uniform in the ring; only the sum of all shares is revealed. The
+masks between two parties are known to both of them, so all parties but one colluding (with
+the combiner) recover the remaining party's values; that is out of scope, as are parties lying
+about their own data. A party that drops out leaves unmatched masks: the round cannot be
+completed and a new round (new round id, hence new masks) is needed; never re-publish different
+values under the same round id, since two shares masked with the same stream reveal their
+difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..errors import InputError
+from . import ProtocolError
+from .encoding import add, check_encoded, sub
+from .keys import PrivateKeys, check_party_name
+
+_NONCE = bytes(16)  # the ChaCha20 key is unique per (pair, study, round, statistic)
+_CHUNK_WORDS = 1 << 16  # ring elements generated per keystream chunk in mask_share
+_STAT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_stat_name(name: object, *, where: str = "statistic") -> str:
+    """A statistic name usable as a file name and HKDF label: ``[A-Za-z0-9][A-Za-z0-9_.-]*``."""
+    if not isinstance(name, str) or not _STAT_RE.fullmatch(name):
+        raise InputError(f"{where}: invalid statistic name; expected letters, digits, '_', '.' or '-' "
+                         f"starting with a letter or digit, found {name!r}. Rename the statistic")
+    return name
+
+
+def _hkdf(secret: bytes, *, salt: bytes | None, info: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info.encode("utf-8")).derive(secret)
+
+
+def round_salt(study: str, round_id: str) -> bytes:
+    """``sha256("dash-spark|<study>|<round_id>")``: the HKDF salt of a round's pair seeds."""
+    return hashlib.sha256(f"dash-spark|{study}|{round_id}".encode("utf-8")).digest()
+
+
+def pairwise_seed(my_private: PrivateKeys | X25519PrivateKey | bytes, their_public: bytes, *, study: str,
+                  round_id: str, me: str, them: str) -> bytes:
+    """The 32-byte mask seed shared by parties ``me`` and ``them`` in one study round.
+
+    ``my_private``: the party's :class:`PrivateKeys` (or its X25519 private key, object or raw
+    32 bytes); ``their_public``: the other party's raw 32-byte X25519 public key.
+    """
+    check_party_name(me, where="pairwise_seed")
+    check_party_name(them, where="pairwise_seed")
+    if me == them:
+        raise ProtocolError(f"pairwise_seed: party {me!r} paired with itself; expected two different "
+                            f"parties, found {me!r} twice. Check the manifest's party list")
+    if isinstance(my_private, PrivateKeys):
+        if my_private.party != me:
+            raise ProtocolError(f"pairwise_seed: private keys belong to another party; expected {me!r}, "
+                                f"found {my_private.party!r}. Load the key file of party {me!r}")
+        key = my_private.x25519
+    elif isinstance(my_private, X25519PrivateKey):
+        key = my_private
+    else:
+        try:
+            key = X25519PrivateKey.from_private_bytes(bytes(my_private))
+        except (TypeError, ValueError):
+            raise InputError(f"pairwise_seed: private key of party {me!r} is invalid; expected 32 raw "
+                             "bytes or PrivateKeys, found something else. Load it with load_private") from None
+    try:
+        shared = key.exchange(X25519PublicKey.from_public_bytes(bytes(their_public)))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"pairwise_seed: X25519 key of party {them!r} is unusable; expected a valid "
+                            f"public key, found an error ({exc}). Ask {them!r} for its .pub file again") from None
+    lo, hi = sorted((me, them))
+    return _hkdf(shared, salt=round_salt(study, round_id), info=f"pair|{lo}|{hi}")
+
+
+def pairwise_seeds(my_private: PrivateKeys, public_x25519: Mapping[str, bytes], *, study: str,
+                   round_id: str, me: str) -> dict[str, bytes]:
+    """Seeds of ``me`` with every other party of ``{party: raw X25519 public key}``."""
+    return {p: pairwise_seed(my_private, pub, study=study, round_id=round_id, me=me, them=p)
+            for p, pub in public_x25519.items() if p != me}
+
+
+def _stat_encryptor(seed: bytes, stat_name: str):
+    if not isinstance(seed, bytes) or len(seed) != 32:
+        raise InputError(f"mask for statistic {stat_name!r}: seed is not 32 bytes; expected a seed from "
+                         "pairwise_seed, found something else. Derive seeds with pairwise_seed")
+    check_stat_name(stat_name, where="mask_stream")
+    key = _hkdf(seed, salt=None, info=f"stat|{stat_name}")
+    return Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
+
+
+def _words(encryptor, n_words: int) -> np.ndarray:
+    raw = encryptor.update(bytes(16 * n_words))
+    return np.frombuffer(raw, dtype="<u8").astype(np.uint64).reshape(n_words, 2)
+
+
+def mask_stream(seed: bytes, stat_name: str, n_words: int) -> np.ndarray:
+    """The mask of statistic ``stat_name`` from a pair seed: ``n_words`` ring elements ``(n_words, 2)``."""
+    if isinstance(n_words, bool) or not isinstance(n_words, (int, np.integer)) or n_words < 0:
+        raise InputError(f"mask_stream: invalid length for statistic {stat_name!r}; expected a "
+                         f"non-negative integer, found {n_words!r}. Pass the statistic's element count")
+    return _words(_stat_encryptor(seed, stat_name), int(n_words))
+
+
+def _check_parties(me: str, parties: Sequence[str]) -> list[str]:
+    parties = list(parties)
+    for p in parties:
+        check_party_name(p, where="mask_share")
+    if parties != sorted(set(parties)):
+        raise ProtocolError(f"mask_share: party list is not sorted and unique; expected {sorted(set(parties))}, "
+                            f"found {parties}. Pass the manifest's sorted party names")
+    if me not in parties:
+        raise ProtocolError(f"mask_share: party {me!r} is not in the party list; expected one of "
+                            f"{', '.join(parties)}, found {me!r}. Use the manifest of the party's study")
+    return parties
+
+
+def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: Sequence[str],
+               seeds: Mapping[str, bytes]) -> np.ndarray:
+    """Mask party ``me``'s encoded statistic: add the streams shared with higher-positioned parties,
+    subtract those shared with lower-positioned ones (positions in the sorted list ``parties``).
+
+    The ring sum over all parties of their masked shares equals the sum of the unmasked values.
+    """
+    check_encoded(values_encoded, where=f"mask_share of statistic {stat_name!r}")
+    check_stat_name(stat_name, where="mask_share")
+    parties = _check_parties(me, parties)
+    missing = [p for p in parties if p != me and p not in seeds]
+    if missing:
+        raise ProtocolError(f"mask_share: party {me!r} lacks seeds with {', '.join(missing)}; expected a "
+                            f"seed with every other party, found {len(parties) - 1 - len(missing)} of "
+                            f"{len(parties) - 1}. Derive them with pairwise_seeds from the manifest")
+    pos = parties.index(me)
+    flat = values_encoded.reshape(-1, 2)
+    out = flat.copy()
+    n = flat.shape[0]
+    for q, other in enumerate(parties):
+        if other == me:
+            continue
+        op = add if pos < q else sub
+        enc = _stat_encryptor(seeds[other], stat_name)
+        for start in range(0, n, _CHUNK_WORDS):
+            stop = min(n, start + _CHUNK_WORDS)
+            out[start:stop] = op(out[start:stop], _words(enc, stop - start))
+    return out.reshape(values_encoded.shape)
+
+
+__all__ = ["check_stat_name", "mask_share", "mask_stream", "pairwise_seed", "pairwise_seeds", "round_salt"]
