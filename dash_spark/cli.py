@@ -57,7 +57,10 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--bfile", required=required, metavar="PREFIX", help="PLINK 1 fileset PREFIX.bed/.bim/.fam")
+    p.add_argument("--bfile", metavar="PREFIX", help="PLINK 1 fileset PREFIX.bed/.bim/.fam")
+    p.add_argument("--features", metavar="FILE.parquet",
+                   help="instead of --bfile: real-valued features, one row per feature (id, values list<double>)")
+    p.add_argument("--feature-samples", metavar="FILE", help="sample IDs in the order of the features' values")
     p.add_argument("--pheno", required=required, help="phenotype file (#FID IID ... or IID ...)")
     p.add_argument("--covar", help="covariate file (same layout)")
     p.add_argument("--out", required=required, metavar="OUTDIR", help="output directory (created)")
@@ -101,7 +104,7 @@ def _spark_conf(args) -> dict[str, str]:
     return conf
 
 
-SCAN_FIELDS = ("bfile", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
+SCAN_FIELDS = ("bfile", "features", "feature_samples", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize")
@@ -120,7 +123,9 @@ def scan_config_from_args(args):
 
             cfg = dataclasses.replace(cfg, spark_conf={**cfg.spark_conf, **conf})
         return cfg
-    missing = [f"--{k}" for k in ("bfile", "pheno", "out") if values[k] is None]
+    missing = [f"--{k}" for k in ("pheno", "out") if values[k] is None]
+    if values["bfile"] is None and values["features"] is None:
+        missing.insert(0, "--bfile (or --features)")
     if missing:
         raise ConfigError(f"scan: missing {', '.join(missing)} (or give --config FILE.toml)")
     return ScanConfig(**{k: v for k, v in values.items() if v is not None}, spark_conf=conf)
@@ -217,7 +222,8 @@ def cmd_party_compress(args) -> int:
     from .multiparty.party import run_party_compress
 
     path = run_party_compress(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
-                              bfile=args.bfile, master=args.master, spark_conf=_spark_conf(args))
+                              bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
+                              master=args.master, spark_conf=_spark_conf(args))
     print(path)
     return 0
 
@@ -282,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pheno", required=True)
     p.add_argument("--covar")
     p.add_argument("--bfile", metavar="PREFIX", help="genotypes (a scan study); without it: regression on covariates")
+    p.add_argument("--features", metavar="FILE.parquet", help="real-valued features instead of --bfile")
+    p.add_argument("--feature-samples", metavar="FILE", help="sample IDs in the order of the features' values")
     add_spark_args(p)
     p.set_defaults(func=cmd_party_compress)
 

@@ -15,7 +15,7 @@ from .errors import ConfigError, did_you_mean
 from .pipeline import ScanConfig
 from .spark.session import read_properties
 
-PATH_KEYS = ("bfile", "pheno", "covar", "out", "keep", "remove", "extract", "exclude")
+PATH_KEYS = ("bfile", "features", "feature_samples", "pheno", "covar", "out", "keep", "remove", "extract", "exclude")
 
 
 def _resolve(base: str, value: str) -> str:
@@ -58,7 +58,8 @@ def load_scan_config(path: str, **overrides) -> ScanConfig:
     conf.update({k: str(v) for k, v in doc.get("spark", {}).items()})
     scan["spark_conf"] = conf
     scan.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("bfile", "pheno", "out"):
+    scan.setdefault("bfile", None)
+    for key in ("pheno", "out"):
         if key not in scan:
             raise ConfigError(f"{path}: [scan] needs {key!r}")
     try:

@@ -47,10 +47,12 @@ MISSING_GENOTYPE_MODES = ("drop", "mean")
 class ScanConfig:
     """Settings of one scan (CLI flags and job-config keys have the same names)."""
 
-    bfile: str
     pheno: str
     out: str
+    bfile: str | None = None
     covar: str | None = None
+    features: str | None = None
+    feature_samples: str | None = None
     pheno_name: tuple[str, ...] | None = None
     covar_name: tuple[str, ...] | None = None
     no_intercept: bool = False
@@ -75,6 +77,10 @@ class ScanConfig:
     spark_conf: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
+        if bool(self.bfile) == bool(self.features):
+            raise ConfigError("give either --bfile PREFIX or --features FILE.parquet (with --feature-samples)")
+        if self.features and not self.feature_samples:
+            raise ConfigError("--features needs --feature-samples FILE (the sample IDs, in the order of the values)")
         if self.missing_genotypes not in MISSING_GENOTYPE_MODES:
             raise ConfigError(
                 f"missing_genotypes: expected one of {', '.join(MISSING_GENOTYPE_MODES)}, "
@@ -135,14 +141,28 @@ def build_model(cfg: ScanConfig, *, party: bool = False) -> Model:
     party produces statistics of the same shape), and each pattern carries its global moments
     ``C'C`` and ``C'1``.
     """
-    bed, bim_path, fam_path = _bfile_paths(cfg.bfile)
-    for p in (bed, bim_path, fam_path):
-        if not os.path.exists(p):
-            raise InputError(f"{p}: file not found; --bfile expects PREFIX with PREFIX.bed/.bim/.fam")
-    fam = read_fam(fam_path)
-    bim = read_bim(bim_path)
-    check_bed(bed, fam.n_samples, bim.n_variants, fam_path, bim_path)
-    log.info("genotypes: %s: %d samples x %d variants", cfg.bfile, fam.n_samples, bim.n_variants)
+    if cfg.features:
+        from .io.features import read_feature_meta
+        from .io.plink import Fam
+        from .io.tables import read_sample_ids
+
+        for p in (cfg.features, cfg.feature_samples):
+            if not os.path.exists(p):
+                raise InputError(f"{p}: file not found")
+        ids = read_sample_ids(cfg.feature_samples)
+        fam = Fam(path=cfg.feature_samples, fids=ids, iids=ids, founder=np.ones(len(ids), dtype=bool))
+        fam_path = cfg.feature_samples
+        bim = read_feature_meta(cfg.features, fam.n_samples)
+        log.info("features: %s: %d samples x %d features", cfg.features, fam.n_samples, bim.n_variants)
+    else:
+        bed, bim_path, fam_path = _bfile_paths(cfg.bfile)
+        for p in (bed, bim_path, fam_path):
+            if not os.path.exists(p):
+                raise InputError(f"{p}: file not found; --bfile expects PREFIX with PREFIX.bed/.bim/.fam")
+        fam = read_fam(fam_path)
+        bim = read_bim(bim_path)
+        check_bed(bed, fam.n_samples, bim.n_variants, fam_path, bim_path)
+        log.info("genotypes: %s: %d samples x %d variants", cfg.bfile, fam.n_samples, bim.n_variants)
 
     pheno = read_sample_table(cfg.pheno, kind="pheno", names=list(cfg.pheno_name) if cfg.pheno_name else None)
     tables = [pheno]
@@ -267,7 +287,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     t0 = time.time()
     _check_out(cfg)
     model = build_model(cfg)
-    bed, bim_path, _ = _bfile_paths(cfg.bfile)
+    bed, bim_path, _ = _bfile_paths(cfg.bfile) if cfg.bfile else (os.devnull, os.devnull, None)
     if spark is None:
         spark = get_session(master=cfg.master, conf=cfg.spark_conf)
     fs = HadoopFS(spark, cfg.out)
@@ -285,7 +305,8 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
             n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns,
             filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno),
             sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20),
-            count_alt=cfg.count_alt, missing_genotypes=cfg.missing_genotypes,
+            count_alt=cfg.count_alt or bool(cfg.features), missing_genotypes=cfg.missing_genotypes,
+            features_path=qualify(cfg.features) if cfg.features else None,
         )
         log.info("scan: %d variants in %d partitions of <= %d variants, sub-blocks of %d; "
                  "missing genotype calls: %s", m, len(ranges), bv, plan.sub_block,

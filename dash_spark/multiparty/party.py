@@ -81,7 +81,8 @@ def _filesystem(path: str):
 
 
 def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: str, covar: str | None,
-                       bfile: str | None, spark=None, master: str | None = None,
+                       bfile: str | None, features: str | None = None, feature_samples: str | None = None,
+                       spark=None, master: str | None = None,
                        spark_conf: dict | None = None, task_memory_mb: int = 256) -> str:
     """Compute this party's statistics, encode, mask, sign and publish them; return the share path.
 
@@ -97,10 +98,10 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
     keys = load_private(key_path)
     _check_party(manifest, party, keys)
     settings = manifest.settings
-    kind = "scan" if bfile else "regression"
+    kind = "scan" if (bfile or features) else "regression"
     if settings.get("kind") and settings["kind"] != kind:
         raise ConfigError(f"{manifest_path}: study {manifest.study!r} is a {settings['kind']} study; "
-                          + ("pass --bfile PREFIX" if settings["kind"] == "scan" else "drop --bfile"))
+                          + ("pass --bfile PREFIX or --features" if settings["kind"] == "scan" else "drop --bfile/--features"))
     log.info("study %s, round %s: party %s (key %s), %s study", manifest.study, manifest.round_id, party,
              fingerprint(keys), kind)
     if kind == "regression":
@@ -112,7 +113,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         from ..spark.scan import ScanPlan, default_block_variants, plan_ranges, sub_block_size
         from ..spark.session import get_session
 
-        cfg = ScanConfig(bfile=bfile, pheno=pheno, covar=covar, out=os.devnull,
+        cfg = ScanConfig(bfile=bfile, features=features, feature_samples=feature_samples,
+                         pheno=pheno, covar=covar, out=os.devnull,
                          pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
                          covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                          no_intercept=not settings.get("intercept", True),
@@ -122,18 +124,20 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         vt = variant_table(model.bim)
         vh = variant_hash(vt)
         if settings.get("variant_hash") and settings["variant_hash"] != vh:
-            raise ProtocolError(f"{party}: the variant list of {bfile}.bim differs from the manifest's "
+            raise ProtocolError(f"{party}: the variant list of {bfile or features} differs from the manifest's "
                                 f"(hash {vh[:12]} vs {settings['variant_hash'][:12]}); all parties must use the "
                                 "same variants in the same order. Nothing was published")
         _agree("phenotypes", phenos, settings.get("pheno_names"), party)
         if spark is None:
             spark = get_session(master=master, conf=spark_conf)
         m = model.bim.n_variants
-        plan = ScanPlan(bed_path=os.path.abspath(bfile + ".bed"), bim_path=os.path.abspath(bfile + ".bim"),
+        plan = ScanPlan(bed_path=os.path.abspath(bfile + ".bed") if bfile else os.devnull,
+                        bim_path=os.path.abspath(bfile + ".bim") if bfile else os.devnull,
                         n_samples=model.n_samples, n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept,
                         patterns=model.patterns,
                         sub_block=sub_block_size(model.n_samples, model.W.shape[1], task_memory_mb << 20),
-                        missing_genotypes=cfg.missing_genotypes)
+                        missing_genotypes=cfg.missing_genotypes,
+                        features_path=os.path.abspath(features) if features else None)
         ranges = plan_ranges(model.variants, default_block_variants(m, spark.sparkContext.defaultParallelism),
                              model.bim.line_offsets)
         V = run_compress_job(spark, plan, model.W, ranges)
@@ -209,7 +213,8 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
             named = finalize_pooled_scan(pooled, V, phenos, covs, mode)
             meta = tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
             batch = results_batch(np.arange(V.shape[0], dtype=np.int64), meta, V[:, lay["freq_alt"]][:, 0],
-                                  pooled["n_freq"][0] - V[:, lay["freq_miss"]][:, 0], named, count_alt=False)
+                                  pooled["n_freq"][0] - V[:, lay["freq_miss"]][:, 0], named,
+                                  count_alt=bool(np.all(meta[3] == ".")))  # features have no alleles
             if spark is None:
                 spark = get_session(master=master, conf=spark_conf)
             results = spark.createDataFrame(pa.Table.from_batches([batch]))

@@ -27,7 +27,6 @@ import pyarrow as pa
 from scipy.linalg import solve_triangular
 
 from ..errors import ModelError
-from ..stats.kernel import compress_block, missing_grams
 from ..stats.regression import (
     CovariateCorrelation,
     finalize_complete_case,
@@ -63,7 +62,9 @@ def per_variant_layout(k: int, n_pheno: int, mode: str) -> dict[str, slice]:
 
 def party_block_sums(plan, W: np.ndarray, packed: np.ndarray) -> np.ndarray:
     """Per-variant statistics of one block [shape: (m, width)] for a party's plan (``party=True`` model)."""
-    SX, SXX, SM = compress_block(packed, W, plan.n_a)
+    from ..spark.scan import block_missing_grams, block_sums
+
+    SX, SXX, SM = block_sums(plan, W, packed)
     k = plan.patterns[0].k
     lay = per_variant_layout(k, len(plan.patterns), plan.missing_genotypes)
     out = np.zeros((packed.shape[0], lay["_width"].start))
@@ -78,7 +79,7 @@ def party_block_sums(plan, W: np.ndarray, packed: np.ndarray) -> np.ndarray:
         out[:, lay[f"t{t}.ym"]] = SM[:, a + k : a + k + 1]
         out[:, lay[f"t{t}.miss"]] = SM[:, a + k + 1 : a + k + 2]
         if plan.missing_genotypes == "drop":
-            CmCm, Cmy, ymy = missing_grams(packed, W, a, k, 1, todo=SM[:, a + k + 1] > 0)
+            CmCm, Cmy, ymy = block_missing_grams(plan, W, packed, a, k, 1, SM[:, a + k + 1] > 0)
             out[:, lay[f"t{t}.CmCm"]] = CmCm[:, iu[0], iu[1]]
             out[:, lay[f"t{t}.Cmy"]] = Cmy[:, :, 0]
             out[:, lay[f"t{t}.ymy"]] = ymy

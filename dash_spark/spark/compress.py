@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ..io.plink import read_bed_rows
 from ..multiparty.study import party_block_sums
-from .scan import RANGE_SCHEMA_DDL
+from .scan import RANGE_SCHEMA_DDL, read_block
 
 SUMS_SCHEMA_DDL = "variant_index long, sums array<double>"
 
@@ -25,7 +25,9 @@ def compress_ranges(plan, W: np.ndarray, ranges):
         offsets = np.arange(stop - start) if not rows else np.asarray(rows, dtype=np.int64)
         for a in range(0, len(offsets), plan.sub_block):
             sub = offsets[a : a + plan.sub_block]
-            sums = party_block_sums(plan, W, read_bed_rows(plan.bed_path, plan.n_samples, start + sub))
+            block, _ = read_block(plan, start + sub, None, sub) if plan.features_path else (
+                read_bed_rows(plan.bed_path, plan.n_samples, start + sub), None)
+            sums = party_block_sums(plan, W, block)
             flat = pa.array(sums.ravel(), type=pa.float64())
             lists = pa.FixedSizeListArray.from_arrays(flat, sums.shape[1]).cast(pa.list_(pa.float64()))
             yield pa.RecordBatch.from_arrays([pa.array(start + sub, type=pa.int64()), lists],

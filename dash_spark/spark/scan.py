@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..filters import CallFilters
-from ..io.plink import read_bed_range, read_bed_rows, read_bim_range
+from ..io.features import compress_dense, missing_grams_dense, read_feature_rows
+from ..io.plink import read_bed_rows, read_bim_range
 from ..stats.kernel import compress_block, missing_grams
 from ..stats.regression import ERRCODES, CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
 
@@ -73,6 +74,7 @@ class ScanPlan:
     count_alt: bool = False
     missing_genotypes: str = "drop"
     filters: CallFilters = CallFilters()
+    features_path: str | None = None  # real-valued features (Parquet) instead of the .bed
 
 
 def plan_ranges(variants: np.ndarray, block_variants: int, line_offsets: np.ndarray) -> list[tuple]:
@@ -102,8 +104,28 @@ def sub_block_size(n_samples: int, n_columns: int, budget_bytes: int) -> int:
     return int(max(16, min(2048, budget_bytes // per_variant)))
 
 
+def read_block(plan: ScanPlan, variants: np.ndarray, meta_all=None, offsets=None):
+    """A block of variants: packed .bed bytes or dense feature values, and its metadata."""
+    if plan.features_path:
+        return read_feature_rows(plan.features_path, plan.n_samples, variants)
+    return read_bed_rows(plan.bed_path, plan.n_samples, variants), tuple(x[offsets] for x in meta_all)
+
+
+def block_sums(plan: ScanPlan, W: np.ndarray, block: np.ndarray):
+    """``(SX, SXX, SM)`` of a block (see :mod:`dash_spark.stats.kernel`), for either source."""
+    if plan.features_path:
+        return compress_dense(block, W, plan.n_a)
+    return compress_block(block, W, plan.n_a)
+
+
+def block_missing_grams(plan: ScanPlan, W: np.ndarray, block: np.ndarray, a: int, k: int, p: int, todo):
+    if plan.features_path:
+        return missing_grams_dense(block, W, a, k, p, todo)
+    return missing_grams(block, W, a, k, p, todo=todo)
+
+
 def _batch_for_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, packed: np.ndarray, meta) -> pa.RecordBatch:
-    SX, SXX, SM = compress_block(packed, W, plan.n_a)
+    SX, SXX, SM = block_sums(plan, W, packed)
     if plan.filters.active:
         ok = plan.filters.keep(SX[:, -1], plan.n_freq - SM[:, -1], SM[:, -2], plan.n_kept)
         if not ok.all():
@@ -118,7 +140,7 @@ def _batch_for_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, packed: np
         if plan.missing_genotypes == "mean":
             stats = finalize_mean_imputed(ym=SM[:, a + k : a + k + pg], **sums)
         else:
-            QmQm, Qmy, ymy = missing_grams(packed, W, a, k, pg, todo=sums["miss"] > 0)
+            QmQm, Qmy, ymy = block_missing_grams(plan, W, packed, a, k, pg, sums["miss"] > 0)
             stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymy, **sums)
         named += list(zip(pat.phenotypes, stats))
     return results_batch(vidx, meta, SX[:, -1], plan.n_freq - SM[:, -1], named, count_alt=plan.count_alt)
@@ -181,13 +203,12 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
 def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
     """Yield Arrow batches of results for an iterable of range rows (executor side, no Spark)."""
     for part, start, stop, bim_start, bim_stop, rows in ranges:
-        meta_all = read_bim_range(plan.bim_path, bim_start, bim_stop, start + 1)
+        meta_all = None if plan.features_path else read_bim_range(plan.bim_path, bim_start, bim_stop, start + 1)
         offsets = np.arange(stop - start) if not rows else np.asarray(rows, dtype=np.int64)
         for a in range(0, len(offsets), plan.sub_block):
             sub = offsets[a : a + plan.sub_block]
-            packed = read_bed_rows(plan.bed_path, plan.n_samples, start + sub)
-            meta = tuple(x[sub] for x in meta_all)
-            yield _batch_for_block(plan, W, (start + sub).astype(np.int64), packed, meta)
+            block, meta = read_block(plan, start + sub, meta_all, sub)
+            yield _batch_for_block(plan, W, (start + sub).astype(np.int64), block, meta)
 
 
 def run_scan_job(spark, plan: ScanPlan, W: np.ndarray, ranges: list[tuple]):

@@ -1,0 +1,119 @@
+"""Real-valued features from Parquet (instead of a .bed): one row per feature.
+
+Table: ``id`` (string), ``values`` (list<double>, one entry per sample in the order of the
+sample-ID file, null or NaN for missing), optional ``chrom`` (string) and ``pos`` (integer).
+The sample-ID file lists one IID per line (``FID IID`` lines and a ``#`` header are accepted,
+as for ``--keep``). Executors read their own row ranges; the driver reads only the footer and the
+small ``id``/``chrom``/``pos`` columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class FeatureMeta:
+    """Feature metadata in the shape the scan uses for .bim variants (arrays of length m)."""
+
+    path: str
+    chrom: np.ndarray
+    id: np.ndarray
+    pos: np.ndarray
+    alt: np.ndarray
+    ref: np.ndarray
+    line_offsets: np.ndarray  # unused for features (zeros), kept so range planning is shared
+
+    @property
+    def n_variants(self) -> int:
+        return len(self.id)
+
+
+def read_feature_meta(path: str, n_samples: int) -> FeatureMeta:
+    """Check the table's columns and the first row's length; read id/chrom/pos on the driver."""
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path}: cannot read the features as Parquet ({exc})") from None
+    names = pf.schema_arrow.names
+    for col in ("id", "values"):
+        if col not in names:
+            raise InputError(f"{path}: features need columns 'id' and 'values'; found {', '.join(names)}")
+    vtype = pf.schema_arrow.field("values").type
+    if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype)) or not pa.types.is_floating(vtype.value_type):
+        raise InputError(f"{path}: column 'values' must be list<double>; found {vtype}")
+    m = pf.metadata.num_rows
+    if m == 0:
+        raise InputError(f"{path}: no features (0 rows)")
+    first = next(pf.iter_batches(batch_size=1, columns=["values"])).column(0)[0].values
+    if len(first) != n_samples:
+        raise InputError(f"{path}: row 1 has {len(first)} values, but the sample-ID file lists {n_samples} "
+                         "samples; each row needs one value per listed sample, in that order")
+    cols = [c for c in ("id", "chrom", "pos") if c in names]
+    meta = pf.read(columns=cols)
+    ids = np.array(meta.column("id").to_pylist(), dtype=object)
+    chrom = np.array(meta.column("chrom").to_pylist(), dtype=object) if "chrom" in cols else np.full(m, "NA", dtype=object)
+    pos = np.asarray(meta.column("pos").to_numpy(zero_copy_only=False), dtype=np.int64) if "pos" in cols else np.arange(1, m + 1, dtype=np.int64)
+    dot = np.full(m, ".", dtype=object)
+    return FeatureMeta(path=path, chrom=chrom, id=ids, pos=pos, alt=dot, ref=dot.copy(),
+                       line_offsets=np.zeros(m + 1, dtype=np.int64))
+
+
+def read_feature_rows(path: str, n_samples: int, rows: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Values of the given sorted row indices as float64 [shape: (len(rows), n)], NaN for missing,
+    and their metadata ``(chrom, id, pos, alt, ref)`` as the .bim reader gives it."""
+    rows = np.asarray(rows, dtype=np.int64)
+    pf = pq.ParquetFile(path)
+    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    gidx = np.searchsorted(starts, rows, side="right") - 1
+    groups = sorted(set(gidx.tolist()))
+    cols = [c for c in ("values", "id", "chrom", "pos") if c in pf.schema_arrow.names]
+    table = pf.read_row_groups(groups, columns=cols)
+    # the groups read are concatenated in order: where each one starts in ``table``
+    first_row = dict(zip(groups, np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in groups[:-1]])))
+    local = np.array([first_row[g] for g in gidx], dtype=np.int64) + (rows - starts[gidx])
+    table = table.take(pa.array(local))
+    values = table.column("values").combine_chunks()
+    lengths = values.value_lengths().to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != n_samples)
+    if len(bad):
+        raise InputError(f"{path}: row {int(rows[bad[0]]) + 1} has {int(lengths[bad[0]])} values; expected {n_samples}")
+    flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
+    m = len(rows)
+    ids = np.array(table.column("id").to_pylist(), dtype=object)
+    chrom = np.array(table.column("chrom").to_pylist(), dtype=object) if "chrom" in cols else np.full(m, "NA", dtype=object)
+    pos = (np.asarray(table.column("pos").to_numpy(zero_copy_only=False), dtype=np.int64) if "pos" in cols
+           else rows + 1)
+    dot = np.full(m, ".", dtype=object)
+    return flat.reshape(m, n_samples), (chrom, ids, pos, dot, dot.copy())
+
+
+def compress_dense(X: np.ndarray, W: np.ndarray, n_a: int):
+    """The kernel's sums for dense values X [shape: (m, n)] (NaN missing): ``(SX, SXX, SM)``."""
+    n = X.shape[1]
+    M = np.isnan(X)
+    X0 = np.where(M, 0.0, X)
+    A, B = W[:n, :n_a], W[:n, n_a:]
+    return X0 @ A, (X0 * X0) @ B, M.astype(np.float64) @ A
+
+
+def missing_grams_dense(X: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, todo: np.ndarray):
+    """:func:`dash_spark.stats.kernel.missing_grams` for dense values (NaN missing)."""
+    m, n = X.shape
+    qq = np.zeros((m, k, k))
+    qy = np.zeros((m, k, p))
+    yy = np.zeros((m, p))
+    block = W[:n, a0 : a0 + k + p]
+    for j in np.flatnonzero(todo):
+        rows = block[np.isnan(X[j])]
+        Q, Y = rows[:, :k], rows[:, k:]
+        qq[j] = Q.T @ Q
+        qy[j] = Q.T @ Y
+        yy[j] = (Y * Y).sum(axis=0)
+    return qq, qy, yy
