@@ -9,34 +9,20 @@ small ``id``/``chrom``/``pos`` columns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError
+from .plink import Bim
 
 
-@dataclass(frozen=True)
-class FeatureMeta:
-    """Feature metadata in the shape the scan uses for .bim variants (arrays of length m)."""
+def read_feature_meta(path: str, n_samples: int) -> Bim:
+    """Check the table's columns and the first row's length; read id/chrom/pos on the driver.
 
-    path: str
-    chrom: np.ndarray
-    id: np.ndarray
-    pos: np.ndarray
-    alt: np.ndarray
-    ref: np.ndarray
-    line_offsets: np.ndarray  # unused for features (zeros), kept so range planning is shared
-
-    @property
-    def n_variants(self) -> int:
-        return len(self.id)
-
-
-def read_feature_meta(path: str, n_samples: int) -> FeatureMeta:
-    """Check the table's columns and the first row's length; read id/chrom/pos on the driver."""
+    Returns the features' metadata as a :class:`~dash_spark.io.plink.Bim` (REF/ALT are ``.``;
+    there are no .bim lines, so the line offsets are zeros), which the scan plans like variants.
+    """
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -61,8 +47,8 @@ def read_feature_meta(path: str, n_samples: int) -> FeatureMeta:
     chrom = np.array(meta.column("chrom").to_pylist(), dtype=object) if "chrom" in cols else np.full(m, "NA", dtype=object)
     pos = np.asarray(meta.column("pos").to_numpy(zero_copy_only=False), dtype=np.int64) if "pos" in cols else np.arange(1, m + 1, dtype=np.int64)
     dot = np.full(m, ".", dtype=object)
-    return FeatureMeta(path=path, chrom=chrom, id=ids, pos=pos, alt=dot, ref=dot.copy(),
-                       line_offsets=np.zeros(m + 1, dtype=np.int64))
+    return Bim(path=path, chrom=chrom, id=ids, pos=pos, alt=dot, ref=dot.copy(),
+               line_offsets=np.zeros(m + 1, dtype=np.int64))
 
 
 def read_feature_rows(path: str, n_samples: int, rows: np.ndarray) -> tuple[np.ndarray, tuple]:

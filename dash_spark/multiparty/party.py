@@ -17,12 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from . import ProtocolError
-from .encoding import decode, encode, ring_sum
-from .exchange import Manifest, publish_share, read_manifest, read_shares
+from .exchange import Manifest, read_manifest
 from .keys import fingerprint, load_private
-from .masking import mask_share, pairwise_seed
 
 log = logging.getLogger("dash_spark")
 
@@ -165,6 +163,7 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     import types
 
     from ..errors import OutputError
+    from ..spark.session import get_session
     from .exchange import combine
     from .study import finalize_pooled_scan, regression_table
 
@@ -174,7 +173,18 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     if os.path.exists(out) and not overwrite:
         raise OutputError(f"{out}: output directory exists; pass --overwrite or choose another --out")
     agree = ["phenotypes", "covariates", "kind", "variant_hash", "n_variants", "missing_genotypes"]
+    starter = None
+    if spark is None and manifest.settings.get("kind") == "scan":
+        # a scan's outputs need Spark: start it while the shares are read, verified and decoded
+        import threading
+
+        box: dict = {}
+        starter = threading.Thread(target=lambda: box.setdefault("spark", get_session(master=master, conf=spark_conf)))
+        starter.start()
     headers, pooled = combine(uri, manifest, must_agree=agree)
+    if starter is not None:
+        starter.join()
+        spark = box.get("spark")
     first = headers[manifest.party_names[0]]["extra"]
     kind = first["kind"]
     phenos, covs = list(first["phenotypes"]), list(first["covariates"])
@@ -198,12 +208,11 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
             from ..output import write_reports
             from ..spark.fs import HadoopFS
             from ..spark.scan import results_batch
-            from ..spark.session import get_session
 
             mode = first["missing_genotypes"]
             V = pooled["variants"]
-            vt = pq.read_table(_variants_path(uri, manifest, manifest.party_names[0]),
-                               filesystem=_filesystem(uri)[0] if "://" in uri else None)
+            vfs, vpath = _filesystem(_variants_path(uri, manifest, manifest.party_names[0]))
+            vt = pq.read_table(vpath, filesystem=vfs)
             if variant_hash(vt) != first["variant_hash"]:
                 raise ProtocolError(f"{uri}: the published variant list does not match the parties' declared "
                                     "hash; the exchange was altered")

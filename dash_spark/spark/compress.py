@@ -9,12 +9,13 @@ the number of samples.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pyarrow as pa
 
-from ..io.plink import read_bed_rows
 from ..multiparty.study import party_block_sums
-from .scan import RANGE_SCHEMA_DDL, read_block
+from .scan import map_ranges, read_block
 
 SUMS_SCHEMA_DDL = "variant_index long, sums array<double>"
 
@@ -25,8 +26,7 @@ def compress_ranges(plan, W: np.ndarray, ranges):
         offsets = np.arange(stop - start) if not rows else np.asarray(rows, dtype=np.int64)
         for a in range(0, len(offsets), plan.sub_block):
             sub = offsets[a : a + plan.sub_block]
-            block, _ = read_block(plan, start + sub, None, sub) if plan.features_path else (
-                read_bed_rows(plan.bed_path, plan.n_samples, start + sub), None)
+            block, _ = read_block(plan, start + sub)
             sums = party_block_sums(plan, W, block)
             flat = pa.array(sums.ravel(), type=pa.float64())
             lists = pa.FixedSizeListArray.from_arrays(flat, sums.shape[1]).cast(pa.list_(pa.float64()))
@@ -36,18 +36,8 @@ def compress_ranges(plan, W: np.ndarray, ranges):
 
 def run_compress_job(spark, plan, W: np.ndarray, ranges: list[tuple]) -> np.ndarray:
     """Per-variant statistics [shape: (m, width)] in variant order, computed by Spark tasks."""
-    sc = spark.sparkContext
-    W_bc = sc.broadcast(W)
-
-    def task(batches):
-        W_local = W_bc.value
-        for batch in batches:
-            d = batch.to_pydict()
-            yield from compress_ranges(plan, W_local, zip(d["part"], d["start"], d["stop"], d["bim_start"],
-                                                          d["bim_stop"], d["rows"]))
-
-    ranges_df = spark.createDataFrame(sc.parallelize(ranges, len(ranges)), RANGE_SCHEMA_DDL)
-    table = ranges_df.mapInArrow(task, SUMS_SCHEMA_DDL).toArrow().sort_by("variant_index")
+    df, W_bc = map_ranges(spark, W, ranges, partial(compress_ranges, plan), SUMS_SCHEMA_DDL)
+    table = df.toArrow().sort_by("variant_index")
     W_bc.destroy()
     sums = table.column("sums").combine_chunks()
     width = len(sums[0]) if len(sums) else 0

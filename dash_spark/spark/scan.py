@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -105,10 +106,12 @@ def sub_block_size(n_samples: int, n_columns: int, budget_bytes: int) -> int:
 
 
 def read_block(plan: ScanPlan, variants: np.ndarray, meta_all=None, offsets=None):
-    """A block of variants: packed .bed bytes or dense feature values, and its metadata."""
+    """A block of variants: packed .bed bytes or dense feature values, and its metadata (for the
+    .bed: ``meta_all`` rows at ``offsets``, or None when ``meta_all`` is not given)."""
     if plan.features_path:
         return read_feature_rows(plan.features_path, plan.n_samples, variants)
-    return read_bed_rows(plan.bed_path, plan.n_samples, variants), tuple(x[offsets] for x in meta_all)
+    meta = None if meta_all is None else tuple(x[offsets] for x in meta_all)
+    return read_bed_rows(plan.bed_path, plan.n_samples, variants), meta
 
 
 def block_sums(plan: ScanPlan, W: np.ndarray, block: np.ndarray):
@@ -211,8 +214,12 @@ def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
             yield _batch_for_block(plan, W, (start + sub).astype(np.int64), block, meta)
 
 
-def run_scan_job(spark, plan: ScanPlan, W: np.ndarray, ranges: list[tuple]):
-    """Return the (lazy) results DataFrame: one partition per range, ``W`` broadcast once."""
+def map_ranges(spark, W: np.ndarray, ranges: list[tuple], per_ranges, schema_ddl: str):
+    """A DataFrame with one partition per range row: ``per_ranges(W, rows)`` yields its Arrow batches.
+
+    ``W`` is broadcast once; the function and its small arguments travel with the task closure.
+    Returns ``(DataFrame, broadcast)``; destroy the broadcast when the DataFrame is consumed.
+    """
     sc = spark.sparkContext
     W_bc = sc.broadcast(W)
 
@@ -220,9 +227,13 @@ def run_scan_job(spark, plan: ScanPlan, W: np.ndarray, ranges: list[tuple]):
         W_local = W_bc.value
         for batch in batches:
             d = batch.to_pydict()
-            rows = zip(d["part"], d["start"], d["stop"], d["bim_start"], d["bim_stop"], d["rows"])
-            yield from scan_ranges(plan, W_local, rows)
+            yield from per_ranges(W_local, zip(d["part"], d["start"], d["stop"], d["bim_start"], d["bim_stop"],
+                                               d["rows"]))
 
-    rdd = sc.parallelize(ranges, len(ranges))
-    ranges_df = spark.createDataFrame(rdd, RANGE_SCHEMA_DDL)
-    return ranges_df.mapInArrow(task, RESULT_SCHEMA_DDL), W_bc
+    ranges_df = spark.createDataFrame(sc.parallelize(ranges, len(ranges)), RANGE_SCHEMA_DDL)
+    return ranges_df.mapInArrow(task, schema_ddl), W_bc
+
+
+def run_scan_job(spark, plan: ScanPlan, W: np.ndarray, ranges: list[tuple]):
+    """Return the (lazy) results DataFrame: one partition per range, ``W`` broadcast once."""
+    return map_ranges(spark, W, ranges, partial(scan_ranges, plan), RESULT_SCHEMA_DDL)
