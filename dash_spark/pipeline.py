@@ -272,11 +272,34 @@ def build_model(cfg: ScanConfig, *, party: bool = False) -> Model:
     )
 
 
-def _check_out(cfg: ScanConfig) -> None:
-    if "://" in cfg.out:
-        return
-    if os.path.exists(cfg.out) and not cfg.overwrite:
+def _check_out(cfg: ScanConfig, exists=None) -> None:
+    """Refuse an existing output without --overwrite (``exists``: a URI-aware test, else local)."""
+    if exists is None:
+        if "://" in cfg.out:
+            return
+        exists = os.path.exists
+    if exists(cfg.out) and not cfg.overwrite:
         raise OutputError(f"{cfg.out}: output directory exists; pass --overwrite to replace it or choose another --out")
+
+
+def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan, list[tuple], int]:
+    """The tasks' plan and the partition ranges of a model (shared by the scan and a party's compress).
+
+    Returns ``(plan, ranges, block_variants)``.
+    """
+    from .spark.fs import qualify
+
+    bed, bim_path, _ = _bfile_paths(cfg.bfile) if cfg.bfile else (os.devnull, os.devnull, None)
+    bv = cfg.block_variants or default_block_variants(len(model.variants), parallelism)
+    plan = ScanPlan(
+        bed_path=qualify(bed), bim_path=qualify(bim_path), n_samples=model.n_samples,
+        n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns,
+        filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno),
+        sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20),
+        count_alt=cfg.count_alt or bool(cfg.features), missing_genotypes=cfg.missing_genotypes,
+        features_path=qualify(cfg.features) if cfg.features else None,
+    )
+    return plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv
 
 
 def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
@@ -287,27 +310,16 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     t0 = time.time()
     _check_out(cfg)
     model = build_model(cfg)
-    bed, bim_path, _ = _bfile_paths(cfg.bfile) if cfg.bfile else (os.devnull, os.devnull, None)
     if spark is None:
         spark = get_session(master=cfg.master, conf=cfg.spark_conf)
     fs = HadoopFS(spark, cfg.out)
     out = qualify(cfg.out)
-    if fs.exists(out) and not cfg.overwrite:
-        raise OutputError(f"{cfg.out}: output directory exists; pass --overwrite to replace it or choose another --out")
+    _check_out(cfg, exists=lambda _: fs.exists(out))
     stage = fs.staging_dir(out)
     try:
         fs.mkdirs(stage)
         m = len(model.variants)
-        bv = cfg.block_variants or default_block_variants(m, spark.sparkContext.defaultParallelism)
-        ranges = plan_ranges(model.variants, bv, model.bim.line_offsets)
-        plan = ScanPlan(
-            bed_path=qualify(bed), bim_path=qualify(bim_path), n_samples=model.n_samples,
-            n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns,
-            filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno),
-            sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20),
-            count_alt=cfg.count_alt or bool(cfg.features), missing_genotypes=cfg.missing_genotypes,
-            features_path=qualify(cfg.features) if cfg.features else None,
-        )
+        plan, ranges, bv = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
         log.info("scan: %d variants in %d partitions of <= %d variants, sub-blocks of %d; "
                  "missing genotype calls: %s", m, len(ranges), bv, plan.sub_block,
                  "sample dropped for that variant (plink2)" if cfg.missing_genotypes == "drop"

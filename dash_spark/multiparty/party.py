@@ -106,9 +106,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         stats, covs, phenos = regression_party_stats(pheno, covar, settings)
         extra = {"phenotypes": phenos, "covariates": covs, "kind": kind}
     else:
-        from ..pipeline import ScanConfig, build_model
+        from ..pipeline import ScanConfig, build_model, plan_scan
         from ..spark.compress import run_compress_job
-        from ..spark.scan import ScanPlan, default_block_variants, plan_ranges, sub_block_size
         from ..spark.session import get_session
 
         cfg = ScanConfig(bfile=bfile, features=features, feature_samples=feature_samples,
@@ -116,7 +115,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                          pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
                          covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                          no_intercept=not settings.get("intercept", True),
-                         missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False)
+                         missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False,
+                         task_memory_mb=task_memory_mb)
         model = build_model(cfg, party=True)
         phenos, covs = list(model.phenotypes), list(model.covariates)
         vt = variant_table(model.bim)
@@ -129,15 +129,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         if spark is None:
             spark = get_session(master=master, conf=spark_conf)
         m = model.bim.n_variants
-        plan = ScanPlan(bed_path=os.path.abspath(bfile + ".bed") if bfile else os.devnull,
-                        bim_path=os.path.abspath(bfile + ".bim") if bfile else os.devnull,
-                        n_samples=model.n_samples, n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept,
-                        patterns=model.patterns,
-                        sub_block=sub_block_size(model.n_samples, model.W.shape[1], task_memory_mb << 20),
-                        missing_genotypes=cfg.missing_genotypes,
-                        features_path=os.path.abspath(features) if features else None)
-        ranges = plan_ranges(model.variants, default_block_variants(m, spark.sparkContext.defaultParallelism),
-                             model.bim.line_offsets)
+        plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
         V = run_compress_job(spark, plan, model.W, ranges)
         stats = dict(global_stats(model))
         stats["variants"] = V
