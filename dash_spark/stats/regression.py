@@ -189,22 +189,24 @@ def collinearity_errors(cc: CovariateCorrelation, Qx: np.ndarray, sx: np.ndarray
     ``u = corr_cc^{-1} r``, ``s = 1 - r'u``: VIF_x = 1/s and VIF_c = diag(corr_cc^{-1}) + u^2/s.
     Returns uint8 codes (0 where both checks pass). ``Qx`` (m, k), ``sx``/``xx_centred`` (m,).
     """
-    m = Qx.shape[0]
-    err = np.zeros(m, dtype=np.uint8)
-    if len(cc.cols) == 0:
-        return err
     Cx = Qx @ cc.R  # rows: (C'x)' = (Q'x)' R
     sxx = np.sqrt(np.maximum(xx_centred, 1e-300))
     r = (Cx[:, cc.cols] - np.outer(sx, cc.sums[cc.cols]) / cc.n) / sxx[:, None] / cc.sd
-    corr_bad = np.abs(r).max(axis=1) > max_corr
-    u = r @ cc.corr_inv
+    return _corr_vif_codes(r, r @ cc.corr_inv, np.diag(cc.corr_inv)[None, :], max_corr, max_vif)
+
+
+def _corr_vif_codes(r, u, inv_diag, max_corr=MAX_CORR, max_vif=MAX_VIF) -> np.ndarray:
+    """Error codes from r = corr(x, covariates) [shape: (m, c)], u = r corr_cc^{-1} and the
+    diagonal of corr_cc^{-1} ((1, c) or (m, c)): VIF_x = 1/(1 - r'u), VIF_c = diag + u^2 VIF_x."""
+    err = np.zeros(len(r), dtype=np.uint8)
+    if r.shape[1] == 0:  # no covariate besides the intercept: nothing to be collinear with
+        return err
     s = 1.0 - np.einsum("mc,mc->m", r, u)
     with np.errstate(divide="ignore", invalid="ignore"):
         vif_x = np.where(s > 0, 1.0 / s, np.inf)
-        vif_c = np.diag(cc.corr_inv)[None, :] + u * u * vif_x[:, None]
-    vif_bad = (vif_x > max_vif) | (vif_c.max(axis=1) > max_vif)
-    err[vif_bad] = ERR_VIF
-    err[corr_bad] = ERR_CORR
+        vif_c = inv_diag + u * u * vif_x[:, None]
+    err[(vif_x > max_vif) | (vif_c.max(axis=1) > max_vif)] = ERR_VIF
+    err[np.abs(r).max(axis=1) > max_corr] = ERR_CORR
     return err
 
 
@@ -285,9 +287,9 @@ def finalize_complete_case(
     err = _constant_errors(sx, sxx, n_obs)
     xx_centred = sxx - sx * sx / np.where(n_obs > 0, n_obs, 1)
     if has.any():
-        G = np.eye(k)[None] - QmQm[has]
-        singular = _near_singular(G)
-        G[singular] = np.eye(k)
+        G_obs = np.eye(k)[None] - QmQm[has]  # Q_O'Q_O of each variant with missing calls
+        singular = _near_singular(G_obs)
+        G = np.where(singular[:, None, None], np.eye(k)[None], G_obs)
         z[has] = np.linalg.solve(G, rhs[has])
         idx = np.flatnonzero(has)
         err[idx[singular & (err[idx] == 0)]] = ERR_COLLINEAR
@@ -296,7 +298,7 @@ def finalize_complete_case(
         checks[~has] = collinearity_errors(cc, Qx[~has], sx[~has], xx_centred[~has])
         if has.any():
             checks[has] = _collinearity_errors_observed(
-                cc, Qx[has], sx[has], xx_centred[has], Qm[has], np.eye(k)[None] - QmQm[has], n_obs[has])
+                cc, Qx[has], sx[has], xx_centred[has], Qm[has], G_obs, n_obs[has])
         err = np.where(err == 0, checks, err).astype(np.uint8)
     xx_c = sxx - np.einsum("mk,mk->m", Qx, z[:, :, 0])
     yx_c = yx - np.einsum("mk,mkp->mp", Qx, z[:, :, 1:])
@@ -332,19 +334,11 @@ def _collinearity_errors_observed(cc, Qx, sx, xx_centred, Qm, G, n_obs):
     corr = cov / sd[:, :, None] / sd[:, None, :]
     Cx = Qx @ R
     r = (Cx[:, cols] - sx[:, None] * sums[:, cols] / nn[:, None]) / np.sqrt(np.maximum(xx_centred, 1e-300))[:, None] / sd
-    err = np.zeros(len(sx), dtype=np.uint8)
     try:
         corr_inv = np.linalg.inv(corr)
     except np.linalg.LinAlgError:  # a covariate constant on some variant's samples
         corr_inv = np.linalg.pinv(corr, hermitian=True)
-    u = np.einsum("mc,mcd->md", r, corr_inv)
-    s = 1.0 - np.einsum("mc,mc->m", r, u)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        vif_x = np.where(s > 0, 1.0 / s, np.inf)
-        vif_c = np.einsum("mii->mi", corr_inv) + u * u * vif_x[:, None]
-    err[(vif_x > MAX_VIF) | (vif_c.max(axis=1) > MAX_VIF)] = ERR_VIF
-    err[np.abs(r).max(axis=1) > MAX_CORR] = ERR_CORR
-    return err
+    return _corr_vif_codes(r, np.einsum("mc,mcd->md", r, corr_inv), np.einsum("mii->mi", corr_inv))
 
 
 def _constant_errors(sx, sxx, n_obs) -> np.ndarray:
