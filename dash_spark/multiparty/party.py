@@ -60,22 +60,17 @@ def _agree(what: str, ours: list[str], declared, party: str) -> None:
 
 def exchange_uri(manifest_path: str) -> str:
     """The exchange root of ``<uri>/<study>/<round>/manifest.json``."""
-    path = str(manifest_path)
-    for _ in range(3):
-        path = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else "."
-    return path
+    import posixpath
+
+    return posixpath.dirname(posixpath.dirname(posixpath.dirname(str(manifest_path).rstrip("/")))) or "."
 
 
-def _variants_path(uri: str, manifest: Manifest, party: str) -> str:
-    return f"{uri.rstrip('/')}/{manifest.study}/{manifest.round_id}/variants/{party}.parquet"
+def _variants(uri: str, manifest: Manifest, party: str):
+    """The exchange location and path of a party's public variant list."""
+    from .exchange import _Location
 
-
-def _filesystem(path: str):
-    import pyarrow.fs as pafs
-
-    if "://" not in path:
-        return pafs.LocalFileSystem(), os.path.abspath(path)
-    return pafs.FileSystem.from_uri(path)
+    loc = _Location(uri)
+    return loc, loc.join(manifest.study, manifest.round_id, "variants", f"{party}.parquet")
 
 
 def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: str, covar: str | None,
@@ -135,13 +130,11 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         stats["variants"] = V
         extra = {"phenotypes": phenos, "covariates": covs, "kind": kind, "variant_hash": vh,
                  "n_variants": int(m), "missing_genotypes": cfg.missing_genotypes}
-        fs, path = _filesystem(_variants_path(uri, manifest, party))
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        loc, path = _variants(uri, manifest, party)
+        loc.mkdir(path.rsplit("/", 1)[0])
         buf = io.BytesIO()
         pq.write_table(vt, buf)
-        with fs.open_output_stream(path + ".tmp") as fh:
-            fh.write(buf.getvalue())
-        fs.move(path + ".tmp", path)
+        loc.write_atomic(path, buf.getvalue(), what=f"variant list of party {party!r}")
         log.info("party %s: %d variants x %d statistics compressed", party, V.shape[0], V.shape[1])
     share = publish_stats(uri, manifest, party, keys, stats, extra)
     log.info("party %s: share published in %.1f s: %s", party, time.time() - t0, share)
@@ -203,8 +196,8 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
 
             mode = first["missing_genotypes"]
             V = pooled["variants"]
-            vfs, vpath = _filesystem(_variants_path(uri, manifest, manifest.party_names[0]))
-            vt = pq.read_table(vpath, filesystem=vfs)
+            loc, path = _variants(uri, manifest, manifest.party_names[0])
+            vt = pq.read_table(io.BytesIO(loc.read(path, what="variant list")))
             if variant_hash(vt) != first["variant_hash"]:
                 raise ProtocolError(f"{uri}: the published variant list does not match the parties' declared "
                                     "hash; the exchange was altered")
