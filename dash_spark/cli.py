@@ -1,4 +1,4 @@
-"""The ``dash-spark`` command: ``scan``, ``demo`` and ``bench``.
+"""The ``dash-spark`` command: ``scan``, ``demo``, ``party``/``combine``, ``compress``/``refresh``/``select`` and ``bench``.
 
 Every input error is printed on one line as ``dash-spark: error: <message>`` and exits with 2.
 """
@@ -238,6 +238,53 @@ def cmd_combine(args) -> int:
     return 0
 
 
+def _batch_source(args) -> dict:
+    return {"bfile": args.bfile, "features": args.features, "feature_samples": args.feature_samples,
+            "pheno": args.pheno, "covar": args.covar}
+
+
+def cmd_compress(args) -> int:
+    from .store import run_compress
+
+    store = run_compress(args.store, args.batch, _batch_source(args),
+                         intercept=None if args.no_intercept is None else not args.no_intercept,
+                         missing_genotypes=args.missing_genotypes, pheno_names=args.pheno_name,
+                         covar_names=args.covar_name, block_variants=args.block_variants,
+                         master=args.master, spark_conf=_spark_conf(args))
+    print(f"store {store.root}: {len(store.batches)} batch(es): {', '.join(b.name for b in store.batches)}")
+    return 0
+
+
+def cmd_refresh(args) -> int:
+    from .report import format_top_hits
+    from .store import run_refresh
+
+    add = None
+    if args.add_batch:
+        add = (args.add_batch, _batch_source(args))
+    elif any(getattr(args, k) for k in ("bfile", "features", "feature_samples", "pheno", "covar")):
+        raise ConfigError("refresh: --bfile/--features/--pheno/--covar describe a new batch; give --add-batch NAME too")
+    res = run_refresh(args.store, args.out, add=add, remove=args.remove_batch, withdraw=args.withdraw,
+                      overwrite=bool(args.overwrite), plots=args.plots, master=args.master,
+                      spark_conf=_spark_conf(args))
+    for name, summ in res.summaries.items():
+        print(f"== {name}: {summ.n_tests:,} tests, lambda_GC {summ.lambda_gc:.4f}")
+        print(format_top_hits(summ))
+    print(f"store batches: {', '.join(res.batches)}")
+    print(f"results: {res.out}/results.parquet")
+    for path in res.glm_paths.values():
+        print(f"plink2-style: {path}")
+    return 0
+
+
+def _add_batch_inputs(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--bfile", metavar="PREFIX", help="the batch's PLINK 1 fileset")
+    p.add_argument("--features", metavar="FILE.parquet", help="instead of --bfile: real-valued features")
+    p.add_argument("--feature-samples", metavar="FILE", help="sample IDs in the order of the features' values")
+    p.add_argument("--pheno", required=required, help="the batch's phenotype file")
+    p.add_argument("--covar", help="the batch's covariate file")
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -300,6 +347,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", dest="plots", action="store_false")
     add_spark_args(p)
     p.set_defaults(func=cmd_combine)
+
+    p = sub.add_parser("compress", help="persist a batch's additive statistics in a store (creates the store)")
+    p.add_argument("--store", required=True, metavar="DIR", help="the store directory")
+    p.add_argument("--batch", required=True, metavar="NAME", help="a name for this batch of samples")
+    _add_batch_inputs(p, required=True)
+    p.add_argument("--pheno-name", type=_csv, help="phenotype columns (fixed for the store)")
+    p.add_argument("--covar-name", type=_csv, help="covariate columns (fixed for the store)")
+    p.add_argument("--no-intercept", action="store_true", default=None)
+    p.add_argument("--missing-genotypes", choices=["drop", "mean"], help="fixed for the store (default drop)")
+    p.add_argument("--block-variants", type=_positive, metavar="N", help="variants per stored block")
+    add_spark_args(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("refresh", help="add or remove a batch, or withdraw samples, and re-finalize a store")
+    p.add_argument("--store", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="OUTDIR", help="the scan outputs of the resulting samples")
+    p.add_argument("--add-batch", metavar="NAME", help="compress this new batch (with --bfile/--pheno/--covar)")
+    p.add_argument("--remove-batch", metavar="NAME", help="subtract a stored batch")
+    p.add_argument("--withdraw", metavar="SAMPLES.txt", help="subtract these samples (IID or FID IID per line)")
+    _add_batch_inputs(p, required=False)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-plots", dest="plots", action="store_false")
+    add_spark_args(p)
+    p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("bench", help="time our scan against plink2 --glm on the same simulated files")
     from .bench import add_bench_args

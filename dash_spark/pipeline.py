@@ -132,7 +132,7 @@ def _bfile_paths(prefix: str) -> tuple[str, str, str]:
     return prefix + ".bed", prefix + ".bim", prefix + ".fam"
 
 
-def build_model(cfg: ScanConfig, *, party: bool = False) -> Model:
+def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = False) -> Model:
     """Read .fam/.bim (checking the .bed), phenotypes and covariates; build bases and ``W``.
 
     ``party=True`` builds a party's model for a multi-party study instead: the raw covariates
@@ -140,6 +140,10 @@ def build_model(cfg: ScanConfig, *, party: bool = False) -> Model:
     only known after the parties' sums are added), each phenotype is its own pattern (so every
     party produces statistics of the same shape), and each pattern carries its global moments
     ``C'C`` and ``C'1``.
+
+    ``subset_of_fam=True`` (a withdrawal: the statistics of the ``--keep`` samples, to be
+    subtracted from those of the whole .fam) decides between "founders" and "all samples" for
+    the allele-frequency samples on the whole .fam, as the batch's own statistics did.
     """
     if cfg.features:
         from .io.features import read_feature_meta
@@ -255,7 +259,8 @@ def build_model(cfg: ScanConfig, *, party: bool = False) -> Model:
     # allele frequencies over the .fam's founders (all samples if none) decide which allele is
     # major, as plink2 does, independently of each phenotype's samples
     # (among the samples --keep/--remove leave); the kept mask itself gives --geno's missing rate
-    freq_mask = fam.founder & kept if (fam.founder & kept).any() else kept
+    use_founders = fam.founder.any() if subset_of_fam else (fam.founder & kept).any()
+    freq_mask = fam.founder & kept if use_founders else kept
     A_cols += [kept.astype(np.float64)[:, None], freq_mask.astype(np.float64)[:, None]]
     A = np.hstack(A_cols)
     B = np.hstack(B_cols)

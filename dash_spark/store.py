@@ -1,0 +1,696 @@
+"""Stored additive statistics: batches of samples, refresh, batch removal and sample withdrawal.
+
+A store keeps, for every batch of samples, the same additive statistics a DASH party computes
+(:mod:`dash_spark.multiparty.study`: raw covariates, uncentred phenotypes), so that results for any
+set of batches are a sum and a finalize away (DESIGN.md section 2). Layout::
+
+    DIR/store.json                         settings, variant blocks, batches; sha256 of everything
+    DIR/variants.parquet                   the variant list, one row group per block
+    DIR/batches/<id>/batch.json            a batch: source files, sample IIDs, withdrawn IIDs,
+                                           global moments, sha256 of every block file
+    DIR/batches/<id>/blocks/block-NNNNN.parquet   per-variant statistics of one variant block
+
+``store.json`` is the only thing that says which batches the store holds, and it is replaced
+atomically (write, then rename) as the last step of a change: a failed or interrupted refresh
+leaves the store as it was (a new batch directory it did not get to register is removed, or is
+ignored if the process died). Every read checks the checksums: ``store.json``'s own, each
+``batch.json``'s, and each block's (in the Spark task that reads it).
+
+The store directory must be readable and writable by the driver and the executors (like the
+.bed paths of a scan); on one machine any local directory is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import ConfigError, DashError, InputError, ModelError, OutputError
+
+log = logging.getLogger("dash_spark")
+
+FORMAT_VERSION = 1
+STORE_FILE = "store.json"
+VARIANTS_FILE = "variants.parquet"
+MAX_BLOCK_VARIANTS = 20_000  # a task holds (batches + 1) blocks of statistics in memory
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_TASK_ERROR_RE = re.compile(r"(?:dash_spark\.[\w.]+\.)?(InputError|ConfigError|ModelError|StoreError): (.+)")
+
+
+class StoreError(InputError):
+    """A store that cannot be read as written: missing files, bad checksums, bad format."""
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _encode_array(a: np.ndarray) -> dict:
+    a = np.asarray(a, dtype=np.float64)
+    return {"shape": list(a.shape), "values": [float(x) for x in a.ravel()]}
+
+
+def _decode_array(d: dict) -> np.ndarray:
+    return np.asarray(d["values"], dtype=np.float64).reshape(d["shape"])
+
+
+def check_batch_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(f"batch name {name!r}: use letters, digits, '.', '_' and '-' (at most 100 characters), "
+                          "starting with a letter or digit")
+    return name
+
+
+def block_path(batch_dir: str, part: int) -> str:
+    return os.path.join(batch_dir, "blocks", f"block-{part:05d}.parquet")
+
+
+def read_block(batch_dir: str, part: int, sha256: str, width: int) -> np.ndarray:
+    """One stored block's statistics [shape: (variants, width)], after checking its sha256."""
+    path = block_path(batch_dir, part)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read a stored block ({exc.strerror}); the store is damaged. "
+                         "Restore it from a backup or recompress the batch") from None
+    if _sha256(data) != sha256:
+        raise StoreError(f"{path}: checksum mismatch (the block was changed after it was written); the store is "
+                         "damaged. Restore it from a backup or recompress the batch")
+    table = pq.read_table(pa.BufferReader(data))
+    sums = table.column("sums").combine_chunks()
+    return sums.flatten().to_numpy(zero_copy_only=False).reshape(len(table), width)
+
+
+def block_bytes(start: int, sums: np.ndarray) -> bytes:
+    flat = pa.array(np.ascontiguousarray(sums).ravel(), type=pa.float64())
+    table = pa.table({"variant_index": pa.array(np.arange(start, start + sums.shape[0]), type=pa.int64()),
+                      "sums": pa.FixedSizeListArray.from_arrays(flat, sums.shape[1])})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def raise_task_error(exc: Exception) -> None:
+    """Re-raise one of our errors that a Spark task raised as a plain one-line error."""
+    kinds = {"InputError": InputError, "ConfigError": ConfigError, "ModelError": ModelError, "StoreError": StoreError}
+    found = None
+    for line in str(exc).splitlines():
+        m = _TASK_ERROR_RE.search(line.strip())
+        if m:
+            found = m
+    if found:
+        raise kinds[found.group(1)](found.group(2)) from None
+    raise exc
+
+
+# ----------------------------------------------------------------------------------------------
+# the store
+
+
+@dataclass(frozen=True)
+class Batch:
+    name: str
+    dir: str        # absolute path of batches/<id>
+    sha256: str     # of batch.json
+    record: dict    # batch.json
+
+    def globals(self) -> dict[str, np.ndarray]:
+        return {k: _decode_array(v) for k, v in self.record["globals"].items()}
+
+    @property
+    def samples(self) -> list[str]:
+        return list(self.record["samples"])
+
+    @property
+    def withdrawn(self) -> list[str]:
+        return list(self.record.get("withdrawn", []))
+
+
+@dataclass(frozen=True)
+class Store:
+    root: str
+    settings: dict
+    blocks: list[tuple[int, int]]
+    variants_sha256: str
+    batches: tuple[Batch, ...]
+
+    @property
+    def width(self) -> int:
+        return int(self.settings["width"])
+
+    def batch(self, name: str) -> Batch | None:
+        return next((b for b in self.batches if b.name == name), None)
+
+    def active_samples(self) -> dict[str, str]:
+        """IID -> batch name, for the samples whose data the store holds (not withdrawn)."""
+        out: dict[str, str] = {}
+        for b in self.batches:
+            gone = set(b.withdrawn)
+            for iid in b.samples:
+                if iid not in gone:
+                    out[iid] = b.name
+        return out
+
+
+def _store_doc(settings, blocks, variants_sha, batches) -> dict:
+    doc = {"format": FORMAT_VERSION, "settings": settings, "blocks": [list(b) for b in blocks],
+           "variants_sha256": variants_sha,
+           "batches": [{"name": b.name, "dir": os.path.basename(b.dir), "sha256": b.sha256} for b in batches]}
+    doc["checksum"] = _sha256(_canonical(doc))
+    return doc
+
+
+def open_store(root: str) -> Store:
+    """Read and check a store (``store.json``'s checksum, every ``batch.json``'s sha256)."""
+    root = os.path.abspath(root)
+    path = os.path.join(root, STORE_FILE)
+    if not os.path.exists(path):
+        raise StoreError(f"{root}: not a dash-spark store (no {STORE_FILE}); create one with "
+                         "`dash-spark compress --store DIR --batch NAME ...`")
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read())
+        body = {k: v for k, v in doc.items() if k != "checksum"}
+        ok = doc.get("checksum") == _sha256(_canonical(body))
+    except (ValueError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise StoreError(f"{path}: checksum mismatch or unreadable JSON; the store's index was changed or damaged. "
+                         "Restore it from a backup")
+    if doc.get("format") != FORMAT_VERSION:
+        raise StoreError(f"{path}: store format {doc.get('format')!r}; this dash-spark reads format {FORMAT_VERSION}")
+    batches = []
+    for entry in doc["batches"]:
+        bdir = os.path.join(root, "batches", entry["dir"])
+        bpath = os.path.join(bdir, "batch.json")
+        try:
+            with open(bpath, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise StoreError(f"{bpath}: cannot read batch {entry['name']!r} ({exc.strerror}); the store is damaged") from None
+        if _sha256(data) != entry["sha256"]:
+            raise StoreError(f"{bpath}: checksum mismatch for batch {entry['name']!r}; the store is damaged. "
+                             "Restore it from a backup or remove the batch with --remove-batch")
+        batches.append(Batch(entry["name"], bdir, entry["sha256"], json.loads(data)))
+    return Store(root=root, settings=doc["settings"], blocks=[tuple(b) for b in doc["blocks"]],
+                 variants_sha256=doc["variants_sha256"], batches=tuple(batches))
+
+
+def commit(store: Store, batches: list[Batch]) -> Store:
+    """Replace ``store.json`` atomically: the store now holds exactly ``batches``."""
+    doc = _store_doc(store.settings, store.blocks, store.variants_sha256, batches)
+    _write_atomic(os.path.join(store.root, STORE_FILE), json.dumps(doc, indent=1, sort_keys=True).encode())
+    return replace(store, batches=tuple(batches))
+
+
+# ----------------------------------------------------------------------------------------------
+# computing a batch's statistics with Spark
+
+
+SETTING_KEYS = ("phenotypes", "covariates", "intercept", "missing_genotypes", "pheno_names", "covar_names")
+
+
+def batch_config(settings: dict, source: dict, *, keep: str | None = None):
+    """The party-model scan config of a batch's source files (``keep``: only these samples)."""
+    from .pipeline import ScanConfig
+
+    return ScanConfig(bfile=source.get("bfile"), features=source.get("features"),
+                      feature_samples=source.get("feature_samples"), pheno=source["pheno"], covar=source.get("covar"),
+                      out=os.devnull, pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
+                      covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
+                      no_intercept=not settings.get("intercept", True),
+                      missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False, keep=keep)
+
+
+def _source_samples(source: dict) -> list[str]:
+    from .io.plink import read_fam
+    from .io.tables import read_sample_ids
+    from .pipeline import _bfile_paths
+
+    if source.get("features"):
+        return list(read_sample_ids(source["feature_samples"]))
+    return list(read_fam(_bfile_paths(source["bfile"])[2]).iids)
+
+
+def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, width: int, W: np.ndarray, ranges):
+    """Executor side: statistics of each range, written as one block file; yields (part, sha256, n).
+
+    With ``minus = (batch_dir, block_sha256s)`` the block written is that batch's stored block minus
+    the statistics computed here (a withdrawal).
+    """
+    from .multiparty.study import party_block_sums
+    from .spark.scan import read_block as read_variants
+
+    for part, start, stop, _bs, _be, _rows in ranges:
+        pieces = []
+        for a in range(start, stop, plan.sub_block):
+            vidx = np.arange(a, min(a + plan.sub_block, stop))
+            packed, _ = read_variants(plan, vidx)
+            pieces.append(party_block_sums(plan, W, packed))
+        sums = np.vstack(pieces)
+        if minus is not None:
+            sums = read_block(minus[0], part, minus[1][part], width) - sums
+        data = block_bytes(start, sums)
+        _write_atomic(block_path(dest, part), data)
+        yield pa.RecordBatch.from_arrays([pa.array([part], pa.int32()), pa.array([_sha256(data)]),
+                                          pa.array([stop - start], pa.int64())], names=["part", "sha256", "n"])
+
+
+def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict, name: str, *,
+                   keep: str | None = None, minus: Batch | None = None, samples: list[str] | None = None,
+                   withdrawn: list[str] | None = None, cfg_overrides: dict | None = None):
+    """Compute a batch's statistics into a new ``batches/<id>`` directory; return ``(Batch, model)``.
+
+    ``settings`` must already hold the store's phenotypes, covariates and variant hash (checked
+    against the batch before anything is computed). The directory is not registered in the store:
+    the caller commits it, or removes it on failure.
+    """
+    from .multiparty.party import variant_hash, variant_table
+    from .multiparty.study import global_stats
+    from .pipeline import build_model, plan_scan
+    from .spark.scan import map_ranges
+
+    cfg = batch_config(settings, source, keep=keep)
+    if cfg_overrides:
+        cfg = replace(cfg, **cfg_overrides)
+    model = build_model(cfg, party=True, subset_of_fam=keep is not None)
+    what = f"batch {name!r}"
+    _agree(what, "phenotypes", list(model.phenotypes), settings["phenotypes"])
+    _agree(what, "covariates", list(model.covariates), settings["covariates"])
+    src = source.get("bfile") or source.get("features")
+    if model.bim.n_variants != settings["n_variants"] or variant_hash(variant_table(model.bim)) != settings["variant_hash"]:
+        raise ConfigError(f"{what}: the variants of {src} differ from the store's ({model.bim.n_variants} vs "
+                          f"{settings['n_variants']} variants, or different IDs/positions/alleles/order); every batch "
+                          "must have the store's variants in the same order")
+    bdir = os.path.join(store_root, "batches", f"{name}-{uuid.uuid4().hex[:12]}")
+    os.makedirs(os.path.join(bdir, "blocks"))
+    try:
+        plan, _, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
+        offs = model.bim.line_offsets
+        ranges = [(p, s, e, int(offs[s]), int(offs[e]), []) for p, (s, e) in enumerate(blocks)]
+        minus_arg = (minus.dir, tuple(minus.record["blocks"])) if minus is not None else None
+        df, W_bc = map_ranges(spark, model.W, ranges,
+                              partial(_write_blocks, plan, bdir, minus_arg, int(settings["width"])),
+                              "part int, sha256 string, n long")
+        try:
+            rows = sorted(df.collect(), key=lambda r: r["part"])
+        except Exception as exc:  # noqa: BLE001 - surface our own task errors as one line
+            raise_task_error(exc)
+        finally:
+            W_bc.destroy()
+        shas = [r["sha256"] for r in rows]
+        if len(shas) != len(blocks):  # pragma: no cover - one row per range
+            raise DashError(f"{what}: {len(shas)} blocks written, expected {len(blocks)}")
+        glob = global_stats(model)
+        if minus is not None:
+            old = minus.globals()
+            glob = {k: old[k] - v for k, v in glob.items()}
+        record = {
+            "format": FORMAT_VERSION, "name": name, "source": source,
+            "samples": samples if samples is not None else _source_samples(source),
+            "withdrawn": withdrawn or [],
+            "globals": {k: _encode_array(v) for k, v in sorted(glob.items())},
+            "blocks": shas,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        data = json.dumps(record, sort_keys=True).encode()
+        _write_atomic(os.path.join(bdir, "batch.json"), data)
+        return Batch(name, bdir, _sha256(data), record), model
+    except BaseException:
+        shutil.rmtree(bdir, ignore_errors=True)
+        raise
+
+
+def _agree(what: str, field: str, found: list, expected: list) -> None:
+    if list(found) != list(expected):
+        raise ConfigError(f"{what}: {field} differ from the store's; expected {list(expected)}, found {list(found)}. "
+                          "Every batch must have the store's phenotypes and covariates (use --pheno-name/"
+                          "--covar-name when creating the store to fix them)")
+
+
+def _source(args_source: dict) -> dict:
+    """Absolute paths of a batch's source files (recorded in the store)."""
+    out = {}
+    for k, v in args_source.items():
+        if v:
+            out[k] = os.path.abspath(v)
+    if not out.get("pheno"):
+        raise ConfigError("a batch needs --pheno")
+    if bool(out.get("bfile")) == bool(out.get("features")):
+        raise ConfigError("a batch needs --bfile PREFIX or --features FILE.parquet (with --feature-samples)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# creating a store and adding a batch
+
+
+def create_store(spark, root: str, name: str, source: dict, *, intercept: bool = True,
+                 missing_genotypes: str = "drop", pheno_names=None, covar_names=None,
+                 block_variants: int | None = None) -> Store:
+    """Create ``root`` holding one batch (refuses an existing store)."""
+    from .multiparty.party import variant_hash, variant_table
+    from .multiparty.study import per_variant_layout
+    from .pipeline import build_model
+    from .spark.scan import default_block_variants
+
+    root = os.path.abspath(root)
+    check_batch_name(name)
+    if os.path.exists(os.path.join(root, STORE_FILE)):
+        raise OutputError(f"{root}: a store already exists here; add batches with `dash-spark refresh --store "
+                          f"{root} --add-batch NAME ...`")
+    if os.path.exists(root) and os.listdir(root):
+        raise OutputError(f"{root}: directory exists and is not empty; choose a new --store directory")
+    source = _source(source)
+    settings = {"intercept": intercept, "missing_genotypes": missing_genotypes,
+                "pheno_names": list(pheno_names) if pheno_names else None,
+                "covar_names": list(covar_names) if covar_names else None}
+    model = build_model(batch_config(settings, source), party=True)
+    m = model.bim.n_variants
+    vt = variant_table(model.bim)
+    settings.update(phenotypes=list(model.phenotypes), covariates=list(model.covariates),
+                    variant_hash=variant_hash(vt), n_variants=int(m),
+                    width=per_variant_layout(len(model.covariates), len(model.phenotypes),
+                                             missing_genotypes)["_width"].start,
+                    source_kind="features" if source.get("features") else "bfile")
+    bv = min(block_variants or default_block_variants(m, spark.sparkContext.defaultParallelism), MAX_BLOCK_VARIANTS)
+    blocks = [(a, min(a + bv, m)) for a in range(0, m, bv)]
+    made_root = not os.path.exists(root)
+    os.makedirs(os.path.join(root, "batches"), exist_ok=True)
+    try:
+        buf = io.BytesIO()
+        with pq.ParquetWriter(buf, vt.schema) as writer:
+            for s, e in blocks:
+                writer.write_table(vt.slice(s, e - s), row_group_size=e - s)
+        data = buf.getvalue()
+        _write_atomic(os.path.join(root, VARIANTS_FILE), data)
+        empty = Store(root=root, settings=settings, blocks=blocks, variants_sha256=_sha256(data), batches=())
+        batch, _ = compress_batch(spark, root, settings, blocks, source, name)
+        store = commit(empty, [batch])
+    except BaseException:
+        if made_root:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for entry in os.listdir(root):
+                p = os.path.join(root, entry)
+                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+        raise
+    log.info("store %s: created with batch %s (%d samples), %d variants in %d blocks", root, name,
+             len(batch.samples), m, len(blocks))
+    return store
+
+
+def check_settings(store: Store, **given) -> None:
+    """Model options given on the command line must match the store's (they are fixed at creation)."""
+    for key, value in given.items():
+        if value is None:
+            continue
+        have = store.settings.get(key)
+        if isinstance(value, (tuple, list)):
+            value = list(value)
+        if have != value:
+            raise ConfigError(f"{store.root}: the store was created with {key} = {have!r}, not {value!r}; "
+                              "a store's model settings are fixed when it is created")
+
+
+def check_new_batch(store: Store, name: str, source: dict) -> dict:
+    """Refuse a batch name already used or samples already in the store; return absolute sources."""
+    check_batch_name(name)
+    if store.batch(name) is not None:
+        raise ConfigError(f"{store.root}: batch {name!r} is already in the store (added "
+                          f"{store.batch(name).record['created']}); a batch is added once. Remove it first with "
+                          "--remove-batch to replace it")
+    source = _source(source)
+    every = {iid: b.name for b in store.batches for iid in b.samples}
+    dup = [iid for iid in _source_samples(source) if iid in every]
+    if dup:
+        raise ConfigError(f"batch {name!r}: {len(dup)} sample(s) are already in the store ({_describe(dup)}; "
+                          f"{dup[0]} is in batch {every[dup[0]]!r}); a sample may be added only once, and a "
+                          "withdrawn sample may not come back")
+    return source
+
+
+# ----------------------------------------------------------------------------------------------
+# finalizing: pooled statistics -> the scan's outputs
+
+
+def pooled_globals(batches) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for b in batches:
+        for k, v in b.globals().items():
+            out[k] = out[k] + v if k in out else v.copy()
+    return out
+
+
+def _finalize_task(spec: dict, G: dict, ranges):
+    """Executor side: add a range's stored blocks over the batches and finalize them."""
+    from .multiparty.study import finalize_pooled_scan, per_variant_layout
+    from .spark.scan import results_batch
+
+    lay = per_variant_layout(len(spec["covariates"]), len(spec["phenotypes"]), spec["mode"])
+    vfile = pq.ParquetFile(spec["variants"])
+    for part, start, stop, _bs, _be, _rows in ranges:
+        V = None
+        for bdir, shas in spec["batches"]:
+            block = read_block(bdir, part, shas[part], spec["width"])
+            V = block if V is None else V + block
+        vt = vfile.read_row_group(part)
+        meta = tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
+        named = finalize_pooled_scan(G, V, spec["phenotypes"], spec["covariates"], spec["mode"])
+        yield results_batch(np.arange(start, stop, dtype=np.int64), meta, V[:, lay["freq_alt"]][:, 0],
+                            G["n_freq"][0] - V[:, lay["freq_miss"]][:, 0], named, count_alt=spec["count_alt"])
+
+
+def check_pooled(store: Store, batches, G: dict) -> None:
+    """Driver-side checks before a finalize job: enough samples, full-rank covariates."""
+    from .multiparty.study import pooled_basis
+
+    if not batches:
+        raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
+    for t, name in enumerate(store.settings["phenotypes"]):
+        pooled_basis(G[f"t{t}.CtC"], int(round(G[f"t{t}.n"][0])), store.settings["covariates"],
+                     where=f"{store.root}: phenotype {name}")
+
+
+def finalize_store(spark, store: Store, batches, stage: str, *, plots: bool = True) -> dict:
+    """Write the scan outputs of the pooled ``batches`` under ``stage``; return the glm paths."""
+    import types
+
+    from .output import write_reports
+    from .spark.fs import HadoopFS
+    from .spark.scan import RESULT_SCHEMA_DDL, map_ranges
+
+    G = pooled_globals(batches)
+    check_pooled(store, batches, G)
+    s = store.settings
+    spec = {"phenotypes": s["phenotypes"], "covariates": s["covariates"], "mode": s["missing_genotypes"],
+            "width": store.width, "variants": os.path.join(store.root, VARIANTS_FILE),
+            "count_alt": s.get("source_kind") == "features",
+            "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches]}
+    ranges = [(p, a, e, 0, 0, []) for p, (a, e) in enumerate(store.blocks)]
+    df, bc = map_ranges(spark, G, ranges, partial(_finalize_task, spec), RESULT_SCHEMA_DDL)
+    try:
+        df.write.parquet(f"{stage}/results.parquet")
+    except Exception as exc:  # noqa: BLE001
+        raise_task_error(exc)
+    finally:
+        bc.destroy()
+    counts = {"batches": [b.name for b in batches],
+              "pooled_samples": {p: int(round(G[f"t{t}.n"][0])) for t, p in enumerate(s["phenotypes"])}}
+    model = types.SimpleNamespace(phenotypes=tuple(s["phenotypes"]), covariates=tuple(s["covariates"]),
+                                  variants=np.arange(s["n_variants"]), counts=counts)
+    glm, summaries = write_reports(spark, HadoopFS(spark, stage), stage, model, plots=plots)
+    return {"glm": glm, "summaries": summaries, "counts": counts}
+
+
+# ----------------------------------------------------------------------------------------------
+# refresh: add / remove / withdraw, then finalize; the store changes only if everything worked
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    out: str
+    glm_paths: dict
+    summaries: dict
+    batches: list[str]
+    seconds: float
+
+
+def read_withdrawals(path: str) -> list[str]:
+    """IIDs to withdraw: one per line (``IID``, or ``FID IID``); ``#`` lines are comments."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file not found")
+    out, seen = [], set()
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) > 2:
+                raise InputError(f"{path}, line {lineno}: expected IID or FID IID, found {len(fields)} fields")
+            iid = fields[-1]
+            if iid in seen:
+                raise InputError(f"{path}, line {lineno}: sample {iid} listed twice")
+            seen.add(iid)
+            out.append(iid)
+    if not out:
+        raise InputError(f"{path}: no sample listed")
+    return out
+
+
+def _describe(ids: list[str], limit: int = 5) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def run_refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, remove: str | None = None,
+                withdraw: str | None = None, overwrite: bool = False, plots: bool = True, spark=None,
+                master: str | None = None, spark_conf: dict | None = None) -> RefreshResult:
+    """Change the store (at most one of ``add``, ``remove``, ``withdraw``) and finalize it to ``out``.
+
+    Order: check everything that can be checked up front; compute the new batch statistics into new
+    directories; finalize into a staged output; then commit ``store.json`` and move the output into
+    place. Any failure before the commit leaves the store exactly as it was.
+    """
+    from .spark.session import get_session
+
+    t0 = time.time()
+    if sum(x is not None for x in (add, remove, withdraw)) > 1:
+        raise ConfigError("refresh: give at most one of --add-batch, --remove-batch and --withdraw per run")
+    store = open_store(store_root)
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise OutputError(f"{out}: output directory exists; pass --overwrite or choose another --out")
+    batches = list(store.batches)
+    new_dirs: list[str] = []
+    old_dirs: list[str] = []
+    withdrawals: dict[str, list[str]] = {}
+    if add is not None:
+        name, source = add
+        source = check_new_batch(store, name, source)
+    if remove is not None:
+        if store.batch(remove) is None:
+            raise ConfigError(f"{store.root}: no batch named {remove!r}; the store holds "
+                              f"{', '.join(b.name for b in store.batches) or 'no batch'}")
+        old_dirs.append(store.batch(remove).dir)
+        batches = [b for b in batches if b.name != remove]
+    if withdraw is not None:
+        ids = read_withdrawals(withdraw)
+        active = store.active_samples()
+        gone = {iid for b in store.batches for iid in b.withdrawn}
+        unknown = [iid for iid in ids if iid not in active]
+        if unknown:
+            already = [iid for iid in unknown if iid in gone]
+            detail = f"; {len(already)} of them were withdrawn before" if already else ""
+            raise InputError(f"{withdraw}: {len(unknown)} listed sample(s) are not in the store ({_describe(unknown)}"
+                             f"{detail}); list only samples of the store's batches. Nothing was changed")
+        for iid in ids:
+            withdrawals.setdefault(active[iid], []).append(iid)
+
+    if spark is None:
+        spark = get_session(master=master, conf=spark_conf)
+    stage = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        if add is not None:
+            batch, _ = compress_batch(spark, store.root, store.settings, store.blocks, source, name)
+            new_dirs.append(batch.dir)
+            batches.append(batch)
+            log.info("refresh: batch %s compressed (%d samples)", name, len(batch.samples))
+        for bname, ids in withdrawals.items():
+            old = store.batch(bname)
+            keep = os.path.join(store.root, f".withdraw-{uuid.uuid4().hex[:8]}.txt")
+            with open(keep, "w") as fh:
+                fh.write("".join(f"{iid}\n" for iid in ids))
+            try:
+                # the batch's own model restricted to the withdrawn samples; subtracted block by block
+                batch, _ = compress_batch(spark, store.root, store.settings, store.blocks, old.record["source"],
+                                          bname, keep=keep, minus=old, samples=old.samples,
+                                          withdrawn=old.withdrawn + ids)
+            finally:
+                os.remove(keep)
+            new_dirs.append(batch.dir)
+            old_dirs.append(old.dir)
+            batches = [batch if b.name == bname else b for b in batches]
+            log.info("refresh: %d sample(s) withdrawn from batch %s", len(ids), bname)
+        os.makedirs(stage)
+        result = finalize_store(spark, store, batches, stage, plots=plots)
+        commit(store, batches)
+    except BaseException:
+        for d in new_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    # committed: the old directories are no longer referenced
+    for d in old_dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(stage, out)
+    glm = {k: v.replace(stage, out) for k, v in result["glm"].items()}
+    log.info("refresh: store %s holds %d batch(es); outputs in %s (%.1f s)", store.root, len(batches), out,
+             time.time() - t0)
+    return RefreshResult(out=out, glm_paths=glm, summaries=result["summaries"], batches=[b.name for b in batches],
+                         seconds=time.time() - t0)
+
+
+def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | None = None,
+                 missing_genotypes: str | None = None, pheno_names=None, covar_names=None,
+                 block_variants: int | None = None, spark=None, master: str | None = None,
+                 spark_conf: dict | None = None) -> Store:
+    """``dash-spark compress --store``: persist a batch's statistics (creating the store with its
+    first batch). Nothing is finalized; ``refresh`` does that."""
+    from .spark.session import get_session
+
+    root = os.path.abspath(store_root)
+    if not os.path.exists(os.path.join(root, STORE_FILE)):
+        if spark is None:
+            spark = get_session(master=master, conf=spark_conf)
+        return create_store(spark, root, name, source, intercept=True if intercept is None else intercept,
+                            missing_genotypes=missing_genotypes or "drop", pheno_names=pheno_names,
+                            covar_names=covar_names, block_variants=block_variants)
+    store = open_store(root)
+    check_settings(store, intercept=intercept, missing_genotypes=missing_genotypes, pheno_names=pheno_names,
+                   covar_names=covar_names)
+    source = check_new_batch(store, name, source)
+    if spark is None:
+        spark = get_session(master=master, conf=spark_conf)
+    batch, _ = compress_batch(spark, root, store.settings, store.blocks, source, name)
+    try:
+        store = commit(store, list(store.batches) + [batch])
+    except BaseException:
+        shutil.rmtree(batch.dir, ignore_errors=True)
+        raise
+    log.info("store %s: batch %s added (%d samples); %d batch(es)", root, name, len(batch.samples), len(store.batches))
+    return store

@@ -1,0 +1,197 @@
+"""Stored statistics: compress --store, refresh (add / remove / withdraw) equal a full scan."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dash_spark.cli import main
+from dash_spark.errors import DashError
+from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.store import open_store, run_compress, run_refresh
+
+from .oracle_data import make_files
+from .test_multiparty_e2e import _split_bed
+
+WAVES = ("w1", "w2", "w3")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("store")
+    files = make_files(tmp, np.random.default_rng(31), n=420, m=300, missing=0.03, name="pooled")
+    assign = np.random.default_rng(32).choice(3, files.n, p=[0.5, 0.3, 0.2])
+    parts = {w: np.flatnonzero(assign == i) for i, w in enumerate(WAVES)}
+    prefixes = _split_bed(files, tmp, parts)
+    iids = [line.split()[1] for line in open(files.bfile + ".fam")]
+    return files, tmp, prefixes, {w: [iids[i] for i in idx] for w, idx in parts.items()}
+
+
+def _src(files, prefix):
+    return {"bfile": prefix, "pheno": files.pheno, "covar": files.covar}
+
+
+def _remove_file(tmp, name, iids):
+    path = tmp / name
+    path.write_text("".join(f"{i} {i}\n" for i in iids))  # FID IID (make_files uses FID = IID)
+    return str(path)
+
+
+def assert_same_results(expected_path, got_path):
+    key = [("phenotype", "ascending"), ("variant_index", "ascending")]
+    a = pq.read_table(expected_path).sort_by(key).to_pydict()
+    b = pq.read_table(got_path).sort_by(key).to_pydict()
+    for col in ("variant_index", "id", "a1", "obs_ct", "errcode", "phenotype"):
+        assert a[col] == b[col], col
+    se = np.array(a["se"], dtype=float)
+    ok = ~np.isnan(se)
+    assert ok.sum() > 0.9 * len(se)
+    assert np.array_equal(np.isnan(np.array(b["se"], dtype=float)), ~ok)
+    beta_a, beta_b = np.array(a["beta"], dtype=float)[ok], np.array(b["beta"], dtype=float)[ok]
+    assert np.all(np.abs(beta_a - beta_b) <= 1e-9 * np.maximum(np.abs(beta_a), se[ok]))
+    np.testing.assert_allclose(np.array(b["se"], dtype=float)[ok], se[ok], rtol=1e-9)
+    np.testing.assert_allclose(np.array(b["a1_freq"], dtype=float), np.array(a["a1_freq"], dtype=float),
+                               rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(np.array(b["neg_log10_p"], dtype=float)[ok],
+                               np.array(a["neg_log10_p"], dtype=float)[ok], rtol=1e-9, atol=1e-11)
+
+
+def _full_scan(spark, files, out, mode, remove=None):
+    return run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, out=str(out), plots=False,
+                               missing_genotypes=mode, remove=remove, overwrite=True), spark=spark)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["drop", "mean"])
+def test_refresh_add_remove_withdraw_equal_full_scans(cohort, spark, mode):
+    files, tmp, prefixes, members = cohort
+    store = str(tmp / f"store_{mode}")
+    run_compress(store, "w1", _src(files, prefixes["w1"]), missing_genotypes=mode, spark=spark)
+    run_compress(store, "w2", _src(files, prefixes["w2"]), spark=spark)  # an existing store: added, not finalized
+    assert [b.name for b in open_store(store).batches] == ["w1", "w2"]
+    res = run_refresh(store, str(tmp / f"all_{mode}"), add=("w3", _src(files, prefixes["w3"])), plots=False,
+                      spark=spark)
+    assert res.batches == list(WAVES)
+    full = _full_scan(spark, files, tmp / f"full_{mode}", mode)
+    assert_same_results(full.results_path, f"{res.out}/results.parquet")
+    assert os.path.exists(f"{res.out}/pheno1.glm.linear")
+
+    # a batch removed: the scan of the other two
+    res = run_refresh(store, str(tmp / f"no_w2_{mode}"), remove="w2", plots=False, spark=spark)
+    assert res.batches == ["w1", "w3"]
+    rm = _remove_file(tmp, f"w2_{mode}.txt", members["w2"])
+    assert_same_results(_full_scan(spark, files, tmp / f"full_no_w2_{mode}", mode, remove=rm).results_path,
+                        f"{res.out}/results.parquet")
+    assert len(os.listdir(os.path.join(store, "batches"))) == 2  # w2's statistics are gone
+
+    # samples withdrawn from two batches (some without a phenotype or covariates)
+    gone = members["w1"][:7] + members["w3"][-4:]
+    wfile = tmp / f"withdraw_{mode}.txt"
+    wfile.write_text("\n".join(gone) + "\n")
+    res = run_refresh(store, str(tmp / f"withdrawn_{mode}"), withdraw=str(wfile), plots=False, spark=spark)
+    rm = _remove_file(tmp, f"w2_and_gone_{mode}.txt", members["w2"] + gone)
+    assert_same_results(_full_scan(spark, files, tmp / f"full_gone_{mode}", mode, remove=rm).results_path,
+                        f"{res.out}/results.parquet")
+    st = open_store(store)
+    assert sorted(st.batch("w1").withdrawn) == sorted(members["w1"][:7])
+    # withdrawing the same samples again is refused: they are no longer in the store
+    with pytest.raises(DashError, match="not in the store.*withdrawn before"):
+        run_refresh(store, str(tmp / f"again_{mode}"), withdraw=str(wfile), plots=False, spark=spark)
+    # and a withdrawn sample may not come back in a new batch
+    with pytest.raises(DashError, match="already in the store"):
+        run_refresh(store, str(tmp / f"back_{mode}"), add=("w1b", _src(files, prefixes["w1"])), plots=False,
+                    spark=spark)
+
+
+def _snapshot(store):
+    out = {}
+    for dirpath, _, names in os.walk(store):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, store)] = open(p, "rb").read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_store(cohort, spark):
+    files, tmp, prefixes, _ = cohort
+    store = str(tmp / "refusals")
+    run_compress(store, "w1", _src(files, prefixes["w1"]), spark=spark)
+    return store
+
+
+def test_refusals_leave_the_store_as_it_was(cohort, small_store, spark, capsys):
+    files, tmp, prefixes, members = cohort
+    store = small_store
+    before = _snapshot(store)
+    out = str(tmp / "refused_out")
+
+    def refused(*args, match):
+        capsys.readouterr()
+        assert main(["-q", "refresh", "--store", store, "--out", out, "--no-plots", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("dash-spark: error:") and len(err.splitlines()) == 1, err
+        assert match in err, err
+        assert not os.path.exists(out)
+        assert _snapshot(store) == before
+        return err
+
+    # the same batch twice, by name and by samples
+    refused("--add-batch", "w1", "--bfile", prefixes["w1"], "--pheno", files.pheno, "--covar", files.covar,
+            match="already in the store")
+    refused("--add-batch", "again", "--bfile", prefixes["w1"], "--pheno", files.pheno, "--covar", files.covar,
+            match="already in the store")
+    # different covariates, phenotypes, variants
+    cov = tmp / "fewer.covar"
+    rows = [ln.split(" ") for ln in open(files.covar).read().splitlines()]
+    cov.write_text("\n".join(" ".join(r[:-1]) for r in rows) + "\n")
+    refused("--add-batch", "w2", "--bfile", prefixes["w2"], "--pheno", files.pheno, "--covar", str(cov),
+            match="covariates differ")
+    ph = tmp / "more.pheno"
+    prow = [ln.split("\t") for ln in open(files.pheno).read().splitlines()]
+    ph.write_text("\n".join("\t".join(r + ([r[-1] + "x"] if i == 0 else [r[-1]])) for i, r in enumerate(prow)) + "\n")
+    refused("--add-batch", "w2", "--bfile", prefixes["w2"], "--pheno", str(ph), "--covar", files.covar,
+            match="phenotypes differ")
+    other = tmp / "w2_other"
+    for ext in (".bed", ".fam"):
+        shutil.copy(prefixes["w2"] + ext, str(other) + ext)
+    bim = open(prefixes["w2"] + ".bim").read().splitlines()
+    bim[5] = bim[5].replace(bim[5].split("\t")[1], "renamed", 1)
+    (tmp / "w2_other.bim").write_text("\n".join(bim) + "\n")
+    refused("--add-batch", "w2", "--bfile", str(other), "--pheno", files.pheno, "--covar", files.covar,
+            match="variants")
+    # withdrawal of unknown samples; removal of an unknown batch
+    wf = tmp / "unknown.txt"
+    wf.write_text(f"{members['w1'][0]}\nnobody\n")
+    refused("--withdraw", str(wf), match="nobody")
+    refused("--remove-batch", "w9", match="no batch named 'w9'")
+    # a damaged block: refused when it is read, nothing changes (the new batch is not kept)
+    bdir = open_store(store).batches[0].dir
+    block = os.path.join(bdir, "blocks", "block-00000.parquet")
+    good = open(block, "rb").read()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    open(block, "wb").write(bytes(bad))
+    before = _snapshot(store)
+    refused("--add-batch", "w2", "--bfile", prefixes["w2"], "--pheno", files.pheno, "--covar", files.covar,
+            match="checksum mismatch")
+    open(block, "wb").write(good)
+    # a damaged index
+    index = os.path.join(store, "store.json")
+    doc = json.load(open(index))
+    doc["settings"]["covariates"][1] = "AGE"
+    text = open(index).read()
+    open(index, "w").write(json.dumps(doc))
+    before = _snapshot(store)
+    refused(match="store.json: checksum mismatch")
+    open(index, "w").write(text)
+    # model settings are fixed when the store is created
+    capsys.readouterr()
+    assert main(["-q", "compress", "--store", store, "--batch", "w2", "--bfile", prefixes["w2"], "--pheno",
+                 files.pheno, "--covar", files.covar, "--missing-genotypes", "mean"]) == 2
+    assert "missing_genotypes" in capsys.readouterr().err
