@@ -20,6 +20,7 @@ from dash_spark.multiparty.encoding import (
     FRAC_BITS,
     EncodingOverflow,
     add,
+    add_into,
     decode,
     encode,
     neg,
@@ -207,6 +208,91 @@ def test_overflow_and_nan_name_the_statistic():
         encode(np.array([1e6]), 32, max_abs_bits=10, name="z")
     with pytest.raises(ConfigError, match="frac_bits"):
         encode(np.array([1.0]), 200)
+
+
+def _exact_encoding(x: float, frac_bits: int) -> int:
+    """Reference: round(x * 2^frac_bits) to the nearest integer, ties to even, reduced mod 2^128."""
+    from fractions import Fraction
+
+    return round(Fraction(x) * 2**frac_bits) % (1 << 128)
+
+
+def test_encode_matches_integer_reference(rng):
+    # magnitudes where the low limb has its top bit set, ties at every frac_bits, tiny values
+    # that round to 0 or +-1, and values near the limit: every ring element equals the exact integer
+    x = np.concatenate([
+        np.exp(rng.uniform(math.log(1e-25), math.log(2.0**54), 4000)) * rng.choice([-1.0, 1.0], 4000),
+        [2.0**-64 * 0.5, 2.0**-64 * 1.5, -(2.0**-64) * 2.5, 2.0**-66, -(2.0**-65), 0.0, -0.0],
+        [1.0 - 2.0**-53, 2.0**63 / 2**64, 0.75, -0.75, 2.0**55 - 8, -(2.0**55 - 8), 5e-324, -5e-324],
+    ])
+    for fb in (0, 1, 30, 64, 100):
+        y = x[np.abs(x) < 2.0 ** (127 - fb - 8)]
+        got = encode(y, fb, name="x")
+        want = to_ring([_exact_encoding(float(v), fb) for v in y])
+        assert np.array_equal(got, want), fb
+        # correctly rounded decode of the exact integers: the roundtrip of representable values is exact
+        assert decode(got, fb).tolist() == [float(v) / 2**fb for v in from_ring(got)]
+    e = encode(x[:100].reshape(10, 5, 2))  # any value shape; non-contiguous input too
+    assert e.shape == (10, 5, 2, 2)
+    assert np.array_equal(encode(x[:200:2]), encode(x[:200].copy()[::2]))
+
+
+def test_encode_overflow_counts_every_bad_value():
+    with pytest.raises(EncodingOverflow, match=r"'big'.*3 of 5 values are too large.*max \|x\| = 1e\+20"):
+        encode(np.array([2.0**55, -(2.0**55), 1.0, 1e20, 0.0]), name="big")
+    with pytest.raises(EncodingOverflow, match=r"1 of 3 values are not finite"):
+        encode(np.array([1e20, np.nan, 1.0]), name="nan_first")  # non-finite values are named first
+    with pytest.raises(EncodingOverflow, match=r"too large"):
+        encode(np.array([1.0]), 0, max_abs_bits=0, name="edge")  # |x| < 2^0 excludes 1
+    assert from_ring(encode(np.array([-0.5, 0.5]), 0, max_abs_bits=0, name="edge")) == [0, 0]  # ties to even
+
+
+def test_ring_arithmetic_matches_python_integers(rng):
+    vals = [int(v) for v in rng.integers(0, 2**63, 400, dtype=np.uint64)]
+    vals = [((v << 65) ^ (w << 1) ^ int(k)) % (1 << 128) for v, w, k in zip(vals, vals[::-1], rng.integers(0, 2, 400))]
+    vals += [0, 1, 2**64 - 1, 2**64, 2**127 - 1, 2**127, 2**128 - 1, 2**128 - 2**64]
+    other = vals[::-1]
+    a, b = to_ring(vals), to_ring(other)
+    mod = 1 << 128
+
+    def signed(v):
+        v %= mod
+        return v - mod if v >> 127 else v
+
+    assert from_ring(add(a, b)) == [signed(x + y) for x, y in zip(vals, other)]
+    assert from_ring(sub(a, b)) == [signed(x - y) for x, y in zip(vals, other)]
+    assert from_ring(neg(a)) == [signed(-x) for x in vals]
+    assert from_ring(ring_sum([a, b, a])) == [signed(2 * x + y) for x, y in zip(vals, other)]
+    assert from_ring(ring_sum([a])) == [signed(x) for x in vals] and ring_sum([a]) is not a
+    acc = a.copy()
+    assert add_into(acc, b) is acc and from_ring(acc) == [signed(x + y) for x, y in zip(vals, other)]
+    add_into(acc, b, subtract=True)
+    assert np.array_equal(acc, a)
+    with pytest.raises(InputError, match="writable C-contiguous"):
+        add_into(a[::2], b[::2])
+    with pytest.raises(InputError, match="shapes differ"):
+        add_into(acc, b[:3])
+
+
+def test_npy_files_are_numpy_format(tmp_path):
+    import io
+
+    from dash_spark.multiparty.exchange import _load_npy, _npy_parts
+
+    a = np.arange(24, dtype=np.uint64).reshape(3, 4, 2) * np.uint64(2**61)
+    head, data = _npy_parts(a)
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    assert buf.getvalue() == head + bytes(data)
+    assert np.array_equal(_load_npy(buf.getvalue()), a)
+    assert np.array_equal(_load_npy(head + bytes(data)), a)
+    with pytest.raises(ValueError, match="declares"):
+        _load_npy(buf.getvalue()[:-1])
+    with pytest.raises(ValueError, match="declares"):
+        _load_npy(buf.getvalue() + b"\0")
+    buf = io.BytesIO()
+    np.save(buf, np.asfortranarray(a), allow_pickle=False)  # other layouts are read as numpy reads them
+    assert np.array_equal(_load_npy(buf.getvalue()), a)
 
 
 # --------------------------------------------------------------------------------------- masking

@@ -18,9 +18,11 @@ Masked encodings are uniform in the ring whatever the value (see :mod:`dash_spar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from numba import njit
 
 from ..errors import ConfigError, DashError, InputError
 
@@ -29,7 +31,6 @@ FRAC_BITS = 64
 HEADROOM_BITS = 8
 
 _U64 = np.uint64
-_ONE = np.uint64(1)
 
 
 class EncodingOverflow(DashError):
@@ -86,41 +87,118 @@ def encode(x: object, frac_bits: int = FRAC_BITS, max_abs_bits: int | None = Non
     except (TypeError, ValueError) as exc:
         raise InputError(f"statistic {name!r}: values are not numbers; expected a float64 array, "
                          f"found an error ({exc}). Pass numeric statistics") from None
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = int(x.size - np.count_nonzero(finite))
-        raise EncodingOverflow(f"statistic {name!r}: {bad} of {x.size} values are not finite (NaN or "
-                               f"infinite); expected finite numbers, found {bad} bad. Check the party's "
-                               "inputs (phenotypes, covariates) for missing or infinite values")
-    mag = np.abs(x)
-    limit = float(2.0 ** max_abs_bits)
-    big = mag >= limit
-    if big.any():
-        nbig = int(np.count_nonzero(big))
-        raise EncodingOverflow(f"statistic {name!r}: {nbig} of {x.size} values are too large for the "
-                               f"fixed-point ring; expected |x| < 2^{max_abs_bits} = {limit:.6g} with "
-                               f"frac_bits={frac_bits}, found max |x| = {float(mag.max()):.6g}. Rescale the "
-                               "inputs or use fewer frac_bits for the study")
-    flat = mag.reshape(-1)
-    v = np.rint(np.ldexp(flat, frac_bits))  # exact: a power-of-two scaling, then an exact integer
-    hi = np.floor(np.ldexp(v, -64))  # exact
-    lo = v - np.ldexp(hi, 64)  # exact: the low bits of v, in [0, 2^64)
+    flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty((flat.size, 2), dtype=_U64)
-    out[:, 0] = lo.astype(_U64)
-    out[:, 1] = hi.astype(_U64)
-    neg = np.signbit(x.reshape(-1)) & (v != 0)
-    if neg.any():
-        out[neg] = _neg_flat(out[neg])
+    # one pass: NaN, infinities and |x| >= 2^max_abs_bits are all counted as bad (NaN fails `<`)
+    n_bad = _encode_kernel(flat, float(2.0 ** frac_bits), float(2.0 ** max_abs_bits), out)
+    if n_bad:
+        finite = np.isfinite(flat)
+        n_nonfinite = int(flat.size - np.count_nonzero(finite))
+        if n_nonfinite:
+            raise EncodingOverflow(f"statistic {name!r}: {n_nonfinite} of {flat.size} values are not finite (NaN "
+                                   f"or infinite); expected finite numbers, found {n_nonfinite} bad. Check the "
+                                   "party's inputs (phenotypes, covariates) for missing or infinite values")
+        limit = float(2.0 ** max_abs_bits)
+        raise EncodingOverflow(f"statistic {name!r}: {n_bad} of {flat.size} values are too large for the "
+                               f"fixed-point ring; expected |x| < 2^{max_abs_bits} = {limit:.6g} with "
+                               f"frac_bits={frac_bits}, found max |x| = {float(np.abs(flat).max()):.6g}. Rescale "
+                               "the inputs or use fewer frac_bits for the study")
     return out.reshape(x.shape + (2,))
 
 
-def _neg_flat(a: np.ndarray) -> np.ndarray:
-    """Two's complement negation of a ``(n, 2)`` array."""
-    lo, hi = a[:, 0], a[:, 1]
-    out = np.empty_like(a)
-    out[:, 0] = ~lo + _ONE
-    out[:, 1] = ~hi + (lo == 0).astype(_U64)
-    return out
+# The kernels below work on C-contiguous ``(n, 2)`` uint64 arrays (and flat float64 arrays) in one
+# pass each; the public functions check shapes and types and make their operands contiguous.
+
+
+@njit(cache=True, nogil=True)
+def _encode_kernel(x, scale, limit, out):  # pragma: no cover - jitted
+    """``out[i] = round(x[i] * scale) mod 2^128``; returns the number of values that are not
+    finite or have ``|x| >= limit`` (then ``out`` is garbage and the caller raises)."""
+    two64 = 18446744073709551616.0
+    bad = 0
+    for i in range(x.shape[0]):
+        xi = x[i]
+        mag = abs(xi)
+        if not mag < limit:  # NaN too
+            bad += 1
+            continue
+        v = np.rint(mag * scale)  # exact: a power-of-two scaling, then an exact integer
+        hi = np.floor(v / two64)  # exact
+        lo = np.uint64(v - hi * two64)  # exact: the low bits of v, in [0, 2^64)
+        uhi = np.uint64(hi)
+        if xi < 0.0 and v != 0.0:  # two's complement
+            borrow = np.uint64(1) if lo == np.uint64(0) else np.uint64(0)
+            lo = ~lo + np.uint64(1)
+            uhi = ~uhi + borrow
+        out[i, 0] = lo
+        out[i, 1] = uhi
+    return bad
+
+
+@njit(cache=True, nogil=True)
+def _add_kernel(a, b, out, subtract):  # pragma: no cover - jitted
+    """``out = a + b`` (``a - b`` when ``subtract``) mod 2^128; ``out`` may be ``a``."""
+    one = np.uint64(1)
+    zero = np.uint64(0)
+    for i in range(a.shape[0]):
+        alo = a[i, 0]
+        blo = b[i, 0]
+        if subtract:
+            lo = alo - blo
+            out[i, 1] = a[i, 1] - b[i, 1] - (one if alo < blo else zero)
+        else:
+            lo = alo + blo
+            out[i, 1] = a[i, 1] + b[i, 1] + (one if lo < alo else zero)
+        out[i, 0] = lo
+
+
+@njit(cache=True, nogil=True)
+def _neg_kernel(a, out):  # pragma: no cover - jitted
+    one = np.uint64(1)
+    zero = np.uint64(0)
+    for i in range(a.shape[0]):
+        lo = a[i, 0]
+        out[i, 1] = ~a[i, 1] + (one if lo == zero else zero)
+        out[i, 0] = ~lo + one
+
+
+@njit(cache=True, nogil=True)
+def _decode_kernel(a, frac_bits, out):  # pragma: no cover - jitted
+    """Signed 128-bit ``hi * 2^64 + lo`` times ``2^-frac_bits``, rounded once to float64."""
+    one = np.uint64(1)
+    zero = np.uint64(0)
+    for i in range(a.shape[0]):
+        lo = a[i, 0]
+        hi = a[i, 1]
+        negative = (hi >> np.uint64(63)) == one
+        if negative:  # |value|, at most 2^127
+            hi = ~hi + (one if lo == zero else zero)
+            lo = ~lo + one
+        if hi == zero:
+            val = math.ldexp(float(lo), -frac_bits)  # one correctly rounded uint64 -> float64
+        else:
+            # normalise so that the top bit sits at bit 127, keep the top 64 bits and OR a sticky
+            # bit for the dropped ones (64 >= 53 + 2 bits, so the uint64 -> float64 rounding is the
+            # exact round-to-nearest-even of the whole 128-bit number)
+            s = 0
+            h = hi
+            for step in (32, 16, 8, 4, 2, 1):
+                if (h >> np.uint64(64 - step)) == zero:
+                    h = h << np.uint64(step)
+                    s += step
+            top = h
+            if s > 0:
+                top |= lo >> np.uint64(64 - s)
+                if (lo << np.uint64(s)) != zero:
+                    top |= one
+            elif lo != zero:
+                top |= one
+            val = math.ldexp(float(top), 64 - s - frac_bits)
+        out[i] = -val if negative else val
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).reshape(-1, 2)
 
 
 def _pair(a: np.ndarray, b: np.ndarray, op: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
@@ -129,17 +207,14 @@ def _pair(a: np.ndarray, b: np.ndarray, op: str) -> tuple[np.ndarray, np.ndarray
     if a.shape != b.shape:
         raise InputError(f"ring {op}: operand shapes differ; expected equal shapes, found {a.shape} and "
                          f"{b.shape}. Align the statistics before combining them")
-    return a.reshape(-1, 2), b.reshape(-1, 2), a.shape
+    return _flat(a), _flat(b), a.shape
 
 
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Ring sum ``a + b`` (mod 2^128), limb-wise with carry."""
     fa, fb, shape = _pair(a, b, "add")
     out = np.empty_like(fa)
-    np.add(fa[:, 0], fb[:, 0], out=out[:, 0])
-    carry = (out[:, 0] < fa[:, 0]).astype(_U64)
-    np.add(fa[:, 1], fb[:, 1], out=out[:, 1])
-    out[:, 1] += carry
+    _add_kernel(fa, fb, out, False)
     return out.reshape(shape)
 
 
@@ -147,40 +222,46 @@ def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Ring difference ``a - b`` (mod 2^128), limb-wise with borrow."""
     fa, fb, shape = _pair(a, b, "sub")
     out = np.empty_like(fa)
-    np.subtract(fa[:, 0], fb[:, 0], out=out[:, 0])
-    borrow = (fa[:, 0] < fb[:, 0]).astype(_U64)
-    np.subtract(fa[:, 1], fb[:, 1], out=out[:, 1])
-    out[:, 1] -= borrow
+    _add_kernel(fa, fb, out, True)
     return out.reshape(shape)
+
+
+def add_into(total: np.ndarray, b: np.ndarray, *, subtract: bool = False) -> np.ndarray:
+    """In place: ``total += b`` (``total -= b`` when ``subtract``) mod 2^128; returns ``total``.
+
+    ``total`` must be a writable C-contiguous ring array (no copy is made of it).
+    """
+    ft, fb, _ = _pair(total, b, "sub" if subtract else "add")
+    if not (total.flags.c_contiguous and total.flags.writeable):
+        raise InputError("ring add_into: the accumulator is not a writable C-contiguous array; expected one, "
+                         "found a view or a read-only array. Pass a fresh copy (np.array(total))")
+    _add_kernel(ft, fb, ft, bool(subtract))
+    return total
 
 
 def neg(a: np.ndarray) -> np.ndarray:
     """Ring negation ``-a`` (mod 2^128)."""
     check_encoded(a, where="ring neg")
-    return _neg_flat(a.reshape(-1, 2)).reshape(a.shape)
+    fa = _flat(a)
+    out = np.empty_like(fa)
+    _neg_kernel(fa, out)
+    return out.reshape(a.shape)
 
 
 def ring_sum(arrays: Iterable[np.ndarray]) -> np.ndarray:
     """Ring sum of equally shaped encoded arrays (at least one)."""
-    items = list(arrays)
-    if not items:
+    items = iter(arrays)
+    first = next(items, None)
+    if first is None:
         raise InputError("ring_sum: no arrays to add; expected at least one encoded array, found none. "
                          "Pass the parties' shares")
-    total = check_encoded(items[0], where="ring_sum").copy()
-    for a in items[1:]:
-        total = add(total, a)
+    second = next(items, None)
+    if second is None:
+        return np.array(check_encoded(first, where="ring_sum"), order="C")  # a fresh, writable copy
+    total = add(first, second)
+    for a in items:
+        add_into(total, a)
     return total
-
-
-def _bit_length(x: np.ndarray) -> np.ndarray:
-    """Bit length of each uint64 (0 for 0), exact (no float rounding)."""
-    x = x.copy()
-    bl = np.zeros(x.shape, dtype=np.int64)
-    for sh in (32, 16, 8, 4, 2, 1):
-        m = x >= (_ONE << _U64(sh))
-        bl += np.where(m, sh, 0)
-        x = np.where(m, x >> _U64(sh), x)
-    return bl + (x > 0)
 
 
 def decode(a: np.ndarray, frac_bits: int = FRAC_BITS) -> np.ndarray:
@@ -191,24 +272,9 @@ def decode(a: np.ndarray, frac_bits: int = FRAC_BITS) -> np.ndarray:
     """
     check_encoded(a, where="decode")
     frac_bits = check_frac_bits(frac_bits, where="decode")
-    flat = a.reshape(-1, 2)
-    negative = (flat[:, 1] >> _U64(63)) == _ONE
-    mag = np.where(negative[:, None], _neg_flat(flat), flat)  # |value|, at most 2^127
-    lo, hi = mag[:, 0], mag[:, 1]
-    small = hi == 0
-    # |value| >= 2^64: normalise so that the top bit sits at bit 127, keep the top 64 bits and OR a
-    # sticky bit for the dropped ones (64 >= 53 + 2 bits, so one uint64 -> float64 rounding is exact
-    # round-to-nearest of the whole 128-bit number)
-    s = np.where(small, 0, 64 - _bit_length(hi)).astype(_U64)  # 0..63
-    top = hi << s
-    spill = np.where(s == 0, _U64(0), lo >> np.where(s == 0, _U64(1), _U64(64) - s))
-    top |= spill
-    top |= ((lo << s) != 0).astype(_U64)
-    exp_big = (64 - s.astype(np.int64) - frac_bits).astype(np.int32)
-    big_val = np.ldexp(top.astype(np.float64), exp_big)
-    small_val = np.ldexp(lo.astype(np.float64), np.int32(-frac_bits))
-    out = np.where(small, small_val, big_val)
-    out = np.where(negative, -out, out)
+    fa = _flat(a)
+    out = np.empty(fa.shape[0], dtype=np.float64)
+    _decode_kernel(fa, frac_bits, out)
     return out.reshape(a.shape[:-1])
 
 
@@ -223,6 +289,6 @@ def decode_stats(stats: Mapping[str, np.ndarray], frac_bits: int = FRAC_BITS) ->
     return {name: decode(v, frac_bits) for name, v in stats.items()}
 
 
-__all__ = ["FRAC_BITS", "HEADROOM_BITS", "RING_BITS", "EncodingOverflow", "add", "check_encoded",
+__all__ = ["FRAC_BITS", "HEADROOM_BITS", "RING_BITS", "EncodingOverflow", "add", "add_into", "check_encoded",
            "check_frac_bits", "decode", "decode_stats", "default_max_abs_bits", "encode", "encode_stats",
            "neg", "ring_sum", "sub", "zeros"]

@@ -33,7 +33,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -285,9 +285,13 @@ class _Location:
         return self.info(path).type != pafs.FileType.NotFound
 
     def read(self, path: str, *, what: str, exc_type: type[Exception] = InputError) -> bytes:
+        return self.read_buffer(path, what=what, exc_type=exc_type).to_pybytes()
+
+    def read_buffer(self, path: str, *, what: str, exc_type: type[Exception] = InputError) -> pa.Buffer:
+        """The file's bytes as an Arrow buffer (no copy into a Python ``bytes``)."""
         try:
-            with self.fs.open_input_stream(path) as f:
-                return f.read()
+            with self.fs.open_input_file(path) as f:  # random access: its size is known, one allocation
+                return f.read_buffer()
         except FileNotFoundError:
             raise exc_type(f"{self.show(path)}: {what} not found; expected the file, found nothing. "
                            "Check the exchange location and that the file was published") from None
@@ -295,11 +299,15 @@ class _Location:
             raise exc_type(f"{self.show(path)}: cannot read {what}; expected a readable file, found an error "
                            f"({exc}). Check the exchange location and access") from None
 
-    def write_atomic(self, path: str, data: bytes, *, what: str) -> None:
+    def write_atomic(self, path: str, data: bytes | Sequence, *, what: str) -> None:
+        """Write ``data`` (bytes, or a sequence of bytes-like parts written one after another) to
+        ``path`` through a temporary file that is then moved into place."""
         tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
         try:
             with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
+                for part in parts:
+                    f.write(part)
             self.fs.move(tmp, path)
         except (pa.ArrowException, OSError) as exc:
             try:
@@ -379,10 +387,37 @@ def _check_exchange_manifest(loc: _Location, manifest: Manifest, *, who: str) ->
 # shares
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def _npy_parts(arr: np.ndarray) -> tuple[bytes, memoryview]:
+    """A uint64 array as the two parts of its ``.npy`` file (header, data), without copying the data.
+
+    The bytes are those ``np.save`` writes (format 1.0, little-endian, C order).
+    """
+    arr = np.ascontiguousarray(arr, dtype="<u8")
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr, dtype="<u8"), allow_pickle=False)
-    return buf.getvalue()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<u8", "fortran_order": False, "shape": arr.shape})
+    return buf.getvalue(), memoryview(arr).cast("B")
+
+
+def _load_npy(data) -> np.ndarray:
+    """A ``.npy`` file's array from its bytes (``bytes`` or an Arrow buffer); a read-only view of
+    ``data`` when the file is a plain C-order array, else a copy. Raises ``ValueError`` when the
+    file is not a well-formed ``.npy`` array."""
+    f = io.BytesIO(memoryview(data)[:65536])  # headers are short: np.lib.format caps them far below this
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return np.load(io.BytesIO(memoryview(data)), allow_pickle=False)
+    if fortran_order or dtype.hasobject:
+        return np.load(io.BytesIO(memoryview(data)), allow_pickle=False)
+    count = int(np.prod(shape, dtype=np.int64))
+    offset = f.tell()
+    if len(memoryview(data)) - offset != count * dtype.itemsize:
+        raise ValueError(f"the data holds {len(memoryview(data)) - offset} bytes, its header declares "
+                         f"{count * dtype.itemsize}")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
 def _check_own_keys(manifest: Manifest, party: str, private_keys: PrivateKeys, *, who: str) -> None:
@@ -439,14 +474,16 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
         raise DuplicateShareError(f"{loc.show(sdir)}: party {party!r} has an incomplete share for round "
                                   f"{manifest.round_id!r}; expected an empty share directory, found files of an "
                                   "interrupted publish. Start a new round (new_round_id) and publish there")
-    files: dict[str, bytes] = {}
+    files: dict[str, tuple[bytes, memoryview]] = {}
     spec: dict[str, dict] = {}
     for name, arr in stats.items():
         check_stat_name(name, where=who)
         check_encoded(arr, where=f"{who}, statistic {name!r}")
-        data = _npy_bytes(arr)
-        files[name] = data
-        spec[name] = {"shape": list(arr.shape), "dtype": "uint64", "sha256": hashlib.sha256(data).hexdigest()}
+        parts = _npy_parts(arr)
+        digest = hashlib.sha256(parts[0])
+        digest.update(parts[1])
+        files[name] = parts
+        spec[name] = {"shape": list(arr.shape), "dtype": "uint64", "sha256": digest.hexdigest()}
     header = {"version": FORMAT_VERSION, "party": party, "study": manifest.study, "round_id": manifest.round_id,
               "manifest_digest": manifest.digest(), "stats": spec, "extra": extra, "created": _now()}
     header_bytes = canonical_json(header, where=f"{who}, header")
@@ -525,14 +562,14 @@ def _verify_share(loc: _Location, manifest: Manifest, party: str, pub: PublicKey
                 isinstance(meta, dict) and isinstance(meta.get("shape"), list) and isinstance(meta.get("sha256"), str)):
             raise ProtocolError(f"{who}: malformed header entry for statistic {_short(name)}; expected "
                                 f"{{shape, dtype, sha256}}, found {_short(meta)}. Ask {party!r} to publish again")
-        data = loc.read(f"{sdir}/{name}.npy", what=f"statistic {name!r}", exc_type=ProtocolError)
+        data = loc.read_buffer(f"{sdir}/{name}.npy", what=f"statistic {name!r}", exc_type=ProtocolError)
         got = hashlib.sha256(data).hexdigest()
         if got != meta["sha256"]:
             raise ProtocolError(f"{who}: statistic {name!r} does not match the signed header; expected sha256 "
                                 f"{meta['sha256'][:16]}, found {got[:16]}. The file was altered after "
                                 f"publishing; ask {party!r} to publish again in a new round")
         try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
+            arr = _load_npy(data)
         except (ValueError, OSError, EOFError) as exc:
             raise ProtocolError(f"{who}: statistic {name!r} is not a .npy array; expected uint64 (..., 2), "
                                 f"found an error ({exc}). Ask {party!r} to publish again in a new round") from None

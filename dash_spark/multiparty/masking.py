@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import InputError
 from . import ProtocolError
-from .encoding import add, check_encoded, sub
+from .encoding import add_into, check_encoded
 from .keys import PrivateKeys, check_party_name
 
 _NONCE = bytes(16)  # the ChaCha20 key is unique per (pair, study, round, statistic)
@@ -109,7 +109,7 @@ def _stat_encryptor(seed: bytes, stat_name: str):
 
 def _words(encryptor, n_words: int) -> np.ndarray:
     raw = encryptor.update(bytes(16 * n_words))
-    return np.frombuffer(raw, dtype="<u8").astype(np.uint64).reshape(n_words, 2)
+    return np.frombuffer(raw, dtype="<u8").astype(np.uint64, copy=False).reshape(n_words, 2)
 
 
 def mask_stream(seed: bytes, stat_name: str, n_words: int) -> np.ndarray:
@@ -149,18 +149,17 @@ def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: 
                             f"seed with every other party, found {len(parties) - 1 - len(missing)} of "
                             f"{len(parties) - 1}. Derive them with pairwise_seeds from the manifest")
     pos = parties.index(me)
-    flat = values_encoded.reshape(-1, 2)
-    out = flat.copy()
+    out = np.array(values_encoded, dtype=np.uint64, order="C")  # a fresh copy, masked in place
+    flat = out.reshape(-1, 2)
     n = flat.shape[0]
     for q, other in enumerate(parties):
         if other == me:
             continue
-        op = add if pos < q else sub
         enc = _stat_encryptor(seeds[other], stat_name)
         for start in range(0, n, _CHUNK_WORDS):
             stop = min(n, start + _CHUNK_WORDS)
-            out[start:stop] = op(out[start:stop], _words(enc, stop - start))
-    return out.reshape(values_encoded.shape)
+            add_into(flat[start:stop], _words(enc, stop - start), subtract=pos > q)
+    return out
 
 
 __all__ = ["check_stat_name", "mask_share", "mask_stream", "pairwise_seed", "pairwise_seeds", "round_salt"]
