@@ -277,6 +277,21 @@ def cmd_refresh(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    from .select import run_select
+
+    res = run_select(args.store, args.out, pheno_name=args.pheno_name, p_threshold=args.p_threshold,
+                     max_steps=args.max_steps, window_kb=args.window_kb, overwrite=bool(args.overwrite),
+                     master=args.master, spark_conf=_spark_conf(args))
+    if not res.selected:
+        print(f"no variant passes p < {args.p_threshold:g}")
+    for row in res.selected:
+        print(f"step {row['step']}: {row['id']} ({row['chrom']}:{row['pos']}) A1 {row['a1']}, conditional "
+              f"beta {row['beta']:.4g}, p {row['p']:.3g}")
+    print(f"outputs: {res.out}/selected.tsv, {res.out}/joint.tsv, {res.out}/results.parquet")
+    return 0
+
+
 def _add_batch_inputs(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--bfile", metavar="PREFIX", help="the batch's PLINK 1 fileset")
     p.add_argument("--features", metavar="FILE.parquet", help="instead of --bfile: real-valued features")
@@ -371,6 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", dest="plots", action="store_false")
     add_spark_args(p)
     p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("select", help="forward (conditional) selection of variants on a store")
+    p.add_argument("--store", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="OUTDIR")
+    p.add_argument("--pheno-name", help="the phenotype (required when the store has several)")
+    p.add_argument("--p-threshold", type=float, default=5e-8, help="select while the best p is below this")
+    p.add_argument("--max-steps", type=_positive, default=10, help="select at most this many variants")
+    p.add_argument("--window-kb", type=float, help="condition a variant only on selected variants within W kb")
+    p.add_argument("--overwrite", action="store_true")
+    add_spark_args(p)
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("bench", help="time our scan against plink2 --glm on the same simulated files")
     from .bench import add_bench_args

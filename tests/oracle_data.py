@@ -92,9 +92,15 @@ def make_files(tmp, rng, *, n=400, m=300, missing=0.02, name="c") -> Files:
     return Files(prefix, str(tmp / f"{name}.pheno.tsv"), str(tmp / f"{name}.covar.tsv"), n, m, special)
 
 
-def statsmodels_oracle(files: Files, phenotype: str, mode: str = "mean") -> dict[str, np.ndarray]:
+def statsmodels_oracle(files: Files, phenotype: str, mode: str = "mean", condition=(), variants=None,
+                       remove=()) -> dict[str, np.ndarray]:
     """Per-variant OLS of ``phenotype ~ x + 1 + age + sex + PC1``; ``mode="mean"`` mean-imputes
     missing calls, ``mode="drop"`` fits each variant on the samples with a call (complete cases).
+
+    ``condition``: variant indices added as covariates, their missing calls replaced by their mean
+    over the analysed samples (forward selection's conditioning); ``variants``: only fit these;
+    ``remove``: IIDs left out. Also returns ``joint``: the fit of ``phenotype ~ 1 + covariates +
+    condition`` (None without ``condition``).
 
     Returns arrays over variants (ALT orientation): beta, se, t, p, n, const (bool: x constant on
     the analysed samples). Variants that are constant get NaN.
@@ -110,13 +116,19 @@ def statsmodels_oracle(files: Files, phenotype: str, mode: str = "mean") -> dict
     ph = ph.rename(columns={"#FID": "FID"}).set_index("IID")
     cv = pd.read_csv(files.covar, sep=" ", na_values=["NA"], keep_default_na=False).set_index("IID")
     df = pd.DataFrame(index=fam_iids).join(ph[[phenotype]]).join(cv[list(COVARS)])
-    keep = df.notna().all(axis=1).to_numpy()
+    keep = df.notna().all(axis=1).to_numpy() & ~np.isin(np.array(fam_iids), list(remove))
     y = df[phenotype].to_numpy()[keep]
     C = sm.add_constant(df[list(COVARS)].to_numpy()[keep], prepend=True)
     out = {k: np.full(files.m, np.nan) for k in ("beta", "se", "t", "p")}
     out["n"] = np.full(files.m, keep.sum())
     out["const"] = np.zeros(files.m, bool)
-    for j in range(files.m):
+    out["joint"] = None
+    if len(condition):
+        Z = X[keep][:, list(condition)]
+        Z = np.where(np.isnan(Z), np.nanmean(Z, axis=0), Z)
+        C = np.column_stack([C, Z])
+        out["joint"] = sm.OLS(y, C).fit()
+    for j in range(files.m) if variants is None else variants:
         x = X[keep, j]
         rows = np.ones(len(x), bool)
         if mode == "mean":
@@ -128,7 +140,7 @@ def statsmodels_oracle(files: Files, phenotype: str, mode: str = "mean") -> dict
         if len(x) == 0 or np.ptp(x) == 0:
             out["const"][j] = True
             continue
-        if j == files.special.get("sexlinked"):
+        if j == files.special.get("sexlinked") or j in condition:
             continue  # exactly collinear with sex: no OLS solution to compare with
         fit = sm.OLS(y[rows], np.column_stack([x, C[rows]])).fit()
         out["beta"][j], out["se"][j] = fit.params[0], fit.bse[0]

@@ -1,0 +1,415 @@
+"""Forward (conditional) selection on stored statistics: the note's feature selection.
+
+Step 0 is the scan of the store. Each later step adds the most significant variant that passes
+``--p-threshold`` as a covariate and re-tests every other variant conditionally, until nothing
+passes or ``--max-steps`` variants are selected.
+
+What a step costs. With the selected variants' dosages ``Z`` (n x q) as extra covariates, the
+model's covariates become ``C+ = [C | Z]``, and every additive statistic the stored ones lack is a
+product with ``Z``: per variant ``x'Z`` over its calls and ``1_M'Z`` over its missing calls (plus,
+for exact complete cases, ``Z_M'[Z_M | C_M | y_M]`` over its missing calls), and globally ``C'Z,
+Z'Z, 1'Z, Z'y``. So a step is one pass of the packed-byte kernel over the genotypes with a ``q``-column
+weight matrix (instead of the scan's k + p + 2 columns per pattern), added to the stored sums, and
+finalized by the scan's own code. The stored statistics are read, never recomputed.
+
+Semantics (stated once): a selected variant enters as a covariate column of ALT dosages with its
+missing calls replaced by its mean over the phenotype's samples with a call (pooled over the store's
+batches); the tested variant's own missing calls follow the store's ``missing_genotypes`` mode. With
+``--window-kb W`` a variant is conditioned only on the selected variants of its chromosome within
+``W`` kb (variants farther away keep their unconditional statistics and need no genotype pass).
+The joint statistics of a step are those of every variant selected so far in one model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import ConfigError, OutputError
+from .store import (VARIANTS_FILE, Store, batch_config, open_store, pooled_globals, raise_task_error, read_block)
+
+log = logging.getLogger("dash_spark")
+
+
+# ----------------------------------------------------------------------------------------------
+# the algebra: stored statistics + products with Z -> statistics of the model with C+ = [C | Z]
+
+
+def augment_globals(G: dict, t: int, dense: dict) -> dict:
+    """Pooled moments of phenotype ``t`` with ``Z`` appended to the covariates (as phenotype 0).
+
+    ``dense``: ``CZ`` (k x q), ``ZZ`` (q x q), ``Z1`` (q), ``Zy`` (q), summed over the batches.
+    """
+    CtC = G[f"t{t}.CtC"]
+    CZ, ZZ = dense["CZ"], dense["ZZ"]
+    return {"n_freq": G["n_freq"], "t0.n": G[f"t{t}.n"], "t0.yty": G[f"t{t}.yty"],
+            "t0.CtC": np.block([[CtC, CZ], [CZ.T, ZZ]]),
+            "t0.Ct1": np.concatenate([G[f"t{t}.Ct1"], dense["Z1"]]),
+            "t0.Cty": np.concatenate([G[f"t{t}.Cty"], dense["Zy"]])}
+
+
+def restrict_globals(Gq: dict, k: int, cols: list[int]) -> dict:
+    """Moments of the model with only the selected columns ``cols`` (indices into Z) kept."""
+    idx = list(range(k)) + [k + c for c in cols]
+    out = dict(Gq)
+    out["t0.CtC"] = Gq["t0.CtC"][np.ix_(idx, idx)]
+    out["t0.Ct1"] = Gq["t0.Ct1"][idx]
+    out["t0.Cty"] = Gq["t0.Cty"][idx]
+    return out
+
+
+def augment_variants(V: np.ndarray, t: int, k: int, n_pheno: int, mode: str, zx: np.ndarray, zm: np.ndarray,
+                     zmm: np.ndarray | None = None, zmc: np.ndarray | None = None) -> np.ndarray:
+    """Per-variant statistics (layout of phenotype 0, ``k + q`` covariates) from the stored ``V``.
+
+    ``zx`` (m x q): ``sum x_j z`` over the calls of variant j; ``zm`` (m x q): ``sum z`` over its
+    missing calls; drop mode also ``zmm`` (m x q x q): ``sum z z'`` and ``zmc`` (m x q x (k+1)):
+    ``sum z [c, y]'`` over its missing calls.
+    """
+    from .multiparty.study import per_variant_layout
+
+    m, q = zx.shape
+    k2 = k + q
+    lay = per_variant_layout(k, n_pheno, mode)
+    lay2 = per_variant_layout(k2, 1, mode)
+    out = np.zeros((m, lay2["_width"].start))
+    col = lambda s: V[:, lay[f"t{t}.{s}"]]  # noqa: E731
+    out[:, lay2["t0.Ctx"]] = np.hstack([col("Ctx"), zx])
+    out[:, lay2["t0.Ctm"]] = np.hstack([col("Ctm"), zm])
+    for s in ("yx", "sx", "sxx", "ym", "miss"):
+        out[:, lay2[f"t0.{s}"]] = col(s)
+    if mode == "drop":
+        iu = np.triu_indices(k)
+        full = np.zeros((m, k2, k2))
+        full[:, iu[0], iu[1]] = col("CmCm")
+        full[:, iu[1], iu[0]] = col("CmCm")
+        full[:, k:, :k] = zmc[:, :, :k]
+        full[:, :k, k:] = np.transpose(zmc[:, :, :k], (0, 2, 1))
+        full[:, k:, k:] = zmm
+        iu2 = np.triu_indices(k2)
+        out[:, lay2["t0.CmCm"]] = full[:, iu2[0], iu2[1]]
+        out[:, lay2["t0.Cmy"]] = np.hstack([col("Cmy"), zmc[:, :, k]])
+        out[:, lay2["t0.ymy"]] = col("ymy")
+    out[:, lay2["freq_alt"]] = V[:, lay["freq_alt"]]
+    out[:, lay2["freq_miss"]] = V[:, lay["freq_miss"]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# a batch's side of a step
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """What a task needs to add one batch's products with ``Z`` (broadcast once per step)."""
+
+    plan: object          # the batch's ScanPlan (its .bed path and sample count)
+    W: np.ndarray         # padded [Z] (masked to the phenotype's samples)
+    Wg: np.ndarray | None  # padded [Z | C | y] for the missing calls' products (drop mode)
+
+
+def batch_products(step: BatchStep, q: int, k: int, vidx: np.ndarray, mode: str):
+    """``(zx, zm, zmm, zmc)`` of one batch for the variants ``vidx`` (one kernel pass)."""
+    from .spark.scan import read_block as read_variants
+    from .stats.kernel import _HAS_MISSING, compress_block, missing_grams
+
+    packed, _ = read_variants(step.plan, vidx)
+    zx, _, zm = compress_block(packed, step.W, q)
+    if mode != "drop":
+        return zx, zm, None, None
+    todo = _HAS_MISSING[packed].any(axis=1)
+    zmm, zmc, _ = missing_grams(packed, step.Wg, 0, q, k + 1, todo=todo)
+    return zx, zm, zmm, zmc
+
+
+def batch_step(store: Store, batch, t: int, sel: np.ndarray, mu: np.ndarray, spark_parallelism: int):
+    """Build a batch's model, check it against its stored moments, and its ``Z`` for phenotype ``t``.
+
+    Returns ``(BatchStep, dense products)``.
+    """
+    from .io.plink import read_bed_rows
+    from .multiparty.study import global_stats
+    from .pipeline import build_model, plan_scan
+    from .stats.kernel import decode, pad_weights
+
+    s = store.settings
+    remove = None
+    if batch.withdrawn:
+        remove = os.path.join(store.root, f".select-{uuid.uuid4().hex[:8]}.txt")
+        with open(remove, "w") as fh:
+            fh.write("".join(f"{iid}\n" for iid in batch.withdrawn))
+    try:
+        cfg = batch_config(s, batch.record["source"])
+        if remove:
+            from dataclasses import replace
+
+            cfg = replace(cfg, remove=remove)
+        model = build_model(cfg, party=True)
+    finally:
+        if remove:
+            os.remove(remove)
+    stored = batch.globals()
+    mine = global_stats(model)
+    for key in (f"t{t}.n", f"t{t}.CtC", f"t{t}.Cty", f"t{t}.yty"):
+        if not np.allclose(mine[key], stored[key], rtol=1e-9, atol=1e-9 * max(1.0, float(np.abs(stored[key]).max()))):
+            raise ConfigError(f"batch {batch.name!r}: its files ({', '.join(batch.record['source'].values())}) no "
+                              "longer give the statistics stored for it; they changed after the batch was compressed. "
+                              "Restore them, or remove the batch and add it again")
+    plan, _, _ = plan_scan(cfg, model, spark_parallelism)
+    pat = model.patterns[t]
+    a, k = pat.a_offset, pat.k
+    n = model.n_samples
+    Wfull = model.W[:n]
+    C, y, mask = Wfull[:, a : a + k], Wfull[:, a + k], Wfull[:, a + k + 1] > 0
+    order = np.argsort(sel)  # the readers take sorted indices; Z keeps the selection order
+    if store.settings.get("source_kind") == "features":
+        from .io.features import read_feature_rows
+
+        X = read_feature_rows(plan.features_path, n, sel[order])[0].T
+    else:
+        X = decode(read_bed_rows(plan.bed_path, n, sel[order]), n)
+    X = X[:, np.argsort(order)]
+    Z = np.where(np.isnan(X), mu[None, :], X) * mask[:, None]
+    empty = np.zeros((n, 0))
+    W = pad_weights(Z, empty)
+    Wg = pad_weights(np.hstack([Z, C, y[:, None]]), empty) if s["missing_genotypes"] == "drop" else None
+    dense = {"CZ": C.T @ Z, "ZZ": Z.T @ Z, "Z1": Z.sum(axis=0), "Zy": Z.T @ y}
+    return BatchStep(plan=plan, W=W, Wg=Wg), dense
+
+
+# ----------------------------------------------------------------------------------------------
+# the step job
+
+
+def _step_task(spec: dict, B: dict, ranges):
+    """Executor side: stored sums + products with Z over every batch, finalized conditionally."""
+    from .multiparty.study import finalize_pooled_scan, per_variant_layout
+    from .spark.scan import results_batch
+
+    k, mode, t = spec["k"], spec["mode"], spec["t"]
+    P = len(spec["phenotypes"])
+    lay = per_variant_layout(k, P, mode)
+    vfile = pq.ParquetFile(spec["variants"])
+    q = len(spec["selected"])
+    window = spec["window_bp"]
+    for part, start, stop, _bs, _be, _rows in ranges:
+        V = None
+        for bdir, shas in spec["batches"]:
+            block = read_block(bdir, part, shas[part], spec["width"])
+            V = block if V is None else V + block
+        vt = vfile.read_row_group(part)
+        meta = tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
+        vidx = np.arange(start, stop, dtype=np.int64)
+        # which selected variants condition each variant (all of them without a window)
+        if window is None:
+            keys = [tuple(range(q))] * len(vidx)
+        else:
+            chrom, pos = meta[0], meta[2]
+            act = np.zeros((len(vidx), q), dtype=bool)
+            for i, (c, p) in enumerate(spec["selected"]):
+                act[:, i] = (chrom == c) & (np.abs(pos - p) <= window)
+            keys = [tuple(int(x) for x in np.flatnonzero(r)) for r in act]
+        need = np.array([len(kk) > 0 for kk in keys], dtype=bool)
+        prods = None
+        if need.any():
+            rows = vidx[need]
+            acc = None
+            for step in B["batches"]:
+                pieces = []
+                for a in range(0, len(rows), spec["sub_block"]):
+                    pieces.append(batch_products(step, q, k, rows[a : a + spec["sub_block"]], mode))
+                cur = [None if pieces[0][i] is None else np.concatenate([p[i] for p in pieces]) for i in range(4)]
+                acc = cur if acc is None else [None if x is None else x + y for x, y in zip(acc, cur)]
+            prods = acc
+        groups: dict[tuple, list[int]] = {}
+        for i, kk in enumerate(keys):
+            groups.setdefault(kk, []).append(i)
+        pos_in_need = np.cumsum(need) - 1
+        for kk, members in groups.items():
+            rows_i = np.asarray(members)
+            cols = list(kk)
+            if cols:
+                r = pos_in_need[rows_i]
+                zx, zm = prods[0][r][:, cols], prods[1][r][:, cols]
+                zmm = prods[2][r][:, cols][:, :, cols] if mode == "drop" else None
+                zmc = prods[3][r][:, cols] if mode == "drop" else None
+                V2 = augment_variants(V[rows_i], t, k, P, mode, zx, zm, zmm, zmc)
+                G2 = restrict_globals(B["Gq"], k, cols)
+                names = spec["covariates"] + [spec["selected_ids"][c] for c in cols]
+            else:
+                V2 = augment_variants(V[rows_i], t, k, P, mode, np.zeros((len(rows_i), 0)),
+                                      np.zeros((len(rows_i), 0)), np.zeros((len(rows_i), 0, 0)),
+                                      np.zeros((len(rows_i), 0, k + 1)))
+                G2 = restrict_globals(B["Gq"], k, [])
+                names = spec["covariates"]
+            lay2 = per_variant_layout(len(names), 1, mode)
+            named = finalize_pooled_scan(G2, V2, [spec["phenotypes"][t]], names, mode)
+            yield results_batch(vidx[rows_i], tuple(x[rows_i] for x in meta), V2[:, lay2["freq_alt"]][:, 0],
+                                G2["n_freq"][0] - V2[:, lay2["freq_miss"]][:, 0], named,
+                                count_alt=spec["count_alt"])
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver loop
+
+
+@dataclass(frozen=True)
+class SelectResult:
+    out: str
+    selected: list[dict]
+    joint: list[dict]
+    steps: int
+    seconds: float
+
+
+def _pooled_rows(store: Store, batches, rows: list[int]) -> np.ndarray:
+    """The pooled stored statistics of a few variants (driver side; reads their blocks)."""
+    out = np.zeros((len(rows), store.width))
+    for i, v in enumerate(rows):
+        part = next(p for p, (a, e) in enumerate(store.blocks) if a <= v < e)
+        for b in batches:
+            out[i] += read_block(b.dir, part, b.record["blocks"][part], store.width)[v - store.blocks[part][0]]
+    return out
+
+
+def run_select(store_root: str, out: str, *, pheno_name: str | None = None, p_threshold: float = 5e-8,
+               max_steps: int = 10, window_kb: float | None = None, overwrite: bool = False, spark=None,
+               master: str | None = None, spark_conf: dict | None = None) -> SelectResult:
+    """Forward selection on a store; outputs ``selected.tsv``, ``joint.tsv`` and ``results.parquet``
+    (the scan conditional on every selected variant) under ``out``."""
+    from pyspark.sql import functions as F
+
+    from .multiparty.study import per_variant_layout, regression_table
+    from .spark.scan import RESULT_SCHEMA_DDL, map_ranges
+    from .spark.session import get_session
+    from .store import check_pooled
+
+    t0 = time.time()
+    if not 0 < p_threshold <= 1:
+        raise ConfigError(f"--p-threshold: expected a p-value in (0, 1], found {p_threshold}")
+    if max_steps < 1:
+        raise ConfigError(f"--max-steps: expected a positive integer, found {max_steps}")
+    if window_kb is not None and window_kb <= 0:
+        raise ConfigError(f"--window-kb: expected a positive distance in kb, found {window_kb}")
+    store = open_store(store_root)
+    s = store.settings
+    phenos = list(s["phenotypes"])
+    if pheno_name is None:
+        if len(phenos) > 1:
+            raise ConfigError(f"{store.root}: the store has {len(phenos)} phenotypes ({', '.join(phenos)}); "
+                              "choose one with --pheno-name")
+        pheno_name = phenos[0]
+    if pheno_name not in phenos:
+        raise ConfigError(f"--pheno-name {pheno_name}: not a phenotype of the store ({', '.join(phenos)})")
+    t = phenos.index(pheno_name)
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise OutputError(f"{out}: output directory exists; pass --overwrite or choose another --out")
+    batches = list(store.batches)
+    G = pooled_globals(batches)
+    check_pooled(store, batches, G)
+    k, mode, width = len(s["covariates"]), s["missing_genotypes"], store.width
+    lay = per_variant_layout(k, len(phenos), mode)
+    n_t = float(G[f"t{t}.n"][0])
+    threshold = -math.log10(p_threshold)
+    vt_all = pq.read_table(os.path.join(store.root, VARIANTS_FILE))
+    if spark is None:
+        spark = get_session(master=master, conf=spark_conf)
+    par = spark.sparkContext.defaultParallelism
+    ranges = [(p, a, e, 0, 0, []) for p, (a, e) in enumerate(store.blocks)]
+    base_spec = {"k": k, "mode": mode, "t": t, "phenotypes": phenos, "covariates": list(s["covariates"]),
+                 "width": width, "variants": os.path.join(store.root, VARIANTS_FILE),
+                 "count_alt": s.get("source_kind") == "features",
+                 "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches],
+                 "window_bp": None if window_kb is None else window_kb * 1000.0}
+    stage = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(stage)
+    selected: list[int] = []
+    sel_rows: list[dict] = []
+    joint_rows: list[dict] = []
+    try:
+        step = 0
+        while True:
+            q = len(selected)
+            if q:
+                Vs = _pooled_rows(store, batches, selected)
+                sx, miss = Vs[:, lay[f"t{t}.sx"]][:, 0], Vs[:, lay[f"t{t}.miss"]][:, 0]
+                mu = sx / (n_t - miss)
+                steps, dense = [], None
+                for b in batches:
+                    bs, d = batch_step(store, b, t, np.asarray(selected), mu, par)
+                    steps.append(bs)
+                    dense = d if dense is None else {key: dense[key] + d[key] for key in d}
+                Gq = augment_globals(G, t, dense)
+            else:
+                steps = []
+                Gq = augment_globals(G, t, {"CZ": np.zeros((k, 0)), "ZZ": np.zeros((0, 0)), "Z1": np.zeros(0),
+                                            "Zy": np.zeros(0)})
+            ids = [vt_all.column("id")[v].as_py() for v in selected]
+            spec = dict(base_spec, selected=[(vt_all.column("chrom")[v].as_py(), int(vt_all.column("pos")[v].as_py()))
+                                             for v in selected],
+                        selected_ids=ids, sub_block=min((st.plan.sub_block for st in steps), default=256))
+            df, bc = map_ranges(spark, {"batches": steps, "Gq": Gq}, ranges, partial(_step_task, spec),
+                                RESULT_SCHEMA_DDL)
+            path = f"{stage}/results.parquet"
+            try:
+                df.write.mode("overwrite").parquet(path)
+            except Exception as exc:  # noqa: BLE001
+                raise_task_error(exc)
+            finally:
+                bc.destroy()
+            if q:  # the joint model of everything selected so far
+                joint = regression_table(Gq, 0, list(s["covariates"]) + ids, where=f"phenotype {pheno_name}")
+                for i, row in enumerate(joint.to_pylist()[k:]):
+                    sign = -1.0 if sel_rows[i]["a1"] != sel_rows[i]["alt"] else 1.0
+                    joint_rows.append({"step": q, "id": ids[i], "a1": sel_rows[i]["a1"], "beta": sign * row["beta"],
+                                       "se": row["se"], "t_stat": sign * row["t_stat"], "p": row["p"],
+                                       "neg_log10_p": row["neg_log10_p"]})
+            if q >= max_steps:
+                break
+            res = spark.read.parquet(path)
+            cand = (res.filter((F.col("errcode") == ".") & (F.col("neg_log10_p") >= threshold)
+                               & ~F.col("variant_index").isin(selected or [-1]))
+                    .orderBy(F.col("neg_log10_p").desc(), F.col("variant_index")).limit(1).collect())
+            if not cand:
+                break
+            best = cand[0].asDict()
+            step += 1
+            selected.append(int(best["variant_index"]))
+            sel_rows.append(dict(best, step=step))
+            log.info("select: step %d: %s (-log10 p %.2f given %d selected)", step, best["id"], best["neg_log10_p"],
+                     q)
+        _write_tsv(os.path.join(stage, "selected.tsv"), sel_rows,
+                   ["step", "id", "chrom", "pos", "ref", "alt", "a1", "obs_ct", "beta", "se", "t_stat", "p",
+                    "neg_log10_p"])
+        _write_tsv(os.path.join(stage, "joint.tsv"), joint_rows,
+                   ["step", "id", "a1", "beta", "se", "t_stat", "p", "neg_log10_p"])
+        for name in os.listdir(stage):
+            if name.startswith(".") and name.endswith(".crc"):
+                os.remove(os.path.join(stage, name))
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log.info("select: %d variant(s) selected in %.1f s; outputs in %s", len(selected), time.time() - t0, out)
+    return SelectResult(out=out, selected=sel_rows, joint=joint_rows, steps=len(selected), seconds=time.time() - t0)
+
+
+def _write_tsv(path: str, rows: list[dict], cols: list[str]) -> None:
+    with open(path, "w") as fh:
+        fh.write("\t".join(cols) + "\n")
+        for r in rows:
+            fh.write("\t".join("NA" if r[c] is None else repr(r[c]) if isinstance(r[c], float) else str(r[c])
+                               for c in cols) + "\n")
