@@ -1,5 +1,9 @@
 """plink2-style text files, plots and the run summary, all from the results Parquet.
 
+Two writers make the same files: :func:`write_reports` (Spark, from the results Parquet a scan's
+executors wrote) and :func:`write_outputs_local` (results already held by the driver as one Arrow
+table, as in ``combine``: no Spark, same files, same text format, numbers printed as Spark prints them).
+
 ``<phenotype>.glm.linear`` follows plink2 ``--glm hide-covar``'s layout::
 
     #CHROM POS ID REF ALT A1 TEST OBS_CT BETA SE T_STAT P ERRCODE
@@ -12,8 +16,11 @@ statistic is missing, and P below float64's range is printed from ``neg_log10_p`
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
+import uuid
+from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import unquote
 
 log = logging.getLogger("dash_spark")
@@ -118,4 +125,117 @@ def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
     if tmpdir:
         for fname in ("summary.tsv", "summary.json"):
             fs.put(os.path.join(tmpdir, fname), f"{stage}/{fname}")
+    return glm_paths, summaries
+
+
+# ----------------------------------------------------------------------------------------------
+# results held by the driver: the same files without Spark
+
+
+def java_double(x: float | None) -> str | None:
+    """A double as Spark's ``cast(x as string)`` prints it (Java's ``Double.toString``): the
+    shortest digits that round-trip (Python's ``repr``), plain for ``1e-3 <= |x| < 1e7``, else
+    ``d.dddE<exp>``; ``NaN``, ``Infinity``; ``None`` stays ``None`` (SQL null).
+
+    The same text as Java 19 and later; Java 17 prints a few doubles of magnitude >= 1e16 (integral
+    values up to about 1e19, rare ones beyond) with more digits than needed: same value, longer text.
+    """
+    if x is None:
+        return None
+    if x == 0.0 or 1e-3 <= abs(x) < 1e7:
+        return repr(x)  # Python prints this range (and zeros) exactly as Java does
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if abs(x) == 5e-324:  # Double.MIN_VALUE: Java's own two digits
+        return "-4.9E-324" if x < 0 else "4.9E-324"
+    d = Decimal(repr(x)).normalize()
+    sign, digits, _ = d.as_tuple()
+    ds = "".join(map(str, digits))
+    return f"{'-' if sign else ''}{ds[0]}.{ds[1:] or '0'}E{d.adjusted()}"
+
+
+def _java_fixed6(x: float) -> str:
+    """Java's ``String.format("%.6f", x)``: the shortest digits rounded half-up to 6 decimals."""
+    return f"{Decimal(repr(x)).quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP):f}"
+
+
+def _glm_p(p: float | None, nlp: float | None) -> str | None:
+    """The P field of :func:`glm_lines_sql`'s ``_p_expr`` (Spark orders NaN above every number)."""
+    if p is None:
+        return "NA"
+    if p > 0 or math.isnan(p):
+        return java_double(p)
+    if nlp is None:
+        return None
+    if nlp == math.inf:
+        return "0"
+    if math.isnan(nlp):  # ceil(NaN) is NaN in Spark: pow and the exponent are null
+        return None
+    c = math.ceil(nlp)
+    return f"{_java_fixed6(10.0 ** (c - nlp))}E-{c}"
+
+
+def _java_column(values: list) -> list:
+    """:func:`java_double` of every value of a float column (``None`` -> ``"NA"``)."""
+    out = list(map(repr, values))  # right for zeros and 1e-3 <= |x| < 1e7: most values
+    for i, x in enumerate(values):
+        if x is None:
+            out[i] = "NA"
+        elif not (x == 0.0 or 1e-3 <= abs(x) < 1e7):
+            out[i] = java_double(x)
+    return out
+
+
+def glm_lines(rows) -> list[str]:
+    """:func:`glm_lines_sql`'s lines for a ``{column: list}`` mapping of result rows (``concat_ws``
+    skips nulls, as Spark does)."""
+    def text(values):
+        return [None if v is None else str(v) for v in values]
+
+    p_field = [_glm_p(p, nlp) for p, nlp in zip(rows["p"], rows["neg_log10_p"])]
+    columns = (rows["chrom"], text(rows["pos"]), rows["id"], rows["ref"], rows["alt"], rows["a1"],
+               ["ADD"] * len(p_field), text(rows["obs_ct"]), _java_column(rows["beta"]), _java_column(rows["se"]),
+               _java_column(rows["t_stat"]), p_field, rows["errcode"])
+    return ["\t".join(f for f in fields if f is not None) for fields in zip(*columns)]
+
+
+def write_outputs_local(stage: str, table, model, *, plots: bool = True):
+    """Write ``results.parquet`` (a directory with one part file, as Spark writes it), every
+    phenotype's ``.glm.linear``, the summary and the plots under the local directory ``stage``
+    from the driver's Arrow ``table`` of results; returns ``(glm paths, summaries)`` like
+    :func:`write_reports`."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from . import report
+
+    rdir = os.path.join(stage, "results.parquet")
+    os.makedirs(rdir)
+    pq.write_table(table, os.path.join(rdir, f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"),
+                   compression="snappy")
+    open(os.path.join(rdir, "_SUCCESS"), "wb").close()
+    glm_paths, summaries = {}, {}
+    for name in model.phenotypes:
+        rows = table.filter(pc.equal(table["phenotype"], name)).sort_by("variant_index")
+        path = os.path.join(stage, f"{safe_name(name)}.glm.linear")
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(GLM_HEADER + "\n")
+            lines = glm_lines(rows.to_pydict())
+            if lines:
+                fh.write("\n".join(lines) + "\n")
+        glm_paths[name] = path
+        summ = summaries[name] = report.summarize_table(table, name)
+        log.info("phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",
+                 name, summ.n_tests, summ.n_errors, summ.lambda_gc)
+        if plots and summ.n_tests > 0:
+            points = report.plot_points_table(table, name)
+            report.plot_manhattan(points, os.path.join(stage, f"{safe_name(name)}.manhattan.png"),
+                                  title=f"{name}: {summ.n_tests:,} variants")
+            report.plot_qq(points, os.path.join(stage, f"{safe_name(name)}.qq.png"), title=name,
+                           lambda_gc=summ.lambda_gc)
+    report.write_summary(summaries, os.path.join(stage, "summary.tsv"),
+                         extra={"counts": model.counts, "n_variants": int(len(model.variants)),
+                                "covariates": list(model.covariates)})
     return glm_paths, summaries

@@ -44,8 +44,10 @@ __all__ = [
     "lambda_gc_from_median_p",
     "plot_manhattan",
     "plot_points",
+    "plot_points_table",
     "plot_qq",
     "summarize_phenotype",
+    "summarize_table",
     "write_summary",
 ]
 
@@ -331,6 +333,18 @@ def _chrom_codes(*columns) -> tuple[np.ndarray, tuple[str, ...]]:
     return (lut[codes] if codes.size else codes), chromosomes
 
 
+def _check_plot_args(keep_above: float, bins_per_unit: int, pos_bin_bp: int) -> int:
+    if not (bins_per_unit >= 1 and int(bins_per_unit) == bins_per_unit):
+        raise InputError(
+            f"plot_points: bins_per_unit must be a positive integer; found {bins_per_unit}."
+        )
+    if not pos_bin_bp >= 1:
+        raise InputError(f"plot_points: pos_bin_bp must be >= 1; found {pos_bin_bp}.")
+    if not math.isfinite(keep_above):
+        raise InputError(f"plot_points: keep_above must be finite; found {keep_above}.")
+    return int(bins_per_unit)
+
+
 def plot_points(
     results,
     phenotype: str,
@@ -347,15 +361,7 @@ def plot_points(
     """
     from pyspark.sql import functions as F
 
-    if not (bins_per_unit >= 1 and int(bins_per_unit) == bins_per_unit):
-        raise InputError(
-            f"plot_points: bins_per_unit must be a positive integer; found {bins_per_unit}."
-        )
-    if not pos_bin_bp >= 1:
-        raise InputError(f"plot_points: pos_bin_bp must be >= 1; found {pos_bin_bp}.")
-    if not math.isfinite(keep_above):
-        raise InputError(f"plot_points: keep_above must be finite; found {keep_above}.")
-    bins_per_unit = int(bins_per_unit)
+    bins_per_unit = _check_plot_args(keep_above, bins_per_unit, pos_bin_bp)
     _check_columns(results, _REQUIRED)
     tested = _valid_tested(_phenotype_rows(results, phenotype))
     tested = tested.where(F.col("chrom").isNotNull() & F.col("pos").isNotNull()).select(
@@ -366,7 +372,6 @@ def plot_points(
     nlp = F.col("nlp")
 
     kept = tested.where(nlp >= F.lit(keep_above)).toArrow()
-    k_chrom, k_pos, k_nlp = _arrow_columns(kept, ["chrom", "pos", "nlp"])
 
     ybin = F.greatest(F.floor(nlp * F.lit(float(bins_per_unit))), F.lit(0)).cast("long")
     cells = (
@@ -385,16 +390,25 @@ def plot_points(
         .select("chrom", "pos", "nlp", "ybin", "n", "s")
         .toArrow()
     )
+    points = _assemble_plot_points(phenotype, kept, cells, keep_above=keep_above,
+                                   bins_per_unit=bins_per_unit, pos_bin_bp=pos_bin_bp)
+    if points.n_tests == 0 and _phenotype_rows(results, phenotype).limit(1).count() == 0:
+        raise _unknown_phenotype(results, phenotype)
+    return points
+
+
+def _assemble_plot_points(phenotype: str, kept, cells, *, keep_above: float, bins_per_unit: int,
+                          pos_bin_bp: int) -> PlotPoints:
+    """:class:`PlotPoints` from the kept rows (Arrow ``chrom, pos, nlp``) and the thinning cells
+    (Arrow ``chrom, pos, nlp, ybin, n, s``), however they were reduced (Spark or Arrow)."""
+    k_chrom, k_pos, k_nlp = _arrow_columns(kept, ["chrom", "pos", "nlp"])
     c_chrom, c_pos, c_nlp, c_ybin, c_n, c_s = _arrow_columns(
         cells, ["chrom", "pos", "nlp", "ybin", "n", "s"]
     )
-
     k_nlp = np.asarray(k_nlp, dtype=np.float64)
     c_n = np.asarray(c_n, dtype=np.int64)
     n_kept = int(k_nlp.size)
     n_tests = n_kept + int(c_n.sum())
-    if n_tests == 0 and _phenotype_rows(results, phenotype).limit(1).count() == 0:
-        raise _unknown_phenotype(results, phenotype)
 
     # Manhattan points, chromosome order then position
     chrom_index, chromosomes = _chrom_codes(kept.column("chrom"), cells.column("chrom"))
@@ -444,6 +458,124 @@ def plot_points(
         pos_bin_bp=int(pos_bin_bp),
         chromosomes=chromosomes,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# the same reductions on results held by the driver (an Arrow table, no Spark)
+
+
+def _table_rows(table, phenotype: str):
+    """``(rows of phenotype, valid-tested mask)`` of an Arrow results table."""
+    import pyarrow.compute as pc
+
+    missing = [c for c in _REQUIRED + _TOP_COLUMNS if c not in table.column_names]
+    if missing:
+        raise InputError(
+            f"results: missing column(s) {', '.join(missing)}; expected the scan output columns, "
+            f"found {', '.join(table.column_names)}. Pass the table produced by the scan."
+        )
+    rows = table.filter(pc.equal(table["phenotype"], phenotype))
+    if rows.num_rows == 0:
+        names = sorted(str(n) for n in pc.unique(table["phenotype"]).drop_null().to_pylist())
+        shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
+        raise InputError(
+            f"results: no rows for phenotype {phenotype!r}; expected one of the scanned phenotypes, "
+            f"found {shown or 'none'}.{did_you_mean(phenotype, names)}"
+        )
+    p = rows["p"].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+    nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)
+    tested = pc.fill_null(pc.equal(rows["errcode"], TESTED), False).to_numpy(zero_copy_only=False)
+    return rows, tested & ~np.isnan(p) & ~np.isnan(nlp)
+
+
+def summarize_table(table, phenotype: str, *, top_n: int = 10) -> PhenotypeSummary:
+    """:func:`summarize_phenotype` of an Arrow results table held by the driver (no Spark).
+
+    Same fields and definitions; the median p is always exact (``median_method`` ``"exact"``,
+    linear interpolation between the two middle values, as Spark ``percentile``).
+    """
+    import pyarrow.compute as pc
+
+    if top_n < 0:
+        raise InputError(f"summarize_phenotype: top_n must be >= 0; found {top_n}.")
+    rows, valid = _table_rows(table, phenotype)
+    codes = pc.fill_null(rows["errcode"], _NULL_ERRCODE).value_counts()
+    counts = {str(v): int(n) for v, n in zip(codes.field("values").to_pylist(), codes.field("counts").to_pylist())}
+    n_tests = counts.pop(TESTED, 0)
+    errcode_counts = {k: counts[k] for k in sorted(counts)}
+    median_p, max_nlp, method = math.nan, math.nan, "none"
+    if valid.any():
+        p = np.sort(rows["p"].to_numpy(zero_copy_only=False).astype(np.float64)[valid])
+        nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)[valid]
+        lo, hi = p[(p.size - 1) // 2], p[p.size // 2]
+        median_p, max_nlp, method = float(0.5 * lo + 0.5 * hi), float(nlp.max()), "exact"
+    top_hits: list[dict[str, Any]] = []
+    if top_n > 0 and n_tests > 0 and valid.any():
+        nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)
+        cut = np.sort(nlp[valid])[::-1][min(top_n, int(valid.sum())) - 1]
+        best = rows.filter(_pa(valid & (nlp >= cut))).select(list(_TOP_COLUMNS)).to_pylist()  # ties kept
+        # Spark's order: -log10 p descending, then chrom, pos, id ascending (nulls first)
+        best.sort(key=lambda r: (-r["neg_log10_p"], *((r[c] is not None, r[c]) for c in ("chrom", "pos", "id"))))
+        top_hits = best[:top_n]
+    return PhenotypeSummary(
+        phenotype=phenotype,
+        n_tests=n_tests,
+        n_errors=sum(errcode_counts.values()),
+        errcode_counts=errcode_counts,
+        median_p=median_p,
+        median_method=method,
+        lambda_gc=lambda_gc_from_median_p(median_p),
+        min_p_neg_log10=max_nlp,
+        top_hits=top_hits,
+    )
+
+
+def plot_points_table(
+    table,
+    phenotype: str,
+    *,
+    keep_above: float = 3.0,
+    bins_per_unit: int = 50,
+    pos_bin_bp: int = 100_000,
+) -> PlotPoints:
+    """:func:`plot_points` of an Arrow results table held by the driver (no Spark)."""
+    import pyarrow as pa
+
+    bins_per_unit = _check_plot_args(keep_above, bins_per_unit, pos_bin_bp)
+    rows, valid = _table_rows(table, phenotype)
+    valid &= ~(rows["chrom"].is_null().to_numpy(zero_copy_only=False)
+               | rows["pos"].is_null().to_numpy(zero_copy_only=False))
+    rows = rows.filter(_pa(valid))
+    chrom = rows["chrom"].cast(pa.string()).combine_chunks()
+    pos = rows["pos"].to_numpy(zero_copy_only=False).astype(np.int64)
+    nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)
+    keep = nlp >= keep_above
+    kept = pa.table({"chrom": chrom.filter(_pa(keep)), "pos": pos[keep], "nlp": nlp[keep]})
+    # cells of the bulk: (chrom, pos bin, -log10 p bin) -> the row with the largest -log10 p, count, sum
+    bulk = ~keep
+    b_chrom = chrom.filter(_pa(bulk)).dictionary_encode()
+    code = b_chrom.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    b_pos, b_nlp = pos[bulk], nlp[bulk]
+    pbin = np.floor(b_pos / float(pos_bin_bp)).astype(np.int64)
+    ybin = np.maximum(np.floor(b_nlp * float(bins_per_unit)), 0).astype(np.int64)
+    order = np.lexsort((-b_nlp, ybin, pbin, code))
+    key = np.stack([code[order], pbin[order], ybin[order]])
+    first = np.flatnonzero(np.concatenate([[True], (key[:, 1:] != key[:, :-1]).any(axis=0)])) if order.size else order
+    top = order[first]
+    cells = pa.table({
+        "chrom": b_chrom.dictionary.take(_pa(code[top])),
+        "pos": b_pos[top], "nlp": b_nlp[top], "ybin": ybin[top],
+        "n": np.diff(np.append(first, order.size)).astype(np.int64),
+        "s": np.add.reduceat(b_nlp[order], first) if order.size else np.empty(0),
+    })
+    return _assemble_plot_points(phenotype, kept, cells, keep_above=keep_above,
+                                 bins_per_unit=bins_per_unit, pos_bin_bp=pos_bin_bp)
+
+
+def _pa(values):
+    import pyarrow as pa
+
+    return pa.array(values)
 
 
 # ----------------------------------------------------------------------------------------------

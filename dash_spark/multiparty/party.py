@@ -35,10 +35,10 @@ def variant_table(bim) -> pa.Table:
 def variant_hash(table: pa.Table) -> str:
     """sha256 over the variant list (chrom, pos, id, ref, alt in order): what parties must share."""
     h = hashlib.sha256()
-    for name in VARIANT_COLUMNS:
-        for value in table.column(name).to_pylist():
-            h.update(str(value).encode())
-            h.update(b"\t")
+    for name in VARIANT_COLUMNS:  # the bytes of "<value>\t" per value, then "\n", column by column
+        values = table.column(name).to_pylist()
+        if values:
+            h.update(("\t".join(map(str, values)) + "\t").encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -143,38 +143,34 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
 
 def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots: bool = True, spark=None,
                 master: str | None = None, spark_conf: dict | None = None) -> dict:
-    """Verify every share, add them, decode and finalize; write the study's outputs under ``out``."""
+    """Verify every share, add them, decode and finalize; write the study's outputs under ``out``.
+
+    No Spark: the pooled statistics, hence the results, are on the driver already (variants x
+    statistics, whatever the number of samples), and the outputs go to the local directory ``out``
+    in the same files and format as ``dash-spark scan`` writes. ``spark``, ``master`` and
+    ``spark_conf`` are accepted for callers that pass session settings, and not used.
+    """
     import shutil
     import types
 
     from ..errors import OutputError
-    from ..spark.session import get_session
     from .exchange import combine
     from .study import finalize_pooled_scan, regression_table
 
+    del spark, master, spark_conf
+    t0 = time.time()
     manifest = read_manifest(manifest_path)
     uri = exchange_uri(manifest_path)
     out = os.path.abspath(out)
     if os.path.exists(out) and not overwrite:
         raise OutputError(f"{out}: output directory exists; pass --overwrite or choose another --out")
     agree = ["phenotypes", "covariates", "kind", "variant_hash", "n_variants", "missing_genotypes"]
-    starter = None
-    if spark is None and manifest.settings.get("kind") == "scan":
-        # a scan's outputs need Spark: start it while the shares are read, verified and decoded
-        import threading
-
-        box: dict = {}
-        starter = threading.Thread(target=lambda: box.setdefault("spark", get_session(master=master, conf=spark_conf)))
-        starter.start()
     headers, pooled = combine(uri, manifest, must_agree=agree)
-    if starter is not None:
-        starter.join()
-        spark = box.get("spark")
     first = headers[manifest.party_names[0]]["extra"]
     kind = first["kind"]
     phenos, covs = list(first["phenotypes"]), list(first["covariates"])
-    log.info("combine: %d parties verified; %d phenotype(s), %d covariate column(s)",
-             len(headers), len(phenos), len(covs))
+    log.info("combine: %d parties verified, shares added and decoded in %.1f s; %d phenotype(s), "
+             "%d covariate column(s)", len(headers), time.time() - t0, len(phenos), len(covs))
     stage = f"{out}.tmp-{os.getpid()}"
     os.makedirs(stage)
     try:
@@ -190,8 +186,7 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
                                  f"{row['p']!r}\t{row['obs_ct']}\n")
                 written[name] = path.replace(stage, out)
         else:
-            from ..output import write_reports
-            from ..spark.fs import HadoopFS
+            from ..output import write_outputs_local
             from ..spark.scan import results_batch
 
             mode = first["missing_genotypes"]
@@ -209,15 +204,12 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
             batch = results_batch(np.arange(V.shape[0], dtype=np.int64), meta, V[:, lay["freq_alt"]][:, 0],
                                   pooled["n_freq"][0] - V[:, lay["freq_miss"]][:, 0], named,
                                   count_alt=bool(np.all(meta[3] == ".")))  # features have no alleles
-            if spark is None:
-                spark = get_session(master=master, conf=spark_conf)
-            results = spark.createDataFrame(pa.Table.from_batches([batch]))
-            results.write.parquet(f"{stage}/results.parquet")
+            log.info("combine: %d variants finalized in %.1f s", V.shape[0], time.time() - t0)
             model = types.SimpleNamespace(
                 phenotypes=tuple(phenos), covariates=tuple(covs), variants=np.arange(V.shape[0]),
                 counts={"pooled_samples": {p: int(round(pooled[f"t{t}.n"][0])) for t, p in enumerate(phenos)},
                         "parties": len(headers)})
-            glm, summaries = write_reports(spark, HadoopFS(spark, stage), stage, model, plots=plots)
+            glm, summaries = write_outputs_local(stage, pa.Table.from_batches([batch]), model, plots=plots)
             written = {k: v.replace(stage, out) for k, v in glm.items()}
         if os.path.exists(out):
             shutil.rmtree(out)
@@ -225,5 +217,5 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    log.info("combine: outputs in %s", out)
+    log.info("combine: outputs in %s (%.1f s)", out, time.time() - t0)
     return written
