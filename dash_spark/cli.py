@@ -301,6 +301,10 @@ def _add_batch_inputs(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def cmd_bench(args) -> int:
+    if args.refresh:
+        from .bench_store import run_refresh_bench
+
+        return run_refresh_bench(args)
     from .bench import run_bench
 
     return run_bench(args)
@@ -402,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_args
 
     add_bench_args(p)
+    p.add_argument("--refresh", action="store_true",
+                   help="stored statistics: refresh --add-batch of 10%% new samples vs recomputing the union")
     add_spark_args(p)
     p.set_defaults(func=cmd_bench)
     return parser

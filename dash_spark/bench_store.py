@@ -1,0 +1,100 @@
+"""``dash-spark bench --refresh``: adding a batch of new samples vs recomputing the union.
+
+The cohort is simulated once (cached under ``--workdir``) and split by samples into a base batch
+(90%) and a new wave (10%). Untimed set-up: a store holding the base batch (copied fresh for every
+timed refresh, since a refresh changes its store). Timed, each a fresh process, one after the
+other so they do not share the cores:
+
+- ``full_scan``: ``dash-spark scan`` of the union (the fastest full recompute we have);
+- ``full_store``: ``compress --store`` of the union as one batch, then ``refresh`` (the full
+  recompute in the store workflow);
+- ``refresh_add``: ``refresh --add-batch`` of the 10% wave on the stored base batch.
+
+All three write the same outputs (results Parquet, ``.glm.linear``, summaries; no plots), and
+the refreshed results are checked against the full scan's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+
+def run_refresh_bench(args) -> int:
+    from .bench import _timed, split_bed_by_samples
+    from .io.simulate import simulate_cohort
+
+    work = os.path.abspath(args.workdir)
+    tag = (f"refresh_n{args.samples}_m{args.variants}_k{args.covariates}_miss{args.missing_rate}"
+           f"_s{args.seed}")
+    data = os.path.join(work, tag)
+    if not os.path.exists(os.path.join(data, "wave2.bed")):
+        shutil.rmtree(data, ignore_errors=True)
+        cohort = simulate_cohort(data, n_samples=args.samples, n_variants=args.variants,
+                                 n_covariates=args.covariates, missing_rate=args.missing_rate, seed=args.seed)
+        rng = np.random.default_rng(args.seed)
+        new = rng.random(args.samples) < 0.10
+        split_bed_by_samples(cohort.bfile, {"wave1": np.flatnonzero(~new), "wave2": np.flatnonzero(new)}, data)
+    union, pheno, covar = (os.path.join(data, x) for x in ("cohort", "cohort.pheno", "cohort.covar"))
+    cli = [sys.executable, "-m", "dash_spark.cli"]
+    common = ["--pheno", pheno, "--covar", covar]
+    base_store = os.path.join(data, "store_base")
+    if not os.path.exists(os.path.join(base_store, "store.json")):
+        shutil.rmtree(base_store, ignore_errors=True)
+        _timed(cli + ["compress", "--store", base_store, "--batch", "wave1", "--bfile",
+                      os.path.join(data, "wave1"), *common], os.path.join(data, "setup.log"))
+    times: dict[str, float] = {}
+    times["full_scan"] = _timed(cli + ["scan", "--bfile", union, *common, "--out", os.path.join(data, "full_out"),
+                                       "--overwrite", "--no-plots"], os.path.join(data, "full_scan.log"))
+    store = os.path.join(data, "store_full")
+    shutil.rmtree(store, ignore_errors=True)
+    t_compress = _timed(cli + ["compress", "--store", store, "--batch", "all", "--bfile", union, *common],
+                        os.path.join(data, "full_store_compress.log"))
+    t_final = _timed(cli + ["refresh", "--store", store, "--out", os.path.join(data, "full_store_out"),
+                            "--overwrite", "--no-plots"], os.path.join(data, "full_store_refresh.log"))
+    times["full_store"] = t_compress + t_final
+    shutil.rmtree(store, ignore_errors=True)
+    store = os.path.join(data, "store_refresh")
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(base_store, store)
+    out = os.path.join(data, "refresh_out")
+    times["refresh_add"] = _timed(cli + ["refresh", "--store", store, "--add-batch", "wave2", "--bfile",
+                                         os.path.join(data, "wave2"), *common, "--out", out, "--overwrite",
+                                         "--no-plots"], os.path.join(data, "refresh.log"))
+    shutil.rmtree(store, ignore_errors=True)
+    agree = _compare(os.path.join(data, "full_out", "results.parquet"), os.path.join(out, "results.parquet"))
+    figures = {k: round(v, 2) for k, v in times.items()}
+    figures["refresh_over_full_scan"] = round(times["refresh_add"] / times["full_scan"], 3)
+    figures["refresh_over_full_store"] = round(times["refresh_add"] / times["full_store"], 3)
+    figures["max_rel_diff_vs_full_scan"] = agree
+    print(json.dumps(figures, indent=2))
+    print(f"\n{args.samples:,} samples x {args.variants:,} variants; adding a 10% batch: refresh "
+          f"{times['refresh_add']:.1f} s vs full scan {times['full_scan']:.1f} s "
+          f"(ratio {figures['refresh_over_full_scan']:.2f}) and vs full store recompute {times['full_store']:.1f} s "
+          f"(ratio {figures['refresh_over_full_store']:.2f}); results agree to {agree:.1e}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=2)
+    return 0
+
+
+def _compare(a_path: str, b_path: str) -> float:
+    import pyarrow.parquet as pq
+
+    key = [("phenotype", "ascending"), ("variant_index", "ascending")]
+    a = pq.read_table(a_path, columns=["phenotype", "variant_index", "beta", "se", "obs_ct"]).sort_by(key)
+    b = pq.read_table(b_path, columns=["phenotype", "variant_index", "beta", "se", "obs_ct"]).sort_by(key)
+    if a.column("variant_index") != b.column("variant_index") or a.column("obs_ct") != b.column("obs_ct"):
+        raise RuntimeError("refresh results cover different variants or counts than the full scan")
+    se = a.column("se").to_numpy(zero_copy_only=False)
+    ok = ~np.isnan(se)
+    worst = 0.0
+    for col in ("beta", "se"):
+        x = a.column(col).to_numpy(zero_copy_only=False)[ok]
+        y = b.column(col).to_numpy(zero_copy_only=False)[ok]
+        worst = max(worst, float(np.max(np.abs(x - y) / np.maximum(np.abs(x), se[ok]))))
+    return worst
