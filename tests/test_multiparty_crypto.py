@@ -376,6 +376,18 @@ def test_mask_share_chunking_is_invisible(monkeypatch, rng):
     assert np.array_equal(full, expected)
 
 
+def test_mask_share_inplace_equals_copy(rng):
+    seeds = _seeds(["a", "b", "c"])["b"]
+    enc = encode(rng.standard_normal((50, 3)))
+    masked = mask_share(enc, "v", me="b", parties=["a", "b", "c"], seeds=seeds)
+    assert not np.array_equal(masked, enc)
+    same = enc.copy()
+    assert mask_share(same, "v", me="b", parties=["a", "b", "c"], seeds=seeds, inplace=True) is same
+    assert np.array_equal(same, masked)
+    with pytest.raises(InputError, match="cannot mask in place"):
+        mask_share(enc[::2], "v", me="b", parties=["a", "b", "c"], seeds=seeds, inplace=True)
+
+
 def test_mask_share_checks_parties():
     names = ["a", "b", "c"]
     seeds = _seeds(names)

@@ -435,14 +435,15 @@ def _check_own_keys(manifest: Manifest, party: str, private_keys: PrivateKeys, *
 
 
 def mask_stats(manifest: Manifest, party: str, private_keys: PrivateKeys,
-               encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Mask a party's encoded statistics with seeds shared with every other manifest party."""
+               encoded: Mapping[str, np.ndarray], *, inplace: bool = False) -> dict[str, np.ndarray]:
+    """Mask a party's encoded statistics with seeds shared with every other manifest party
+    (``inplace``: mask the given arrays themselves)."""
     who = f"mask statistics of party {party!r}"
     _check_own_keys(manifest, party, private_keys, who=who)
     seeds = pairwise_seeds(private_keys, {p: manifest.public_keys(p).x25519_pub for p in manifest.party_names},
                            study=manifest.study, round_id=manifest.round_id, me=party)
     return {name: mask_share(check_encoded(v, where=f"{who}, statistic {name!r}"), name, me=party,
-                             parties=manifest.party_names, seeds=seeds)
+                             parties=manifest.party_names, seeds=seeds, inplace=inplace)
             for name, v in encoded.items()}
 
 
@@ -503,7 +504,7 @@ def publish_stats(uri: str | os.PathLike, manifest: Manifest, party: str, privat
                   max_abs_bits: int | None = None) -> str:
     """Encode (the manifest's ``frac_bits``), mask and publish a party's float statistics."""
     encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}
-    masked = mask_stats(manifest, party, private_keys, encoded)
+    masked = mask_stats(manifest, party, private_keys, encoded, inplace=True)  # the encodings are ours
     return publish_share(uri, manifest, party, private_keys, masked, header_extra)
 
 

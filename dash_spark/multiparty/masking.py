@@ -134,11 +134,12 @@ def _check_parties(me: str, parties: Sequence[str]) -> list[str]:
 
 
 def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: Sequence[str],
-               seeds: Mapping[str, bytes]) -> np.ndarray:
+               seeds: Mapping[str, bytes], inplace: bool = False) -> np.ndarray:
     """Mask party ``me``'s encoded statistic: add the streams shared with higher-positioned parties,
     subtract those shared with lower-positioned ones (positions in the sorted list ``parties``).
 
     The ring sum over all parties of their masked shares equals the sum of the unmasked values.
+    ``inplace``: mask ``values_encoded`` itself (a writable C-contiguous array) instead of a copy.
     """
     check_encoded(values_encoded, where=f"mask_share of statistic {stat_name!r}")
     check_stat_name(stat_name, where="mask_share")
@@ -149,7 +150,10 @@ def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: 
                             f"seed with every other party, found {len(parties) - 1 - len(missing)} of "
                             f"{len(parties) - 1}. Derive them with pairwise_seeds from the manifest")
     pos = parties.index(me)
-    out = np.array(values_encoded, dtype=np.uint64, order="C")  # a fresh copy, masked in place
+    if inplace and not (values_encoded.flags.c_contiguous and values_encoded.flags.writeable):
+        raise InputError(f"mask_share of statistic {stat_name!r}: cannot mask in place; expected a writable "
+                         "C-contiguous array, found a view or a read-only array. Pass inplace=False")
+    out = values_encoded if inplace else np.array(values_encoded, dtype=np.uint64, order="C")
     flat = out.reshape(-1, 2)
     n = flat.shape[0]
     for q, other in enumerate(parties):
