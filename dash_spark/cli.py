@@ -219,7 +219,16 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_party_compress(args) -> int:
+    from .multiparty.exchange import read_manifest
     from .multiparty.party import run_party_compress
+
+    if read_manifest(args.manifest).settings.get("kind") == "select-step":
+        from .select import run_party_select_step
+
+        print(run_party_select_step(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
+                                    bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
+                                    master=args.master, spark_conf=_spark_conf(args)))
+        return 0
 
     path = run_party_compress(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                               bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
@@ -278,17 +287,34 @@ def cmd_refresh(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from .select import run_select
+    from .select import run_select, run_select_study
 
-    res = run_select(args.store, args.out, pheno_name=args.pheno_name, p_threshold=args.p_threshold,
-                     max_steps=args.max_steps, window_kb=args.window_kb, overwrite=bool(args.overwrite),
-                     master=args.master, spark_conf=_spark_conf(args))
-    if not res.selected:
+    if bool(args.store) == bool(args.manifest):
+        raise ConfigError("select: give --store DIR (stored statistics) or --manifest PATH (a multi-party scan study)")
+    if args.manifest:
+        if args.window_kb is not None:
+            raise ConfigError("select: --window-kb is available for stores only; a multi-party selection is genome-wide")
+        res = run_select_study(args.manifest, args.out, pheno_name=args.pheno_name, p_threshold=args.p_threshold,
+                               max_steps=args.max_steps, overwrite=bool(args.overwrite))
+        if res["next_manifest"]:
+            row = res["selected"][-1]
+            print(f"step {row['step']}: {row['id']} selected (p {row['p']:.3g}); every party now runs "
+                  f"`dash-spark party compress --manifest {res['next_manifest']} ...`, then run this select again")
+            print(res["next_manifest"])
+            return 0
+        selected = res["selected"]
+        out = res["out"]
+    else:
+        r = run_select(args.store, args.out, pheno_name=args.pheno_name, p_threshold=args.p_threshold,
+                       max_steps=args.max_steps, window_kb=args.window_kb, overwrite=bool(args.overwrite),
+                       master=args.master, spark_conf=_spark_conf(args))
+        selected, out = r.selected, r.out
+    if not selected:
         print(f"no variant passes p < {args.p_threshold:g}")
-    for row in res.selected:
+    for row in selected:
         print(f"step {row['step']}: {row['id']} ({row['chrom']}:{row['pos']}) A1 {row['a1']}, conditional "
               f"beta {row['beta']:.4g}, p {row['p']:.3g}")
-    print(f"outputs: {res.out}/selected.tsv, {res.out}/joint.tsv, {res.out}/results.parquet")
+    print(f"outputs: {out}/selected.tsv, {out}/joint.tsv, {out}/results.parquet")
     return 0
 
 
@@ -392,9 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("select", help="forward (conditional) selection of variants on a store")
-    p.add_argument("--store", required=True, metavar="DIR")
+    p.add_argument("--store", metavar="DIR", help="a store of batches (see compress/refresh)")
+    p.add_argument("--manifest", metavar="PATH", help="or: a multi-party scan study's manifest (one step per run)")
     p.add_argument("--out", required=True, metavar="OUTDIR")
-    p.add_argument("--pheno-name", help="the phenotype (required when the store has several)")
+    p.add_argument("--pheno-name", help="the phenotype (required when there are several)")
     p.add_argument("--p-threshold", type=float, default=5e-8, help="select while the best p is below this")
     p.add_argument("--max-steps", type=_positive, default=10, help="select at most this many variants")
     p.add_argument("--window-kb", type=float, help="condition a variant only on selected variants within W kb")

@@ -132,27 +132,49 @@ def batch_products(step: BatchStep, q: int, k: int, vidx: np.ndarray, mode: str)
     return zx, zm, zmm, zmc
 
 
-def batch_step(store: Store, batch, t: int, sel: np.ndarray, mu: np.ndarray, spark_parallelism: int):
-    """Build a batch's model, check it against its stored moments, and its ``Z`` for phenotype ``t``.
-
-    Returns ``(BatchStep, dense products)``.
-    """
+def step_inputs(model, plan, t: int, sel: np.ndarray, mu: np.ndarray, mode: str):
+    """A party model's ``Z`` for phenotype ``t`` (selected variants ``sel``, missing calls set to
+    ``mu``): the broadcast of a step and the dense products ``CZ, ZZ, Z1, Zy``."""
     from .io.plink import read_bed_rows
-    from .multiparty.study import global_stats
-    from .pipeline import build_model, plan_scan
     from .stats.kernel import decode, pad_weights
 
-    s = store.settings
+    pat = model.patterns[t]
+    a, k = pat.a_offset, pat.k
+    n = model.n_samples
+    Wfull = model.W[:n]
+    C, y, mask = Wfull[:, a : a + k], Wfull[:, a + k], Wfull[:, a + k + 1] > 0
+    order = np.argsort(sel)  # the readers take sorted indices; Z keeps the selection order
+    if plan.features_path:
+        from .io.features import read_feature_rows
+
+        X = read_feature_rows(plan.features_path, n, sel[order])[0].T
+    else:
+        X = decode(read_bed_rows(plan.bed_path, n, sel[order]), n)
+    X = X[:, np.argsort(order)]
+    Z = np.where(np.isnan(X), mu[None, :], X) * mask[:, None]
+    empty = np.zeros((n, 0))
+    W = pad_weights(Z, empty)
+    Wg = pad_weights(np.hstack([Z, C, y[:, None]]), empty) if mode == "drop" else None
+    dense = {"CZ": C.T @ Z, "ZZ": Z.T @ Z, "Z1": Z.sum(axis=0), "Zy": Z.T @ y}
+    return BatchStep(plan=plan, W=W, Wg=Wg), dense
+
+
+def batch_step(store: Store, batch, t: int, sel: np.ndarray, mu: np.ndarray, spark_parallelism: int):
+    """Build a stored batch's model (withdrawn samples left out), check it against its stored
+    moments, and return its :func:`step_inputs`."""
+    from dataclasses import replace
+
+    from .multiparty.study import global_stats
+    from .pipeline import build_model, plan_scan
+
     remove = None
     if batch.withdrawn:
         remove = os.path.join(store.root, f".select-{uuid.uuid4().hex[:8]}.txt")
         with open(remove, "w") as fh:
             fh.write("".join(f"{iid}\n" for iid in batch.withdrawn))
     try:
-        cfg = batch_config(s, batch.record["source"])
+        cfg = batch_config(store.settings, batch.record["source"])
         if remove:
-            from dataclasses import replace
-
             cfg = replace(cfg, remove=remove)
         model = build_model(cfg, party=True)
     finally:
@@ -166,25 +188,7 @@ def batch_step(store: Store, batch, t: int, sel: np.ndarray, mu: np.ndarray, spa
                               "longer give the statistics stored for it; they changed after the batch was compressed. "
                               "Restore them, or remove the batch and add it again")
     plan, _, _ = plan_scan(cfg, model, spark_parallelism)
-    pat = model.patterns[t]
-    a, k = pat.a_offset, pat.k
-    n = model.n_samples
-    Wfull = model.W[:n]
-    C, y, mask = Wfull[:, a : a + k], Wfull[:, a + k], Wfull[:, a + k + 1] > 0
-    order = np.argsort(sel)  # the readers take sorted indices; Z keeps the selection order
-    if store.settings.get("source_kind") == "features":
-        from .io.features import read_feature_rows
-
-        X = read_feature_rows(plan.features_path, n, sel[order])[0].T
-    else:
-        X = decode(read_bed_rows(plan.bed_path, n, sel[order]), n)
-    X = X[:, np.argsort(order)]
-    Z = np.where(np.isnan(X), mu[None, :], X) * mask[:, None]
-    empty = np.zeros((n, 0))
-    W = pad_weights(Z, empty)
-    Wg = pad_weights(np.hstack([Z, C, y[:, None]]), empty) if s["missing_genotypes"] == "drop" else None
-    dense = {"CZ": C.T @ Z, "ZZ": Z.T @ Z, "Z1": Z.sum(axis=0), "Zy": Z.T @ y}
-    return BatchStep(plan=plan, W=W, Wg=Wg), dense
+    return step_inputs(model, plan, t, sel, mu, store.settings["missing_genotypes"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,3 +417,201 @@ def _write_tsv(path: str, rows: list[dict], cols: list[str]) -> None:
         for r in rows:
             fh.write("\t".join("NA" if r[c] is None else repr(r[c]) if isinstance(r[c], float) else str(r[c])
                                for c in cols) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# a multi-party study: each step is a new round whose shares carry the parties' products with Z
+
+
+def _products_task(q: int, k: int, mode: str, sub_block: int, step: BatchStep, ranges):
+    """Executor side: a party's per-variant products with Z, flattened (see :func:`split_products`)."""
+    for _part, start, stop, _bs, _be, _rows in ranges:
+        for a in range(start, stop, sub_block):
+            vidx = np.arange(a, min(a + sub_block, stop), dtype=np.int64)
+            zx, zm, zmm, zmc = batch_products(step, q, k, vidx, mode)
+            parts = [zx, zm] + ([zmm.reshape(len(vidx), -1), zmc.reshape(len(vidx), -1)] if mode == "drop" else [])
+            flat = np.hstack(parts)
+            lists = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), type=pa.float64()), flat.shape[1])
+            yield pa.RecordBatch.from_arrays([pa.array(vidx), lists.cast(pa.list_(pa.float64()))],
+                                             names=["variant_index", "sums"])
+
+
+def split_products(P: np.ndarray, q: int, k: int, mode: str):
+    """``(zx, zm, zmm, zmc)`` from the flattened products of :func:`_products_task`."""
+    m = P.shape[0]
+    zx, zm = P[:, :q], P[:, q : 2 * q]
+    if mode != "drop":
+        return zx, zm, None, None
+    zmm = P[:, 2 * q : 2 * q + q * q].reshape(m, q, q)
+    zmc = P[:, 2 * q + q * q :].reshape(m, q, k + 1)
+    return zx, zm, zmm, zmc
+
+
+def run_party_select_step(manifest_path: str, party: str, key_path: str, *, pheno: str, covar: str | None,
+                          bfile: str | None, features: str | None = None, feature_samples: str | None = None,
+                          spark=None, master: str | None = None, spark_conf: dict | None = None) -> str:
+    """A party's share of one selection step: its products with the selected variants, masked."""
+    from .multiparty import ProtocolError
+    from .multiparty.exchange import publish_stats, read_manifest
+    from .multiparty.keys import load_private
+    from .multiparty.party import _check_party, exchange_uri, variant_hash, variant_table
+    from .pipeline import build_model, plan_scan
+    from .spark.compress import SUMS_SCHEMA_DDL
+    from .spark.scan import map_ranges
+    from .spark.session import get_session
+
+    manifest = read_manifest(manifest_path)
+    keys = load_private(key_path)
+    _check_party(manifest, party, keys)
+    s = manifest.settings
+    if not (bfile or features):
+        raise ConfigError(f"{manifest_path}: a selection step needs this party's genotypes; pass --bfile PREFIX "
+                          "(or --features)")
+    cfg = batch_config(s, {"bfile": bfile, "features": features, "feature_samples": feature_samples,
+                           "pheno": pheno, "covar": covar})
+    model = build_model(cfg, party=True)
+    vh = variant_hash(variant_table(model.bim))
+    if vh != s["variant_hash"]:
+        raise ProtocolError(f"{party}: the variant list of {bfile or features} differs from the study's; "
+                            "all parties must use the same variants in the same order. Nothing was published")
+    if list(model.covariates) != s["covariates"] or list(model.phenotypes) != s["phenotypes"]:
+        raise ProtocolError(f"{party}: phenotypes/covariates {list(model.phenotypes)}/{list(model.covariates)} "
+                            f"differ from the study's {s['phenotypes']}/{s['covariates']}. Nothing was published")
+    t, mode, k = int(s["phenotype_index"]), s["missing_genotypes"], len(s["covariates"])
+    sel = np.asarray(s["selected"], dtype=np.int64)
+    if spark is None:
+        spark = get_session(master=master, conf=spark_conf)
+    plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
+    step, dense = step_inputs(model, plan, t, sel, np.asarray(s["mu"], dtype=float), mode)
+    df, bc = map_ranges(spark, step, ranges, partial(_products_task, len(sel), k, mode, plan.sub_block),
+                        SUMS_SCHEMA_DDL)
+    table = df.toArrow().sort_by("variant_index")
+    bc.destroy()
+    sums = table.column("sums").combine_chunks()
+    P = sums.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1)
+    stats = dict(dense, products=P)
+    share = publish_stats(exchange_uri(manifest_path), manifest, party, keys, stats,
+                          {"kind": "select-step", "variant_hash": vh, "selected": [int(v) for v in sel]})
+    log.info("party %s: selection step with %d selected variant(s) published: %s", party, len(sel), share)
+    return share
+
+
+def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = None, p_threshold: float = 5e-8,
+                     max_steps: int = 10, overwrite: bool = False) -> dict:
+    """The coordinator's side of forward selection in a multi-party study, one step per call.
+
+    Each call verifies and adds the base round's shares (``manifest_path``: a scan study) and
+    those of the latest step round, finalizes the conditional scan, and either writes the next
+    step's manifest (a fresh round: the parties then run ``party compress`` on it) or, when nothing
+    passes or ``max_steps`` are selected, writes the outputs under ``out``. The state (selected
+    variants and their statistics: results, so revealed anyway) lives beside the base round.
+    """
+    import json
+
+    from .multiparty.exchange import Manifest, _Location, combine, read_manifest, write_manifest
+    from .multiparty.party import exchange_uri
+    from .multiparty.study import finalize_pooled_scan, regression_table
+    from .spark.scan import results_batch
+
+    base = read_manifest(manifest_path)
+    uri = exchange_uri(manifest_path)
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise OutputError(f"{out}: output directory exists; pass --overwrite or choose another --out")
+    headers, pooled = combine(uri, base, must_agree=["phenotypes", "covariates", "kind", "variant_hash",
+                                                     "missing_genotypes"])
+    first = headers[base.party_names[0]]["extra"]
+    if first.get("kind") != "scan":
+        raise ConfigError(f"{manifest_path}: forward selection needs a scan study (parties compressed genotypes)")
+    phenos, covs, mode = list(first["phenotypes"]), list(first["covariates"]), first["missing_genotypes"]
+    if pheno_name is None:
+        if len(phenos) > 1:
+            raise ConfigError(f"{manifest_path}: the study has phenotypes {', '.join(phenos)}; choose one with --pheno-name")
+        pheno_name = phenos[0]
+    if pheno_name not in phenos:
+        raise ConfigError(f"--pheno-name {pheno_name}: not a phenotype of the study ({', '.join(phenos)})")
+    t, k = phenos.index(pheno_name), len(covs)
+    loc = _Location(uri)
+    state_path = loc.join(base.study, base.round_id, "select", f"{pheno_name}.json")
+    if loc.exists(state_path):
+        state = json.loads(loc.read(state_path, what="selection state"))
+        if (state["p_threshold"], state["max_steps"]) != (p_threshold, max_steps):
+            raise ConfigError(f"{loc.show(state_path)}: this selection runs with --p-threshold {state['p_threshold']} "
+                              f"--max-steps {state['max_steps']}; keep them for every step")
+    else:
+        state = {"phenotype": pheno_name, "p_threshold": p_threshold, "max_steps": max_steps, "steps": [],
+                 "selected": [], "joint": []}
+    V = pooled["variants"]
+    from .multiparty.study import per_variant_layout
+
+    lay = per_variant_layout(k, len(phenos), mode)
+    m = V.shape[0]
+    selected = [int(r["variant_index"]) for r in state["selected"]]
+    q = len(selected)
+    if q:
+        step_manifest = read_manifest(state["steps"][-1]["manifest"])
+        _, prods = combine(uri, step_manifest, must_agree=["kind", "variant_hash", "selected"])
+        dense = {key: prods[key] for key in ("CZ", "ZZ", "Z1", "Zy")}
+        zx, zm, zmm, zmc = split_products(prods["products"], q, k, mode)
+    else:
+        dense = {"CZ": np.zeros((k, 0)), "ZZ": np.zeros((0, 0)), "Z1": np.zeros(0), "Zy": np.zeros(0)}
+        zx, zm, zmm, zmc = np.zeros((m, 0)), np.zeros((m, 0)), np.zeros((m, 0, 0)), np.zeros((m, 0, k + 1))
+    Gq = augment_globals(pooled, t, dense)
+    V2 = augment_variants(V, t, k, len(phenos), mode, zx, zm, zmm, zmc)
+    vt = pq.read_table(pa.BufferReader(loc.read(loc.join(base.study, base.round_id, "variants",
+                                                         f"{base.party_names[0]}.parquet"), what="variant list")))
+    meta = tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
+    ids = [str(meta[1][v]) for v in selected]
+    named = finalize_pooled_scan(Gq, V2, [pheno_name], covs + ids, mode)
+    lay2 = per_variant_layout(k + q, 1, mode)
+    table = pa.Table.from_batches([results_batch(np.arange(m, dtype=np.int64), meta, V2[:, lay2["freq_alt"]][:, 0],
+                                                 Gq["n_freq"][0] - V2[:, lay2["freq_miss"]][:, 0], named,
+                                                 count_alt=bool(np.all(meta[3] == ".")))])
+    if q and not any(r["step"] == q for r in state["joint"]):
+        joint = regression_table(Gq, 0, covs + ids, where=f"phenotype {pheno_name}")
+        for i, row in enumerate(joint.to_pylist()[k:]):
+            sr = state["selected"][i]
+            sign = -1.0 if sr["a1"] != sr["alt"] else 1.0
+            state["joint"].append({"step": q, "id": ids[i], "a1": sr["a1"], "beta": sign * row["beta"], "se": row["se"],
+                                   "t_stat": sign * row["t_stat"], "p": row["p"], "neg_log10_p": row["neg_log10_p"]})
+    nlp = table.column("neg_log10_p").to_numpy(zero_copy_only=False)
+    ok = (table.column("errcode").to_numpy(zero_copy_only=False) == ".") & ~np.isin(np.arange(m), selected)
+    ok &= np.nan_to_num(nlp, nan=-1.0) >= -math.log10(p_threshold)
+    if q < max_steps and ok.any():
+        best = int(np.flatnonzero(ok)[np.argmax(nlp[ok])])  # the first of equal maxima: the lowest index
+        row = {c: table.column(c)[best].as_py() for c in table.column_names}
+        state["selected"].append(dict(row, step=q + 1))
+        sel = selected + [best]
+        Vs = V[sel]
+        mu = Vs[:, lay[f"t{t}.sx"]][:, 0] / (pooled[f"t{t}.n"][0] - Vs[:, lay[f"t{t}.miss"]][:, 0])
+        bs = base.settings
+        settings = {"kind": "select-step", "base_round": base.round_id, "phenotype": pheno_name,
+                    "phenotype_index": t, "selected": sel, "mu": [float(x) for x in mu],
+                    "phenotypes": phenos, "covariates": covs, "variant_hash": first["variant_hash"],
+                    "missing_genotypes": mode, "intercept": bs.get("intercept", True),
+                    "pheno_names": bs.get("pheno_names"), "covar_names": bs.get("covar_names")}
+        nxt = Manifest.new(base.study, base.parties, settings)
+        path = write_manifest(uri, nxt)
+        state["steps"].append({"round": nxt.round_id, "manifest": path})
+        loc.mkdir(state_path.rsplit("/", 1)[0])
+        loc.write_atomic(state_path, json.dumps(state, indent=1).encode(), what="selection state")
+        log.info("select: step %d: %s (-log10 p %.2f); parties: party compress --manifest %s", q + 1, row["id"],
+                 row["neg_log10_p"], path)
+        return {"next_manifest": path, "selected": state["selected"]}
+    stage = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(stage)
+    try:
+        pq.write_table(table, os.path.join(stage, "results.parquet"))
+        _write_tsv(os.path.join(stage, "selected.tsv"), state["selected"],
+                   ["step", "id", "chrom", "pos", "ref", "alt", "a1", "obs_ct", "beta", "se", "t_stat", "p",
+                    "neg_log10_p"])
+        _write_tsv(os.path.join(stage, "joint.tsv"), state["joint"],
+                   ["step", "id", "a1", "beta", "se", "t_stat", "p", "neg_log10_p"])
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log.info("select: done, %d variant(s) selected; outputs in %s", q, out)
+    return {"next_manifest": None, "selected": state["selected"], "out": out}

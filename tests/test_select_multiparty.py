@@ -1,0 +1,71 @@
+"""Forward selection in a multi-party study: each step's products go through masked shares."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from dash_spark.cli import main
+
+from .oracle_data import make_files, statsmodels_oracle
+from .test_multiparty_e2e import _split_bed
+from .test_select import _check
+
+PARTIES = ("alice", "bob", "carol")
+
+
+def _run(capsys, *args):
+    capsys.readouterr()
+    code = main(["-q", *args])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err[-3000:]
+    return cap.out.strip()
+
+
+@pytest.mark.slow
+def test_three_party_selection_equals_statsmodels(tmp_path, spark, capsys):
+    files = make_files(tmp_path, np.random.default_rng(51), n=450, m=240, missing=0.03, name="pooled")
+    assign = np.random.default_rng(52).choice(3, files.n, p=[0.4, 0.35, 0.25])
+    prefixes = _split_bed(files, tmp_path, {p: np.flatnonzero(assign == i) for i, p in enumerate(PARTIES)})
+    for p in PARTIES:
+        _run(capsys, "party", "keygen", "--out", str(tmp_path / "keys" / p))
+    manifest = _run(capsys, "party", "manifest", "--study", "sel", "--exchange", str(tmp_path / "exchange"),
+                    "--bim", files.bfile + ".bim",
+                    *[x for p in PARTIES for x in ("--party", f"{p}={tmp_path / 'keys' / p}.pub")])
+
+    def parties(m):
+        for p in PARTIES:
+            _run(capsys, "party", "compress", "--manifest", m, "--party", p, "--key", f"{tmp_path / 'keys' / p}.key",
+                 "--pheno", files.pheno, "--covar", files.covar, "--bfile", prefixes[p])
+
+    parties(manifest)
+    out = tmp_path / "selected"
+    rounds = set()
+    for _ in range(5):
+        text = _run(capsys, "select", "--manifest", manifest, "--out", str(out), "--pheno-name", "pheno1",
+                    "--p-threshold", "1", "--max-steps", "2")
+        if out.exists():
+            break
+        step_manifest = text.splitlines()[-1]
+        rounds.add(os.path.basename(os.path.dirname(step_manifest)))
+        parties(step_manifest)
+    assert out.exists() and len(rounds) == 2  # a fresh round (fresh masks) per step
+    sel = pd.read_csv(out / "selected.tsv", sep="\t")
+    assert list(sel["step"]) == [1, 2]
+    idx = [int(v[2:]) for v in sel["id"]]  # make_files names variants rs<j>
+    rows = sel.assign(variant_index=idx).to_dict("records")
+    for i, row in enumerate(rows):
+        _check({}, statsmodels_oracle(files, "pheno1", "drop", condition=idx[:i], variants=[idx[i]]), [row])
+    final = statsmodels_oracle(files, "pheno1", "drop", condition=idx)
+    tab = pq.read_table(out / "results.parquet").to_pylist()
+    _check({}, final, [r for r in tab if r["errcode"] == "." and r["variant_index"] not in idx])
+    joint = pd.read_csv(out / "joint.tsv", sep="\t")
+    fit = final["joint"]
+    got = joint[joint["step"] == 2]
+    signs = np.array([-1.0 if r["a1"] != r["alt"] else 1.0 for r in rows])
+    np.testing.assert_allclose(signs * got["beta"].to_numpy(), fit.params[4:], rtol=1e-9)
+    np.testing.assert_allclose(got["se"].to_numpy(), fit.bse[4:], rtol=1e-9)
