@@ -143,7 +143,8 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
 
     ``subset_of_fam=True`` (a withdrawal: the statistics of the ``--keep`` samples, to be
     subtracted from those of the whole .fam) decides between "founders" and "all samples" for
-    the allele-frequency samples on the whole .fam, as the batch's own statistics did.
+    the allele-frequency samples on the whole .fam, as the batch's own statistics did, and accepts
+    samples of which none is analysed (they still count in the allele frequencies).
     """
     if cfg.features:
         from .io.features import read_feature_meta
@@ -214,7 +215,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         "samples: %d in .fam, %d matched to all tables, %d dropped for a missing covariate, %d analysed at most",
         n, int(in_all.sum()), dropped_cov, int(base.sum()),
     )
-    if not base.any():
+    if not base.any() and not subset_of_fam:  # withdrawn samples may have had no phenotype at all
         raise InputError(
             f"{cfg.pheno}: no sample has a phenotype row and complete covariates among the "
             f"{n} samples of {fam_path}; check that the IIDs match"

@@ -108,6 +108,23 @@ def test_refresh_add_remove_withdraw_equal_full_scans(cohort, spark, mode):
                     spark=spark)
 
 
+@pytest.mark.slow
+def test_withdrawing_a_sample_without_phenotype_or_covariates(cohort, spark):
+    """Such a sample still counts in the allele frequencies (A1, A1_FREQ): they must change too."""
+    files, tmp, prefixes, members = cohort
+    with_cov = {line.split()[1] for line in open(files.covar).read().splitlines()[1:]}
+    lone = [iid for iid in members["w1"] if iid not in with_cov][:1]
+    assert lone, "the cohort has samples without covariates in w1"
+    store = str(tmp / "store_lone")
+    run_compress(store, "w1", _src(files, prefixes["w1"]), spark=spark)
+    wfile = tmp / "lone.txt"
+    wfile.write_text(lone[0] + "\n")
+    res = run_refresh(store, str(tmp / "lone_out"), withdraw=str(wfile), plots=False, spark=spark)
+    rm = _remove_file(tmp, "lone_rm.txt", members["w2"] + members["w3"] + lone)
+    assert_same_results(_full_scan(spark, files, tmp / "lone_full", "drop", remove=rm).results_path,
+                        f"{res.out}/results.parquet")
+
+
 def _snapshot(store):
     out = {}
     for dirpath, _, names in os.walk(store):
