@@ -202,7 +202,6 @@ def _step_task(spec: dict, B: dict, ranges):
 
     k, mode, t = spec["k"], spec["mode"], spec["t"]
     P = len(spec["phenotypes"])
-    lay = per_variant_layout(k, P, mode)
     vfile = pq.ParquetFile(spec["variants"])
     q = len(spec["selected"])
     window = spec["window_bp"]

@@ -212,3 +212,25 @@ def test_refusals_leave_the_store_as_it_was(cohort, small_store, spark, capsys):
     assert main(["-q", "compress", "--store", store, "--batch", "w2", "--bfile", prefixes["w2"], "--pheno",
                  files.pheno, "--covar", files.covar, "--missing-genotypes", "mean"]) == 2
     assert "missing_genotypes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_spark_submit_store_job_refreshes(cohort, small_store, spark):
+    """``spark-submit jobs/store.py refresh`` (a separate Spark application) gives the in-process results."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .cluster import spark_script
+
+    files, tmp, _, _ = cohort
+    job = Path(__file__).resolve().parents[1] / "jobs" / "store.py"
+    out = tmp / "submitted"
+    proc = subprocess.run([spark_script("spark-submit"), "--master", "local[2]", "--conf",
+                           f"spark.pyspark.python={sys.executable}", str(job), "refresh", "--store", small_store,
+                           "--out", str(out), "--no-plots"], capture_output=True, text=True,
+                          env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = run_refresh(small_store, str(tmp / "in_process"), plots=False, spark=spark)
+    assert_same_results(f"{res.out}/results.parquet", str(out / "results.parquet"))
+    assert (out / "pheno2.glm.linear").read_text() == (tmp / "in_process" / "pheno2.glm.linear").read_text()
