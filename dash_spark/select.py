@@ -429,10 +429,7 @@ def _products_task(q: int, k: int, mode: str, sub_block: int, step: BatchStep, r
             vidx = np.arange(a, min(a + sub_block, stop), dtype=np.int64)
             zx, zm, zmm, zmc = batch_products(step, q, k, vidx, mode)
             parts = [zx, zm] + ([zmm.reshape(len(vidx), -1), zmc.reshape(len(vidx), -1)] if mode == "drop" else [])
-            flat = np.hstack(parts)
-            lists = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), type=pa.float64()), flat.shape[1])
-            yield pa.RecordBatch.from_arrays([pa.array(vidx), lists.cast(pa.list_(pa.float64()))],
-                                             names=["variant_index", "sums"])
+            yield a, np.hstack(parts)
 
 
 def split_products(P: np.ndarray, q: int, k: int, mode: str):
@@ -455,8 +452,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     from .multiparty.keys import load_private
     from .multiparty.party import _check_party, exchange_uri, variant_hash, variant_table
     from .pipeline import build_model, plan_scan
-    from .spark.compress import SUMS_SCHEMA_DDL
-    from .spark.scan import map_ranges
+    from .spark.compress import collect_ranges
     from .spark.session import get_session
 
     manifest = read_manifest(manifest_path)
@@ -482,12 +478,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
         spark = get_session(master=master, conf=spark_conf)
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
     step, dense = step_inputs(model, plan, t, sel, np.asarray(s["mu"], dtype=float), mode)
-    df, bc = map_ranges(spark, step, ranges, partial(_products_task, len(sel), k, mode, plan.sub_block),
-                        SUMS_SCHEMA_DDL)
-    table = df.toArrow().sort_by("variant_index")
-    bc.destroy()
-    sums = table.column("sums").combine_chunks()
-    P = sums.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1)
+    P = collect_ranges(spark, step, ranges, partial(_products_task, len(sel), k, mode, plan.sub_block))
     stats = dict(dense, products=P)
     share = publish_stats(exchange_uri(manifest_path), manifest, party, keys, stats,
                           {"kind": "select-step", "variant_hash": vh, "selected": [int(v) for v in sel]})

@@ -97,13 +97,29 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                           + ("pass --bfile PREFIX or --features" if settings["kind"] == "scan" else "drop --bfile/--features"))
     log.info("study %s, round %s: party %s (key %s), %s study", manifest.study, manifest.round_id, party,
              fingerprint(keys), kind)
+    starter = None
+    if kind == "scan" and spark is None:
+        # the JVM starts while the driver reads the tables and builds the model
+        import threading
+
+        from ..spark.session import get_session
+
+        box: dict = {}
+
+        def start():
+            try:
+                box["spark"] = get_session(master=master, conf=spark_conf)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                box["error"] = exc
+
+        starter = threading.Thread(target=start, daemon=True)
+        starter.start()
     if kind == "regression":
         stats, covs, phenos = regression_party_stats(pheno, covar, settings)
         extra = {"phenotypes": phenos, "covariates": covs, "kind": kind}
     else:
         from ..pipeline import ScanConfig, build_model, plan_scan
         from ..spark.compress import run_compress_job
-        from ..spark.session import get_session
 
         cfg = ScanConfig(bfile=bfile, features=features, feature_samples=feature_samples,
                          pheno=pheno, covar=covar, out=os.devnull,
@@ -121,8 +137,11 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                                 f"(hash {vh[:12]} vs {settings['variant_hash'][:12]}); all parties must use the "
                                 "same variants in the same order. Nothing was published")
         _agree("phenotypes", phenos, settings.get("pheno_names"), party)
-        if spark is None:
-            spark = get_session(master=master, conf=spark_conf)
+        if starter is not None:
+            starter.join()
+            if "error" in box:
+                raise box["error"]
+            spark = box["spark"]
         m = model.bim.n_variants
         plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
         V = run_compress_job(spark, plan, model.W, ranges)

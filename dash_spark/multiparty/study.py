@@ -154,11 +154,17 @@ def finalize_pooled_scan(glob: dict[str, np.ndarray], V: np.ndarray, phenotypes:
         if mode == "mean":
             stats = finalize_mean_imputed(ym=col["ym"], **sums)[0]
         else:
-            CmCm = np.zeros((V.shape[0], k, k))
-            CmCm[:, iu[0], iu[1]] = V[:, lay[f"t{t}.CmCm"]]
-            CmCm[:, iu[1], iu[0]] = V[:, lay[f"t{t}.CmCm"]]
-            Linv = solve_triangular(basis.L, np.eye(k), lower=True)
-            QmQm = Linv @ CmCm @ Linv.T
+            # Q_M'Q_M is only read for variants with missing calls
+            has = sums["miss"] > 0
+            if has.any():
+                CmCm = np.zeros((int(has.sum()), k, k))
+                CmCm[:, iu[0], iu[1]] = V[has][:, lay[f"t{t}.CmCm"]]
+                CmCm[:, iu[1], iu[0]] = V[has][:, lay[f"t{t}.CmCm"]]
+                Linv = solve_triangular(basis.L, np.eye(k), lower=True)
+                QmQm = np.zeros((V.shape[0], k, k))
+                QmQm[has] = Linv @ CmCm @ Linv.T
+            else:
+                QmQm = np.broadcast_to(np.zeros((k, k)), (V.shape[0], k, k))
             Qmy = basis.to_q(V[:, lay[f"t{t}.Cmy"]])[:, :, None]
             stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=V[:, lay[f"t{t}.ymy"]], **sums)[0]
         named.append((name, stats))

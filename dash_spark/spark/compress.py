@@ -1,10 +1,11 @@
 """A party's compress step on Spark: per-variant additive statistics instead of finalized results.
 
 Same shape as the scan (one partition per variant range, ``W`` broadcast once, tasks read their own
-.bed bytes); each task yields ``(variant_index, sums)`` rows whose ``sums`` follow
+.bed bytes); each task yields ``(first_variant_index, sums)`` blocks whose columns follow
 :func:`dash_spark.multiparty.study.per_variant_layout`. The party's driver gathers them because it
 must encode, mask and sign them as one share; their size is variants x statistics, independent of
-the number of samples.
+the number of samples. They travel as pickled numpy blocks through a plain RDD job: no SQL plan or
+Arrow conversion in the JVM, which on a cold JVM costs seconds for nothing here.
 """
 
 from __future__ import annotations
@@ -12,33 +13,38 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-import pyarrow as pa
 
 from ..multiparty.study import party_block_sums
-from .scan import map_ranges, read_block
-
-SUMS_SCHEMA_DDL = "variant_index long, sums array<double>"
+from .scan import read_block
 
 
 def compress_ranges(plan, W: np.ndarray, ranges):
-    """Yield Arrow batches of per-variant statistics for range rows (executor side, no Spark)."""
+    """Yield ``(first variant index, sums [shape: (variants, width)])`` per sub-block (executor side)."""
     for _part, start, stop, _bs, _be, rows in ranges:
         offsets = np.arange(stop - start) if not rows else np.asarray(rows, dtype=np.int64)
         for a in range(0, len(offsets), plan.sub_block):
             sub = offsets[a : a + plan.sub_block]
             block, _ = read_block(plan, start + sub)
-            sums = party_block_sums(plan, W, block)
-            flat = pa.array(sums.ravel(), type=pa.float64())
-            lists = pa.FixedSizeListArray.from_arrays(flat, sums.shape[1]).cast(pa.list_(pa.float64()))
-            yield pa.RecordBatch.from_arrays([pa.array(start + sub, type=pa.int64()), lists],
-                                             names=["variant_index", "sums"])
+            yield int(start + sub[0]), party_block_sums(plan, W, block)
+
+
+def collect_ranges(spark, W, ranges: list[tuple], per_ranges) -> np.ndarray:
+    """Run ``per_ranges(W, rows)`` (yielding ``(first index, block)``) over the ranges, one
+    partition each, with ``W`` broadcast once; return the blocks stacked in variant order."""
+    sc = spark.sparkContext
+    W_bc = sc.broadcast(W)
+
+    def task(rows):
+        yield from per_ranges(W_bc.value, rows)
+
+    try:
+        blocks = sc.parallelize(ranges, len(ranges)).mapPartitions(task).collect()
+    finally:
+        W_bc.destroy()
+    blocks.sort(key=lambda b: b[0])
+    return np.vstack([b for _, b in blocks]) if blocks else np.zeros((0, 0))
 
 
 def run_compress_job(spark, plan, W: np.ndarray, ranges: list[tuple]) -> np.ndarray:
     """Per-variant statistics [shape: (m, width)] in variant order, computed by Spark tasks."""
-    df, W_bc = map_ranges(spark, W, ranges, partial(compress_ranges, plan), SUMS_SCHEMA_DDL)
-    table = df.toArrow().sort_by("variant_index")
-    W_bc.destroy()
-    sums = table.column("sums").combine_chunks()
-    width = len(sums[0]) if len(sums) else 0
-    return sums.flatten().to_numpy(zero_copy_only=False).reshape(len(table), width)
+    return collect_ranges(spark, W, ranges, partial(compress_ranges, plan))
