@@ -265,7 +265,7 @@ def _source_samples(source: dict) -> list[str]:
 
 
 def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, width: int, W: np.ndarray, ranges):
-    """Executor side: statistics of each range, written as one block file; yields (part, sha256, n).
+    """Executor side: statistics of each range, written as one block file; yields (part, sha256).
 
     With ``minus = (batch_dir, block_sha256s)`` the block written is that batch's stored block minus
     the statistics computed here (a withdrawal).
@@ -284,8 +284,7 @@ def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, wi
             sums = read_block(minus[0], part, minus[1][part], width) - sums
         data = block_bytes(start, sums)
         _write_atomic(block_path(dest, part), data)
-        yield pa.RecordBatch.from_arrays([pa.array([part], pa.int32()), pa.array([_sha256(data)]),
-                                          pa.array([stop - start], pa.int64())], names=["part", "sha256", "n"])
+        yield part, _sha256(data)
 
 
 def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict, name: str, *,
@@ -300,7 +299,6 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     from .multiparty.party import variant_hash, variant_table
     from .multiparty.study import global_stats
     from .pipeline import build_model, plan_scan
-    from .spark.scan import map_ranges
 
     cfg = batch_config(settings, source, keep=keep)
     if cfg_overrides:
@@ -321,16 +319,16 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
         offs = model.bim.line_offsets
         ranges = [(p, s, e, int(offs[s]), int(offs[e]), []) for p, (s, e) in enumerate(blocks)]
         minus_arg = (minus.dir, tuple(minus.record["blocks"])) if minus is not None else None
-        df, W_bc = map_ranges(spark, model.W, ranges,
-                              partial(_write_blocks, plan, bdir, minus_arg, int(settings["width"])),
-                              "part int, sha256 string, n long")
-        try:
-            rows = sorted(df.collect(), key=lambda r: r["part"])
+        sc = spark.sparkContext
+        W_bc = sc.broadcast(model.W)
+        write = partial(_write_blocks, plan, bdir, minus_arg, int(settings["width"]))
+        try:  # a plain RDD job: only (part, sha256) pairs come back
+            rows = sorted(sc.parallelize(ranges, len(ranges)).mapPartitions(lambda r: write(W_bc.value, r)).collect())
         except Exception as exc:  # noqa: BLE001 - surface our own task errors as one line
             raise_task_error(exc)
         finally:
             W_bc.destroy()
-        shas = [r["sha256"] for r in rows]
+        shas = [sha for _, sha in rows]
         if len(shas) != len(blocks):  # pragma: no cover - one row per range
             raise DashError(f"{what}: {len(shas)} blocks written, expected {len(blocks)}")
         glob = global_stats(model)
