@@ -120,15 +120,18 @@ class BatchStep:
 
 def batch_products(step: BatchStep, q: int, k: int, vidx: np.ndarray, mode: str):
     """``(zx, zm, zmm, zmc)`` of one batch for the variants ``vidx`` (one kernel pass)."""
+    from .io.features import compress_dense
+    from .spark.scan import block_missing_grams
     from .spark.scan import read_block as read_variants
-    from .stats.kernel import _HAS_MISSING, compress_block, missing_grams
+    from .stats.kernel import _HAS_MISSING, compress_block
 
-    packed, _ = read_variants(step.plan, vidx)
-    zx, _, zm = compress_block(packed, step.W, q)
+    block, _ = read_variants(step.plan, vidx)  # packed .bed bytes, or dense feature values
+    dense = bool(step.plan.features_path)
+    zx, _, zm = (compress_dense if dense else compress_block)(block, step.W, q)
     if mode != "drop":
         return zx, zm, None, None
-    todo = _HAS_MISSING[packed].any(axis=1)
-    zmm, zmc, _ = missing_grams(packed, step.Wg, 0, q, k + 1, todo=todo)
+    todo = np.isnan(block).any(axis=1) if dense else _HAS_MISSING[block].any(axis=1)
+    zmm, zmc, _ = block_missing_grams(step.plan, step.Wg, block, 0, q, k + 1, todo)
     return zx, zm, zmm, zmc
 
 

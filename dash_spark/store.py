@@ -289,7 +289,7 @@ def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, wi
 
 def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict, name: str, *,
                    keep: str | None = None, minus: Batch | None = None, samples: list[str] | None = None,
-                   withdrawn: list[str] | None = None, cfg_overrides: dict | None = None):
+                   withdrawn: list[str] | None = None):
     """Compute a batch's statistics into a new ``batches/<id>`` directory; return ``(Batch, model)``.
 
     ``settings`` must already hold the store's phenotypes, covariates and variant hash (checked
@@ -301,8 +301,6 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     from .pipeline import build_model, plan_scan
 
     cfg = batch_config(settings, source, keep=keep)
-    if cfg_overrides:
-        cfg = replace(cfg, **cfg_overrides)
     model = build_model(cfg, party=True, subset_of_fam=keep is not None)
     what = f"batch {name!r}"
     _agree(what, "phenotypes", list(model.phenotypes), settings["phenotypes"])

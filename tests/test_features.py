@@ -100,3 +100,33 @@ def test_two_parties_with_features_equal_the_pooled_feature_scan(feature_files, 
     ok = pooled["errcode"] == "."
     np.testing.assert_allclose(got["se"][ok], pooled["se"][ok], rtol=1e-9)
     assert np.all(np.abs(got["beta"][ok] - pooled["beta"][ok]) <= 1e-9 * np.maximum(pooled["se"][ok], np.abs(pooled["beta"][ok])))
+
+
+@pytest.mark.slow
+def test_feature_store_refresh_and_select(feature_files, spark):
+    """A store of --features batches finalizes to the features scan, and selects what a .bed store selects."""
+    from dash_spark.select import run_select
+    from dash_spark.store import run_compress, run_refresh
+
+    files, tmp = feature_files
+    src = {"features": str(tmp / "features.parquet"), "feature_samples": str(tmp / "samples.txt"),
+           "pheno": files.pheno, "covar": files.covar}
+    run_compress(str(tmp / "fstore"), "all", src, spark=spark)
+    res = run_refresh(str(tmp / "fstore"), str(tmp / "fstore_out"), plots=False, spark=spark)
+    scan = _table(run_scan(ScanConfig(features=src["features"], feature_samples=src["feature_samples"],
+                                      pheno=files.pheno, covar=files.covar, plots=False, out=str(tmp / "fscan")),
+                           spark=spark).results_path)
+    got = _table(f"{res.out}/results.parquet")
+    for col in ("variant_index", "obs_ct", "errcode", "a1"):
+        assert np.array_equal(got[col], scan[col]), col
+    ok = scan["errcode"] == "."
+    np.testing.assert_allclose(got["se"][ok], scan["se"][ok], rtol=1e-9)
+    run_compress(str(tmp / "bstore"), "all", {"bfile": files.bfile, "pheno": files.pheno, "covar": files.covar},
+                 spark=spark)
+    a = run_select(str(tmp / "fstore"), str(tmp / "fsel"), pheno_name="pheno2", p_threshold=1.0, max_steps=2,
+                   spark=spark)
+    b = run_select(str(tmp / "bstore"), str(tmp / "bsel"), pheno_name="pheno2", p_threshold=1.0, max_steps=2,
+                   spark=spark)
+    assert [r["id"] for r in a.selected] == [r["id"] for r in b.selected]
+    for x, y in zip(a.selected, b.selected):
+        assert x["se"] == pytest.approx(y["se"], rel=1e-9) and x["p"] == pytest.approx(y["p"], rel=1e-8)
