@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ConfigError, OutputError
-from .store import (VARIANTS_FILE, Store, batch_config, open_store, pooled_globals, raise_task_error, read_block)
+from .store import (VARIANTS_FILE, Store, _id_file, batch_config, open_store, pooled_globals, raise_task_error,
+                    read_block)
 
 log = logging.getLogger("dash_spark")
 
@@ -172,9 +173,7 @@ def batch_step(store: Store, batch, t: int, sel: np.ndarray, mu: np.ndarray, spa
 
     remove = None
     if batch.withdrawn:
-        remove = os.path.join(store.root, f".select-{uuid.uuid4().hex[:8]}.txt")
-        with open(remove, "w") as fh:
-            fh.write("".join(f"{iid}\n" for iid in batch.withdrawn))
+        remove = _id_file(batch.withdrawn)
     try:
         cfg = batch_config(store.settings, batch.record["source"])
         if remove:

@@ -566,6 +566,16 @@ def read_withdrawals(path: str) -> list[str]:
     return out
 
 
+def _id_file(ids: list[str]) -> str:
+    """A private temporary file listing IIDs (one per line), for ``--keep``/``--remove``; the caller removes it."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="dash-spark-ids-", suffix=".txt")  # mode 0600
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(f"{iid}\n" for iid in ids))
+    return path
+
+
 def _describe(ids: list[str], limit: int = 5) -> str:
     shown = ", ".join(ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
@@ -626,9 +636,7 @@ def run_refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = Non
             log.info("refresh: batch %s compressed (%d samples)", name, len(batch.samples))
         for bname, ids in withdrawals.items():
             old = store.batch(bname)
-            keep = os.path.join(store.root, f".withdraw-{uuid.uuid4().hex[:8]}.txt")
-            with open(keep, "w") as fh:
-                fh.write("".join(f"{iid}\n" for iid in ids))
+            keep = _id_file(ids)
             try:
                 # the batch's own model restricted to the withdrawn samples; subtracted block by block
                 batch, _ = compress_batch(spark, store.root, store.settings, store.blocks, old.record["source"],

@@ -132,3 +132,25 @@ def test_planted_causal_variants_in_ld_are_recovered(tmp_path, spark, capsys):
         sign = -1.0 if tab.loc[j, "a1"] != tab.loc[j, "alt"] else 1.0
         assert sign * tab.loc[j, "beta"] == pytest.approx(fit.params[0], rel=1e-9)
         assert tab.loc[j, "se"] == pytest.approx(fit.bse[0], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_selection_after_a_withdrawal(two_batch_data, spark):
+    """Withdrawn samples stay out of the selection's genotype passes too (statsmodels without them)."""
+    from dash_spark.store import run_refresh
+
+    files, tmp, prefixes = two_batch_data
+    store = str(tmp / "store_withdrawn")
+    for b in ("a", "b"):
+        run_compress(store, b, {"bfile": prefixes[b], "pheno": files.pheno, "covar": files.covar}, spark=spark)
+    gone = [line.split()[1] for line in open(prefixes["b"] + ".fam")][:6]
+    (tmp / "gone.txt").write_text("\n".join(gone) + "\n")
+    run_refresh(store, str(tmp / "gone_out"), withdraw=str(tmp / "gone.txt"), plots=False, spark=spark)
+    res = run_select(store, str(tmp / "sel_gone"), pheno_name="pheno1", p_threshold=1.0, max_steps=2, spark=spark)
+    sel = [r["variant_index"] for r in res.selected]
+    for i, row in enumerate(res.selected):
+        _check({}, statsmodels_oracle(files, "pheno1", "drop", condition=sel[:i], variants=[sel[i]], remove=gone),
+               [row])
+    final = statsmodels_oracle(files, "pheno1", "drop", condition=sel, remove=gone)
+    tab = pq.read_table(f"{res.out}/results.parquet").to_pylist()
+    _check({}, final, [r for r in tab if r["errcode"] == "." and r["variant_index"] not in sel])
