@@ -287,9 +287,17 @@ def _pooled_rows(store: Store, batches, rows: list[int]) -> np.ndarray:
     return out
 
 
-def run_select(store_root: str, out: str, *, pheno_name: str | None = None, p_threshold: float = 5e-8,
-               max_steps: int = 10, window_kb: float | None = None, overwrite: bool = False, spark=None,
-               master: str | None = None, spark_conf: dict | None = None) -> SelectResult:
+def run_select(store_root: str, out: str, **kwargs) -> SelectResult:
+    """:func:`_select` while holding the store's lock (a refresh may not change the store meanwhile)."""
+    from .store import store_lock
+
+    with store_lock(store_root):
+        return _select(store_root, out, **kwargs)
+
+
+def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_threshold: float = 5e-8,
+            max_steps: int = 10, window_kb: float | None = None, overwrite: bool = False, spark=None,
+            master: str | None = None, spark_conf: dict | None = None) -> SelectResult:
     """Forward selection on a store; outputs ``selected.tsv``, ``joint.tsv`` and ``results.parquet``
     (the scan conditional on every selected variant) under ``out``."""
     from pyspark.sql import functions as F

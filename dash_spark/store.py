@@ -228,6 +228,45 @@ def open_store(root: str) -> Store:
                  variants_sha256=doc["variants_sha256"], batches=tuple(batches))
 
 
+LOCK_FILE = ".lock"
+
+
+class store_lock:
+    """Hold ``DIR/.lock`` while a store is read for a change or changed (refresh, compress, select),
+    so that two scheduled runs cannot both commit (the second would drop the first's batch)."""
+
+    def __init__(self, root: str):
+        self.path = os.path.join(os.path.abspath(root), LOCK_FILE)
+
+    def __enter__(self):
+        import socket
+
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            try:
+                holder = open(self.path).read().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise ConfigError(f"{os.path.dirname(self.path)}: the store is in use ({holder}); wait for that run to "
+                              f"finish, or remove {self.path} if no dash-spark run is using the store") from None
+        except FileNotFoundError:
+            return self  # no store directory: open_store will say so
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        self.held = True
+        return self
+
+    def __exit__(self, *exc):
+        if getattr(self, "held", False):
+            try:
+                os.remove(self.path)
+            except OSError:  # pragma: no cover - best effort
+                pass
+        return False
+
+
 def commit(store: Store, batches: list[Batch]) -> Store:
     """Replace ``store.json`` atomically: the store now holds exactly ``batches``."""
     doc = _store_doc(store.settings, store.blocks, store.variants_sha256, batches)
@@ -581,9 +620,15 @@ def _describe(ids: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-def run_refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, remove: str | None = None,
-                withdraw: str | None = None, overwrite: bool = False, plots: bool = True, spark=None,
-                master: str | None = None, spark_conf: dict | None = None) -> RefreshResult:
+def run_refresh(store_root: str, out: str, **kwargs) -> RefreshResult:
+    """:func:`_refresh` while holding the store's lock."""
+    with store_lock(store_root):
+        return _refresh(store_root, out, **kwargs)
+
+
+def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, remove: str | None = None,
+             withdraw: str | None = None, overwrite: bool = False, plots: bool = True, spark=None,
+             master: str | None = None, spark_conf: dict | None = None) -> RefreshResult:
     """Change the store (at most one of ``add``, ``remove``, ``withdraw``) and finalize it to ``out``.
 
     Order: check everything that can be checked up front; compute the new batch statistics into new
@@ -684,17 +729,18 @@ def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | 
         return create_store(spark, root, name, source, intercept=True if intercept is None else intercept,
                             missing_genotypes=missing_genotypes or "drop", pheno_names=pheno_names,
                             covar_names=covar_names, block_variants=block_variants)
-    store = open_store(root)
-    check_settings(store, intercept=intercept, missing_genotypes=missing_genotypes, pheno_names=pheno_names,
-                   covar_names=covar_names)
-    source = check_new_batch(store, name, source)
-    if spark is None:
-        spark = get_session(master=master, conf=spark_conf)
-    batch, _ = compress_batch(spark, root, store.settings, store.blocks, source, name)
-    try:
-        store = commit(store, list(store.batches) + [batch])
-    except BaseException:
-        shutil.rmtree(batch.dir, ignore_errors=True)
-        raise
+    with store_lock(root):
+        store = open_store(root)
+        check_settings(store, intercept=intercept, missing_genotypes=missing_genotypes, pheno_names=pheno_names,
+                       covar_names=covar_names)
+        source = check_new_batch(store, name, source)
+        if spark is None:
+            spark = get_session(master=master, conf=spark_conf)
+        batch, _ = compress_batch(spark, root, store.settings, store.blocks, source, name)
+        try:
+            store = commit(store, list(store.batches) + [batch])
+        except BaseException:
+            shutil.rmtree(batch.dir, ignore_errors=True)
+            raise
     log.info("store %s: batch %s added (%d samples); %d batch(es)", root, name, len(batch.samples), len(store.batches))
     return store

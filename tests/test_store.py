@@ -207,6 +207,12 @@ def test_refusals_leave_the_store_as_it_was(cohort, small_store, spark, capsys):
     before = _snapshot(store)
     refused(match="store.json: checksum mismatch")
     open(index, "w").write(text)
+    # a store in use by another run
+    lock = os.path.join(store, ".lock")
+    open(lock, "w").write("pid 1 on elsewhere since 2026-11-24T00:00:00+00:00\n")
+    before = _snapshot(store)
+    refused(match="the store is in use (pid 1 on elsewhere")
+    os.remove(lock)
     # model settings are fixed when the store is created
     capsys.readouterr()
     assert main(["-q", "compress", "--store", store, "--batch", "w2", "--bfile", prefixes["w2"], "--pheno",
