@@ -173,21 +173,30 @@ def split_bed_by_samples(prefix: str, parts: dict[str, np.ndarray], out_dir: str
     return out
 
 
-def run_dash_bench(args) -> int:
-    """3 parties vs one pooled scan on the same samples, each step a fresh process, one at a time."""
+def simulated_split(args, kind: str, split) -> str:
+    """The folder ``<workdir>/<kind>_n.._s<seed>`` holding the cohort of ``args`` (``cohort.*``) and
+    one fileset per part of ``split(rng) -> {name: sample rows}``; reused when it is complete."""
     from .io.simulate import simulate_cohort
 
-    work = os.path.abspath(args.workdir)
-    tag = f"dash_n{args.samples}_m{args.variants}_k{args.covariates}_miss{args.missing_rate}_s{args.seed}"
-    data = os.path.join(work, tag)
-    if not os.path.exists(os.path.join(data, "carol.bed")):
+    tag = f"{kind}_n{args.samples}_m{args.variants}_k{args.covariates}_miss{args.missing_rate}_s{args.seed}"
+    data = os.path.join(os.path.abspath(args.workdir), tag)
+    parts = split(np.random.default_rng(args.seed))
+    if not all(os.path.exists(os.path.join(data, f"{name}.bed")) for name in parts):
         shutil.rmtree(data, ignore_errors=True)
         cohort = simulate_cohort(data, n_samples=args.samples, n_variants=args.variants,
                                  n_covariates=args.covariates, missing_rate=args.missing_rate, seed=args.seed)
-        rng = np.random.default_rng(args.seed)
+        split_bed_by_samples(cohort.bfile, parts, data)
+    return data
+
+
+def run_dash_bench(args) -> int:
+    """3 parties vs one pooled scan on the same samples, each step a fresh process, one at a time."""
+
+    def parties(rng):
         assign = rng.choice(3, args.samples, p=[0.45, 0.35, 0.20])
-        split_bed_by_samples(cohort.bfile, {p: np.flatnonzero(assign == i) for i, p in
-                                            enumerate(("alice", "bob", "carol"))}, data)
+        return {p: np.flatnonzero(assign == i) for i, p in enumerate(("alice", "bob", "carol"))}
+
+    data = simulated_split(args, "dash", parties)
     bfile, pheno, covar = (os.path.join(data, x) for x in ("cohort", "cohort.pheno", "cohort.covar"))
     cli = [sys.executable, "-m", "dash_spark.cli"]
     times: dict[str, float] = {}

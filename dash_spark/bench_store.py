@@ -25,20 +25,13 @@ import numpy as np
 
 
 def run_refresh_bench(args) -> int:
-    from .bench import _timed, split_bed_by_samples
-    from .io.simulate import simulate_cohort
+    from .bench import _timed, simulated_split
 
-    work = os.path.abspath(args.workdir)
-    tag = (f"refresh_n{args.samples}_m{args.variants}_k{args.covariates}_miss{args.missing_rate}"
-           f"_s{args.seed}")
-    data = os.path.join(work, tag)
-    if not os.path.exists(os.path.join(data, "wave2.bed")):
-        shutil.rmtree(data, ignore_errors=True)
-        cohort = simulate_cohort(data, n_samples=args.samples, n_variants=args.variants,
-                                 n_covariates=args.covariates, missing_rate=args.missing_rate, seed=args.seed)
-        rng = np.random.default_rng(args.seed)
+    def waves(rng):
         new = rng.random(args.samples) < 0.10
-        split_bed_by_samples(cohort.bfile, {"wave1": np.flatnonzero(~new), "wave2": np.flatnonzero(new)}, data)
+        return {"wave1": np.flatnonzero(~new), "wave2": np.flatnonzero(new)}
+
+    data = simulated_split(args, "refresh", waves)
     union, pheno, covar = (os.path.join(data, x) for x in ("cohort", "cohort.pheno", "cohort.covar"))
     cli = [sys.executable, "-m", "dash_spark.cli"]
     common = ["--pheno", pheno, "--covar", covar]

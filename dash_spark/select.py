@@ -25,9 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from functools import partial
 
@@ -36,8 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ConfigError, OutputError
-from .store import (VARIANTS_FILE, Store, _id_file, batch_config, open_store, pooled_globals, raise_task_error,
-                    read_block)
+from .spark.fs import delete_local_crc_files, local_stage
+from .store import (VARIANTS_FILE, Store, _id_file, batch_config, open_store, pooled_block, pooled_globals,
+                    raise_task_error, read_block)
 
 log = logging.getLogger("dash_spark")
 
@@ -208,12 +207,7 @@ def _step_task(spec: dict, B: dict, ranges):
     q = len(spec["selected"])
     window = spec["window_bp"]
     for part, start, stop, _bs, _be, _rows in ranges:
-        V = None
-        for bdir, shas in spec["batches"]:
-            block = read_block(bdir, part, shas[part], spec["width"])
-            V = block if V is None else V + block
-        vt = vfile.read_row_group(part)
-        meta = tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
+        V, meta = pooled_block(spec, vfile, part)
         vidx = np.arange(start, stop, dtype=np.int64)
         # which selected variants condition each variant (all of them without a window)
         if window is None:
@@ -302,7 +296,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     (the scan conditional on every selected variant) under ``out``."""
     from pyspark.sql import functions as F
 
-    from .multiparty.study import per_variant_layout, regression_table
+    from .multiparty.study import per_variant_layout
     from .spark.scan import RESULT_SCHEMA_DDL, map_ranges
     from .spark.session import get_session
     from .store import check_pooled
@@ -345,12 +339,10 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
                  "count_alt": s.get("source_kind") == "features",
                  "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches],
                  "window_bp": None if window_kb is None else window_kb * 1000.0}
-    stage = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(stage)
     selected: list[int] = []
     sel_rows: list[dict] = []
     joint_rows: list[dict] = []
-    try:
+    with local_stage(out) as stage:
         step = 0
         while True:
             q = len(selected)
@@ -382,12 +374,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
             finally:
                 bc.destroy()
             if q:  # the joint model of everything selected so far
-                joint = regression_table(Gq, 0, list(s["covariates"]) + ids, where=f"phenotype {pheno_name}")
-                for i, row in enumerate(joint.to_pylist()[k:]):
-                    sign = -1.0 if sel_rows[i]["a1"] != sel_rows[i]["alt"] else 1.0
-                    joint_rows.append({"step": q, "id": ids[i], "a1": sel_rows[i]["a1"], "beta": sign * row["beta"],
-                                       "se": row["se"], "t_stat": sign * row["t_stat"], "p": row["p"],
-                                       "neg_log10_p": row["neg_log10_p"]})
+                joint_rows += joint_statistics(Gq, list(s["covariates"]), sel_rows, pheno_name)
             if q >= max_steps:
                 break
             res = spark.read.parquet(path)
@@ -402,22 +389,36 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
             sel_rows.append(dict(best, step=step))
             log.info("select: step %d: %s (-log10 p %.2f given %d selected)", step, best["id"], best["neg_log10_p"],
                      q)
-        _write_tsv(os.path.join(stage, "selected.tsv"), sel_rows,
-                   ["step", "id", "chrom", "pos", "ref", "alt", "a1", "obs_ct", "beta", "se", "t_stat", "p",
-                    "neg_log10_p"])
-        _write_tsv(os.path.join(stage, "joint.tsv"), joint_rows,
-                   ["step", "id", "a1", "beta", "se", "t_stat", "p", "neg_log10_p"])
-        for name in os.listdir(stage):
-            if name.startswith(".") and name.endswith(".crc"):
-                os.remove(os.path.join(stage, name))
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        write_selection(stage, sel_rows, joint_rows)
+        delete_local_crc_files(stage)
     log.info("select: %d variant(s) selected in %.1f s; outputs in %s", len(selected), time.time() - t0, out)
     return SelectResult(out=out, selected=sel_rows, joint=joint_rows, steps=len(selected), seconds=time.time() - t0)
+
+
+def joint_statistics(Gq: dict, covariates: list[str], selected: list[dict], pheno_name: str) -> list[dict]:
+    """Rows of ``joint.tsv`` for the model with every ``selected`` variant (the rows of the step
+    that selected each one, which give its ID and A1): beta and t in A1's orientation."""
+    from .multiparty.study import regression_table
+
+    q, k = len(selected), len(covariates)
+    joint = regression_table(Gq, 0, covariates + [r["id"] for r in selected], where=f"phenotype {pheno_name}")
+    rows = []
+    for sr, row in zip(selected, joint.to_pylist()[k:]):
+        sign = -1.0 if sr["a1"] != sr["alt"] else 1.0
+        rows.append({"step": q, "id": sr["id"], "a1": sr["a1"], "beta": sign * row["beta"], "se": row["se"],
+                     "t_stat": sign * row["t_stat"], "p": row["p"], "neg_log10_p": row["neg_log10_p"]})
+    return rows
+
+
+def write_selection(stage: str, selected: list[dict], joint: list[dict]) -> None:
+    """``selected.tsv`` and ``joint.tsv`` under ``stage``."""
+    _write_tsv(os.path.join(stage, "selected.tsv"), selected, SELECTED_COLUMNS)
+    _write_tsv(os.path.join(stage, "joint.tsv"), joint, JOINT_COLUMNS)
+
+
+SELECTED_COLUMNS = ["step", "id", "chrom", "pos", "ref", "alt", "a1", "obs_ct", "beta", "se", "t_stat", "p",
+                    "neg_log10_p"]
+JOINT_COLUMNS = ["step", "id", "a1", "beta", "se", "t_stat", "p", "neg_log10_p"]
 
 
 def _write_tsv(path: str, rows: list[dict], cols: list[str]) -> None:
@@ -510,7 +511,7 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
 
     from .multiparty.exchange import Manifest, _Location, combine, read_manifest, write_manifest
     from .multiparty.party import exchange_uri
-    from .multiparty.study import finalize_pooled_scan, regression_table
+    from .multiparty.study import finalize_pooled_scan
     from .spark.scan import results_batch
 
     base = read_manifest(manifest_path)
@@ -568,12 +569,7 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
                                                  Gq["n_freq"][0] - V2[:, lay2["freq_miss"]][:, 0], named,
                                                  count_alt=bool(np.all(meta[3] == ".")))])
     if q and not any(r["step"] == q for r in state["joint"]):
-        joint = regression_table(Gq, 0, covs + ids, where=f"phenotype {pheno_name}")
-        for i, row in enumerate(joint.to_pylist()[k:]):
-            sr = state["selected"][i]
-            sign = -1.0 if sr["a1"] != sr["alt"] else 1.0
-            state["joint"].append({"step": q, "id": ids[i], "a1": sr["a1"], "beta": sign * row["beta"], "se": row["se"],
-                                   "t_stat": sign * row["t_stat"], "p": row["p"], "neg_log10_p": row["neg_log10_p"]})
+        state["joint"] += joint_statistics(Gq, covs, state["selected"], pheno_name)
     nlp = table.column("neg_log10_p").to_numpy(zero_copy_only=False)
     ok = (table.column("errcode").to_numpy(zero_copy_only=False) == ".") & ~np.isin(np.arange(m), selected)
     ok &= np.nan_to_num(nlp, nan=-1.0) >= -math.log10(p_threshold)
@@ -598,20 +594,8 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
         log.info("select: step %d: %s (-log10 p %.2f); parties: party compress --manifest %s", q + 1, row["id"],
                  row["neg_log10_p"], path)
         return {"next_manifest": path, "selected": state["selected"]}
-    stage = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(stage)
-    try:
+    with local_stage(out) as stage:
         pq.write_table(table, os.path.join(stage, "results.parquet"))
-        _write_tsv(os.path.join(stage, "selected.tsv"), state["selected"],
-                   ["step", "id", "chrom", "pos", "ref", "alt", "a1", "obs_ct", "beta", "se", "t_stat", "p",
-                    "neg_log10_p"])
-        _write_tsv(os.path.join(stage, "joint.tsv"), state["joint"],
-                   ["step", "id", "a1", "beta", "se", "t_stat", "p", "neg_log10_p"])
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        write_selection(stage, state["selected"], state["joint"])
     log.info("select: done, %d variant(s) selected; outputs in %s", q, out)
     return {"next_manifest": None, "selected": state["selected"], "out": out}

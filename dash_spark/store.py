@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ConfigError, DashError, InputError, ModelError, OutputError
+from .spark.fs import local_stage
 
 log = logging.getLogger("dash_spark")
 
@@ -509,6 +510,17 @@ def pooled_globals(batches) -> dict[str, np.ndarray]:
     return out
 
 
+def pooled_block(spec: dict, vfile, part: int):
+    """Executor side: block ``part``'s statistics added over ``spec["batches"]`` (each checked against
+    its sha256) and its variants' ``(chrom, id, pos, alt, ref)`` from the store's variant list."""
+    V = None
+    for bdir, shas in spec["batches"]:
+        block = read_block(bdir, part, shas[part], spec["width"])
+        V = block if V is None else V + block
+    vt = vfile.read_row_group(part)
+    return V, tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
+
+
 def _finalize_task(spec: dict, G: dict, ranges):
     """Executor side: add a range's stored blocks over the batches and finalize them."""
     from .multiparty.study import finalize_pooled_scan, per_variant_layout
@@ -517,12 +529,7 @@ def _finalize_task(spec: dict, G: dict, ranges):
     lay = per_variant_layout(len(spec["covariates"]), len(spec["phenotypes"]), spec["mode"])
     vfile = pq.ParquetFile(spec["variants"])
     for part, start, stop, _bs, _be, _rows in ranges:
-        V = None
-        for bdir, shas in spec["batches"]:
-            block = read_block(bdir, part, shas[part], spec["width"])
-            V = block if V is None else V + block
-        vt = vfile.read_row_group(part)
-        meta = tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
+        V, meta = pooled_block(spec, vfile, part)
         named = finalize_pooled_scan(G, V, spec["phenotypes"], spec["covariates"], spec["mode"])
         yield results_batch(np.arange(start, stop, dtype=np.int64), meta, V[:, lay["freq_alt"]][:, 0],
                             G["n_freq"][0] - V[:, lay["freq_miss"]][:, 0], named, count_alt=spec["count_alt"])
@@ -672,7 +679,7 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
 
     if spark is None:
         spark = get_session(master=master, conf=spark_conf)
-    stage = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+    committed = False
     try:
         if add is not None:
             batch, _ = compress_batch(spark, store.root, store.settings, store.blocks, source, name)
@@ -693,21 +700,19 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
             old_dirs.append(old.dir)
             batches = [batch if b.name == bname else b for b in batches]
             log.info("refresh: %d sample(s) withdrawn from batch %s", len(ids), bname)
-        os.makedirs(stage)
-        result = finalize_store(spark, store, batches, stage, plots=plots)
-        commit(store, batches)
+        with local_stage(out) as stage:
+            result = finalize_store(spark, store, batches, stage, plots=plots)
+            commit(store, batches)
+            committed = True
+            glm = {k: v.replace(stage, out) for k, v in result["glm"].items()}
     except BaseException:
-        for d in new_dirs:
-            shutil.rmtree(d, ignore_errors=True)
-        shutil.rmtree(stage, ignore_errors=True)
+        if not committed:  # the store does not reference them
+            for d in new_dirs:
+                shutil.rmtree(d, ignore_errors=True)
         raise
     # committed: the old directories are no longer referenced
     for d in old_dirs:
         shutil.rmtree(d, ignore_errors=True)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(stage, out)
-    glm = {k: v.replace(stage, out) for k, v in result["glm"].items()}
     log.info("refresh: store %s holds %d batch(es); outputs in %s (%.1f s)", store.root, len(batches), out,
              time.time() - t0)
     return RefreshResult(out=out, glm_paths=glm, summaries=result["summaries"], batches=[b.name for b in batches],

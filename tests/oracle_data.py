@@ -146,3 +146,35 @@ def statsmodels_oracle(files: Files, phenotype: str, mode: str = "mean", conditi
         out["beta"][j], out["se"][j] = fit.params[0], fit.bse[0]
         out["t"][j], out["p"][j] = fit.tvalues[0], fit.pvalues[0]
     return out
+
+
+def split_bed(files, tmp, parts):
+    """Write each party's own .bed/.bim/.fam (its samples only) with bed-reader's reader + our writer."""
+    from bed_reader import open_bed
+
+    from dash_spark.io.simulate import write_bed
+
+    with open_bed(files.bfile + ".bed", count_A1=True) as bed:
+        X = bed.read(dtype="float32")
+        iids = list(bed.iid)
+    bim = [line.split() for line in open(files.bfile + ".bim")]
+    prefixes = {}
+    for name, idx in parts.items():
+        G = np.where(np.isnan(X[idx]), -1, X[idx]).astype(np.int8)
+        prefix = str(tmp / name)
+        write_bed(prefix, len(idx), [G], iids=[iids[i] for i in idx], chrom=[b[0] for b in bim],
+                  pos=[int(b[3]) for b in bim], ids=[b[1] for b in bim], alt=[b[4] for b in bim],
+                  ref=[b[5] for b in bim])
+        prefixes[name] = prefix
+    return prefixes
+
+
+def make_split_files(tmp, seed: int, names, probs, *, n: int, m: int, missing: float = 0.03):
+    """:func:`make_files` (``rng(seed)``) split at random (``rng(seed + 1)``) into one fileset per name.
+
+    Returns ``(files, {name: sample rows}, {name: prefix})``; the phenotype and covariate files are shared.
+    """
+    files = make_files(tmp, np.random.default_rng(seed), n=n, m=m, missing=missing, name="pooled")
+    assign = np.random.default_rng(seed + 1).choice(len(names), files.n, p=probs)
+    parts = {name: np.flatnonzero(assign == i) for i, name in enumerate(names)}
+    return files, parts, split_bed(files, tmp, parts)

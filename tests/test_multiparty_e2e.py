@@ -14,7 +14,7 @@ import pytest
 from dash_spark.cli import main
 from dash_spark.pipeline import ScanConfig, run_scan
 
-from .oracle_data import make_files
+from .oracle_data import make_split_files
 
 PARTIES = ("alice", "bob", "carol")
 
@@ -25,34 +25,10 @@ def _cli(*args):
     return proc.returncode, proc.stdout.strip(), proc.stderr.strip()
 
 
-def _split_bed(files, tmp, parts):
-    """Write each party's own .bed/.bim/.fam (its samples only) with bed-reader's reader + our writer."""
-    from bed_reader import open_bed
-
-    from dash_spark.io.simulate import write_bed
-
-    with open_bed(files.bfile + ".bed", count_A1=True) as bed:
-        X = bed.read(dtype="float32")
-        iids = list(bed.iid)
-    bim = [line.split() for line in open(files.bfile + ".bim")]
-    prefixes = {}
-    for name, idx in parts.items():
-        G = np.where(np.isnan(X[idx]), -1, X[idx]).astype(np.int8)
-        prefix = str(tmp / name)
-        write_bed(prefix, len(idx), [G], iids=[iids[i] for i in idx], chrom=[b[0] for b in bim],
-                  pos=[int(b[3]) for b in bim], ids=[b[1] for b in bim], alt=[b[4] for b in bim],
-                  ref=[b[5] for b in bim])
-        prefixes[name] = prefix
-    return prefixes
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dash")
-    files = make_files(tmp, np.random.default_rng(21), n=420, m=300, missing=0.03, name="pooled")
-    assign = np.random.default_rng(22).choice(3, files.n, p=[0.5, 0.3, 0.2])
-    parts = {name: np.flatnonzero(assign == i) for i, name in enumerate(PARTIES)}
-    prefixes = _split_bed(files, tmp, parts)
+    files, _, prefixes = make_split_files(tmp, 21, PARTIES, [0.5, 0.3, 0.2], n=420, m=300)
     for name in PARTIES:
         code, _, err = _cli("party", "keygen", "--out", str(tmp / "keys" / name))
         assert code == 0, err

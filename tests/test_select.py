@@ -12,16 +12,13 @@ from dash_spark.io.simulate import write_bed
 from dash_spark.select import run_select
 from dash_spark.store import run_compress
 
-from .oracle_data import make_files, statsmodels_oracle
-from .test_multiparty_e2e import _split_bed
+from .oracle_data import make_split_files, statsmodels_oracle
 
 
 @pytest.fixture(scope="module")
 def two_batch_data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("select")
-    files = make_files(tmp, np.random.default_rng(41), n=500, m=260, missing=0.03, name="pooled")
-    assign = np.random.default_rng(42).choice(2, files.n, p=[0.6, 0.4])
-    prefixes = _split_bed(files, tmp, {"a": np.flatnonzero(assign == 0), "b": np.flatnonzero(assign == 1)})
+    files, _, prefixes = make_split_files(tmp, 41, ("a", "b"), [0.6, 0.4], n=500, m=260)
     return files, tmp, prefixes
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from dash_spark.cli import main
 
-from .oracle_data import make_files, statsmodels_oracle
-from .test_multiparty_e2e import _split_bed
+from .oracle_data import make_split_files, statsmodels_oracle
 from .test_select import _check
 
 PARTIES = ("alice", "bob", "carol")
@@ -28,9 +27,7 @@ def _run(capsys, *args):
 
 @pytest.mark.slow
 def test_three_party_selection_equals_statsmodels(tmp_path, spark, capsys):
-    files = make_files(tmp_path, np.random.default_rng(51), n=450, m=240, missing=0.03, name="pooled")
-    assign = np.random.default_rng(52).choice(3, files.n, p=[0.4, 0.35, 0.25])
-    prefixes = _split_bed(files, tmp_path, {p: np.flatnonzero(assign == i) for i, p in enumerate(PARTIES)})
+    files, _, prefixes = make_split_files(tmp_path, 51, PARTIES, [0.4, 0.35, 0.25], n=450, m=240)
     for p in PARTIES:
         _run(capsys, "party", "keygen", "--out", str(tmp_path / "keys" / p))
     manifest = _run(capsys, "party", "manifest", "--study", "sel", "--exchange", str(tmp_path / "exchange"),

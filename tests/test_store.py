@@ -15,8 +15,7 @@ from dash_spark.errors import DashError
 from dash_spark.pipeline import ScanConfig, run_scan
 from dash_spark.store import open_store, run_compress, run_refresh
 
-from .oracle_data import make_files
-from .test_multiparty_e2e import _split_bed
+from .oracle_data import make_split_files
 
 WAVES = ("w1", "w2", "w3")
 
@@ -24,10 +23,7 @@ WAVES = ("w1", "w2", "w3")
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("store")
-    files = make_files(tmp, np.random.default_rng(31), n=420, m=300, missing=0.03, name="pooled")
-    assign = np.random.default_rng(32).choice(3, files.n, p=[0.5, 0.3, 0.2])
-    parts = {w: np.flatnonzero(assign == i) for i, w in enumerate(WAVES)}
-    prefixes = _split_bed(files, tmp, parts)
+    files, parts, prefixes = make_split_files(tmp, 31, WAVES, [0.5, 0.3, 0.2], n=420, m=300)
     iids = [line.split()[1] for line in open(files.bfile + ".fam")]
     return files, tmp, prefixes, {w: [iids[i] for i in idx] for w, idx in parts.items()}
 

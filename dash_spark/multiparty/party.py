@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError
+from ..spark.fs import local_stage
 from . import ProtocolError
 from .exchange import Manifest, read_manifest
 from .keys import fingerprint, load_private
@@ -169,7 +170,6 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     in the same files and format as ``dash-spark scan`` writes. ``spark``, ``master`` and
     ``spark_conf`` are accepted for callers that pass session settings, and not used.
     """
-    import shutil
     import types
 
     from ..errors import OutputError
@@ -190,9 +190,7 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     phenos, covs = list(first["phenotypes"]), list(first["covariates"])
     log.info("combine: %d parties verified, shares added and decoded in %.1f s; %d phenotype(s), "
              "%d covariate column(s)", len(headers), time.time() - t0, len(phenos), len(covs))
-    stage = f"{out}.tmp-{os.getpid()}"
-    os.makedirs(stage)
-    try:
+    with local_stage(out) as stage:
         written: dict = {}
         if kind == "regression":
             for t, name in enumerate(phenos):
@@ -230,11 +228,5 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
                         "parties": len(headers)})
             glm, summaries = write_outputs_local(stage, pa.Table.from_batches([batch]), model, plots=plots)
             written = {k: v.replace(stage, out) for k, v in glm.items()}
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     log.info("combine: outputs in %s (%.1f s)", out, time.time() - t0)
     return written

@@ -7,7 +7,32 @@ place at the end, so a failed run leaves no half-written output directory.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from contextlib import contextmanager
+
+
+@contextmanager
+def local_stage(out: str):
+    """A fresh sibling directory of the local directory ``out`` to write a run's outputs into: when
+    the block succeeds it replaces ``out``; when it fails it is removed (no half-written output)."""
+    stage = f"{out.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(stage)
+    try:
+        yield stage
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def delete_local_crc_files(folder: str) -> None:
+    """Remove the ``.name.crc`` side files Hadoop's local filesystem leaves beside renamed files."""
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(".crc"):
+            os.remove(os.path.join(folder, name))
 
 
 def qualify(path: str) -> str:
@@ -49,10 +74,7 @@ class HadoopFS:
         """
         if "://" in p and not p.startswith("file://"):
             return
-        folder = p.removeprefix("file://")
-        for name in os.listdir(folder):
-            if name.startswith(".") and name.endswith(".crc"):
-                os.remove(os.path.join(folder, name))
+        delete_local_crc_files(p.removeprefix("file://"))
 
     def put(self, local: str, dst: str) -> None:
         """Copy a driver-local file to ``dst`` (moves it when both are local)."""
