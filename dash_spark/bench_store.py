@@ -1,14 +1,15 @@
 """``dash-spark bench --refresh``: adding a batch of new samples vs recomputing the union.
 
-The cohort is simulated once (cached under ``--workdir``) and split by samples into a base batch
-(90%) and a new wave (10%). Untimed set-up: a store holding the base batch (copied fresh for every
+The cohort is simulated once (cached under ``--workdir``, see :mod:`dash_spark.bench_waves`): the
+union, its first 90% of samples (``wave1``) and its last 10% (``wave2``), each fileset with its own
+phenotype and covariate tables. Untimed set-up: a store holding ``wave1`` (copied fresh for every
 timed refresh, since a refresh changes its store). Timed, each a fresh process, one after the
 other so they do not share the cores:
 
 - ``full_scan``: ``dash-spark scan`` of the union (the fastest full recompute we have);
 - ``full_store``: ``compress --store`` of the union as one batch, then ``refresh`` (the full
   recompute in the store workflow);
-- ``refresh_add``: ``refresh --add-batch`` of the 10% wave on the stored base batch.
+- ``refresh_add``: ``refresh --add-batch`` of the 10% wave on the stored ``wave1``.
 
 All three write the same outputs (results Parquet, ``.glm.linear``, summaries; no plots), and
 the refreshed results are checked against the full scan's.
@@ -25,27 +26,33 @@ import numpy as np
 
 
 def run_refresh_bench(args) -> int:
-    from .bench import _timed, simulated_split
+    from .bench import _timed
+    from .bench_waves import simulate_waves
 
-    def waves(rng):
-        new = rng.random(args.samples) < 0.10
-        return {"wave1": np.flatnonzero(~new), "wave2": np.flatnonzero(new)}
-
-    data = simulated_split(args, "refresh", waves)
-    union, pheno, covar = (os.path.join(data, x) for x in ("cohort", "cohort.pheno", "cohort.covar"))
+    tag = f"waves_n{args.samples}_m{args.variants}_k{args.covariates}_miss{args.missing_rate}_s{args.seed}"
+    data = os.path.join(os.path.abspath(args.workdir), tag)
+    if not all(os.path.exists(os.path.join(data, f"{x}.bed")) for x in ("cohort", "wave1", "wave2")):
+        shutil.rmtree(data, ignore_errors=True)
+        print(f"simulating {args.samples:,} samples x {args.variants:,} variants in {data} ...", flush=True)
+        simulate_waves(data, args.samples, args.variants, args.covariates, missing_rate=args.missing_rate,
+                       seed=args.seed)
     cli = [sys.executable, "-m", "dash_spark.cli"]
-    common = ["--pheno", pheno, "--covar", covar]
+
+    def fileset(name):
+        prefix = os.path.join(data, name)
+        return ["--bfile", prefix, "--pheno", prefix + ".pheno", "--covar", prefix + ".covar"]
+
     base_store = os.path.join(data, "store_base")
     if not os.path.exists(os.path.join(base_store, "store.json")):
         shutil.rmtree(base_store, ignore_errors=True)
-        _timed(cli + ["compress", "--store", base_store, "--batch", "wave1", "--bfile",
-                      os.path.join(data, "wave1"), *common], os.path.join(data, "setup.log"))
+        _timed(cli + ["compress", "--store", base_store, "--batch", "wave1", *fileset("wave1")],
+               os.path.join(data, "setup.log"))
     times: dict[str, float] = {}
-    times["full_scan"] = _timed(cli + ["scan", "--bfile", union, *common, "--out", os.path.join(data, "full_out"),
+    times["full_scan"] = _timed(cli + ["scan", *fileset("cohort"), "--out", os.path.join(data, "full_out"),
                                        "--overwrite", "--no-plots"], os.path.join(data, "full_scan.log"))
     store = os.path.join(data, "store_full")
     shutil.rmtree(store, ignore_errors=True)
-    t_compress = _timed(cli + ["compress", "--store", store, "--batch", "all", "--bfile", union, *common],
+    t_compress = _timed(cli + ["compress", "--store", store, "--batch", "all", *fileset("cohort")],
                         os.path.join(data, "full_store_compress.log"))
     t_final = _timed(cli + ["refresh", "--store", store, "--out", os.path.join(data, "full_store_out"),
                             "--overwrite", "--no-plots"], os.path.join(data, "full_store_refresh.log"))
@@ -55,9 +62,8 @@ def run_refresh_bench(args) -> int:
     shutil.rmtree(store, ignore_errors=True)
     shutil.copytree(base_store, store)
     out = os.path.join(data, "refresh_out")
-    times["refresh_add"] = _timed(cli + ["refresh", "--store", store, "--add-batch", "wave2", "--bfile",
-                                         os.path.join(data, "wave2"), *common, "--out", out, "--overwrite",
-                                         "--no-plots"], os.path.join(data, "refresh.log"))
+    times["refresh_add"] = _timed(cli + ["refresh", "--store", store, "--add-batch", "wave2", *fileset("wave2"),
+                                         "--out", out, "--overwrite", "--no-plots"], os.path.join(data, "refresh.log"))
     shutil.rmtree(store, ignore_errors=True)
     agree = _compare(os.path.join(data, "full_out", "results.parquet"), os.path.join(out, "results.parquet"))
     figures = {k: round(v, 2) for k, v in times.items()}

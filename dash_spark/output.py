@@ -1,16 +1,24 @@
 """plink2-style text files, plots and the run summary, all from the results Parquet.
 
-Two writers make the same files: :func:`write_reports` (Spark, from the results Parquet a scan's
-executors wrote) and :func:`write_outputs_local` (results already held by the driver as one Arrow
-table, as in ``combine``: no Spark, same files, same text format, numbers printed as Spark prints them).
+Three writers make the same files:
+
+- :func:`write_result_parts` + :func:`finish_local_outputs` (local output directories): each Spark
+  task writes its range's results Parquet part and its ``.glm.linear`` lines itself; the driver
+  joins the line chunks in variant order and summarises each phenotype from the Parquet with
+  pyarrow. No SQL job runs: on a fresh JVM those cost seconds for what is a file copy.
+- :func:`write_reports` (Spark, for outputs on hdfs://, s3a:// ...): from the results Parquet a
+  scan's executors wrote through Spark.
+- :func:`write_outputs_local` (results already held by the driver as one Arrow table, as in
+  ``combine``: no Spark).
+
+Same text format everywhere: numbers printed as Spark prints them (see :func:`java_double`).
 
 ``<phenotype>.glm.linear`` follows plink2 ``--glm hide-covar``'s layout::
 
     #CHROM POS ID REF ALT A1 TEST OBS_CT BETA SE T_STAT P ERRCODE
 
-Spark writes the lines (one part file, ordered by variant), then the part file is renamed; numbers
-are printed with full float64 precision (plink2 prints 6 significant digits), ``NA`` where a
-statistic is missing, and P below float64's range is printed from ``neg_log10_p``.
+numbers are printed with full float64 precision (plink2 prints 6 significant digits), ``NA`` where
+a statistic is missing, and P below float64's range is printed from ``neg_log10_p``.
 """
 
 from __future__ import annotations
@@ -201,31 +209,95 @@ def glm_lines(rows) -> list[str]:
     return ["\t".join(f for f in fields if f is not None) for fields in zip(*columns)]
 
 
-def write_outputs_local(stage: str, table, model, *, plots: bool = True):
-    """Write ``results.parquet`` (a directory with one part file, as Spark writes it), every
-    phenotype's ``.glm.linear``, the summary and the plots under the local directory ``stage``
-    from the driver's Arrow ``table`` of results; returns ``(glm paths, summaries)`` like
-    :func:`write_reports`."""
+# ----------------------------------------------------------------------------------------------
+# tasks write their own parts (local outputs)
+
+_PARTS = "results.parquet"
+_GLM_PARTS = "_glm_parts"
+
+
+def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
+    """Executor side: one range's result ``batches`` as ``results.parquet/part-NNNNN.snappy.parquet``
+    and, per phenotype, its ``.glm.linear`` lines as ``_glm_parts/<i>/part-NNNNN.txt`` (rows in
+    variant order, as the range yields them). Files are written under a temporary name and renamed,
+    so a retried task replaces its own files. Returns the number of result rows."""
+    import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .spark.scan import RESULT_SCHEMA
+
+    table = pa.Table.from_batches(list(batches), schema=RESULT_SCHEMA)
+    name = f"part-{part:05d}"
+    _replace_with(os.path.join(stage, _PARTS, f"{name}.snappy.parquet"),
+                  lambda tmp: pq.write_table(table, tmp, compression="snappy"))
+    pheno = table["phenotype"]
+    for i, pname in enumerate(phenotypes):
+        rows = table.filter(pc.equal(pheno, pname)) if len(phenotypes) > 1 else table
+        lines = glm_lines(rows.to_pydict())
+        text = "".join(line + "\n" for line in lines)
+        folder = os.path.join(stage, _GLM_PARTS, str(i))
+
+        def write(tmp, text=text):
+            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(text)
+
+        _replace_with(os.path.join(folder, f"{name}.txt"), write)
+    return table.num_rows
+
+
+def _replace_with(path: str, write) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def finish_local_outputs(stage: str, model, *, plots: bool = True):
+    """Driver side, after every task ran :func:`write_result_parts` under the local ``stage``: join
+    each phenotype's line chunks (header first, parts in order) into ``<phenotype>.glm.linear``,
+    then summarise and plot each phenotype from the Parquet parts (pyarrow, one phenotype's rows in
+    memory at a time: about 100 bytes per variant). Returns ``(glm paths, summaries)`` like
+    :func:`write_reports`."""
+    import shutil
+
     import pyarrow.parquet as pq
 
     from . import report
 
-    rdir = os.path.join(stage, "results.parquet")
-    os.makedirs(rdir)
-    pq.write_table(table, os.path.join(rdir, f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"),
-                   compression="snappy")
-    open(os.path.join(rdir, "_SUCCESS"), "wb").close()
-    glm_paths, summaries = {}, {}
-    for name in model.phenotypes:
-        rows = table.filter(pc.equal(table["phenotype"], name)).sort_by("variant_index")
+    open(os.path.join(stage, _PARTS, "_SUCCESS"), "wb").close()
+    glm_paths = {}
+    for i, name in enumerate(model.phenotypes):
+        folder = os.path.join(stage, _GLM_PARTS, str(i))
         path = os.path.join(stage, f"{safe_name(name)}.glm.linear")
-        with open(path, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(GLM_HEADER + "\n")
-            lines = glm_lines(rows.to_pydict())
-            if lines:
-                fh.write("\n".join(lines) + "\n")
+        with open(path, "wb") as out:
+            out.write((GLM_HEADER + "\n").encode())
+            for chunk in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                with open(os.path.join(folder, chunk), "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 22)
         glm_paths[name] = path
+    shutil.rmtree(os.path.join(stage, _GLM_PARTS), ignore_errors=True)
+    columns = sorted(set(report.SUMMARY_COLUMNS))
+
+    def rows_of(name):
+        return pq.read_table(os.path.join(stage, _PARTS), columns=columns, filters=[("phenotype", "=", name)])
+
+    return glm_paths, _summarize_and_plot(stage, model, rows_of, plots)
+
+
+def _summarize_and_plot(stage: str, model, rows_of, plots: bool) -> dict:
+    """Summary, log line and plots of every phenotype (``rows_of(name)``: an Arrow table holding at
+    least that phenotype's rows), then ``summary.tsv``/``.json``; returns the summaries."""
+    from . import report
+
+    summaries = {}
+    for name in model.phenotypes:
+        table = rows_of(name)
         summ = summaries[name] = report.summarize_table(table, name)
         log.info("phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",
                  name, summ.n_tests, summ.n_errors, summ.lambda_gc)
@@ -238,4 +310,30 @@ def write_outputs_local(stage: str, table, model, *, plots: bool = True):
     report.write_summary(summaries, os.path.join(stage, "summary.tsv"),
                          extra={"counts": model.counts, "n_variants": int(len(model.variants)),
                                 "covariates": list(model.covariates)})
-    return glm_paths, summaries
+    return summaries
+
+
+def write_outputs_local(stage: str, table, model, *, plots: bool = True):
+    """Write ``results.parquet`` (a directory with one part file, as Spark writes it), every
+    phenotype's ``.glm.linear``, the summary and the plots under the local directory ``stage``
+    from the driver's Arrow ``table`` of results; returns ``(glm paths, summaries)`` like
+    :func:`write_reports`."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rdir = os.path.join(stage, _PARTS)
+    os.makedirs(rdir)
+    pq.write_table(table, os.path.join(rdir, f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"),
+                   compression="snappy")
+    open(os.path.join(rdir, "_SUCCESS"), "wb").close()
+    glm_paths = {}
+    for name in model.phenotypes:
+        rows = table.filter(pc.equal(table["phenotype"], name)).sort_by("variant_index")
+        path = os.path.join(stage, f"{safe_name(name)}.glm.linear")
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(GLM_HEADER + "\n")
+            lines = glm_lines(rows.to_pydict())
+            if lines:
+                fh.write("\n".join(lines) + "\n")
+        glm_paths[name] = path
+    return glm_paths, _summarize_and_plot(stage, model, lambda _name: table, plots)

@@ -311,13 +311,15 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
 def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     """Run a scan end to end; outputs appear under ``cfg.out`` only if everything succeeded."""
     from .spark.fs import HadoopFS, qualify
-    from .spark.session import get_session
+    from .spark.session import SessionStarter
 
     t0 = time.time()
     _check_out(cfg)
+    # the JVM starts (and warms its Python workers) while the driver builds the model
+    starter = SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None
     model = build_model(cfg)
-    if spark is None:
-        spark = get_session(master=cfg.master, conf=cfg.spark_conf)
+    if starter is not None:
+        spark = starter.get()
     fs = HadoopFS(spark, cfg.out)
     out = qualify(cfg.out)
     _check_out(cfg, exists=lambda _: fs.exists(out))

@@ -61,6 +61,7 @@ TESTED = "."
 _NULL_ERRCODE = "NA"
 _REQUIRED = ("chrom", "pos", "p", "neg_log10_p", "phenotype", "errcode")
 _TOP_COLUMNS = ("id", "chrom", "pos", "a1", "beta", "se", "p", "neg_log10_p", "obs_ct")
+SUMMARY_COLUMNS = _REQUIRED + _TOP_COLUMNS  # what the summaries and the plot points read
 _SEX_MT_ORDER = {"X": 0, "Y": 1, "XY": 2, "MT": 3, "M": 3}
 
 

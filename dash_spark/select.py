@@ -277,7 +277,7 @@ def _pooled_rows(store: Store, batches, rows: list[int]) -> np.ndarray:
     for i, v in enumerate(rows):
         part = next(p for p, (a, e) in enumerate(store.blocks) if a <= v < e)
         for b in batches:
-            out[i] += read_block(b.dir, part, b.record["blocks"][part], store.width)[v - store.blocks[part][0]]
+            out[i] += read_block(b.dir, part, b.record["blocks"][part], store.columns)[v - store.blocks[part][0]]
     return out
 
 
@@ -325,7 +325,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     batches = list(store.batches)
     G = pooled_globals(batches)
     check_pooled(store, batches, G)
-    k, mode, width = len(s["covariates"]), s["missing_genotypes"], store.width
+    k, mode = len(s["covariates"]), s["missing_genotypes"]
     lay = per_variant_layout(k, len(phenos), mode)
     n_t = float(G[f"t{t}.n"][0])
     threshold = -math.log10(p_threshold)
@@ -335,7 +335,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     par = spark.sparkContext.defaultParallelism
     ranges = [(p, a, e, 0, 0, []) for p, (a, e) in enumerate(store.blocks)]
     base_spec = {"k": k, "mode": mode, "t": t, "phenotypes": phenos, "covariates": list(s["covariates"]),
-                 "width": width, "variants": os.path.join(store.root, VARIANTS_FILE),
+                 "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
                  "count_alt": s.get("source_kind") == "features",
                  "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches],
                  "window_bp": None if window_kb is None else window_kb * 1000.0}

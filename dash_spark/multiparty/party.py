@@ -29,17 +29,20 @@ VARIANT_COLUMNS = ("chrom", "pos", "id", "ref", "alt")
 
 
 def variant_table(bim) -> pa.Table:
-    return pa.table({"chrom": bim.chrom.astype(str), "pos": bim.pos, "id": bim.id.astype(str),
-                     "ref": bim.ref.astype(str), "alt": bim.alt.astype(str)})
+    def text(values):
+        return pa.array(values, type=pa.string())
+
+    return pa.table({"chrom": text(bim.chrom), "pos": pa.array(bim.pos, type=pa.int64()), "id": text(bim.id),
+                     "ref": text(bim.ref), "alt": text(bim.alt)})
 
 
 def variant_hash(table: pa.Table) -> str:
     """sha256 over the variant list (chrom, pos, id, ref, alt in order): what parties must share."""
     h = hashlib.sha256()
     for name in VARIANT_COLUMNS:  # the bytes of "<value>\t" per value, then "\n", column by column
-        values = table.column(name).to_pylist()
-        if values:
-            h.update(("\t".join(map(str, values)) + "\t").encode())
+        values = table.column(name).cast(pa.string()).to_numpy(zero_copy_only=False)
+        if len(values):
+            h.update(("\t".join(values) + "\t").encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -100,21 +103,10 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
              fingerprint(keys), kind)
     starter = None
     if kind == "scan" and spark is None:
-        # the JVM starts while the driver reads the tables and builds the model
-        import threading
+        # the JVM starts (and warms its Python workers) while the driver reads the tables and builds the model
+        from ..spark.session import SessionStarter
 
-        from ..spark.session import get_session
-
-        box: dict = {}
-
-        def start():
-            try:
-                box["spark"] = get_session(master=master, conf=spark_conf)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                box["error"] = exc
-
-        starter = threading.Thread(target=start, daemon=True)
-        starter.start()
+        starter = SessionStarter(master, spark_conf)
     if kind == "regression":
         stats, covs, phenos = regression_party_stats(pheno, covar, settings)
         extra = {"phenotypes": phenos, "covariates": covs, "kind": kind}
@@ -139,10 +131,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                                 "same variants in the same order. Nothing was published")
         _agree("phenotypes", phenos, settings.get("pheno_names"), party)
         if starter is not None:
-            starter.join()
-            if "error" in box:
-                raise box["error"]
-            spark = box["spark"]
+            spark = starter.get()
         m = model.bim.n_variants
         plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
         V = run_compress_job(spark, plan, model.W, ranges)

@@ -32,6 +32,13 @@ RESULT_SCHEMA_DDL = (
     "neg_log10_p double, phenotype string, errcode string"
 )
 
+RESULT_SCHEMA = pa.schema([
+    ("variant_index", pa.int64()), ("chrom", pa.string()), ("pos", pa.int64()), ("id", pa.string()),
+    ("ref", pa.string()), ("alt", pa.string()), ("a1", pa.string()), ("a1_freq", pa.float64()),
+    ("obs_ct", pa.int64()), ("beta", pa.float64()), ("se", pa.float64()), ("t_stat", pa.float64()),
+    ("p", pa.float64()), ("neg_log10_p", pa.float64()), ("phenotype", pa.string()), ("errcode", pa.string()),
+])  # the same columns as RESULT_SCHEMA_DDL, for tasks that write Parquet themselves
+
 RANGE_SCHEMA_DDL = "part int, start long, stop long, bim_start long, bim_stop long, rows array<int>"
 
 
@@ -232,6 +239,27 @@ def map_ranges(spark, W: np.ndarray, ranges: list[tuple], per_ranges, schema_ddl
 
     ranges_df = spark.createDataFrame(sc.parallelize(ranges, len(ranges)), RANGE_SCHEMA_DDL)
     return ranges_df.mapInArrow(task, schema_ddl), W_bc
+
+
+def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phenotypes) -> int:
+    """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
+    which the task writes under the local (or shared) directory ``stage`` with
+    :func:`dash_spark.output.write_result_parts`. ``value`` is broadcast once. A plain RDD job: only
+    row counts come back. Returns the number of result rows."""
+    from ..output import write_result_parts
+
+    sc = spark.sparkContext
+    bc = sc.broadcast(value)
+
+    def task(rows):
+        v = bc.value
+        for row in rows:
+            yield write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]))
+
+    try:
+        return int(sum(sc.parallelize(ranges, len(ranges)).mapPartitions(task).collect()))
+    finally:
+        bc.destroy()
 
 
 def run_scan_job(spark, plan: ScanPlan, W: np.ndarray, ranges: list[tuple]):

@@ -184,3 +184,56 @@ def get_session(
         spark.sparkContext.defaultParallelism,
     )
     return spark
+
+
+class SessionStarter:
+    """The Spark session, started in a background thread while the driver reads its inputs.
+
+    Once the session is up, a tiny job warms the executors' Python workers (they import the
+    kernels and load their compiled code), so the first real job does not pay for it. Python
+    workers are reused between jobs (``spark.python.worker.reuse``, on by default). ``get()``
+    waits for both and returns the session, or raises what starting it raised.
+    """
+
+    def __init__(self, master: str | None = None, conf: Mapping[str, str] | None = None, *, warm: bool = True):
+        import threading
+
+        self._box: dict = {}
+        self._thread = threading.Thread(target=self._start, args=(master, conf, warm), daemon=True)
+        self._thread.start()
+
+    def _start(self, master, conf, warm) -> None:
+        try:
+            self._box["spark"] = spark = get_session(master=master, conf=conf)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by get()
+            self._box["error"] = exc
+            return
+        if warm:
+            try:
+                sc = spark.sparkContext
+                sc.parallelize(range(sc.defaultParallelism), sc.defaultParallelism).foreach(_warm_worker)
+            except Exception as exc:  # noqa: BLE001 - only a head start; a real job reports real errors
+                log.debug("worker warm-up failed: %s", exc)
+
+    def get(self):
+        self._thread.join()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["spark"]
+
+
+def resolve_session(spark):
+    """``spark`` itself, or the session of a :class:`SessionStarter`."""
+    return spark.get() if isinstance(spark, SessionStarter) else spark
+
+
+def _warm_worker(_) -> None:
+    """Executor side: import the kernels and run them once on tiny inputs of the real types."""
+    import numpy as np
+
+    from dash_spark.multiparty import study  # noqa: F401 - imports scipy and the store's helpers
+    from dash_spark.stats.kernel import compress_block, missing_grams
+
+    packed, W = np.zeros((1, 1), dtype=np.uint8), np.zeros((4, 3))
+    compress_block(packed, W, 2)
+    missing_grams(packed, W, 0, 1, 1, todo=np.ones(1, dtype=bool))
