@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+from functools import partial
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,9 @@ from .spark.scan import (
     default_block_variants,
     plan_ranges,
     run_scan_job,
+    scan_ranges,
     sub_block_size,
+    write_ranges,
 )
 from .stats.kernel import pad_weights
 from .stats.regression import CovariateCorrelation, covariate_basis
@@ -332,14 +335,23 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
                  "missing genotype calls: %s", m, len(ranges), bv, plan.sub_block,
                  "sample dropped for that variant (plink2)" if cfg.missing_genotypes == "drop"
                  else "mean-imputed per variant (Hail/REGENIE)")
-        results, W_bc = run_scan_job(spark, plan, model.W, ranges)
-        results_path = f"{stage}/results.parquet"
-        results.write.parquet(results_path)
-        W_bc.destroy()
-        log.info("scan: results written (%.1f s since start)", time.time() - t0)
-        from .output import write_reports
+        if "://" not in stage or stage.startswith("file://"):
+            # a local (or shared) directory: tasks write their own parts, no SQL job
+            from .output import finish_local_outputs
 
-        glm, summaries = write_reports(spark, fs, stage, model, plots=cfg.plots)
+            local = stage.removeprefix("file://")
+            write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), local, list(model.phenotypes))
+            log.info("scan: results written (%.1f s since start)", time.time() - t0)
+            glm, summaries = finish_local_outputs(local, model, plots=cfg.plots)
+            glm = {k: v if "://" not in stage else "file://" + v for k, v in glm.items()}
+        else:
+            from .output import write_reports
+
+            results, W_bc = run_scan_job(spark, plan, model.W, ranges)
+            results.write.parquet(f"{stage}/results.parquet")
+            W_bc.destroy()
+            log.info("scan: results written (%.1f s since start)", time.time() - t0)
+            glm, summaries = write_reports(spark, fs, stage, model, plots=cfg.plots)
         if fs.exists(out):
             fs.delete(out)
         fs.rename(stage, out)

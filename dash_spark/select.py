@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ConfigError, OutputError
-from .spark.fs import delete_local_crc_files, local_stage
+from .spark.fs import local_stage
 from .store import (VARIANTS_FILE, Store, _id_file, batch_config, open_store, pooled_block, pooled_globals,
                     raise_task_error, read_block)
 
@@ -294,10 +294,10 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
             master: str | None = None, spark_conf: dict | None = None) -> SelectResult:
     """Forward selection on a store; outputs ``selected.tsv``, ``joint.tsv`` and ``results.parquet``
     (the scan conditional on every selected variant) under ``out``."""
-    from pyspark.sql import functions as F
+    import pyarrow.compute as pc
 
     from .multiparty.study import per_variant_layout
-    from .spark.scan import RESULT_SCHEMA_DDL, map_ranges
+    from .spark.scan import write_ranges
     from .spark.session import get_session
     from .store import check_pooled
 
@@ -364,33 +364,28 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
             spec = dict(base_spec, selected=[(vt_all.column("chrom")[v].as_py(), int(vt_all.column("pos")[v].as_py()))
                                              for v in selected],
                         selected_ids=ids, sub_block=min((st.plan.sub_block for st in steps), default=256))
-            df, bc = map_ranges(spark, {"batches": steps, "Gq": Gq}, ranges, partial(_step_task, spec),
-                                RESULT_SCHEMA_DDL)
             path = f"{stage}/results.parquet"
-            try:
-                df.write.mode("overwrite").parquet(path)
+            try:  # each step's parts replace the last step's (same ranges, same part names)
+                write_ranges(spark, {"batches": steps, "Gq": Gq}, ranges, partial(_step_task, spec), stage, ())
             except Exception as exc:  # noqa: BLE001
                 raise_task_error(exc)
-            finally:
-                bc.destroy()
             if q:  # the joint model of everything selected so far
                 joint_rows += joint_statistics(Gq, list(s["covariates"]), sel_rows, pheno_name)
             if q >= max_steps:
                 break
-            res = spark.read.parquet(path)
-            cand = (res.filter((F.col("errcode") == ".") & (F.col("neg_log10_p") >= threshold)
-                               & ~F.col("variant_index").isin(selected or [-1]))
-                    .orderBy(F.col("neg_log10_p").desc(), F.col("variant_index")).limit(1).collect())
-            if not cand:
+            cand = pq.read_table(path, filters=[("errcode", "=", "."), ("neg_log10_p", ">=", threshold)])
+            cand = cand.filter(pc.invert(pc.is_in(cand["variant_index"], pa.array(selected, type=pa.int64()))))
+            if cand.num_rows == 0:
                 break
-            best = cand[0].asDict()
+            order = [("neg_log10_p", "descending"), ("variant_index", "ascending")]
+            best = cand.sort_by(order).slice(0, 1).to_pylist()[0]
             step += 1
             selected.append(int(best["variant_index"]))
             sel_rows.append(dict(best, step=step))
             log.info("select: step %d: %s (-log10 p %.2f given %d selected)", step, best["id"], best["neg_log10_p"],
                      q)
+        open(os.path.join(stage, "results.parquet", "_SUCCESS"), "wb").close()
         write_selection(stage, sel_rows, joint_rows)
-        delete_local_crc_files(stage)
     log.info("select: %d variant(s) selected in %.1f s; outputs in %s", len(selected), time.time() - t0, out)
     return SelectResult(out=out, selected=sel_rows, joint=joint_rows, steps=len(selected), seconds=time.time() - t0)
 

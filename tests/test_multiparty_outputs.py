@@ -1,4 +1,5 @@
-"""combine's Spark-free outputs: the same files, byte for byte, as the scan's Spark writer."""
+"""Outputs written without Spark SQL (combine's driver-side writer, and the tasks' own parts for local
+outputs): the same files, byte for byte, as the Spark writer used for hdfs:// or s3a:// outputs."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ import types
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from dash_spark import report
-from dash_spark.output import _java_fixed6, java_double, write_outputs_local, write_reports
+from dash_spark.output import (
+    _java_fixed6,
+    finish_local_outputs,
+    java_double,
+    write_outputs_local,
+    write_reports,
+    write_result_parts,
+)
 
 
 def _results(rng, phenotypes=("trait", "other trait")) -> pa.Table:
@@ -109,6 +118,25 @@ def test_local_outputs_equal_spark_outputs(spark, rng, tmp_path):
     back = pq.read_table(b / "results.parquet")
     assert back.schema.remove_metadata() == table.schema and back.equals(table)
     assert (b / "results.parquet" / "_SUCCESS").exists()
+
+    # tasks' own parts: three variant ranges, each phenotype-major as a scan task yields them
+    c = tmp_path / "parts"
+    c.mkdir()
+    for part, (lo, hi) in enumerate(((0, 150), (150, 150), (150, 400))):  # several batches, or none
+        rows = table.filter(pc.and_(pc.greater_equal(table["variant_index"], lo), pc.less(table["variant_index"], hi)))
+        assert write_result_parts(str(c), list(model.phenotypes), part, rows.to_batches(max_chunksize=60)) \
+            == rows.num_rows
+    glm_c, summ_c = finish_local_outputs(str(c), model, plots=False)
+    for name in model.phenotypes:
+        assert open(glm_c[name]).read() == open(glm_a[name]).read(), name
+    for f in ("summary.tsv", "summary.json"):
+        assert (c / f).read_text() == (a / f).read_text(), f
+    assert summ_c == summ_a
+    assert sorted(p.name for p in c.iterdir()) == sorted(p.name for p in b.iterdir())  # no leftovers
+    back = pq.read_table(c / "results.parquet").sort_by([("phenotype", "ascending"), ("variant_index", "ascending")])
+    assert back.equals(table.sort_by([("phenotype", "ascending"), ("variant_index", "ascending")]))
+    both = spark.read.parquet(str(c / "results.parquet"))  # Spark reads the tasks' parts
+    assert both.count() == table.num_rows
 
     df = spark.read.parquet(str(a / "results.parquet"))
     for name in model.phenotypes:

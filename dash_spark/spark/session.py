@@ -229,10 +229,13 @@ def resolve_session(spark):
 
 def _warm_worker(_) -> None:
     """Executor side: import the kernels and run them once on tiny inputs of the real types."""
+    import importlib
+
     import numpy as np
 
-    from dash_spark.multiparty import study  # noqa: F401 - imports scipy and the store's helpers
     from dash_spark.stats.kernel import compress_block, missing_grams
+
+    importlib.import_module("dash_spark.multiparty.study")  # scipy, pyarrow and the store's helpers
 
     packed, W = np.zeros((1, 1), dtype=np.uint8), np.zeros((4, 3))
     compress_block(packed, W, 2)
