@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench system-deps clean
+.PHONY: demo test test-fast bench bench-refresh system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test-fast: $(STAMP)
 
 bench: system-deps $(STAMP)
 	$(VENV)/bin/dash-spark bench --samples 10000 --variants 100000
+
+# adding a 10% wave to a stored 900,000-sample cohort vs recomputing the union (needs ~55 GB of disk)
+bench-refresh: $(STAMP)
+	$(VENV)/bin/dash-spark bench --refresh --samples 1000000 --variants 100000
 
 clean:
 	rm -rf $(VENV) demo_out demo_out-data bench_out .pytest_cache
