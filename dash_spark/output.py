@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
@@ -214,6 +215,7 @@ def glm_lines(rows) -> list[str]:
 
 _PARTS = "results.parquet"
 _GLM_PARTS = "_glm_parts"
+_CHUNK_RE = re.compile(r"part-(\d+)\.txt")
 
 
 def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
@@ -231,9 +233,8 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     name = f"part-{part:05d}"
     _replace_with(os.path.join(stage, _PARTS, f"{name}.snappy.parquet"),
                   lambda tmp: pq.write_table(table, tmp, compression="snappy"))
-    pheno = table["phenotype"]
     for i, pname in enumerate(phenotypes):
-        rows = table.filter(pc.equal(pheno, pname)) if len(phenotypes) > 1 else table
+        rows = table.filter(pc.equal(table["phenotype"], pname))
         lines = glm_lines(rows.to_pydict())
         text = "".join(line + "\n" for line in lines)
         folder = os.path.join(stage, _GLM_PARTS, str(i))
@@ -275,9 +276,12 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True):
     for i, name in enumerate(model.phenotypes):
         folder = os.path.join(stage, _GLM_PARTS, str(i))
         path = os.path.join(stage, f"{safe_name(name)}.glm.linear")
+        # the tasks' chunks in range order (not temporary files a killed task may have left)
+        chunks = sorted((int(m.group(1)), m.group(0)) for m in map(_CHUNK_RE.fullmatch, os.listdir(folder)) if m) \
+            if os.path.isdir(folder) else []
         with open(path, "wb") as out:
             out.write((GLM_HEADER + "\n").encode())
-            for chunk in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            for _, chunk in chunks:
                 with open(os.path.join(folder, chunk), "rb") as fh:
                     shutil.copyfileobj(fh, out, 1 << 22)
         glm_paths[name] = path

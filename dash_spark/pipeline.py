@@ -19,8 +19,8 @@ import logging
 import os
 import shutil
 import time
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
