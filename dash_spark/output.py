@@ -221,8 +221,9 @@ _CHUNK_RE = re.compile(r"part-(\d+)\.txt")
 def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     """Executor side: one range's result ``batches`` as ``results.parquet/part-NNNNN.snappy.parquet``
     and, per phenotype, its ``.glm.linear`` lines as ``_glm_parts/<i>/part-NNNNN.txt`` (rows in
-    variant order, as the range yields them). Files are written under a temporary name and renamed,
-    so a retried task replaces its own files. Returns the number of result rows."""
+    variant order, as the range yields them), in the folders :func:`prepare_result_dirs` made.
+    Files are written under a temporary name and renamed, so a retried task replaces its own
+    files. Returns the number of result rows."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -247,8 +248,16 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     return table.num_rows
 
 
+def prepare_result_dirs(stage: str, phenotypes) -> None:
+    """Driver side, before the tasks of :func:`write_result_parts` run: their folders under ``stage``.
+    Tasks never create folders, so a task cancelled after a failure cannot recreate an output
+    the driver has already removed."""
+    os.makedirs(os.path.join(stage, _PARTS), exist_ok=True)
+    for i in range(len(phenotypes)):
+        os.makedirs(os.path.join(stage, _GLM_PARTS, str(i)), exist_ok=True)
+
+
 def _replace_with(path: str, write) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}"
     try:
         write(tmp)

@@ -368,7 +368,7 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     from .multiparty.party import variant_hash, variant_table
     from .multiparty.study import global_stats
     from .pipeline import build_model, plan_scan
-    from .spark.session import resolve_session
+    from .spark.session import resolve_session, wait_for_running_tasks
 
     cfg = batch_config(settings, source, keep=keep)
     model = build_model(cfg, party=True, subset_of_fam=keep is not None)
@@ -394,6 +394,7 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
         try:  # a plain RDD job: only (part, sha256) pairs come back
             rows = sorted(sc.parallelize(ranges, len(ranges)).mapPartitions(lambda r: write(W_bc.value, r)).collect())
         except Exception as exc:  # noqa: BLE001 - surface our own task errors as one line
+            wait_for_running_tasks(spark)  # before the directory they write into is removed
             raise_task_error(exc)
         finally:
             W_bc.destroy()

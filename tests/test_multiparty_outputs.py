@@ -18,6 +18,7 @@ from dash_spark.output import (
     _java_fixed6,
     finish_local_outputs,
     java_double,
+    prepare_result_dirs,
     write_outputs_local,
     write_reports,
     write_result_parts,
@@ -122,6 +123,7 @@ def test_local_outputs_equal_spark_outputs(spark, rng, tmp_path):
     # tasks' own parts: three variant ranges, each phenotype-major as a scan task yields them
     c = tmp_path / "parts"
     c.mkdir()
+    prepare_result_dirs(str(c), list(model.phenotypes))
     for part, (lo, hi) in enumerate(((0, 150), (150, 150), (150, 400))):  # several batches, or none
         rows = table.filter(pc.and_(pc.greater_equal(table["variant_index"], lo), pc.less(table["variant_index"], hi)))
         assert write_result_parts(str(c), list(model.phenotypes), part, rows.to_batches(max_chunksize=60)) \

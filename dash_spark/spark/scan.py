@@ -246,8 +246,10 @@ def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phen
     which the task writes under the local (or shared) directory ``stage`` with
     :func:`dash_spark.output.write_result_parts`. ``value`` is broadcast once. A plain RDD job: only
     row counts come back. Returns the number of result rows."""
-    from ..output import write_result_parts
+    from ..output import prepare_result_dirs, write_result_parts
+    from .session import wait_for_running_tasks
 
+    prepare_result_dirs(stage, phenotypes)
     sc = spark.sparkContext
     bc = sc.broadcast(value)
 
@@ -258,6 +260,9 @@ def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phen
 
     try:
         return int(sum(sc.parallelize(ranges, len(ranges)).mapPartitions(task).collect()))
+    except BaseException:
+        wait_for_running_tasks(spark)  # the other tasks of the failed job stop writing first
+        raise
     finally:
         bc.destroy()
 

@@ -227,6 +227,22 @@ def resolve_session(spark):
     return spark.get() if isinstance(spark, SessionStarter) else spark
 
 
+def wait_for_running_tasks(spark, timeout: float = 30.0) -> None:
+    """After a failed job, wait (at most ``timeout`` s) until no executor runs a task, then a moment
+    more for their Python workers: the job's cancelled tasks must stop writing before the driver
+    removes what they were writing into."""
+    import time
+
+    try:
+        tracker = spark.sparkContext._jsc.sc().statusTracker()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and sum(e.numRunningTasks() for e in tracker.getExecutorInfos()):
+            time.sleep(0.1)
+        time.sleep(0.2)
+    except Exception as exc:  # noqa: BLE001 - best effort; the job's own error is what matters
+        log.debug("could not wait for running tasks: %s", exc)
+
+
 def _warm_worker(_) -> None:
     """Executor side: import the kernels and run them once on tiny inputs of the real types."""
     import importlib
