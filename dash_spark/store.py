@@ -239,7 +239,8 @@ def open_store(root: str) -> Store:
         raise StoreError(f"{path}: checksum mismatch or unreadable JSON; the store's index was changed or damaged. "
                          "Restore it from a backup")
     if doc.get("format") != FORMAT_VERSION:
-        raise StoreError(f"{path}: store format {doc.get('format')!r}; this dash-spark reads format {FORMAT_VERSION}")
+        raise StoreError(f"{path}: store format {doc.get('format')!r}; this dash-spark reads format {FORMAT_VERSION}. "
+                         "Recompress the batches into a new store with `dash-spark compress --store`")
     batches = []
     for entry in doc["batches"]:
         bdir = os.path.join(root, "batches", entry["dir"])

@@ -202,6 +202,15 @@ def test_refusals_leave_the_store_as_it_was(cohort, small_store, spark, capsys):
     open(index, "w").write(json.dumps(doc))
     before = _snapshot(store)
     refused(match="store.json: checksum mismatch")
+    # a store written by another format version (a consistent index, as that version wrote it)
+    from dash_spark.store import _canonical, _sha256
+
+    doc = {k: v for k, v in json.loads(text).items() if k != "checksum"}
+    doc["format"] = 1
+    doc["checksum"] = _sha256(_canonical(doc))
+    open(index, "w").write(json.dumps(doc))
+    before = _snapshot(store)
+    refused(match="store format 1; this dash-spark reads format 2. Recompress")
     open(index, "w").write(text)
     # a store in use by another run
     lock = os.path.join(store, ".lock")
