@@ -150,53 +150,12 @@ def run_bench(args) -> int:
     return 0
 
 
-def split_bed_by_samples(prefix: str, parts: dict[str, np.ndarray], out_dir: str, chunk: int = 4000) -> dict[str, str]:
-    """Write one PLINK fileset per party with its samples (sorted row indices), streaming variants."""
-    from .io.plink import read_bed_range, read_bim, read_fam
-    from .io.simulate import write_bed
-    from .stats.kernel import decode
-
-    fam, bim = read_fam(prefix + ".fam"), read_bim(prefix + ".bim")
-    n, m = fam.n_samples, bim.n_variants
-
-    def chunks(idx):
-        for a in range(0, m, chunk):
-            X = decode(read_bed_range(prefix + ".bed", n, a, min(a + chunk, m)), n)[idx]
-            yield np.where(np.isnan(X), -1, X).astype(np.int8)
-
-    out = {}
-    for name, idx in parts.items():
-        dst = os.path.join(out_dir, name)
-        write_bed(dst, len(idx), chunks(idx), iids=[fam.iids[i] for i in idx], chrom=bim.chrom.tolist(),
-                  pos=bim.pos.tolist(), ids=bim.id.tolist(), alt=bim.alt.tolist(), ref=bim.ref.tolist())
-        out[name] = dst
-    return out
-
-
-def simulated_split(args, kind: str, split) -> str:
-    """The folder ``<workdir>/<kind>_n.._s<seed>`` holding the cohort of ``args`` (``cohort.*``) and
-    one fileset per part of ``split(rng) -> {name: sample rows}``; reused when it is complete."""
-    from .io.simulate import simulate_cohort
-
-    tag = f"{kind}_n{args.samples}_m{args.variants}_k{args.covariates}_miss{args.missing_rate}_s{args.seed}"
-    data = os.path.join(os.path.abspath(args.workdir), tag)
-    parts = split(np.random.default_rng(args.seed))
-    if not all(os.path.exists(os.path.join(data, f"{name}.bed")) for name in parts):
-        shutil.rmtree(data, ignore_errors=True)
-        cohort = simulate_cohort(data, n_samples=args.samples, n_variants=args.variants,
-                                 n_covariates=args.covariates, missing_rate=args.missing_rate, seed=args.seed)
-        split_bed_by_samples(cohort.bfile, parts, data)
-    return data
-
-
 def run_dash_bench(args) -> int:
     """3 parties vs one pooled scan on the same samples, each step a fresh process, one at a time."""
+    from .bench_store import _compare
+    from .bench_waves import cached_split
 
-    def parties(rng):
-        assign = rng.choice(3, args.samples, p=[0.45, 0.35, 0.20])
-        return {p: np.flatnonzero(assign == i) for i, p in enumerate(("alice", "bob", "carol"))}
-
-    data = simulated_split(args, "dash", parties)
+    data = cached_split(args, "dash", (("alice", 0.45), ("bob", 0.35), ("carol", 0.20)))
     bfile, pheno, covar = (os.path.join(data, x) for x in ("cohort", "cohort.pheno", "cohort.covar"))
     cli = [sys.executable, "-m", "dash_spark.cli"]
     times: dict[str, float] = {}
@@ -214,8 +173,9 @@ def run_dash_bench(args) -> int:
                               check=True, capture_output=True, text=True).stdout.strip()
     for p in ("alice", "bob", "carol"):
         times[f"compress_{p}"] = _timed(cli + ["party", "compress", "--manifest", manifest, "--party", p, "--key",
-                                               f"{keys}/{p}.key", "--pheno", pheno, "--covar", covar, "--bfile",
-                                               os.path.join(data, p)], os.path.join(data, f"{p}.log"))
+                                               f"{keys}/{p}.key", "--bfile", os.path.join(data, p), "--pheno",
+                                               os.path.join(data, f"{p}.pheno"), "--covar",
+                                               os.path.join(data, f"{p}.covar")], os.path.join(data, f"{p}.log"))
     out = os.path.join(data, "combined")
     shutil.rmtree(out, ignore_errors=True)
     times["combine"] = _timed(cli + ["combine", "--manifest", manifest, "--out", out, "--no-plots"],
@@ -226,8 +186,14 @@ def run_dash_bench(args) -> int:
     figures["critical_path_over_pooled"] = round((slowest + times["combine"]) / times["pooled_scan"], 3)
     total = sum(times[f"compress_{p}"] for p in ("alice", "bob", "carol")) + times["combine"]
     figures["total_over_pooled"] = round(total / times["pooled_scan"], 3)
+    figures["max_rel_diff_vs_pooled"] = _compare(os.path.join(data, "pooled_out", "results.parquet"),
+                                                 os.path.join(out, "results.parquet"))
     print(json.dumps(figures, indent=2))
-    print(f"\npooled scan {times['pooled_scan']:.1f} s; slowest party {slowest:.1f} s + combine "
-          f"{times['combine']:.1f} s = {slowest + times['combine']:.1f} s "
-          f"(ratio {figures['critical_path_over_pooled']:.2f}); all parties + combine: {total:.1f} s")
+    print(f"\n{args.samples:,} samples x {args.variants:,} variants in 3 parties: pooled scan "
+          f"{times['pooled_scan']:.1f} s; slowest party {slowest:.1f} s + combine {times['combine']:.1f} s = "
+          f"{slowest + times['combine']:.1f} s (ratio {figures['critical_path_over_pooled']:.2f}); all parties + "
+          f"combine: {total:.1f} s; results agree to {figures['max_rel_diff_vs_pooled']:.1e}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=2)
     return 0

@@ -27,15 +27,9 @@ import numpy as np
 
 def run_refresh_bench(args) -> int:
     from .bench import _timed
-    from .bench_waves import simulate_waves
+    from .bench_waves import WAVES, cached_split
 
-    tag = f"waves_n{args.samples}_m{args.variants}_k{args.covariates}_miss{args.missing_rate}_s{args.seed}"
-    data = os.path.join(os.path.abspath(args.workdir), tag)
-    if not all(os.path.exists(os.path.join(data, f"{x}.bed")) for x in ("cohort", "wave1", "wave2")):
-        shutil.rmtree(data, ignore_errors=True)
-        print(f"simulating {args.samples:,} samples x {args.variants:,} variants in {data} ...", flush=True)
-        simulate_waves(data, args.samples, args.variants, args.covariates, missing_rate=args.missing_rate,
-                       seed=args.seed)
+    data = cached_split(args, "waves", WAVES)
     cli = [sys.executable, "-m", "dash_spark.cli"]
 
     def fileset(name):

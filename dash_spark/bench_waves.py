@@ -1,4 +1,5 @@
-"""Simulated recruitment waves at biobank scale, for ``dash-spark bench --refresh``.
+"""Simulated cohorts split by samples at biobank scale, for ``dash-spark bench --refresh`` (recruitment
+waves) and ``--parties`` (the biobanks of a study).
 
 :func:`dash_spark.io.simulate.simulate_cohort` draws every genotype from seeded PCG64 streams and
 writes through dosage matrices: right for tests, slow for 10^11 genotypes. This generator writes
@@ -6,13 +7,14 @@ the packed .bed bytes directly, with a splitmix64 stream per variant in a parall
 
 - ALT frequency Uniform(0.05, 0.95) per variant, genotypes in Hardy-Weinberg proportions, each
   call missing with ``missing_rate``; probabilities resolved to 2^-16;
-- ``cohort.*``: the union; ``wave1.*`` its first samples and ``wave2.*`` its last ``new_share`` of
-  them (the boundary is a multiple of 4 samples, so a wave's rows are byte slices of the union's);
-- ``<fileset>.pheno`` / ``.covar`` per fileset (a new wave arrives with its own tables);
+- ``cohort.*``: the union; one fileset per part, each a consecutive run of the union's samples of
+  about its share (boundaries are multiples of 4 samples, so a part's rows are byte slices of the
+  union's);
+- ``<fileset>.pheno`` / ``.covar`` per fileset (a wave, or a party, comes with its own tables);
   ``k`` covariates (standard normal), one phenotype ``pheno1`` with five causal variants
   explaining 30% of its variance and the covariates 10%.
 
-The output is a pure function of ``(n, m, k, missing_rate, seed)``.
+The output is a pure function of ``(n, m, k, parts, missing_rate, seed)``.
 """
 
 from __future__ import annotations
@@ -66,15 +68,20 @@ def _write_table(path: str, header: str, iids: np.ndarray, columns: list[np.ndar
     _write_text(path, header + "\n" + "\n".join(rows) + "\n")
 
 
-def simulate_waves(data: str, n: int, m: int, k: int, *, missing_rate: float = 0.0, seed: int = 11,
-                   new_share: float = 0.10) -> dict[str, str]:
-    """Write the union and the two waves under ``data`` (see the module doc); returns their prefixes."""
+WAVES = (("wave1", 0.9), ("wave2", 0.1))
+
+
+def simulate_waves(data: str, n: int, m: int, k: int, *, parts=WAVES, missing_rate: float = 0.0,
+                   seed: int = 11) -> dict[str, str]:
+    """Write the union and its ``parts`` (``(name, share)`` pairs, in sample order) under ``data``
+    (see the module doc); returns every fileset's prefix."""
     from .stats.kernel import decode
 
-    n_new = int(round(n * new_share / 4)) * 4
-    n_old = n - n_new
-    if n % 4 or n_new <= 0 or n_old <= 0:
-        raise ValueError(f"simulate_waves: n must be a multiple of 4 with both waves non-empty; found {n}")
+    shares = np.array([share for _, share in parts], dtype=float)
+    bounds = 4 * np.round(np.concatenate([[0.0], np.cumsum(shares)]) / shares.sum() * (n // 4)).astype(int)
+    if n % 4 or (np.diff(bounds) <= 0).any():
+        raise ValueError(f"simulate_waves: n must be a multiple of 4 with every part non-empty; found {n}")
+    spans = {name: (int(a), int(b)) for (name, _), a, b in zip(parts, bounds[:-1], bounds[1:])}
     os.makedirs(data, exist_ok=True)
     rng = np.random.default_rng(seed)
     freq = rng.uniform(0.05, 0.95, m)
@@ -90,8 +97,8 @@ def simulate_waves(data: str, n: int, m: int, k: int, *, missing_rate: float = 0
     a = rng.integers(0, 4, m)
     alt, ref = bases[a], bases[(a + rng.integers(1, 4, m)) % 4]
     bim = "".join(f"{c}\trs{c}_{p}\t0\t{p}\t{x}\t{y}\n" for c, p, x, y in zip(chrom, pos, alt, ref))
-    nb, nb_old = n // 4, n_old // 4
-    files = {name: open(os.path.join(data, f"{name}.bed.tmp"), "wb") for name in ("cohort", "wave1", "wave2")}
+    nb = n // 4
+    files = {name: open(os.path.join(data, f"{name}.bed.tmp"), "wb") for name in ("cohort", *spans)}
     try:
         for fh in files.values():
             fh.write(bytes([0x6C, 0x1B, 0x01]))
@@ -101,8 +108,8 @@ def simulate_waves(data: str, n: int, m: int, k: int, *, missing_rate: float = 0
             rows = buf[: e - s]
             _draw_rows(rows, cuts[s:e], seeds[s:e])
             files["cohort"].write(rows.tobytes())
-            files["wave1"].write(np.ascontiguousarray(rows[:, :nb_old]).tobytes())
-            files["wave2"].write(np.ascontiguousarray(rows[:, nb_old:]).tobytes())
+            for name, (a, b) in spans.items():
+                files[name].write(np.ascontiguousarray(rows[:, a // 4 : b // 4]).tobytes())
     finally:
         for fh in files.values():
             fh.close()
@@ -119,7 +126,7 @@ def simulate_waves(data: str, n: int, m: int, k: int, *, missing_rate: float = 0
     h = C @ rng.normal(size=k)
     y = np.sqrt(0.3) * g / g.std() + np.sqrt(0.1) * h / h.std() + np.sqrt(0.6) * rng.normal(size=n)
     out = {}
-    for name, rows in (("cohort", slice(0, n)), ("wave1", slice(0, n_old)), ("wave2", slice(n_old, n))):
+    for name, rows in [("cohort", slice(0, n))] + [(name, slice(a, b)) for name, (a, b) in spans.items()]:
         prefix = os.path.join(data, name)
         ids = iids[rows]
         _write_text(prefix + ".bim", bim)
@@ -130,3 +137,18 @@ def simulate_waves(data: str, n: int, m: int, k: int, *, missing_rate: float = 0
         os.replace(prefix + ".bed.tmp", prefix + ".bed")  # last: a complete .bed marks a complete fileset
         out[name] = prefix
     return out
+
+
+def cached_split(args, kind: str, parts) -> str:
+    """The folder ``<workdir>/<kind>_n.._s<seed>`` with the cohort of the bench ``args`` split into
+    ``parts`` (:func:`simulate_waves`); simulated once, reused while complete."""
+    import shutil
+
+    tag = f"{kind}_n{args.samples}_m{args.variants}_k{args.covariates}_miss{args.missing_rate}_s{args.seed}"
+    data = os.path.join(os.path.abspath(args.workdir), tag)
+    if not all(os.path.exists(os.path.join(data, f"{x}.bed")) for x in ("cohort", *(name for name, _ in parts))):
+        shutil.rmtree(data, ignore_errors=True)
+        print(f"simulating {args.samples:,} samples x {args.variants:,} variants in {data} ...", flush=True)
+        simulate_waves(data, args.samples, args.variants, args.covariates, parts=parts,
+                       missing_rate=args.missing_rate, seed=args.seed)
+    return data

@@ -45,6 +45,23 @@ def test_waves_are_the_union_split_by_samples(tmp_path):
             assert open(paths[name] + ext, "rb").read() == open(again[name] + ext, "rb").read()
 
 
+def test_parties_split_the_union_in_order(tmp_path):
+    from bed_reader import open_bed
+
+    parts = (("alice", 0.45), ("bob", 0.35), ("carol", 0.20))
+    paths = simulate_waves(str(tmp_path / "p"), 1000, 40, 2, parts=parts, seed=3)
+    with open_bed(paths["cohort"] + ".bed") as bed:
+        G = bed.read(dtype="float64")
+    start = 0
+    for name, size in (("alice", 448), ("bob", 352), ("carol", 200)):  # shares of n/4 bytes, rounded
+        with open_bed(paths[name] + ".bed") as bed:
+            np.testing.assert_array_equal(bed.read(dtype="float64"), G[start : start + size])
+        start += size
+    assert start == 1000
+
+
 def test_waves_need_a_sample_count_divisible_by_four(tmp_path):
     with pytest.raises(ValueError, match="multiple of 4"):
         simulate_waves(str(tmp_path / "w"), 1002, 10, 2)
+    with pytest.raises(ValueError, match="every part non-empty"):
+        simulate_waves(str(tmp_path / "w"), 8, 10, 2, parts=(("a", 0.99), ("b", 0.01)))
