@@ -1,0 +1,34 @@
+"""The shipped benchmarks run end to end on a tiny cohort and check their own results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _bench(tmp_path, *flags) -> dict:
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, "-m", "dash_spark.cli", "-q", "bench", *flags, "--samples", "400",
+                           "--variants", "600", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_refresh_bench(tmp_path):
+    figures = _bench(tmp_path, "--refresh")
+    assert figures["max_rel_diff_vs_full_scan"] < 1e-9
+    assert all(figures[k] > 0 for k in ("full_scan", "full_store", "refresh_add"))
+    assert figures["refresh_over_full_scan"] == pytest.approx(figures["refresh_add"] / figures["full_scan"], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_parties_bench(tmp_path):
+    figures = _bench(tmp_path, "--parties")
+    assert figures["max_rel_diff_vs_pooled"] < 1e-9
+    slowest = max(figures[f"compress_{p}"] for p in ("alice", "bob", "carol"))
+    assert figures["critical_path"] == pytest.approx(slowest + figures["combine"], abs=0.02)
