@@ -81,6 +81,8 @@ def simulate_waves(data: str, n: int, m: int, k: int, *, parts=WAVES, missing_ra
     bounds = 4 * np.round(np.concatenate([[0.0], np.cumsum(shares)]) / shares.sum() * (n // 4)).astype(int)
     if n % 4 or (np.diff(bounds) <= 0).any():
         raise ValueError(f"simulate_waves: n must be a multiple of 4 with every part non-empty; found {n}")
+    if k < 1:
+        raise ValueError(f"simulate_waves: need at least one covariate; found k={k}")
     spans = {name: (int(a), int(b)) for (name, _), a, b in zip(parts, bounds[:-1], bounds[1:])}
     os.makedirs(data, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -94,8 +96,8 @@ def simulate_waves(data: str, n: int, m: int, k: int, *, parts=WAVES, missing_ra
     chrom = np.repeat(np.arange(1, 4), -(-m // 3))[:m]
     pos = 1000 + 1000 * np.concatenate([np.arange((chrom == c).sum()) for c in (1, 2, 3)])
     bases = np.array(list("ACGT"))
-    a = rng.integers(0, 4, m)
-    alt, ref = bases[a], bases[(a + rng.integers(1, 4, m)) % 4]
+    allele = rng.integers(0, 4, m)
+    alt, ref = bases[allele], bases[(allele + rng.integers(1, 4, m)) % 4]
     bim = "".join(f"{c}\trs{c}_{p}\t0\t{p}\t{x}\t{y}\n" for c, p, x, y in zip(chrom, pos, alt, ref))
     nb = n // 4
     files = {name: open(os.path.join(data, f"{name}.bed.tmp"), "wb") for name in ("cohort", *spans)}

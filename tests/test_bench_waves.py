@@ -65,3 +65,5 @@ def test_waves_need_a_sample_count_divisible_by_four(tmp_path):
         simulate_waves(str(tmp_path / "w"), 1002, 10, 2)
     with pytest.raises(ValueError, match="every part non-empty"):
         simulate_waves(str(tmp_path / "w"), 8, 10, 2, parts=(("a", 0.99), ("b", 0.01)))
+    with pytest.raises(ValueError, match="at least one covariate"):
+        simulate_waves(str(tmp_path / "w"), 400, 10, 0)
