@@ -311,6 +311,12 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     return plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv
 
 
+def tasks_can_write(uri: str) -> bool:
+    """Whether the tasks write a scan's output files themselves (a local or shared path, file://);
+    other filesystems (hdfs://, s3a:// ...) go through Spark's writer."""
+    return "://" not in uri or uri.startswith("file://")
+
+
 def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     """Run a scan end to end; outputs appear under ``cfg.out`` only if everything succeeded."""
     from .spark.fs import HadoopFS, qualify
@@ -335,7 +341,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
                  "missing genotype calls: %s", m, len(ranges), bv, plan.sub_block,
                  "sample dropped for that variant (plink2)" if cfg.missing_genotypes == "drop"
                  else "mean-imputed per variant (Hail/REGENIE)")
-        if "://" not in stage or stage.startswith("file://"):
+        if tasks_can_write(stage):
             # a local (or shared) directory: tasks write their own parts, no SQL job
             from .output import finish_local_outputs
 
