@@ -47,6 +47,15 @@ def _timed(cmd: list[str], log_path: str) -> float:
     return dt
 
 
+def emit_figures(figures: dict, summary: str, json_path: str | None) -> None:
+    """Print a benchmark's figures (JSON, then a one-line summary); also write them to ``json_path``."""
+    print(json.dumps(figures, indent=2))
+    print("\n" + summary)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(figures, fh, indent=2)
+
+
 def read_plink2_glm(path: str) -> dict[str, np.ndarray]:
     """Columns of a plink2 .glm.linear (ADD rows only) as arrays; NA -> NaN."""
     import pyarrow.csv as pcsv
@@ -141,12 +150,8 @@ def run_bench(args) -> int:
     for glm in sorted(glob.glob(plink_out + ".*.glm.linear")):
         name = os.path.basename(glm)[len(os.path.basename(plink_out)) + 1 : -len(".glm.linear")]
         figures["checks"][name] = compare_to_plink2(os.path.join(ours_out, "results.parquet"), glm, name)
-    print(json.dumps(figures, indent=2))
-    print(f"\nplink2 --glm: {t_plink:.2f} s   dash-spark scan (Spark start included): {t_ours:.2f} s   "
-          f"ratio ours/plink2 = {t_ours / t_plink:.2f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=2)
+    emit_figures(figures, f"plink2 --glm: {t_plink:.2f} s   dash-spark scan (Spark start included): {t_ours:.2f} s   "
+                          f"ratio ours/plink2 = {t_ours / t_plink:.2f}", args.json)
     return 0
 
 
@@ -188,12 +193,9 @@ def run_dash_bench(args) -> int:
     figures["total_over_pooled"] = round(total / times["pooled_scan"], 3)
     figures["max_rel_diff_vs_pooled"] = _compare(os.path.join(data, "pooled_out", "results.parquet"),
                                                  os.path.join(out, "results.parquet"))
-    print(json.dumps(figures, indent=2))
-    print(f"\n{args.samples:,} samples x {args.variants:,} variants in 3 parties: pooled scan "
-          f"{times['pooled_scan']:.1f} s; slowest party {slowest:.1f} s + combine {times['combine']:.1f} s = "
-          f"{slowest + times['combine']:.1f} s (ratio {figures['critical_path_over_pooled']:.2f}); all parties + "
-          f"combine: {total:.1f} s; results agree to {figures['max_rel_diff_vs_pooled']:.1e}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=2)
+    emit_figures(figures, f"{args.samples:,} samples x {args.variants:,} variants in 3 parties: pooled scan "
+                          f"{times['pooled_scan']:.1f} s; slowest party {slowest:.1f} s + combine "
+                          f"{times['combine']:.1f} s = {slowest + times['combine']:.1f} s (ratio "
+                          f"{figures['critical_path_over_pooled']:.2f}); all parties + combine: {total:.1f} s; "
+                          f"results agree to {figures['max_rel_diff_vs_pooled']:.1e}", args.json)
     return 0

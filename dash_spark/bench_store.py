@@ -17,7 +17,6 @@ the refreshed results are checked against the full scan's.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 
 
 def run_refresh_bench(args) -> int:
-    from .bench import _timed
+    from .bench import _timed, emit_figures
     from .bench_waves import WAVES, cached_split
 
     data = cached_split(args, "waves", WAVES)
@@ -64,14 +63,11 @@ def run_refresh_bench(args) -> int:
     figures["refresh_over_full_scan"] = round(times["refresh_add"] / times["full_scan"], 3)
     figures["refresh_over_full_store"] = round(times["refresh_add"] / times["full_store"], 3)
     figures["max_rel_diff_vs_full_scan"] = agree
-    print(json.dumps(figures, indent=2))
-    print(f"\n{args.samples:,} samples x {args.variants:,} variants; adding a 10% batch: refresh "
-          f"{times['refresh_add']:.1f} s vs full scan {times['full_scan']:.1f} s "
-          f"(ratio {figures['refresh_over_full_scan']:.2f}) and vs full store recompute {times['full_store']:.1f} s "
-          f"(ratio {figures['refresh_over_full_store']:.2f}); results agree to {agree:.1e}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=2)
+    emit_figures(figures, f"{args.samples:,} samples x {args.variants:,} variants; adding a 10% batch: refresh "
+                          f"{times['refresh_add']:.1f} s vs full scan {times['full_scan']:.1f} s (ratio "
+                          f"{figures['refresh_over_full_scan']:.2f}) and vs full store recompute "
+                          f"{times['full_store']:.1f} s (ratio {figures['refresh_over_full_store']:.2f}); "
+                          f"results agree to {agree:.1e}", args.json)
     return 0
 
 
