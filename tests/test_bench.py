@@ -1,4 +1,5 @@
-"""The shipped benchmarks run end to end on a tiny cohort and check their own results."""
+"""The shipped benchmarks run end to end on a tiny cohort and check their own results (plink2 is
+installed by `make test`, as for the parity tests)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def test_parties_bench(tmp_path):
     assert figures["max_rel_diff_vs_pooled"] < 1e-9
     slowest = max(figures[f"compress_{p}"] for p in ("alice", "bob", "carol"))
     assert figures["critical_path"] == pytest.approx(slowest + figures["combine"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_plink2_bench(tmp_path):
+    figures = _bench(tmp_path, "--missing-rate", "0.02")
+    check = figures["checks"]["pheno1"]
+    assert check["variants"] == 600
+    assert check["a1_mismatch"] == check["obs_ct_mismatch"] == check["na_mismatch"] == 0
+    assert max(check[f"{c}_max_rel"] for c in ("beta", "se", "t_stat", "p")) < 1e-5  # plink2 prints 6 digits
+    assert figures["ratio"] > 0 and figures["ours_seconds"] > 0 and figures["plink2_seconds"] > 0
