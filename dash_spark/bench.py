@@ -157,7 +157,7 @@ def run_bench(args) -> int:
 
 def run_dash_bench(args) -> int:
     """3 parties vs one pooled scan on the same samples, each step a fresh process, one at a time."""
-    from .bench_store import _compare
+    from .bench_store import compare_results
     from .bench_waves import cached_split
 
     data = cached_split(args, "dash", (("alice", 0.45), ("bob", 0.35), ("carol", 0.20)))
@@ -191,7 +191,7 @@ def run_dash_bench(args) -> int:
     figures["critical_path_over_pooled"] = round((slowest + times["combine"]) / times["pooled_scan"], 3)
     total = sum(times[f"compress_{p}"] for p in ("alice", "bob", "carol")) + times["combine"]
     figures["total_over_pooled"] = round(total / times["pooled_scan"], 3)
-    figures["max_rel_diff_vs_pooled"] = _compare(os.path.join(data, "pooled_out", "results.parquet"),
+    figures["max_rel_diff_vs_pooled"] = compare_results(os.path.join(data, "pooled_out", "results.parquet"),
                                                  os.path.join(out, "results.parquet"))
     emit_figures(figures, f"{args.samples:,} samples x {args.variants:,} variants in 3 parties: pooled scan "
                           f"{times['pooled_scan']:.1f} s; slowest party {slowest:.1f} s + combine "

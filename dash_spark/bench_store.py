@@ -36,7 +36,7 @@ def run_refresh_bench(args) -> int:
         return ["--bfile", prefix, "--pheno", prefix + ".pheno", "--covar", prefix + ".covar"]
 
     base_store = os.path.join(data, "store_base")
-    if not os.path.exists(os.path.join(base_store, "store.json")):
+    if not _usable(base_store):  # missing, or written by another format version
         shutil.rmtree(base_store, ignore_errors=True)
         _timed(cli + ["compress", "--store", base_store, "--batch", "wave1", *fileset("wave1")],
                os.path.join(data, "setup.log"))
@@ -58,7 +58,7 @@ def run_refresh_bench(args) -> int:
     times["refresh_add"] = _timed(cli + ["refresh", "--store", store, "--add-batch", "wave2", *fileset("wave2"),
                                          "--out", out, "--overwrite", "--no-plots"], os.path.join(data, "refresh.log"))
     shutil.rmtree(store, ignore_errors=True)
-    agree = _compare(os.path.join(data, "full_out", "results.parquet"), os.path.join(out, "results.parquet"))
+    agree = compare_results(os.path.join(data, "full_out", "results.parquet"), os.path.join(out, "results.parquet"))
     figures = {k: round(v, 2) for k, v in times.items()}
     figures["refresh_over_full_scan"] = round(times["refresh_add"] / times["full_scan"], 3)
     figures["refresh_over_full_store"] = round(times["refresh_add"] / times["full_store"], 3)
@@ -71,7 +71,19 @@ def run_refresh_bench(args) -> int:
     return 0
 
 
-def _compare(a_path: str, b_path: str) -> float:
+def _usable(store: str) -> bool:
+    from .store import StoreError, open_store
+
+    try:
+        open_store(store)
+    except StoreError:
+        return False
+    return True
+
+
+def compare_results(a_path: str, b_path: str) -> float:
+    """The largest difference in beta and se between two results Parquets of the same variants,
+    relative to max(|value|, se) (raises if they cover other variants or sample counts)."""
     import pyarrow.parquet as pq
 
     key = [("phenotype", "ascending"), ("variant_index", "ascending")]
