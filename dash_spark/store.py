@@ -369,7 +369,8 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     from .multiparty.party import variant_hash, variant_table
     from .multiparty.study import global_stats
     from .pipeline import build_model, plan_scan
-    from .spark.session import resolve_session, wait_for_running_tasks
+    from .spark.scan import run_ranges
+    from .spark.session import resolve_session
 
     cfg = batch_config(settings, source, keep=keep)
     model = build_model(cfg, party=True, subset_of_fam=keep is not None)
@@ -389,16 +390,11 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
         offs = model.bim.line_offsets
         ranges = [(p, s, e, int(offs[s]), int(offs[e]), []) for p, (s, e) in enumerate(blocks)]
         minus_arg = (minus.dir, tuple(minus.record["blocks"])) if minus is not None else None
-        sc = spark.sparkContext
-        W_bc = sc.broadcast(model.W)
         write = partial(_write_blocks, plan, bdir, minus_arg, stat_columns(settings))
-        try:  # a plain RDD job: only (part, sha256) pairs come back
-            rows = sorted(sc.parallelize(ranges, len(ranges)).mapPartitions(lambda r: write(W_bc.value, r)).collect())
+        try:  # only (part, sha256) pairs come back
+            rows = sorted(run_ranges(spark, model.W, ranges, write))
         except Exception as exc:  # noqa: BLE001 - surface our own task errors as one line
-            wait_for_running_tasks(spark)  # before the directory they write into is removed
             raise_task_error(exc)
-        finally:
-            W_bc.destroy()
         shas = [sha for _, sha in rows]
         if len(shas) != len(blocks):  # pragma: no cover - one row per range
             raise DashError(f"{what}: {len(shas)} blocks written, expected {len(blocks)}")

@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 
 from ..multiparty.study import party_block_sums
-from .scan import read_block
+from .scan import read_block, run_ranges
 
 
 def compress_ranges(plan, W: np.ndarray, ranges):
@@ -31,16 +31,7 @@ def compress_ranges(plan, W: np.ndarray, ranges):
 def collect_ranges(spark, W, ranges: list[tuple], per_ranges) -> np.ndarray:
     """Run ``per_ranges(W, rows)`` (yielding ``(first index, block)``) over the ranges, one
     partition each, with ``W`` broadcast once; return the blocks stacked in variant order."""
-    sc = spark.sparkContext
-    W_bc = sc.broadcast(W)
-
-    def task(rows):
-        yield from per_ranges(W_bc.value, rows)
-
-    try:
-        blocks = sc.parallelize(ranges, len(ranges)).mapPartitions(task).collect()
-    finally:
-        W_bc.destroy()
+    blocks = run_ranges(spark, W, ranges, per_ranges)
     blocks.sort(key=lambda b: b[0])
     return np.vstack([b for _, b in blocks]) if blocks else np.zeros((0, 0))
 

@@ -241,30 +241,42 @@ def map_ranges(spark, W: np.ndarray, ranges: list[tuple], per_ranges, schema_ddl
     return ranges_df.mapInArrow(task, schema_ddl), W_bc
 
 
-def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phenotypes) -> int:
-    """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
-    which the task writes under the local (or shared) directory ``stage`` with
-    :func:`dash_spark.output.write_result_parts`. ``value`` is broadcast once. A plain RDD job: only
-    row counts come back. Returns the number of result rows."""
-    from ..output import prepare_result_dirs, write_result_parts
+def run_ranges(spark, value, ranges: list[tuple], per_ranges) -> list:
+    """A plain RDD job with one partition per range row: each runs ``per_ranges(value, rows)``
+    (``value`` broadcast once) and what the tasks yield is collected. After a failure it waits for
+    the job's cancelled tasks before re-raising, since they may still be writing files the caller
+    is about to remove."""
     from .session import wait_for_running_tasks
 
-    prepare_result_dirs(stage, phenotypes)
     sc = spark.sparkContext
     bc = sc.broadcast(value)
 
     def task(rows):
-        v = bc.value
-        for row in rows:
-            yield write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]))
+        yield from per_ranges(bc.value, rows)
 
     try:
-        return int(sum(sc.parallelize(ranges, len(ranges)).mapPartitions(task).collect()))
+        return sc.parallelize(ranges, len(ranges)).mapPartitions(task).collect()
     except BaseException:
-        wait_for_running_tasks(spark)  # the other tasks of the failed job stop writing first
+        wait_for_running_tasks(spark)
         raise
     finally:
         bc.destroy()
+
+
+def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phenotypes) -> int:
+    """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
+    which the task writes under the local (or shared) directory ``stage`` with
+    :func:`dash_spark.output.write_result_parts` (:func:`run_ranges`; only row counts come back).
+    Returns the number of result rows."""
+    from ..output import prepare_result_dirs, write_result_parts
+
+    prepare_result_dirs(stage, phenotypes)
+
+    def write(v, rows):
+        for row in rows:
+            yield write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]))
+
+    return int(sum(run_ranges(spark, value, ranges, write)))
 
 
 def run_scan_job(spark, plan: ScanPlan, W: np.ndarray, ranges: list[tuple]):
