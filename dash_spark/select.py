@@ -274,10 +274,11 @@ class SelectResult:
 def _pooled_rows(store: Store, batches, rows: list[int]) -> np.ndarray:
     """The pooled stored statistics of a few variants (driver side; reads their blocks)."""
     out = np.zeros((len(rows), store.width))
+    columns = store.columns
     for i, v in enumerate(rows):
         part = next(p for p, (a, e) in enumerate(store.blocks) if a <= v < e)
         for b in batches:
-            out[i] += read_block(b.dir, part, b.record["blocks"][part], store.columns)[v - store.blocks[part][0]]
+            out[i] += read_block(b.dir, part, b.record["blocks"][part], columns)[v - store.blocks[part][0]]
     return out
 
 

@@ -176,13 +176,17 @@ def generate_keypair(name: str) -> tuple[bytes, bytes]:
     return keys.to_json(), keys.public().to_json()
 
 
+def _key_file_exists(path: str) -> OutputError:
+    return OutputError(f"{path}: key file already exists; expected a new file, found an existing one. "
+                       "Choose another output prefix or remove the old keys deliberately")
+
+
 def _create_exclusive(path: str, data: bytes, mode: int) -> None:
     """Create ``path`` with ``mode`` from the start; refuse an existing file."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     except FileExistsError:
-        raise OutputError(f"{path}: key file already exists; expected a new file, found an existing one. "
-                          "Choose another output prefix or remove the old keys deliberately") from None
+        raise _key_file_exists(path) from None
     except OSError as exc:
         raise OutputError(f"{path}: cannot create key file; expected a writable directory, found "
                           f"{exc.strerror}. Check the output prefix") from None
@@ -207,8 +211,7 @@ def write_keypair(out_prefix: str | os.PathLike, party: str | None = None) -> tu
     key_path, pub_path = prefix + ".key", prefix + ".pub"
     for p in (key_path, pub_path):
         if os.path.lexists(p):
-            raise OutputError(f"{p}: key file already exists; expected a new file, found an existing one. "
-                              "Choose another output prefix or remove the old keys deliberately")
+            raise _key_file_exists(p)
     private_json, public_json = generate_keypair(name)
     _create_exclusive(key_path, private_json, 0o600)
     try:
