@@ -150,8 +150,13 @@ def standalone_cluster(workdir, n_workers: int = 2, cores_per_worker: int = 1, m
                   worker_logs[i])
         deadline = time.monotonic() + startup_timeout
         while True:
-            text = master_log.read_text(errors="replace") if master_log.exists() else ""
-            registered = text.count("Registering worker")
+            # Count the workers that say they are registered. The master's own "Registering worker"
+            # line is not enough: a worker that reaches the master before it has been elected leader is
+            # logged there but answered "in standby", and only joins after a retry ~8 s later.
+            registered = sum(
+                "Successfully registered with master" in p.read_text(errors="replace")
+                for p in worker_logs if p.exists()
+            )
             if registered >= n_workers:
                 break
             dead = [(p.args[1], p.returncode) for p in procs if p.poll() is not None]

@@ -111,7 +111,8 @@ def test_standalone_cluster_matches_local(tmp_path_factory, spark):
     app_id = app_ids[0]
     for wdir in cluster.worker_dirs:  # one executor per one-core worker, each with its own directory
         executors = list((wdir / app_id).glob("*"))
-        assert executors, f"{wdir}: no executor directory for {app_id}: {sorted(os.listdir(wdir))}"
+        assert executors, (f"{wdir}: no executor directory for {app_id}: {sorted(os.listdir(wdir))}\n"
+                           f"master log:\n{log_tail(cluster.master_log)}")
     props = spark_properties(event_logs, app_id)
     assert props["spark.master"] == cluster.url
     assert props[PROBE_KEY] == PROBE_VALUE, "spark-submit's --conf was overridden by the session defaults"
