@@ -88,16 +88,17 @@ def augment_variants(V: np.ndarray, t: int, k: int, n_pheno: int, mode: str, zx:
     out[:, lay2["t0.Ctm"]] = np.hstack([col("Ctm"), zm])
     for s in ("yx", "sx", "sxx", "ym", "miss"):
         out[:, lay2[f"t0.{s}"]] = col(s)
-    if mode == "drop":
+    if mode == "drop":  # the missing calls' blocks are zero for variants without any: fill the others
+        r = np.flatnonzero(col("miss")[:, 0] > 0)
         iu = np.triu_indices(k)
-        full = np.zeros((m, k2, k2))
-        full[:, iu[0], iu[1]] = col("CmCm")
-        full[:, iu[1], iu[0]] = col("CmCm")
-        full[:, k:, :k] = zmc[:, :, :k]
-        full[:, :k, k:] = np.transpose(zmc[:, :, :k], (0, 2, 1))
-        full[:, k:, k:] = zmm
+        full = np.zeros((len(r), k2, k2))
+        full[:, iu[0], iu[1]] = V[r][:, lay[f"t{t}.CmCm"]]
+        full[:, iu[1], iu[0]] = V[r][:, lay[f"t{t}.CmCm"]]
+        full[:, k:, :k] = zmc[r, :, :k]
+        full[:, :k, k:] = np.transpose(zmc[r, :, :k], (0, 2, 1))
+        full[:, k:, k:] = zmm[r]
         iu2 = np.triu_indices(k2)
-        out[:, lay2["t0.CmCm"]] = full[:, iu2[0], iu2[1]]
+        out[np.ix_(r, np.arange(lay2["t0.CmCm"].start, lay2["t0.CmCm"].stop))] = full[:, iu2[0], iu2[1]]
         out[:, lay2["t0.Cmy"]] = np.hstack([col("Cmy"), zmc[:, :, k]])
         out[:, lay2["t0.ymy"]] = col("ymy")
     out[:, lay2["freq_alt"]] = V[:, lay["freq_alt"]]
@@ -114,7 +115,7 @@ class BatchStep:
     """What a task needs to add one batch's products with ``Z`` (broadcast once per step)."""
 
     plan: object          # the batch's ScanPlan (its .bed path and sample count)
-    W: np.ndarray         # padded [Z] (masked to the phenotype's samples)
+    W: np.ndarray         # padded [Z | mask] (Z masked to the phenotype's samples; mask = those samples)
     Wg: np.ndarray | None  # padded [Z | C | y] for the missing calls' products (drop mode)
 
 
@@ -123,16 +124,16 @@ def batch_products(step: BatchStep, q: int, k: int, vidx: np.ndarray, mode: str)
     from .io.features import compress_dense
     from .spark.scan import block_missing_grams
     from .spark.scan import read_block as read_variants
-    from .stats.kernel import _HAS_MISSING, compress_block
+    from .stats.kernel import compress_block
 
     block, _ = read_variants(step.plan, vidx)  # packed .bed bytes, or dense feature values
     dense = bool(step.plan.features_path)
-    zx, _, zm = (compress_dense if dense else compress_block)(block, step.W, q)
+    zx, _, zm = (compress_dense if dense else compress_block)(block, step.W, q + 1)
     if mode != "drop":
-        return zx, zm, None, None
-    todo = np.isnan(block).any(axis=1) if dense else _HAS_MISSING[block].any(axis=1)
+        return zx[:, :q], zm[:, :q], None, None
+    todo = zm[:, q] > 0  # variants with a missing call among the phenotype's samples
     zmm, zmc, _ = block_missing_grams(step.plan, step.Wg, block, 0, q, k + 1, todo)
-    return zx, zm, zmm, zmc
+    return zx[:, :q], zm[:, :q], zmm, zmc
 
 
 def step_inputs(model, plan, t: int, sel: np.ndarray, mu: np.ndarray, mode: str):
@@ -156,15 +157,15 @@ def step_inputs(model, plan, t: int, sel: np.ndarray, mu: np.ndarray, mode: str)
     X = X[:, np.argsort(order)]
     Z = np.where(np.isnan(X), mu[None, :], X) * mask[:, None]
     empty = np.zeros((n, 0))
-    W = pad_weights(Z, empty)
+    W = pad_weights(np.hstack([Z, mask[:, None].astype(np.float64)]), empty)
     Wg = pad_weights(np.hstack([Z, C, y[:, None]]), empty) if mode == "drop" else None
     dense = {"CZ": C.T @ Z, "ZZ": Z.T @ Z, "Z1": Z.sum(axis=0), "Zy": Z.T @ y}
     return BatchStep(plan=plan, W=W, Wg=Wg), dense
 
 
-def batch_step(store: Store, batch, t: int, sel: np.ndarray, mu: np.ndarray, spark_parallelism: int):
-    """Build a stored batch's model (withdrawn samples left out), check it against its stored
-    moments, and return its :func:`step_inputs`."""
+def batch_model(store: Store, batch, t: int, spark_parallelism: int):
+    """A stored batch's model and scan plan (withdrawn samples left out), checked against the
+    moments stored for it; built once per selection and used by every step's :func:`step_inputs`."""
     from dataclasses import replace
 
     from .multiparty.study import global_stats
@@ -189,7 +190,7 @@ def batch_step(store: Store, batch, t: int, sel: np.ndarray, mu: np.ndarray, spa
                               "longer give the statistics stored for it; they changed after the batch was compressed. "
                               "Restore them, or remove the batch and add it again")
     plan, _, _ = plan_scan(cfg, model, spark_parallelism)
-    return step_inputs(model, plan, t, sel, mu, store.settings["missing_genotypes"])
+    return model, plan
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,6 +344,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     selected: list[int] = []
     sel_rows: list[dict] = []
     joint_rows: list[dict] = []
+    models = None  # each batch's (model, plan), built at the first step that needs the genotypes
     with local_stage(out) as stage:
         step = 0
         while True:
@@ -352,8 +354,10 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
                 sx, miss = Vs[:, lay[f"t{t}.sx"]][:, 0], Vs[:, lay[f"t{t}.miss"]][:, 0]
                 mu = sx / (n_t - miss)
                 steps, dense = [], None
-                for b in batches:
-                    bs, d = batch_step(store, b, t, np.asarray(selected), mu, par)
+                if models is None:
+                    models = [batch_model(store, b, t, par) for b in batches]
+                for model, plan in models:
+                    bs, d = step_inputs(model, plan, t, np.asarray(selected), mu, mode)
                     steps.append(bs)
                     dense = d if dense is None else {key: dense[key] + d[key] for key in d}
                 Gq = augment_globals(G, t, dense)
