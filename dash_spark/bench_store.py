@@ -90,7 +90,7 @@ def compare_results(a_path: str, b_path: str) -> float:
     a = pq.read_table(a_path, columns=["phenotype", "variant_index", "beta", "se", "obs_ct"]).sort_by(key)
     b = pq.read_table(b_path, columns=["phenotype", "variant_index", "beta", "se", "obs_ct"]).sort_by(key)
     if a.column("variant_index") != b.column("variant_index") or a.column("obs_ct") != b.column("obs_ct"):
-        raise RuntimeError("refresh results cover different variants or counts than the full scan")
+        raise RuntimeError(f"{b_path}: the results cover other variants or sample counts than {a_path}")
     se = a.column("se").to_numpy(zero_copy_only=False)
     ok = ~np.isnan(se)
     worst = 0.0
