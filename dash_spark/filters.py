@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, utf8_lines
 from .io.tables import read_sample_ids
 
 log = logging.getLogger("dash_spark")
@@ -32,6 +32,19 @@ class CallFilters:
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.maf, self.mac, self.geno))
+
+    def describe(self) -> str:
+        """The thresholds applied, as the options that set them: ``--maf 0.6, --geno 0``."""
+        return ", ".join(f"--{name} {v:g}" for name, v in (("maf", self.maf), ("mac", self.mac), ("geno", self.geno))
+                         if v is not None)
+
+    def none_passed(self, n_variants: int) -> InputError:
+        """The error for a scan in which these thresholds removed all ``n_variants`` variants tested."""
+        flags = self.describe()
+        return InputError(
+            f"{flags}: no variant passes the call filters; expected at least 1 of the {n_variants:,} selected "
+            f"variants to pass, found 0 ({n_variants:,} of {n_variants:,} variants removed). Relax {flags}"
+        )
 
     def keep(self, alt_sum: np.ndarray, called: np.ndarray, missing_kept: np.ndarray, n_kept: int) -> np.ndarray:
         """Boolean mask of variants passing; ``alt_sum``/``called`` over the frequency samples."""
@@ -96,7 +109,7 @@ def parse_chr_spec(spec: str) -> tuple[set[str], list[tuple[int, int]]]:
 def _read_variant_ids(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as fh:
-            return [line.split()[0] for line in fh if line.strip()]
+            return [line.split()[0] for line in utf8_lines(fh, path, "variant-ID file") if line.strip()]
     except OSError as exc:
         raise InputError(f"{path}: cannot read variant-ID file ({exc.strerror})") from None
 

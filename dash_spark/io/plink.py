@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, not_utf8_error, utf8_lines
 
 BED_MAGIC = bytes([0x6C, 0x1B, 0x01])
 
@@ -70,7 +70,7 @@ def read_fam(path: str) -> Fam:
     except OSError as exc:
         raise InputError(f"{path}: cannot open .fam ({exc.strerror}); check the --bfile prefix") from None
     with fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in enumerate(utf8_lines(fh, path, ".fam"), 1):
             fields = line.split()
             if not fields:
                 continue
@@ -97,7 +97,11 @@ def read_fam(path: str) -> Fam:
 def _parse_bim_text(text: bytes, path: str, first_line: int) -> tuple[np.ndarray, ...]:
     """Parse .bim lines (bytes) into chrom, id, pos, alt, ref arrays, naming the bad line."""
     chrom, ids, pos, alt, ref = [], [], [], [], []
-    for lineno, raw in enumerate(text.decode("utf-8").splitlines(), first_line):
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, ".bim", data=text, exc=exc, first_line=first_line) from None
+    for lineno, raw in enumerate(decoded.splitlines(), first_line):
         fields = raw.split()
         if len(fields) != 6:
             raise InputError(

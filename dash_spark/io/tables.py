@@ -39,7 +39,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from dash_spark.errors import ConfigError, InputError, ModelError, did_you_mean
+from dash_spark.errors import ConfigError, InputError, ModelError, did_you_mean, not_utf8_error
 
 __all__ = [
     "MAX_CATEGORY_LEVELS",
@@ -136,7 +136,9 @@ def _numbered_lines(path: str, what: str) -> Iterator[tuple[int, list[str]]]:
                 tokens = line.split()
                 if tokens:
                     yield lineno, tokens
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise not_utf8_error(path, what) from None
+    except (OSError, EOFError) as exc:
         raise InputError(
             f"{path}: cannot read the {what} ({type(exc).__name__}: {exc}); expected a "
             f"UTF-8 text file (optionally gzip-compressed), found unreadable content. "

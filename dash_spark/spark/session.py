@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 
@@ -23,12 +24,12 @@ LOCAL_DEFAULTS: dict[str, str] = {
 
 def read_properties(path: str) -> dict[str, str]:
     """Read a spark-defaults style file (``key value`` or ``key=value`` per line, ``#`` comments)."""
-    from ..errors import ConfigError
+    from ..errors import ConfigError, utf8_lines
 
     props: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8") as fh:
-            for lineno, raw in enumerate(fh, 1):
+            for lineno, raw in enumerate(utf8_lines(fh, path, "Spark properties file"), 1):
                 line = raw.strip()
                 if not line or line.startswith("#"):
                     continue
@@ -42,9 +43,96 @@ def read_properties(path: str) -> dict[str, str]:
                         )
                     key, value = parts
                 props[key.strip()] = value.strip()
+                check_spark_conf({key.strip(): value.strip()}, where=f"{path}:{lineno}")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read Spark properties ({exc.strerror})") from None
     return props
+
+
+#: Settings Spark reads as byte sizes: digits and an optional unit (b, k, m, g, t, p, optionally
+#: followed by b), case-insensitive: 512m, 4g, 64kb.
+_BYTE_SIZE_KEY = re.compile(
+    r"spark\.(?:[\w.-]+\.memory|[\w.-]+\.memoryOverhead|memory\.offHeap\.size|driver\.maxResultSize"
+    r"|kryoserializer\.buffer(?:\.max)?|reducer\.maxSizeInFlight|shuffle\.file\.buffer|broadcast\.blockSize)"
+)
+_BYTE_SIZE = re.compile(r"\d+[kmgtp]?b?", re.IGNORECASE)
+#: spark.driver.memory is passed to the driver JVM as -Xmx<value>: the JVM's syntax, with a unit
+#: (a bare number would be bytes there, while Spark reads it as MiB)
+_HEAP_SIZE = re.compile(r"[1-9]\d*[kmgt]", re.IGNORECASE)
+#: Integer settings and their smallest value
+_COUNT_KEYS = {"spark.executor.cores": 1, "spark.driver.cores": 1, "spark.default.parallelism": 1,
+               "spark.sql.shuffle.partitions": 1, "spark.task.cpus": 1, "spark.executor.instances": 0}
+#: Master URLs Spark accepts (SparkContext's and spark-submit's forms)
+_MASTER = re.compile(r"local(?:\[\s*(?:\*|[1-9]\d*)\s*(?:,\s*\d+\s*)?\])?"
+                     r"|local-cluster\[\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\]|yarn|(?:spark|k8s)://\S+")
+
+
+def check_master(master: str, where: str = "--master") -> None:
+    """Refuse a Spark master URL that Spark would reject, before the JVM starts."""
+    from ..errors import ConfigError
+
+    if not _MASTER.fullmatch(master.strip()):
+        at = f"{where} {master}" if where == "--master" else where
+        raise ConfigError(
+            f"{at}: not a Spark master URL; expected local, local[N], local[*], yarn, "
+            f"spark://HOST:PORT or k8s://URL, found {master!r}. Fix the master URL (or leave it out for local[*])"
+        )
+
+
+def check_spark_conf(conf: Mapping[str, str], where: str = "--conf") -> None:
+    """Check Spark settings before the JVM starts (a malformed one fails there with a Java error).
+
+    Keys must be Spark properties (``spark.*``); byte sizes (``spark.*.memory``, ``.memoryOverhead``,
+    ``spark.driver.maxResultSize`` ...) need Spark's size syntax, ``spark.driver.memory`` a JVM
+    heap size with a unit, counts (``spark.executor.cores``, ``spark.sql.shuffle.partitions`` ...)
+    a positive integer, ``spark.master`` a master URL. ``where`` names the source in messages.
+    """
+    from ..errors import ConfigError, did_you_mean
+
+    fix = "Fix it with --conf, in the --properties-file or in the job config's [spark] table"
+    for key, value in conf.items():
+        key, value = str(key).strip(), str(value).strip()
+        at = f"{where} {key}={value}" if where == "--conf" else f"{where}: {key}"
+        if not key.startswith("spark."):
+            known = list(LOCAL_DEFAULTS) + list(_COUNT_KEYS) + ["spark.driver.memory", "spark.executor.memory"]
+            hint = did_you_mean(key, known) or did_you_mean("spark." + key, known)
+            raise ConfigError(
+                f"{at}: not a Spark property; expected a key starting with 'spark.', found {key!r}."
+                f"{hint} Hadoop settings go in as spark.hadoop.<key>"
+            )
+        if key == "spark.driver.memory":
+            if not _HEAP_SIZE.fullmatch(value):
+                raise ConfigError(
+                    f"{at}: not a JVM heap size; expected a number with a unit k, m, g or t (e.g. 4g, 512m), "
+                    f"found {value!r}. {fix}"
+                )
+        elif _BYTE_SIZE_KEY.fullmatch(key):
+            if not _BYTE_SIZE.fullmatch(value):
+                raise ConfigError(
+                    f"{at}: not a byte size; expected digits with an optional unit k, m, g, t or p "
+                    f"(e.g. 4g, 512m), found {value!r}. {fix}"
+                )
+        elif key in _COUNT_KEYS:
+            least = _COUNT_KEYS[key]
+            if not re.fullmatch(r"\d+", value) or int(value) < least:
+                what = "a positive integer" if least else "a non-negative integer"
+                raise ConfigError(f"{at}: not a count; expected {what}, found {value!r}. {fix}")
+        elif key == "spark.master":
+            check_master(value, where=at)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The Java exception's class and message (a Py4J error), else the first line of ``exc``."""
+    java = getattr(exc, "java_exception", None)
+    text = str(exc)
+    if java is not None:
+        try:
+            text = str(java.toString())
+        except Exception:  # noqa: BLE001 - the JVM may be gone
+            pass
+    lines = [line.strip().removeprefix(": ") for line in text.splitlines()
+             if line.strip() and not line.startswith("\tat ") and not line.startswith("An error occurred while calling")]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _submitted_properties() -> set[str]:
@@ -154,6 +242,9 @@ def get_session(
     on top of :data:`LOCAL_DEFAULTS` (defaults are only used for settings nobody else has set).
     ``PYSPARK_PYTHON`` is pinned to this interpreter so executors import the same packages.
     """
+    check_spark_conf(conf or {})
+    if master:
+        check_master(master)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
@@ -176,7 +267,16 @@ def get_session(
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # noqa: BLE001 - a setting Spark refuses, a JVM that does not start
+        from ..errors import ConfigError
+
+        log.debug("Spark session failed to start", exc_info=True)
+        raise ConfigError(
+            f"Spark session: cannot start Spark; expected settings Spark accepts, found the error "
+            f"{_first_line(exc)}. Check --master, --conf / --properties-file and the job config's [spark] table"
+        ) from None
     spark.sparkContext.setLogLevel("WARN")
     log.info(
         "Spark session: master=%s, default parallelism=%d",
@@ -198,6 +298,9 @@ class SessionStarter:
     def __init__(self, master: str | None = None, conf: Mapping[str, str] | None = None, *, warm: bool = True):
         import threading
 
+        check_spark_conf(conf or {})  # here, not in the thread: a bad setting fails before any work
+        if master:
+            check_master(master)
         self._box: dict = {}
         self._thread = threading.Thread(target=self._start, args=(master, conf, warm), daemon=True)
         self._thread.start()
@@ -251,7 +354,7 @@ def _warm_worker(_) -> None:
 
     from dash_spark.stats.kernel import compress_block, missing_grams
 
-    importlib.import_module("dash_spark.multiparty.study")  # scipy, pyarrow and the store's helpers
+    importlib.import_module("dash_spark.tasks")  # scipy, pyarrow and the statistics' helpers
 
     packed, W = np.zeros((1, 1), dtype=np.uint8), np.zeros((4, 3))
     compress_block(packed, W, 2)
