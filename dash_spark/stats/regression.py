@@ -98,6 +98,8 @@ def covariate_basis(C: np.ndarray, mask: np.ndarray, names: list[str], *, where:
             f"{where}: {n} samples with complete data, but {k} covariates need at least {k + 2} "
             f"(samples must exceed covariates + 1); n={n}, k={k}. Check the sample IDs or use fewer covariates"
         )
+    if k == 0:  # y ~ 0 + x: no covariate, not even an intercept (the regression through the origin)
+        return Basis(Q=np.zeros((n_all, 0)), R=np.zeros((0, 0)), mask=mask)
     norms = np.linalg.norm(sub, axis=0)
     for j in range(k):
         if norms[j] == 0:
@@ -134,8 +136,15 @@ class VariantStats:
     errcode: np.ndarray  # uint8, codes in ERRCODES
 
 
-ERRCODES = (".", "CONST_OMITTED_ALLELE", "VIF_INFINITE", "TOO_FEW_OBS", "CORR_TOO_HIGH", "VIF_TOO_HIGH")
-ERR_OK, ERR_CONST, ERR_COLLINEAR, ERR_FEW, ERR_CORR, ERR_VIF = range(6)
+#: plink2's ``--glm`` error codes for a linear model, by name and in plink2's own order (its
+#: ``GlmErrcode`` enum); a variant gets the first that applies, checked in this order:
+#: ``SAMPLE_CT<=PREDICTOR_CT`` (OBS_CT <= k + 1: no residual degree of freedom; checked first, as
+#: plink2 does), ``CONST_OMITTED_ALLELE`` (the dosage is constant on the variant's samples),
+#: ``CORR_TOO_HIGH`` / ``VIF_TOO_HIGH`` (plink2's --max-corr / --vif cut-offs; a variant's
+#: covariates singular on its samples is ``VIF_INFINITE``), ``VIF_INFINITE`` (the dosage is
+#: explained exactly by the covariates)
+ERRCODES = (".", "SAMPLE_CT<=PREDICTOR_CT", "CONST_OMITTED_ALLELE", "CORR_TOO_HIGH", "VIF_INFINITE", "VIF_TOO_HIGH")
+ERR_OK, ERR_FEW, ERR_CONST, ERR_CORR, ERR_COLLINEAR, ERR_VIF = range(6)
 
 #: plink2's defaults: --max-corr 0.999, --vif 50
 MAX_CORR = 0.999
@@ -241,7 +250,7 @@ def finalize_mean_imputed(
     sxi = sx + mu * miss
     xx_c = xxi - np.einsum("mk,mk->m", Qxi, Qxi)
     xx_centred = xxi - sxi * sxi / n
-    err = _constant_errors(sx, sxx, n_obs)
+    err = _first_errors(sx, sxx, n_obs, n, k)
     if cc is not None:
         err = np.where(err == 0, collinearity_errors(cc, Qxi, sxi, xx_centred), err).astype(np.uint8)
     yx_c = yxi - Qxi @ Qy  # (m, p)
@@ -284,9 +293,9 @@ def finalize_complete_case(
     b = np.broadcast_to(Qy, (m, k, p)) - Qmy
     rhs = np.concatenate([Qx[:, :, None], b], axis=2)
     z = rhs.copy()
-    err = _constant_errors(sx, sxx, n_obs)
+    err = _first_errors(sx, sxx, n_obs, n_obs, k)
     xx_centred = sxx - sx * sx / np.where(n_obs > 0, n_obs, 1)
-    if has.any():
+    if has.any() and k:
         G_obs = np.eye(k)[None] - QmQm[has]  # Q_O'Q_O of each variant with missing calls
         singular = _near_singular(G_obs)
         G = np.where(singular[:, None, None], np.eye(k)[None], G_obs)
@@ -296,7 +305,7 @@ def finalize_complete_case(
     if cc is not None:
         checks = np.zeros(m, dtype=np.uint8)
         checks[~has] = collinearity_errors(cc, Qx[~has], sx[~has], xx_centred[~has])
-        if has.any():
+        if has.any() and k and len(cc.cols):  # no covariate besides the intercept: nothing to check
             checks[has] = _collinearity_errors_observed(
                 cc, Qx[has], sx[has], xx_centred[has], Qm[has], G_obs, n_obs[has])
         err = np.where(err == 0, checks, err).astype(np.uint8)
@@ -341,11 +350,15 @@ def _collinearity_errors_observed(cc, Qx, sx, xx_centred, Qm, G, n_obs):
     return _corr_vif_codes(r, np.einsum("mc,mcd->md", r, corr_inv), np.einsum("mii->mi", corr_inv))
 
 
-def _constant_errors(sx, sxx, n_obs) -> np.ndarray:
-    """CONST_OMITTED_ALLELE where every observed dosage is the same (or nothing was observed)."""
+def _first_errors(sx, sxx, n_obs, n_fit, k: int) -> np.ndarray:
+    """plink2's first two checks, in its order: SAMPLE_CT<=PREDICTOR_CT where the regression's
+    ``n_fit`` samples do not exceed its k + 1 predictors, else CONST_OMITTED_ALLELE where every
+    observed dosage is the same (or nothing was observed)."""
     spread = sxx - sx * sx / np.where(n_obs > 0, n_obs, 1)
     const = (n_obs <= 0) | (spread <= 1e-12 * np.maximum(sxx, 1.0))
-    return np.where(const, ERR_CONST, ERR_OK).astype(np.uint8)
+    err = np.where(const, ERR_CONST, ERR_OK).astype(np.uint8)
+    err[np.broadcast_to(n_fit, err.shape) <= k + 1] = ERR_FEW
+    return err
 
 
 def _finish(xx_c, xx_centred, yx_c, yy_c, dof, err, obs_ct, alt_freq) -> list[VariantStats]:

@@ -1,0 +1,85 @@
+"""The per-variant result rows every command writes (``results.parquet``'s columns) and plink2's A1 rule.
+
+Numpy and pyarrow only: executors, the combiner and notebooks build the same rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from .regression import ERRCODES
+
+RESULT_SCHEMA_DDL = (
+    "variant_index long, chrom string, pos long, id string, ref string, alt string, a1 string, "
+    "a1_freq double, obs_ct long, beta double, se double, t_stat double, p double, "
+    "neg_log10_p double, phenotype string, errcode string"
+)
+
+RESULT_SCHEMA = pa.schema([
+    ("variant_index", pa.int64()), ("chrom", pa.string()), ("pos", pa.int64()), ("id", pa.string()),
+    ("ref", pa.string()), ("alt", pa.string()), ("a1", pa.string()), ("a1_freq", pa.float64()),
+    ("obs_ct", pa.int64()), ("beta", pa.float64()), ("se", pa.float64()), ("t_stat", pa.float64()),
+    ("p", pa.float64()), ("neg_log10_p", pa.float64()), ("phenotype", pa.string()), ("errcode", pa.string()),
+])  # the same columns as RESULT_SCHEMA_DDL, for tasks that write Parquet themselves
+
+
+def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_alt: bool,
+                  a1freq_floor: float = 0.0) -> pa.RecordBatch:
+    """Result rows (phenotype-major) for variants ``vidx`` with .bim fields ``meta``.
+
+    ``a1freq_floor`` (``--a1freq-lower-limit``): published A1 frequencies below it are reported as
+    it, and those above ``1 - a1freq_floor`` as that (rare-allele counts are not released).
+
+    ``freq_alt_sum``/``freq_called`` (m,): ALT dosage sum and called count over the samples whose
+    frequency decides the major allele; ``named_stats``: (phenotype, VariantStats) pairs.
+    """
+    chrom, ids, pos, alt, ref = meta
+    m = len(vidx)
+    cols: dict[str, list] = {name: [] for name in (
+        "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "obs_ct", "beta", "se",
+        "t_stat", "p", "neg_log10_p", "phenotype", "errcode")}
+    # plink2's default: A1 is the non-major allele over the frequency samples. plink2 takes
+    # ref_freq = ref_count * (1 / (2 n)) and alt_freq = 1 - ref_freq, and keeps REF as major on an
+    # exact tie; that arithmetic decides tied counts (either way, depending on n), so it is
+    # reproduced as is. A variant with no call among them falls back to the phenotype's samples
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(freq_called > 0, 1.0 / (2.0 * freq_called), np.nan)
+        ref_freq = (2.0 * freq_called - freq_alt_sum) * inv
+    no_freq = np.isnan(ref_freq)
+    flip_all = np.zeros(m, dtype=bool) if count_alt else (1.0 - ref_freq) > ref_freq
+    errnames = np.array(ERRCODES, dtype=object)
+    for name, st in named_stats:
+        flip = flip_all
+        if not count_alt and no_freq.any():
+            flip = np.where(no_freq, st.alt_freq > 0.5, flip_all)
+        sign = np.where(flip, -1.0, 1.0)
+        cols["variant_index"].append(vidx)
+        cols["chrom"].append(chrom)
+        cols["pos"].append(pos)
+        cols["id"].append(ids)
+        cols["ref"].append(ref)
+        cols["alt"].append(alt)
+        cols["a1"].append(np.where(flip, ref, alt))
+        a1f = np.where(flip, 1.0 - st.alt_freq, st.alt_freq)
+        if a1freq_floor > 0:
+            a1f = np.where(np.isnan(a1f), a1f, np.clip(a1f, a1freq_floor, 1.0 - a1freq_floor))
+        cols["a1_freq"].append(a1f)
+        cols["obs_ct"].append(st.obs_ct)
+        cols["beta"].append(sign * st.beta)
+        cols["se"].append(st.se)
+        cols["t_stat"].append(sign * st.t_stat)
+        cols["p"].append(st.p)
+        cols["neg_log10_p"].append(st.neg_log10_p)
+        cols["phenotype"].append(np.full(m, name, dtype=object))
+        cols["errcode"].append(errnames[st.errcode])
+    arrays = []
+    for name, parts in cols.items():
+        values = np.concatenate(parts)
+        if values.dtype == object:
+            arrays.append(pa.array(values, type=pa.string()))
+        elif values.dtype.kind == "f":
+            arrays.append(pa.array(values, type=pa.float64(), from_pandas=True))
+        else:
+            arrays.append(pa.array(values, type=pa.int64()))
+    return pa.RecordBatch.from_arrays(arrays, names=list(cols))
