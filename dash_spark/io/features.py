@@ -13,8 +13,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import os
+
 from ..errors import InputError
 from .plink import Bim
+
+
+def _parquet_files(path: str) -> list[str]:
+    """The Parquet file, or a directory's part files (as Spark writes them) in name order."""
+    if not os.path.isdir(path):
+        return [path]
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                   if f.endswith(".parquet") and not f.startswith((".", "_")))
+    if not files:
+        raise InputError(f"{path}: a directory without Parquet part files; expected the features as Parquet")
+    return files
+
+
+def _row_groups(path: str) -> list[tuple[str, int, int]]:
+    """``(file, row group, rows)`` of every row group of the table, in row order."""
+    out = []
+    for f in _parquet_files(path):
+        md = pq.ParquetFile(f).metadata
+        out += [(f, g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
+    return out
 
 
 def read_feature_meta(path: str, n_samples: int) -> Bim:
@@ -24,9 +46,12 @@ def read_feature_meta(path: str, n_samples: int) -> Bim:
     there are no .bim lines, so the line offsets are zeros), which the scan plans like variants.
     """
     try:
-        pf = pq.ParquetFile(path)
+        files = _parquet_files(path)
+        pfs = [pq.ParquetFile(f) for f in files]
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"{path}: cannot read the features as Parquet ({exc})") from None
+    pfs = [f for f in pfs if f.metadata.num_rows > 0] or pfs[:1]
+    pf = pfs[0]
     names = pf.schema_arrow.names
     for col in ("id", "values"):
         if col not in names:
@@ -34,7 +59,7 @@ def read_feature_meta(path: str, n_samples: int) -> Bim:
     vtype = pf.schema_arrow.field("values").type
     if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype)) or not pa.types.is_floating(vtype.value_type):
         raise InputError(f"{path}: column 'values' must be list<double>; found {vtype}")
-    m = pf.metadata.num_rows
+    m = sum(f.metadata.num_rows for f in pfs)
     if m == 0:
         raise InputError(f"{path}: no features (0 rows)")
     first = next(pf.iter_batches(batch_size=1, columns=["values"])).column(0)[0].values
@@ -42,7 +67,7 @@ def read_feature_meta(path: str, n_samples: int) -> Bim:
         raise InputError(f"{path}: row 1 has {len(first)} values, but the sample-ID file lists {n_samples} "
                          "samples; each row needs one value per listed sample, in that order")
     cols = [c for c in ("id", "chrom", "pos") if c in names]
-    meta = pf.read(columns=cols)
+    meta = pa.concat_tables([f.read(columns=cols) for f in pfs])
     ids = np.array(meta.column("id").to_pylist(), dtype=object)
     chrom = np.array(meta.column("chrom").to_pylist(), dtype=object) if "chrom" in cols else np.full(m, "NA", dtype=object)
     pos = np.asarray(meta.column("pos").to_numpy(zero_copy_only=False), dtype=np.int64) if "pos" in cols else np.arange(1, m + 1, dtype=np.int64)
@@ -55,14 +80,15 @@ def read_feature_rows(path: str, n_samples: int, rows: np.ndarray) -> tuple[np.n
     """Values of the given sorted row indices as float64 [shape: (len(rows), n)], NaN for missing,
     and their metadata ``(chrom, id, pos, alt, ref)`` as the .bim reader gives it."""
     rows = np.asarray(rows, dtype=np.int64)
-    pf = pq.ParquetFile(path)
-    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    rgs = _row_groups(path)
+    starts = np.cumsum([0] + [n for _, _, n in rgs])
     gidx = np.searchsorted(starts, rows, side="right") - 1
     groups = sorted(set(gidx.tolist()))
-    cols = [c for c in ("values", "id", "chrom", "pos") if c in pf.schema_arrow.names]
-    table = pf.read_row_groups(groups, columns=cols)
+    names = pq.ParquetFile(rgs[groups[0]][0]).schema_arrow.names
+    cols = [c for c in ("values", "id", "chrom", "pos") if c in names]
+    table = pa.concat_tables([pq.ParquetFile(rgs[g][0]).read_row_group(rgs[g][1], columns=cols) for g in groups])
     # the groups read are concatenated in order: where each one starts in ``table``
-    first_row = dict(zip(groups, np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in groups[:-1]])))
+    first_row = dict(zip(groups, np.cumsum([0] + [rgs[g][2] for g in groups[:-1]])))
     local = np.array([first_row[g] for g in gidx], dtype=np.int64) + (rows - starts[gidx])
     table = table.take(pa.array(local))
     values = table.column("values").combine_chunks()
@@ -78,28 +104,3 @@ def read_feature_rows(path: str, n_samples: int, rows: np.ndarray) -> tuple[np.n
            else rows + 1)
     dot = np.full(m, ".", dtype=object)
     return flat.reshape(m, n_samples), (chrom, ids, pos, dot, dot.copy())
-
-
-def compress_dense(X: np.ndarray, W: np.ndarray, n_a: int):
-    """The kernel's sums for dense values X [shape: (m, n)] (NaN missing): ``(SX, SXX, SM)``."""
-    n = X.shape[1]
-    M = np.isnan(X)
-    X0 = np.where(M, 0.0, X)
-    A, B = W[:n, :n_a], W[:n, n_a:]
-    return X0 @ A, (X0 * X0) @ B, M.astype(np.float64) @ A
-
-
-def missing_grams_dense(X: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, todo: np.ndarray):
-    """:func:`dash_spark.stats.kernel.missing_grams` for dense values (NaN missing)."""
-    m, n = X.shape
-    qq = np.zeros((m, k, k))
-    qy = np.zeros((m, k, p))
-    yy = np.zeros((m, p))
-    block = W[:n, a0 : a0 + k + p]
-    for j in np.flatnonzero(todo):
-        rows = block[np.isnan(X[j])]
-        Q, Y = rows[:, :k], rows[:, k:]
-        qq[j] = Q.T @ Q
-        qy[j] = Q.T @ Y
-        yy[j] = (Y * Y).sum(axis=0)
-    return qq, qy, yy

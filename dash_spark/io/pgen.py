@@ -1,0 +1,273 @@
+"""plink2 filesets (.pgen/.pvar/.psam): sample and variant metadata, dosage reads by variant.
+
+The .psam and .pvar are parsed here (line-numbered errors); genotypes are read by executors with
+plink2's own reader library ``pgenlib``, which returns dosages of ALT (``allele_idx=1``) in units
+of 1/16384 as floats and -9 for a missing call (turned into NaN here).
+
+- ``.psam``: a header ``#FID IID ...`` or ``#IID ...`` (``PAT``/``MAT`` columns decide the
+  founders, as in a .fam; absent parents mean founders), or no header (.fam columns);
+- ``.pvar``: ``##`` lines, then a header ``#CHROM POS ID REF ALT ...`` (columns found by name),
+  or no header (.bim columns ``CHROM ID CM POS ALT REF``). Multiallelic variants (a comma in
+  ALT) are refused with the variant and its line.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError, not_utf8_error, utf8_lines
+from .plink import Bim, Fam
+
+PGEN_MISSING = -9.0
+
+
+def pfile_paths(prefix: str) -> tuple[str, str, str]:
+    """``(PREFIX.pgen, PREFIX.pvar, PREFIX.psam)``; a prefix given with one of the endings is accepted."""
+    for ext in (".pgen", ".pvar", ".psam"):
+        if prefix.endswith(ext):
+            prefix = prefix[: -len(ext)]
+    return prefix + ".pgen", prefix + ".pvar", prefix + ".psam"
+
+
+# ------------------------------------------------------------------------------------------------
+# .psam
+
+
+def read_psam(path: str) -> Fam:
+    """Samples of a .psam (or a headerless .fam-style file) in genotype order; IIDs unique."""
+    fids: list[str] = []
+    iids: list[str] = []
+    founder: list[bool] = []
+    seen: dict[str, int] = {}
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open .psam ({exc.strerror}); check the --pfile prefix") from None
+    cols = None
+    with fh:
+        for lineno, line in enumerate(utf8_lines(fh, path, ".psam"), 1):
+            fields = line.split()
+            if not fields or line.startswith("##"):
+                continue
+            if cols is None and fields[0].startswith("#"):
+                head = [fields[0][1:]] + fields[1:]
+                if head[0] not in ("FID", "IID"):
+                    raise InputError(f"{path}:{lineno}: .psam header; expected '#FID IID ...' or '#IID ...', "
+                                     f"found {' '.join(fields[:3])!r}")
+                if "IID" not in head:
+                    raise InputError(f"{path}:{lineno}: .psam header has no IID column; expected '#FID IID ...' "
+                                     f"or '#IID ...', found {' '.join(fields[:4])!r}")
+                cols = {name: i for i, name in enumerate(head)}
+                continue
+            if cols is None:  # no header: .fam columns FID IID PAT MAT SEX PHENO
+                if len(fields) != 6:
+                    raise InputError(f"{path}:{lineno}: a .psam without a header needs the 6 .fam columns "
+                                     f"(FID IID PAT MAT SEX PHENO); found {len(fields)} fields. Add a "
+                                     "'#FID IID ...' header line")
+                cols = {"FID": 0, "IID": 1, "PAT": 2, "MAT": 3, "SEX": 4}
+            if len(fields) < len(cols):
+                raise InputError(f"{path}:{lineno}: expected {len(cols)} fields as in the header, found {len(fields)}")
+            iid = fields[cols["IID"]]
+            if iid in seen:
+                raise InputError(f"{path}:{lineno}: duplicate sample ID {iid!r} (first on line {seen[iid]}); "
+                                 "IIDs must be unique")
+            seen[iid] = lineno
+            fids.append(fields[cols["FID"]] if "FID" in cols else iid)
+            iids.append(iid)
+            pat = fields[cols["PAT"]] if "PAT" in cols else "0"
+            mat = fields[cols["MAT"]] if "MAT" in cols else "0"
+            founder.append(pat == "0" and mat == "0")
+    if not iids:
+        raise InputError(f"{path}: no samples; expected one line per sample after the '#IID' header")
+    return Fam(path=path, fids=tuple(fids), iids=tuple(iids), founder=np.array(founder, dtype=bool))
+
+
+# ------------------------------------------------------------------------------------------------
+# .pvar
+
+
+@dataclass(frozen=True)
+class PvarLayout:
+    """Columns (0-based) of CHROM, POS, ID, REF, ALT in the .pvar's variant lines."""
+
+    chrom: int
+    pos: int
+    id: int
+    ref: int
+    alt: int
+    n_cols: int
+
+
+BIM_LAYOUT = PvarLayout(chrom=0, pos=3, id=1, ref=5, alt=4, n_cols=6)
+
+
+def _parse_pvar_text(text: bytes, path: str, first_line: int, lay: PvarLayout) -> tuple[np.ndarray, ...]:
+    """Parse .pvar variant lines (bytes) into chrom, id, pos, alt, ref arrays, naming a bad line."""
+    chrom, ids, pos, alt, ref = [], [], [], [], []
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, ".pvar", data=text, exc=exc, first_line=first_line) from None
+    need = max(lay.chrom, lay.pos, lay.id, lay.ref, lay.alt) + 1
+    for lineno, raw in enumerate(decoded.splitlines(), first_line):
+        fields = raw.split()
+        if len(fields) < need:
+            raise InputError(f"{path}:{lineno}: expected {lay.n_cols} fields as in the header, found {len(fields)}")
+        a = fields[lay.alt]
+        if "," in a:
+            raise InputError(
+                f"{path}:{lineno}: multiallelic variant {fields[lay.id]} (ALT {a}); expected one ALT allele, found "
+                f"{a.count(',') + 1}. Split it into biallelic records (e.g. bcftools norm -m -any) or remove "
+                "multiallelic variants with plink2 --pfile PREFIX --max-alleles 2 --make-pgen --out NEW"
+            )
+        try:
+            p = int(fields[lay.pos])
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: POS must be an integer; found {fields[lay.pos]!r}") from None
+        chrom.append(fields[lay.chrom])
+        ids.append(fields[lay.id])
+        pos.append(p)
+        alt.append(a)
+        ref.append(fields[lay.ref])
+    return (np.array(chrom, dtype=object), np.array(ids, dtype=object), np.array(pos, dtype=np.int64),
+            np.array(alt, dtype=object), np.array(ref, dtype=object))
+
+
+def read_pvar(path: str) -> tuple[Bim, PvarLayout, int]:
+    """Read a .pvar: its variants (``line_offsets`` = byte offsets of the variant lines, so a task
+    can read its own range), the column layout and the file line number of the first variant."""
+    if not os.path.exists(path) and os.path.exists(path + ".zst"):
+        raise InputError(f"{path}.zst: a zstd-compressed .pvar; expected a plain .pvar, found {path}.zst. "
+                         f"Decompress it (zstd -d {path}.zst) so that tasks can read their own lines")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open .pvar ({exc.strerror}); check the --pfile prefix") from None
+    buf = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate([[0], np.flatnonzero(buf == 10) + 1]).astype(np.int64)
+    if len(buf) and buf[-1] == 10:
+        starts = starts[:-1]
+    lay = None
+    first = 0  # index (0-based line) of the first variant line
+    for i, s in enumerate(starts):
+        line = data[s : s + 2]
+        if line == b"##":
+            continue
+        if line[:1] == b"#":
+            end = data.find(b"\n", s)
+            head = data[s + 1 : end if end >= 0 else len(data)].decode("utf-8", "replace").split()
+            where = {name: j for j, name in enumerate(head)}
+            missing = [c for c in ("CHROM", "POS", "ID", "REF", "ALT") if c not in where]
+            if missing:
+                raise InputError(f"{path}:{i + 1}: .pvar header lacks {', '.join(missing)}; expected "
+                                 f"'#CHROM POS ID REF ALT ...', found {' '.join(['#' + head[0]] + head[1:6])!r}")
+            lay = PvarLayout(where["CHROM"], where["POS"], where["ID"], where["REF"], where["ALT"], len(head))
+            first = i + 1
+        else:
+            lay = BIM_LAYOUT
+            first = i
+        break
+    if lay is None or first >= len(starts):
+        raise InputError(f"{path}: no variants; expected one line per variant after the '#CHROM' header")
+    offsets = np.append(starts[first:], len(data)).astype(np.int64)
+    body = data[offsets[0]:]
+    if b"\n\n" in body or body.startswith(b"\n") or b"\r\n\r\n" in body:
+        raise InputError(f"{path}: blank lines are not allowed among the variant lines of a .pvar")
+    chrom, ids, pos, alt, ref = _parse_pvar_text(body, path, first + 1, lay)
+    if len(ids) != len(offsets) - 1:  # pragma: no cover - one line per variant
+        raise InputError(f"{path}: expected one variant per line, found {len(ids)} in {len(offsets) - 1} lines")
+    bim = Bim(path=path, chrom=chrom, id=ids, pos=pos, alt=alt, ref=ref, line_offsets=offsets)
+    return bim, lay, first + 1
+
+
+def read_pvar_range(path: str, byte_start: int, byte_stop: int, first_line: int,
+                    lay: PvarLayout) -> tuple[np.ndarray, ...]:
+    """The .pvar variant lines in ``[byte_start, byte_stop)`` (executor side)."""
+    with open(path, "rb") as fh:
+        fh.seek(byte_start)
+        data = fh.read(byte_stop - byte_start)
+    return _parse_pvar_text(data, path, first_line, lay)
+
+
+# ------------------------------------------------------------------------------------------------
+# .pgen (pgenlib)
+
+_READERS: dict = {}
+_LOCK = threading.Lock()
+
+
+def _pgenlib():
+    try:
+        import pgenlib
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise InputError("--pfile needs the pgenlib package (plink2's reader); pip install pgenlib") from None
+    return pgenlib
+
+
+def open_pgen(path: str, n_samples: int, n_variants: int):
+    """A pgenlib reader of ``path`` (one per process and file version, reused by later tasks)."""
+    st = os.stat(path)
+    key = (path, n_samples, n_variants, st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        reader = _READERS.get(key)
+        if reader is None:
+            pgenlib = _pgenlib()
+            try:
+                reader = pgenlib.PgenReader(path.encode(), raw_sample_ct=n_samples, variant_ct=n_variants)
+            except Exception as exc:  # noqa: BLE001 - pgenlib raises RuntimeError with its own text
+                raise InputError(f"{path}: cannot read the .pgen ({str(exc).strip() or type(exc).__name__}); "
+                                 f"expected a plink2 .pgen of {n_samples:,} samples x {n_variants:,} variants. "
+                                 "Check that the .psam and .pvar belong to it and that the copy is complete") from None
+            if len(_READERS) >= 4:
+                _READERS.pop(next(iter(_READERS))).close()
+            _READERS[key] = reader
+        return reader
+
+
+def check_pgen(path: str, n_samples: int, n_variants: int, psam: str, pvar: str) -> None:
+    """Open the .pgen with the .psam/.pvar counts and read its last variant (a truncated file fails)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            magic = fh.read(3)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open .pgen ({exc.strerror}); check the --pfile prefix") from None
+    if magic[:2] != b"\x6c\x1b" or len(magic) < 3:
+        raise InputError(f"{path}: not a plink2 .pgen; expected magic bytes 6c 1b, found "
+                         f"{magic.hex(' ') or 'an empty file'}. Check that --pfile names a plink2 fileset")
+    if magic[2] == 0x01:
+        expected = 3 + n_variants * ((n_samples + 3) // 4)
+        if size != expected:
+            raise InputError(f"{path}: {size:,} bytes ({'truncated' if size < expected else 'too large'}), but "
+                             f"{n_samples:,} samples x {n_variants:,} variants need {expected:,}; check that "
+                             f"{os.path.basename(psam)} and {os.path.basename(pvar)} belong to it and that the copy "
+                             "is complete")
+    read_pgen_dosages(path, n_samples, n_variants, np.array([n_variants - 1]))
+
+
+def read_pgen_dosages(path: str, n_samples: int, n_variants: int, variants: np.ndarray) -> np.ndarray:
+    """ALT dosages [shape: (len(variants), n_samples)] float64, NaN for a missing call."""
+    reader = open_pgen(path, n_samples, n_variants)
+    idx = np.ascontiguousarray(variants, dtype=np.uint32)
+    out = np.empty((len(idx), n_samples), dtype=np.float64)
+    if len(idx) == 0:
+        return out
+    try:
+        with _LOCK:
+            reader.read_dosages_list(idx, out)
+    except Exception as exc:  # noqa: BLE001 - pgenlib's RuntimeError: a truncated or damaged file
+        which = f"variant {int(idx[0]) + 1}" if len(idx) == 1 else f"variants {int(idx[0]) + 1}-{int(idx[-1]) + 1}"
+        raise InputError(f"{path}: cannot read {which} of the .pgen "
+                         f"({str(exc).strip() or type(exc).__name__}); the file is truncated or damaged. "
+                         "Check that the copy is complete") from None
+    out[out == PGEN_MISSING] = np.nan
+    return out
+
+
+__all__ = ["PvarLayout", "check_pgen", "pfile_paths", "read_pgen_dosages", "read_psam", "read_pvar",
+           "read_pvar_range"]

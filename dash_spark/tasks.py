@@ -1,0 +1,158 @@
+"""What one Spark task does with its variant ranges: plain numpy, no Spark.
+
+A plan (:class:`ScanPlan`, small, pickled with the task) and the broadcast weight matrix ``W``
+are all a task needs. It reads its own variants through the plan's source reader
+(:mod:`dash_spark.sources`), walks its range in sub-blocks sized from the memory budget, and
+
+- :func:`scan_ranges`: finalizes each sub-block to per-variant results (Arrow record batches);
+- :func:`statistics_ranges`: yields each sub-block's rows of the additive statistics ``S``
+  (:mod:`dash_spark.stats.sufficient`) for a party, a store batch or the API's ``compress``.
+
+The same functions run in unit tests on one process, which is how their exactness is checked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .filters import CallFilters
+from .stats.blocks import block_grams, block_sums
+from .stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
+from .stats.results import results_batch
+from .stats.sufficient import StatLayout, block_statistics
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Phenotypes analysed on the same samples.
+
+    Columns of A: ``[a_offset, a_offset+k)`` = Q (one-party scan) or the masked raw covariates
+    ``C`` (statistics models), then ``p_g`` phenotype columns, then the mask; column ``b_offset`` of
+    B = the mask. One-party scans also carry ``Qy`` [shape: (k, p_g)], ``yy`` [shape: (p_g,)] and
+    the covariate correlations ``cc``.
+    """
+
+    phenotypes: tuple[str, ...]
+    n: int
+    k: int
+    a_offset: int
+    b_offset: int
+    Qy: np.ndarray | None = None
+    yy: np.ndarray | None = None
+    cc: CovariateCorrelation | None = None
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """Everything a task needs besides the broadcast ``W`` (small; pickled with the closure).
+
+    ``reader`` reads the task's variants (:class:`~dash_spark.sources.BedReader` or
+    :class:`~dash_spark.sources.FeatureReader`). The last two columns of A are the masks of the
+    ``n_kept`` samples left by --keep/--remove (for --geno) and of the ``n_freq`` samples whose
+    allele frequency decides which allele is major and feeds --maf/--mac (plink2: the founders
+    among them).
+    """
+
+    reader: object
+    n_samples: int
+    n_a: int
+    n_freq: int
+    n_kept: int
+    patterns: tuple[Pattern, ...]
+    sub_block: int
+    count_alt: bool = False
+    missing_genotypes: str = "drop"
+    filters: CallFilters = CallFilters()
+    a1freq_floor: float = 0.0
+
+    @property
+    def layout(self) -> StatLayout:
+        """The statistics layout of a statistics model's plan (one pattern per phenotype)."""
+        return StatLayout(self.patterns[0].k if self.patterns else 0, len(self.patterns), self.missing_genotypes)
+
+
+def plan_ranges(variants: np.ndarray, block_variants: int, line_offsets: np.ndarray) -> list[tuple]:
+    """Split the selected variant indices (sorted) into partitions of at most ``block_variants``.
+
+    Each row is ``(part, start, stop, bim_start, bim_stop, rows)``: the .bim/.bed span
+    ``[start, stop)`` and the selected offsets within it (empty when all of the span is selected).
+    """
+    out = []
+    for part, a in enumerate(range(0, len(variants), block_variants)):
+        chunk = variants[a : a + block_variants]
+        start, stop = int(chunk[0]), int(chunk[-1]) + 1
+        rows = [] if stop - start == len(chunk) else (chunk - start).astype(int).tolist()
+        out.append((part, start, stop, int(line_offsets[start]), int(line_offsets[stop]), rows))
+    return out
+
+
+def default_block_variants(n_variants: int, parallelism: int) -> int:
+    """About three partitions per core, each between 2,000 and 100,000 variants."""
+    per = math.ceil(n_variants / max(1, 3 * parallelism))
+    return int(min(100_000, max(2_000, per)))
+
+
+def sub_block_size(n_samples: int, n_columns: int, budget_bytes: int, *, dense: bool = False) -> int:
+    """Variants per sub-block so that a task's working set stays within ``budget_bytes``: packed
+    .bed bytes (and their transpose), or for dense blocks (dosages, features) the float64 values
+    and the kernel's masked copies, plus the per-variant sums."""
+    per_variant = (4 * 8 * n_samples if dense else 2 * ((n_samples + 3) // 4)) + 8 * (3 * n_columns) + 64
+    return int(max(16, min(2048, budget_bytes // per_variant)))
+
+
+def _sub_blocks(plan: ScanPlan, ranges, *, meta: bool):
+    """``(first variant, variant indices, block)`` of every sub-block of the range rows."""
+    for _part, start, stop, bim_start, bim_stop, rows in ranges:
+        range_meta = plan.reader.range_meta(start, stop, bim_start, bim_stop) if meta else None
+        offsets = np.arange(stop - start) if not rows else np.asarray(rows, dtype=np.int64)
+        for a in range(0, len(offsets), plan.sub_block):
+            sub = offsets[a : a + plan.sub_block]
+            vidx = (start + sub).astype(np.int64)
+            yield vidx, plan.reader.read(vidx, range_meta, sub)
+
+
+def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.RecordBatch:
+    """Per-variant results of one block (one-party scan model): sums, call filters, finalize."""
+    SX, SXX, SM = block_sums(block, W, plan.n_a)
+    if plan.filters.active:
+        ok = plan.filters.keep(SX[:, -1], plan.n_freq - SM[:, -1], SM[:, -2], plan.n_kept)
+        if not ok.all():
+            SX, SXX, SM, vidx = SX[ok], SXX[ok], SM[ok], vidx[ok]
+            block = block.take(ok)
+    named = []
+    for pat in plan.patterns:
+        a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
+        sums = dict(Qx=SX[:, a : a + k], yx=SX[:, a + k : a + k + pg], sx=SX[:, a + k + pg],
+                    sxx=SXX[:, pat.b_offset], Qm=SM[:, a : a + k], miss=SM[:, a + k + pg],
+                    Qy=pat.Qy, yy=pat.yy, n=pat.n, cc=pat.cc)
+        if plan.missing_genotypes == "mean":
+            stats = finalize_mean_imputed(ym=SM[:, a + k : a + k + pg], **sums)
+        else:
+            QmQm, Qmy, ymy = block_grams(block, W, a, k, pg, sums["miss"] > 0)
+            stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymy, **sums)
+        named += list(zip(pat.phenotypes, stats))
+    return results_batch(vidx, block.meta, SX[:, -1], plan.n_freq - SM[:, -1], named, count_alt=plan.count_alt,
+                         a1freq_floor=plan.a1freq_floor)
+
+
+def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
+    """Yield Arrow batches of results for an iterable of range rows (executor side, no Spark)."""
+    for vidx, block in _sub_blocks(plan, ranges, meta=True):
+        yield scan_block(plan, W, vidx, block)
+
+
+def block_stats(plan: ScanPlan, W: np.ndarray, block) -> np.ndarray:
+    """Per-variant rows of ``S`` [shape: (m, layout.width)] of one block (statistics model)."""
+    SX, SXX, SM = block_sums(block, W, plan.n_a)
+    return block_statistics(plan.layout, [p.a_offset for p in plan.patterns], [p.b_offset for p in plan.patterns],
+                            SX, SXX, SM, lambda a, k, todo: block_grams(block, W, a, k, 1, todo))
+
+
+def statistics_ranges(plan: ScanPlan, W: np.ndarray, ranges):
+    """Yield ``(first variant index, per-variant statistics rows)`` per sub-block (executor side)."""
+    for vidx, block in _sub_blocks(plan, ranges, meta=False):
+        yield int(vidx[0]), block_stats(plan, W, block)

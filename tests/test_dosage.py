@@ -1,0 +1,420 @@
+"""Imputed dosages: --pfile (PGEN) and --bgen (BGEN) against plink2 2.00a3.5 run here on the same files.
+
+plink2 makes every input: ``--dummy`` writes a PGEN with 30% fractional dosages and missing calls,
+``--export bgen-1.x`` writes the same data as BGEN (8-bit zlib, 16-bit zstd, layout 1); our
+``.bgi`` writer indexes them. The parity tests compare with plink2 ``--glm hide-covar`` on the same
+files; an independent oracle (pgenlib per variant + statsmodels) checks the numbers at 1e-9; the
+BGEN decoder is checked dosage for dosage against plink2's own import of the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import dash_spark as ds
+from dash_spark.bench import read_plink2_glm
+from dash_spark.cli import main
+from dash_spark.io.bgen import BgenHeader, read_bgen_rows, write_bgi
+from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.store import run_compress, run_refresh
+
+from .test_plink2 import _plink2, _read_ours
+from .test_store import assert_same_results
+
+pgenlib = pytest.importorskip("pgenlib")
+
+N, M = 300, 240
+PHENOS = ("y1", "y2")
+CAUSAL = 17
+
+
+def plink2(*args):
+    proc = subprocess.run([_plink2(), *map(str, args), "--threads", "1"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return proc
+
+
+def pgen_dosages(prefix: str) -> np.ndarray:
+    """ALT dosages [shape: (m, n)] read one variant at a time with pgenlib (NaN missing): the oracle's
+    own reader, not dash_spark's."""
+    r = pgenlib.PgenReader(f"{prefix}.pgen".encode())
+    n, m = r.get_raw_sample_ct(), r.get_variant_ct()
+    out = np.empty((m, n), dtype=np.float64)
+    buf = np.empty(n, dtype=np.float64)
+    for j in range(m):
+        r.read_dosages(j, buf)
+        out[j] = buf
+    r.close()
+    out[out == -9] = np.nan
+    return out
+
+
+def psam_iids(prefix: str) -> list[str]:
+    with open(f"{prefix}.psam") as fh:
+        head = fh.readline().lstrip("#").split()
+        return [line.split()[head.index("IID")] for line in fh if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A PGEN with fractional dosages and missing calls, the same data as BGEN, our tables."""
+    tmp = tmp_path_factory.mktemp("dosage")
+    d = str(tmp / "d")
+    plink2("--dummy", N, M, "0.03", "dosage-freq=0.3", "acgt", "--seed", 5, "--make-pgen", "--out", d)
+    iids = psam_iids(d)
+    X = pgen_dosages(d)
+    rng = np.random.default_rng(11)
+    age = rng.uniform(40, 70, N)
+    pc1 = rng.normal(size=N)
+    y1 = 0.6 * np.nan_to_num(X[CAUSAL], nan=1.0) + 0.01 * age + rng.normal(size=N)
+    y2 = rng.normal(size=N) + 0.3 * pc1
+    y2[rng.random(N) < 0.06] = np.nan
+    pheno, covar = str(tmp / "pheno.tsv"), str(tmp / "covar.tsv")
+    with open(pheno, "w") as fh:
+        fh.write("#IID\ty1\ty2\n")
+        for i in rng.permutation(N):
+            fh.write(f"{iids[i]}\t{float(y1[i])!r}\t{'NA' if np.isnan(y2[i]) else repr(float(y2[i]))}\n")
+    with open(covar, "w") as fh:
+        fh.write("#IID\tage\tPC1\n")
+        for i in range(N):
+            fh.write(f"{iids[i]}\t{float(age[i])!r}\t{'NA' if i % 97 == 3 else repr(float(pc1[i]))}\n")
+    files = {"tmp": tmp, "pfile": d, "pheno": pheno, "covar": covar, "iids": iids, "X": X}
+    # the same data as BGEN: 8-bit zlib with REF first, 1.3 (zstd) 16-bit with REF last (plink2's default)
+    plink2("--pfile", d, "--export", "bgen-1.2", "bits=8", "ref-first", "--out", tmp / "b8")
+    plink2("--pfile", d, "--export", "bgen-1.3", "--out", tmp / "b13")
+    for name in ("b8", "b13"):
+        write_bgi(str(tmp / f"{name}.bgen"))
+        files[name] = str(tmp / f"{name}.bgen")
+    return files
+
+
+def _same_as_plink2(ours_glm: str, theirs_glm: str, min_tested: int):
+    theirs = read_plink2_glm(theirs_glm)
+    ours = _read_ours(ours_glm)
+    assert list(ours["ID"]) == [str(v) for v in theirs["ID"]]
+    for col in ("CHROM", "REF", "ALT", "A1", "ERRCODE"):
+        assert list(ours[col]) == [str(v) for v in theirs[col]], col
+    assert np.array_equal(ours["POS"].astype(np.int64), theirs["POS"])
+    assert np.array_equal(ours["OBS_CT"].astype(np.int64), theirs["OBS_CT"])
+    ok = theirs["ERRCODE"] == "."
+    assert ok.sum() >= min_tested
+    for col in ("BETA", "SE", "T_STAT", "P"):
+        # plink2 prints 6 significant digits: agreement to half a unit in the 6th digit
+        np.testing.assert_allclose(ours[col][ok].astype(float), theirs[col][ok].astype(float), rtol=6e-6,
+                                   atol=1e-300, err_msg=col)
+    return theirs
+
+
+def _plink2_glm(data, name, *source):
+    out = data["tmp"] / f"plink-{name}"
+    plink2(*source, "--pheno", data["pheno"], "--covar", data["covar"], "--glm", "hide-covar", "--out", out)
+    return {p: f"{out}.{p}.glm.linear" for p in PHENOS}
+
+
+@pytest.fixture(scope="module")
+def pgen_scan(data, spark):
+    out = str(data["tmp"] / "ours-pgen")
+    assert main(["-q", "scan", "--pfile", data["pfile"], "--pheno", data["pheno"], "--covar", data["covar"],
+                 "--out", out, "--no-plots"]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------- plink2 parity
+
+
+def test_pgen_scan_matches_plink2(data, pgen_scan):
+    theirs = _plink2_glm(data, "pgen", "--pfile", data["pfile"])
+    for p in PHENOS:
+        glm = _same_as_plink2(f"{pgen_scan}/{p}.glm.linear", theirs[p], M - 3)
+        assert len(set(glm["OBS_CT"].tolist())) > 5  # missing calls: each variant has its own OBS_CT
+    X = data["X"]
+    frac = ~np.isnan(X) & (X != np.round(X))
+    assert frac.mean() > 0.1 and np.isnan(X).mean() > 0.005  # the files really have dosages and missing calls
+
+
+@pytest.mark.parametrize("name,ref", [("b8", "ref-first"), ("b13", "ref-last")])
+def test_bgen_scan_matches_plink2(data, spark, name, ref):
+    bgen, sample = data[name], data[name][:-5] + ".sample"
+    theirs = _plink2_glm(data, name, "--bgen", bgen, ref, "--sample", sample)
+    out = str(data["tmp"] / f"ours-{name}")
+    if name == "b8":  # the command line
+        assert main(["-q", "scan", "--bgen", bgen, ref, "--sample", sample, "--pheno", data["pheno"], "--covar",
+                     data["covar"], "--out", out, "--no-plots"]) == 0
+        glm = {p: f"{out}/{p}.glm.linear" for p in PHENOS}
+    else:
+        res = run_scan(ScanConfig(bgen=bgen, bgen_ref=ref, sample=sample, pheno=data["pheno"], covar=data["covar"],
+                                  out=out, plots=False), spark=spark)
+        glm = res.glm_paths
+    for p in PHENOS:
+        _same_as_plink2(glm[p], theirs[p], M - 3)
+    assert BgenHeader(bgen).compression == (1 if name == "b8" else 2)  # zlib and zstd both covered
+
+
+# ---------------------------------------------------------------------------------- exact decoding
+
+
+@pytest.mark.parametrize("export,ref", [
+    (("bgen-1.2", "bits=8", "ref-first"), "ref-first"),
+    (("bgen-1.2", "bits=8"), "ref-last"),
+    (("bgen-1.3", "bits=16"), "ref-last"),
+    (("bgen-1.3", "bits=3", "ref-first"), "ref-first"),
+    (("bgen-1.3", "bits=12"), "ref-last"),
+    (("bgen-1.1",), "ref-last"),
+], ids=["1.2-8bit", "1.2-8bit-ref-last", "1.3-16bit", "1.3-3bit", "1.3-12bit-ref-last", "1.1-layout1"])
+def test_bgen_dosages_equal_plink2_import(data, export, ref):
+    """Our decoder gives exactly the dosages plink2 stores when it reads the same BGEN (1/16384 units)."""
+    tmp = data["tmp"]
+    name = "dec-" + "-".join(export).replace("=", "")
+    plink2("--pfile", data["pfile"], "--export", *export, "--out", tmp / name)
+    bgen = str(tmp / f"{name}.bgen")
+    write_bgi(bgen)
+    plink2("--bgen", bgen, ref, "--sample", tmp / f"{name}.sample", "--make-pgen", "--out", tmp / f"{name}-p")
+    theirs = pgen_dosages(str(tmp / f"{name}-p"))
+    ours, meta = read_bgen_rows(bgen, N, np.arange(M), ref)
+    assert np.array_equal(np.isnan(ours), np.isnan(theirs))
+    assert np.array_equal(np.nan_to_num(ours, nan=-1), np.nan_to_num(theirs, nan=-1))
+    with open(tmp / f"{name}-p.pvar") as fh:
+        rows = [line.split() for line in fh if not line.startswith("#")]
+    assert list(meta[3]) == [r[4] for r in rows] and list(meta[4]) == [r[3] for r in rows]  # ALT, REF
+    assert list(meta[1]) == [r[2] for r in rows]
+
+
+def test_pgen_scan_matches_statsmodels(data, pgen_scan):
+    """An oracle that shares no code with dash_spark: pgenlib dosages, pandas tables, statsmodels OLS."""
+    pd = pytest.importorskip("pandas")
+    sm = pytest.importorskip("statsmodels.api")
+    pheno = pd.read_csv(data["pheno"], sep="\t").rename(columns={"#IID": "IID"}).set_index("IID")
+    covar = pd.read_csv(data["covar"], sep="\t").rename(columns={"#IID": "IID"}).set_index("IID")
+    iids = data["iids"]
+    tbl = pq.read_table(f"{pgen_scan}/results.parquet").to_pandas()
+    X = data["X"]
+    for j in list(range(0, M, 12)) + [CAUSAL]:
+        for p in PHENOS:
+            frame = pd.DataFrame({"x": X[j]}, index=iids).join(pheno[[p]]).join(covar).dropna()
+            fit = sm.OLS(frame[p], sm.add_constant(frame[["x", "age", "PC1"]])).fit()
+            row = tbl[(tbl.variant_index == j) & (tbl.phenotype == p)].iloc[0]
+            sign = 1.0 if row.a1 == row.alt else -1.0
+            assert row.obs_ct == len(frame)
+            np.testing.assert_allclose(sign * row.beta, fit.params["x"], rtol=1e-9)
+            np.testing.assert_allclose(row.se, fit.bse["x"], rtol=1e-9)
+            np.testing.assert_allclose(row.p, fit.pvalues["x"], rtol=1e-9)
+    assert tbl[(tbl.variant_index == CAUSAL) & (tbl.phenotype == "y1")].p.iloc[0] < 1e-8
+
+
+# ---------------------------------------------------------------------------------- stores, select, API
+
+
+def test_store_of_two_pgen_batches_equals_pooled_scan(data, pgen_scan, spark, tmp_path):
+    """compress --store + refresh --add-batch on two PGEN batches equal the pooled scan; select reads them."""
+    iids = data["iids"]
+    halves = {}
+    for k, part in enumerate((iids[: N // 2 + 7], iids[N // 2 + 7 :])):
+        keep = tmp_path / f"keep{k}.txt"
+        keep.write_text("".join(f"{i}\n" for i in part))
+        halves[k] = str(tmp_path / f"half{k}")
+        plink2("--pfile", data["pfile"], "--keep", keep, "--make-pgen", "--out", halves[k])
+    store = str(tmp_path / "store")
+    run_compress(store, "w1", {"pfile": halves[0], "pheno": data["pheno"], "covar": data["covar"]}, spark=spark)
+    out = str(tmp_path / "pooled")
+    assert main(["-q", "refresh", "--store", store, "--out", out, "--add-batch", "w2", "--pfile", halves[1],
+                 "--pheno", data["pheno"], "--covar", data["covar"], "--no-plots"]) == 0
+    assert_same_results(f"{pgen_scan}/results.parquet", f"{out}/results.parquet")
+    sel = str(tmp_path / "select")
+    assert main(["-q", "select", "--store", store, "--out", sel, "--pheno-name", "y1", "--p-threshold", "1e-6",
+                 "--max-steps", "1"]) == 0
+    with open(f"{sel}/selected.tsv") as fh:
+        head = fh.readline().lstrip("#").rstrip("\n").split("\t")
+        rows = [dict(zip(head, line.rstrip("\n").split("\t"))) for line in fh]
+    assert [r["id"] for r in rows] == [causal_id(data)], rows
+    # a withdrawal equals the scan without those samples
+    gone = tmp_path / "withdraw.txt"
+    gone.write_text("".join(f"{i}\n" for i in iids[0:150:5]))  # 30 samples of w1 (releases differ by >= 20)
+    out_w = str(tmp_path / "withdrawn")
+    run_refresh(store, out_w, withdraw=str(gone), spark=spark, plots=False)
+    expect = run_scan(ScanConfig(pfile=data["pfile"], pheno=data["pheno"], covar=data["covar"], remove=str(gone),
+                                 out=str(tmp_path / "scan-removed"), plots=False), spark=spark)
+    assert_same_results(expect.results_path, f"{out_w}/results.parquet")
+    # a removed batch leaves the other one
+    out1 = str(tmp_path / "w1only")
+    run_refresh(store, out1, remove="w2", spark=spark, plots=False)
+    assert pq.read_table(f"{out1}/results.parquet").num_rows == M * len(PHENOS)
+
+
+def test_three_party_study_on_pgen_equals_pooled_scan(data, pgen_scan, tmp_path):
+    """party compress --pfile: three parties' PGEN thirds, combined, equal the pooled PGEN scan."""
+    from .party_flow import Study
+
+    parties = ("alice", "bob", "carol")
+    iids = data["iids"]
+    st = Study(tmp_path, parties)
+    manifest = st.manifest(parties=parties)
+    st.join(manifest, parties)
+    for k, p in enumerate(parties):
+        keep = tmp_path / f"{p}.keep"
+        keep.write_text("".join(f"{i}\n" for i in iids[k::3]))
+        prefix = tmp_path / p
+        plink2("--pfile", data["pfile"], "--keep", keep, "--make-pgen", "--out", prefix)
+        code, _, err = st.compress(manifest, p, "--pheno", data["pheno"], "--covar", data["covar"], "--pfile", prefix)
+        assert code == 0, err[-3000:]
+    st.finish(manifest, tmp_path / "combined", "--no-plots")
+    assert_same_results(f"{pgen_scan}/results.parquet", str(tmp_path / "combined" / "results.parquet"))
+
+
+def causal_id(data) -> str:
+    with open(data["pfile"] + ".pvar") as fh:
+        rows = [line.split() for line in fh if not line.startswith("#")]
+    return rows[CAUSAL][2]
+
+
+def test_api_open_bgen_and_open_pfile(data, pgen_scan, spark):
+    """ds.open_bgen / ds.open_pfile in linear_regression and compress give the scan's numbers."""
+    key = ["phenotype", "variant_index"]
+    geno = ds.open_bgen(data["b8"], "ref-first", sample=data["b8"][:-5] + ".sample")
+    got = ds.linear_regression(spark, geno, data["pheno"], data["covar"]).toPandas().sort_values(key)
+    assert len(got) == M * len(PHENOS) and set(got.alt) <= set("ACGT")
+    theirs = read_plink2_glm(_plink2_glm(data, "api-b8", "--bgen", data["b8"], "ref-first", "--sample",
+                                         data["b8"][:-5] + ".sample")["y1"])
+    mine = got[got.phenotype == "y1"]
+    assert list(mine.a1) == [str(a) for a in theirs["A1"]] and list(mine.obs_ct) == list(theirs["OBS_CT"])
+    S = ds.compress(spark, ds.open_pfile(data["pfile"]), data["pheno"], data["covar"])
+    table = S.finalize().to_pandas().sort_values(key).reset_index(drop=True)
+    scan = pq.read_table(f"{pgen_scan}/results.parquet").to_pandas().sort_values(key).reset_index(drop=True)
+    assert list(scan.a1) == list(table.a1) and list(scan.obs_ct) == list(table.obs_ct)
+    ok = scan.se.notna()
+    np.testing.assert_allclose(table.beta[ok], scan.beta[ok], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(table.se[ok], scan.se[ok], rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def _fails(capsys, tmp_path, *args) -> str:
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["-q", "scan", *map(str, args), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith("out.tmp")]
+    return err[0]
+
+
+def _copy_pfile(data, tmp_path, name="p") -> str:
+    dst = str(tmp_path / name)
+    for ext in (".pgen", ".pvar", ".psam"):
+        shutil.copy(data["pfile"] + ext, dst + ext)
+    return dst
+
+
+def _copy_bgen(data, tmp_path, name="b8") -> tuple[str, str]:
+    dst = str(tmp_path / f"{name}.bgen")
+    shutil.copy(data[name], dst)
+    shutil.copy(data[name] + ".bgi", dst + ".bgi")
+    shutil.copy(data[name][:-5] + ".sample", dst[:-5] + ".sample")
+    return dst, dst[:-5] + ".sample"
+
+
+def test_truncated_pgen(data, tmp_path, capsys):
+    p = _copy_pfile(data, tmp_path)
+    size = os.path.getsize(p + ".pgen")
+    with open(p + ".pgen", "r+b") as fh:
+        fh.truncate(size - 40)
+    err = _fails(capsys, tmp_path, "--pfile", p, "--pheno", data["pheno"])
+    assert f"{p}.pgen" in err and ("truncated" in err or "damaged" in err), err
+
+
+def test_multiallelic_pvar_refused(data, tmp_path, capsys):
+    p = _copy_pfile(data, tmp_path)
+    pvar = Path(p + ".pvar")
+    lines = pvar.read_text().splitlines(keepends=True)
+    head = sum(line.startswith("#") for line in lines)
+    f = lines[head + 4].rstrip("\n").split("\t")
+    f[4] = f[4] + ",T"
+    lines[head + 4] = "\t".join(f) + "\n"
+    pvar.write_text("".join(lines))
+    err = _fails(capsys, tmp_path, "--pfile", p, "--pheno", data["pheno"])
+    assert f"{p}.pvar:{head + 5}: multiallelic variant {f[2]}" in err, err
+
+
+def test_bgi_of_another_file(data, tmp_path, capsys):
+    bgen, sample = _copy_bgen(data, tmp_path)
+    shutil.copy(data["b13"] + ".bgi", bgen + ".bgi")
+    err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--sample", sample, "--pheno", data["pheno"])
+    assert f"{bgen}.bgi: does not match" in err, err
+
+
+def test_missing_bgi(data, tmp_path, capsys):
+    bgen, sample = _copy_bgen(data, tmp_path)
+    os.remove(bgen + ".bgi")
+    err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--sample", sample, "--pheno", data["pheno"])
+    assert f"{bgen}.bgi: index not found" in err, err
+
+
+def test_truncated_bgen(data, tmp_path, capsys):
+    bgen, sample = _copy_bgen(data, tmp_path)
+    with open(bgen, "r+b") as fh:
+        fh.truncate(os.path.getsize(bgen) - 100)
+    err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--sample", sample, "--pheno", data["pheno"])
+    assert err.startswith(f"dash-spark: error: {bgen}: ") and "the .bgen is truncated" in err, err
+
+
+def test_sample_count_differs(data, tmp_path, capsys):
+    bgen, sample = _copy_bgen(data, tmp_path)
+    lines = Path(sample).read_text().splitlines(keepends=True)
+    Path(sample).write_text("".join(lines[:-1]))
+    err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--sample", sample, "--pheno", data["pheno"])
+    assert err.startswith(f"dash-spark: error: {sample}: {N - 1} samples, but b8.bgen has {N}"), err
+
+
+def test_bad_ref_mode(data, tmp_path, capsys):
+    bgen, sample = _copy_bgen(data, tmp_path)
+    err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-unknown", "--sample", sample, "--pheno", data["pheno"])
+    assert "expected 'ref-first' or 'ref-last'" in err, err
+
+
+def _write_bgen(path, n, records, *, layout=2, phased=False, bits=8):
+    """A tiny uncompressed BGEN (the test's own writer): ``records`` = [(rsid, pos, probs (n, 2) ints)]."""
+    flags = (layout << 2) | (1 << 31)
+    ids = b"".join(struct.pack("<H", len(f"s{i}")) + f"s{i}".encode() for i in range(n))
+    sblock = struct.pack("<II", 8 + len(ids), n) + ids
+    body = b""
+    for rsid, pos, probs in records:
+        rec = struct.pack("<H", len(rsid)) + rsid.encode() + struct.pack("<H", len(rsid)) + rsid.encode()
+        rec += struct.pack("<H", 1) + b"1" + struct.pack("<IH", pos, 2)
+        rec += struct.pack("<I", 1) + b"A" + struct.pack("<I", 1) + b"G"
+        g = struct.pack("<IHBB", n, 2, 2, 2) + bytes([2] * n) + bytes([1 if phased else 0, bits])
+        g += np.asarray(probs, dtype=np.uint8).tobytes()
+        rec += struct.pack("<I", len(g)) + g
+        body += rec
+    data = struct.pack("<IIII4sI", 20 + len(sblock), 20, len(records), n, b"bgen", flags) + sblock + body
+    with open(path, "wb") as fh:
+        fh.write(data)
+    write_bgi(path)
+
+
+def test_phased_bgen_refused(data, tmp_path, capsys):
+    bgen = str(tmp_path / "phased.bgen")
+    rng = np.random.default_rng(3)
+    _write_bgen(bgen, 8, [(f"rs{j}", 100 + j, rng.integers(0, 128, (8, 2))) for j in range(3)], phased=True)
+    pheno = tmp_path / "ph.tsv"
+    pheno.write_text("#IID\ty\n" + "".join(f"s{i}\t{rng.normal()!r}\n" for i in range(8)))
+    err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--pheno", pheno)
+    assert f"{bgen}: variant rs0 (1:100" in err and "phased" in err, err
+    # the same file unphased reads, with the embedded sample IDs
+    ok = str(tmp_path / "unphased.bgen")
+    probs = np.array([[255, 0], [0, 255], [0, 0], [100, 55], [10, 20], [0, 0], [255, 0], [3, 250]])
+    _write_bgen(ok, 8, [("rsA", 5, probs)])
+    src = ds.open_bgen(ok, "ref-first")
+    assert src.fam.iids == tuple(f"s{i}" for i in range(8))
+    dos, meta = read_bgen_rows(ok, 8, np.array([0]), "ref-first")
+    expect = np.round((2 * (255 - probs.sum(axis=1)) + probs[:, 1]) * 16384 / 255) / 16384
+    np.testing.assert_array_equal(dos[0], expect)
+    assert meta[3][0] == "G" and meta[4][0] == "A"
