@@ -30,16 +30,16 @@ from dash_spark.multiparty.encoding import (
 from dash_spark.multiparty.exchange import (
     DuplicateShareError,
     Manifest,
-    combine,
     mask_stats,
     new_round_id,
     publish_share,
-    publish_stats,
     read_manifest,
     read_shares,
     sum_shares,
     write_manifest,
 )
+from dash_spark.multiparty.rounds import Ledger, combine, join_round
+from dash_spark.multiparty.rounds import publish_stats as _publish_stats
 from dash_spark.multiparty.keys import (
     PrivateKeys,
     fingerprint,
@@ -406,7 +406,24 @@ def test_mask_share_checks_parties():
 
 PARTIES = ["a", "b", "c"]
 SETTINGS = {"kind": "scan", "intercept": True, "missing_genotypes": "drop", "pheno_names": ["y"],
-            "covar_names": ["age"], "variant_hash": None}
+            "covar_names": ["age"], "variant_hash": None, "self_masks": False}
+LEDGERS = {}  # the parties' ledgers of the current test (keyed by tmp_path and party)
+
+
+def _ledger(uri, party):
+    return LEDGERS.setdefault((uri.removeprefix("file://"), party),
+                              Ledger(os.path.join(os.path.dirname(uri.removeprefix("file://")), "keys", party)))
+
+
+def _join_all(uri, manifest, keys):
+    os.makedirs(os.path.join(os.path.dirname(uri), "keys"), exist_ok=True)
+    for p in manifest.party_names:
+        join_round(uri, manifest, p, keys[p], _ledger(uri, p))
+
+
+def publish_stats(uri, manifest, party, keys, stats, extra=None):
+    """Publish through the round protocol with the party's ledger (joined by the fixture)."""
+    return _publish_stats(uri, manifest, party, keys, stats, extra, ledger=_ledger(uri, party))
 
 
 @pytest.fixture
@@ -415,6 +432,7 @@ def study(tmp_path):
     manifest = Manifest.new("study1", [k.public() for k in keys.values()], SETTINGS, round_id="round1")
     uri = str(tmp_path / "exchange")
     write_manifest(uri, manifest)
+    _join_all(uri, manifest, keys)
     return uri, manifest, keys
 
 
@@ -540,6 +558,7 @@ def test_replayed_share_from_another_round(study):
     uri, manifest, keys = study
     other = Manifest.new("study1", [k.public() for k in keys.values()], SETTINGS, round_id="round2")
     write_manifest(uri, other)
+    _join_all(uri, other, keys)
     _publish(uri, manifest, keys, "b")
     for p in ("a", "c"):
         _publish(uri, other, keys, p)
@@ -556,8 +575,10 @@ def test_publish_twice(study):
     assert isinstance(err.value, ProtocolError) and isinstance(err.value, OutputError)
     assert not [f for f in os.listdir(_share_dir(uri, manifest, "a")) if f.endswith(".tmp")]
     os.remove(os.path.join(_share_dir(uri, manifest, "a"), "signature.json"))  # an interrupted publish
-    with pytest.raises(DuplicateShareError, match="party 'a' has an incomplete share"):
+    with pytest.raises(DuplicateShareError, match="party 'a' already published"):  # the ledger remembers
         _publish(uri, manifest, keys, "a")
+    with pytest.raises(DuplicateShareError, match="party 'a' has an incomplete share"):  # and so does the exchange
+        publish_share(uri, manifest, "a", keys["a"], {"x": encode(np.zeros(2))})
 
 
 def test_parties_disagree(study):
@@ -582,4 +603,5 @@ def test_wrong_keys_and_manifest(study):
         publish_share(uri, manifest, "d", det_keys("d"), {"x": encode(np.zeros(2))})
     other = Manifest.new("study1", [k.public() for k in keys.values()], {"kind": "regression"}, round_id="round1")
     with pytest.raises(ProtocolError, match="manifest differs"):
-        publish_share(uri, other, "a", keys["a"], mask_stats(other, "a", keys["a"], {"x": encode(np.zeros(2))}))
+        publish_share(uri, other, "a", keys["a"], mask_stats(other, "a", keys["a"], {"x": encode(np.zeros(2))},
+                                                             seeds={"b": bytes(32), "c": bytes(32)}))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,44 +13,30 @@ from dash_spark.cli import main
 from dash_spark.pipeline import ScanConfig, run_scan
 
 from .oracle_data import make_split_files
+from .party_flow import Study, run_subprocess
 
 PARTIES = ("alice", "bob", "carol")
-
-
-def _cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "dash_spark.cli", "-q", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYSPARK_PYTHON": sys.executable})
-    return proc.returncode, proc.stdout.strip(), proc.stderr.strip()
+_cli = run_subprocess
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dash")
     files, _, prefixes = make_split_files(tmp, 21, PARTIES, [0.5, 0.3, 0.2], n=420, m=300)
-    for name in PARTIES:
-        code, _, err = _cli("party", "keygen", "--out", str(tmp / "keys" / name))
-        assert code == 0, err
-    return files, tmp, prefixes
-
-
-def _manifest(tmp, parties, *extra):
-    code, out, err = _cli("party", "manifest", "--study", "t", "--exchange", str(tmp / "exchange"),
-                          *[x for p in parties for x in ("--party", f"{p}={tmp / 'keys' / p}.pub")], *extra)
-    assert code == 0, err
-    return out
+    st = Study(tmp, list(PARTIES) + ["dave", "erin"])
+    return files, tmp, prefixes, st
 
 
 @pytest.mark.slow
 def test_three_party_scan_equals_pooled_scan(study, spark):
-    files, tmp, prefixes = study
-    manifest = _manifest(tmp, PARTIES, "--bim", files.bfile + ".bim")
+    files, tmp, prefixes, st = study
+    manifest = st.manifest("--bim", files.bfile + ".bim", parties=PARTIES)
+    st.join(manifest, PARTIES)
     for p in PARTIES:  # one after another: separate Spark applications in separate processes
-        code, out, err = _cli("party", "compress", "--manifest", manifest, "--party", p, "--key",
-                              f"{tmp / 'keys' / p}.key", "--pheno", files.pheno, "--covar", files.covar,
-                              "--bfile", prefixes[p], "--master", "local[2]")
+        code, out, err = _cli("party", "compress", *st.party(p, manifest), "--pheno", files.pheno, "--covar",
+                              files.covar, "--bfile", prefixes[p], "--master", "local[2]")
         assert code == 0, err[-3000:]
-    code, out, err = _cli("combine", "--manifest", manifest, "--out", str(tmp / "combined"), "--no-plots")
-    assert code == 0, err[-3000:]
+    st.finish(manifest, tmp / "combined", "--no-plots")
     pooled = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, out=str(tmp / "pooled_out"),
                                  plots=False), spark=spark)
     key = [("phenotype", "ascending"), ("variant_index", "ascending")]
@@ -80,15 +64,16 @@ def test_three_party_scan_equals_pooled_scan(study, spark):
     assert abs(np.unpackbits(words.view(np.uint8)).mean() - 0.5) < 0.01
 
 
-def _section2(tmp, files, parties, name):
+def _section2(st, tmp, files, parties, name):
     lines = open(files.pheno).read().splitlines()
-    manifest = _manifest(tmp, parties)
+    manifest = st.manifest(parties=parties)
+    st.join(manifest, parties)
     for i, p in enumerate(parties):
         path = tmp / f"{name}.{p}.pheno"
         path.write_text("\n".join([lines[0]] + lines[1 + i :: len(parties)]) + "\n")
-        assert main(["-q", "party", "compress", "--manifest", manifest, "--party", p, "--key",
-                     f"{tmp / 'keys' / p}.key", "--pheno", str(path), "--covar", files.covar]) == 0
-    assert main(["-q", "combine", "--manifest", manifest, "--out", str(tmp / name)]) == 0
+        assert main(["-q", "party", "compress", *st.party(p, manifest), "--pheno", str(path),
+                     "--covar", files.covar]) == 0
+    st.finish(manifest, tmp / name, "--allow-small-release")
     return manifest
 
 
@@ -97,12 +82,9 @@ def test_section2_regression_equals_statsmodels(study, n_parties):
     import pandas as pd
     import statsmodels.api as sm
 
-    files, tmp, _ = study
+    files, tmp, _, st = study
     parties = list(PARTIES) + ["dave", "erin"]
-    for p in parties[3:]:
-        if not (tmp / "keys" / f"{p}.pub").exists():
-            assert main(["-q", "party", "keygen", "--out", str(tmp / "keys" / p)]) == 0
-    _section2(tmp, files, parties[:n_parties], f"s2_{n_parties}")
+    _section2(st, tmp, files, parties[:n_parties], f"s2_{n_parties}")
     ph = pd.read_csv(files.pheno, sep="\t", na_values=["NA", "nan", "-9"], keep_default_na=False).set_index("IID")
     cv = pd.read_csv(files.covar, sep=" ", na_values=["NA"], keep_default_na=False).set_index("IID")
     d = ph.join(cv[["age", "sex", "PC1"]], how="inner")[["pheno2", "age", "sex", "PC1"]].dropna()
@@ -115,54 +97,94 @@ def test_section2_regression_equals_statsmodels(study, n_parties):
 
 
 def test_combine_rejects_missing_party_tampering_and_replay(study, capsys):
-    files, tmp, _ = study
-    manifest = _manifest(tmp, PARTIES)
+    files, tmp, _, st = study
+    manifest = st.manifest(parties=PARTIES)
+    st.join(manifest, PARTIES)
     lines = open(files.pheno).read().splitlines()
     for i, p in enumerate(PARTIES[:2]):
         path = tmp / f"rej.{p}.pheno"
         path.write_text("\n".join([lines[0]] + lines[1 + i :: 3]) + "\n")
-        assert main(["-q", "party", "compress", "--manifest", manifest, "--party", p, "--key",
-                     f"{tmp / 'keys' / p}.key", "--pheno", str(path), "--covar", files.covar]) == 0
+        assert main(["-q", "party", "compress", *st.party(p, manifest), "--pheno", str(path),
+                     "--covar", files.covar]) == 0
     capsys.readouterr()
     out = tmp / "rej_out"
-    assert main(["-q", "combine", "--manifest", manifest, "--out", str(out)]) == 2
+    assert main(["-q", "combine", "--manifest", manifest, "--out", str(out), "--sign-key", st.coord]) == 2
     err = capsys.readouterr().err
     assert "carol" in err and "missing" in err and not out.exists()
     # the third party publishes, then one byte of bob's share is flipped: bob is named
     path = tmp / "rej.carol.pheno"
     path.write_text("\n".join([lines[0]] + lines[3::3]) + "\n")
-    assert main(["-q", "party", "compress", "--manifest", manifest, "--party", "carol", "--key",
-                 f"{tmp / 'keys' / 'carol'}.key", "--pheno", str(path), "--covar", files.covar]) == 0
+    assert main(["-q", "party", "compress", *st.party("carol", manifest), "--pheno", str(path),
+                 "--covar", files.covar]) == 0
     stat = os.path.join(os.path.dirname(manifest), "shares", "bob", "t0.CtC.npy")
     data = bytearray(open(stat, "rb").read())
     data[-1] ^= 1
     open(stat, "wb").write(bytes(data))
     capsys.readouterr()
-    assert main(["-q", "combine", "--manifest", manifest, "--out", str(out)]) == 2
+    assert main(["-q", "combine", "--manifest", manifest, "--out", str(out), "--sign-key", st.coord]) == 2
     err = capsys.readouterr().err
     assert "bob" in err and not out.exists()
     # a share replayed from this round into a new round is rejected, naming the party
-    manifest2 = _manifest(tmp, PARTIES)
+    manifest2 = st.manifest(parties=PARTIES)
     for p in PARTIES:
         shutil.copytree(os.path.join(os.path.dirname(manifest), "shares", "alice" if p == "alice" else p),
                         os.path.join(os.path.dirname(manifest2), "shares", p))
     capsys.readouterr()
-    assert main(["-q", "combine", "--manifest", manifest2, "--out", str(out)]) == 2
+    assert main(["-q", "combine", "--manifest", manifest2, "--out", str(out), "--sign-key", st.coord]) == 2
     err = capsys.readouterr().err
     assert "alice" in err and not out.exists()
 
 
 def test_party_with_different_phenotypes_is_stopped_before_publishing(study, capsys):
-    files, tmp, _ = study
-    manifest = _manifest(tmp, PARTIES, "--pheno-name", "pheno1,pheno2")
+    files, tmp, _, st = study
+    manifest = st.manifest("--pheno-name", "pheno1,pheno2", parties=PARTIES)
+    st.join(manifest, PARTIES)
     lines = [ln.split("\t") for ln in open(files.pheno).read().splitlines()]
     path = tmp / "other.pheno"
     path.write_text("\n".join("\t".join(r[:2] + [r[3], r[2]]) for r in lines) + "\n")  # swapped columns named
     text = path.read_text().replace("pheno2\tpheno1", "pheno1x\tpheno2", 1)
     path.write_text(text)
     capsys.readouterr()
-    code = main(["-q", "party", "compress", "--manifest", manifest, "--party", "bob", "--key",
-                 f"{tmp / 'keys' / 'bob'}.key", "--pheno", str(path), "--covar", files.covar])
+    code = main(["-q", "party", "compress", *map(str, st.party("bob", manifest)), "--pheno", str(path),
+                 "--covar", files.covar])
     err = capsys.readouterr().err
     assert code == 2 and "pheno1" in err
     assert not os.path.exists(os.path.join(os.path.dirname(manifest), "shares", "bob"))
+
+
+@pytest.mark.slow
+def test_five_parties_one_drops_after_the_others_published(tmp_path, spark):
+    """Five parties join; four publish and the fifth drops. The round is closed with the four
+    survivors, they unmask, and combine equals the pooled scan of their samples (1e-9)."""
+    from .party_flow import Study
+
+    names = ["p1", "p2", "p3", "p4", "p5"]
+    files, parts, prefixes = make_split_files(tmp_path, 61, names, [0.25, 0.2, 0.2, 0.2, 0.15], n=500, m=240)
+    st = Study(tmp_path, names)
+    manifest = st.manifest("--bim", files.bfile + ".bim")
+    st.join(manifest)
+    for p in names[:4]:
+        code, _, err = st.compress(manifest, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile", prefixes[p])
+        assert code == 0, err[-3000:]
+    st.finish(manifest, tmp_path / "combined", "--no-plots", allow_dropouts=True)
+    iids = [line.split()[1] for line in open(files.bfile + ".fam")]
+    (tmp_path / "survivors.txt").write_text("".join(f"{iids[i]}\n" for p in names[:4] for i in parts[p]))
+    pooled = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, plots=False,
+                                 keep=str(tmp_path / "survivors.txt"), out=str(tmp_path / "pooled")), spark=spark)
+    key = [("phenotype", "ascending"), ("variant_index", "ascending")]
+    a = pq.read_table(pooled.results_path).sort_by(key).to_pydict()
+    b = pq.read_table(str(tmp_path / "combined" / "results.parquet")).sort_by(key).to_pydict()
+    for col in ("variant_index", "id", "a1", "obs_ct", "errcode", "phenotype"):
+        assert a[col] == b[col], col
+    se = np.array(a["se"], dtype=float)
+    ok = ~np.isnan(se)
+    beta_a, beta_b = np.array(a["beta"], dtype=float)[ok], np.array(b["beta"], dtype=float)[ok]
+    assert np.all(np.abs(beta_a - beta_b) <= 1e-9 * np.maximum(np.abs(beta_a), se[ok]))
+    np.testing.assert_allclose(np.array(b["neg_log10_p"], dtype=float)[ok],
+                               np.array(a["neg_log10_p"], dtype=float)[ok], rtol=1e-9, atol=1e-11)
+    # the dropped party may neither publish late nor reveal its self-mask seed
+    code, _, err = st.compress(manifest, "p5", "--pheno", files.pheno, "--covar", files.covar, "--bfile",
+                               prefixes["p5"])
+    assert code == 2 and "closed" in err
+    code, _, err = st.run("party", "unmask", *st.party("p5", manifest))
+    assert code == 2 and "dropped" in err

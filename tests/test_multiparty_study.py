@@ -8,22 +8,18 @@ import numpy as np
 import pytest
 
 from dash_spark.io.plink import read_bed_range
-from dash_spark.multiparty.study import (
-    finalize_pooled_scan,
-    global_stats,
-    party_block_sums,
-    regression_table,
-)
-from dash_spark.pipeline import ScanConfig, build_model
-from dash_spark.spark.scan import ScanPlan, plan_ranges, scan_ranges
+from dash_spark.pipeline import ScanConfig, build_model, model_statistics, statistics_model
+from dash_spark.sources import BedReader
+from dash_spark.stats.blocks import PackedBlock
 from dash_spark.stats.regression import ERRCODES
+from dash_spark.tasks import ScanPlan, block_stats, plan_ranges, scan_ranges
 
 from .oracle_data import make_files
 
 
 def _plan(model, files, mode):
-    return ScanPlan(files.bfile + ".bed", files.bfile + ".bim", model.n_samples, model.n_a, model.n_freq,
-                    model.n_kept, model.patterns, 64, missing_genotypes=mode)
+    return ScanPlan(BedReader(files.bfile + ".bed", files.bfile + ".bim", model.n_samples), model.n_samples,
+                    model.n_a, model.n_freq, model.n_kept, model.patterns, 64, missing_genotypes=mode)
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +46,13 @@ def test_pooled_party_sums_equal_the_pooled_scan(split, tmp_path, mode):
                                                                                  model.bim.line_offsets)))
     ref = {k: np.concatenate([np.asarray(b.column(k).to_numpy(zero_copy_only=False)) for b in batches])
            for k in batches[0].schema.names}
-    G = V = None
+    S = None
     for keep in keeps:
-        pm = build_model(dataclasses.replace(cfg, keep=keep), party=True)
-        v = party_block_sums(_plan(pm, files, mode), pm.W, read_bed_range(files.bfile + ".bed", pm.n_samples, 0, files.m))
-        g = global_stats(pm)
-        V = v if V is None else V + v
-        G = g if G is None else {key: G[key] + g[key] for key in G}
-    named = finalize_pooled_scan(G, V, list(model.phenotypes), list(model.covariates), mode)
+        pm = statistics_model(dataclasses.replace(cfg, keep=keep))
+        block = PackedBlock(read_bed_range(files.bfile + ".bed", pm.n_samples, 0, files.m), pm.n_samples)
+        s = model_statistics(pm, block_stats(_plan(pm, files, mode), pm.W, block))
+        S = s if S is None else S + s
+    named = S.finalize_stats()
     for name, st in named:
         sel = np.flatnonzero(ref["phenotype"] == name)
         sel = sel[np.argsort(ref["variant_index"][sel])]
@@ -75,7 +70,7 @@ def test_section2_regression_equals_statsmodels_on_pooled_data(split):
     import pandas as pd
     import statsmodels.api as sm
 
-    from dash_spark.multiparty.study import regression_party_stats
+    from dash_spark.study import regression_party_stats
 
     files, _ = split
     # split the phenotype file's rows into two "parties" with their own files
@@ -84,15 +79,16 @@ def test_section2_regression_equals_statsmodels_on_pooled_data(split):
     for s, rows in enumerate((lines[1::2], lines[2::2])):
         path = files.pheno + f".part{s}"
         open(path, "w").write("\n".join([lines[0]] + rows) + "\n")
-        g, covs, phenos = regression_party_stats(path, files.covar, {"intercept": True})
-        G = g if G is None else {key: G[key] + g[key] for key in G}
+        g = regression_party_stats(path, files.covar, {"intercept": True})
+        G = g if G is None else G + g
+    phenos = G.phenotypes
     ph = pd.read_csv(files.pheno, sep="\t", na_values=["NA", "nan", "-9"], keep_default_na=False).set_index("IID")
     cv = pd.read_csv(files.covar, sep=" ", na_values=["NA"], keep_default_na=False).set_index("IID")
     df = ph.join(cv[["age", "sex", "PC1"]], how="inner")
     for t, name in enumerate(phenos):
         d = df[[name, "age", "sex", "PC1"]].dropna()
         fit = sm.OLS(d[name].to_numpy(), sm.add_constant(d[["age", "sex", "PC1"]].to_numpy())).fit()
-        tbl = regression_table(G, t, covs, where=name)
+        tbl = G.regression_table(t)
         np.testing.assert_allclose(tbl.column("beta").to_numpy(), fit.params, rtol=1e-9)
         np.testing.assert_allclose(tbl.column("se").to_numpy(), fit.bse, rtol=1e-9)
         np.testing.assert_allclose(tbl.column("p").to_numpy(), fit.pvalues, rtol=1e-8)

@@ -12,6 +12,7 @@ import pytest
 from dash_spark.cli import main
 
 from .oracle_data import make_split_files, statsmodels_oracle
+from .party_flow import Study
 from .test_select import _check
 
 PARTIES = ("alice", "bob", "carol")
@@ -28,23 +29,25 @@ def _run(capsys, *args):
 @pytest.mark.slow
 def test_three_party_selection_equals_statsmodels(tmp_path, spark, capsys):
     files, _, prefixes = make_split_files(tmp_path, 51, PARTIES, [0.4, 0.35, 0.25], n=450, m=240)
-    for p in PARTIES:
-        _run(capsys, "party", "keygen", "--out", str(tmp_path / "keys" / p))
-    manifest = _run(capsys, "party", "manifest", "--study", "sel", "--exchange", str(tmp_path / "exchange"),
-                    "--bim", files.bfile + ".bim",
-                    *[x for p in PARTIES for x in ("--party", f"{p}={tmp_path / 'keys' / p}.pub")])
+    st = Study(tmp_path, PARTIES, name="sel")
+    manifest = st.manifest("--bim", files.bfile + ".bim")
 
     def parties(m):
+        st.join(m)
         for p in PARTIES:
-            _run(capsys, "party", "compress", "--manifest", m, "--party", p, "--key", f"{tmp_path / 'keys' / p}.key",
-                 "--pheno", files.pheno, "--covar", files.covar, "--bfile", prefixes[p])
+            code, _, err = st.compress(m, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile", prefixes[p])
+            assert code == 0, err[-3000:]
 
     parties(manifest)
     out = tmp_path / "selected"
+    select = ["select", "--manifest", manifest, "--out", str(out), "--pheno-name", "pheno1", "--p-threshold", "1",
+              "--max-steps", "2", "--sign-key", st.coord, "--trust", st.trust]
+    assert "base round closed" in _run(capsys, *select)  # the base round is closed, then unmasked
+    for p in PARTIES:
+        _run(capsys, "party", "unmask", *st.party(p, manifest))
     rounds = set()
     for _ in range(5):
-        text = _run(capsys, "select", "--manifest", manifest, "--out", str(out), "--pheno-name", "pheno1",
-                    "--p-threshold", "1", "--max-steps", "2")
+        text = _run(capsys, *select)
         if out.exists():
             break
         step_manifest = text.splitlines()[-1]

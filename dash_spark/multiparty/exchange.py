@@ -43,12 +43,12 @@ import pyarrow.fs as pafs
 
 from ..errors import ConfigError, InputError, OutputError
 from . import ProtocolError
-from .encoding import (FRAC_BITS, HEADROOM_BITS, RING_BITS, check_encoded, check_frac_bits, decode,
-                       encode, ring_sum)
+from .encoding import (FRAC_BITS, HEADROOM_BITS, RING_BITS, check_encoded, check_frac_bits, ring_sum)
 from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
-from .masking import _STAT_RE, check_stat_name, mask_share, pairwise_seeds
+from .masking import STAT_NAME_RE, check_stat_name, mask_share
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # share headers
+MANIFEST_VERSION = 2  # 2: a coordinator entry (the key that signs the manifest and the survivor set)
 MAX_PARTIES = 1 << HEADROOM_BITS  # the encoding's headroom covers sums over this many parties
 _STUDY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ROUND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -83,7 +83,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
-def _parse_json(data: bytes, *, where: str, exc_type: type[Exception] = InputError) -> dict:
+def parse_json(data: bytes, *, where: str, exc_type: type[Exception] = InputError) -> dict:
     try:
         obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -121,6 +121,9 @@ class Manifest:
     settings (intercept, missing_genotypes, pheno_names, covar_names, variant_hash, kind
     ``"regression"``/``"scan"``); ``encoding``: ``{"ring_bits": 128, "frac_bits": 64}``;
     ``created``: ISO time. Party positions are indices in :attr:`party_names` (sorted).
+    ``coordinator``: ``{"name", "x25519", "ed25519"}`` of the key that signs the manifest and the
+    round's survivor set (``None`` in library use without a coordinator). ``settings["self_masks"]``
+    (default true): shares carry self-masks, revealed by the survivors once the round is closed.
     """
 
     study: str
@@ -129,6 +132,7 @@ class Manifest:
     settings: dict
     encoding: dict = field(default_factory=lambda: {"ring_bits": RING_BITS, "frac_bits": FRAC_BITS})
     created: str = field(default_factory=_now)
+    coordinator: dict | None = None
 
     def __post_init__(self) -> None:
         where = f"manifest of study {self.study!r}"
@@ -167,11 +171,18 @@ class Manifest:
         if not isinstance(self.created, str):
             raise InputError(f"{where}: created is not a string; expected an ISO time, found "
                              f"{type(self.created).__name__}. Leave it at the default")
+        if self.coordinator is not None:
+            if not isinstance(self.coordinator, dict) or set(self.coordinator) != {"name", "x25519", "ed25519"}:
+                raise InputError(f"{where}: malformed coordinator entry; expected {{name, x25519, ed25519}}, found "
+                                 f"{_short(self.coordinator)}. Rebuild the manifest with party manifest --sign-key")
+            PublicKeys.from_manifest_entry(self.coordinator["name"], {k: self.coordinator[k]
+                                                                     for k in ("x25519", "ed25519")}, where=where)
         canonical_json(self.to_dict(), where=where)
 
     @classmethod
     def new(cls, study: str, parties: Iterable[PublicKeys] | Mapping[str, dict], settings: Mapping,
-            *, frac_bits: int = FRAC_BITS, round_id: str | None = None) -> "Manifest":
+            *, frac_bits: int = FRAC_BITS, round_id: str | None = None,
+            coordinator: PublicKeys | None = None) -> "Manifest":
         """A manifest for a fresh round (``round_id`` defaults to :func:`new_round_id`)."""
         if isinstance(parties, Mapping):
             entries = dict(parties)
@@ -182,9 +193,22 @@ class Manifest:
                     raise InputError(f"manifest of study {study!r}: party {pk.party!r} listed twice; expected "
                                      "each party once, found a duplicate. Pass each .pub file once")
                 entries[pk.party] = pk.manifest_entry()
+        coord = None if coordinator is None else {"name": coordinator.party, **coordinator.manifest_entry()}
         return cls(study=study, round_id=new_round_id() if round_id is None else round_id,
                    parties=entries, settings=dict(settings),
-                   encoding={"ring_bits": RING_BITS, "frac_bits": check_frac_bits(frac_bits)})
+                   encoding={"ring_bits": RING_BITS, "frac_bits": check_frac_bits(frac_bits)}, coordinator=coord)
+
+    @property
+    def self_masks(self) -> bool:
+        """Whether shares carry self-masks (double masking: a round survives dropouts)."""
+        return bool(self.settings.get("self_masks", True))
+
+    def coordinator_keys(self) -> PublicKeys | None:
+        """The coordinator's public keys (``None`` when the manifest names no coordinator)."""
+        if self.coordinator is None:
+            return None
+        c = self.coordinator
+        return PublicKeys.from_manifest_entry(c["name"], {"x25519": c["x25519"], "ed25519": c["ed25519"]})
 
     @property
     def party_names(self) -> list[str]:
@@ -204,9 +228,9 @@ class Manifest:
         return PublicKeys.from_manifest_entry(party, self.parties[party])
 
     def to_dict(self) -> dict:
-        return {"version": FORMAT_VERSION, "study": self.study, "round_id": self.round_id,
+        return {"version": MANIFEST_VERSION, "study": self.study, "round_id": self.round_id,
                 "parties": self.parties, "settings": self.settings, "encoding": self.encoding,
-                "created": self.created}
+                "created": self.created, "coordinator": self.coordinator}
 
     def to_json(self) -> str:
         """Human-readable JSON (the digest uses the canonical form)."""
@@ -215,12 +239,12 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str | bytes, *, where: str = "manifest") -> "Manifest":
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        obj = _parse_json(data, where=where)
-        version = obj.pop("version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise InputError(f"{where}: unsupported manifest version; expected {FORMAT_VERSION}, found "
-                             f"{_short(version)}. Use the dash-spark version that wrote it")
-        need = ("study", "round_id", "parties", "settings", "encoding", "created")
+        obj = parse_json(data, where=where)
+        version = obj.pop("version", None)
+        if version != MANIFEST_VERSION:
+            raise InputError(f"{where}: unsupported manifest version; expected {MANIFEST_VERSION}, found "
+                             f"{_short(version)}. Start a new round with this dash-spark (party manifest)")
+        need = ("study", "round_id", "parties", "settings", "encoding", "created", "coordinator")
         missing = [k for k in need if k not in obj]
         extra = sorted(set(obj) - set(need))
         if missing or extra:
@@ -334,6 +358,9 @@ class _Location:
                               f"found an error ({exc}). Check the exchange location and access") from None
 
 
+Location = _Location  # the public name (other layers open exchange paths through it)
+
+
 def _round_dir(loc: _Location, study: str, round_id: str) -> str:
     return loc.join(study, round_id)
 
@@ -370,6 +397,28 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         target = loc.join("manifest.json")
     data = loc.read(target, what="manifest")
     return Manifest.from_json(data, where=loc.show(target))
+
+
+def locate_manifest(path: str | os.PathLike) -> tuple[str, Manifest]:
+    """``(exchange root, manifest)`` of a manifest given as its file or its round directory, local
+    (relative or absolute) or a URI; refuses a manifest that does not sit at
+    ``<root>/<study>/<round>/manifest.json`` (a copy elsewhere would publish in the wrong place)."""
+    import posixpath
+
+    loc = _Location(path)
+    target = loc.path
+    if loc.info(target).type == pafs.FileType.Directory:
+        target = loc.join("manifest.json")
+    manifest = Manifest.from_json(loc.read(target, what="manifest"), where=loc.show(target))
+    round_dir = posixpath.dirname(target)
+    study_dir = posixpath.dirname(round_dir)
+    if (posixpath.basename(target), posixpath.basename(round_dir), posixpath.basename(study_dir)) != (
+            "manifest.json", manifest.round_id, manifest.study):
+        raise ProtocolError(f"{loc.show(target)}: this manifest (study {manifest.study!r}, round "
+                            f"{manifest.round_id!r}) is not at <exchange>/{manifest.study}/{manifest.round_id}/"
+                            "manifest.json; use the manifest in the exchange, not a copy. Nothing was done")
+    root = posixpath.dirname(study_dir) or "/"
+    return f"{loc.prefix}{root}{loc.query}", manifest
 
 
 def _check_exchange_manifest(loc: _Location, manifest: Manifest, *, who: str) -> None:
@@ -435,25 +484,31 @@ def _check_own_keys(manifest: Manifest, party: str, private_keys: PrivateKeys, *
 
 
 def mask_stats(manifest: Manifest, party: str, private_keys: PrivateKeys,
-               encoded: Mapping[str, np.ndarray], *, inplace: bool = False) -> dict[str, np.ndarray]:
-    """Mask a party's encoded statistics with seeds shared with every other manifest party
+               encoded: Mapping[str, np.ndarray], *, seeds: Mapping[str, bytes], self_seed: bytes | None = None,
+               inplace: bool = False) -> dict[str, np.ndarray]:
+    """Mask a party's encoded statistics with its round's pair ``seeds`` (one per other manifest
+    party: :func:`dash_spark.multiparty.rounds.round_pair_seeds`) and, when given, its self-mask
     (``inplace``: mask the given arrays themselves)."""
     who = f"mask statistics of party {party!r}"
     _check_own_keys(manifest, party, private_keys, who=who)
-    seeds = pairwise_seeds(private_keys, {p: manifest.public_keys(p).x25519_pub for p in manifest.party_names},
-                           study=manifest.study, round_id=manifest.round_id, me=party)
     return {name: mask_share(check_encoded(v, where=f"{who}, statistic {name!r}"), name, me=party,
-                             parties=manifest.party_names, seeds=seeds, inplace=inplace)
+                             parties=manifest.party_names, seeds=seeds, inplace=inplace, self_seed=self_seed)
             for name, v in encoded.items()}
 
 
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.[a-z]+")
+
+
 def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, private_keys: PrivateKeys,
-                  stats: Mapping[str, np.ndarray], header_extra: Mapping | None = None) -> str:
+                  stats: Mapping[str, np.ndarray], header_extra: Mapping | None = None,
+                  files: Mapping[str, bytes] | None = None) -> str:
     """Publish a party's masked statistics (ring arrays ``(..., 2)`` uint64) with a signed header.
 
     The header holds party, study, round, manifest digest, every statistic's array shape and
-    the sha256 of its ``.npy`` file, and ``header_extra`` (under ``"extra"``). Refuses a second
-    share of the same party and round (:class:`DuplicateShareError`). Returns the share's location.
+    the sha256 of its ``.npy`` file, ``header_extra`` (under ``"extra"``) and the sha256 of every
+    public file in ``files`` (``{name: bytes}``, e.g. the variant list), which are written into the
+    share too. Refuses a second share of the same party and round (:class:`DuplicateShareError`).
+    Returns the share's location.
     """
     who = f"publish share of party {party!r}"
     _check_own_keys(manifest, party, private_keys, who=who)
@@ -475,6 +530,10 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
         raise DuplicateShareError(f"{loc.show(sdir)}: party {party!r} has an incomplete share for round "
                                   f"{manifest.round_id!r}; expected an empty share directory, found files of an "
                                   "interrupted publish. Start a new round (new_round_id) and publish there")
+    public = dict(files or {})
+    for fname in public:
+        if not FILE_NAME_RE.fullmatch(fname) or fname.endswith(".npy") or fname.endswith(".json"):
+            raise InputError(f"{who}: invalid file name {fname!r}; expected a plain name like variants.parquet")
     files: dict[str, tuple[bytes, memoryview]] = {}
     spec: dict[str, dict] = {}
     for name, arr in stats.items():
@@ -486,7 +545,8 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
         files[name] = parts
         spec[name] = {"shape": list(arr.shape), "dtype": "uint64", "sha256": digest.hexdigest()}
     header = {"version": FORMAT_VERSION, "party": party, "study": manifest.study, "round_id": manifest.round_id,
-              "manifest_digest": manifest.digest(), "stats": spec, "extra": extra, "created": _now()}
+              "manifest_digest": manifest.digest(), "stats": spec, "extra": extra, "created": _now(),
+              "files": {f: hashlib.sha256(d).hexdigest() for f, d in public.items()}}
     header_bytes = canonical_json(header, where=f"{who}, header")
     signature = {"party": party, "algorithm": "ed25519", "fingerprint": fingerprint(private_keys),
                  "header_sha256": hashlib.sha256(header_bytes).hexdigest(),
@@ -494,18 +554,11 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
     loc.mkdir(sdir)
     for name, data in files.items():
         loc.write_atomic(f"{sdir}/{name}.npy", data, what=f"statistic {name!r}")
+    for fname, data in public.items():
+        loc.write_atomic(f"{sdir}/{fname}", data, what=f"file {fname!r}")
     loc.write_atomic(f"{sdir}/header.json", header_bytes, what="share header")
     loc.write_atomic(sig_path, canonical_json(signature) + b"\n", what="share signature")
     return loc.show(sdir)
-
-
-def publish_stats(uri: str | os.PathLike, manifest: Manifest, party: str, private_keys: PrivateKeys,
-                  stats: Mapping[str, object], header_extra: Mapping | None = None,
-                  max_abs_bits: int | None = None) -> str:
-    """Encode (the manifest's ``frac_bits``), mask and publish a party's float statistics."""
-    encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}
-    masked = mask_stats(manifest, party, private_keys, encoded, inplace=True)  # the encodings are ours
-    return publish_share(uri, manifest, party, private_keys, masked, header_extra)
 
 
 def _describe_diff(ref: dict[str, list], got: dict[str, list]) -> tuple[str, str]:
@@ -526,7 +579,7 @@ def _describe_diff(ref: dict[str, list], got: dict[str, list]) -> tuple[str, str
 def _verify_share(loc: _Location, manifest: Manifest, party: str, pub: PublicKeys) -> tuple[dict, dict]:
     sdir = _share_dir(loc, manifest, party)
     who = f"share of party {party!r} ({loc.show(sdir)})"
-    sig_obj = _parse_json(loc.read(sdir + "/signature.json", what="share signature", exc_type=ProtocolError),
+    sig_obj = parse_json(loc.read(sdir + "/signature.json", what="share signature", exc_type=ProtocolError),
                           where=f"{who} signature.json", exc_type=ProtocolError)
     sig_hex = sig_obj.get("signature")
     if sig_obj.get("algorithm") != "ed25519" or not isinstance(sig_hex, str) or not _SIG_RE.fullmatch(sig_hex):
@@ -534,7 +587,7 @@ def _verify_share(loc: _Location, manifest: Manifest, party: str, pub: PublicKey
                             f"found algorithm {_short(sig_obj.get('algorithm'))}. Ask {party!r} to publish "
                             "again in a new round")
     header_raw = loc.read(sdir + "/header.json", what="share header", exc_type=ProtocolError)
-    header = _parse_json(header_raw, where=f"{who} header.json", exc_type=ProtocolError)
+    header = parse_json(header_raw, where=f"{who} header.json", exc_type=ProtocolError)
     try:
         signed = canonical_json(header, where=f"{who} header.json")
     except InputError as exc:
@@ -559,7 +612,7 @@ def _verify_share(loc: _Location, manifest: Manifest, party: str, pub: PublicKey
                             f"{_short(sorted(header))}. Ask {party!r} to publish again in a new round")
     stats: dict[str, np.ndarray] = {}
     for name, meta in spec.items():
-        if not isinstance(name, str) or not _STAT_RE.fullmatch(name) or not (
+        if not isinstance(name, str) or not STAT_NAME_RE.fullmatch(name) or not (
                 isinstance(meta, dict) and isinstance(meta.get("shape"), list) and isinstance(meta.get("sha256"), str)):
             raise ProtocolError(f"{who}: malformed header entry for statistic {_short(name)}; expected "
                                 f"{{shape, dtype, sha256}}, found {_short(meta)}. Ask {party!r} to publish again")
@@ -583,8 +636,8 @@ def _verify_share(loc: _Location, manifest: Manifest, party: str, pub: PublicKey
     return header, stats
 
 
-def read_shares(uri: str | os.PathLike, manifest: Manifest, *,
-                must_agree: Iterable[str] = ()) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+def read_shares(uri: str | os.PathLike, manifest: Manifest, *, must_agree: Iterable[str] = (),
+                parties: Iterable[str] | None = None) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
     """Verify and read every manifest party's share: ``{party: (header, {stat: ring array})}``.
 
     Raises :class:`ProtocolError` when a party's share is missing, unsigned, badly signed,
@@ -594,7 +647,7 @@ def read_shares(uri: str | os.PathLike, manifest: Manifest, *,
     loc = _Location(uri)
     rdir = _round_dir(loc, manifest.study, manifest.round_id)
     _check_exchange_manifest(loc, manifest, who=f"combine study {manifest.study!r} round {manifest.round_id!r}")
-    names = manifest.party_names
+    names = manifest.party_names if parties is None else sorted(parties)
     missing, unsigned = [], []
     for p in names:
         sdir = _share_dir(loc, manifest, p)
@@ -604,7 +657,7 @@ def read_shares(uri: str | os.PathLike, manifest: Manifest, *,
         raise ProtocolError(f"{loc.show(rdir)}: shares missing from {', '.join(map(repr, missing))}; expected "
                             f"a share from all {len(names)} parties ({', '.join(names)}), found "
                             f"{len(names) - len(missing)}. Combine needs every party: wait for the missing "
-                            "ones, or start a new round without them")
+                            "ones, or close the round without them (combine --allow-dropouts --sign-key ...)")
     if unsigned:
         p = unsigned[0]
         raise ProtocolError(f"share of party {p!r} ({loc.show(_share_dir(loc, manifest, p))}): signature.json is "
@@ -641,15 +694,33 @@ def sum_shares(shares: Mapping[str, tuple[dict, Mapping[str, np.ndarray]]]) -> d
     return {n: ring_sum(shares[p][1][n] for p in parties) for n in names}
 
 
-def combine(uri: str | os.PathLike, manifest: Manifest, *,
-            must_agree: Iterable[str] = ()) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """Read and verify all shares, add them and decode: ``({party: header}, {stat: pooled float64})``."""
-    shares = read_shares(uri, manifest, must_agree=must_agree)
-    sums = sum_shares(shares)
-    return ({p: h for p, (h, _) in shares.items()},
-            {n: decode(v, manifest.frac_bits) for n, v in sums.items()})
+def read_share_file(uri: str | os.PathLike, manifest: Manifest, party: str, header: dict, name: str) -> bytes:
+    """A public file of a verified share (``header`` from :func:`read_shares`), checked against the
+    sha256 its signed header records."""
+    loc = _Location(uri)
+    path = f"{_share_dir(loc, manifest, party)}/{name}"
+    want = (header.get("files") or {}).get(name)
+    if not isinstance(want, str):
+        raise ProtocolError(f"share of party {party!r}: no file {name!r} in its signed header; expected the file "
+                            "to be part of the share. Ask the party to publish in a new round")
+    data = loc.read(path, what=f"file {name!r}", exc_type=ProtocolError)
+    if hashlib.sha256(data).hexdigest() != want:
+        raise ProtocolError(f"{loc.show(path)}: does not match the signed header of party {party!r}; the exchange "
+                            "was altered. Nothing was used")
+    return data
 
 
-__all__ = ["DuplicateShareError", "Manifest", "canonical_json", "combine", "manifest_location", "mask_stats",
-           "new_round_id", "publish_share", "publish_stats", "read_manifest", "read_shares", "sum_shares",
-           "write_manifest"]
+def complete_shares(uri: str | os.PathLike, manifest: Manifest) -> list[str]:
+    """The parties whose share is complete (signed) and verifies."""
+    loc = _Location(uri)
+    out = []
+    for p in manifest.party_names:
+        if loc.exists(_share_dir(loc, manifest, p) + "/signature.json"):
+            _verify_share(loc, manifest, p, manifest.public_keys(p))
+            out.append(p)
+    return out
+
+
+__all__ = ["DuplicateShareError", "Location", "Manifest", "canonical_json", "complete_shares", "locate_manifest", "manifest_location",
+           "mask_stats", "new_round_id", "parse_json", "publish_share", "read_manifest", "read_share_file",
+           "read_shares", "sum_shares", "write_manifest"]

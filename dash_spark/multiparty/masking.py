@@ -1,9 +1,12 @@
-"""Pairwise additive masks that cancel in the sum over all parties (secure aggregation).
+"""Pairwise additive masks that cancel in the sum over all parties, and private self-masks
+(secure aggregation with double masking, Bonawitz et al. 2017).
 
-Every pair of parties ``{p, q}`` shares a 32-byte seed: the X25519 shared secret of their keys,
-expanded with HKDF-SHA256 (salt ``sha256("dash-spark|<study>|<round>")``, info
-``"pair|<min(p,q)>|<max(p,q)>"``), so that the seed is unique per study, round and pair and the
-same for both members. Per statistic, HKDF derives a key (info ``"stat|<name>"``) that ChaCha20
+Every pair of parties ``{p, q}`` shares a 32-byte seed: the X25519 shared secret of their keys
+(per round, the parties' ephemeral keys: :mod:`.rounds`), expanded with HKDF-SHA256 (salt
+``sha256("dash-spark|<study>|<round>|<manifest digest>")``, info ``"pair|<min(p,q)>|<max(p,q)>"``),
+so that the seed is unique per study, round, manifest content and pair and the same for both
+members. A party's self-mask comes from a private random seed of its own (HKDF info
+``"self|<statistic>"``); it is revealed only for a round whose survivors include the party. Per statistic, HKDF derives a key (info ``"stat|<name>"``) that ChaCha20
 expands into a stream of ring elements (16 little-endian bytes each: ``lo``, ``hi``). The party
 at the lower position of the pair (positions: index in the sorted party list of the manifest)
 adds the stream, the other subtracts it, so all masks cancel in the ring sum of the shares.
@@ -37,12 +40,12 @@ from .keys import PrivateKeys, check_party_name
 
 _NONCE = bytes(16)  # the ChaCha20 key is unique per (pair, study, round, statistic)
 _CHUNK_WORDS = 1 << 16  # ring elements generated per keystream chunk in mask_share
-_STAT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+STAT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def check_stat_name(name: object, *, where: str = "statistic") -> str:
     """A statistic name usable as a file name and HKDF label: ``[A-Za-z0-9][A-Za-z0-9_.-]*``."""
-    if not isinstance(name, str) or not _STAT_RE.fullmatch(name):
+    if not isinstance(name, str) or not STAT_NAME_RE.fullmatch(name):
         raise InputError(f"{where}: invalid statistic name; expected letters, digits, '_', '.' or '-' "
                          f"starting with a letter or digit, found {name!r}. Rename the statistic")
     return name
@@ -52,13 +55,14 @@ def _hkdf(secret: bytes, *, salt: bytes | None, info: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info.encode("utf-8")).derive(secret)
 
 
-def round_salt(study: str, round_id: str) -> bytes:
-    """``sha256("dash-spark|<study>|<round_id>")``: the HKDF salt of a round's pair seeds."""
-    return hashlib.sha256(f"dash-spark|{study}|{round_id}".encode("utf-8")).digest()
+def round_salt(study: str, round_id: str, manifest_digest: str = "") -> bytes:
+    """``sha256("dash-spark|<study>|<round_id>|<manifest digest>")``: the HKDF salt of a round's pair
+    seeds (binding the manifest's whole content: roster, settings, encoding)."""
+    return hashlib.sha256(f"dash-spark|{study}|{round_id}|{manifest_digest}".encode("utf-8")).digest()
 
 
 def pairwise_seed(my_private: PrivateKeys | X25519PrivateKey | bytes, their_public: bytes, *, study: str,
-                  round_id: str, me: str, them: str) -> bytes:
+                  round_id: str, me: str, them: str, manifest_digest: str = "") -> bytes:
     """The 32-byte mask seed shared by parties ``me`` and ``them`` in one study round.
 
     ``my_private``: the party's :class:`PrivateKeys` (or its X25519 private key, object or raw
@@ -88,22 +92,23 @@ def pairwise_seed(my_private: PrivateKeys | X25519PrivateKey | bytes, their_publ
         raise ProtocolError(f"pairwise_seed: X25519 key of party {them!r} is unusable; expected a valid "
                             f"public key, found an error ({exc}). Ask {them!r} for its .pub file again") from None
     lo, hi = sorted((me, them))
-    return _hkdf(shared, salt=round_salt(study, round_id), info=f"pair|{lo}|{hi}")
+    return _hkdf(shared, salt=round_salt(study, round_id, manifest_digest), info=f"pair|{lo}|{hi}")
 
 
-def pairwise_seeds(my_private: PrivateKeys, public_x25519: Mapping[str, bytes], *, study: str,
-                   round_id: str, me: str) -> dict[str, bytes]:
+def pairwise_seeds(my_private: PrivateKeys | X25519PrivateKey, public_x25519: Mapping[str, bytes], *, study: str,
+                   round_id: str, me: str, manifest_digest: str = "") -> dict[str, bytes]:
     """Seeds of ``me`` with every other party of ``{party: raw X25519 public key}``."""
-    return {p: pairwise_seed(my_private, pub, study=study, round_id=round_id, me=me, them=p)
+    return {p: pairwise_seed(my_private, pub, study=study, round_id=round_id, me=me, them=p,
+                             manifest_digest=manifest_digest)
             for p, pub in public_x25519.items() if p != me}
 
 
-def _stat_encryptor(seed: bytes, stat_name: str):
+def _stat_encryptor(seed: bytes, stat_name: str, kind: str = "stat"):
     if not isinstance(seed, bytes) or len(seed) != 32:
         raise InputError(f"mask for statistic {stat_name!r}: seed is not 32 bytes; expected a seed from "
                          "pairwise_seed, found something else. Derive seeds with pairwise_seed")
     check_stat_name(stat_name, where="mask_stream")
-    key = _hkdf(seed, salt=None, info=f"stat|{stat_name}")
+    key = _hkdf(seed, salt=None, info=f"{kind}|{stat_name}")
     return Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
 
 
@@ -133,12 +138,25 @@ def _check_parties(me: str, parties: Sequence[str]) -> list[str]:
     return parties
 
 
-def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: Sequence[str],
-               seeds: Mapping[str, bytes], inplace: bool = False) -> np.ndarray:
-    """Mask party ``me``'s encoded statistic: add the streams shared with higher-positioned parties,
-    subtract those shared with lower-positioned ones (positions in the sorted list ``parties``).
+def self_mask_stream(seed: bytes, stat_name: str, n_words: int) -> np.ndarray:
+    """A party's self-mask of statistic ``stat_name`` from its private round seed."""
+    return _words(_stat_encryptor(seed, stat_name, "self"), int(n_words))
 
-    The ring sum over all parties of their masked shares equals the sum of the unmasked values.
+
+def pair_sign(me: str, other: str, parties: Sequence[str]) -> bool:
+    """Whether ``me`` subtracts (True) or adds (False) the stream it shares with ``other``."""
+    order = sorted(parties)
+    return order.index(me) > order.index(other)
+
+
+def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: Sequence[str],
+               seeds: Mapping[str, bytes], inplace: bool = False, self_seed: bytes | None = None) -> np.ndarray:
+    """Mask party ``me``'s encoded statistic: add the streams shared with higher-positioned parties,
+    subtract those shared with lower-positioned ones (positions in the sorted list ``parties``),
+    and add its self-mask stream when ``self_seed`` is given.
+
+    The ring sum over all parties of their masked shares equals the sum of the unmasked values plus
+    the self-masks (removed once their seeds are revealed: :func:`unmask_sum`).
     ``inplace``: mask ``values_encoded`` itself (a writable C-contiguous array) instead of a copy.
     """
     check_encoded(values_encoded, where=f"mask_share of statistic {stat_name!r}")
@@ -163,7 +181,31 @@ def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: 
         for start in range(0, n, _CHUNK_WORDS):
             stop = min(n, start + _CHUNK_WORDS)
             add_into(flat[start:stop], _words(enc, stop - start), subtract=pos > q)
+    if self_seed is not None:
+        enc = _stat_encryptor(self_seed, stat_name, "self")
+        for start in range(0, n, _CHUNK_WORDS):
+            stop = min(n, start + _CHUNK_WORDS)
+            add_into(flat[start:stop], _words(enc, stop - start))
     return out
 
 
-__all__ = ["check_stat_name", "mask_share", "mask_stream", "pairwise_seed", "pairwise_seeds", "round_salt"]
+def unmask_sum(total: np.ndarray, stat_name: str, *, parties: Sequence[str], self_seeds: Mapping[str, bytes],
+               dropped_pair_seeds: Mapping[tuple[str, str], bytes]) -> np.ndarray:
+    """Remove from the ring sum ``total`` of the survivors' shares (in place) the survivors' self-masks
+    (``self_seeds``: ``{survivor: seed}``) and the masks each survivor shared with a dropped party
+    (``dropped_pair_seeds``: ``{(survivor, dropped): seed}``); ``parties``: the round's whole roster."""
+    flat = total.reshape(-1, 2)
+    n = flat.shape[0]
+    jobs = [(_stat_encryptor(seed, stat_name, "self"), True) for seed in self_seeds.values()]
+    for (survivor, dropped), seed in dropped_pair_seeds.items():
+        # the survivor added the stream if it comes first in the pair, else subtracted it: undo that
+        jobs.append((_stat_encryptor(seed, stat_name), not pair_sign(survivor, dropped, parties)))
+    for enc, subtract in jobs:
+        for start in range(0, n, _CHUNK_WORDS):
+            stop = min(n, start + _CHUNK_WORDS)
+            add_into(flat[start:stop], _words(enc, stop - start), subtract=subtract)
+    return total
+
+
+__all__ = ["check_stat_name", "mask_share", "mask_stream", "pair_sign", "pairwise_seed", "pairwise_seeds",
+           "round_salt", "self_mask_stream", "unmask_sum"]

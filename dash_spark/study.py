@@ -1,0 +1,344 @@
+"""A multi-party study's two commands, composed from the layers below them.
+
+- :func:`run_party_compress`: a party computes its additive statistics ``S``
+  (:class:`~dash_spark.stats.sufficient.SufficientStats`; Spark, the same kernel as the scan),
+  encodes, masks, signs and publishes them (:mod:`dash_spark.multiparty`, which knows nothing but
+  arrays, manifests, keys and the exchange);
+- :func:`run_combine`: anyone verifies every share, adds them in the ring, decodes the pooled
+  ``S`` and finalizes it, writing the outputs of ``dash-spark scan`` for the pooled samples.
+
+A party never publishes anything but its masked, signed share (and the public variant list that
+every party must share anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import ConfigError
+from .io.tables import match_samples, read_sample_table
+from .multiparty import ProtocolError
+from .multiparty.exchange import Manifest, locate_manifest, read_share_file
+from .multiparty.keys import fingerprint, load_private
+from .multiparty.rounds import (Ledger, TrustFile, close_if_complete, combine, join_round, publish_stats,
+                                read_round_keys, read_survivors, reveal, verify_manifest)
+from .output import check_output_names, safe_name
+from .stats.sufficient import Moments, SufficientStats
+
+log = logging.getLogger("dash_spark")
+
+VARIANT_COLUMNS = ("chrom", "pos", "id", "ref", "alt")
+#: header values every party's share must agree on
+AGREE = ["phenotypes", "covariates", "kind", "variant_hash", "n_variants", "missing_genotypes"]
+
+
+def variant_table(bim) -> pa.Table:
+    """The variant list ``chrom, pos, id, ref, alt`` of a source's variants, as Arrow."""
+    def text(values):
+        return pa.array(values, type=pa.string())
+
+    return pa.table({"chrom": text(bim.chrom), "pos": pa.array(bim.pos, type=pa.int64()), "id": text(bim.id),
+                     "ref": text(bim.ref), "alt": text(bim.alt)})
+
+
+def variant_hash(table: pa.Table) -> str:
+    """sha256 over the variant list (chrom, pos, id, ref, alt in order): what parties must share."""
+    h = hashlib.sha256()
+    for name in VARIANT_COLUMNS:  # the bytes of "<value>\t" per value, then "\n", column by column
+        values = table.column(name).cast(pa.string()).to_numpy(zero_copy_only=False)
+        if len(values):
+            h.update(("\t".join(values) + "\t").encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def check_party(manifest: Manifest, party: str, keys) -> None:
+    """The party is in the manifest and ``keys`` are the ones registered for it."""
+    if party not in manifest.parties:
+        raise ProtocolError(f"manifest: party {party!r} is not in the study; expected one of "
+                            f"{', '.join(sorted(manifest.parties))}")
+    if keys.public().manifest_entry() != dict(manifest.parties[party]):
+        raise ProtocolError(f"{party}: this key file's public keys do not match the manifest's for {party!r}; "
+                            "use the key pair whose .pub the coordinator registered")
+
+
+def _agree(what: str, ours: list[str], declared, party: str) -> None:
+    if declared is not None and list(declared) != list(ours):
+        raise ProtocolError(f"{party}: {what} differ from the manifest; expected {list(declared)}, found {ours}. "
+                            "Nothing was published")
+
+
+def regression_party_stats(pheno: str, covar: str | None, settings: dict) -> SufficientStats:
+    """Note section 2: per-phenotype ``n, C'C, C'1, C'y, y'y`` over the party's samples with the
+    phenotype and every covariate (samples matched by IID between the two tables)."""
+    ph = read_sample_table(pheno, kind="pheno", names=settings.get("pheno_names"))
+    tables = [ph]
+    if covar:
+        tables.append(read_sample_table(covar, kind="covar", names=settings.get("covar_names")))
+    rows, _ = match_samples(ph.iids, tables)
+    ok = (rows >= 0).all(axis=0)
+    Y = ph.values[rows[0, ok]]
+    parts, names = [], []
+    if settings.get("intercept", True):
+        parts.append(np.ones((int(ok.sum()), 1)))
+        names.append("(intercept)")
+    if covar:
+        parts.append(tables[1].values[rows[1, ok]])
+        names += list(tables[1].names)
+    C = np.hstack(parts)
+    complete = ~np.isnan(C).any(axis=1)
+    moments = []
+    for t in range(Y.shape[1]):
+        mask = complete & ~np.isnan(Y[:, t])
+        moments.append(Moments.of(C[mask], Y[mask, t]))
+    log.info("party statistics: %d phenotype(s), %d covariate column(s), %d samples with complete data",
+             Y.shape[1], C.shape[1], int(complete.sum()))
+    return SufficientStats(phenotypes=tuple(ph.names), covariates=tuple(names), mode="mean",
+                           moments=tuple(moments), n_freq=0)
+
+
+def party_context(manifest_path: str, party: str, key_path: str, trust_path: str | None):
+    """``(exchange root, manifest, keys, ledger, trust)`` after every check that needs no data: the
+    manifest is the exchange's own, signed by a pinned coordinator, its roster pinned."""
+    uri, manifest = locate_manifest(manifest_path)
+    keys = load_private(key_path)
+    check_party(manifest, party, keys)
+    trust = TrustFile.load(trust_path) if trust_path else None
+    if trust is None:
+        raise ConfigError(f"party {party}: --trust FILE is required (the pinned keys of the coordinator and the "
+                          "parties); record them with `dash-spark party trust`")
+    return uri, manifest, keys, Ledger(key_path), trust
+
+
+def run_join(manifest_path: str, party: str, key_path: str, *, trust: str | None) -> str:
+    """``party join``: check the round and publish this party's round key (before any data is read)."""
+    uri, manifest, keys, ledger, trust_file = party_context(manifest_path, party, key_path, trust)
+    join_round(uri, manifest, party, keys, ledger, trust=trust_file)
+    log.info("party %s joined study %s round %s", party, manifest.study, manifest.round_id)
+    return f"{manifest.study}/{manifest.round_id}"
+
+
+def wait_for_keys(uri: str, manifest: Manifest, wait: float, *, who: str) -> None:
+    deadline = time.time() + max(0.0, wait)
+    while True:
+        _, missing = read_round_keys(uri, manifest)
+        if not missing:
+            return
+        if time.time() >= deadline:
+            raise ProtocolError(f"{who}: waiting for the round keys of {', '.join(missing)}; every party runs "
+                                "`dash-spark party join` first (or pass --wait SECONDS). Nothing was published")
+        time.sleep(0.5)
+
+
+def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: str, covar: str | None,
+                       bfile: str | None, features: str | None = None, feature_samples: str | None = None,
+                       pfile: str | None = None, bgen: str | None = None, bgen_ref: str | None = None,
+                       sample: str | None = None, spark=None, master: str | None = None,
+                       spark_conf: dict | None = None, task_memory_mb: int = 256, trust: str | None = None,
+                       wait: float = 0.0) -> str:
+    """Compute this party's statistics, encode, mask, sign and publish them; return the share path.
+
+    Every check that needs no data runs first: the manifest (the exchange's own, signed by the pinned
+    coordinator, every party's key pinned), the ledger (a new round, no earlier publication), the
+    round keys (this party joins if it has not; the others' keys must be there, or arrive within
+    ``wait`` seconds). Then the phenotypes/covariates/variants are checked against the manifest,
+    and only then does Spark run.
+    """
+    t0 = time.time()
+    uri, manifest, keys, ledger, trust_file = party_context(manifest_path, party, key_path, trust)
+    who = f"party {party!r}, round {manifest.round_id!r}"
+    join_round(uri, manifest, party, keys, ledger, trust=trust_file)
+    ledger.check_unpublished(manifest, party, who=who)
+    if read_survivors(uri, manifest) is not None:
+        raise ProtocolError(f"{who}: the round is closed (its survivors are fixed); a late share would not count. "
+                            "Nothing was computed or published")
+    if wait <= 0:
+        wait_for_keys(uri, manifest, 0, who=who)
+    settings = manifest.settings
+    kind = "scan" if (bfile or features or pfile or bgen) else "regression"
+    if settings.get("kind") and settings["kind"] not in (kind, "select-step"):
+        raise ConfigError(f"{manifest_path}: study {manifest.study!r} is a {settings['kind']} study; "
+                          + ("pass --bfile PREFIX or --features" if settings["kind"] == "scan" else "drop --bfile/--features"))
+    log.info("study %s, round %s: party %s (key %s), %s study", manifest.study, manifest.round_id, party,
+             fingerprint(keys), kind)
+    files = None
+    if kind == "regression":
+        S = regression_party_stats(pheno, covar, settings)
+        check_output_names(S.phenotypes, where=pheno)
+        extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind}
+    else:
+        from .pipeline import ScanConfig, compress_model, statistics_model
+
+        starter = None
+        if spark is None:
+            # the JVM starts (and warms its Python workers) while the driver reads the tables and builds the model
+            from .spark.session import SessionStarter
+
+            starter = SessionStarter(master, spark_conf)
+        cfg = ScanConfig(bfile=bfile, features=features, feature_samples=feature_samples, pfile=pfile, bgen=bgen,
+                         bgen_ref=bgen_ref, sample=sample, pheno=pheno, covar=covar, out=os.devnull,
+                         pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
+                         covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
+                         no_intercept=not settings.get("intercept", True),
+                         missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False,
+                         task_memory_mb=task_memory_mb)
+        model = statistics_model(cfg)
+        vt = variant_table(model.bim)
+        vh = variant_hash(vt)
+        if settings.get("variant_hash") and settings["variant_hash"] != vh:
+            raise ProtocolError(f"{party}: the variant list of {bfile or features or pfile or bgen} differs from the "
+                                f"manifest's (hash {vh[:12]} vs {settings['variant_hash'][:12]}); all parties must "
+                                "use the same variants in the same order. Nothing was published")
+        _agree("phenotypes", list(model.phenotypes), settings.get("pheno_names"), party)
+        if starter is not None:
+            spark = starter.get()
+        S = compress_model(spark, cfg, model)
+        extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind,
+                 "variant_hash": vh, "n_variants": int(model.bim.n_variants), "missing_genotypes": S.mode}
+        buf = io.BytesIO()
+        pq.write_table(vt, buf)
+        files = {"variants.parquet": buf.getvalue()}
+        log.info("party %s: %d variants x %d statistics compressed", party, S.n_variants, S.layout.width)
+    wait_for_keys(uri, manifest, wait, who=who)
+    share = publish_stats(uri, manifest, party, keys, S.to_arrays(), extra, ledger=ledger, files=files)
+    log.info("party %s: share published in %.1f s: %s", party, time.time() - t0, share)
+    return share
+
+
+def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | None, wait: float = 0.0) -> str:
+    """``party unmask``: once the coordinator closed the round, reveal this survivor's self-mask seed
+    and its pair seeds with the dropped parties (nothing when this party was declared dropped)."""
+    uri, manifest, keys, ledger, trust_file = party_context(manifest_path, party, key_path, trust)
+    who = f"party {party!r}, round {manifest.round_id!r}"
+    verify_manifest(uri, manifest, trust_file, who=who)
+    deadline = time.time() + max(0.0, wait)
+    while read_survivors(uri, manifest) is None and time.time() < deadline:
+        time.sleep(0.5)
+    path = reveal(uri, manifest, party, keys, ledger, who=who)
+    log.info("party %s: round %s unmasked (%s)", party, manifest.round_id, path)
+    return path
+
+
+def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_dropouts: bool = False,
+                  trust: str | None = None) -> tuple[Manifest, dict, SufficientStats | None]:
+    """Close the round if needed (``sign_key``: the coordinator's key), then verify the counted
+    shares, add and unmask them: ``(manifest, first party's header extra, pooled S)``; S is ``None``
+    when this call closed the round (the survivors must unmask before the sum can be taken). A scan
+    study's pooled ``S`` carries the variant list published inside the first survivor's share."""
+    uri, manifest = locate_manifest(manifest_path)
+    if trust:
+        verify_manifest(uri, manifest, TrustFile.load(trust), who=f"combine round {manifest.round_id!r}")
+    if manifest.self_masks and read_survivors(uri, manifest) is None:
+        coordinator = load_private(sign_key) if sign_key else None
+        body = close_if_complete(uri, manifest, coordinator, allow_dropouts=allow_dropouts)
+        log.info("combine: round %s closed with survivors %s (dropped: %s); each survivor now runs party unmask",
+                 manifest.round_id, ", ".join(body["survivors"]), ", ".join(body["dropped"]) or "none")
+        return manifest, {"closed": body}, None
+    headers, pooled = combine(uri, manifest, must_agree=AGREE)
+    counted = sorted(headers)
+    first = headers[counted[0]]["extra"]
+    variants = None
+    mode = first.get("missing_genotypes", "mean")
+    if first["kind"] == "scan":
+        variants = pq.read_table(io.BytesIO(read_share_file(uri, manifest, counted[0], headers[counted[0]],
+                                                            "variants.parquet")))
+        if variant_hash(variants) != first["variant_hash"]:
+            raise ProtocolError(f"{uri}: the published variant list does not match the parties' declared "
+                                "hash; the exchange was altered")
+    S = SufficientStats.from_arrays(pooled, first["phenotypes"], first["covariates"], mode, variants=variants)
+    check_output_names(S.phenotypes, where=f"study {manifest.study!r}")
+    log.info("combine: %d parties verified, shares added and decoded; %d phenotype(s), %d covariate column(s)",
+             len(headers), len(S.phenotypes), len(S.covariates))
+    return manifest, dict(first, parties=len(headers), survivors=counted), S
+
+
+def _release_log(uri: str, manifest: Manifest):
+    """The study's release log on the exchange: ``(location, path, entries)``."""
+    import json
+
+    from .multiparty.exchange import Location
+
+    loc = Location(uri)
+    path = loc.join(manifest.study, "releases.json")
+    entries = json.loads(loc.read(path, what="release log")) if loc.exists(path) else []
+    return loc, path, entries
+
+
+def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots: bool = True,
+                sign_key: str | None = None, allow_dropouts: bool = False, trust: str | None = None,
+                wait: float = 0.0, min_release_delta: int = 20, min_n: int = 20,
+                allow_small_release: bool = False, a1freq_lower_limit: float = 0.0) -> dict:
+    """Verify every counted share, add them, unmask, decode and finalize; write the study's outputs
+    under ``out``. The first call on a round with self-masks closes it (the coordinator's
+    ``sign_key``) and returns ``{"closed": survivor set}`` without writing; with ``wait`` it then
+    waits that long for the survivors' reveals and finishes.
+
+    No Spark: the pooled statistics, hence the results, are on the driver already (variants x
+    statistics, whatever the number of samples), and the outputs go to the local directory ``out``
+    in the same files and format as ``dash-spark scan`` writes. Returns ``{phenotype: path}``.
+    """
+    from .output import OutputModel, write_outputs_local
+    from .staging import check_out_dir, staged_output
+
+    t0 = time.time()
+    uri, _ = locate_manifest(manifest_path)
+    inputs = (uri,) if "://" not in uri else ()
+    check_out_dir(out, overwrite=overwrite, inputs=inputs)
+    _, first, S = combine_study(manifest_path, sign_key=sign_key, allow_dropouts=allow_dropouts, trust=trust)
+    if S is None:
+        deadline = time.time() + max(0.0, wait)
+        while True:
+            try:
+                _, first, S = combine_study(manifest_path, trust=trust)
+                break
+            except ProtocolError as exc:
+                if "to unmask" not in str(exc) or time.time() >= deadline:
+                    if time.time() >= deadline and wait <= 0:
+                        return {"closed": first["closed"]}
+                    raise
+                time.sleep(0.5)
+    import json
+
+    from .release import check_count_release, check_min_n
+
+    _, manifest = locate_manifest(manifest_path)
+    counts = {p: S.n_samples(t) for t, p in enumerate(S.phenotypes)}
+    where = f"combine study {manifest.study!r} round {manifest.round_id!r}"
+    check_min_n(counts, min_n=min_n, override=allow_small_release, where=where)
+    loc, log_path, entries = _release_log(uri, manifest)
+    check_count_release(entries, counts, min_delta=min_release_delta, override=allow_small_release, where=where,
+                        label=manifest.round_id)
+    with staged_output(out, overwrite=overwrite, inputs=inputs, command="combine") as stage:
+        written: dict = {}
+        if first["kind"] == "regression":
+            for t, name in enumerate(S.phenotypes):
+                tbl = S.regression_table(t)
+                path = os.path.join(stage.path, f"{safe_name(name)}.coefficients.tsv")
+                with open(path, "w") as fh:
+                    fh.write("covariate\tbeta\tse\tt_stat\tp\tobs_ct\n")
+                    for row in tbl.to_pylist():
+                        fh.write(f"{row['covariate']}\t{row['beta']!r}\t{row['se']!r}\t{row['t_stat']!r}\t"
+                                 f"{row['p']!r}\t{row['obs_ct']}\n")
+                written[name] = stage.final(path)
+        else:
+            table = S.finalize(a1freq_floor=a1freq_lower_limit)
+            log.info("combine: %d variants finalized in %.1f s", S.n_variants, time.time() - t0)
+            model = OutputModel(phenotypes=S.phenotypes, covariates=S.covariates, n_variants=S.n_variants,
+                                counts={"pooled_samples": {p: S.n_samples(t) for t, p in enumerate(S.phenotypes)},
+                                        "parties": first["parties"], "survivors": first["survivors"]})
+            glm, _ = write_outputs_local(stage.path, table, model, plots=plots)
+            written = {k: stage.final(v) for k, v in glm.items()}
+        entries = [e for e in entries if e.get("label") != manifest.round_id] + [{
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "label": manifest.round_id,
+            "parties": first["survivors"], "counts": counts, "overridden": bool(allow_small_release)}]
+        loc.write_atomic(log_path, json.dumps(entries, indent=1, sort_keys=True).encode(), what="release log")
+    log.info("combine: outputs in %s (%.1f s)", out, time.time() - t0)
+    return written
