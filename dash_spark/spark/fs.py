@@ -7,25 +7,9 @@ place at the end, so a failed run leaves no half-written output directory.
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
-from contextlib import contextmanager
 
-
-@contextmanager
-def local_stage(out: str):
-    """A fresh sibling directory of the local directory ``out`` to write a run's outputs into: when
-    the block succeeds it replaces ``out``; when it fails it is removed (no half-written output)."""
-    stage = f"{out.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(stage)
-    try:
-        yield stage
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+from ..sources import qualify
 
 
 def delete_local_crc_files(folder: str) -> None:
@@ -34,10 +18,6 @@ def delete_local_crc_files(folder: str) -> None:
         if name.startswith(".") and name.endswith(".crc"):
             os.remove(os.path.join(folder, name))
 
-
-def qualify(path: str) -> str:
-    """Absolute local paths for plain paths; URIs pass through."""
-    return path if "://" in path else os.path.abspath(path)
 
 
 class HadoopFS:

@@ -1,0 +1,143 @@
+"""No command deletes or changes anything it did not write: --out may not be, contain or lie inside
+an input or a store, --overwrite replaces only dash-spark output directories, and a killed run's
+staging directory is cleaned by the next run (and nothing else is)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dash_spark.staging import MARKER, STAGE_MARKER, clean_stale_stages, write_marker
+
+from .test_bad_input import Inputs, run_cli, staging_dirs
+
+
+def _snapshot(folder) -> dict[str, str]:
+    """sha256 of every file below ``folder`` (relative path -> digest)."""
+    out = {}
+    for dp, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(dp, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, folder)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _one_error_line(rc, err, *needles) -> str:
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dash-spark: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("where", ["inputs_dir", "parent_of_inputs"])
+def test_scan_out_over_its_inputs_is_refused_with_overwrite(tmp_path, capsys, where):
+    data = tmp_path / "data"
+    data.mkdir()
+    inp = Inputs(data)
+    out = {"inputs_dir": data, "parent_of_inputs": tmp_path}[where]
+    write_marker(str(out), "scan")  # even a directory that looks like an earlier output
+    before = _snapshot(tmp_path)
+    rc, _, err = run_cli(capsys, ["-q", "scan", "--bfile", inp.bfile, "--pheno", inp.pheno, "--covar", inp.covar,
+                                  "--out", str(out), "--overwrite"])
+    line = _one_error_line(rc, err, str(out))
+    assert "input" in line
+    assert _snapshot(tmp_path) == before  # nothing deleted or written
+    assert staging_dirs(str(out)) == []
+
+
+def test_overwrite_refuses_a_directory_dash_spark_did_not_write(tmp_path, capsys):
+    inp = Inputs(tmp_path)
+    os.makedirs(inp.out)
+    (tmp_path / "results" / "thesis.tex").write_text("years of work\n")
+    rc, _, err = run_cli(capsys, inp.argv("--overwrite"))
+    _one_error_line(rc, err, inp.out, "not written by dash-spark", MARKER)
+    assert (tmp_path / "results" / "thesis.tex").read_text() == "years of work\n"
+
+
+def test_out_under_a_file_or_unwritable_place(tmp_path, capsys):
+    inp = Inputs(tmp_path)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    rc, _, err = run_cli(capsys, inp.argv()[:6] + ["--out", str(blocker / "sub" / "out")])
+    _one_error_line(rc, err, "is a file")
+    rc, _, err = run_cli(capsys, inp.argv()[:6] + ["--out", str(blocker)])
+    _one_error_line(rc, err, "not a directory")
+    assert blocker.read_text() == "x"
+    # a read-only filesystem (root can write anywhere else): the error comes before Spark starts
+    rc, _, err = run_cli(capsys, inp.argv()[:6] + ["--out", "/proc/dash-spark-out"])
+    _one_error_line(rc, err, "/proc/dash-spark-out")
+
+
+def test_stale_staging_directories_are_cleaned_and_only_those(tmp_path):
+    out = str(tmp_path / "res")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    import socket
+
+    def stage(name, info):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "part").write_text("data")
+        if info is not None:
+            (path / STAGE_MARKER).write_text(json.dumps(info))
+        return path
+
+    host = socket.gethostname()
+    killed = stage("res.tmp-dead0001", {"pid": int(dead), "host": host})
+    alive = stage("res.tmp-live0001", {"pid": os.getpid(), "host": host})
+    foreign = stage("res.tmp-user0001", None)  # looks like ours, but has no stage marker
+    other_host = stage("res.tmp-host0001", {"pid": int(dead), "host": host + "-elsewhere"})
+    assert clean_stale_stages(out) == 1
+    assert not killed.exists()
+    assert alive.exists() and foreign.exists() and other_host.exists()
+
+
+@pytest.mark.slow
+def test_refresh_out_equal_to_the_store_is_refused(tmp_path, capsys, spark):
+    from dash_spark.store import run_compress
+
+    (tmp_path / "in").mkdir()
+    inp = Inputs(tmp_path / "in")
+    store = tmp_path / "store"
+    run_compress(str(store), "wave1", {"bfile": inp.bfile, "pheno": inp.pheno, "covar": inp.covar}, spark=spark)
+    before = _snapshot(tmp_path)
+    for out in (store, store / "results", tmp_path, tmp_path / "in"):
+        rc, _, err = run_cli(capsys, ["-q", "refresh", "--store", str(store), "--out", str(out), "--overwrite"])
+        _one_error_line(rc, err, str(out))
+        rc, _, err = run_cli(capsys, ["-q", "select", "--store", str(store), "--out", str(out), "--overwrite"])
+        _one_error_line(rc, err, str(out))
+    assert _snapshot(tmp_path) == before
+    assert not (store / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_an_earlier_output_and_marks_every_output(tmp_path, capsys, spark):
+    from dash_spark.pipeline import ScanConfig, run_scan
+
+    inp = Inputs(tmp_path)
+    cfg = ScanConfig(bfile=inp.bfile, pheno=inp.pheno, covar=inp.covar, out=inp.out, plots=False)
+    first = run_scan(cfg, spark=spark)
+    assert os.path.isfile(os.path.join(first.out, MARKER))
+    (tmp_path / "results" / "stale.txt").write_text("from the first run")
+    with pytest.raises(Exception, match="exists"):
+        run_scan(cfg, spark=spark)
+    import dataclasses
+
+    second = run_scan(dataclasses.replace(cfg, overwrite=True), spark=spark)
+    assert not os.path.exists(os.path.join(second.out, "stale.txt"))
+    assert os.path.isfile(os.path.join(second.out, MARKER))
+    assert staging_dirs(inp.out) == [] and not [f for f in os.listdir(tmp_path) if ".old-" in f]
+
+
+def test_marker_says_what_wrote_it(tmp_path):
+    write_marker(str(tmp_path), "scan")
+    info = json.loads((tmp_path / MARKER).read_text())
+    assert info["tool"] == "dash-spark" and info["command"] == "scan"
