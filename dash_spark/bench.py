@@ -33,9 +33,11 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--parties", action="store_true",
                    help="DASH: 3 parties (split by samples) vs one pooled scan, instead of plink2")
+    p.add_argument("--dropout", action="store_true",
+                   help="with --parties: the smallest party joins but drops before publishing")
 
 
-def _timed(cmd: list[str], log_path: str) -> float:
+def timed(cmd: list[str], log_path: str) -> float:
     t0 = time.perf_counter()
     with open(log_path, "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -127,7 +129,7 @@ def run_bench(args) -> int:
 
     plink_out = os.path.join(work, "plink2_" + tag, "out")
     os.makedirs(os.path.dirname(plink_out), exist_ok=True)
-    t_plink = _timed([args.plink2, "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--glm", "hide-covar",
+    t_plink = timed([args.plink2, "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--glm", "hide-covar",
                       "--threads", str(args.threads), "--memory", "8000", "--out", plink_out],
                      plink_out + ".stdout")
     ours_out = os.path.join(work, "ours_" + tag)
@@ -139,7 +141,7 @@ def run_bench(args) -> int:
         cmd += ["--conf", f"{k}={v}"]
     if args.properties_file:
         cmd += ["--properties-file", args.properties_file]
-    t_ours = _timed(cmd, ours_out + ".log")
+    t_ours = timed(cmd, ours_out + ".log")
 
     import glob
 
@@ -156,46 +158,99 @@ def run_bench(args) -> int:
 
 
 def run_dash_bench(args) -> int:
-    """3 parties vs one pooled scan on the same samples, each step a fresh process, one at a time."""
-    from .bench_store import compare_results
+    """3 parties vs one pooled scan on the same samples, each step a fresh process, one at a time.
+
+    The round runs as parties run it (README: Multi-party studies): join, compress, the
+    coordinator's close, unmask, combine. Critical path: the slowest join + the slowest compress +
+    close + the slowest unmask + combine (parties work in parallel in a real study). With
+    ``--dropout`` the smallest party joins but never publishes; the round is closed without it and
+    the results are checked against a pooled scan of the survivors' samples."""
     from .bench_waves import cached_split
 
+    parties = ("alice", "bob", "carol")
     data = cached_split(args, "dash", (("alice", 0.45), ("bob", 0.35), ("carol", 0.20)))
     bfile, pheno, covar = (os.path.join(data, x) for x in ("cohort", "cohort.pheno", "cohort.covar"))
     cli = [sys.executable, "-m", "dash_spark.cli"]
     times: dict[str, float] = {}
-    times["pooled_scan"] = _timed(cli + ["scan", "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--out",
+    times["pooled_scan"] = timed(cli + ["scan", "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--out",
                                          os.path.join(data, "pooled_out"), "--overwrite", "--no-plots"],
                                   os.path.join(data, "pooled.log"))
-    keys = os.path.join(data, "keys")
-    for p in ("alice", "bob", "carol"):
-        if not os.path.exists(os.path.join(keys, p + ".key")):
-            subprocess.run(cli + ["-q", "party", "keygen", "--out", os.path.join(keys, p)], check=True,
-                           stdout=subprocess.DEVNULL)
+    run = os.path.join(data, f"run-{int(time.time())}")  # fresh keys, ledgers and exchange per run
+    keys = os.path.join(run, "keys")
+    trust = os.path.join(run, "trust.txt")
+    for p in parties + ("coord",):
+        subprocess.run(cli + ["-q", "party", "keygen", "--out", os.path.join(keys, p)], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(cli + ["-q", "party", "trust", "--trust", trust, "--add", f"{p}={keys}/{p}.pub"], check=True,
+                       stdout=subprocess.DEVNULL)
     manifest = subprocess.run(cli + ["-q", "party", "manifest", "--study", "bench", "--exchange",
-                                     os.path.join(data, "exchange"), "--bim", bfile + ".bim"]
-                              + [x for p in ("alice", "bob", "carol") for x in ("--party", f"{p}={keys}/{p}.pub")],
+                                     os.path.join(run, "exchange"), "--bim", bfile + ".bim", "--sign-key",
+                                     f"{keys}/coord.key"]
+                              + [x for p in parties for x in ("--party", f"{p}={keys}/{p}.pub")],
                               check=True, capture_output=True, text=True).stdout.strip()
-    for p in ("alice", "bob", "carol"):
-        times[f"compress_{p}"] = _timed(cli + ["party", "compress", "--manifest", manifest, "--party", p, "--key",
-                                               f"{keys}/{p}.key", "--bfile", os.path.join(data, p), "--pheno",
-                                               os.path.join(data, f"{p}.pheno"), "--covar",
-                                               os.path.join(data, f"{p}.covar")], os.path.join(data, f"{p}.log"))
-    out = os.path.join(data, "combined")
-    shutil.rmtree(out, ignore_errors=True)
-    times["combine"] = _timed(cli + ["combine", "--manifest", manifest, "--out", out, "--no-plots"],
-                              os.path.join(data, "combine.log"))
-    slowest = max(times[f"compress_{p}"] for p in ("alice", "bob", "carol"))
+
+    def party(p):
+        return ["--manifest", manifest, "--party", p, "--key", f"{keys}/{p}.key", "--trust", trust]
+
+    publishing = parties[:2] if args.dropout else parties
+    for p in parties:
+        times[f"join_{p}"] = timed(cli + ["party", "join", *party(p)], os.path.join(run, f"join_{p}.log"))
+    for p in publishing:
+        times[f"compress_{p}"] = timed(cli + ["party", "compress", *party(p), "--bfile", os.path.join(data, p),
+                                              "--pheno", os.path.join(data, f"{p}.pheno"), "--covar",
+                                              os.path.join(data, f"{p}.covar")], os.path.join(run, f"{p}.log"))
+    out = os.path.join(run, "combined")
+    close = ["--allow-dropouts"] if args.dropout else []
+    times["close"] = timed(cli + ["combine", "--manifest", manifest, "--out", out, "--no-plots", "--sign-key",
+                                  f"{keys}/coord.key", *close], os.path.join(run, "close.log"))
+    for p in publishing:
+        times[f"unmask_{p}"] = timed(cli + ["party", "unmask", *party(p)], os.path.join(run, f"unmask_{p}.log"))
+    times["combine"] = timed(cli + ["combine", "--manifest", manifest, "--out", out, "--no-plots"],
+                              os.path.join(run, "combine.log"))
+    slowest = max(times[f"compress_{p}"] for p in publishing)
+    critical = (max(times[f"join_{p}"] for p in parties) + slowest + times["close"]
+                + max(times[f"unmask_{p}"] for p in publishing) + times["combine"])
     figures = {k: round(v, 2) for k, v in times.items()}
-    figures["critical_path"] = round(slowest + times["combine"], 2)
-    figures["critical_path_over_pooled"] = round((slowest + times["combine"]) / times["pooled_scan"], 3)
-    total = sum(times[f"compress_{p}"] for p in ("alice", "bob", "carol")) + times["combine"]
+    figures["dropout"] = bool(args.dropout)
+    figures["critical_path"] = round(critical, 2)
+    figures["critical_path_over_pooled"] = round(critical / times["pooled_scan"], 3)
+    total = sum(v for k, v in times.items() if k != "pooled_scan")
     figures["total_over_pooled"] = round(total / times["pooled_scan"], 3)
-    figures["max_rel_diff_vs_pooled"] = compare_results(os.path.join(data, "pooled_out", "results.parquet"),
-                                                 os.path.join(out, "results.parquet"))
-    emit_figures(figures, f"{args.samples:,} samples x {args.variants:,} variants in 3 parties: pooled scan "
-                          f"{times['pooled_scan']:.1f} s; slowest party {slowest:.1f} s + combine "
-                          f"{times['combine']:.1f} s = {slowest + times['combine']:.1f} s (ratio "
-                          f"{figures['critical_path_over_pooled']:.2f}); all parties + combine: {total:.1f} s; "
-                          f"results agree to {figures['max_rel_diff_vs_pooled']:.1e}", args.json)
+    reference = os.path.join(data, "pooled_out", "results.parquet")
+    if args.dropout:  # the scan of the survivors' samples, untimed
+        keep = os.path.join(run, "survivors.txt")
+        with open(keep, "w") as fh:
+            for p in publishing:
+                with open(os.path.join(data, f"{p}.fam")) as fam:
+                    fh.writelines(line.split()[1] + "\n" for line in fam)
+        subprocess.run(cli + ["-q", "scan", "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--keep", keep,
+                              "--out", os.path.join(run, "survivors_out"), "--no-plots"], check=True)
+        reference = os.path.join(run, "survivors_out", "results.parquet")
+    figures["max_rel_diff_vs_pooled"] = compare_results(reference, os.path.join(out, "results.parquet"))
+    emit_figures(figures, f"{args.samples:,} samples x {args.variants:,} variants in 3 parties"
+                          f"{' (carol drops)' if args.dropout else ''}: pooled scan {times['pooled_scan']:.1f} s; "
+                          f"critical path {critical:.1f} s (slowest compress {slowest:.1f} s; join, close, unmask "
+                          f"and combine {critical - slowest:.1f} s): ratio {figures['critical_path_over_pooled']:.2f}; "
+                          f"all steps: {total:.1f} s; results agree to {figures['max_rel_diff_vs_pooled']:.1e}",
+                 args.json)
     return 0
+
+
+def compare_results(a_path: str, b_path: str) -> float:
+    """The largest difference in beta and se between two results Parquets of the same variants,
+    relative to max(|value|, se) (raises if they cover other variants or sample counts)."""
+    import pyarrow.parquet as pq
+
+    key = [("phenotype", "ascending"), ("variant_index", "ascending")]
+    a = pq.read_table(a_path, columns=["phenotype", "variant_index", "beta", "se", "obs_ct"]).sort_by(key)
+    b = pq.read_table(b_path, columns=["phenotype", "variant_index", "beta", "se", "obs_ct"]).sort_by(key)
+    if a.column("variant_index") != b.column("variant_index") or a.column("obs_ct") != b.column("obs_ct"):
+        raise RuntimeError(f"{b_path}: the results cover other variants or sample counts than {a_path}")
+    se = a.column("se").to_numpy(zero_copy_only=False)
+    ok = ~np.isnan(se)
+    worst = 0.0
+    for col in ("beta", "se"):
+        x = a.column(col).to_numpy(zero_copy_only=False)[ok]
+        y = b.column(col).to_numpy(zero_copy_only=False)[ok]
+        worst = max(worst, float(np.max(np.abs(x - y) / np.maximum(np.abs(x), se[ok]))))
+    return worst

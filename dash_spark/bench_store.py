@@ -21,11 +21,10 @@ import os
 import shutil
 import sys
 
-import numpy as np
 
 
 def run_refresh_bench(args) -> int:
-    from .bench import _timed, emit_figures
+    from .bench import timed, compare_results, emit_figures
     from .bench_waves import WAVES, cached_split
 
     data = cached_split(args, "waves", WAVES)
@@ -38,16 +37,16 @@ def run_refresh_bench(args) -> int:
     base_store = os.path.join(data, "store_base")
     if not _usable(base_store):  # missing, or written by another format version
         shutil.rmtree(base_store, ignore_errors=True)
-        _timed(cli + ["compress", "--store", base_store, "--batch", "wave1", *fileset("wave1")],
+        timed(cli + ["compress", "--store", base_store, "--batch", "wave1", *fileset("wave1")],
                os.path.join(data, "setup.log"))
     times: dict[str, float] = {}
-    times["full_scan"] = _timed(cli + ["scan", *fileset("cohort"), "--out", os.path.join(data, "full_out"),
+    times["full_scan"] = timed(cli + ["scan", *fileset("cohort"), "--out", os.path.join(data, "full_out"),
                                        "--overwrite", "--no-plots"], os.path.join(data, "full_scan.log"))
     store = os.path.join(data, "store_full")
     shutil.rmtree(store, ignore_errors=True)
-    t_compress = _timed(cli + ["compress", "--store", store, "--batch", "all", *fileset("cohort")],
+    t_compress = timed(cli + ["compress", "--store", store, "--batch", "all", *fileset("cohort")],
                         os.path.join(data, "full_store_compress.log"))
-    t_final = _timed(cli + ["refresh", "--store", store, "--out", os.path.join(data, "full_store_out"),
+    t_final = timed(cli + ["refresh", "--store", store, "--out", os.path.join(data, "full_store_out"),
                             "--overwrite", "--no-plots"], os.path.join(data, "full_store_refresh.log"))
     times["full_store"] = t_compress + t_final
     shutil.rmtree(store, ignore_errors=True)
@@ -55,7 +54,7 @@ def run_refresh_bench(args) -> int:
     shutil.rmtree(store, ignore_errors=True)
     shutil.copytree(base_store, store)
     out = os.path.join(data, "refresh_out")
-    times["refresh_add"] = _timed(cli + ["refresh", "--store", store, "--add-batch", "wave2", *fileset("wave2"),
+    times["refresh_add"] = timed(cli + ["refresh", "--store", store, "--add-batch", "wave2", *fileset("wave2"),
                                          "--out", out, "--overwrite", "--no-plots"], os.path.join(data, "refresh.log"))
     shutil.rmtree(store, ignore_errors=True)
     agree = compare_results(os.path.join(data, "full_out", "results.parquet"), os.path.join(out, "results.parquet"))
@@ -79,23 +78,3 @@ def _usable(store: str) -> bool:
     except StoreError:
         return False
     return True
-
-
-def compare_results(a_path: str, b_path: str) -> float:
-    """The largest difference in beta and se between two results Parquets of the same variants,
-    relative to max(|value|, se) (raises if they cover other variants or sample counts)."""
-    import pyarrow.parquet as pq
-
-    key = [("phenotype", "ascending"), ("variant_index", "ascending")]
-    a = pq.read_table(a_path, columns=["phenotype", "variant_index", "beta", "se", "obs_ct"]).sort_by(key)
-    b = pq.read_table(b_path, columns=["phenotype", "variant_index", "beta", "se", "obs_ct"]).sort_by(key)
-    if a.column("variant_index") != b.column("variant_index") or a.column("obs_ct") != b.column("obs_ct"):
-        raise RuntimeError(f"{b_path}: the results cover other variants or sample counts than {a_path}")
-    se = a.column("se").to_numpy(zero_copy_only=False)
-    ok = ~np.isnan(se)
-    worst = 0.0
-    for col in ("beta", "se"):
-        x = a.column(col).to_numpy(zero_copy_only=False)[ok]
-        y = b.column(col).to_numpy(zero_copy_only=False)[ok]
-        worst = max(worst, float(np.max(np.abs(x - y) / np.maximum(np.abs(x), se[ok]))))
-    return worst

@@ -48,6 +48,24 @@ def _positive(value: str) -> int:
     return v
 
 
+class _BgenAction(argparse.Action):
+    """``--bgen FILE ref-first|ref-last`` (plink2's syntax) into ``bgen`` and ``bgen_ref``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.bgen, namespace.bgen_ref = values
+
+
+def add_dosage_args(p, *, what: str = "genotypes") -> None:
+    """``--pfile``, ``--bgen FILE ref-first|ref-last`` and ``--sample`` (plink2's flags)."""
+    p.add_argument("--pfile", metavar="PREFIX", help=f"instead of --bfile: {what} as a plink2 PREFIX.pgen/.pvar/.psam "
+                                                     "(hard calls and dosages)")
+    p.add_argument("--bgen", nargs=2, action=_BgenAction, metavar=("FILE", "ref-first|ref-last"),
+                   help=f"instead of --bfile: {what} as a BGEN file with its FILE.bgi index; ref-first: the first "
+                        "allele is REF, ref-last: the second")
+    p.add_argument("--sample", metavar="FILE", help="the Oxford .sample of --bgen (default: the IDs in the file)")
+    p.set_defaults(bgen_ref=None)
+
+
 def add_spark_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Spark")
     g.add_argument("--master", help="Spark master URL (default: spark-submit's, else local[*])")
@@ -61,6 +79,7 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--features", metavar="FILE.parquet",
                    help="instead of --bfile: real-valued features, one row per feature (id, values list<double>)")
     p.add_argument("--feature-samples", metavar="FILE", help="sample IDs in the order of the features' values")
+    add_dosage_args(p)
     p.add_argument("--pheno", required=required, help="phenotype file (#FID IID ... or IID ...)")
     p.add_argument("--covar", help="covariate file (same layout)")
     p.add_argument("--out", required=required, metavar="OUTDIR", help="output directory (created)")
@@ -78,8 +97,16 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="A1 is always ALT (plink2's omit-ref); default: the non-major allele")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None,
                    help="skip the Manhattan and QQ plots")
+    p.add_argument("--a1freq-lower-limit", type=float, metavar="F",
+                   help="report A1 frequencies below F as F (and above 1-F as 1-F), as plink2's GWAS-SSF writer")
     p.add_argument("--covar-variance-standardize", action="store_true", default=None,
                    help="rescale covariates to mean 0, variance 1 (plink2's flag; ADD results are unchanged)")
+    p.add_argument("--gwas-ssf", action="store_true", default=None,
+                   help="also write <phenotype>.ssf.tsv.gz (+ -meta.yaml) in the GWAS Catalog's GWAS-SSF v1.0")
+    p.add_argument("--genome-assembly", metavar="NAME",
+                   help="with --gwas-ssf (required there): the .bim positions' assembly, e.g. GRCh38 or GRCh37")
+    p.add_argument("--report-covariates", action="store_true", default=None,
+                   help="also write <phenotype>.covariates.tsv: the covariates' effects in the null model y ~ C")
     f = p.add_argument_group("filters (plink2's names and meanings)")
     f.add_argument("--keep", metavar="FILE", help="analyse only the samples listed (IID or FID IID per line)")
     f.add_argument("--remove", metavar="FILE", help="leave out the samples listed")
@@ -104,10 +131,11 @@ def _spark_conf(args) -> dict[str, str]:
     return conf
 
 
-SCAN_FIELDS = ("bfile", "features", "feature_samples", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
+SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_ref", "sample", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
-               "covar_variance_standardize")
+               "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
+               "a1freq_lower_limit")
 
 
 def scan_config_from_args(args):
@@ -124,8 +152,8 @@ def scan_config_from_args(args):
             cfg = dataclasses.replace(cfg, spark_conf={**cfg.spark_conf, **conf})
         return cfg
     missing = [f"--{k}" for k in ("pheno", "out") if values[k] is None]
-    if values["bfile"] is None and values["features"] is None:
-        missing.insert(0, "--bfile (or --features)")
+    if all(values[k] is None for k in ("bfile", "features", "pfile", "bgen")):
+        missing.insert(0, "--bfile (or --pfile, --bgen, --features)")
     if missing:
         raise ConfigError(f"scan: missing {', '.join(missing)} (or give --config FILE.toml)")
     return ScanConfig(**{k: v for k, v in values.items() if v is not None}, spark_conf=conf)
@@ -152,9 +180,9 @@ def cmd_demo(args) -> int:
     from .pipeline import ScanConfig, run_scan
     from .report import format_top_hits
 
-    out = os.path.abspath(args.out)
-    if os.path.exists(out) and not args.overwrite:
-        raise DashError(f"{out}: demo directory exists; pass --overwrite or choose another --out")
+    from .staging import check_out_dir
+
+    out = check_out_dir(args.out, overwrite=bool(args.overwrite))  # before minutes of simulation
     data = os.path.join(out + "-data")
     log.info("demo: simulating %d samples x %d variants under %s", args.samples, args.variants, data)
     cohort = simulate_cohort(data, n_samples=args.samples, n_variants=args.variants, n_covariates=4,
@@ -177,14 +205,42 @@ def cmd_demo(args) -> int:
 
 
 def cmd_keygen(args) -> int:
-    from .multiparty.keys import fingerprint, load_public, write_keypair
-
     import os
+
+    from .multiparty.keys import load_public, write_keypair
+    from .multiparty.rounds import key_fingerprint
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     key, pub = write_keypair(args.out, args.name)
     print(f"private key: {key} (mode 0600; keep it secret)\npublic key:  {pub} (send to the coordinator)\n"
-          f"fingerprint: {fingerprint(load_public(pub))}")
+          f"fingerprint: {key_fingerprint(load_public(pub))} (read it to the other parties over a trusted "
+          "channel; they pin it with party trust)")
+    return 0
+
+
+def cmd_trust(args) -> int:
+    import os
+
+    from .multiparty.keys import load_public
+    from .multiparty.rounds import TrustFile, key_fingerprint
+
+    trust = TrustFile.load(args.trust, missing_ok=True)
+    for spec in args.add:
+        name, sep, value = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--add: expected NAME=PATH.pub or NAME=FINGERPRINT, found {spec!r}")
+        if os.path.exists(value):
+            pub = load_public(value)
+            if pub.party != name:
+                raise ConfigError(f"--add {spec}: the key file belongs to {pub.party!r}, not {name!r}")
+            fp = key_fingerprint(pub)
+        else:
+            fp = value.strip()
+        trust.add(name, fp, replace=args.replace)
+        print(f"{name} {fp}")
+    if not args.add:
+        for name, fp in sorted(trust.entries.items()):
+            print(f"{name} {fp}")
     return 0
 
 
@@ -209,39 +265,70 @@ def cmd_manifest(args) -> int:
                 "kind": args.kind, "variant_hash": None}
     if args.bim:
         from .io.plink import read_bim
-        from .multiparty.party import variant_hash, variant_table
+        from .study import variant_hash, variant_table
 
         settings["variant_hash"] = variant_hash(variant_table(read_bim(args.bim)))
         settings["kind"] = "scan"
-    manifest = Manifest.new(args.study, parties, settings)
-    print(write_manifest(args.exchange, manifest))
+    from .multiparty.keys import load_private
+    from .multiparty.rounds import sign_manifest
+
+    coordinator = load_private(args.sign_key)
+    manifest = Manifest.new(args.study, parties, settings, coordinator=coordinator.public())
+    path = write_manifest(args.exchange, manifest)
+    sign_manifest(args.exchange, manifest, coordinator)
+    print(path)
+    return 0
+
+
+def cmd_join(args) -> int:
+    from .study import run_join
+
+    print(run_join(args.manifest, args.party, args.key, trust=args.trust))
+    return 0
+
+
+def cmd_unmask(args) -> int:
+    from .study import run_unmask
+
+    print(run_unmask(args.manifest, args.party, args.key, trust=args.trust, wait=args.wait))
     return 0
 
 
 def cmd_party_compress(args) -> int:
-    from .multiparty.exchange import read_manifest
-    from .multiparty.party import run_party_compress
+    from .multiparty.exchange import locate_manifest
+    from .study import run_party_compress
 
-    if read_manifest(args.manifest).settings.get("kind") == "select-step":
+    if locate_manifest(args.manifest)[1].settings.get("kind") == "select-step":
         from .select import run_party_select_step
 
         print(run_party_select_step(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                                     bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
-                                    master=args.master, spark_conf=_spark_conf(args)))
+                                    pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,
+                                    master=args.master, spark_conf=_spark_conf(args), trust=args.trust,
+                                    wait=args.wait))
         return 0
 
     path = run_party_compress(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                               bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
-                              master=args.master, spark_conf=_spark_conf(args))
+                              pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,
+                              master=args.master, spark_conf=_spark_conf(args), trust=args.trust, wait=args.wait)
     print(path)
     return 0
 
 
 def cmd_combine(args) -> int:
-    from .multiparty.party import run_combine
+    from .study import run_combine
 
     written = run_combine(args.manifest, args.out, overwrite=args.overwrite, plots=args.plots,
-                          master=args.master, spark_conf=_spark_conf(args))
+                          sign_key=args.sign_key, allow_dropouts=args.allow_dropouts, trust=args.trust,
+                          wait=args.wait, min_release_delta=args.min_release_delta, min_n=args.min_n,
+                          allow_small_release=args.allow_small_release, a1freq_lower_limit=args.a1freq_lower_limit)
+    if "closed" in written:
+        body = written["closed"]
+        print(f"round closed: survivors {', '.join(body['survivors'])}"
+              + (f"; dropped {', '.join(body['dropped'])} (their shares stay masked)" if body["dropped"] else "")
+              + "; each survivor now runs `dash-spark party unmask --manifest ...`, then run combine again")
+        return 0
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -249,6 +336,7 @@ def cmd_combine(args) -> int:
 
 def _batch_source(args) -> dict:
     return {"bfile": args.bfile, "features": args.features, "feature_samples": args.feature_samples,
+            "pfile": args.pfile, "bgen": args.bgen, "bgen_ref": args.bgen_ref, "sample": args.sample,
             "pheno": args.pheno, "covar": args.covar}
 
 
@@ -271,11 +359,13 @@ def cmd_refresh(args) -> int:
     add = None
     if args.add_batch:
         add = (args.add_batch, _batch_source(args))
-    elif any(getattr(args, k) for k in ("bfile", "features", "feature_samples", "pheno", "covar")):
+    elif any(getattr(args, k, None) for k in ("bfile", "features", "feature_samples", "pfile", "bgen", "sample",
+                                              "pheno", "covar")):
         raise ConfigError("refresh: --bfile/--features/--pheno/--covar describe a new batch; give --add-batch NAME too")
     res = run_refresh(args.store, args.out, add=add, remove=args.remove_batch, withdraw=args.withdraw,
                       overwrite=bool(args.overwrite), plots=args.plots, master=args.master,
-                      spark_conf=_spark_conf(args))
+                      spark_conf=_spark_conf(args), min_release_delta=args.min_release_delta,
+                      allow_small_release=args.allow_small_release, a1freq_lower_limit=args.a1freq_lower_limit)
     for name, summ in res.summaries.items():
         print(f"== {name}: {summ.n_tests:,} tests, lambda_GC {summ.lambda_gc:.4f}")
         print(format_top_hits(summ))
@@ -295,7 +385,12 @@ def cmd_select(args) -> int:
         if args.window_kb is not None:
             raise ConfigError("select: --window-kb is available for stores only; a multi-party selection is genome-wide")
         res = run_select_study(args.manifest, args.out, pheno_name=args.pheno_name, p_threshold=args.p_threshold,
-                               max_steps=args.max_steps, overwrite=bool(args.overwrite))
+                               max_steps=args.max_steps, overwrite=bool(args.overwrite), sign_key=args.sign_key,
+                               trust=args.trust, a1freq_lower_limit=args.a1freq_lower_limit)
+        if res.get("closed"):
+            print(f"base round closed: survivors {', '.join(res['closed']['survivors'])}; each survivor now runs "
+                  "`dash-spark party unmask --manifest ...`, then run this select again")
+            return 0
         if res["next_manifest"]:
             row = res["selected"][-1]
             print(f"step {row['step']}: {row['id']} selected (p {row['p']:.3g}); every party now runs "
@@ -307,7 +402,8 @@ def cmd_select(args) -> int:
     else:
         r = run_select(args.store, args.out, pheno_name=args.pheno_name, p_threshold=args.p_threshold,
                        max_steps=args.max_steps, window_kb=args.window_kb, overwrite=bool(args.overwrite),
-                       master=args.master, spark_conf=_spark_conf(args))
+                       master=args.master, spark_conf=_spark_conf(args), min_release_delta=args.min_release_delta,
+                       allow_small_release=args.allow_small_release, a1freq_lower_limit=args.a1freq_lower_limit)
         selected, out = r.selected, r.out
     if not selected:
         print(f"no variant passes p < {args.p_threshold:g}")
@@ -318,10 +414,24 @@ def cmd_select(args) -> int:
     return 0
 
 
+def add_release_args(p: argparse.ArgumentParser, *, min_n: bool = False) -> None:
+    g = p.add_argument_group("release guard")
+    g.add_argument("--min-release-delta", type=int, default=20, metavar="N",
+                   help="refuse results whose samples differ from an earlier release's by 1 to N-1 (default 20)")
+    g.add_argument("--a1freq-lower-limit", type=float, default=0.0, metavar="F",
+                   help="report published A1 frequencies below F as F (and above 1-F as 1-F), as plink2's GWAS-SSF")
+    if min_n:
+        g.add_argument("--min-n", type=int, default=20, metavar="N",
+                       help="refuse a phenotype with fewer than N pooled samples (default 20)")
+    g.add_argument("--allow-small-release", action="store_true",
+                   help="release anyway (logged as a warning and recorded with the release)")
+
+
 def _add_batch_inputs(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--bfile", metavar="PREFIX", help="the batch's PLINK 1 fileset")
     p.add_argument("--features", metavar="FILE.parquet", help="instead of --bfile: real-valued features")
     p.add_argument("--feature-samples", metavar="FILE", help="sample IDs in the order of the features' values")
+    add_dosage_args(p, what="the batch's genotypes")
     p.add_argument("--pheno", required=required, help="the batch's phenotype file")
     p.add_argument("--covar", help="the batch's covariate file")
 
@@ -362,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="keys/NAME", help="path prefix of the key files")
     p.add_argument("--name", help="party name (default: the file name of --out)")
     p.set_defaults(func=cmd_keygen)
+    p = psub.add_parser("trust", help="pin the keys of the coordinator and the parties (like known_hosts)")
+    p.add_argument("--trust", required=True, metavar="FILE", help="the trust file (created 0600)")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=PATH.pub|NAME=FINGERPRINT",
+                   help="pin a key (compare its fingerprint out of band); repeatable. Without --add: list the file")
+    p.add_argument("--replace", action="store_true", help="replace a pinned key (after confirming it out of band)")
+    p.set_defaults(func=cmd_trust)
     p = psub.add_parser("manifest", help="start a study round: parties, keys and model settings")
     p.add_argument("--study", required=True)
     p.add_argument("--exchange", required=True, metavar="URI", help="directory or object-store URI shared by all")
@@ -372,16 +488,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--covar-name", type=_csv)
     p.add_argument("--kind", choices=["scan", "regression"], help="fix the study kind (default: from compress)")
     p.add_argument("--bim", help="bind the variant list of this .bim (every party must have the same)")
+    p.add_argument("--sign-key", required=True, metavar="COORD.key",
+                   help="the coordinator's key: signs the manifest and, later, the round's survivor set")
     p.set_defaults(func=cmd_manifest)
+
+    def party_args(p, what):
+        p.add_argument("--manifest", required=True)
+        p.add_argument("--party", required=True)
+        p.add_argument("--key", required=True, help="this party's .key file (its ledger lives beside it)")
+        p.add_argument("--trust", required=True, metavar="FILE",
+                       help="pinned keys of the coordinator and every party (party trust)")
+        if what:
+            p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=what)
+
+    p = psub.add_parser("join", help="check a round and publish this party's round key (before any data is read)")
+    party_args(p, None)
+    p.set_defaults(func=cmd_join)
+    p = psub.add_parser("unmask", help="after the round is closed: reveal what removes this survivor's masks")
+    party_args(p, "wait this long for the coordinator to close the round")
+    p.set_defaults(func=cmd_unmask)
     p = psub.add_parser("compress", help="compute, encode, mask, sign and publish this party's statistics")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--party", required=True)
-    p.add_argument("--key", required=True, help="this party's .key file")
+    party_args(p, "after computing, wait this long for the other parties' round keys")
     p.add_argument("--pheno", required=True)
     p.add_argument("--covar")
     p.add_argument("--bfile", metavar="PREFIX", help="genotypes (a scan study); without it: regression on covariates")
     p.add_argument("--features", metavar="FILE.parquet", help="real-valued features instead of --bfile")
     p.add_argument("--feature-samples", metavar="FILE", help="sample IDs in the order of the features' values")
+    add_dosage_args(p)
     add_spark_args(p)
     p.set_defaults(func=cmd_party_compress)
 
@@ -390,8 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="OUTDIR")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-plots", dest="plots", action="store_false")
-    add_spark_args(p)
-    p.set_defaults(func=cmd_combine)
+    p.add_argument("--sign-key", metavar="COORD.key", help="the coordinator's key: closes the round (survivor set)")
+    p.add_argument("--allow-dropouts", action="store_true",
+                   help="close the round with the parties that published (the others' shares never count)")
+    p.add_argument("--trust", metavar="FILE", help="also check the manifest's signature and roster against it")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="after closing the round, wait this long for the survivors' reveals and finish")
+    add_release_args(p, min_n=True)
+    p.set_defaults(func=cmd_combine)  # no Spark: the pooled statistics are variants x statistics
 
     p = sub.add_parser("compress", help="persist a batch's additive statistics in a store (creates the store)")
     p.add_argument("--store", required=True, metavar="DIR", help="the store directory")
@@ -414,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_inputs(p, required=False)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-plots", dest="plots", action="store_false")
+    add_release_args(p)
     add_spark_args(p)
     p.set_defaults(func=cmd_refresh)
 
@@ -426,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive, default=10, help="select at most this many variants")
     p.add_argument("--window-kb", type=float, help="condition a variant only on selected variants within W kb")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--sign-key", metavar="COORD.key",
+                   help="with --manifest: the coordinator's key (signs the state and each step's manifest)")
+    p.add_argument("--trust", metavar="FILE", help="with --manifest: check the base manifest against pinned keys")
+    add_release_args(p)
     add_spark_args(p)
     p.set_defaults(func=cmd_select)
 

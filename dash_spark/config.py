@@ -15,7 +15,8 @@ from .errors import ConfigError, did_you_mean
 from .pipeline import ScanConfig
 from .spark.session import read_properties
 
-PATH_KEYS = ("bfile", "features", "feature_samples", "pheno", "covar", "out", "keep", "remove", "extract", "exclude")
+PATH_KEYS = ("bfile", "features", "feature_samples", "pfile", "bgen", "sample", "pheno", "covar", "out", "keep",
+             "remove", "extract", "exclude")
 
 
 def _resolve(base: str, value: str) -> str:

@@ -30,9 +30,23 @@ import re
 import tempfile
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from .stats.results import RESULT_SCHEMA
+
 log = logging.getLogger("dash_spark")
+
+@dataclass(frozen=True)
+class OutputModel:
+    """What the writers need to know of a run besides its results: phenotype and covariate
+    names, the number of variants tested, and counts for ``summary.json``."""
+
+    phenotypes: tuple[str, ...]
+    covariates: tuple[str, ...]
+    n_variants: int
+    counts: dict = field(default_factory=dict)
+
 
 GLM_HEADER = "#CHROM\tPOS\tID\tREF\tALT\tA1\tTEST\tOBS_CT\tBETA\tSE\tT_STAT\tP\tERRCODE"
 
@@ -96,6 +110,29 @@ def safe_name(phenotype: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in phenotype)
 
 
+def check_output_names(phenotypes, where: str) -> None:
+    """Refuse phenotype names whose output files (``<safe_name>.glm.linear`` ...) would collide or be
+    unusable: two names with the same :func:`safe_name`, or one that is empty or only dots.
+    ``where`` (the phenotype file) starts the message."""
+    from .errors import InputError
+
+    seen: dict[str, str] = {}
+    for name in phenotypes:
+        fname = safe_name(name)
+        if not fname.strip("."):
+            raise InputError(
+                f"{where}: phenotype column {name!r} gives the output file name {fname + '.glm.linear'!r}; "
+                f"expected a name with a letter, digit, '_' or '-', found {name!r}. Rename the column"
+            )
+        if fname in seen:
+            raise InputError(
+                f"{where}: phenotype columns {seen[fname]!r} and {name!r} would both be written to "
+                f"{fname}.glm.linear; expected names that differ after replacing characters other than "
+                f"letters, digits, '.', '_' and '-' with '_', found both as {fname!r}. Rename one of the columns"
+            )
+        seen[fname] = name
+
+
 def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
     """Text files, summary and plots for every phenotype of a finished scan under ``stage``."""
     from . import report
@@ -106,7 +143,7 @@ def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
     summaries = {}
     local = "://" not in stage or stage.startswith("file://")
     tmpdir = None if local else tempfile.mkdtemp(prefix="dash-spark-")
-    n_rows = len(model.variants)
+    n_rows = model.n_variants
     # the text files and the summaries are independent small Spark jobs: run them side by side
     with ThreadPoolExecutor(max_workers=1) as pool:
         glm_future = pool.submit(write_glm_linear, spark, fs, results, list(model.phenotypes), stage)
@@ -129,7 +166,7 @@ def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
         glm_paths = glm_future.result()
     summary_local = os.path.join(tmpdir, "summary.tsv") if tmpdir else f"{stage.removeprefix('file://')}/summary.tsv"
     report.write_summary(summaries, summary_local, extra={"counts": model.counts,
-                                                          "n_variants": int(len(model.variants)),
+                                                          "n_variants": int(model.n_variants),
                                                           "covariates": list(model.covariates)})
     if tmpdir:
         for fname in ("summary.tsv", "summary.json"):
@@ -228,8 +265,6 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .spark.scan import RESULT_SCHEMA
-
     table = pa.Table.from_batches(list(batches), schema=RESULT_SCHEMA)
     name = f"part-{part:05d}"
     _replace_with(os.path.join(stage, _PARTS, f"{name}.snappy.parquet"),
@@ -300,7 +335,18 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True):
     def rows_of(name):
         return pq.read_table(os.path.join(stage, _PARTS), columns=columns, filters=[("phenotype", "=", name)])
 
+    write_extra_outputs(stage, model)
     return glm_paths, _summarize_and_plot(stage, model, rows_of, plots)
+
+
+def write_extra_outputs(stage: str, model) -> None:
+    """``--gwas-ssf`` and ``--report-covariates`` files (:mod:`dash_spark.gwas_ssf`) from the
+    results Parquet under the local ``stage``, when the model asks for them."""
+    extra = getattr(model, "extra_outputs", None)
+    if extra is not None:
+        from . import gwas_ssf
+
+        gwas_ssf.write_extra_outputs(stage, os.path.join(stage, _PARTS), extra, model.phenotypes, safe_name)
 
 
 def _summarize_and_plot(stage: str, model, rows_of, plots: bool) -> dict:
@@ -321,7 +367,7 @@ def _summarize_and_plot(stage: str, model, rows_of, plots: bool) -> dict:
             report.plot_qq(points, os.path.join(stage, f"{safe_name(name)}.qq.png"), title=name,
                            lambda_gc=summ.lambda_gc)
     report.write_summary(summaries, os.path.join(stage, "summary.tsv"),
-                         extra={"counts": model.counts, "n_variants": int(len(model.variants)),
+                         extra={"counts": model.counts, "n_variants": int(model.n_variants),
                                 "covariates": list(model.covariates)})
     return summaries
 
@@ -349,4 +395,5 @@ def write_outputs_local(stage: str, table, model, *, plots: bool = True):
             if lines:
                 fh.write("\n".join(lines) + "\n")
         glm_paths[name] = path
+    write_extra_outputs(stage, model)
     return glm_paths, _summarize_and_plot(stage, model, lambda _name: table, plots)

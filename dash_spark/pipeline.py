@@ -26,20 +26,14 @@ import numpy as np
 
 from .errors import ConfigError, InputError, OutputError
 from .filters import CallFilters, sample_mask, variant_mask
-from .io.plink import check_bed, read_bim, read_fam
 from .io.tables import match_samples, read_sample_table
-from .spark.scan import (
-    Pattern,
-    ScanPlan,
-    default_block_variants,
-    plan_ranges,
-    run_scan_job,
-    scan_ranges,
-    sub_block_size,
-    write_ranges,
-)
+from .sources import BedSource, GenotypeSource, qualify, source_from_options
+from .spark.scan import map_ranges, write_ranges
 from .stats.kernel import pad_weights
 from .stats.regression import CovariateCorrelation, covariate_basis
+from .stats.results import RESULT_SCHEMA_DDL
+from .stats.sufficient import Moments, SufficientStats
+from .tasks import Pattern, ScanPlan, default_block_variants, plan_ranges, scan_ranges, sub_block_size
 
 log = logging.getLogger("dash_spark")
 
@@ -56,6 +50,10 @@ class ScanConfig:
     covar: str | None = None
     features: str | None = None
     feature_samples: str | None = None
+    pfile: str | None = None
+    bgen: str | None = None
+    bgen_ref: str | None = None
+    sample: str | None = None
     pheno_name: tuple[str, ...] | None = None
     covar_name: tuple[str, ...] | None = None
     no_intercept: bool = False
@@ -76,12 +74,22 @@ class ScanConfig:
     mac: float | None = None
     geno: float | None = None
     covar_variance_standardize: bool = False
+    a1freq_lower_limit: float = 0.0
+    gwas_ssf: bool = False
+    genome_assembly: str | None = None
+    report_covariates: bool = False
     master: str | None = None
     spark_conf: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        if bool(self.bfile) == bool(self.features):
-            raise ConfigError("give either --bfile PREFIX or --features FILE.parquet (with --feature-samples)")
+        if sum(bool(x) for x in (self.bfile, self.features, self.pfile, self.bgen)) != 1:
+            raise ConfigError("give exactly one genotype source: --bfile PREFIX, --pfile PREFIX, --bgen FILE "
+                              "ref-first|ref-last, or --features FILE.parquet (with --feature-samples)")
+        if self.bgen and self.bgen_ref not in ("ref-first", "ref-last"):
+            raise ConfigError(f"--bgen {self.bgen}: expected 'ref-first' or 'ref-last' after the file name (which "
+                              f"allele is REF, as plink2's --bgen), found {self.bgen_ref!r}")
+        if self.sample and not self.bgen:
+            raise ConfigError("--sample names the samples of a --bgen file; give --bgen FILE ref-first|ref-last too")
         if self.features and not self.feature_samples:
             raise ConfigError("--features needs --feature-samples FILE (the sample IDs, in the order of the values)")
         if self.missing_genotypes not in MISSING_GENOTYPE_MODES:
@@ -97,14 +105,27 @@ class ScanConfig:
                 raise ConfigError(f"--{name}: expected a fraction between 0 and 1, found {v}")
         if self.mac is not None and self.mac < 0:
             raise ConfigError(f"--mac: expected a non-negative count, found {self.mac}")
+        if not 0 <= self.a1freq_lower_limit < 0.5:
+            raise ConfigError(f"--a1freq-lower-limit: expected a frequency in [0, 0.5), found {self.a1freq_lower_limit}")
         if self.task_memory_mb < 16:
             raise ConfigError(f"task_memory_mb: expected at least 16, found {self.task_memory_mb}")
+        if self.gwas_ssf or self.genome_assembly or self.report_covariates:
+            from .gwas_ssf import check_ssf_options
+
+            check_ssf_options(self.gwas_ssf, self.genome_assembly, self.out, features=bool(self.features),
+                              report_covariates=self.report_covariates)
 
 
 @dataclass(frozen=True)
 class Model:
-    """The driver-side model: samples, bases and the broadcast matrix ``W = [A | B]``."""
+    """The driver-side model: samples, bases and the broadcast matrix ``W = [A | B]``.
 
+    A one-party scan model holds an orthonormal basis ``Q`` per missingness pattern in ``W``; a
+    statistics model (``build_model(..., party=True)``: parties, store batches, the API's
+    ``compress``) holds the raw masked covariates per phenotype and their global ``moments``.
+    """
+
+    source: GenotypeSource
     fam_path: str
     bim: object
     n_samples: int
@@ -117,6 +138,16 @@ class Model:
     n_kept: int
     variants: np.ndarray
     counts: dict
+    moments: tuple[Moments, ...] | None = None
+    missing_genotypes: str = "drop"
+    #: extra per-phenotype outputs of a scan: GWAS-SSF files (:mod:`dash_spark.gwas_ssf`) and the
+    #: null models' covariate effects (``--report-covariates``), written by the output writers
+    extra_outputs: object | None = None
+
+    @property
+    def n_variants(self) -> int:
+        """Variants selected for testing (after --extract/--chr ... filters)."""
+        return len(self.variants)
 
 
 @dataclass(frozen=True)
@@ -128,51 +159,35 @@ class ScanResult:
     seconds: float
 
 
-def _bfile_paths(prefix: str) -> tuple[str, str, str]:
-    for ext in (".bed", ".bim", ".fam"):
-        if prefix.endswith(ext):
-            prefix = prefix[: -len(ext)]
-    return prefix + ".bed", prefix + ".bim", prefix + ".fam"
+def config_source(cfg: ScanConfig) -> GenotypeSource:
+    """The genotype source a config names (``--bfile`` or ``--features``), checked."""
+    return source_from_options(bfile=cfg.bfile, features=cfg.features, feature_samples=cfg.feature_samples,
+                               pfile=cfg.pfile, bgen=cfg.bgen, bgen_ref=cfg.bgen_ref, sample=cfg.sample).check()
 
 
 def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = False) -> Model:
     """Read .fam/.bim (checking the .bed), phenotypes and covariates; build bases and ``W``.
 
-    ``party=True`` builds a party's model for a multi-party study instead: the raw covariates
-    ``C`` (masked) take the place of ``Q`` and phenotypes are not centred (the pooled basis is
-    only known after the parties' sums are added), each phenotype is its own pattern (so every
-    party produces statistics of the same shape), and each pattern carries its global moments
-    ``C'C`` and ``C'1``.
+    ``party=True`` builds a statistics model instead (a party of a multi-party study, a store
+    batch, the API's ``compress``): the raw covariates ``C`` (masked) take the place of ``Q`` and
+    phenotypes are not centred (the pooled basis is only known after the batches' sums are
+    added), each phenotype is its own pattern (so every batch produces statistics of the same
+    shape), and the model carries each phenotype's global :class:`Moments`.
 
     ``subset_of_fam=True`` (a withdrawal: the statistics of the ``--keep`` samples, to be
     subtracted from those of the whole .fam) decides between "founders" and "all samples" for
     the allele-frequency samples on the whole .fam, as the batch's own statistics did, and accepts
     samples of which none is analysed (they still count in the allele frequencies).
     """
-    if cfg.features:
-        from .io.features import read_feature_meta
-        from .io.plink import Fam
-        from .io.tables import read_sample_ids
-
-        for p in (cfg.features, cfg.feature_samples):
-            if not os.path.exists(p):
-                raise InputError(f"{p}: file not found")
-        ids = read_sample_ids(cfg.feature_samples)
-        fam = Fam(path=cfg.feature_samples, fids=ids, iids=ids, founder=np.ones(len(ids), dtype=bool))
-        fam_path = cfg.feature_samples
-        bim = read_feature_meta(cfg.features, fam.n_samples)
-        log.info("features: %s: %d samples x %d features", cfg.features, fam.n_samples, bim.n_variants)
-    else:
-        bed, bim_path, fam_path = _bfile_paths(cfg.bfile)
-        for p in (bed, bim_path, fam_path):
-            if not os.path.exists(p):
-                raise InputError(f"{p}: file not found; --bfile expects PREFIX with PREFIX.bed/.bim/.fam")
-        fam = read_fam(fam_path)
-        bim = read_bim(bim_path)
-        check_bed(bed, fam.n_samples, bim.n_variants, fam_path, bim_path)
-        log.info("genotypes: %s: %d samples x %d variants", cfg.bfile, fam.n_samples, bim.n_variants)
+    source = config_source(cfg)
+    fam, bim, fam_path = source.fam, source.variants, source.samples_path
+    log.info("%s: %s: %d samples x %d %s", source.kind, source.label, fam.n_samples, bim.n_variants,
+             "features" if source.kind == "features" else "variants")
 
     pheno = read_sample_table(cfg.pheno, kind="pheno", names=list(cfg.pheno_name) if cfg.pheno_name else None)
+    from .output import check_output_names  # each phenotype's output files need a name of their own
+
+    check_output_names(pheno.names, cfg.pheno)
     tables = [pheno]
     covar = None
     if cfg.covar:
@@ -196,6 +211,9 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     if covar is not None:
         Cv = np.full((n, len(covar.names)), np.nan)
         Cv[in_all] = covar.values[rows[1, in_all]]
+        covar_names = list(covar.names)
+        if not party:  # plink2 excludes a constant covariate with a warning (a party's may vary pooled)
+            Cv, covar_names = _usable_covariates(Cv, in_all, covar_names, cfg)
         complete = ~np.isnan(Cv).any(axis=1)
         dropped_cov = int((base & ~complete).sum())
         base &= complete
@@ -207,11 +225,13 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
             sd = Cv[base].std(axis=0, ddof=1)
             Cv = np.where(base[:, None], (Cv - mu) / np.where(sd > 0, sd, 1.0), 0.0)
         C_parts.append(Cv)
-        cov_names += list(covar.names)
-    if not C_parts:
-        raise ConfigError("--no-intercept without --covar leaves no covariate; give covariates or drop --no-intercept")
-    C = np.hstack(C_parts)
-    if cfg.no_intercept:
+        cov_names += covar_names
+    C = np.hstack(C_parts) if C_parts else np.zeros((n, 0))
+    if cfg.no_intercept and C.shape[1] == 0:
+        log.warning("--no-intercept without covariates: y ~ 0 + x, the regression through the origin "
+                    "(Hail's covariates=[]); effects are biased by the phenotype's mean. Drop the flag "
+                    "unless that is intended")
+    elif cfg.no_intercept:
         log.warning("--no-intercept: the model has no intercept; unless a covariate is constant, "
                     "effects are biased by the phenotype's mean. Drop the flag unless that is intended")
     log.info(
@@ -225,11 +245,17 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         )
 
     masks = [base & ~np.isnan(Y[:, t]) for t in range(Y.shape[1])]
+    for t, mask in enumerate(masks):
+        if not party and mask.sum() >= 2 and np.ptp(Y[mask, t]) == 0:  # plink2 stops on one too
+            raise InputError(
+                f"{cfg.pheno}: phenotype {pheno.names[t]!r} has the same value for all {int(mask.sum())} "
+                f"analysed samples; expected a phenotype that varies, found a constant. Check the column "
+                f"or leave it out with --pheno-name")
     groups: dict[bytes, list[int]] = {}
     for t, mask in enumerate(masks):
         groups.setdefault(str(t).encode() if party else np.packbits(mask).tobytes(), []).append(t)
 
-    A_cols, B_cols, patterns = [], [], []
+    A_cols, B_cols, patterns, moments = [], [], [], []
     a_off = 0
     for g, idx in enumerate(groups.values()):
         mask = masks[idx[0]]
@@ -240,8 +266,9 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
             Cm = np.where(mask[:, None], C, 0.0)
             A_cols += [Cm, Yg, mask.astype(np.float64)[:, None]]
             B_cols.append(mask.astype(np.float64)[:, None])
-            patterns.append(Pattern(names, int(mask.sum()), C.shape[1], a_off, g, Cm.T @ Yg,
-                                    np.einsum("np,np->p", Yg, Yg), None, CtC=Cm.T @ Cm, Ct1=Cm.sum(axis=0)))
+            patterns.append(Pattern(names, int(mask.sum()), C.shape[1], a_off, g))
+            moments.append(Moments(n=int(mask.sum()), CtC=Cm.T @ Cm, Ct1=Cm.sum(axis=0), Cty=Cm.T @ Yg[:, 0],
+                                   yty=float(Yg[:, 0] @ Yg[:, 0])))
             a_off += C.shape[1] + len(idx) + 1
             continue
         basis = covariate_basis(C, mask, cov_names, where=where)
@@ -273,22 +300,55 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
              A.nbytes / 1e6 + B.nbytes / 1e6)
     counts = dict(counts)
     counts.update(analysed=int(base.sum()), dropped_missing_covariate=dropped_cov)
+    extra = None
+    if not party and (cfg.gwas_ssf or cfg.report_covariates):
+        from .gwas_ssf import ExtraOutputs
+
+        extra = ExtraOutputs.build(cfg, C, Y, masks, tuple(pheno.names), tuple(cov_names))
     return Model(
-        fam_path=fam_path, bim=bim, n_samples=n, phenotypes=tuple(pheno.names),
+        source=source, fam_path=fam_path, bim=bim, n_samples=n, phenotypes=tuple(pheno.names),
         covariates=tuple(cov_names), patterns=tuple(patterns), W=pad_weights(A, B),
         n_a=A.shape[1], n_freq=int(freq_mask.sum()), n_kept=int(kept.sum()), variants=variants,
-        counts=counts,
+        counts=counts, moments=tuple(moments) if party else None, missing_genotypes=cfg.missing_genotypes,
+        extra_outputs=extra,
     )
 
 
-def _check_out(cfg: ScanConfig, exists=None) -> None:
-    """Refuse an existing output without --overwrite (``exists``: a URI-aware test, else local)."""
-    if exists is None:
-        if "://" in cfg.out:
-            return
-        exists = os.path.exists
-    if exists(cfg.out) and not cfg.overwrite:
-        raise OutputError(f"{cfg.out}: output directory exists; pass --overwrite to replace it or choose another --out")
+def _usable_covariates(Cv: np.ndarray, rows: np.ndarray, names: list[str], cfg: ScanConfig):
+    """The covariate columns ``Cv`` [shape: (n, c)] without those that carry no information on the
+    samples ``rows``, as plink2 does: a column with no value at all (all ``NA``), and, with an
+    intercept, a constant one (without one, only an all-zero column). Each is named in a warning."""
+    keep = []
+    for j, name in enumerate(names):
+        v = Cv[rows, j]
+        v = v[~np.isnan(v)]
+        if v.size == 0:
+            log.warning("%s: covariate %r has no value (all NA) for the analysed samples; excluded from "
+                        "the model (plink2 excludes it too). Fix the column or leave it out with --covar-name",
+                        cfg.covar, name)
+            continue
+        keep.append(j)
+    # constant over the samples that have every remaining covariate
+    complete = rows & ~np.isnan(Cv[:, keep]).any(axis=1)
+    out = []
+    for j in keep:
+        v = Cv[complete, j]
+        if v.size and np.ptp(v) == 0 and (not cfg.no_intercept or v[0] == 0):
+            log.warning("%s: covariate %r is constant on the %d analysed samples; excluded from the model "
+                        "(plink2 excludes a constant covariate too). Leave it out with --covar-name to "
+                        "silence this", cfg.covar, names[j], int(complete.sum()))
+            continue
+        out.append(j)
+    return Cv[:, out], [names[j] for j in out]
+
+
+def config_inputs(cfg: ScanConfig) -> tuple[str, ...]:
+    """Every file a scan reads (what its --out may never be, contain or lie inside)."""
+    paths = list(source_from_options(bfile=cfg.bfile, features=cfg.features, feature_samples=cfg.feature_samples,
+                                     pfile=cfg.pfile, bgen=cfg.bgen, bgen_ref=cfg.bgen_ref,
+                                     sample=cfg.sample).input_paths())
+    paths += [cfg.pheno, cfg.covar, cfg.keep, cfg.remove, cfg.extract, cfg.exclude]
+    return tuple(p for p in paths if p)
 
 
 def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan, list[tuple], int]:
@@ -296,17 +356,15 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
 
     Returns ``(plan, ranges, block_variants)``.
     """
-    from .spark.fs import qualify
-
-    bed, bim_path, _ = _bfile_paths(cfg.bfile) if cfg.bfile else (os.devnull, os.devnull, None)
     bv = cfg.block_variants or default_block_variants(len(model.variants), parallelism)
     plan = ScanPlan(
-        bed_path=qualify(bed), bim_path=qualify(bim_path), n_samples=model.n_samples,
+        reader=model.source.reader(), n_samples=model.n_samples,
         n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns,
         filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno),
-        sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20),
-        count_alt=cfg.count_alt or bool(cfg.features), missing_genotypes=cfg.missing_genotypes,
-        features_path=qualify(cfg.features) if cfg.features else None,
+        sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20,
+                                 dense=not isinstance(model.source, BedSource)),
+        count_alt=cfg.count_alt or model.source.count_alt, missing_genotypes=cfg.missing_genotypes,
+        a1freq_floor=cfg.a1freq_lower_limit,
     )
     return plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv
 
@@ -318,46 +376,84 @@ def tasks_can_write(uri: str) -> bool:
 
 
 def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
-    """Run a scan end to end; outputs appear under ``cfg.out`` only if everything succeeded."""
-    from .spark.fs import HadoopFS, qualify
+    """Run a scan end to end; outputs appear under ``cfg.out`` only if everything succeeded.
+
+    A local (or shared, ``file://``) ``--out`` is staged by :func:`dash_spark.staging.staged_output`
+    and the tasks write their own parts; another filesystem (hdfs://, s3a:// ...) goes through
+    Spark's writer and Hadoop's FileSystem API, with the same rules (marker, no overwrite of what
+    dash-spark did not write).
+    """
     from .spark.session import SessionStarter
+    from .staging import staged_output
 
     t0 = time.time()
-    _check_out(cfg)
-    # the JVM starts (and warms its Python workers) while the driver builds the model
-    starter = SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None
-    model = build_model(cfg)
-    if starter is not None:
-        spark = starter.get()
+    if not tasks_can_write(cfg.out):
+        starter = SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None
+        model = build_model(cfg)
+        return _run_scan_hadoop(cfg, spark if starter is None else starter.get(), model, t0)
+    with staged_output(cfg.out, overwrite=cfg.overwrite, inputs=config_inputs(cfg), command="scan") as stage:
+        from .output import finish_local_outputs
+
+        # the JVM starts (and warms its Python workers) while the driver builds the model
+        starter = SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None
+        model = build_model(cfg)
+        if starter is not None:
+            spark = starter.get()
+        plan, ranges = _log_plan(cfg, model, spark)
+        # a local (or shared) directory: tasks write their own parts, no SQL job
+        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, list(model.phenotypes))
+        if n_rows == 0 and plan.filters.active:  # --maf/--mac/--geno removed every variant
+            raise plan.filters.none_passed(model.n_variants)
+        log.info("scan: results written (%.1f s since start)", time.time() - t0)
+        glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots)
+        final = {k: stage.final(v) for k, v in glm.items()}
+    out = stage.out
+    log.info("done in %.1f s: %s", time.time() - t0, out)
+    return ScanResult(out=out, results_path=f"{out}/results.parquet", glm_paths=final,
+                      summaries=summaries, seconds=time.time() - t0)
+
+
+def _log_plan(cfg: ScanConfig, model: Model, spark):
+    plan, ranges, bv = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
+    log.info("scan: %d variants in %d partitions of <= %d variants, sub-blocks of %d; "
+             "missing genotype calls: %s", model.n_variants, len(ranges), bv, plan.sub_block,
+             "sample dropped for that variant (plink2)" if cfg.missing_genotypes == "drop"
+             else "mean-imputed per variant (Hail/REGENIE)")
+    return plan, ranges
+
+
+def _run_scan_hadoop(cfg: ScanConfig, spark, model: Model, t0: float) -> ScanResult:
+    """A scan whose --out is on a Hadoop filesystem (hdfs://, s3a:// ...): Spark writes the files."""
+    import tempfile
+
+    from .errors import translate_task_error
+    from .output import write_reports
+    from .spark.fs import HadoopFS
+    from .staging import MARKER, write_marker
+
     fs = HadoopFS(spark, cfg.out)
-    out = qualify(cfg.out)
-    _check_out(cfg, exists=lambda _: fs.exists(out))
+    out = qualify(cfg.out).rstrip("/")
+    if fs.exists(out):
+        if not cfg.overwrite:
+            raise OutputError(f"{out}: output directory exists; pass --overwrite to replace it or choose another --out")
+        if not fs.exists(f"{out}/{MARKER}"):
+            raise OutputError(f"--out {out}: exists and was not written by dash-spark (no {MARKER} in it); "
+                              "--overwrite replaces only dash-spark output directories")
     stage = fs.staging_dir(out)
     try:
         fs.mkdirs(stage)
-        m = len(model.variants)
-        plan, ranges, bv = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
-        log.info("scan: %d variants in %d partitions of <= %d variants, sub-blocks of %d; "
-                 "missing genotype calls: %s", m, len(ranges), bv, plan.sub_block,
-                 "sample dropped for that variant (plink2)" if cfg.missing_genotypes == "drop"
-                 else "mean-imputed per variant (Hail/REGENIE)")
-        if tasks_can_write(stage):
-            # a local (or shared) directory: tasks write their own parts, no SQL job
-            from .output import finish_local_outputs
-
-            local = stage.removeprefix("file://")
-            write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), local, list(model.phenotypes))
-            log.info("scan: results written (%.1f s since start)", time.time() - t0)
-            glm, summaries = finish_local_outputs(local, model, plots=cfg.plots)
-            glm = {k: v if "://" not in stage else "file://" + v for k, v in glm.items()}
-        else:
-            from .output import write_reports
-
-            results, W_bc = run_scan_job(spark, plan, model.W, ranges)
+        plan, ranges = _log_plan(cfg, model, spark)
+        results, W_bc = map_ranges(spark, model.W, ranges, partial(scan_ranges, plan), RESULT_SCHEMA_DDL)
+        try:
             results.write.parquet(f"{stage}/results.parquet")
-            W_bc.destroy()
-            log.info("scan: results written (%.1f s since start)", time.time() - t0)
-            glm, summaries = write_reports(spark, fs, stage, model, plots=cfg.plots)
+        except Exception as exc:  # noqa: BLE001 - our errors from the tasks as one line
+            translate_task_error(exc)
+        W_bc.destroy()
+        log.info("scan: results written (%.1f s since start)", time.time() - t0)
+        glm, summaries = write_reports(spark, fs, stage, model, plots=cfg.plots)
+        with tempfile.TemporaryDirectory(prefix="dash-spark-") as tmp:
+            write_marker(tmp, "scan")
+            fs.put(os.path.join(tmp, MARKER), f"{stage}/{MARKER}")
         if fs.exists(out):
             fs.delete(out)
         fs.rename(stage, out)
@@ -372,3 +468,29 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     log.info("done in %.1f s: %s", time.time() - t0, out)
     return ScanResult(out=out, results_path=f"{out}/results.parquet", glm_paths=final,
                       summaries=summaries, seconds=time.time() - t0)
+
+
+def statistics_model(cfg: ScanConfig, *, subset_of_fam: bool = False) -> Model:
+    """The model whose tasks compute additive statistics ``S`` (a party, a store batch, the API's
+    ``compress``): raw masked covariates, one pattern per phenotype (see :func:`build_model`)."""
+    return build_model(cfg, party=True, subset_of_fam=subset_of_fam)
+
+
+def model_statistics(model: Model, per_variant: np.ndarray | None) -> SufficientStats:
+    """``S`` of a statistics model: its global moments with the given per-variant rows."""
+    return SufficientStats(phenotypes=model.phenotypes, covariates=model.covariates,
+                           mode=model.missing_genotypes, moments=model.moments, n_freq=model.n_freq,
+                           per_variant=per_variant)
+
+
+def compress_model(spark, cfg: ScanConfig, model: Model) -> SufficientStats:
+    """Run a statistics model's Spark job: ``S`` of every selected variant, gathered on the driver
+    (variants x statistics, independent of the number of samples)."""
+    from .spark.compress import collect_ranges
+    from .tasks import statistics_ranges
+
+    plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
+    V = collect_ranges(spark, model.W, ranges, partial(statistics_ranges, plan))
+    if V.shape[0] != len(model.variants):  # pragma: no cover - one row per variant
+        raise OutputError(f"compress: {V.shape[0]} statistics rows for {len(model.variants)} variants")
+    return model_statistics(model, V.reshape(len(model.variants), -1))

@@ -33,10 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, OutputError
-from .spark.fs import local_stage
-from .store import (VARIANTS_FILE, Store, _id_file, batch_config, open_store, pooled_block, pooled_globals,
-                    raise_task_error, read_block)
+from .errors import ConfigError
+from .staging import staged_output
+from .stats.blocks import block_grams, block_sums
+from .stats.results import results_batch
+from .stats.sufficient import Moments, SufficientStats, moments_regression
+from .store import (VARIANTS_FILE, Store, id_file, batch_config, open_store, pooled_block, pooled_globals,
+                    raise_task_error, read_block, store_inputs)
 
 log = logging.getLogger("dash_spark")
 
@@ -45,65 +48,20 @@ log = logging.getLogger("dash_spark")
 # the algebra: stored statistics + products with Z -> statistics of the model with C+ = [C | Z]
 
 
-def augment_globals(G: dict, t: int, dense: dict) -> dict:
-    """Pooled moments of phenotype ``t`` with ``Z`` appended to the covariates (as phenotype 0).
-
-    ``dense``: ``CZ`` (k x q), ``ZZ`` (q x q), ``Z1`` (q), ``Zy`` (q), summed over the batches.
-    """
-    CtC = G[f"t{t}.CtC"]
-    CZ, ZZ = dense["CZ"], dense["ZZ"]
-    return {"n_freq": G["n_freq"], "t0.n": G[f"t{t}.n"], "t0.yty": G[f"t{t}.yty"],
-            "t0.CtC": np.block([[CtC, CZ], [CZ.T, ZZ]]),
-            "t0.Ct1": np.concatenate([G[f"t{t}.Ct1"], dense["Z1"]]),
-            "t0.Cty": np.concatenate([G[f"t{t}.Cty"], dense["Zy"]])}
+def no_products(m: int, k: int) -> tuple:
+    """``(zx, zm, zmm, zmc)`` with no selected variant (q = 0) for ``m`` variants."""
+    return np.zeros((m, 0)), np.zeros((m, 0)), np.zeros((m, 0, 0)), np.zeros((m, 0, k + 1))
 
 
-def restrict_globals(Gq: dict, k: int, cols: list[int]) -> dict:
-    """Moments of the model with only the selected columns ``cols`` (indices into Z) kept."""
-    idx = list(range(k)) + [k + c for c in cols]
-    out = dict(Gq)
-    out["t0.CtC"] = Gq["t0.CtC"][np.ix_(idx, idx)]
-    out["t0.Ct1"] = Gq["t0.Ct1"][idx]
-    out["t0.Cty"] = Gq["t0.Cty"][idx]
-    return out
+def empty_dense(k: int) -> dict:
+    """The dense products ``CZ, ZZ, Z1, Zy`` of an empty ``Z`` (q = 0)."""
+    return {"CZ": np.zeros((k, 0)), "ZZ": np.zeros((0, 0)), "Z1": np.zeros(0), "Zy": np.zeros(0)}
 
 
-def augment_variants(V: np.ndarray, t: int, k: int, n_pheno: int, mode: str, zx: np.ndarray, zm: np.ndarray,
-                     zmm: np.ndarray | None = None, zmc: np.ndarray | None = None) -> np.ndarray:
-    """Per-variant statistics (layout of phenotype 0, ``k + q`` covariates) from the stored ``V``.
-
-    ``zx`` (m x q): ``sum x_j z`` over the calls of variant j; ``zm`` (m x q): ``sum z`` over its
-    missing calls; drop mode also ``zmm`` (m x q x q): ``sum z z'`` and ``zmc`` (m x q x (k+1)):
-    ``sum z [c, y]'`` over its missing calls.
-    """
-    from .multiparty.study import per_variant_layout
-
-    m, q = zx.shape
-    k2 = k + q
-    lay = per_variant_layout(k, n_pheno, mode)
-    lay2 = per_variant_layout(k2, 1, mode)
-    out = np.zeros((m, lay2["_width"].start))
-    col = lambda s: V[:, lay[f"t{t}.{s}"]]  # noqa: E731
-    out[:, lay2["t0.Ctx"]] = np.hstack([col("Ctx"), zx])
-    out[:, lay2["t0.Ctm"]] = np.hstack([col("Ctm"), zm])
-    for s in ("yx", "sx", "sxx", "ym", "miss"):
-        out[:, lay2[f"t0.{s}"]] = col(s)
-    if mode == "drop":  # the missing calls' blocks are zero for variants without any: fill the others
-        r = np.flatnonzero(col("miss")[:, 0] > 0)
-        iu = np.triu_indices(k)
-        full = np.zeros((len(r), k2, k2))
-        full[:, iu[0], iu[1]] = V[r][:, lay[f"t{t}.CmCm"]]
-        full[:, iu[1], iu[0]] = V[r][:, lay[f"t{t}.CmCm"]]
-        full[:, k:, :k] = zmc[r, :, :k]
-        full[:, :k, k:] = np.transpose(zmc[r, :, :k], (0, 2, 1))
-        full[:, k:, k:] = zmm[r]
-        iu2 = np.triu_indices(k2)
-        out[np.ix_(r, np.arange(lay2["t0.CmCm"].start, lay2["t0.CmCm"].stop))] = full[:, iu2[0], iu2[1]]
-        out[:, lay2["t0.Cmy"]] = np.hstack([col("Cmy"), zmc[:, :, k]])
-        out[:, lay2["t0.ymy"]] = col("ymy")
-    out[:, lay2["freq_alt"]] = V[:, lay["freq_alt"]]
-    out[:, lay2["freq_miss"]] = V[:, lay["freq_miss"]]
-    return out
+def augmented_moments(G: SufficientStats, t: int, dense: dict) -> Moments:
+    """Phenotype ``t``'s pooled moments with ``Z`` appended to the covariates (``dense``: ``CZ``
+    (k x q), ``ZZ`` (q x q), ``Z1`` (q), ``Zy`` (q), summed over the batches)."""
+    return G.moments[t].augment(dense["CZ"], dense["ZZ"], dense["Z1"], dense["Zy"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,26 +79,19 @@ class BatchStep:
 
 def batch_products(step: BatchStep, q: int, k: int, vidx: np.ndarray, mode: str):
     """``(zx, zm, zmm, zmc)`` of one batch for the variants ``vidx`` (one kernel pass)."""
-    from .io.features import compress_dense
-    from .spark.scan import block_missing_grams
-    from .spark.scan import read_block as read_variants
-    from .stats.kernel import compress_block
-
-    block, _ = read_variants(step.plan, vidx)  # packed .bed bytes, or dense feature values
-    dense = bool(step.plan.features_path)
-    zx, _, zm = (compress_dense if dense else compress_block)(block, step.W, q + 1)
+    block = step.plan.reader.read(vidx)  # packed .bed bytes, or dense feature values
+    zx, _, zm = block_sums(block, step.W, q + 1)
     if mode != "drop":
         return zx[:, :q], zm[:, :q], None, None
     todo = zm[:, q] > 0  # variants with a missing call among the phenotype's samples
-    zmm, zmc, _ = block_missing_grams(step.plan, step.Wg, block, 0, q, k + 1, todo)
+    zmm, zmc, _ = block_grams(block, step.Wg, 0, q, k + 1, todo)
     return zx[:, :q], zm[:, :q], zmm, zmc
 
 
 def step_inputs(model, plan, t: int, sel: np.ndarray, mu: np.ndarray, mode: str):
     """A party model's ``Z`` for phenotype ``t`` (selected variants ``sel``, missing calls set to
     ``mu``): the broadcast of a step and the dense products ``CZ, ZZ, Z1, Zy``."""
-    from .io.plink import read_bed_rows
-    from .stats.kernel import decode, pad_weights
+    from .stats.kernel import pad_weights
 
     pat = model.patterns[t]
     a, k = pat.a_offset, pat.k
@@ -148,13 +99,7 @@ def step_inputs(model, plan, t: int, sel: np.ndarray, mu: np.ndarray, mode: str)
     Wfull = model.W[:n]
     C, y, mask = Wfull[:, a : a + k], Wfull[:, a + k], Wfull[:, a + k + 1] > 0
     order = np.argsort(sel)  # the readers take sorted indices; Z keeps the selection order
-    if plan.features_path:
-        from .io.features import read_feature_rows
-
-        X = read_feature_rows(plan.features_path, n, sel[order])[0].T
-    else:
-        X = decode(read_bed_rows(plan.bed_path, n, sel[order]), n)
-    X = X[:, np.argsort(order)]
+    X = plan.reader.read(sel[order]).dense().T[:, np.argsort(order)]
     Z = np.where(np.isnan(X), mu[None, :], X) * mask[:, None]
     empty = np.zeros((n, 0))
     W = pad_weights(np.hstack([Z, mask[:, None].astype(np.float64)]), empty)
@@ -168,24 +113,24 @@ def batch_model(store: Store, batch, t: int, spark_parallelism: int):
     moments stored for it; built once per selection and used by every step's :func:`step_inputs`."""
     from dataclasses import replace
 
-    from .multiparty.study import global_stats
-    from .pipeline import build_model, plan_scan
+    from .pipeline import plan_scan, statistics_model
 
     remove = None
     if batch.withdrawn:
-        remove = _id_file(batch.withdrawn)
+        remove = id_file(batch.withdrawn)
     try:
         cfg = batch_config(store.settings, batch.record["source"])
         if remove:
             cfg = replace(cfg, remove=remove)
-        model = build_model(cfg, party=True)
+        model = statistics_model(cfg)
     finally:
         if remove:
             os.remove(remove)
-    stored = batch.globals()
-    mine = global_stats(model)
-    for key in (f"t{t}.n", f"t{t}.CtC", f"t{t}.Cty", f"t{t}.yty"):
-        if not np.allclose(mine[key], stored[key], rtol=1e-9, atol=1e-9 * max(1.0, float(np.abs(stored[key]).max()))):
+    stored = batch.moments(store.settings).moments[t]
+    mine = model.moments[t]
+    for key in ("n", "CtC", "Cty", "yty"):
+        a, b = np.asarray(getattr(mine, key), dtype=float), np.asarray(getattr(stored, key), dtype=float)
+        if not np.allclose(a, b, rtol=1e-9, atol=1e-9 * max(1.0, float(np.abs(b).max()))):
             raise ConfigError(f"batch {batch.name!r}: its files ({', '.join(batch.record['source'].values())}) no "
                               "longer give the statistics stored for it; they changed after the batch was compressed. "
                               "Restore them, or remove the batch and add it again")
@@ -199,11 +144,8 @@ def batch_model(store: Store, batch, t: int, spark_parallelism: int):
 
 def _step_task(spec: dict, B: dict, ranges):
     """Executor side: stored sums + products with Z over every batch, finalized conditionally."""
-    from .multiparty.study import finalize_pooled_scan, per_variant_layout
-    from .spark.scan import results_batch
-
     k, mode, t = spec["k"], spec["mode"], spec["t"]
-    P = len(spec["phenotypes"])
+    G: SufficientStats = B["G"]
     vfile = pq.ParquetFile(spec["variants"])
     q = len(spec["selected"])
     window = spec["window_bp"]
@@ -243,20 +185,16 @@ def _step_task(spec: dict, B: dict, ranges):
                 zx, zm = prods[0][r][:, cols], prods[1][r][:, cols]
                 zmm = prods[2][r][:, cols][:, :, cols] if mode == "drop" else None
                 zmc = prods[3][r][:, cols] if mode == "drop" else None
-                V2 = augment_variants(V[rows_i], t, k, P, mode, zx, zm, zmm, zmc)
-                G2 = restrict_globals(B["Gq"], k, cols)
-                names = spec["covariates"] + [spec["selected_ids"][c] for c in cols]
             else:
-                V2 = augment_variants(V[rows_i], t, k, P, mode, np.zeros((len(rows_i), 0)),
-                                      np.zeros((len(rows_i), 0)), np.zeros((len(rows_i), 0, 0)),
-                                      np.zeros((len(rows_i), 0, k + 1)))
-                G2 = restrict_globals(B["Gq"], k, [])
-                names = spec["covariates"]
-            lay2 = per_variant_layout(len(names), 1, mode)
-            named = finalize_pooled_scan(G2, V2, [spec["phenotypes"][t]], names, mode)
-            yield results_batch(vidx[rows_i], tuple(x[rows_i] for x in meta), V2[:, lay2["freq_alt"]][:, 0],
-                                G2["n_freq"][0] - V2[:, lay2["freq_miss"]][:, 0], named,
-                                count_alt=spec["count_alt"])
+                zx, zm, zmm, zmc = no_products(len(rows_i), k)
+            names = spec["covariates"] + [spec["selected_ids"][c] for c in cols]
+            mo = B["Gq"].restrict(list(range(k)) + [k + c for c in cols])
+            S2 = G.block(start, V[rows_i]).condition(t, mo, names, zx, zm, zmm, zmc)
+            lay2 = S2.layout
+            V2 = S2.per_variant
+            yield results_batch(vidx[rows_i], tuple(x[rows_i] for x in meta), V2[:, lay2.freq_alt],
+                                S2.n_freq - V2[:, lay2.freq_miss], S2.finalize_stats(),
+                                count_alt=spec["count_alt"], a1freq_floor=spec.get("a1freq_floor", 0.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,14 +231,15 @@ def run_select(store_root: str, out: str, **kwargs) -> SelectResult:
 
 def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_threshold: float = 5e-8,
             max_steps: int = 10, window_kb: float | None = None, overwrite: bool = False, spark=None,
-            master: str | None = None, spark_conf: dict | None = None) -> SelectResult:
+            master: str | None = None, spark_conf: dict | None = None, min_release_delta: int = 20,
+            allow_small_release: bool = False, a1freq_lower_limit: float = 0.0) -> SelectResult:
     """Forward selection on a store; outputs ``selected.tsv``, ``joint.tsv`` and ``results.parquet``
     (the scan conditional on every selected variant) under ``out``."""
     import pyarrow.compute as pc
 
-    from .multiparty.study import per_variant_layout
     from .spark.scan import write_ranges
     from .spark.session import get_session
+    from .staging import check_out_dir
     from .store import check_pooled
 
     t0 = time.time()
@@ -321,15 +260,22 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     if pheno_name not in phenos:
         raise ConfigError(f"--pheno-name {pheno_name}: not a phenotype of the store ({', '.join(phenos)})")
     t = phenos.index(pheno_name)
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise OutputError(f"{out}: output directory exists; pass --overwrite or choose another --out")
+    inputs = store_inputs(store)
+    out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     batches = list(store.batches)
-    G = pooled_globals(batches)
+    if not batches:
+        raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
+    from .release import check_sample_release, record_sample_release
+    from .store import active_ids, releases_path
+
+    released = active_ids(batches)
+    log_entries = check_sample_release(releases_path(store), released, min_delta=min_release_delta,
+                                       override=allow_small_release, where=f"select {store.root}")
+    G = pooled_globals(s, batches)
     check_pooled(store, batches, G)
     k, mode = len(s["covariates"]), s["missing_genotypes"]
-    lay = per_variant_layout(k, len(phenos), mode)
-    n_t = float(G[f"t{t}.n"][0])
+    lay = G.layout
+    n_t = float(G.n_samples(t))
     threshold = -math.log10(p_threshold)
     vt_all = pq.read_table(os.path.join(store.root, VARIANTS_FILE))
     if spark is None:
@@ -340,18 +286,20 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
                  "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
                  "count_alt": s.get("source_kind") == "features",
                  "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches],
-                 "window_bp": None if window_kb is None else window_kb * 1000.0}
+                 "window_bp": None if window_kb is None else window_kb * 1000.0,
+                 "a1freq_floor": a1freq_lower_limit}
     selected: list[int] = []
     sel_rows: list[dict] = []
     joint_rows: list[dict] = []
     models = None  # each batch's (model, plan), built at the first step that needs the genotypes
-    with local_stage(out) as stage:
+    with staged_output(out, overwrite=overwrite, inputs=inputs, command="select") as staged:
+        stage = staged.path
         step = 0
         while True:
             q = len(selected)
             if q:
                 Vs = _pooled_rows(store, batches, selected)
-                sx, miss = Vs[:, lay[f"t{t}.sx"]][:, 0], Vs[:, lay[f"t{t}.miss"]][:, 0]
+                sx, miss = Vs[:, lay.of(t, "sx")][:, 0], Vs[:, lay.of(t, "miss")][:, 0]
                 mu = sx / (n_t - miss)
                 steps, dense = [], None
                 if models is None:
@@ -360,18 +308,17 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
                     bs, d = step_inputs(model, plan, t, np.asarray(selected), mu, mode)
                     steps.append(bs)
                     dense = d if dense is None else {key: dense[key] + d[key] for key in d}
-                Gq = augment_globals(G, t, dense)
+                Gq = augmented_moments(G, t, dense)
             else:
                 steps = []
-                Gq = augment_globals(G, t, {"CZ": np.zeros((k, 0)), "ZZ": np.zeros((0, 0)), "Z1": np.zeros(0),
-                                            "Zy": np.zeros(0)})
+                Gq = augmented_moments(G, t, empty_dense(k))
             ids = [vt_all.column("id")[v].as_py() for v in selected]
             spec = dict(base_spec, selected=[(vt_all.column("chrom")[v].as_py(), int(vt_all.column("pos")[v].as_py()))
                                              for v in selected],
                         selected_ids=ids, sub_block=min((st.plan.sub_block for st in steps), default=256))
             path = f"{stage}/results.parquet"
             try:  # each step's parts replace the last step's (same ranges, same part names)
-                write_ranges(spark, {"batches": steps, "Gq": Gq}, ranges, partial(_step_task, spec), stage, ())
+                write_ranges(spark, {"batches": steps, "Gq": Gq, "G": G}, ranges, partial(_step_task, spec), stage, ())
             except Exception as exc:  # noqa: BLE001
                 raise_task_error(exc)
             if q:  # the joint model of everything selected so far
@@ -391,17 +338,17 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
                      q)
         open(os.path.join(stage, "results.parquet", "_SUCCESS"), "wb").close()
         write_selection(stage, sel_rows, joint_rows)
+        record_sample_release(releases_path(store), log_entries, released, out=out, command="select",
+                              overridden=allow_small_release)
     log.info("select: %d variant(s) selected in %.1f s; outputs in %s", len(selected), time.time() - t0, out)
     return SelectResult(out=out, selected=sel_rows, joint=joint_rows, steps=len(selected), seconds=time.time() - t0)
 
 
-def joint_statistics(Gq: dict, covariates: list[str], selected: list[dict], pheno_name: str) -> list[dict]:
+def joint_statistics(Gq: Moments, covariates: list[str], selected: list[dict], pheno_name: str) -> list[dict]:
     """Rows of ``joint.tsv`` for the model with every ``selected`` variant (the rows of the step
     that selected each one, which give its ID and A1): beta and t in A1's orientation."""
-    from .multiparty.study import regression_table
-
     q, k = len(selected), len(covariates)
-    joint = regression_table(Gq, 0, covariates + [r["id"] for r in selected], where=f"phenotype {pheno_name}")
+    joint = moments_regression(Gq, covariates + [r["id"] for r in selected], where=f"phenotype {pheno_name}")
     rows = []
     for sr, row in zip(selected, joint.to_pylist()[k:]):
         sign = -1.0 if sr["a1"] != sr["alt"] else 1.0
@@ -433,6 +380,14 @@ def _write_tsv(path: str, rows: list[dict], cols: list[str]) -> None:
 # a multi-party study: each step is a new round whose shares carry the parties' products with Z
 
 
+def safe_state_name(phenotype: str) -> str:
+    """A phenotype name as a file name of the exchange (no path separators, no dot-only names)."""
+    from .output import safe_name
+
+    name = safe_name(phenotype)
+    return name if name.strip(".") else "_" + name
+
+
 def _products_task(q: int, k: int, mode: str, sub_block: int, step: BatchStep, ranges):
     """Executor side: a party's per-variant products with Z, flattened (see :func:`split_products`)."""
     for _part, start, stop, _bs, _be, _rows in ranges:
@@ -456,29 +411,35 @@ def split_products(P: np.ndarray, q: int, k: int, mode: str):
 
 def run_party_select_step(manifest_path: str, party: str, key_path: str, *, pheno: str, covar: str | None,
                           bfile: str | None, features: str | None = None, feature_samples: str | None = None,
-                          spark=None, master: str | None = None, spark_conf: dict | None = None) -> str:
-    """A party's share of one selection step: its products with the selected variants, masked."""
+                          pfile: str | None = None, bgen: str | None = None, bgen_ref: str | None = None,
+                          sample: str | None = None, spark=None, master: str | None = None,
+                          spark_conf: dict | None = None, trust: str | None = None, wait: float = 0.0) -> str:
+    """A party's share of one selection step: its products with the selected variants, masked with
+    the step round's own keys (joined here if need be), once per round (the party's ledger)."""
     from .multiparty import ProtocolError
-    from .multiparty.exchange import publish_stats, read_manifest
-    from .multiparty.keys import load_private
-    from .multiparty.party import _check_party, exchange_uri, variant_hash, variant_table
-    from .pipeline import build_model, plan_scan
+    from .multiparty.rounds import join_round, publish_stats
+    from .pipeline import plan_scan, statistics_model
     from .spark.compress import collect_ranges
     from .spark.session import get_session
+    from .study import party_context, wait_for_keys, variant_hash, variant_table
 
-    manifest = read_manifest(manifest_path)
-    keys = load_private(key_path)
-    _check_party(manifest, party, keys)
+    uri, manifest, keys, ledger, trust_file = party_context(manifest_path, party, key_path, trust)
+    who = f"party {party!r}, round {manifest.round_id!r}"
+    join_round(uri, manifest, party, keys, ledger, trust=trust_file)
+    ledger.check_unpublished(manifest, party, who=who)
+    if wait <= 0:
+        wait_for_keys(uri, manifest, 0, who=who)
     s = manifest.settings
-    if not (bfile or features):
+    if not (bfile or features or pfile or bgen):
         raise ConfigError(f"{manifest_path}: a selection step needs this party's genotypes; pass --bfile PREFIX "
-                          "(or --features)")
+                          "(or --pfile, --bgen, --features)")
     cfg = batch_config(s, {"bfile": bfile, "features": features, "feature_samples": feature_samples,
+                           "pfile": pfile, "bgen": bgen, "bgen_ref": bgen_ref, "sample": sample,
                            "pheno": pheno, "covar": covar})
-    model = build_model(cfg, party=True)
+    model = statistics_model(cfg)
     vh = variant_hash(variant_table(model.bim))
     if vh != s["variant_hash"]:
-        raise ProtocolError(f"{party}: the variant list of {bfile or features} differs from the study's; "
+        raise ProtocolError(f"{party}: the variant list of {bfile or features or pfile or bgen} differs from the study's; "
                             "all parties must use the same variants in the same order. Nothing was published")
     if list(model.covariates) != s["covariates"] or list(model.phenotypes) != s["phenotypes"]:
         raise ProtocolError(f"{party}: phenotypes/covariates {list(model.phenotypes)}/{list(model.covariates)} "
@@ -491,37 +452,48 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     step, dense = step_inputs(model, plan, t, sel, np.asarray(s["mu"], dtype=float), mode)
     P = collect_ranges(spark, step, ranges, partial(_products_task, len(sel), k, mode, plan.sub_block))
     stats = dict(dense, products=P)
-    share = publish_stats(exchange_uri(manifest_path), manifest, party, keys, stats,
-                          {"kind": "select-step", "variant_hash": vh, "selected": [int(v) for v in sel]})
+    wait_for_keys(uri, manifest, wait, who=who)
+    share = publish_stats(uri, manifest, party, keys, stats,
+                          {"kind": "select-step", "variant_hash": vh, "selected": [int(v) for v in sel]},
+                          ledger=ledger)
     log.info("party %s: selection step with %d selected variant(s) published: %s", party, len(sel), share)
     return share
 
 
 def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = None, p_threshold: float = 5e-8,
-                     max_steps: int = 10, overwrite: bool = False) -> dict:
+                     max_steps: int = 10, overwrite: bool = False, sign_key: str | None = None,
+                     trust: str | None = None, a1freq_lower_limit: float = 0.0) -> dict:
     """The coordinator's side of forward selection in a multi-party study, one step per call.
 
     Each call verifies and adds the base round's shares (``manifest_path``: a scan study) and
     those of the latest step round, finalizes the conditional scan, and either writes the next
     step's manifest (a fresh round: the parties then run ``party compress`` on it) or, when nothing
     passes or ``max_steps`` are selected, writes the outputs under ``out``. The state (selected
-    variants and their statistics: results, so revealed anyway) lives beside the base round.
+    variants and their statistics: results, so revealed anyway) lives beside the base round, signed
+    by the coordinator (``sign_key``), as is every step's manifest; a step round must have the base
+    round's parties and coordinator. The base round must be closed and unmasked first: the first
+    call closes it (returns ``{"closed": ...}``) and the survivors run ``party unmask``.
     """
-    import json
+    from .multiparty import ProtocolError
+    from .multiparty.exchange import Location, Manifest, locate_manifest, read_share_file, write_manifest
+    from .multiparty.keys import load_private
+    from .multiparty.rounds import (TrustFile, close_if_complete, combine, key_fingerprint, read_signed,
+                                    read_survivors, sign_manifest, signed_record, verify_manifest)
+    from .staging import check_out_dir
 
-    from .multiparty.exchange import Manifest, _Location, combine, read_manifest, write_manifest
-    from .multiparty.party import exchange_uri
-    from .multiparty.study import finalize_pooled_scan
-    from .spark.scan import results_batch
-
-    base = read_manifest(manifest_path)
-    uri = exchange_uri(manifest_path)
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise OutputError(f"{out}: output directory exists; pass --overwrite or choose another --out")
+    uri, base = locate_manifest(manifest_path)
+    if trust:
+        verify_manifest(uri, base, TrustFile.load(trust), who=f"select, round {base.round_id!r}")
+    inputs = (uri,) if "://" not in uri else ()
+    out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
+    coordinator = load_private(sign_key) if sign_key else None
+    if base.self_masks and read_survivors(uri, base) is None:
+        body = close_if_complete(uri, base, coordinator)
+        return {"closed": body, "next_manifest": None, "selected": []}
     headers, pooled = combine(uri, base, must_agree=["phenotypes", "covariates", "kind", "variant_hash",
                                                      "missing_genotypes"])
-    first = headers[base.party_names[0]]["extra"]
+    counted = sorted(headers)
+    first = headers[counted[0]]["extra"]
     if first.get("kind") != "scan":
         raise ConfigError(f"{manifest_path}: forward selection needs a scan study (parties compressed genotypes)")
     phenos, covs, mode = list(first["phenotypes"]), list(first["covariates"]), first["missing_genotypes"]
@@ -532,42 +504,45 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     if pheno_name not in phenos:
         raise ConfigError(f"--pheno-name {pheno_name}: not a phenotype of the study ({', '.join(phenos)})")
     t, k = phenos.index(pheno_name), len(covs)
-    loc = _Location(uri)
-    state_path = loc.join(base.study, base.round_id, "select", f"{pheno_name}.json")
+    loc = Location(uri)
+    state_path = loc.join(base.study, base.round_id, "select", f"{safe_state_name(pheno_name)}.json")
+    ck = base.coordinator_keys()
+    if ck is None or coordinator is None or key_fingerprint(ck) != key_fingerprint(coordinator):
+        raise ProtocolError(f"select {manifest_path}: pass the study coordinator's key with --sign-key; it signs "
+                            "the selection state and every step's manifest")
     if loc.exists(state_path):
-        state = json.loads(loc.read(state_path, what="selection state"))
+        state = read_signed(loc, state_path, ck, what="selection state", who=f"coordinator {ck.party!r}")
         if (state["p_threshold"], state["max_steps"]) != (p_threshold, max_steps):
             raise ConfigError(f"{loc.show(state_path)}: this selection runs with --p-threshold {state['p_threshold']} "
                               f"--max-steps {state['max_steps']}; keep them for every step")
     else:
         state = {"phenotype": pheno_name, "p_threshold": p_threshold, "max_steps": max_steps, "steps": [],
                  "selected": [], "joint": []}
-    V = pooled["variants"]
-    from .multiparty.study import per_variant_layout
-
-    lay = per_variant_layout(k, len(phenos), mode)
+    vt = pq.read_table(pa.BufferReader(read_share_file(uri, base, counted[0], headers[counted[0]],
+                                                       "variants.parquet")))
+    S = SufficientStats.from_arrays(pooled, phenos, covs, mode, variants=vt)
+    V = S.per_variant
+    lay = S.layout
     m = V.shape[0]
     selected = [int(r["variant_index"]) for r in state["selected"]]
     q = len(selected)
     if q:
-        step_manifest = read_manifest(state["steps"][-1]["manifest"])
+        _, step_manifest = locate_manifest(state["steps"][-1]["manifest"])
+        if (step_manifest.parties != base.parties or step_manifest.coordinator != base.coordinator
+                or step_manifest.study != base.study
+                or step_manifest.settings.get("base_round") != base.round_id
+                or step_manifest.round_id != state["steps"][-1]["round"]):
+            raise ProtocolError(f"{state['steps'][-1]['manifest']}: the step manifest does not belong to this "
+                                "selection (other parties, coordinator or base round); nothing was used")
         _, prods = combine(uri, step_manifest, must_agree=["kind", "variant_hash", "selected"])
         dense = {key: prods[key] for key in ("CZ", "ZZ", "Z1", "Zy")}
         zx, zm, zmm, zmc = split_products(prods["products"], q, k, mode)
     else:
-        dense = {"CZ": np.zeros((k, 0)), "ZZ": np.zeros((0, 0)), "Z1": np.zeros(0), "Zy": np.zeros(0)}
-        zx, zm, zmm, zmc = np.zeros((m, 0)), np.zeros((m, 0)), np.zeros((m, 0, 0)), np.zeros((m, 0, k + 1))
-    Gq = augment_globals(pooled, t, dense)
-    V2 = augment_variants(V, t, k, len(phenos), mode, zx, zm, zmm, zmc)
-    vt = pq.read_table(pa.BufferReader(loc.read(loc.join(base.study, base.round_id, "variants",
-                                                         f"{base.party_names[0]}.parquet"), what="variant list")))
-    meta = tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
-    ids = [str(meta[1][v]) for v in selected]
-    named = finalize_pooled_scan(Gq, V2, [pheno_name], covs + ids, mode)
-    lay2 = per_variant_layout(k + q, 1, mode)
-    table = pa.Table.from_batches([results_batch(np.arange(m, dtype=np.int64), meta, V2[:, lay2["freq_alt"]][:, 0],
-                                                 Gq["n_freq"][0] - V2[:, lay2["freq_miss"]][:, 0], named,
-                                                 count_alt=bool(np.all(meta[3] == ".")))])
+        dense = empty_dense(k)
+        zx, zm, zmm, zmc = no_products(m, k)
+    Gq = augmented_moments(S, t, dense)
+    ids = [str(vt.column("id")[v].as_py()) for v in selected]
+    table = S.condition(t, Gq, covs + ids, zx, zm, zmm, zmc).finalize(a1freq_floor=a1freq_lower_limit)
     if q and not any(r["step"] == q for r in state["joint"]):
         state["joint"] += joint_statistics(Gq, covs, state["selected"], pheno_name)
     nlp = table.column("neg_log10_p").to_numpy(zero_copy_only=False)
@@ -579,23 +554,25 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
         state["selected"].append(dict(row, step=q + 1))
         sel = selected + [best]
         Vs = V[sel]
-        mu = Vs[:, lay[f"t{t}.sx"]][:, 0] / (pooled[f"t{t}.n"][0] - Vs[:, lay[f"t{t}.miss"]][:, 0])
+        mu = Vs[:, lay.of(t, "sx")][:, 0] / (S.n_samples(t) - Vs[:, lay.of(t, "miss")][:, 0])
         bs = base.settings
         settings = {"kind": "select-step", "base_round": base.round_id, "phenotype": pheno_name,
                     "phenotype_index": t, "selected": sel, "mu": [float(x) for x in mu],
                     "phenotypes": phenos, "covariates": covs, "variant_hash": first["variant_hash"],
                     "missing_genotypes": mode, "intercept": bs.get("intercept", True),
                     "pheno_names": bs.get("pheno_names"), "covar_names": bs.get("covar_names")}
-        nxt = Manifest.new(base.study, base.parties, settings)
+        settings["self_masks"] = False  # a step needs every party (a missing one: restart the selection)
+        nxt = Manifest.new(base.study, base.parties, settings, coordinator=ck)
         path = write_manifest(uri, nxt)
+        sign_manifest(uri, nxt, coordinator)
         state["steps"].append({"round": nxt.round_id, "manifest": path})
         loc.mkdir(state_path.rsplit("/", 1)[0])
-        loc.write_atomic(state_path, json.dumps(state, indent=1).encode(), what="selection state")
+        loc.write_atomic(state_path, signed_record(state, coordinator), what="selection state")
         log.info("select: step %d: %s (-log10 p %.2f); parties: party compress --manifest %s", q + 1, row["id"],
                  row["neg_log10_p"], path)
         return {"next_manifest": path, "selected": state["selected"]}
-    with local_stage(out) as stage:
-        pq.write_table(table, os.path.join(stage, "results.parquet"))
-        write_selection(stage, state["selected"], state["joint"])
+    with staged_output(out, overwrite=overwrite, inputs=inputs, command="select") as staged:
+        pq.write_table(table, os.path.join(staged.path, "results.parquet"))
+        write_selection(staged.path, state["selected"], state["joint"])
     log.info("select: done, %d variant(s) selected; outputs in %s", q, out)
     return {"next_manifest": None, "selected": state["selected"], "out": out}

@@ -1,7 +1,7 @@
 """Stored additive statistics: batches of samples, refresh, batch removal and sample withdrawal.
 
 A store keeps, for every batch of samples, the same additive statistics a DASH party computes
-(:mod:`dash_spark.multiparty.study`: raw covariates, uncentred phenotypes), so that results for any
+(:mod:`dash_spark.stats.sufficient`: raw covariates, uncentred phenotypes), so that results for any
 set of batches are a sum and a finalize away (DESIGN.md section 2). Layout::
 
     DIR/store.json                         settings, variant blocks, batches; sha256 of everything
@@ -41,17 +41,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, DashError, InputError, ModelError, OutputError
-from .spark.fs import local_stage
+from .errors import ConfigError, DashError, InputError, OutputError
+from .output import OutputModel
+from .release import DEFAULT_MIN_DELTA, check_sample_release, record_sample_release
+from .sources import source_from_options
+from .staging import staged_output
+from .stats.sufficient import StatLayout, SufficientStats
 
 log = logging.getLogger("dash_spark")
 
 FORMAT_VERSION = 2  # 2: one column per statistic in block files
+RELEASES_FILE = "releases.json"
 STORE_FILE = "store.json"
 VARIANTS_FILE = "variants.parquet"
 MAX_BLOCK_VARIANTS = 20_000  # a task holds (batches + 1) blocks of statistics in memory
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-_TASK_ERROR_RE = re.compile(r"(?:dash_spark\.[\w.]+\.)?(InputError|ConfigError|ModelError|StoreError): (.+)")
 
 
 class StoreError(InputError):
@@ -99,20 +103,21 @@ def block_path(batch_dir: str, part: int) -> str:
     return os.path.join(batch_dir, "blocks", f"block-{part:05d}.parquet")
 
 
-def stat_columns(settings: dict) -> tuple[str, ...]:
-    """Column names of a block file, one per statistic of
-    :func:`~dash_spark.multiparty.study.per_variant_layout` (``t0.Ctx.3``: the 4th entry of
-    phenotype 0's ``C'x``; a one-wide statistic has no suffix)."""
-    from .multiparty.study import per_variant_layout
+def store_layout(settings: dict) -> StatLayout:
+    """The statistics layout of a store's block files."""
+    return StatLayout(len(settings["covariates"]), len(settings["phenotypes"]), settings["missing_genotypes"])
 
-    lay = per_variant_layout(len(settings["covariates"]), len(settings["phenotypes"]),
-                             settings["missing_genotypes"])
-    names = []
-    for name, sl in lay.items():
-        if name != "_width":
-            width = sl.stop - sl.start
-            names += [name] if width == 1 else [f"{name}.{j}" for j in range(width)]
-    return tuple(names)
+
+def stat_columns(settings: dict) -> tuple[str, ...]:
+    """Column names of a block file, one per column of the store's :class:`StatLayout`
+    (``t0.Ctx.3``: the 4th entry of phenotype 0's ``C'x``; a one-wide statistic has no suffix)."""
+    return store_layout(settings).column_names()
+
+
+def settings_stats(settings: dict, arrays: dict) -> SufficientStats:
+    """A batch's global moments (``batch.json``'s ``globals``) as statistics without variants."""
+    return SufficientStats.from_arrays(arrays, settings["phenotypes"], settings["covariates"],
+                                       settings["missing_genotypes"])
 
 
 def read_block(batch_dir: str, part: int, sha256: str, columns: tuple[str, ...]) -> np.ndarray:
@@ -148,16 +153,11 @@ def block_bytes(start: int, sums: np.ndarray, columns: tuple[str, ...]) -> bytes
 
 
 def raise_task_error(exc: Exception) -> None:
-    """Re-raise one of our errors that a Spark task raised as a plain one-line error."""
-    kinds = {"InputError": InputError, "ConfigError": ConfigError, "ModelError": ModelError, "StoreError": StoreError}
-    found = None
-    for line in str(exc).splitlines():
-        m = _TASK_ERROR_RE.search(line.strip())
-        if m:
-            found = m
-    if found:
-        raise kinds[found.group(1)](found.group(2)) from None
-    raise exc
+    """Re-raise one of our errors that a Spark task raised as a plain one-line error
+    (:func:`dash_spark.errors.translate_task_error`)."""
+    from .errors import translate_task_error
+
+    translate_task_error(exc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,6 +173,10 @@ class Batch:
 
     def globals(self) -> dict[str, np.ndarray]:
         return {k: _decode_array(v) for k, v in self.record["globals"].items()}
+
+    def moments(self, settings: dict) -> SufficientStats:
+        """The batch's global moments (no per-variant rows: those are in its block files)."""
+        return settings_stats(settings, self.globals())
 
     @property
     def samples(self) -> list[str]:
@@ -278,8 +282,18 @@ class store_lock:
                 holder = open(self.path).read().strip() or "unknown"
             except OSError:
                 holder = "unknown"
-            raise ConfigError(f"{os.path.dirname(self.path)}: the store is in use ({holder}); wait for that run to "
-                              f"finish, or remove {self.path} if no dash-spark run is using the store") from None
+            if not self._stale(holder):
+                raise ConfigError(f"{os.path.dirname(self.path)}: the store is in use ({holder}); wait for that run "
+                                  f"to finish, or remove {self.path} if no dash-spark run is using the store") from None
+            # the process that held it died on this host: take the lock over (one taker wins the rename)
+            aside = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(self.path, aside)
+                os.remove(aside)
+            except OSError:
+                pass
+            log.warning("%s: the lock of a run that died (%s) was taken over", os.path.dirname(self.path), holder)
+            return self.__enter__()
         except FileNotFoundError:
             return self  # no store directory: open_store will say so
         with os.fdopen(fd, "w") as fh:
@@ -287,6 +301,22 @@ class store_lock:
                      f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
         self.held = True
         return self
+
+    @staticmethod
+    def _stale(holder: str) -> bool:
+        """Whether a lock's holder line names a process of this host that no longer runs."""
+        import socket
+
+        m = re.match(r"pid (\d+) on (\S+) since", holder)
+        if not m or m.group(2) != socket.gethostname():
+            return False
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def __exit__(self, *exc):
         if getattr(self, "held", False):
@@ -316,7 +346,9 @@ def batch_config(settings: dict, source: dict, *, keep: str | None = None):
     from .pipeline import ScanConfig
 
     return ScanConfig(bfile=source.get("bfile"), features=source.get("features"),
-                      feature_samples=source.get("feature_samples"), pheno=source["pheno"], covar=source.get("covar"),
+                      feature_samples=source.get("feature_samples"), pfile=source.get("pfile"), bgen=source.get("bgen"),
+                      bgen_ref=source.get("bgen_ref"), sample=source.get("sample"),
+                      pheno=source["pheno"], covar=source.get("covar"),
                       out=os.devnull, pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
                       covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                       no_intercept=not settings.get("intercept", True),
@@ -324,13 +356,7 @@ def batch_config(settings: dict, source: dict, *, keep: str | None = None):
 
 
 def _source_samples(source: dict) -> list[str]:
-    from .io.plink import read_fam
-    from .io.tables import read_sample_ids
-    from .pipeline import _bfile_paths
-
-    if source.get("features"):
-        return list(read_sample_ids(source["feature_samples"]))
-    return list(read_fam(_bfile_paths(source["bfile"])[2]).iids)
+    return list(source_from_options(**source).fam.iids)
 
 
 def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, columns: tuple[str, ...], W: np.ndarray,
@@ -340,15 +366,13 @@ def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, co
     With ``minus = (batch_dir, block_sha256s)`` the block written is that batch's stored block minus
     the statistics computed here (a withdrawal).
     """
-    from .multiparty.study import party_block_sums
-    from .spark.scan import read_block as read_variants
+    from .tasks import block_stats
 
     for part, start, stop, _bs, _be, _rows in ranges:
         pieces = []
         for a in range(start, stop, plan.sub_block):
             vidx = np.arange(a, min(a + plan.sub_block, stop))
-            packed, _ = read_variants(plan, vidx)
-            pieces.append(party_block_sums(plan, W, packed))
+            pieces.append(block_stats(plan, W, plan.reader.read(vidx)))
         sums = np.vstack(pieces)
         if minus is not None:
             sums = read_block(minus[0], part, minus[1][part], columns) - sums
@@ -366,18 +390,17 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     against the batch before anything is computed). The directory is not registered in the store:
     the caller commits it, or removes it on failure.
     """
-    from .multiparty.party import variant_hash, variant_table
-    from .multiparty.study import global_stats
-    from .pipeline import build_model, plan_scan
+    from .pipeline import model_statistics, plan_scan, statistics_model
     from .spark.scan import run_ranges
     from .spark.session import resolve_session
+    from .study import variant_hash, variant_table
 
     cfg = batch_config(settings, source, keep=keep)
-    model = build_model(cfg, party=True, subset_of_fam=keep is not None)
+    model = statistics_model(cfg, subset_of_fam=keep is not None)
     what = f"batch {name!r}"
     _agree(what, "phenotypes", list(model.phenotypes), settings["phenotypes"])
     _agree(what, "covariates", list(model.covariates), settings["covariates"])
-    src = source.get("bfile") or source.get("features")
+    src = source.get("bfile") or source.get("features") or source.get("pfile") or source.get("bgen")
     if model.bim.n_variants != settings["n_variants"] or variant_hash(variant_table(model.bim)) != settings["variant_hash"]:
         raise ConfigError(f"{what}: the variants of {src} differ from the store's ({model.bim.n_variants} vs "
                           f"{settings['n_variants']} variants, or different IDs/positions/alleles/order); every batch "
@@ -398,10 +421,10 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
         shas = [sha for _, sha in rows]
         if len(shas) != len(blocks):  # pragma: no cover - one row per range
             raise DashError(f"{what}: {len(shas)} blocks written, expected {len(blocks)}")
-        glob = global_stats(model)
+        stats = model_statistics(model, None)
         if minus is not None:
-            old = minus.globals()
-            glob = {k: old[k] - v for k, v in glob.items()}
+            stats = minus.moments(settings) - stats
+        glob = stats.moment_arrays()
         record = {
             "format": FORMAT_VERSION, "name": name, "source": source,
             "samples": samples if samples is not None else _source_samples(source),
@@ -430,11 +453,12 @@ def _source(args_source: dict) -> dict:
     out = {}
     for k, v in args_source.items():
         if v:
-            out[k] = os.path.abspath(v)
+            out[k] = v if k == "bgen_ref" else os.path.abspath(v)
     if not out.get("pheno"):
         raise ConfigError("a batch needs --pheno")
-    if bool(out.get("bfile")) == bool(out.get("features")):
-        raise ConfigError("a batch needs --bfile PREFIX or --features FILE.parquet (with --feature-samples)")
+    if sum(bool(out.get(k)) for k in ("bfile", "features", "pfile", "bgen")) != 1:
+        raise ConfigError("a batch needs one of --bfile PREFIX, --pfile PREFIX, --bgen FILE ref-first|ref-last or "
+                          "--features FILE.parquet (with --feature-samples)")
     return out
 
 
@@ -446,35 +470,32 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
                  missing_genotypes: str = "drop", pheno_names=None, covar_names=None,
                  block_variants: int | None = None) -> Store:
     """Create ``root`` holding one batch (refuses an existing store)."""
-    from .multiparty.party import variant_hash, variant_table
-    from .multiparty.study import per_variant_layout
-    from .pipeline import build_model
-    from .spark.scan import default_block_variants
+    from .pipeline import statistics_model
     from .spark.session import resolve_session
+    from .study import variant_hash, variant_table
+    from .tasks import default_block_variants
 
     root = os.path.abspath(root)
     check_batch_name(name)
     if os.path.exists(os.path.join(root, STORE_FILE)):
         raise OutputError(f"{root}: a store already exists here; add batches with `dash-spark refresh --store "
                           f"{root} --add-batch NAME ...`")
-    if os.path.exists(root) and os.listdir(root):
+    if os.path.exists(root) and [f for f in os.listdir(root) if f != LOCK_FILE]:
         raise OutputError(f"{root}: directory exists and is not empty; choose a new --store directory")
     source = _source(source)
     settings = {"intercept": intercept, "missing_genotypes": missing_genotypes,
                 "pheno_names": list(pheno_names) if pheno_names else None,
                 "covar_names": list(covar_names) if covar_names else None}
-    model = build_model(batch_config(settings, source), party=True)
+    model = statistics_model(batch_config(settings, source))
     m = model.bim.n_variants
     vt = variant_table(model.bim)
     settings.update(phenotypes=list(model.phenotypes), covariates=list(model.covariates),
                     variant_hash=variant_hash(vt), n_variants=int(m),
-                    width=per_variant_layout(len(model.covariates), len(model.phenotypes),
-                                             missing_genotypes)["_width"].start,
+                    width=StatLayout(len(model.covariates), len(model.phenotypes), missing_genotypes).width,
                     source_kind="features" if source.get("features") else "bfile")
     spark = resolve_session(spark)
     bv = min(block_variants or default_block_variants(m, spark.sparkContext.defaultParallelism), MAX_BLOCK_VARIANTS)
     blocks = [(a, min(a + bv, m)) for a in range(0, m, bv)]
-    made_root = not os.path.exists(root)
     os.makedirs(os.path.join(root, "batches"), exist_ok=True)
     try:
         buf = io.BytesIO()
@@ -487,12 +508,13 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
         batch, _ = compress_batch(spark, root, settings, blocks, source, name)
         store = commit(empty, [batch])
     except BaseException:
-        if made_root:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            for entry in os.listdir(root):
-                p = os.path.join(root, entry)
-                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+        # remove only what this call created (the directory was empty but for our lock)
+        for entry in ("batches", VARIANTS_FILE, STORE_FILE):
+            p = os.path.join(root, entry)
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.exists(p):
+                os.remove(p)
         raise
     log.info("store %s: created with batch %s (%d samples), %d variants in %d blocks", root, name,
              len(batch.samples), m, len(blocks))
@@ -533,12 +555,9 @@ def check_new_batch(store: Store, name: str, source: dict) -> dict:
 # finalizing: pooled statistics -> the scan's outputs
 
 
-def pooled_globals(batches) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for b in batches:
-        for k, v in b.globals().items():
-            out[k] = out[k] + v if k in out else v.copy()
-    return out
+def pooled_globals(settings: dict, batches) -> SufficientStats:
+    """The global moments summed over ``batches``."""
+    return sum(b.moments(settings) for b in batches)
 
 
 def pooled_block(spec: dict, vfile, part: int):
@@ -552,46 +571,42 @@ def pooled_block(spec: dict, vfile, part: int):
     return V, tuple(vt.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "id", "pos", "alt", "ref"))
 
 
-def _finalize_task(spec: dict, G: dict, ranges):
+def _finalize_task(spec: dict, G: SufficientStats, ranges):
     """Executor side: add a range's stored blocks over the batches and finalize them."""
-    from .multiparty.study import finalize_pooled_scan, per_variant_layout
-    from .spark.scan import results_batch
+    from .stats.results import results_batch
 
-    lay = per_variant_layout(len(spec["covariates"]), len(spec["phenotypes"]), spec["mode"])
+    lay = G.layout
     vfile = pq.ParquetFile(spec["variants"])
     for part, start, stop, _bs, _be, _rows in ranges:
         V, meta = pooled_block(spec, vfile, part)
-        named = finalize_pooled_scan(G, V, spec["phenotypes"], spec["covariates"], spec["mode"])
-        yield results_batch(np.arange(start, stop, dtype=np.int64), meta, V[:, lay["freq_alt"]][:, 0],
-                            G["n_freq"][0] - V[:, lay["freq_miss"]][:, 0], named, count_alt=spec["count_alt"])
+        named = G.block(start, V).finalize_stats()
+        yield results_batch(np.arange(start, stop, dtype=np.int64), meta, V[:, lay.freq_alt],
+                            G.n_freq - V[:, lay.freq_miss], named, count_alt=spec["count_alt"],
+                            a1freq_floor=spec.get("a1freq_floor", 0.0))
 
 
-def check_pooled(store: Store, batches, G: dict) -> None:
+def check_pooled(store: Store, batches, G: SufficientStats) -> None:
     """Driver-side checks before a finalize job: enough samples, full-rank covariates."""
-    from .multiparty.study import pooled_basis
-
     if not batches:
         raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
-    for t, name in enumerate(store.settings["phenotypes"]):
-        pooled_basis(G[f"t{t}.CtC"], int(round(G[f"t{t}.n"][0])), store.settings["covariates"],
-                     where=f"{store.root}: phenotype {name}")
+    G.check(where=store.root)
 
 
-def finalize_store(spark, store: Store, batches, stage: str, *, plots: bool = True) -> dict:
+def finalize_store(spark, store: Store, batches, stage: str, *, plots: bool = True, a1freq_floor: float = 0.0) -> dict:
     """Write the scan outputs of the pooled ``batches`` under the local directory ``stage``; return
     the glm paths. One Spark job: each task sums its block over the batches, finalizes it and
     writes its results part and text lines itself."""
-    import types
-
     from .output import finish_local_outputs
     from .spark.scan import write_ranges
 
-    G = pooled_globals(batches)
+    if not batches:
+        raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
+    G = pooled_globals(store.settings, batches)
     check_pooled(store, batches, G)
     s = store.settings
     spec = {"phenotypes": s["phenotypes"], "covariates": s["covariates"], "mode": s["missing_genotypes"],
             "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
-            "count_alt": s.get("source_kind") == "features",
+            "count_alt": s.get("source_kind") == "features", "a1freq_floor": a1freq_floor,
             "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches]}
     ranges = [(p, a, e, 0, 0, []) for p, (a, e) in enumerate(store.blocks)]
     try:
@@ -599,9 +614,9 @@ def finalize_store(spark, store: Store, batches, stage: str, *, plots: bool = Tr
     except Exception as exc:  # noqa: BLE001
         raise_task_error(exc)
     counts = {"batches": [b.name for b in batches],
-              "pooled_samples": {p: int(round(G[f"t{t}.n"][0])) for t, p in enumerate(s["phenotypes"])}}
-    model = types.SimpleNamespace(phenotypes=tuple(s["phenotypes"]), covariates=tuple(s["covariates"]),
-                                  variants=np.arange(s["n_variants"]), counts=counts)
+              "pooled_samples": {p: G.n_samples(t) for t, p in enumerate(s["phenotypes"])}}
+    model = OutputModel(phenotypes=tuple(s["phenotypes"]), covariates=tuple(s["covariates"]),
+                        n_variants=int(s["n_variants"]), counts=counts)
     glm, summaries = finish_local_outputs(stage, model, plots=plots)
     return {"glm": glm, "summaries": summaries, "counts": counts}
 
@@ -641,7 +656,7 @@ def read_withdrawals(path: str) -> list[str]:
     return out
 
 
-def _id_file(ids: list[str]) -> str:
+def id_file(ids: list[str]) -> str:
     """A private temporary file listing IIDs (one per line), for ``--keep``/``--remove``; the caller removes it."""
     import tempfile
 
@@ -656,15 +671,61 @@ def _describe(ids: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
+_BATCH_DIR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}-[0-9a-f]{12}")
+
+
+def clean_orphans(store: Store) -> int:
+    """Remove batch directories that ``store.json`` does not reference: those a killed refresh or
+    compress left (call it holding the store's lock). Returns how many were removed."""
+    known = {os.path.basename(b.dir) for b in store.batches}
+    folder = os.path.join(store.root, "batches")
+    removed = 0
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name not in known and _BATCH_DIR_RE.fullmatch(name) and os.path.isdir(os.path.join(folder, name)):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            removed += 1
+            log.warning("%s: removed %s, a batch directory of a run that did not finish", store.root, name)
+    return removed
+
+
+def store_inputs(store: Store, new_source: dict | None = None, *files: str | None) -> tuple[str, ...]:
+    """What a command on a store reads or keeps: the store itself, every batch's source files, a
+    new batch's and the given files (an output directory may be none of these, nor hold one)."""
+    paths = [store.root]
+    for source in [b.record["source"] for b in store.batches] + ([new_source] if new_source else []):
+        try:
+            paths += list(source_from_options(**source).input_paths())
+        except TypeError:  # pragma: no cover - a record without source options
+            continue
+        paths += [source.get("pheno"), source.get("covar")]
+    paths += list(files)
+    return tuple(p for p in paths if p)
+
+
 def run_refresh(store_root: str, out: str, **kwargs) -> RefreshResult:
     """:func:`_refresh` while holding the store's lock."""
     with store_lock(store_root):
         return _refresh(store_root, out, **kwargs)
 
 
+def releases_path(store: Store) -> str:
+    """The store's release log (what each refresh or selection released: the samples it held)."""
+    return os.path.join(store.root, RELEASES_FILE)
+
+
+def active_ids(batches) -> list[str]:
+    """The IIDs whose data ``batches`` hold (withdrawn samples left out)."""
+    out = []
+    for b in batches:
+        gone = set(b.withdrawn)
+        out += [iid for iid in b.samples if iid not in gone]
+    return out
+
+
 def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, remove: str | None = None,
              withdraw: str | None = None, overwrite: bool = False, plots: bool = True, spark=None,
-             master: str | None = None, spark_conf: dict | None = None) -> RefreshResult:
+             master: str | None = None, spark_conf: dict | None = None, min_release_delta: int = DEFAULT_MIN_DELTA,
+             allow_small_release: bool = False, a1freq_lower_limit: float = 0.0) -> RefreshResult:
     """Change the store (at most one of ``add``, ``remove``, ``withdraw``) and finalize it to ``out``.
 
     Order: check everything that can be checked up front; compute the new batch statistics into new
@@ -676,10 +737,12 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
     t0 = time.time()
     if sum(x is not None for x in (add, remove, withdraw)) > 1:
         raise ConfigError("refresh: give at most one of --add-batch, --remove-batch and --withdraw per run")
+    from .staging import check_out_dir
+
     store = open_store(store_root)
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise OutputError(f"{out}: output directory exists; pass --overwrite or choose another --out")
+    clean_orphans(store)
+    inputs = store_inputs(store, add[1] if add is not None else None, withdraw)
+    out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     if spark is None:  # the JVM starts while the driver checks the inputs and builds the batch's model
         spark = SessionStarter(master, spark_conf)
     batches = list(store.batches)
@@ -707,6 +770,12 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
                              f"{detail}); list only samples of the store's batches. Nothing was changed")
         for iid in ids:
             withdrawals.setdefault(active[iid], []).append(iid)
+    # the release guard, before any work: the samples these results will hold
+    released = set(active_ids(batches)) - {iid for v in withdrawals.values() for iid in v}
+    if add is not None:
+        released |= set(_source_samples(source))
+    log_entries = check_sample_release(releases_path(store), released, min_delta=min_release_delta,
+                                       override=allow_small_release, where=f"refresh {store.root}")
 
     committed = False
     try:
@@ -717,7 +786,7 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
             log.info("refresh: batch %s compressed (%d samples)", name, len(batch.samples))
         for bname, ids in withdrawals.items():
             old = store.batch(bname)
-            keep = _id_file(ids)
+            keep = id_file(ids)
             try:
                 # the batch's own model restricted to the withdrawn samples; subtracted block by block
                 batch, _ = compress_batch(spark, store.root, store.settings, store.blocks, old.record["source"],
@@ -729,11 +798,14 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
             old_dirs.append(old.dir)
             batches = [batch if b.name == bname else b for b in batches]
             log.info("refresh: %d sample(s) withdrawn from batch %s", len(ids), bname)
-        with local_stage(out) as stage:
-            result = finalize_store(resolve_session(spark), store, batches, stage, plots=plots)
+        with staged_output(out, overwrite=overwrite, inputs=inputs, command="refresh") as stage:
+            result = finalize_store(resolve_session(spark), store, batches, stage.path, plots=plots,
+                                    a1freq_floor=a1freq_lower_limit)
             commit(store, batches)
             committed = True
-            glm = {k: v.replace(stage, out) for k, v in result["glm"].items()}
+            record_sample_release(releases_path(store), log_entries, released, out=out, command="refresh",
+                                  overridden=allow_small_release)
+            glm = {k: stage.final(v) for k, v in result["glm"].items()}
     except BaseException:
         if not committed:  # the store does not reference them
             for d in new_dirs:
@@ -758,13 +830,23 @@ def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | 
 
     root = os.path.abspath(store_root)
     if not os.path.exists(os.path.join(root, STORE_FILE)):
-        if spark is None:  # the JVM starts while the driver builds the batch's model
-            spark = SessionStarter(master, spark_conf)
-        return create_store(spark, root, name, source, intercept=True if intercept is None else intercept,
-                            missing_genotypes=missing_genotypes or "drop", pheno_names=pheno_names,
-                            covar_names=covar_names, block_variants=block_variants)
+        made = not os.path.exists(root)
+        os.makedirs(root, exist_ok=True)
+        try:
+            with store_lock(root):  # two first compresses: one creates, the other waits its turn and adds
+                if not os.path.exists(os.path.join(root, STORE_FILE)):
+                    if spark is None:  # the JVM starts while the driver builds the batch's model
+                        spark = SessionStarter(master, spark_conf)
+                    return create_store(spark, root, name, source, intercept=True if intercept is None else intercept,
+                                        missing_genotypes=missing_genotypes or "drop", pheno_names=pheno_names,
+                                        covar_names=covar_names, block_variants=block_variants)
+        except BaseException:
+            if made and not os.listdir(root):
+                os.rmdir(root)
+            raise
     with store_lock(root):
         store = open_store(root)
+        clean_orphans(store)
         check_settings(store, intercept=intercept, missing_genotypes=missing_genotypes, pheno_names=pheno_names,
                        covar_names=covar_names)
         if spark is None:

@@ -7,7 +7,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dash_spark.cli import main
 from dash_spark.errors import InputError
 from dash_spark.pipeline import ScanConfig, build_model, run_scan
 
@@ -79,18 +78,16 @@ def test_two_parties_with_features_equal_the_pooled_feature_scan(feature_files, 
         pq.write_table(table.set_column(table.schema.get_field_index("values"), "values", pa.array(vals)),
                        tmp / f"{name}.parquet")
         (tmp / f"{name}.samples").write_text("\n".join(samples[sl]) + "\n")
-        assert main(["-q", "party", "keygen", "--out", str(tmp / "keys" / name)]) == 0
-    import subprocess
-    import sys
+    from .party_flow import Study
 
-    manifest = subprocess.run([sys.executable, "-m", "dash_spark.cli", "-q", "party", "manifest", "--study", "f",
-                               "--exchange", str(tmp / "ex"), "--party", f"ann={tmp}/keys/ann.pub",
-                               "--party", f"ben={tmp}/keys/ben.pub"], capture_output=True, text=True).stdout.strip()
+    st = Study(tmp, list(halves), name="f")
+    manifest = st.manifest(exchange=tmp / "ex")
+    st.join(manifest)
     for name in halves:
-        assert main(["-q", "party", "compress", "--manifest", manifest, "--party", name, "--key",
-                     f"{tmp}/keys/{name}.key", "--pheno", files.pheno, "--covar", files.covar,
-                     "--features", str(tmp / f"{name}.parquet"), "--feature-samples", str(tmp / f"{name}.samples")]) == 0
-    assert main(["-q", "combine", "--manifest", manifest, "--out", str(tmp / "combined"), "--no-plots"]) == 0
+        code, _, err = st.compress(manifest, name, "--pheno", files.pheno, "--covar", files.covar,
+                                   "--features", tmp / f"{name}.parquet", "--feature-samples", tmp / f"{name}.samples")
+        assert code == 0, err
+    st.finish(manifest, tmp / "combined", "--no-plots")
     pooled = _table(run_scan(ScanConfig(features=str(tmp / "features.parquet"), feature_samples=str(tmp / "samples.txt"),
                                         pheno=files.pheno, covar=files.covar, plots=False,
                                         out=str(tmp / "pooled")), spark=spark).results_path)

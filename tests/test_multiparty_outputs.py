@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +14,7 @@ import pytest
 
 from dash_spark import report
 from dash_spark.output import (
+    OutputModel,
     _java_fixed6,
     finish_local_outputs,
     java_double,
@@ -99,8 +99,8 @@ def test_local_outputs_equal_spark_outputs(spark, rng, tmp_path):
     from dash_spark.spark.fs import HadoopFS
 
     table = _results(rng)
-    model = types.SimpleNamespace(phenotypes=("trait", "other trait"), covariates=("(intercept)", "age"),
-                                  variants=np.arange(400), counts={"pooled_samples": {"trait": 150}, "parties": 3})
+    model = OutputModel(phenotypes=("trait", "other trait"), covariates=("(intercept)", "age"),
+                        n_variants=400, counts={"pooled_samples": {"trait": 150}, "parties": 3})
     a, b = tmp_path / "spark", tmp_path / "local"
     a.mkdir()
     b.mkdir()
@@ -157,7 +157,7 @@ def test_local_plots_are_written(rng, tmp_path):
 
     table = _results(rng, phenotypes=("trait",))
     table = table.filter(pc.fill_null(pc.is_finite(table["neg_log10_p"]), True))  # an infinite axis cannot be drawn
-    model = types.SimpleNamespace(phenotypes=("trait",), covariates=(), variants=np.arange(400), counts={})
+    model = OutputModel(phenotypes=("trait",), covariates=(), n_variants=400, counts={})
     write_outputs_local(str(tmp_path / "o"), table, model, plots=True)
     for f in ("trait.manhattan.png", "trait.qq.png", "trait.glm.linear", "summary.tsv"):
         assert (tmp_path / "o" / f).stat().st_size > 0

@@ -1,0 +1,128 @@
+"""The Python API as a notebook user drives it: pandas tables in, a lazy Spark DataFrame out; the
+additive statistics of sample batches summed and finalized; Glow-style feature DataFrames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import dash_spark as ds
+from dash_spark.cli import main
+
+from .oracle_data import PHENOS, make_files, statsmodels_oracle
+
+
+def _sorted(table_or_df):
+    t = table_or_df if hasattr(table_or_df, "sort_by") else table_or_df
+    t = t.sort_by([("phenotype", "ascending"), ("variant_index", "ascending")])
+    return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
+
+
+def _arrow(df):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df.toPandas(), preserve_index=False)
+
+
+def _close(a, b, rtol=1e-9):
+    for col in ("variant_index", "id", "a1", "obs_ct", "errcode", "phenotype"):
+        assert np.array_equal(a[col], b[col]), col
+    ok = b["errcode"] == "."
+    assert ok.sum() > 0
+    se = b["se"][ok]
+    assert np.all(np.abs(a["beta"][ok] - b["beta"][ok]) <= rtol * np.maximum(se, np.abs(b["beta"][ok])))
+    np.testing.assert_allclose(a["se"][ok], se, rtol=rtol)
+    np.testing.assert_allclose(a["neg_log10_p"][ok], b["neg_log10_p"][ok], rtol=rtol, atol=1e-11)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    files = make_files(tmp, np.random.default_rng(41), n=360, m=240, missing=0.03, name="a")
+    return files, tmp
+
+
+def _pandas_tables(files):
+    ph = pd.read_csv(files.pheno, sep="\t", na_values=["NA", "nan", "-9"], keep_default_na=False)
+    ph = ph.rename(columns={"#FID": "FID"})
+    cv = pd.read_csv(files.covar, sep=" ", na_values=["NA"], keep_default_na=False)
+    return ph, cv.drop(columns=["FID"])  # covariates with IID only
+
+
+def test_linear_regression_on_pandas_equals_the_cli(cohort, spark, tmp_path):
+    files, _ = cohort
+    out = tmp_path / "cli"
+    assert main(["-q", "scan", "--bfile", files.bfile, "--pheno", files.pheno, "--covar", files.covar,
+                 "--out", str(out), "--no-plots", "--master", "local[2]"]) == 0
+    cli = _sorted(pq.read_table(out / "results.parquet"))
+    ph, cv = _pandas_tables(files)
+    df = ds.linear_regression(spark, ds.open_bfile(files.bfile), phenotypes=ph, covariates=cv)
+    assert df.columns == list(cli)  # the results.parquet columns, in order
+    ours = _sorted(_arrow(df))
+    _close(ours, cli, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["drop", "mean"])
+def test_compressed_batches_add_up_to_the_pooled_scan(cohort, spark, tmp_path, mode):
+    files, tmp = cohort
+    iids = [line.split()[1] for line in open(files.bfile + ".fam")]
+    keeps = []
+    for s in range(2):
+        path = tmp / f"batch{s}_{mode}.txt"
+        path.write_text("".join(f"{i}\n" for j, i in enumerate(iids) if (j % 3 == 0) == (s == 0)))
+        keeps.append(str(path))
+    geno = ds.open_bfile(files.bfile)
+    S1, S2 = (ds.compress(spark, geno, files.pheno, files.covar, missing_genotypes=mode, keep=k) for k in keeps)
+    assert S1.n_samples("pheno1") + S2.n_samples("pheno1") == (S1 + S2).n_samples("pheno1")
+    pooled = _sorted((S1 + S2).finalize())
+    scan = _sorted(_arrow(ds.linear_regression(spark, geno, files.pheno, files.covar, missing_genotypes=mode)))
+    _close(pooled, scan, rtol=1e-9)
+    # and withdrawing a batch leaves the other one's statistics
+    alone = _sorted(((S1 + S2) - S2).finalize())
+    _close(alone, _sorted(S1.finalize()), rtol=1e-8)
+
+
+def test_spark_dataframe_of_features_matches_statsmodels(cohort, spark, tmp_path):
+    from bed_reader import open_bed
+
+    files, _ = cohort
+    with open_bed(files.bfile + ".bed", count_A1=True) as bed:
+        X = bed.read(dtype="float64")
+        iids = list(bed.iid)
+    ids = [line.split()[1] for line in open(files.bfile + ".bim")]
+    rows = [(ids[j], "1", j + 1, [None if np.isnan(v) else float(v) for v in X[:, j]]) for j in range(X.shape[1])]
+    feats = spark.createDataFrame(rows, "id string, chrom string, pos long, values array<double>").repartition(3)
+    source = ds.open_features(feats, iids, stage_dir=str(tmp_path))
+    table = _arrow(ds.linear_regression(spark, source, files.pheno, files.covar, missing_genotypes="drop"))
+    t = _sorted(table)
+    assert set(t["a1"]) == {"."}
+    order = {name: i for i, name in enumerate(ids)}
+    for phenotype in PHENOS:
+        sel = t["phenotype"] == phenotype
+        j = np.array([order[i] for i in t["id"][sel]])
+        ref = statsmodels_oracle(files, phenotype, "drop")
+        ok = ~ref["const"][j] & ~np.isnan(ref["beta"][j])
+        assert ok.sum() > 200
+        np.testing.assert_allclose(t["beta"][sel][ok], ref["beta"][j][ok], rtol=1e-8, atol=1e-9 * ref["se"][j][ok].max())
+        np.testing.assert_allclose(t["se"][sel][ok], ref["se"][j][ok], rtol=1e-9)
+        assert np.array_equal(t["obs_ct"][sel], ref["n"][j])
+
+
+def test_public_surface():
+    assert {"open_bfile", "open_features", "linear_regression", "compress", "SufficientStats", "scan",
+            "ScanConfig", "DashError", "__version__"} <= set(ds.__all__)
+    assert all(hasattr(ds, name) for name in ds.__all__)
+    for name in ("linear_regression", "compress"):
+        doc = getattr(ds, name).__doc__ + ds.api.__doc__
+        for col in ("variant_index", "obs_ct", "neg_log10_p", "errcode", "a1_freq"):
+            assert col in doc, (name, col)
+
+
+def test_bad_table_is_one_clear_error(cohort, spark):
+    files, _ = cohort
+    with pytest.raises(ds.DashError, match="IID"):
+        ds.linear_regression(spark, ds.open_bfile(files.bfile), pd.DataFrame({"id": ["x"], "y": [1.0]}))
+    with pytest.raises(ds.DashError, match="genotypes"):
+        ds.compress(spark, 42, files.pheno)
