@@ -133,6 +133,7 @@ def run_bench(args) -> int:
                       "--threads", str(args.threads), "--memory", "8000", "--out", plink_out],
                      plink_out + ".stdout")
     ours_out = os.path.join(work, "ours_" + tag)
+    shutil.rmtree(ours_out, ignore_errors=True)  # the bench's own output (untimed; also one of an older version)
     cmd = [sys.executable, "-m", "dash_spark.cli", "scan", "--bfile", bfile, "--pheno", pheno,
            "--covar", covar, "--out", ours_out, "--overwrite", "--no-plots"]
     if args.master:
@@ -172,6 +173,7 @@ def run_dash_bench(args) -> int:
     bfile, pheno, covar = (os.path.join(data, x) for x in ("cohort", "cohort.pheno", "cohort.covar"))
     cli = [sys.executable, "-m", "dash_spark.cli"]
     times: dict[str, float] = {}
+    shutil.rmtree(os.path.join(data, "pooled_out"), ignore_errors=True)  # the bench's own output
     times["pooled_scan"] = timed(cli + ["scan", "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--out",
                                          os.path.join(data, "pooled_out"), "--overwrite", "--no-plots"],
                                   os.path.join(data, "pooled.log"))

@@ -39,6 +39,8 @@ def run_refresh_bench(args) -> int:
         shutil.rmtree(base_store, ignore_errors=True)
         timed(cli + ["compress", "--store", base_store, "--batch", "wave1", *fileset("wave1")],
                os.path.join(data, "setup.log"))
+    for name in ("full_out", "full_store_out", "refresh_out"):  # the bench's own outputs (of any version)
+        shutil.rmtree(os.path.join(data, name), ignore_errors=True)
     times: dict[str, float] = {}
     times["full_scan"] = timed(cli + ["scan", *fileset("cohort"), "--out", os.path.join(data, "full_out"),
                                        "--overwrite", "--no-plots"], os.path.join(data, "full_scan.log"))
