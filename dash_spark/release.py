@@ -5,7 +5,7 @@ Two releases whose sample sets differ by one sample differ by exactly that sampl
 study remember what they released, and a new release is refused when
 
 - its sample set differs from an earlier one by fewer than ``min_delta`` samples (but by at least
-  one): a store compares the IIDs it holds (the symmetric difference); a multi-party study, which
+  one), unless the very same set was released before: a store compares the IIDs it holds (the symmetric difference); a multi-party study, which
   knows only pooled counts, compares each phenotype's pooled sample count and refuses a change
   smaller than ``min_delta`` (two rosters that differ by one small party, or a party that
   withdrew a few samples between rounds);
@@ -77,6 +77,8 @@ def check_sample_release(path: str, ids, *, min_delta: int, override: bool, wher
     ``path`` by fewer than ``min_delta`` samples (and at least one). Returns the log."""
     entries = _load(path)
     now = set(ids)
+    if any(set(e.get("samples", [])) == now for e in entries):
+        return entries  # these very samples were released before: nothing new can be differenced
     for e in entries:
         then = set(e.get("samples", []))
         diff = len(now ^ then)
