@@ -32,9 +32,9 @@ def test_parties_bench(tmp_path):
     figures = _bench(tmp_path, "--parties")
     assert figures["max_rel_diff_vs_pooled"] < 1e-9
     parties = ("alice", "bob", "carol")
-    critical = (max(figures[f"join_{p}"] for p in parties) + max(figures[f"compress_{p}"] for p in parties)
-                + figures["close"] + max(figures[f"unmask_{p}"] for p in parties) + figures["combine"])
+    critical = max(figures[f"compress_{p}"] for p in parties) + figures["finish"]
     assert figures["critical_path"] == pytest.approx(critical, abs=0.05)
+    assert figures["critical_path_with_join_over_pooled"] > figures["critical_path_over_pooled"]
 
 
 @pytest.mark.slow
