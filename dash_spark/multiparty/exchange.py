@@ -18,11 +18,11 @@ Threat model: parties and combiner are honest-but-curious; whoever reads the exc
 manifest, the share headers (statistic names and shapes, declared variant-list hash and
 phenotype/covariate names) and, by adding all shares, the pooled sums of the statistics: nothing
 else, since each share is masked (:mod:`.masking`). Signatures with the manifest's Ed25519 keys
-reject forged, tampered, replayed (other round) and misplaced shares, and the combiner requires a
-share from every party. Out of scope: parties lying about their own data, collusion of all but
-one party (it reveals the remaining party's statistics), and dropouts (a missing party means a
-new round without it). The exchange is not trusted for integrity (signatures and hashes are
-checked) but is for availability.
+reject forged, tampered, replayed (other round) and misplaced shares; which shares count (all
+parties, or a round's signed survivors) is decided by :mod:`.rounds`. Out of scope: parties lying
+about their own data, collusion of all but one party (it reveals the remaining party's
+statistics). The exchange is not trusted for integrity (signatures and hashes are checked) but
+is for availability.
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ The private file holds the raw 32-byte private keys, the public file the raw 32-
 A private key file is created with mode 0600 from the start (no window in which it is readable by
 others) and is refused on loading when its mode allows group or other access.
 
-Threat model: a party's private keys never leave it. The X25519 key only derives pairwise mask
-seeds (whoever holds a party's X25519 private key and reads the exchange can strip that party's
-masks with the pair partners, so keep it as secret as the party's data); the Ed25519 key signs the
-party's share headers so that the combiner can reject forged, tampered or replayed shares. Public
-keys reach the study manifest out of band; compare their :func:`fingerprint` over a trusted
-channel.
+Threat model: a party's private keys never leave it. The Ed25519 key signs everything the party
+publishes (its round keys, shares and reveals), so that nobody can publish in its name; mask seeds
+come from fresh per-round X25519 keys (:mod:`.rounds`), so a leaked long-term key reveals no past
+round. Public keys reach the study manifest out of band; parties pin each other's full
+fingerprints (:func:`dash_spark.multiparty.rounds.key_fingerprint`, ``party trust``) and act only
+on manifests whose keys match.
 """
 
 from __future__ import annotations

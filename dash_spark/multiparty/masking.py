@@ -15,10 +15,10 @@ Threat model (honest-but-curious parties and combiner): a share alone, or any se
 short of all of them, is uniform in the ring; only the sum of all shares is revealed. The
 masks between two parties are known to both of them, so all parties but one colluding (with
 the combiner) recover the remaining party's values; that is out of scope, as are parties lying
-about their own data. A party that drops out leaves unmatched masks: the round cannot be
-completed and a new round (new round id, hence new masks) is needed; never re-publish different
-values under the same round id, since two shares masked with the same stream reveal their
-difference.
+about their own data. A dropped party's pair masks are removed with the seeds its partners reveal
+(:func:`unmask_sum`); its self-mask keeps its own share hidden. Never re-publish different values
+under the same seeds, since two shares masked with the same stream reveal their difference: the
+ledger of :mod:`.rounds` refuses it.
 """
 
 from __future__ import annotations
