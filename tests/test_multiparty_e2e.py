@@ -121,9 +121,14 @@ def test_combine_rejects_missing_party_tampering_and_replay(study, capsys):
     data[-1] ^= 1
     open(stat, "wb").write(bytes(data))
     capsys.readouterr()
-    assert main(["-q", "combine", "--manifest", manifest, "--out", str(out), "--sign-key", st.coord]) == 2
+    # closing the round checks the signed headers; the survivors unmask; combine checks every file
+    assert main(["-q", "combine", "--manifest", manifest, "--out", str(out), "--sign-key", st.coord]) == 0
+    for p in PARTIES:
+        assert main(["-q", "party", "unmask", *st.party(p, manifest)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "combine", "--manifest", manifest, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "bob" in err and not out.exists()
+    assert "bob" in err and "does not match the signed header" in err and not out.exists()
     # a share replayed from this round into a new round is rejected, naming the party
     manifest2 = st.manifest(parties=PARTIES)
     for p in PARTIES:
