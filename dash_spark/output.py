@@ -33,6 +33,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+import numpy as np
+
 from .stats.results import RESULT_SCHEMA
 
 log = logging.getLogger("dash_spark")
@@ -311,8 +313,6 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True):
     :func:`write_reports`."""
     import shutil
 
-    import pyarrow.parquet as pq
-
     from . import report
 
     open(os.path.join(stage, _PARTS, "_SUCCESS"), "wb").close()
@@ -330,13 +330,41 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True):
                     shutil.copyfileobj(fh, out, 1 << 22)
         glm_paths[name] = path
     shutil.rmtree(os.path.join(stage, _GLM_PARTS), ignore_errors=True)
-    columns = sorted(set(report.SUMMARY_COLUMNS))
-
-    def rows_of(name):
-        return pq.read_table(os.path.join(stage, _PARTS), columns=columns, filters=[("phenotype", "=", name)])
-
+    rows_of = PhenotypeGroups(os.path.join(stage, _PARTS), list(model.phenotypes), model.n_variants,
+                              sorted(set(report.SUMMARY_COLUMNS)))
     write_extra_outputs(stage, model)
     return glm_paths, _summarize_and_plot(stage, model, rows_of, plots)
+
+
+class PhenotypeGroups:
+    """Each phenotype's result rows for the summaries and plots, read from the results Parquet in
+    groups of phenotypes sized from a row budget: one pass over the files per group (not one per
+    phenotype), memory bounded by the budget whatever the number of phenotypes. Rows keep the
+    files' order within each phenotype (a stable sort), so the summaries are those of a per-
+    phenotype read."""
+
+    def __init__(self, path: str, phenotypes: list[str], rows_per_phenotype: int, columns: list[str],
+                 budget_rows: int = 4_000_000):
+        self.path, self.phenotypes, self.columns = path, phenotypes, columns
+        self.group = max(1, budget_rows // max(1, rows_per_phenotype))
+        self.cache: dict = {}
+
+    def __call__(self, name: str):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        if name not in self.cache:
+            self.cache.clear()
+            i = self.phenotypes.index(name)
+            chunk = self.phenotypes[i : i + self.group]
+            table = pq.read_table(self.path, columns=self.columns,
+                                  filters=[("phenotype", "in", chunk)] if len(chunk) < len(self.phenotypes) else None)
+            table = table.take(pc.sort_indices(table, sort_keys=[("phenotype", "ascending")]))  # stable
+            names = table.column("phenotype").to_numpy(zero_copy_only=False)
+            for n in chunk:
+                lo, hi = np.searchsorted(names, n, side="left"), np.searchsorted(names, n, side="right")
+                self.cache[n] = table.slice(lo, hi - lo)
+        return self.cache[name]
 
 
 def write_extra_outputs(stage: str, model) -> None:
