@@ -305,7 +305,7 @@ def _replace_with(path: str, write) -> None:
         raise
 
 
-def finish_local_outputs(stage: str, model, *, plots: bool = True):
+def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: int | None = None):
     """Driver side, after every task ran :func:`write_result_parts` under the local ``stage``: join
     each phenotype's line chunks (header first, parts in order) into ``<phenotype>.glm.linear``,
     then summarise and plot each phenotype from the Parquet parts (pyarrow, one phenotype's rows in
@@ -333,7 +333,7 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True):
     rows_of = PhenotypeGroups(os.path.join(stage, _PARTS), list(model.phenotypes), model.n_variants,
                               sorted(set(report.SUMMARY_COLUMNS)))
     write_extra_outputs(stage, model)
-    return glm_paths, _summarize_and_plot(stage, model, rows_of, plots)
+    return glm_paths, _summarize_and_plot(stage, model, rows_of, plots, plots_top)
 
 
 class PhenotypeGroups:
@@ -377,10 +377,18 @@ def write_extra_outputs(stage: str, model) -> None:
         gwas_ssf.write_extra_outputs(stage, os.path.join(stage, _PARTS), extra, model.phenotypes, safe_name)
 
 
-def _summarize_and_plot(stage: str, model, rows_of, plots: bool) -> dict:
+def _summarize_and_plot(stage: str, model, rows_of, plots: bool, plots_top: int | None = None) -> dict:
     """Summary, log line and plots of every phenotype (``rows_of(name)``: an Arrow table holding at
-    least that phenotype's rows), then ``summary.tsv``/``.json``; returns the summaries."""
+    least that phenotype's rows), then ``summary.tsv``/``.json``; returns the summaries. With
+    ``plots_top = N`` only the N phenotypes with the smallest p-values are plotted (PheWAS runs)."""
     from . import report
+
+    def plot(name, table, summ):
+        points = report.plot_points_table(table, name)
+        report.plot_manhattan(points, os.path.join(stage, f"{safe_name(name)}.manhattan.png"),
+                              title=f"{name}: {summ.n_tests:,} variants")
+        report.plot_qq(points, os.path.join(stage, f"{safe_name(name)}.qq.png"), title=name,
+                       lambda_gc=summ.lambda_gc)
 
     summaries = {}
     for name in model.phenotypes:
@@ -388,12 +396,14 @@ def _summarize_and_plot(stage: str, model, rows_of, plots: bool) -> dict:
         summ = summaries[name] = report.summarize_table(table, name)
         log.info("phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",
                  name, summ.n_tests, summ.n_errors, summ.lambda_gc)
-        if plots and summ.n_tests > 0:
-            points = report.plot_points_table(table, name)
-            report.plot_manhattan(points, os.path.join(stage, f"{safe_name(name)}.manhattan.png"),
-                                  title=f"{name}: {summ.n_tests:,} variants")
-            report.plot_qq(points, os.path.join(stage, f"{safe_name(name)}.qq.png"), title=name,
-                           lambda_gc=summ.lambda_gc)
+        if plots and plots_top is None and summ.n_tests > 0:
+            plot(name, table, summ)
+    if plots and plots_top is not None:
+        tested = [n for n in model.phenotypes if summaries[n].n_tests > 0]
+        best = sorted(tested, key=lambda n: -np.nan_to_num(summaries[n].min_p_neg_log10, nan=-1.0))[:plots_top]
+        log.info("plots: the %d phenotype(s) with the smallest p of %d (--plots-top)", len(best), len(tested))
+        for name in best:
+            plot(name, rows_of(name), summaries[name])
     report.write_summary(summaries, os.path.join(stage, "summary.tsv"),
                          extra={"counts": model.counts, "n_variants": int(model.n_variants),
                                 "covariates": list(model.covariates)})

@@ -75,6 +75,7 @@ class ScanConfig:
     geno: float | None = None
     covar_variance_standardize: bool = False
     a1freq_lower_limit: float = 0.0
+    plots_top: int | None = None
     gwas_ssf: bool = False
     genome_assembly: str | None = None
     report_covariates: bool = False
@@ -105,6 +106,8 @@ class ScanConfig:
                 raise ConfigError(f"--{name}: expected a fraction between 0 and 1, found {v}")
         if self.mac is not None and self.mac < 0:
             raise ConfigError(f"--mac: expected a non-negative count, found {self.mac}")
+        if self.plots_top is not None and self.plots_top < 1:
+            raise ConfigError(f"--plots-top: expected a positive number of phenotypes, found {self.plots_top}")
         if not 0 <= self.a1freq_lower_limit < 0.5:
             raise ConfigError(f"--a1freq-lower-limit: expected a frequency in [0, 0.5), found {self.a1freq_lower_limit}")
         if self.task_memory_mb < 16:
@@ -405,7 +408,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         if n_rows == 0 and plan.filters.active:  # --maf/--mac/--geno removed every variant
             raise plan.filters.none_passed(model.n_variants)
         log.info("scan: results written (%.1f s since start)", time.time() - t0)
-        glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots)
+        glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots, plots_top=cfg.plots_top)
         final = {k: stage.final(v) for k, v in glm.items()}
     out = stage.out
     log.info("done in %.1f s: %s", time.time() - t0, out)

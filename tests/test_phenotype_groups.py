@@ -30,3 +30,21 @@ def test_groups_equal_per_phenotype_reads(tmp_path, budget):
         got = groups(name)
         assert got.num_rows == 120 and got.equals(want), name
     assert groups.group == max(1, budget // 120)
+
+
+def test_plots_top_draws_only_the_strongest_phenotypes(tmp_path, spark):
+    import json
+    import os
+
+    from dash_spark.pipeline import ScanConfig, run_scan
+
+    from .oracle_data import make_files
+
+    files = make_files(tmp_path, np.random.default_rng(9), n=300, m=240, name="p")
+    res = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, out=str(tmp_path / "o"),
+                              plots_top=1), spark=spark)
+    best = max(res.summaries, key=lambda n: res.summaries[n].min_p_neg_log10)
+    pngs = sorted(f for f in os.listdir(res.out) if f.endswith(".png"))
+    assert pngs == [f"{best}.manhattan.png", f"{best}.qq.png"]
+    summary = json.loads(open(os.path.join(res.out, "summary.json")).read())
+    assert len(summary["phenotypes"]) == 3  # the summaries cover every phenotype
