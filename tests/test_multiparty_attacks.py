@@ -23,6 +23,7 @@ from dash_spark.multiparty.rounds import (Ledger, TrustFile, close_if_complete, 
                                           key_fingerprint, publish_stats, read_signed, reveal, round_pair_seeds,
                                           sign_manifest, signed_record)
 
+from .helpers import snapshot
 from .party_flow import Study
 
 PARTIES = ["a", "b", "c", "d", "e"]
@@ -33,13 +34,6 @@ def det_keys(name: str) -> PrivateKeys:
                                 hashlib.sha256(b"e|" + name.encode()).digest())
 
 
-def _snapshot(folder) -> dict[str, str]:
-    out = {}
-    for dp, _, files in os.walk(folder):
-        for f in files:
-            with open(os.path.join(dp, f), "rb") as fh:
-                out[os.path.relpath(os.path.join(dp, f), folder)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 class Lab:
@@ -88,10 +82,10 @@ def test_a_party_never_publishes_twice_in_a_round(tmp_path):
     lab.publish("a")
     # 1. the share is deleted from the exchange and the party runs again: the ledger refuses
     shutil.rmtree(os.path.join(lab.uri, "s", "r1", "shares", "a"))
-    before = _snapshot(lab.uri)
+    before = snapshot(lab.uri)
     with pytest.raises(DuplicateShareError, match="party 'a' already published.*whatever the exchange shows"):
         lab.publish("a")
-    assert _snapshot(lab.uri) == before
+    assert snapshot(lab.uri) == before
     # 2. the round's manifest copied to another exchange: joining there is fine, publishing is not
     other = str(tmp_path / "elsewhere")
     os.makedirs(os.path.join(other, "s", "r1"))
@@ -99,10 +93,10 @@ def test_a_party_never_publishes_twice_in_a_round(tmp_path):
         shutil.copy(os.path.join(lab.uri, "s", "r1", f), os.path.join(other, "s", "r1", f))
     lab.join(["b", "c", "d", "e"], uri=other)
     join_round(other, lab.manifest, "a", lab.keys["a"], lab.ledger("a"), trust=lab.trust)
-    before = _snapshot(other)
+    before = snapshot(other)
     with pytest.raises(DuplicateShareError, match="party 'a' already published"):
         lab.publish("a", uri=other)
-    assert _snapshot(other) == before
+    assert snapshot(other) == before
     # 3. a new manifest that reuses the round id: refused at joining, before anything is published
     reused = Manifest.new("s", [k.public() for k in lab.keys.values()], {"kind": "regression", "x": 1},
                           round_id="r1", coordinator=lab.coord.public())
@@ -255,11 +249,11 @@ def test_rerun_in_a_finished_round_changes_nothing(cli_study):
     for p in ("alice", "bob", "carol"):
         code, _, err = st.compress(manifest, p, "--pheno", phenos[p], "--covar", files.covar)
         assert code == 0, err
-    before = _snapshot(st.tmp / "exchange")
+    before = snapshot(st.tmp / "exchange")
     code, _, err = st.compress(manifest, "bob", "--pheno", phenos["bob"], "--covar", files.covar,
                                "--bfile", files.bfile)
     assert code == 2 and "already published" in err and "bob" in err
-    assert _snapshot(st.tmp / "exchange") == before
+    assert snapshot(st.tmp / "exchange") == before
 
 
 def test_release_differencing_is_refused(cli_study, tmp_path):

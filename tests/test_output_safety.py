@@ -4,7 +4,6 @@ staging directory is cleaned by the next run (and nothing else is)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -14,18 +13,10 @@ import pytest
 
 from dash_spark.staging import MARKER, STAGE_MARKER, clean_stale_stages, write_marker
 
+from .helpers import snapshot
 from .test_bad_input import Inputs, run_cli, staging_dirs
 
 
-def _snapshot(folder) -> dict[str, str]:
-    """sha256 of every file below ``folder`` (relative path -> digest)."""
-    out = {}
-    for dp, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(dp, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _one_error_line(rc, err, *needles) -> str:
@@ -44,12 +35,12 @@ def test_scan_out_over_its_inputs_is_refused_with_overwrite(tmp_path, capsys, wh
     inp = Inputs(data)
     out = {"inputs_dir": data, "parent_of_inputs": tmp_path}[where]
     write_marker(str(out), "scan")  # even a directory that looks like an earlier output
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     rc, _, err = run_cli(capsys, ["-q", "scan", "--bfile", inp.bfile, "--pheno", inp.pheno, "--covar", inp.covar,
                                   "--out", str(out), "--overwrite"])
     line = _one_error_line(rc, err, str(out))
     assert "input" in line
-    assert _snapshot(tmp_path) == before  # nothing deleted or written
+    assert snapshot(tmp_path) == before  # nothing deleted or written
     assert staging_dirs(str(out)) == []
 
 
@@ -108,13 +99,13 @@ def test_refresh_out_equal_to_the_store_is_refused(tmp_path, capsys, spark):
     inp = Inputs(tmp_path / "in")
     store = tmp_path / "store"
     run_compress(str(store), "wave1", {"bfile": inp.bfile, "pheno": inp.pheno, "covar": inp.covar}, spark=spark)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     for out in (store, store / "results", tmp_path, tmp_path / "in"):
         rc, _, err = run_cli(capsys, ["-q", "refresh", "--store", str(store), "--out", str(out), "--overwrite"])
         _one_error_line(rc, err, str(out))
         rc, _, err = run_cli(capsys, ["-q", "select", "--store", str(store), "--out", str(out), "--overwrite"])
         _one_error_line(rc, err, str(out))
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
     assert not (store / ".lock").exists()
 
 

@@ -4,7 +4,6 @@ batch directories of a killed run are cleaned, and two first compresses never bo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -17,16 +16,10 @@ import pytest
 from dash_spark.cli import main
 from dash_spark.store import LOCK_FILE, open_store, run_compress
 
+from .helpers import snapshot
 from .oracle_data import make_split_files
 
 
-def _snapshot(folder) -> dict[str, str]:
-    out = {}
-    for dp, _, files in os.walk(folder):
-        for f in files:
-            with open(os.path.join(dp, f), "rb") as fh:
-                out[os.path.relpath(os.path.join(dp, f), folder)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +39,13 @@ def test_a_release_one_sample_away_is_refused(store, capsys):
     log = json.loads(open(os.path.join(root, "releases.json")).read())
     assert len(log) == 1 and log[0]["n_samples"] == 260
     (tmp / "one.txt").write_text(w1[0] + "\n")
-    before = _snapshot(root)
+    before = snapshot(root)
     capsys.readouterr()
     code = main(["-q", "refresh", "--store", root, "--out", str(tmp / "r2"), "--withdraw", str(tmp / "one.txt"),
                  "--no-plots"])
     err = capsys.readouterr().err
     assert code == 2 and "by 1 sample(s), fewer than 20" in err and "--allow-small-release" in err
-    assert _snapshot(root) == before and not (tmp / "r2").exists()
+    assert snapshot(root) == before and not (tmp / "r2").exists()
     # the same on select, and then deliberately with the override (logged, recorded)
     code = main(["-q", "refresh", "--store", root, "--out", str(tmp / "r2"), "--withdraw", str(tmp / "one.txt"),
                  "--no-plots", "--allow-small-release"])
