@@ -162,10 +162,14 @@ class ScanResult:
     seconds: float
 
 
-def config_source(cfg: ScanConfig) -> GenotypeSource:
-    """The genotype source a config names (``--bfile`` or ``--features``), checked."""
+def _named_source(cfg: ScanConfig) -> GenotypeSource:
     return source_from_options(bfile=cfg.bfile, features=cfg.features, feature_samples=cfg.feature_samples,
-                               pfile=cfg.pfile, bgen=cfg.bgen, bgen_ref=cfg.bgen_ref, sample=cfg.sample).check()
+                               pfile=cfg.pfile, bgen=cfg.bgen, bgen_ref=cfg.bgen_ref, sample=cfg.sample)
+
+
+def config_source(cfg: ScanConfig) -> GenotypeSource:
+    """The genotype source a config names (``--bfile``, ``--pfile``, ``--bgen`` or ``--features``), checked."""
+    return _named_source(cfg).check()
 
 
 def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = False) -> Model:
@@ -347,9 +351,7 @@ def _usable_covariates(Cv: np.ndarray, rows: np.ndarray, names: list[str], cfg: 
 
 def config_inputs(cfg: ScanConfig) -> tuple[str, ...]:
     """Every file a scan reads (what its --out may never be, contain or lie inside)."""
-    paths = list(source_from_options(bfile=cfg.bfile, features=cfg.features, feature_samples=cfg.feature_samples,
-                                     pfile=cfg.pfile, bgen=cfg.bgen, bgen_ref=cfg.bgen_ref,
-                                     sample=cfg.sample).input_paths())
+    paths = list(_named_source(cfg).input_paths())
     paths += [cfg.pheno, cfg.covar, cfg.keep, cfg.remove, cfg.extract, cfg.exclude]
     return tuple(p for p in paths if p)
 

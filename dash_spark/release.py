@@ -126,13 +126,10 @@ def check_count_release(entries: list[dict], counts: dict[str, int], *, min_delt
                                    "Nothing was written")
 
 
-def load_log(path: str) -> list[dict]:
-    return _load(path)
-
-
-def record_count_release(path: str, entries: list[dict], counts: dict[str, int], *, label: str, parties,
-                         out: str, overridden: bool) -> None:
-    entries = [e for e in entries if e.get("label") != label] + [
-        {"time": _now(), "label": label, "parties": sorted(parties), "counts": dict(counts), "out": out,
+def with_count_release(entries: list[dict], counts: dict[str, int], *, label: str, parties,
+                       overridden: bool) -> list[dict]:
+    """A study's release log with this round's release recorded (replacing an earlier one of the
+    same round); the caller writes it where the study keeps it."""
+    return [e for e in entries if e.get("label") != label] + [
+        {"time": _now(), "label": label, "parties": sorted(parties), "counts": dict(counts),
          "overridden": bool(overridden)}]
-    _save(path, entries)

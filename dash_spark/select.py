@@ -39,7 +39,7 @@ from .stats.blocks import block_grams, block_sums
 from .stats.results import results_batch
 from .stats.sufficient import Moments, SufficientStats, moments_regression
 from .store import (VARIANTS_FILE, Store, id_file, batch_config, open_store, pooled_block, pooled_globals,
-                    raise_task_error, read_block, store_inputs)
+                    read_block, store_inputs)
 
 log = logging.getLogger("dash_spark")
 
@@ -263,16 +263,14 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     inputs = store_inputs(store)
     out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     batches = list(store.batches)
-    if not batches:
-        raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
+    G = pooled_globals(store, batches)
     from .release import check_sample_release, record_sample_release
     from .store import active_ids, releases_path
 
     released = active_ids(batches)
     log_entries = check_sample_release(releases_path(store), released, min_delta=min_release_delta,
                                        override=allow_small_release, where=f"select {store.root}")
-    G = pooled_globals(s, batches)
-    check_pooled(store, batches, G)
+    check_pooled(store, G)
     k, mode = len(s["covariates"]), s["missing_genotypes"]
     lay = G.layout
     n_t = float(G.n_samples(t))
@@ -317,10 +315,8 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
                                              for v in selected],
                         selected_ids=ids, sub_block=min((st.plan.sub_block for st in steps), default=256))
             path = f"{stage}/results.parquet"
-            try:  # each step's parts replace the last step's (same ranges, same part names)
-                write_ranges(spark, {"batches": steps, "Gq": Gq, "G": G}, ranges, partial(_step_task, spec), stage, ())
-            except Exception as exc:  # noqa: BLE001
-                raise_task_error(exc)
+            # each step's parts replace the last step's (same ranges, same part names)
+            write_ranges(spark, {"batches": steps, "Gq": Gq, "G": G}, ranges, partial(_step_task, spec), stage, ())
             if q:  # the joint model of everything selected so far
                 joint_rows += joint_statistics(Gq, list(s["covariates"]), sel_rows, pheno_name)
             if q >= max_steps:
@@ -417,18 +413,13 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     """A party's share of one selection step: its products with the selected variants, masked with
     the step round's own keys (joined here if need be), once per round (the party's ledger)."""
     from .multiparty import ProtocolError
-    from .multiparty.rounds import join_round, publish_stats
+    from .multiparty.rounds import publish_stats
     from .pipeline import plan_scan, statistics_model
     from .spark.compress import collect_ranges
     from .spark.session import get_session
-    from .study import party_context, wait_for_keys, variant_hash, variant_table
+    from .study import open_round_to_publish, variant_hash, variant_table, wait_for_keys
 
-    uri, manifest, keys, ledger, trust_file = party_context(manifest_path, party, key_path, trust)
-    who = f"party {party!r}, round {manifest.round_id!r}"
-    join_round(uri, manifest, party, keys, ledger, trust=trust_file)
-    ledger.check_unpublished(manifest, party, who=who)
-    if wait <= 0:
-        wait_for_keys(uri, manifest, 0, who=who)
+    uri, manifest, keys, ledger, who = open_round_to_publish(manifest_path, party, key_path, trust, wait)
     s = manifest.settings
     if not (bfile or features or pfile or bgen):
         raise ConfigError(f"{manifest_path}: a selection step needs this party's genotypes; pass --bfile PREFIX "

@@ -152,14 +152,6 @@ def block_bytes(start: int, sums: np.ndarray, columns: tuple[str, ...]) -> bytes
     return buf.getvalue()
 
 
-def raise_task_error(exc: Exception) -> None:
-    """Re-raise one of our errors that a Spark task raised as a plain one-line error
-    (:func:`dash_spark.errors.translate_task_error`)."""
-    from .errors import translate_task_error
-
-    translate_task_error(exc)
-
-
 # ----------------------------------------------------------------------------------------------
 # the store
 
@@ -414,10 +406,7 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
         ranges = [(p, s, e, int(offs[s]), int(offs[e]), []) for p, (s, e) in enumerate(blocks)]
         minus_arg = (minus.dir, tuple(minus.record["blocks"])) if minus is not None else None
         write = partial(_write_blocks, plan, bdir, minus_arg, stat_columns(settings))
-        try:  # only (part, sha256) pairs come back
-            rows = sorted(run_ranges(spark, model.W, ranges, write))
-        except Exception as exc:  # noqa: BLE001 - surface our own task errors as one line
-            raise_task_error(exc)
+        rows = sorted(run_ranges(spark, model.W, ranges, write))  # only (part, sha256) pairs come back
         shas = [sha for _, sha in rows]
         if len(shas) != len(blocks):  # pragma: no cover - one row per range
             raise DashError(f"{what}: {len(shas)} blocks written, expected {len(blocks)}")
@@ -555,9 +544,11 @@ def check_new_batch(store: Store, name: str, source: dict) -> dict:
 # finalizing: pooled statistics -> the scan's outputs
 
 
-def pooled_globals(settings: dict, batches) -> SufficientStats:
-    """The global moments summed over ``batches``."""
-    return sum(b.moments(settings) for b in batches)
+def pooled_globals(store: Store, batches) -> SufficientStats:
+    """The global moments summed over ``batches`` (refused when there is none)."""
+    if not batches:
+        raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
+    return sum(b.moments(store.settings) for b in batches)
 
 
 def pooled_block(spec: dict, vfile, part: int):
@@ -585,10 +576,8 @@ def _finalize_task(spec: dict, G: SufficientStats, ranges):
                             a1freq_floor=spec.get("a1freq_floor", 0.0))
 
 
-def check_pooled(store: Store, batches, G: SufficientStats) -> None:
+def check_pooled(store: Store, G: SufficientStats) -> None:
     """Driver-side checks before a finalize job: enough samples, full-rank covariates."""
-    if not batches:
-        raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
     G.check(where=store.root)
 
 
@@ -599,20 +588,15 @@ def finalize_store(spark, store: Store, batches, stage: str, *, plots: bool = Tr
     from .output import finish_local_outputs
     from .spark.scan import write_ranges
 
-    if not batches:
-        raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
-    G = pooled_globals(store.settings, batches)
-    check_pooled(store, batches, G)
+    G = pooled_globals(store, batches)
+    check_pooled(store, G)
     s = store.settings
     spec = {"phenotypes": s["phenotypes"], "covariates": s["covariates"], "mode": s["missing_genotypes"],
             "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
             "count_alt": s.get("source_kind") == "features", "a1freq_floor": a1freq_floor,
             "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches]}
     ranges = [(p, a, e, 0, 0, []) for p, (a, e) in enumerate(store.blocks)]
-    try:
-        write_ranges(spark, G, ranges, partial(_finalize_task, spec), stage, s["phenotypes"])
-    except Exception as exc:  # noqa: BLE001
-        raise_task_error(exc)
+    write_ranges(spark, G, ranges, partial(_finalize_task, spec), stage, s["phenotypes"])
     counts = {"batches": [b.name for b in batches],
               "pooled_samples": {p: G.n_samples(t) for t, p in enumerate(s["phenotypes"])}}
     model = OutputModel(phenotypes=tuple(s["phenotypes"]), covariates=tuple(s["covariates"]),

@@ -28,8 +28,8 @@ from .io.tables import match_samples, read_sample_table
 from .multiparty import ProtocolError
 from .multiparty.exchange import Manifest, locate_manifest, read_share_file
 from .multiparty.keys import fingerprint, load_private
-from .multiparty.rounds import (Ledger, TrustFile, close_if_complete, combine, join_round, publish_stats,
-                                read_round_keys, read_survivors, reveal, verify_manifest)
+from .multiparty.rounds import (Ledger, RevealsMissing, TrustFile, close_if_complete, combine, join_round,
+                                publish_stats, read_round_keys, read_survivors, reveal, verify_manifest)
 from .output import check_output_names, safe_name
 from .stats.sufficient import Moments, SufficientStats
 
@@ -138,6 +138,23 @@ def wait_for_keys(uri: str, manifest: Manifest, wait: float, *, who: str) -> Non
         time.sleep(0.5)
 
 
+def open_round_to_publish(manifest_path: str, party: str, key_path: str, trust: str | None, wait: float):
+    """Everything a party checks before computing a share (its join included): the round is
+    authentic and this party's to join, it has not published in it, the round is not closed, and
+    (without ``wait``) every other party's round key is already there. Returns ``(exchange root,
+    manifest, keys, ledger, who)``."""
+    uri, manifest, keys, ledger, trust_file = party_context(manifest_path, party, key_path, trust)
+    who = f"party {party!r}, round {manifest.round_id!r}"
+    join_round(uri, manifest, party, keys, ledger, trust=trust_file)
+    ledger.check_unpublished(manifest, party, who=who)
+    if read_survivors(uri, manifest) is not None:
+        raise ProtocolError(f"{who}: the round is closed (its survivors are fixed); a late share would not count. "
+                            "Nothing was computed or published")
+    if wait <= 0:
+        wait_for_keys(uri, manifest, 0, who=who)
+    return uri, manifest, keys, ledger, who
+
+
 def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: str, covar: str | None,
                        bfile: str | None, features: str | None = None, feature_samples: str | None = None,
                        pfile: str | None = None, bgen: str | None = None, bgen_ref: str | None = None,
@@ -153,15 +170,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
     and only then does Spark run.
     """
     t0 = time.time()
-    uri, manifest, keys, ledger, trust_file = party_context(manifest_path, party, key_path, trust)
-    who = f"party {party!r}, round {manifest.round_id!r}"
-    join_round(uri, manifest, party, keys, ledger, trust=trust_file)
-    ledger.check_unpublished(manifest, party, who=who)
-    if read_survivors(uri, manifest) is not None:
-        raise ProtocolError(f"{who}: the round is closed (its survivors are fixed); a late share would not count. "
-                            "Nothing was computed or published")
-    if wait <= 0:
-        wait_for_keys(uri, manifest, 0, who=who)
+    uri, manifest, keys, ledger, who = open_round_to_publish(manifest_path, party, key_path, trust, wait)
     settings = manifest.settings
     kind = "scan" if (bfile or features or pfile or bgen) else "regression"
     if settings.get("kind") and settings["kind"] not in (kind, "select-step"):
@@ -289,27 +298,25 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     from .staging import check_out_dir, staged_output
 
     t0 = time.time()
-    uri, _ = locate_manifest(manifest_path)
+    uri, manifest = locate_manifest(manifest_path)
     inputs = (uri,) if "://" not in uri else ()
     check_out_dir(out, overwrite=overwrite, inputs=inputs)
     _, first, S = combine_study(manifest_path, sign_key=sign_key, allow_dropouts=allow_dropouts, trust=trust)
-    if S is None:
-        deadline = time.time() + max(0.0, wait)
-        while True:
+    if S is None:  # this call closed the round: the survivors' reveals are needed
+        if wait <= 0:
+            return {"closed": first["closed"]}
+        deadline = time.time() + wait
+        while S is None:
             try:
                 _, first, S = combine_study(manifest_path, trust=trust)
-                break
-            except ProtocolError as exc:
-                if "to unmask" not in str(exc) or time.time() >= deadline:
-                    if time.time() >= deadline and wait <= 0:
-                        return {"closed": first["closed"]}
+            except RevealsMissing:
+                if time.time() >= deadline:
                     raise
                 time.sleep(0.5)
     import json
 
-    from .release import check_count_release, check_min_n
+    from .release import check_count_release, check_min_n, with_count_release
 
-    _, manifest = locate_manifest(manifest_path)
     counts = {p: S.n_samples(t) for t, p in enumerate(S.phenotypes)}
     where = f"combine study {manifest.study!r} round {manifest.round_id!r}"
     check_min_n(counts, min_n=min_n, override=allow_small_release, where=where)
@@ -336,9 +343,8 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
                                         "parties": first["parties"], "survivors": first["survivors"]})
             glm, _ = write_outputs_local(stage.path, table, model, plots=plots)
             written = {k: stage.final(v) for k, v in glm.items()}
-        entries = [e for e in entries if e.get("label") != manifest.round_id] + [{
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "label": manifest.round_id,
-            "parties": first["survivors"], "counts": counts, "overridden": bool(allow_small_release)}]
+        entries = with_count_release(entries, counts, label=manifest.round_id, parties=first["survivors"],
+                                     overridden=allow_small_release)
         loc.write_atomic(log_path, json.dumps(entries, indent=1, sort_keys=True).encode(), what="release log")
     log.info("combine: outputs in %s (%.1f s)", out, time.time() - t0)
     return written

@@ -218,7 +218,7 @@ def test_task_error_of_a_dataframe_job_is_tagged(spark):
 
 
 def test_translate_task_error_text():
-    from dash_spark.store import StoreError, raise_task_error
+    from dash_spark.store import StoreError
 
     with pytest.raises(StoreError, match=r"^s/blocks/1: checksum differs$"):
         translate_task_error(RuntimeError("Traceback ...\nRuntimeError: [dash-spark StoreError] s/blocks/1: checksum differs\n"))
@@ -226,7 +226,7 @@ def test_translate_task_error_text():
         translate_task_error(RuntimeError("[dash-spark NoSuchError] a: b"))
     assert type(excinfo.value) is InputError
     with pytest.raises(ConfigError, match=r"^--x: bad$"):  # untagged, as a traceback ends
-        raise_task_error(RuntimeError("  File ...\ndash_spark.errors.ConfigError: --x: bad\n"))
+        translate_task_error(RuntimeError("  File ...\ndash_spark.errors.ConfigError: --x: bad\n"))
     plain = ValueError("something else")
     with pytest.raises(ValueError) as excinfo:
         translate_task_error(plain)

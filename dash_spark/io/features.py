@@ -30,12 +30,14 @@ def _parquet_files(path: str) -> list[str]:
     return files
 
 
-def _row_groups(path: str) -> list[tuple[str, int, int]]:
-    """``(file, row group, rows)`` of every row group of the table, in row order."""
+def _row_groups(path: str) -> list[tuple[pq.ParquetFile, int, int]]:
+    """``(open file, row group, rows)`` of every row group of the table, in row order (each file
+    opened once)."""
     out = []
     for f in _parquet_files(path):
-        md = pq.ParquetFile(f).metadata
-        out += [(f, g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
+        pf = pq.ParquetFile(f)
+        md = pf.metadata
+        out += [(pf, g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
     return out
 
 
@@ -84,9 +86,9 @@ def read_feature_rows(path: str, n_samples: int, rows: np.ndarray) -> tuple[np.n
     starts = np.cumsum([0] + [n for _, _, n in rgs])
     gidx = np.searchsorted(starts, rows, side="right") - 1
     groups = sorted(set(gidx.tolist()))
-    names = pq.ParquetFile(rgs[groups[0]][0]).schema_arrow.names
+    names = rgs[groups[0]][0].schema_arrow.names
     cols = [c for c in ("values", "id", "chrom", "pos") if c in names]
-    table = pa.concat_tables([pq.ParquetFile(rgs[g][0]).read_row_group(rgs[g][1], columns=cols) for g in groups])
+    table = pa.concat_tables([rgs[g][0].read_row_group(rgs[g][1], columns=cols) for g in groups])
     # the groups read are concatenated in order: where each one starts in ``table``
     first_row = dict(zip(groups, np.cumsum([0] + [rgs[g][2] for g in groups[:-1]])))
     local = np.array([first_row[g] for g in gidx], dtype=np.int64) + (rows - starts[gidx])

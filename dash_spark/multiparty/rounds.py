@@ -395,6 +395,10 @@ def round_pair_seeds(manifest: Manifest, party: str, sec: RoundSecrets, pubs: di
 # closing a round: the survivors, and what they reveal
 
 
+class RevealsMissing(ProtocolError):
+    """A closed round whose survivors have not all revealed yet (combine can wait for them)."""
+
+
 def survivors_path(loc: Location, manifest: Manifest) -> str:
     return _round_path(loc, manifest, "survivors.json")
 
@@ -499,7 +503,7 @@ def read_reveals(uri: str, manifest: Manifest, body: dict) -> tuple[dict[str, by
     pubs, _ = read_round_keys(uri, manifest)
     missing = [p for p in body["survivors"] if not loc.exists(_round_path(loc, manifest, "unmask", f"{p}.json"))]
     if missing:
-        raise ProtocolError(f"{loc.show(_round_path(loc, manifest))}: waiting for {', '.join(missing)} to unmask; "
+        raise RevealsMissing(f"{loc.show(_round_path(loc, manifest))}: waiting for {', '.join(missing)} to unmask; "
                             f"each survivor runs `dash-spark party unmask --manifest ...`, then combine again")
     self_seeds, pair = {}, {}
     for p in body["survivors"]:
@@ -613,7 +617,7 @@ def combine(uri: str, manifest: Manifest, *, must_agree=()) -> tuple[dict[str, d
     return ({p: h for p, (h, _) in shares.items()}, {n: decode(v, manifest.frac_bits) for n, v in sums.items()})
 
 
-__all__ = ["Ledger", "RoundSecrets", "TrustFile", "close_if_complete", "close_round", "combine", "join_round",
+__all__ = ["Ledger", "RevealsMissing", "RoundSecrets", "TrustFile", "close_if_complete", "close_round", "combine", "join_round",
            "key_fingerprint", "publish_round_key", "publish_stats", "read_signed", "signed_record",
            "read_reveals", "read_round_keys", "read_survivors", "reveal", "round_pair_seeds", "sign_manifest",
            "verify_manifest"]

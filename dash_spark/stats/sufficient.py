@@ -227,10 +227,6 @@ class SufficientStats:
         t = phenotype if isinstance(phenotype, int) else self.phenotypes.index(phenotype)
         return self.moments[t].n
 
-    def column(self, t: int, name: str) -> np.ndarray:
-        """Per-variant statistic ``name`` of phenotype ``t`` [shape: (m, width)] (a view)."""
-        return self.per_variant[:, self.layout.of(t, name)]
-
     def block(self, first: int, per_variant: np.ndarray, variants: pa.Table | None = None) -> "SufficientStats":
         """The same global moments with the per-variant rows of a block of variants."""
         return replace(self, per_variant=per_variant, first_variant=first, variants=variants)
