@@ -109,6 +109,12 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="with --gwas-ssf (required there): the .bim positions' assembly, e.g. GRCh38 or GRCh37")
     p.add_argument("--report-covariates", action="store_true", default=None,
                    help="also write <phenotype>.covariates.tsv: the covariates' effects in the null model y ~ C")
+    p.add_argument("--pred", metavar="FILE_pred.list",
+                   help="REGENIE step-1 LOCO predictions: each phenotype is adjusted by its prediction for the "
+                        "tested variant's chromosome")
+    p.add_argument("--pred-test", choices=["wald", "regenie"],
+                   help="with --pred: wald (default; the Wald t-test of y - offset, as Glow's offset_df) or "
+                        "regenie (REGENIE's step-2 score test; also writes <phenotype>.regenie)")
     f = p.add_argument_group("filters (plink2's names and meanings)")
     f.add_argument("--keep", metavar="FILE", help="analyse only the samples listed (IID or FID IID per line)")
     f.add_argument("--remove", metavar="FILE", help="leave out the samples listed")
@@ -137,7 +143,7 @@ SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_re
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
-               "a1freq_lower_limit", "plots_top")
+               "a1freq_lower_limit", "plots_top", "pred", "pred_test")
 
 
 def scan_config_from_args(args):

@@ -15,7 +15,7 @@ from .errors import ConfigError, did_you_mean
 from .pipeline import ScanConfig
 from .spark.session import read_properties
 
-PATH_KEYS = ("bfile", "features", "feature_samples", "pfile", "bgen", "sample", "pheno", "covar", "out", "keep",
+PATH_KEYS = ("pred", "bfile", "features", "feature_samples", "pfile", "bgen", "sample", "pheno", "covar", "out", "keep",
              "remove", "extract", "exclude")
 
 

@@ -375,6 +375,56 @@ def write_extra_outputs(stage: str, model) -> None:
         from . import gwas_ssf
 
         gwas_ssf.write_extra_outputs(stage, os.path.join(stage, _PARTS), extra, model.phenotypes, safe_name)
+    if getattr(model, "regenie_outputs", False):
+        write_regenie_files(stage, model.phenotypes)
+
+
+REGENIE_HEADER = "CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ TEST BETA SE CHISQ LOG10P"
+
+
+def regenie_lines(rows) -> list[str]:
+    """REGENIE's step-2 lines (``--pred-test regenie``) for a ``{column: list}`` mapping of result
+    rows, numbers with REGENIE's 6 significant digits; CHROM as REGENIE numbers it (X = 23)."""
+    from .io.loco import loco_chromosome
+
+    def g(x):
+        return "NA" if x is None or x != x else f"{x:.6g}"
+
+    out = []
+    for chrom, pos, vid, ref, alt, a1, freq, beta, se, t, nlp in zip(
+            rows["chrom"], rows["pos"], rows["id"], rows["ref"], rows["alt"], rows["a1"], rows["a1_freq"],
+            rows["beta"], rows["se"], rows["t_stat"], rows["neg_log10_p"]):
+        code = loco_chromosome(chrom)
+        other = ref if a1 == alt else alt
+        chisq = None if t is None else t * t
+        out.append(f"{code if code is not None else chrom} {pos} {vid} {other} {a1} {g(freq)} ADD "
+                   f"{g(beta)} {g(se)} {g(chisq)} {g(nlp)}")
+    return out
+
+
+def write_regenie_files(stage: str, phenotypes) -> dict[str, str]:
+    """``<phenotype>.regenie`` (REGENIE's layout, space-separated, variant order) for each phenotype
+    from the results Parquet under the local ``stage``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    cols = ["variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "beta", "se", "t_stat",
+            "neg_log10_p"]
+    paths = {}
+    for name in phenotypes:
+        table = pq.read_table(os.path.join(stage, _PARTS), columns=cols, filters=[("phenotype", "=", name)])
+        table = table.take(pc.sort_indices(table, sort_keys=[("variant_index", "ascending")]))
+        path = os.path.join(stage, f"{safe_name(name)}.regenie")
+        lines = regenie_lines(table.to_pydict())
+
+        def write(tmp, lines=lines):
+            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(REGENIE_HEADER + "\n")
+                fh.writelines(line + "\n" for line in lines)
+
+        _replace_with(path, write)
+        paths[name] = path
+    return paths
 
 
 def _summarize_and_plot(stage: str, model, rows_of, plots: bool, plots_top: int | None = None) -> dict:

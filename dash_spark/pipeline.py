@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -33,11 +34,12 @@ from .stats.kernel import pad_weights
 from .stats.regression import CovariateCorrelation, covariate_basis
 from .stats.results import RESULT_SCHEMA_DDL
 from .stats.sufficient import Moments, SufficientStats
-from .tasks import Pattern, ScanPlan, default_block_variants, plan_ranges, scan_ranges, sub_block_size
+from .tasks import GroupedPlan, Pattern, ScanPlan, default_block_variants, plan_ranges, scan_ranges, sub_block_size
 
 log = logging.getLogger("dash_spark")
 
 MISSING_GENOTYPE_MODES = ("drop", "mean")
+PRED_TESTS = ("wald", "regenie")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class ScanConfig:
     gwas_ssf: bool = False
     genome_assembly: str | None = None
     report_covariates: bool = False
+    pred: str | None = None
+    pred_test: str = "wald"
     master: str | None = None
     spark_conf: dict[str, str] = field(default_factory=dict)
 
@@ -110,6 +114,15 @@ class ScanConfig:
             raise ConfigError(f"--plots-top: expected a positive number of phenotypes, found {self.plots_top}")
         if not 0 <= self.a1freq_lower_limit < 0.5:
             raise ConfigError(f"--a1freq-lower-limit: expected a frequency in [0, 0.5), found {self.a1freq_lower_limit}")
+        if self.pred_test not in PRED_TESTS:
+            raise ConfigError(f"--pred-test: expected one of {', '.join(PRED_TESTS)}, found {self.pred_test!r}")
+        if self.pred_test == "regenie" and not self.pred:
+            raise ConfigError("--pred-test regenie needs --pred FILE_pred.list (REGENIE's step-1 predictions)")
+        if self.pred_test == "regenie" and "://" in self.out and not self.out.startswith("file://"):
+            raise ConfigError("--pred-test regenie writes its .regenie files to a local or shared --out; "
+                              f"found {self.out}")
+        if self.pred and self.pred_test == "regenie" and self.no_intercept:
+            raise ConfigError("--pred-test regenie: REGENIE's test always has an intercept; drop --no-intercept")
         if self.task_memory_mb < 16:
             raise ConfigError(f"task_memory_mb: expected at least 16, found {self.task_memory_mb}")
         if self.gwas_ssf or self.genome_assembly or self.report_covariates:
@@ -146,11 +159,26 @@ class Model:
     #: extra per-phenotype outputs of a scan: GWAS-SSF files (:mod:`dash_spark.gwas_ssf`) and the
     #: null models' covariate effects (``--report-covariates``), written by the output writers
     extra_outputs: object | None = None
+    #: ``--pred``: one :class:`PredGroup` per chromosome (its variants, patterns or REGENIE spec);
+    #: ``W`` is then the tuple of the groups' weight matrices, in the same order
+    groups: tuple | None = None
+    #: ``--pred-test regenie``: also write ``<phenotype>.regenie``
+    regenie_outputs: bool = False
 
     @property
     def n_variants(self) -> int:
         """Variants selected for testing (after --extract/--chr ... filters)."""
         return len(self.variants)
+
+
+@dataclass(frozen=True)
+class PredGroup:
+    """The variants of one chromosome under ``--pred``: their LOCO offsets are that chromosome's."""
+
+    chrom: str
+    variants: np.ndarray
+    patterns: tuple
+    regenie: object | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +286,48 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
                 f"{cfg.pheno}: phenotype {pheno.names[t]!r} has the same value for all {int(mask.sum())} "
                 f"analysed samples; expected a phenotype that varies, found a constant. Check the column "
                 f"or leave it out with --pheno-name")
+    if cfg.pred:
+        if party:
+            raise ConfigError("--pred: LOCO offsets are taken by scan (and the Python API's scan) so far; party "
+                              "compress, stores and select do not take them yet (leave out --pred)")
+        loco = _read_locos(cfg, fam, pheno.names, base)
+        masks = [mask & loco[t].present for t, mask in enumerate(masks)]
+    A_cols, B_cols, patterns, moments = _pattern_columns(cfg, C, cov_names, Y, masks, pheno.names, party)
+    # allele frequencies over the .fam's founders (all samples if none) decide which allele is
+    # major, as plink2 does, independently of each phenotype's samples
+    # (among the samples --keep/--remove leave); the kept mask itself gives --geno's missing rate
+    use_founders = fam.founder.any() if subset_of_fam else (fam.founder & kept).any()
+    freq_mask = fam.founder & kept if use_founders else kept
+    tail = [kept.astype(np.float64)[:, None], freq_mask.astype(np.float64)[:, None]]
+    A = np.hstack(A_cols + tail)
+    B = np.hstack(B_cols)
+    W, groups = pad_weights(A, B), None
+    if cfg.pred:
+        W, groups, A, patterns = _pred_groups(cfg, bim, variants, C, cov_names, Y, masks, base, loco, pheno.names, tail)
+    log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
+             len(pheno.names), len(patterns), A.shape[0], A.shape[1] + B.shape[1],
+             A.nbytes / 1e6 + B.nbytes / 1e6)
+    counts = dict(counts)
+    counts.update(analysed=int(base.sum()), dropped_missing_covariate=dropped_cov)
+    extra = None
+    if not party and (cfg.gwas_ssf or cfg.report_covariates):
+        from .gwas_ssf import ExtraOutputs
+
+        extra = ExtraOutputs.build(cfg, C, Y, masks, tuple(pheno.names), tuple(cov_names))
+    return Model(
+        source=source, fam_path=fam_path, bim=bim, n_samples=n, phenotypes=tuple(pheno.names),
+        covariates=tuple(cov_names), patterns=tuple(patterns), W=W, groups=groups,
+        n_a=A.shape[1], n_freq=int(freq_mask.sum()), n_kept=int(kept.sum()), variants=variants,
+        counts=counts, moments=tuple(moments) if party else None, missing_genotypes=cfg.missing_genotypes,
+        extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie",
+    )
+
+
+def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.ndarray, masks, names,
+                     party: bool, *, quiet: bool = False):
+    """``(A columns, B columns, patterns, moments)`` of the phenotypes ``Y`` [shape: (n, p)] with
+    their sample ``masks``: one pattern per distinct mask (per phenotype for a statistics model)."""
+    pheno_names = list(names)
     groups: dict[bytes, list[int]] = {}
     for t, mask in enumerate(masks):
         groups.setdefault(str(t).encode() if party else np.packbits(mask).tobytes(), []).append(t)
@@ -266,7 +336,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     a_off = 0
     for g, idx in enumerate(groups.values()):
         mask = masks[idx[0]]
-        names = tuple(pheno.names[t] for t in idx)
+        names = tuple(pheno_names[t] for t in idx)
         where = f"phenotype {', '.join(names)} ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
         Yg = np.where(mask[:, None], np.nan_to_num(Y[:, idx]), 0.0)
         if party:
@@ -291,34 +361,80 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         cc = CovariateCorrelation.build(C[mask], basis.R)
         patterns.append(Pattern(names, basis.n, basis.k, a_off, g, Qy, yy, cc))
         a_off += basis.k + len(idx) + 1
-        for name in names:
+        for name in () if quiet else names:
             log.info("phenotype %s: %d samples, %d covariates, %d degrees of freedom",
                      name, basis.n, basis.k, basis.n - basis.k - 1)
-    # allele frequencies over the .fam's founders (all samples if none) decide which allele is
-    # major, as plink2 does, independently of each phenotype's samples
-    # (among the samples --keep/--remove leave); the kept mask itself gives --geno's missing rate
-    use_founders = fam.founder.any() if subset_of_fam else (fam.founder & kept).any()
-    freq_mask = fam.founder & kept if use_founders else kept
-    A_cols += [kept.astype(np.float64)[:, None], freq_mask.astype(np.float64)[:, None]]
-    A = np.hstack(A_cols)
-    B = np.hstack(B_cols)
-    log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
-             len(pheno.names), len(patterns), A.shape[0], A.shape[1] + B.shape[1],
-             A.nbytes / 1e6 + B.nbytes / 1e6)
-    counts = dict(counts)
-    counts.update(analysed=int(base.sum()), dropped_missing_covariate=dropped_cov)
-    extra = None
-    if not party and (cfg.gwas_ssf or cfg.report_covariates):
-        from .gwas_ssf import ExtraOutputs
+    return A_cols, B_cols, patterns, moments
 
-        extra = ExtraOutputs.build(cfg, C, Y, masks, tuple(pheno.names), tuple(cov_names))
-    return Model(
-        source=source, fam_path=fam_path, bim=bim, n_samples=n, phenotypes=tuple(pheno.names),
-        covariates=tuple(cov_names), patterns=tuple(patterns), W=pad_weights(A, B),
-        n_a=A.shape[1], n_freq=int(freq_mask.sum()), n_kept=int(kept.sum()), variants=variants,
-        counts=counts, moments=tuple(moments) if party else None, missing_genotypes=cfg.missing_genotypes,
-        extra_outputs=extra,
-    )
+
+def _read_locos(cfg: ScanConfig, fam, names, base: np.ndarray) -> list:
+    """Each phenotype's :class:`~dash_spark.io.loco.Loco` (``--pred``), matched to the .fam by
+    REGENIE's ``FID_IID`` keys; samples without a prediction leave that phenotype, as in REGENIE."""
+    from .io.loco import read_loco, read_pred_list
+
+    files = read_pred_list(cfg.pred, names)
+    keys = [f"{f}_{i}" for f, i in zip(fam.fids, fam.iids)]
+    out = []
+    for name in names:
+        loco = read_loco(files[name], keys, base, name)
+        gone = int((base & ~loco.present).sum())
+        if gone:
+            log.warning("%s: %d analysed sample(s) have no LOCO prediction for phenotype %s; left out of it "
+                        "(as REGENIE does)", loco.path, gone, name)
+        if not (base & loco.present).any():
+            raise InputError(f"{loco.path}: none of the analysed samples of phenotype {name!r} is in the file "
+                             "(its header's FID_IID keys); rerun REGENIE's step 1 on these samples")
+        out.append(loco)
+    return out
+
+
+def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray, masks,
+                 base: np.ndarray, loco, names, tail):
+    """``(W tuple, groups, A of the first group, patterns of the first group)`` of a ``--pred`` scan:
+    one weight matrix per chromosome of the tested variants, whose phenotype columns carry that
+    chromosome's LOCO offsets (Wald: ``y - o``; REGENIE: the score test's residual ``r``)."""
+    from .io.loco import loco_chromosome
+    from .stats.regenie import null_phenotype, regenie_weights
+
+    chroms = np.asarray(bim.chrom)[variants] if len(variants) else np.asarray([], dtype=object)
+    order, groups, Ws, first = [], [], [], None
+    for name in dict.fromkeys(chroms.tolist()):
+        order.append(name)
+    regenie = cfg.pred_test == "regenie"
+    if regenie:
+        analysed = base & np.any(~np.isnan(Y), axis=1)
+        basis = covariate_basis(C, analysed, cov_names, where=f"--pred-test regenie: covariates ({cfg.covar})")
+        nulls = []
+        for t, name in enumerate(names):
+            yt, scale = null_phenotype(basis.Q, analysed, Y[:, t], ~np.isnan(Y[:, t]), masks[t])
+            if not scale > 1e-6:
+                raise InputError(f"{cfg.pheno}: phenotype {name!r} has no variance left after the covariates "
+                                 "(REGENIE's sd=0); leave it out with --pheno-name")
+            nulls.append((name, yt, scale, masks[t]))
+    for chrom in order:
+        code = loco_chromosome(chrom)
+        if code is None:
+            raise InputError(f"--pred {cfg.pred}: REGENIE has no LOCO prediction for chromosome {chrom!r} "
+                             "(its predictions cover 1-22 and X); leave it out with --chr")
+        offsets = [lc.offset(code, chrom) for lc in loco]
+        idx = variants[chroms == chrom]
+        if regenie:
+            A_cols, B_cols, spec = regenie_weights(basis.Q, analysed, nulls, offsets)
+            pats = ()
+        else:
+            Yc = Y - np.column_stack(offsets)
+            A_cols, B_cols, pats, _ = _pattern_columns(cfg, C, cov_names, Yc, masks, names, False, quiet=True)
+            pats, spec = tuple(pats), None
+        A = np.hstack(A_cols + tail)
+        Ws.append(pad_weights(A, np.hstack(B_cols)))
+        groups.append(PredGroup(chrom=chrom, variants=idx, patterns=pats, regenie=spec))
+        if first is None:
+            first = (A, pats)
+    if first is None:
+        raise InputError("--pred: no variant left to test (check --chr/--extract)")
+    log.info("--pred %s: %s test, LOCO offsets for %d chromosome(s)", cfg.pred,
+             "REGENIE's score" if regenie else "Wald", len(groups))
+    return tuple(Ws), tuple(groups), first[0], list(first[1])
 
 
 def _usable_covariates(Cv: np.ndarray, rows: np.ndarray, names: list[str], cfg: ScanConfig):
@@ -359,19 +475,31 @@ def config_inputs(cfg: ScanConfig) -> tuple[str, ...]:
 def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan, list[tuple], int]:
     """The tasks' plan and the partition ranges of a model (shared by the scan and a party's compress).
 
-    Returns ``(plan, ranges, block_variants)``.
+    Returns ``(plan, ranges, block_variants)``; a ``--pred`` model's plan is a
+    :class:`~dash_spark.tasks.GroupedPlan` (one plan per chromosome; ``model.W`` is the tuple of
+    their weight matrices) whose ranges never span two chromosomes.
     """
     bv = cfg.block_variants or default_block_variants(len(model.variants), parallelism)
+    width = (model.W[0] if model.groups else model.W).shape[1]
     plan = ScanPlan(
         reader=model.source.reader(), n_samples=model.n_samples,
         n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns,
         filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno),
-        sub_block=sub_block_size(model.n_samples, model.W.shape[1], cfg.task_memory_mb << 20,
+        sub_block=sub_block_size(model.n_samples, width, cfg.task_memory_mb << 20,
                                  dense=not isinstance(model.source, BedSource)),
         count_alt=cfg.count_alt or model.source.count_alt, missing_genotypes=cfg.missing_genotypes,
         a1freq_floor=cfg.a1freq_lower_limit,
     )
-    return plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv
+    if not model.groups:
+        return plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv
+    plans, ranges, group_of_part = [], [], {}
+    for g, group in enumerate(model.groups):
+        plans.append(dataclasses.replace(plan, patterns=tuple(group.patterns), regenie=group.regenie))
+        for row in plan_ranges(group.variants, bv, model.bim.line_offsets):
+            part = len(ranges)
+            group_of_part[part] = g
+            ranges.append((part,) + tuple(row[1:]))
+    return GroupedPlan(tuple(plans), group_of_part), ranges, bv
 
 
 def tasks_can_write(uri: str) -> bool:

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from .filters import CallFilters
 from .stats.blocks import block_grams, block_sums
+from .stats.regenie import RegenieSpec, regenie_stats
 from .stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
 from .stats.results import results_batch
 from .stats.sufficient import StatLayout, block_statistics
@@ -68,11 +69,31 @@ class ScanPlan:
     missing_genotypes: str = "drop"
     filters: CallFilters = CallFilters()
     a1freq_floor: float = 0.0
+    #: REGENIE's score test (``--pred ... --pred-test regenie``) instead of the patterns' Wald tests
+    regenie: RegenieSpec | None = None
 
     @property
     def layout(self) -> StatLayout:
         """The statistics layout of a statistics model's plan (one pattern per phenotype)."""
         return StatLayout(self.patterns[0].k if self.patterns else 0, len(self.patterns), self.missing_genotypes)
+
+
+@dataclass(frozen=True)
+class GroupedPlan:
+    """Plans of variant groups that need their own weight matrix (``--pred``: one per chromosome,
+    whose LOCO offsets differ); range row ``part`` belongs to group ``group_of_part[part]`` and the
+    broadcast value is the tuple of the groups' ``W``."""
+
+    plans: tuple[ScanPlan, ...]
+    group_of_part: dict
+
+    @property
+    def filters(self) -> CallFilters:
+        return self.plans[0].filters
+
+    @property
+    def sub_block(self) -> int:
+        return self.plans[0].sub_block
 
 
 def plan_ranges(variants: np.ndarray, block_variants: int, line_offsets: np.ndarray) -> list[tuple]:
@@ -123,6 +144,13 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
         if not ok.all():
             SX, SXX, SM, vidx = SX[ok], SXX[ok], SM[ok], vidx[ok]
             block = block.take(ok)
+    if plan.regenie is not None:  # REGENIE's score test; ALLELE1 is the ALT allele, as REGENIE reports it
+        tested, _, named = regenie_stats(plan.regenie, SX, SXX, SM)
+        if not tested.all():
+            SX, SM, vidx = SX[tested], SM[tested], vidx[tested]
+            block = block.take(tested)
+        return results_batch(vidx, block.meta, SX[:, -1], plan.n_freq - SM[:, -1], named, count_alt=True,
+                             a1freq_floor=plan.a1freq_floor)
     named = []
     for pat in plan.patterns:
         a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
@@ -141,6 +169,11 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
 
 def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
     """Yield Arrow batches of results for an iterable of range rows (executor side, no Spark)."""
+    if isinstance(plan, GroupedPlan):
+        for row in ranges:
+            g = plan.group_of_part[row[0]]
+            yield from scan_ranges(plan.plans[g], W[g], [row])
+        return
     for vidx, block in _sub_blocks(plan, ranges, meta=True):
         yield scan_block(plan, W, vidx, block)
 

@@ -1,0 +1,163 @@
+"""REGENIE's step-2 score test for quantitative traits, from the kernel's additive sums.
+
+REGENIE (v1.0.6.7 and later, default non-``--strict`` mode) tests variant ``x`` for phenotype ``t``
+over the analysed samples ``A`` (those with at least one phenotype and every covariate) as follows:
+
+- ``Q``: orthonormal basis of the covariates (intercept included) over ``A``;
+- ``x``: missing calls imputed with the mean over ``A``; ``g = x - Q Q'x`` (over ``A``);
+- phenotype: centred (mean over its non-missing samples), residualized on ``Q`` on its own samples
+  ``M_t`` and divided by ``s_t = |.| / sqrt(N_t - 1)``; minus the LOCO prediction ``o`` of the
+  variant's chromosome: ``r = M_t (y~ - o)``, whose scale is ``p_t = |r| / sqrt(N_t - 1)``;
+- ``T = g'r / (p_t sqrt(g' M_t g))``, ``CHISQ = T^2`` (one degree of freedom),
+  ``BETA = s_t g'r / g' M_t g``, ``SE = s_t p_t / sqrt(g' M_t g)``, ``LOG10P = -log10 P(chi2_1 > CHISQ)``.
+
+Variants with a minor allele count over ``A`` below ``min_mac`` (REGENIE's ``--minMAC``, 5), or
+whose ``g`` has a standard deviation below 1e-6, are not tested (REGENIE leaves them out of its
+output). Everything per variant is a column of the kernel's sums over the weight matrix
+:func:`regenie_weights` builds, so the test runs at the kernel's speed on executors.
+
+Numpy/scipy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from .regression import ERR_OK, VariantStats
+
+LN10 = float(np.log(10.0))
+NUMTOL = 1e-6  # REGENIE's numtol: a residualized variant with a smaller standard deviation is skipped
+
+
+@dataclass(frozen=True)
+class RegeniePhenotype:
+    """One phenotype's columns of ``W`` and its null-model constants for one chromosome."""
+
+    name: str
+    r_col: int           # A column: r = M (y~ - o)
+    mq_col: int          # first of k A columns M*Q (-1 when M is all of A)
+    m_col: int           # A column: M
+    b_col: int           # B column: M (-1 when M is all of A)
+    n: int
+    scale_y: float
+    p_sd: float
+    Qr: np.ndarray       # Q'r [shape: (k,)]
+    QMQ: np.ndarray | None  # Q' M Q [shape: (k, k)] (None when M is all of A)
+
+
+@dataclass(frozen=True)
+class RegenieSpec:
+    """Where a task finds the score test's sums in the kernel's output (one chromosome)."""
+
+    k: int
+    a_col: int           # A column 1_A (after the k columns of Q at 0..k)
+    b_col: int           # B column 1_A
+    n_analysed: int
+    phenotypes: tuple[RegeniePhenotype, ...]
+    min_mac: float = 5.0
+
+
+def null_phenotype(Q: np.ndarray, analysed: np.ndarray, y: np.ndarray, present: np.ndarray, mask: np.ndarray):
+    """REGENIE's residualized, scaled phenotype ``y~`` [shape: (n,)] and its scale ``s``.
+
+    ``y`` [shape: (n,)] raw values (NaN missing); ``present``: samples whose value enters the mean;
+    ``mask``: the phenotype's analysed samples ``M`` (also in the .loco file)."""
+    use = present & ~np.isnan(y)
+    mean = float(y[use].mean())
+    yc = np.where(use & analysed, y - mean, 0.0)
+    yt = yc - mask * (Q @ (Q.T @ yc))
+    n = int(mask.sum())
+    scale = float(np.linalg.norm(yt) / np.sqrt(n - 1))
+    return yt / scale, scale
+
+
+def regenie_weights(Q: np.ndarray, analysed: np.ndarray, nulls, offsets, min_mac: float = 5.0):
+    """``(A columns, B columns, spec)`` for one chromosome.
+
+    ``nulls``: per phenotype ``(name, y~, s, M)`` from :func:`null_phenotype`; ``offsets``: per
+    phenotype the chromosome's LOCO predictions [shape: (n,)] (NaN outside the .loco file)."""
+    n, k = Q.shape
+    a = analysed.astype(np.float64)
+    A_cols, B_cols = [Q, a[:, None]], [a[:, None]]
+    col, bcol = k + 1, 1
+    phens = []
+    for (name, yt, scale, mask), o in zip(nulls, offsets):
+        m = mask.astype(np.float64)
+        r = np.where(mask, yt - np.nan_to_num(o), 0.0)
+        nt = int(mask.sum())
+        p_sd = float(np.linalg.norm(r) / np.sqrt(nt - 1))
+        full = bool((mask == analysed).all())
+        A_cols.append(r[:, None])
+        r_col = col
+        col += 1
+        mq_col = b_col = -1
+        QMQ = None
+        if not full:
+            MQ = Q * m[:, None]
+            A_cols.append(MQ)
+            mq_col = col
+            col += k
+            B_cols.append(m[:, None])
+            b_col = bcol
+            bcol += 1
+            QMQ = Q.T @ MQ
+        A_cols.append(m[:, None])
+        m_col = col
+        col += 1
+        phens.append(RegeniePhenotype(name, r_col, mq_col, m_col, b_col, nt, scale, p_sd, Q.T @ r, QMQ))
+    spec = RegenieSpec(k=k, a_col=k, b_col=0, n_analysed=int(analysed.sum()), phenotypes=tuple(phens),
+                       min_mac=min_mac)
+    return A_cols, B_cols, spec
+
+
+def chisq1_tail(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(p, -log10 p)`` of ``chi2_1 > z^2`` (``-log10 p`` exact far below float64's range)."""
+    az = -np.abs(z)
+    logp = np.log(2.0) + special.log_ndtr(az)
+    return np.exp(logp), -logp / LN10
+
+
+def regenie_stats(spec: RegenieSpec, SX: np.ndarray, SXX: np.ndarray, SM: np.ndarray):
+    """``(tested, alt_freq, [(phenotype, VariantStats)])`` of a block from the kernel's sums.
+
+    ``tested`` [shape: (m,), bool]: the variants REGENIE tests (MAC and variance filters); the
+    statistics hold only those rows. ``alt_freq``: the ALT frequency over ``A`` (REGENIE's A1FREQ).
+    ``VariantStats.t_stat`` holds the signed score statistic ``T``."""
+    k, ac = spec.k, spec.a_col
+    miss_a = SM[:, ac]
+    called = spec.n_analysed - miss_a
+    total = SX[:, ac]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = np.where(called > 0, total / called, 0.0)
+    mac = np.minimum(total, 2.0 * called - total)
+    b = SX[:, :k] + mu[:, None] * SM[:, :k]
+    xx = SXX[:, spec.b_col] + mu * mu * miss_a
+    gg_all = np.maximum(xx - np.einsum("mk,mk->m", b, b), 0.0)
+    sd = np.sqrt(gg_all / max(spec.n_analysed - 1, 1))
+    tested = (called > 0) & (mac >= spec.min_mac) & (sd >= NUMTOL)
+    b, mu, gg_all = b[tested], mu[tested], gg_all[tested]
+    SXt, SXXt, SMt = SX[tested], SXX[tested], SM[tested]
+    alt_freq = (total[tested] / called[tested]) / 2.0
+    out = []
+    for ph in spec.phenotypes:
+        rx = SXt[:, ph.r_col] + mu * SMt[:, ph.r_col]
+        gr = rx - b @ ph.Qr
+        if ph.QMQ is None:
+            gmg = gg_all
+        else:
+            xmx = SXXt[:, ph.b_col] + mu * mu * SMt[:, ph.m_col]
+            qmx = SXt[:, ph.mq_col : ph.mq_col + k] + mu[:, None] * SMt[:, ph.mq_col : ph.mq_col + k]
+            gmg = xmx - 2.0 * np.einsum("mk,mk->m", b, qmx) + np.einsum("mk,kl,ml->m", b, ph.QMQ, b)
+        root = np.sqrt(gmg)
+        T = gr / (ph.p_sd * root)
+        beta = ph.scale_y * gr / gmg
+        se = ph.scale_y * ph.p_sd / root
+        p, nlp = chisq1_tail(T)
+        m = len(T)
+        out.append((ph.name, VariantStats(beta=beta, se=se, t_stat=T, neg_log10_p=nlp, p=p,
+                                          obs_ct=np.full(m, ph.n, dtype=np.int64), alt_freq=alt_freq,
+                                          errcode=np.full(m, ERR_OK, dtype=np.uint8))))
+    return tested, alt_freq, out
