@@ -303,7 +303,12 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     B = np.hstack(B_cols)
     W, groups = pad_weights(A, B), None
     if cfg.pred:
-        W, groups, A, patterns = _pred_groups(cfg, bim, variants, C, cov_names, Y, masks, base, loco, pheno.names, tail)
+        # REGENIE centres a phenotype on every sample that has it (also one without covariates)
+        Y_raw = np.full_like(Y, np.nan)
+        has = (rows[0] >= 0) & kept
+        Y_raw[has] = pheno.values[rows[0, has]]
+        W, groups, A, patterns = _pred_groups(cfg, bim, variants, C, cov_names, Y, Y_raw, masks, base, loco,
+                                              pheno.names, tail)
     log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
              len(pheno.names), len(patterns), A.shape[0], A.shape[1] + B.shape[1],
              A.nbytes / 1e6 + B.nbytes / 1e6)
@@ -388,7 +393,8 @@ def _read_locos(cfg: ScanConfig, fam, names, base: np.ndarray) -> list:
     return out
 
 
-def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray, masks,
+def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray,
+                 Y_raw: np.ndarray, masks,
                  base: np.ndarray, loco, names, tail):
     """``(W tuple, groups, A of the first group, patterns of the first group)`` of a ``--pred`` scan:
     one weight matrix per chromosome of the tested variants, whose phenotype columns carry that
@@ -406,7 +412,7 @@ def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_
         basis = covariate_basis(C, analysed, cov_names, where=f"--pred-test regenie: covariates ({cfg.covar})")
         nulls = []
         for t, name in enumerate(names):
-            yt, scale = null_phenotype(basis.Q, analysed, Y[:, t], ~np.isnan(Y[:, t]), masks[t])
+            yt, scale = null_phenotype(basis.Q, analysed, Y_raw[:, t], masks[t])
             if not scale > 1e-6:
                 raise InputError(f"{cfg.pheno}: phenotype {name!r} has no variance left after the covariates "
                                  "(REGENIE's sd=0); leave it out with --pheno-name")

@@ -60,12 +60,14 @@ class RegenieSpec:
     min_mac: float = 5.0
 
 
-def null_phenotype(Q: np.ndarray, analysed: np.ndarray, y: np.ndarray, present: np.ndarray, mask: np.ndarray):
+def null_phenotype(Q: np.ndarray, analysed: np.ndarray, y: np.ndarray, mask: np.ndarray):
     """REGENIE's residualized, scaled phenotype ``y~`` [shape: (n,)] and its scale ``s``.
 
-    ``y`` [shape: (n,)] raw values (NaN missing); ``present``: samples whose value enters the mean;
-    ``mask``: the phenotype's analysed samples ``M`` (also in the .loco file)."""
-    use = present & ~np.isnan(y)
+    ``y`` [shape: (n,)] raw values of every sample that has one (NaN otherwise; all of them enter
+    the mean, as in REGENIE, also those without covariates); ``mask``: the phenotype's analysed
+    samples ``M`` (also in the .loco file). As REGENIE does, a sample left out only for lack of a
+    prediction keeps its centred value (it counts in ``s``, not in the test)."""
+    use = ~np.isnan(y)
     mean = float(y[use].mean())
     yc = np.where(use & analysed, y - mean, 0.0)
     yt = yc - mask * (Q @ (Q.T @ yc))
