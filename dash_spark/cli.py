@@ -319,7 +319,8 @@ def cmd_party_compress(args) -> int:
     path = run_party_compress(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                               bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
                               pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,
-                              master=args.master, spark_conf=_spark_conf(args), trust=args.trust, wait=args.wait)
+                              master=args.master, spark_conf=_spark_conf(args), trust=args.trust, wait=args.wait,
+                              pred=args.pred)
     print(path)
     return 0
 
@@ -345,7 +346,7 @@ def cmd_combine(args) -> int:
 def _batch_source(args) -> dict:
     return {"bfile": args.bfile, "features": args.features, "feature_samples": args.feature_samples,
             "pfile": args.pfile, "bgen": args.bgen, "bgen_ref": args.bgen_ref, "sample": args.sample,
-            "pheno": args.pheno, "covar": args.covar}
+            "pheno": args.pheno, "covar": args.covar, "pred": getattr(args, "pred", None)}
 
 
 def cmd_compress(args) -> int:
@@ -368,7 +369,7 @@ def cmd_refresh(args) -> int:
     if args.add_batch:
         add = (args.add_batch, _batch_source(args))
     elif any(getattr(args, k, None) for k in ("bfile", "features", "feature_samples", "pfile", "bgen", "sample",
-                                              "pheno", "covar")):
+                                              "pheno", "covar", "pred")):
         raise ConfigError("refresh: --bfile/--features/--pheno/--covar describe a new batch; give --add-batch NAME too")
     res = run_refresh(args.store, args.out, add=add, remove=args.remove_batch, withdraw=args.withdraw,
                       overwrite=bool(args.overwrite), plots=args.plots, master=args.master,
@@ -442,6 +443,9 @@ def _add_batch_inputs(p: argparse.ArgumentParser, *, required: bool) -> None:
     add_dosage_args(p, what="the batch's genotypes")
     p.add_argument("--pheno", required=required, help="the batch's phenotype file")
     p.add_argument("--covar", help="the batch's covariate file")
+    p.add_argument("--pred", metavar="FILE_pred.list",
+                   help="the batch's REGENIE step-1 LOCO predictions (Wald test of y - offset); a store uses them "
+                        "for every batch or none")
 
 
 def cmd_bench(args) -> int:
@@ -522,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bfile", metavar="PREFIX", help="genotypes (a scan study); without it: regression on covariates")
     p.add_argument("--features", metavar="FILE.parquet", help="real-valued features instead of --bfile")
     p.add_argument("--feature-samples", metavar="FILE", help="sample IDs in the order of the features' values")
+    p.add_argument("--pred", metavar="FILE_pred.list",
+                   help="this party's REGENIE step-1 LOCO predictions for its own samples (Wald test of y - "
+                        "offset); every party of the study gives them, or none")
     add_dosage_args(p)
     add_spark_args(p)
     p.set_defaults(func=cmd_party_compress)

@@ -164,6 +164,8 @@ class Model:
     groups: tuple | None = None
     #: ``--pred-test regenie``: also write ``<phenotype>.regenie``
     regenie_outputs: bool = False
+    #: a statistics model's LOCO offsets (``--pred``): :attr:`SufficientStats.offsets`
+    offset_moments: dict | None = None
 
     @property
     def n_variants(self) -> int:
@@ -287,9 +289,10 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
                 f"analysed samples; expected a phenotype that varies, found a constant. Check the column "
                 f"or leave it out with --pheno-name")
     if cfg.pred:
-        if party:
-            raise ConfigError("--pred: LOCO offsets are taken by scan (and the Python API's scan) so far; party "
-                              "compress, stores and select do not take them yet (leave out --pred)")
+        if party and cfg.pred_test != "wald":
+            raise ConfigError("--pred-test regenie: REGENIE's score test needs the pooled null model's scale "
+                              "before any genotype sum; stores and multi-party studies take --pred with the Wald "
+                              "test (the default)")
         loco = _read_locos(cfg, fam, pheno.names, base)
         masks = [mask & loco[t].present for t, mask in enumerate(masks)]
     A_cols, B_cols, patterns, moments = _pattern_columns(cfg, C, cov_names, Y, masks, pheno.names, party)
@@ -301,14 +304,14 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     tail = [kept.astype(np.float64)[:, None], freq_mask.astype(np.float64)[:, None]]
     A = np.hstack(A_cols + tail)
     B = np.hstack(B_cols)
-    W, groups = pad_weights(A, B), None
+    W, groups, offset_moments = pad_weights(A, B), None, None
     if cfg.pred:
         # REGENIE centres a phenotype on every sample that has it (also one without covariates)
         Y_raw = np.full_like(Y, np.nan)
         has = (rows[0] >= 0) & kept
         Y_raw[has] = pheno.values[rows[0, has]]
-        W, groups, A, patterns = _pred_groups(cfg, bim, variants, C, cov_names, Y, Y_raw, masks, base, loco,
-                                              pheno.names, tail)
+        W, groups, A, patterns, offset_moments = _pred_groups(cfg, bim, variants, C, cov_names, Y, Y_raw, masks,
+                                                              base, loco, pheno.names, tail, party)
     log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
              len(pheno.names), len(patterns), A.shape[0], A.shape[1] + B.shape[1],
              A.nbytes / 1e6 + B.nbytes / 1e6)
@@ -324,7 +327,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         covariates=tuple(cov_names), patterns=tuple(patterns), W=W, groups=groups,
         n_a=A.shape[1], n_freq=int(freq_mask.sum()), n_kept=int(kept.sum()), variants=variants,
         counts=counts, moments=tuple(moments) if party else None, missing_genotypes=cfg.missing_genotypes,
-        extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie",
+        extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie", offset_moments=offset_moments,
     )
 
 
@@ -386,7 +389,7 @@ def _read_locos(cfg: ScanConfig, fam, names, base: np.ndarray) -> list:
         if gone:
             log.warning("%s: %d analysed sample(s) have no LOCO prediction for phenotype %s; left out of it "
                         "(as REGENIE does)", loco.path, gone, name)
-        if not (base & loco.present).any():
+        if base.any() and not (base & loco.present).any():
             raise InputError(f"{loco.path}: none of the analysed samples of phenotype {name!r} is in the file "
                              "(its header's FID_IID keys); rerun REGENIE's step 1 on these samples")
         out.append(loco)
@@ -395,15 +398,18 @@ def _read_locos(cfg: ScanConfig, fam, names, base: np.ndarray) -> list:
 
 def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray,
                  Y_raw: np.ndarray, masks,
-                 base: np.ndarray, loco, names, tail):
-    """``(W tuple, groups, A of the first group, patterns of the first group)`` of a ``--pred`` scan:
-    one weight matrix per chromosome of the tested variants, whose phenotype columns carry that
-    chromosome's LOCO offsets (Wald: ``y - o``; REGENIE: the score test's residual ``r``)."""
+                 base: np.ndarray, loco, names, tail, party: bool = False):
+    """``(W tuple, groups, A of the first group, patterns of the first group, offset moments)`` of a
+    ``--pred`` model: one weight matrix per chromosome of the tested variants, whose phenotype
+    columns carry that chromosome's LOCO offsets (Wald: ``y - o``; REGENIE: the score test's
+    residual ``r``). A statistics model (``party``) also returns each chromosome's moments of
+    ``y - o`` (:attr:`SufficientStats.offsets`); the others ``None``."""
     from .io.loco import loco_chromosome
     from .stats.regenie import null_phenotype, regenie_weights
 
     chroms = np.asarray(bim.chrom)[variants] if len(variants) else np.asarray([], dtype=object)
     order, groups, Ws, first = [], [], [], None
+    offset_moments: dict | None = {} if party else None
     for name in dict.fromkeys(chroms.tolist()):
         order.append(name)
     regenie = cfg.pred_test == "regenie"
@@ -429,8 +435,10 @@ def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_
             pats = ()
         else:
             Yc = Y - np.column_stack(offsets)
-            A_cols, B_cols, pats, _ = _pattern_columns(cfg, C, cov_names, Yc, masks, names, False, quiet=True)
+            A_cols, B_cols, pats, mos = _pattern_columns(cfg, C, cov_names, Yc, masks, names, party, quiet=True)
             pats, spec = tuple(pats), None
+            if party:
+                offset_moments[chrom] = (np.stack([mo.Cty for mo in mos]), np.array([mo.yty for mo in mos]))
         A = np.hstack(A_cols + tail)
         Ws.append(pad_weights(A, np.hstack(B_cols)))
         groups.append(PredGroup(chrom=chrom, variants=idx, patterns=pats, regenie=spec))
@@ -440,7 +448,7 @@ def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_
         raise InputError("--pred: no variant left to test (check --chr/--extract)")
     log.info("--pred %s: %s test, LOCO offsets for %d chromosome(s)", cfg.pred,
              "REGENIE's score" if regenie else "Wald", len(groups))
-    return tuple(Ws), tuple(groups), first[0], list(first[1])
+    return tuple(Ws), tuple(groups), first[0], list(first[1]), offset_moments
 
 
 def _usable_covariates(Cv: np.ndarray, rows: np.ndarray, names: list[str], cfg: ScanConfig):
@@ -499,13 +507,17 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     if not model.groups:
         return plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv
     plans, ranges, group_of_part = [], [], {}
-    for g, group in enumerate(model.groups):
-        plans.append(dataclasses.replace(plan, patterns=tuple(group.patterns), regenie=group.regenie))
-        for row in plan_ranges(group.variants, bv, model.bim.line_offsets):
+    group = np.full(model.bim.n_variants, -1, dtype=np.int64)
+    for g, grp in enumerate(model.groups):
+        plans.append(dataclasses.replace(plan, patterns=tuple(grp.patterns), regenie=grp.regenie))
+        group[grp.variants] = g
+        for row in plan_ranges(grp.variants, bv, model.bim.line_offsets):
             part = len(ranges)
             group_of_part[part] = g
             ranges.append((part,) + tuple(row[1:]))
-    return GroupedPlan(tuple(plans), group_of_part), ranges, bv
+    # each variant's group, as runs of .bim rows (chromosomes are mostly contiguous: a few runs)
+    starts = np.flatnonzero(np.diff(group, prepend=-2) != 0)
+    return GroupedPlan(tuple(plans), group_of_part, starts, group[starts]), ranges, bv
 
 
 def tasks_can_write(uri: str) -> bool:
@@ -619,7 +631,7 @@ def model_statistics(model: Model, per_variant: np.ndarray | None) -> Sufficient
     """``S`` of a statistics model: its global moments with the given per-variant rows."""
     return SufficientStats(phenotypes=model.phenotypes, covariates=model.covariates,
                            mode=model.missing_genotypes, moments=model.moments, n_freq=model.n_freq,
-                           per_variant=per_variant)
+                           per_variant=per_variant, offsets=model.offset_moments)
 
 
 def compress_model(spark, cfg: ScanConfig, model: Model) -> SufficientStats:

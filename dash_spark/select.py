@@ -251,6 +251,9 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
         raise ConfigError(f"--window-kb: expected a positive distance in kb, found {window_kb}")
     store = open_store(store_root)
     s = store.settings
+    if s.get("pred"):
+        raise ConfigError(f"select --store {store_root}: the store's statistics carry LOCO offsets (--pred); "
+                          "forward selection does not take them yet. Select on a store made without --pred")
     phenos = list(s["phenotypes"])
     if pheno_name is None:
         if len(phenos) > 1:
@@ -488,6 +491,9 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     if first.get("kind") != "scan":
         raise ConfigError(f"{manifest_path}: forward selection needs a scan study (parties compressed genotypes)")
     phenos, covs, mode = list(first["phenotypes"]), list(first["covariates"]), first["missing_genotypes"]
+    if first.get("loco_offsets"):
+        raise ConfigError(f"select --manifest {manifest_path}: the study's statistics carry LOCO offsets (--pred); "
+                          "forward selection does not take them yet")
     if pheno_name is None:
         if len(phenos) > 1:
             raise ConfigError(f"{manifest_path}: the study has phenotypes {', '.join(phenos)}; choose one with --pheno-name")

@@ -344,7 +344,8 @@ def batch_config(settings: dict, source: dict, *, keep: str | None = None):
                       out=os.devnull, pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
                       covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                       no_intercept=not settings.get("intercept", True),
-                      missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False, keep=keep)
+                      missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False, keep=keep,
+                      pred=source.get("pred"))
 
 
 def _source_samples(source: dict) -> list[str]:
@@ -364,7 +365,7 @@ def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, co
         pieces = []
         for a in range(start, stop, plan.sub_block):
             vidx = np.arange(a, min(a + plan.sub_block, stop))
-            pieces.append(block_stats(plan, W, plan.reader.read(vidx)))
+            pieces.append(block_stats(plan, W, plan.reader.read(vidx), vidx))
         sums = np.vstack(pieces)
         if minus is not None:
             sums = read_block(minus[0], part, minus[1][part], columns) - sums
@@ -474,7 +475,8 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
     source = _source(source)
     settings = {"intercept": intercept, "missing_genotypes": missing_genotypes,
                 "pheno_names": list(pheno_names) if pheno_names else None,
-                "covar_names": list(covar_names) if covar_names else None}
+                "covar_names": list(covar_names) if covar_names else None,
+                "pred": bool(source.get("pred"))}
     model = statistics_model(batch_config(settings, source))
     m = model.bim.n_variants
     vt = variant_table(model.bim)
@@ -523,6 +525,13 @@ def check_settings(store: Store, **given) -> None:
                               "a store's model settings are fixed when it is created")
 
 
+def _check_pred(what: str, settings: dict, source: dict) -> None:
+    """A store's batches all have LOCO offsets (``--pred``) or none do."""
+    if bool(source.get("pred")) != bool(settings.get("pred")):
+        raise ConfigError(f"{what}: the store's batches {'have' if settings.get('pred') else 'have no'} LOCO offsets "
+                          f"(--pred); {'give' if settings.get('pred') else 'leave out'} --pred for this batch too")
+
+
 def check_new_batch(store: Store, name: str, source: dict) -> dict:
     """Refuse a batch name already used or samples already in the store; return absolute sources."""
     check_batch_name(name)
@@ -531,6 +540,7 @@ def check_new_batch(store: Store, name: str, source: dict) -> dict:
                           f"{store.batch(name).record['created']}); a batch is added once. Remove it first with "
                           "--remove-batch to replace it")
     source = _source(source)
+    _check_pred(f"batch {name!r}", store.settings, source)
     every = {iid: b.name for b in store.batches for iid in b.samples}
     dup = [iid for iid in _source_samples(source) if iid in every]
     if dup:
@@ -570,7 +580,7 @@ def _finalize_task(spec: dict, G: SufficientStats, ranges):
     vfile = pq.ParquetFile(spec["variants"])
     for part, start, stop, _bs, _be, _rows in ranges:
         V, meta = pooled_block(spec, vfile, part)
-        named = G.block(start, V).finalize_stats()
+        named = G.block(start, V).finalize_stats(meta[0] if G.offsets else None)
         yield results_batch(np.arange(start, stop, dtype=np.int64), meta, V[:, lay.freq_alt],
                             G.n_freq - V[:, lay.freq_miss], named, count_alt=spec["count_alt"],
                             a1freq_floor=spec.get("a1freq_floor", 0.0))

@@ -37,7 +37,7 @@ log = logging.getLogger("dash_spark")
 
 VARIANT_COLUMNS = ("chrom", "pos", "id", "ref", "alt")
 #: header values every party's share must agree on
-AGREE = ["phenotypes", "covariates", "kind", "variant_hash", "n_variants", "missing_genotypes"]
+AGREE = ["phenotypes", "covariates", "kind", "variant_hash", "n_variants", "missing_genotypes", "loco_offsets"]
 
 
 def variant_table(bim) -> pa.Table:
@@ -160,7 +160,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                        pfile: str | None = None, bgen: str | None = None, bgen_ref: str | None = None,
                        sample: str | None = None, spark=None, master: str | None = None,
                        spark_conf: dict | None = None, task_memory_mb: int = 256, trust: str | None = None,
-                       wait: float = 0.0) -> str:
+                       wait: float = 0.0, pred: str | None = None) -> str:
     """Compute this party's statistics, encode, mask, sign and publish them; return the share path.
 
     Every check that needs no data runs first: the manifest (the exchange's own, signed by the pinned
@@ -198,7 +198,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                          covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                          no_intercept=not settings.get("intercept", True),
                          missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False,
-                         task_memory_mb=task_memory_mb)
+                         task_memory_mb=task_memory_mb, pred=pred)
         model = statistics_model(cfg)
         vt = variant_table(model.bim)
         vh = variant_hash(vt)
@@ -211,7 +211,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
             spark = starter.get()
         S = compress_model(spark, cfg, model)
         extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind,
-                 "variant_hash": vh, "n_variants": int(model.bim.n_variants), "missing_genotypes": S.mode}
+                 "variant_hash": vh, "n_variants": int(model.bim.n_variants), "missing_genotypes": S.mode,
+                 "loco_offsets": bool(S.offsets)}
         buf = io.BytesIO()
         pq.write_table(vt, buf)
         files = {"variants.parquet": buf.getvalue()}

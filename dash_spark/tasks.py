@@ -86,6 +86,8 @@ class GroupedPlan:
 
     plans: tuple[ScanPlan, ...]
     group_of_part: dict
+    run_starts: np.ndarray   # each variant's group as runs of .bim rows: run i starts at run_starts[i]
+    run_groups: np.ndarray   # ... and has group run_groups[i] (-1: a variant in no group)
 
     @property
     def filters(self) -> CallFilters:
@@ -94,6 +96,18 @@ class GroupedPlan:
     @property
     def sub_block(self) -> int:
         return self.plans[0].sub_block
+
+    @property
+    def reader(self):
+        return self.plans[0].reader
+
+    @property
+    def layout(self) -> StatLayout:
+        return self.plans[0].layout
+
+    def groups_of(self, vidx: np.ndarray) -> np.ndarray:
+        """The group of each variant index."""
+        return self.run_groups[np.searchsorted(self.run_starts, vidx, side="right") - 1]
 
 
 def plan_ranges(variants: np.ndarray, block_variants: int, line_offsets: np.ndarray) -> list[tuple]:
@@ -178,8 +192,18 @@ def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
         yield scan_block(plan, W, vidx, block)
 
 
-def block_stats(plan: ScanPlan, W: np.ndarray, block) -> np.ndarray:
-    """Per-variant rows of ``S`` [shape: (m, layout.width)] of one block (statistics model)."""
+def block_stats(plan: ScanPlan, W: np.ndarray, block, vidx: np.ndarray | None = None) -> np.ndarray:
+    """Per-variant rows of ``S`` [shape: (m, layout.width)] of one block (statistics model); a
+    :class:`GroupedPlan` needs the block's variant indices ``vidx`` (each group has its own ``W``)."""
+    if isinstance(plan, GroupedPlan):
+        groups = plan.groups_of(np.asarray(vidx))
+        out = np.empty((len(groups), plan.layout.width))
+        for g in np.unique(groups):
+            if g < 0:
+                raise ValueError("block_stats: a variant outside the planned chromosomes")
+            rows = np.flatnonzero(groups == g)
+            out[rows] = block_stats(plan.plans[g], W[g], block.take(rows))
+        return out
     SX, SXX, SM = block_sums(block, W, plan.n_a)
     return block_statistics(plan.layout, [p.a_offset for p in plan.patterns], [p.b_offset for p in plan.patterns],
                             SX, SXX, SM, lambda a, k, todo: block_grams(block, W, a, k, 1, todo))
@@ -188,4 +212,4 @@ def block_stats(plan: ScanPlan, W: np.ndarray, block) -> np.ndarray:
 def statistics_ranges(plan: ScanPlan, W: np.ndarray, ranges):
     """Yield ``(first variant index, per-variant statistics rows)`` per sub-block (executor side)."""
     for vidx, block in _sub_blocks(plan, ranges, meta=False):
-        yield int(vidx[0]), block_stats(plan, W, block)
+        yield int(vidx[0]), block_stats(plan, W, block, vidx)

@@ -329,3 +329,74 @@ def test_bad_loco_files_one_line_exit_2(pred_data, tmp_path, capsys, spark):
     lst.write_text("pheno1 x.loco\n")
     rc, err = _cli(capsys, *base, "--pred", str(lst), "--out", str(tmp_path / "o"))
     assert rc == 2 and "pheno2" in err and "nolist.list" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# the additive statistics take the offsets: a store (refresh, withdrawal) and a 3-party study
+
+
+def _subset_pred(tmp, pred: Path, keys: set[str], name: str) -> Path:
+    """A party's own prediction list: each .loco file cut down to the party's samples."""
+    lines = []
+    for ln in pred.read_text().splitlines():
+        phen, loco = ln.split()
+        rows = [r.split() for r in (pred.parent / loco).read_text().splitlines()]
+        cols = [j for j, k in enumerate(rows[0]) if j == 0 or k in keys]
+        out = tmp / f"{name}_{phen}.loco"
+        out.write_text("".join(" ".join(r[j] for j in cols) + "\n" for r in rows))
+        lines.append(f"{phen} {out}")
+    path = tmp / f"{name}_pred.list"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_store_refresh_withdraw_and_study_with_pred_equal_pooled_scan(spark, tmp_path):
+    from dash_spark.store import run_compress, run_refresh
+
+    from .oracle_data import make_split_files
+    from .party_flow import Study
+    from .test_store import assert_same_results
+
+    parties = ("alice", "bob", "carol")
+    files, parts, prefixes = make_split_files(tmp_path, 77, parties, [0.4, 0.3, 0.3], n=360, m=210)
+    pred, _ = _write_locos(tmp_path, files, np.random.default_rng(5), absent={"pheno2": [4, 40, 200]})
+    keys = _fam_keys(files.bfile)
+    preds = {p: _subset_pred(tmp_path, pred, {keys[i] for i in parts[p]}, p) for p in parties}
+
+    def pooled(out, remove=None):
+        return run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, pred=str(pred),
+                                   out=str(tmp_path / out), plots=False, remove=remove), spark=spark)
+
+    full = pooled("pooled")
+
+    def src(p):
+        return {"bfile": prefixes[p], "pheno": files.pheno, "covar": files.covar, "pred": str(preds[p])}
+
+    store = str(tmp_path / "store")
+    run_compress(store, "alice", src("alice"), spark=spark)
+    run_compress(store, "bob", src("bob"), spark=spark)
+    res = run_refresh(store, str(tmp_path / "all"), add=("carol", src("carol")), plots=False, spark=spark)
+    assert_same_results(full.results_path, f"{res.out}/results.parquet")
+    # a batch without --pred does not mix with them
+    with pytest.raises(Exception, match="--pred"):
+        run_refresh(store, str(tmp_path / "mixed"), add=("dave", {**src("carol"), "pred": None}), plots=False,
+                    spark=spark)
+    # withdrawal: 25 of alice's samples
+    iids = [k.split("_", 1)[1] for k in keys]
+    gone = tmp_path / "gone.txt"
+    gone.write_text("".join(f"{iids[i]}\n" for i in parts["alice"][:25]))
+    res = run_refresh(store, str(tmp_path / "withdrawn"), withdraw=str(gone), plots=False, spark=spark)
+    assert_same_results(pooled("pooled_removed", remove=str(gone)).results_path, f"{res.out}/results.parquet")
+
+    # three parties, each with its own samples' predictions
+    (tmp_path / "study").mkdir()
+    st = Study(tmp_path / "study", parties)
+    manifest = st.manifest()
+    st.join(manifest)
+    for p in parties:
+        code, _, err = st.compress(manifest, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile",
+                                   prefixes[p], "--pred", preds[p])
+        assert code == 0, err[-3000:]
+    st.finish(manifest, tmp_path / "combined", "--no-plots")
+    assert_same_results(full.results_path, str(tmp_path / "combined" / "results.parquet"))

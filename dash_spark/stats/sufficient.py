@@ -200,6 +200,10 @@ class SufficientStats:
     per_variant: np.ndarray | None = None
     first_variant: int = 0
     variants: pa.Table | None = field(default=None, repr=False)
+    #: LOCO offsets (``--pred``, Wald): per chromosome name, ``(C'(y - o), (y - o)'(y - o))`` of
+    #: every phenotype [shapes: (T, k), (T,)]; the per-variant ``y'x`` columns then hold
+    #: ``(y - o)'x`` for the variant's chromosome, and finalize uses that chromosome's moments
+    offsets: dict | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.moments) != len(self.phenotypes):
@@ -251,10 +255,17 @@ class SufficientStats:
 
     def _combine(self, other: "SufficientStats", sign: float, op: str) -> "SufficientStats":
         self._check_compatible(other, op)
+        if (self.offsets is None) != (other.offsets is None) or (
+                self.offsets is not None and set(self.offsets) != set(other.offsets)):
+            raise ModelError(f"statistics {op}: one has LOCO offsets (--pred) for chromosomes "
+                             f"{sorted(self.offsets or ())}, the other for {sorted(other.offsets or ())}; "
+                             "compress every batch or party with --pred, or none")
         moments = tuple(a + b if sign > 0 else a - b for a, b in zip(self.moments, other.moments))
         V = None if self.per_variant is None else self.per_variant + sign * other.per_variant
+        offsets = None if self.offsets is None else {
+            c: (a + sign * other.offsets[c][0], b + sign * other.offsets[c][1]) for c, (a, b) in self.offsets.items()}
         return replace(self, moments=moments, n_freq=self.n_freq + int(sign) * other.n_freq, per_variant=V,
-                       variants=self.variants if self.variants is not None else other.variants)
+                       variants=self.variants if self.variants is not None else other.variants, offsets=offsets)
 
     def __add__(self, other: "SufficientStats") -> "SufficientStats":
         """Merge: the statistics of the union of two disjoint sample sets."""
@@ -278,40 +289,62 @@ class SufficientStats:
         for t, name in enumerate(self.phenotypes):
             self.moments[t].basis(self.covariates, where=f"{prefix}phenotype {name}")
 
-    def finalize_stats(self) -> list[tuple[str, VariantStats]]:
-        """Per-phenotype :class:`~dash_spark.stats.regression.VariantStats` of every variant."""
+    def finalize_stats(self, chroms: np.ndarray | None = None) -> list[tuple[str, VariantStats]]:
+        """Per-phenotype :class:`~dash_spark.stats.regression.VariantStats` of every variant.
+
+        With LOCO offsets, ``chroms`` (each variant's chromosome; default: the statistics' own
+        variant list) picks each variant's moments."""
         if self.per_variant is None:
             raise ModelError("finalize: these statistics hold no variants (a covariates-only regression); "
                              "use regression_table()")
-        lay, V, k = self.layout, self.per_variant, len(self.covariates)
-        iu = np.triu_indices(k)
+        V = self.per_variant
+        if not self.offsets:
+            return [(name, self._finalize_one(t, self.moments[t], V)) for t, name in enumerate(self.phenotypes)]
+        if chroms is None:
+            if self.variants is None:
+                raise ModelError("finalize: statistics with LOCO offsets need the variants' chromosomes")
+            chroms = np.asarray(self.variants.column("chrom").to_numpy(zero_copy_only=False))
+        chroms = np.asarray(chroms, dtype=object)
+        missing = sorted(set(chroms.tolist()) - set(self.offsets))
+        if missing:
+            raise ModelError(f"finalize: no LOCO offsets for chromosome(s) {', '.join(map(str, missing))}")
         named = []
         for t, name in enumerate(self.phenotypes):
-            mo = self.moments[t]
-            basis = mo.basis(self.covariates, where=f"phenotype {name}")
-            cc = CovariateCorrelation.from_moments(mo.CtC, mo.Ct1, mo.n, basis.L.T)
-            col = {s: V[:, lay.of(t, s)] for s in ("Ctx", "yx", "sx", "sxx", "Ctm", "ym", "miss")}
-            sums = dict(Qx=basis.to_q(col["Ctx"]), yx=col["yx"], sx=col["sx"][:, 0], sxx=col["sxx"][:, 0],
-                        Qm=basis.to_q(col["Ctm"]), miss=np.rint(col["miss"][:, 0]),
-                        Qy=basis.to_q(mo.Cty)[:, None], yy=np.array([mo.yty]), n=mo.n, cc=cc)
-            if self.mode == "mean":
-                stats = finalize_mean_imputed(ym=col["ym"], **sums)[0]
-            else:
-                # Q_M'Q_M is only read for variants with missing calls
-                has = sums["miss"] > 0
-                if has.any():
-                    CmCm = np.zeros((int(has.sum()), k, k))
-                    CmCm[:, iu[0], iu[1]] = V[has][:, lay.of(t, "CmCm")]
-                    CmCm[:, iu[1], iu[0]] = V[has][:, lay.of(t, "CmCm")]
-                    Linv = solve_triangular(basis.L, np.eye(k), lower=True)
-                    QmQm = np.zeros((V.shape[0], k, k))
-                    QmQm[has] = Linv @ CmCm @ Linv.T
-                else:
-                    QmQm = np.broadcast_to(np.zeros((k, k)), (V.shape[0], k, k))
-                Qmy = basis.to_q(V[:, lay.of(t, "Cmy")])[:, :, None]
-                stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=V[:, lay.of(t, "ymy")], **sums)[0]
-            named.append((name, stats))
+            parts = []
+            for c, (Cty, yty) in self.offsets.items():
+                rows = np.flatnonzero(chroms == c)
+                if len(rows):
+                    mo = replace(self.moments[t], Cty=np.asarray(Cty)[t], yty=float(np.asarray(yty)[t]))
+                    parts.append((rows, self._finalize_one(t, mo, V[rows])))
+            named.append((name, _scatter(parts, V.shape[0])))
         return named
+
+    def _finalize_one(self, t: int, mo: Moments, V: np.ndarray) -> VariantStats:
+        """Phenotype ``t``'s statistics of the per-variant rows ``V`` with the global moments ``mo``."""
+        lay, k = self.layout, len(self.covariates)
+        iu = np.triu_indices(k)
+        name = self.phenotypes[t]
+        basis = mo.basis(self.covariates, where=f"phenotype {name}")
+        cc = CovariateCorrelation.from_moments(mo.CtC, mo.Ct1, mo.n, basis.L.T)
+        col = {s: V[:, lay.of(t, s)] for s in ("Ctx", "yx", "sx", "sxx", "Ctm", "ym", "miss")}
+        sums = dict(Qx=basis.to_q(col["Ctx"]), yx=col["yx"], sx=col["sx"][:, 0], sxx=col["sxx"][:, 0],
+                    Qm=basis.to_q(col["Ctm"]), miss=np.rint(col["miss"][:, 0]),
+                    Qy=basis.to_q(mo.Cty)[:, None], yy=np.array([mo.yty]), n=mo.n, cc=cc)
+        if self.mode == "mean":
+            return finalize_mean_imputed(ym=col["ym"], **sums)[0]
+        # Q_M'Q_M is only read for variants with missing calls
+        has = sums["miss"] > 0
+        if has.any():
+            CmCm = np.zeros((int(has.sum()), k, k))
+            CmCm[:, iu[0], iu[1]] = V[has][:, lay.of(t, "CmCm")]
+            CmCm[:, iu[1], iu[0]] = V[has][:, lay.of(t, "CmCm")]
+            Linv = solve_triangular(basis.L, np.eye(k), lower=True)
+            QmQm = np.zeros((V.shape[0], k, k))
+            QmQm[has] = Linv @ CmCm @ Linv.T
+        else:
+            QmQm = np.broadcast_to(np.zeros((k, k)), (V.shape[0], k, k))
+        Qmy = basis.to_q(V[:, lay.of(t, "Cmy")])[:, :, None]
+        return finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=V[:, lay.of(t, "ymy")], **sums)[0]
 
     def finalize(self, variants: pa.Table | None = None, *, count_alt: bool | None = None,
                  a1freq_floor: float = 0.0) -> pa.Table:
@@ -338,7 +371,8 @@ class SufficientStats:
         V = self.per_variant
         batch = results_batch(np.arange(self.first_variant, self.first_variant + m, dtype=np.int64), cols,
                               V[:, self.layout.freq_alt], self.n_freq - V[:, self.layout.freq_miss],
-                              self.finalize_stats(), count_alt=count_alt, a1freq_floor=a1freq_floor)
+                              self.finalize_stats(cols[0] if self.offsets else None), count_alt=count_alt,
+                              a1freq_floor=a1freq_floor)
         return pa.Table.from_batches([batch])
 
     def regression_table(self, phenotype: str | int, covariates=None, *, where: str | None = None) -> pa.Table:
@@ -380,6 +414,9 @@ class SufficientStats:
             out[f"t{t}.Ct1"] = np.asarray(mo.Ct1, dtype=np.float64)
             out[f"t{t}.Cty"] = np.asarray(mo.Cty, dtype=np.float64)
             out[f"t{t}.yty"] = np.array([float(mo.yty)])
+        for c, (Cty, yty) in (self.offsets or {}).items():
+            out[f"o.{c}.Cty"] = np.asarray(Cty, dtype=np.float64)
+            out[f"o.{c}.yty"] = np.asarray(yty, dtype=np.float64)
         return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -400,9 +437,29 @@ class SufficientStats:
                                    Ct1=np.asarray(arrays[f"t{t}.Ct1"]), Cty=np.asarray(arrays[f"t{t}.Cty"]),
                                    yty=float(arrays[f"t{t}.yty"][0])))
         V = arrays.get("variants")
+        T, k = len(phenotypes), len(covariates)
+        offsets = {}
+        for key in arrays:
+            if key.startswith("o.") and key.endswith(".Cty"):
+                c = key[2:-4]
+                offsets[c] = (np.asarray(arrays[key], dtype=np.float64).reshape(T, k),
+                              np.asarray(arrays[f"o.{c}.yty"], dtype=np.float64).reshape(T))
         return cls(phenotypes=tuple(phenotypes), covariates=tuple(covariates), mode=mode, moments=tuple(moments),
                    n_freq=int(round(float(arrays["n_freq"][0]))), per_variant=None if V is None else np.asarray(V),
-                   first_variant=first_variant, variants=variants)
+                   first_variant=first_variant, variants=variants, offsets=offsets or None)
+
+
+def _scatter(parts, m: int) -> VariantStats:
+    """One :class:`VariantStats` of ``m`` rows from ``(rows, VariantStats of those rows)`` pieces."""
+    fields = ("beta", "se", "t_stat", "neg_log10_p", "p", "obs_ct", "alt_freq", "errcode")
+    out = {}
+    for f in fields:
+        first = getattr(parts[0][1], f)
+        arr = np.zeros(m, dtype=np.asarray(first).dtype)
+        for rows, st in parts:
+            arr[rows] = getattr(st, f)
+        out[f] = arr
+    return VariantStats(**out)
 
 
 def moments_regression(mo: Moments, names: list[str], *, where: str) -> pa.Table:
