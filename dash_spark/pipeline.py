@@ -482,7 +482,7 @@ def _usable_covariates(Cv: np.ndarray, rows: np.ndarray, names: list[str], cfg: 
 def config_inputs(cfg: ScanConfig) -> tuple[str, ...]:
     """Every file a scan reads (what its --out may never be, contain or lie inside)."""
     paths = list(_named_source(cfg).input_paths())
-    paths += [cfg.pheno, cfg.covar, cfg.keep, cfg.remove, cfg.extract, cfg.exclude]
+    paths += [cfg.pheno, cfg.covar, cfg.keep, cfg.remove, cfg.extract, cfg.exclude, cfg.pred]
     return tuple(p for p in paths if p)
 
 
