@@ -109,6 +109,9 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="with --gwas-ssf (required there): the .bim positions' assembly, e.g. GRCh38 or GRCh37")
     p.add_argument("--report-covariates", action="store_true", default=None,
                    help="also write <phenotype>.covariates.tsv: the covariates' effects in the null model y ~ C")
+    p.add_argument("--xchr-model", type=int, choices=[0, 1, 2],
+                   help="chrX as plink2: 2 (default) males coded 0..2, 1 males 0..1 (both with a SEX covariate), "
+                        "0 skip chrX")
     p.add_argument("--pred", metavar="FILE_pred.list",
                    help="REGENIE step-1 LOCO predictions: each phenotype is adjusted by its prediction for the "
                         "tested variant's chromosome")
@@ -143,7 +146,7 @@ SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_re
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
-               "a1freq_lower_limit", "plots_top", "pred", "pred_test")
+               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model")
 
 
 def scan_config_from_args(args):

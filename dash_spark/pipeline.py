@@ -83,6 +83,7 @@ class ScanConfig:
     report_covariates: bool = False
     pred: str | None = None
     pred_test: str = "wald"
+    xchr_model: int = 2
     master: str | None = None
     spark_conf: dict[str, str] = field(default_factory=dict)
 
@@ -114,6 +115,8 @@ class ScanConfig:
             raise ConfigError(f"--plots-top: expected a positive number of phenotypes, found {self.plots_top}")
         if not 0 <= self.a1freq_lower_limit < 0.5:
             raise ConfigError(f"--a1freq-lower-limit: expected a frequency in [0, 0.5), found {self.a1freq_lower_limit}")
+        if self.xchr_model not in (0, 1, 2):
+            raise ConfigError(f"--xchr-model: expected 0, 1 or 2 (as plink2), found {self.xchr_model!r}")
         if self.pred_test not in PRED_TESTS:
             raise ConfigError(f"--pred-test: expected one of {', '.join(PRED_TESTS)}, found {self.pred_test!r}")
         if self.pred_test == "regenie" and not self.pred:
@@ -181,6 +184,9 @@ class PredGroup:
     variants: np.ndarray
     patterns: tuple
     regenie: object | None = None
+    dosage_scale: np.ndarray | None = None
+    hemi: np.ndarray | None = None
+    n_a: int = 0
 
 
 @dataclass(frozen=True)
@@ -288,6 +294,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
                 f"{cfg.pheno}: phenotype {pheno.names[t]!r} has the same value for all {int(mask.sum())} "
                 f"analysed samples; expected a phenotype that varies, found a constant. Check the column "
                 f"or leave it out with --pheno-name")
+    loco = None
     if cfg.pred:
         if party and cfg.pred_test != "wald":
             raise ConfigError("--pred-test regenie: REGENIE's score test needs the pooled null model's scale "
@@ -305,13 +312,20 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     A = np.hstack(A_cols + tail)
     B = np.hstack(B_cols)
     W, groups, offset_moments = pad_weights(A, B), None, None
-    if cfg.pred:
+    # plink2's sex-chromosome models (one-party scans; REGENIE's test keeps its own diploid coding)
+    has_sexchr = any(sex_chrom_class(c) for c in set(np.asarray(bim.chrom)[variants].tolist()))
+    sexchr = not party and fam.sex is not None and cfg.pred_test != "regenie" and has_sexchr
+    if has_sexchr and not sexchr and fam.sex is not None:
+        log.warning("chrX/Y/MT variants are tested as autosomes here (%s); plink2's sex-chromosome models are "
+                    "applied by scan only", "REGENIE's test" if not party else "stored and multi-party statistics")
+    if cfg.pred or sexchr:
         # REGENIE centres a phenotype on every sample that has it (also one without covariates)
         Y_raw = np.full_like(Y, np.nan)
         has = (rows[0] >= 0) & kept
         Y_raw[has] = pheno.values[rows[0, has]]
-        W, groups, A, patterns, offset_moments = _pred_groups(cfg, bim, variants, C, cov_names, Y, Y_raw, masks,
-                                                              base, loco, pheno.names, tail, party)
+        W, groups, A, patterns, offset_moments, variants = _chrom_groups(
+            cfg, fam, bim, variants, C, cov_names, Y, Y_raw, masks, base, kept, freq_mask, loco, pheno.names, tail,
+            party, sexchr)
     log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
              len(pheno.names), len(patterns), A.shape[0], A.shape[1] + B.shape[1],
              A.nbytes / 1e6 + B.nbytes / 1e6)
@@ -396,23 +410,41 @@ def _read_locos(cfg: ScanConfig, fam, names, base: np.ndarray) -> list:
     return out
 
 
-def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray,
-                 Y_raw: np.ndarray, masks,
-                 base: np.ndarray, loco, names, tail, party: bool = False):
-    """``(W tuple, groups, A of the first group, patterns of the first group, offset moments)`` of a
-    ``--pred`` model: one weight matrix per chromosome of the tested variants, whose phenotype
-    columns carry that chromosome's LOCO offsets (Wald: ``y - o``; REGENIE: the score test's
-    residual ``r``). A statistics model (``party``) also returns each chromosome's moments of
-    ``y - o`` (:attr:`SufficientStats.offsets`); the others ``None``."""
+#: plink2's sex-chromosome classes by chromosome name (XY, the pseudo-autosomal region, is diploid)
+_SEX_CHROMS = {"X": "X", "23": "X", "Y": "Y", "24": "Y", "MT": "MT", "M": "MT", "26": "MT"}
+
+
+def sex_chrom_class(name: str) -> str | None:
+    """``"X"``, ``"Y"``, ``"MT"`` for plink2's names of those chromosomes (``chr`` prefix allowed), else None."""
+    key = name.strip()
+    if key[:3].lower() == "chr":
+        key = key[3:]
+    return _SEX_CHROMS.get(key.upper())
+
+
+def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray,
+                  Y_raw: np.ndarray, masks, base: np.ndarray, kept: np.ndarray, freq_mask: np.ndarray, loco,
+                  names, tail, party: bool = False, sexchr: bool = False):
+    """``(W tuple, groups, A of the first group, patterns of the first group, offset moments, variants)``
+    of a model whose variants need more than one weight matrix:
+
+    - ``--pred``: one per chromosome, whose phenotype columns carry that chromosome's LOCO offsets
+      (Wald: ``y - o``; REGENIE: the score test's residual ``r``). A statistics model (``party``)
+      also returns each chromosome's moments of ``y - o`` (:attr:`SufficientStats.offsets`);
+    - ``sexchr`` (plink2's defaults, from the samples' sex): chrX with a SEX covariate (1 male, 2
+      female) on the samples of known sex, male dosages halved with ``--xchr-model 1`` (2, the
+      default, keeps 0..2; 0 skips chrX); chrY on males only and chrMT, both haploid (dosages
+      halved); every other chromosome (XY included) as an autosome.
+
+    ``variants`` comes back without the variants no group tests (chrX under ``--xchr-model 0``,
+    chrY without males)."""
     from .io.loco import loco_chromosome
     from .stats.regenie import null_phenotype, regenie_weights
 
     chroms = np.asarray(bim.chrom)[variants] if len(variants) else np.asarray([], dtype=object)
-    order, groups, Ws, first = [], [], [], None
+    groups, Ws, first = [], [], None
     offset_moments: dict | None = {} if party else None
-    for name in dict.fromkeys(chroms.tolist()):
-        order.append(name)
-    regenie = cfg.pred_test == "regenie"
+    regenie = cfg.pred_test == "regenie" and bool(cfg.pred)
     if regenie:
         analysed = base & np.any(~np.isnan(Y), axis=1)
         basis = covariate_basis(C, analysed, cov_names, where=f"--pred-test regenie: covariates ({cfg.covar})")
@@ -423,32 +455,69 @@ def _pred_groups(cfg: ScanConfig, bim, variants: np.ndarray, C: np.ndarray, cov_
                 raise InputError(f"{cfg.pheno}: phenotype {name!r} has no variance left after the covariates "
                                  "(REGENIE's sd=0); leave it out with --pheno-name")
             nulls.append((name, yt, scale, masks[t]))
-    for chrom in order:
-        code = loco_chromosome(chrom)
-        if code is None:
-            raise InputError(f"--pred {cfg.pred}: REGENIE has no LOCO prediction for chromosome {chrom!r} "
-                             "(its predictions cover 1-22 and X); leave it out with --chr")
-        offsets = [lc.offset(code, chrom) for lc in loco]
-        idx = variants[chroms == chrom]
+    classes = {c: (sex_chrom_class(c) if sexchr else None) for c in dict.fromkeys(chroms.tolist())}
+    # without --pred, the chromosomes of one class share a group
+    keys = {c: (c if cfg.pred else (classes[c] or "")) for c in classes}
+    sex = fam.sex if fam.sex is not None else np.zeros(fam.n_samples, dtype=np.int8)
+    male, known = (sex == 1) & kept, (sex > 0) & kept
+    keep_variants = np.ones(len(variants), dtype=bool)
+    for key in dict.fromkeys(keys.values()):
+        members = [c for c in classes if keys[c] == key]
+        cls = classes[members[0]]
+        rows = np.isin(chroms, members)
+        if cls == "X" and cfg.xchr_model == 0:
+            log.info("chrX: %d variant(s) skipped (--xchr-model 0)", int(rows.sum()))
+            keep_variants &= ~rows
+            continue
+        if cls == "Y" and not male.any():
+            log.info("chrY: %d variant(s) skipped: no males", int(rows.sum()))
+            keep_variants &= ~rows
+            continue
+        Cg, cov_g, masks_g = C, cov_names, masks
+        scale = hemi = None
+        if cls == "X":
+            if male.any() and male.sum() < known.sum():  # plink2 adds SEX when both sexes are present
+                Cg = np.column_stack([C, np.where(male, 1.0, 2.0)])
+                cov_g = list(cov_names) + ["SEX"]
+                masks_g = [m & known for m in masks]
+            scale = np.where(male, 0.5, 1.0) if cfg.xchr_model == 1 else np.ones(fam.n_samples)
+            hemi = freq_mask * np.where(male, 0.5, 1.0)
+        elif cls == "Y":
+            masks_g = [m & male for m in masks]
+            scale = np.full(fam.n_samples, 0.5)
+            hemi = freq_mask * male * 0.5
+        elif cls == "MT":
+            scale = np.full(fam.n_samples, 0.5)
+            hemi = freq_mask * 0.5
+        offsets = None
+        if cfg.pred:
+            code = loco_chromosome(members[0])
+            if code is None:
+                raise InputError(f"--pred {cfg.pred}: REGENIE has no LOCO prediction for chromosome {members[0]!r} "
+                                 "(its predictions cover 1-22 and X); leave it out with --chr")
+            offsets = [lc.offset(code, members[0]) for lc in loco]
+        idx = variants[rows]
         if regenie:
             A_cols, B_cols, spec = regenie_weights(basis.Q, analysed, nulls, offsets)
             pats = ()
         else:
-            Yc = Y - np.column_stack(offsets)
-            A_cols, B_cols, pats, mos = _pattern_columns(cfg, C, cov_names, Yc, masks, names, party, quiet=True)
+            Yc = Y - np.column_stack(offsets) if offsets is not None else Y
+            A_cols, B_cols, pats, mos = _pattern_columns(cfg, Cg, cov_g, Yc, masks_g, names, party, quiet=True)
             pats, spec = tuple(pats), None
-            if party:
-                offset_moments[chrom] = (np.stack([mo.Cty for mo in mos]), np.array([mo.yty for mo in mos]))
+            if party and cfg.pred:
+                offset_moments[members[0]] = (np.stack([mo.Cty for mo in mos]), np.array([mo.yty for mo in mos]))
         A = np.hstack(A_cols + tail)
         Ws.append(pad_weights(A, np.hstack(B_cols)))
-        groups.append(PredGroup(chrom=chrom, variants=idx, patterns=pats, regenie=spec))
+        groups.append(PredGroup(chrom=",".join(members), variants=idx, patterns=pats, regenie=spec,
+                                dosage_scale=scale, hemi=hemi, n_a=A.shape[1]))
         if first is None:
             first = (A, pats)
     if first is None:
-        raise InputError("--pred: no variant left to test (check --chr/--extract)")
-    log.info("--pred %s: %s test, LOCO offsets for %d chromosome(s)", cfg.pred,
-             "REGENIE's score" if regenie else "Wald", len(groups))
-    return tuple(Ws), tuple(groups), first[0], list(first[1]), offset_moments
+        raise InputError("no variant left to test (check --chr/--extract, --xchr-model, or the samples' sex)")
+    if cfg.pred:
+        log.info("--pred %s: %s test, LOCO offsets for %d chromosome(s)", cfg.pred,
+                 "REGENIE's score" if regenie else "Wald", len(groups))
+    return tuple(Ws), tuple(groups), first[0], list(first[1]), offset_moments, variants[keep_variants]
 
 
 def _usable_covariates(Cv: np.ndarray, rows: np.ndarray, names: list[str], cfg: ScanConfig):
@@ -509,7 +578,8 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     plans, ranges, group_of_part = [], [], {}
     group = np.full(model.bim.n_variants, -1, dtype=np.int64)
     for g, grp in enumerate(model.groups):
-        plans.append(dataclasses.replace(plan, patterns=tuple(grp.patterns), regenie=grp.regenie))
+        plans.append(dataclasses.replace(plan, patterns=tuple(grp.patterns), regenie=grp.regenie, n_a=grp.n_a,
+                                         dosage_scale=grp.dosage_scale, hemi=grp.hemi))
         group[grp.variants] = g
         for row in plan_ranges(grp.variants, bv, model.bim.line_offsets):
             part = len(ranges)

@@ -14,13 +14,13 @@ The same functions run in unit tests on one process, which is how their exactnes
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 
 from .filters import CallFilters
-from .stats.blocks import block_grams, block_sums
+from .stats.blocks import DenseBlock, block_grams, block_sums
 from .stats.regenie import RegenieSpec, regenie_stats
 from .stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
 from .stats.results import results_batch
@@ -71,6 +71,11 @@ class ScanPlan:
     a1freq_floor: float = 0.0
     #: REGENIE's score test (``--pred ... --pred-test regenie``) instead of the patterns' Wald tests
     regenie: RegenieSpec | None = None
+    #: sex chromosomes (plink2's models): each sample's dosage factor in the regression (0.5: a
+    #: haploid call coded 0..1) and its allele weight in the frequencies (0.5: hemizygous, one
+    #: allele; 0: not counted), over the frequency samples
+    dosage_scale: np.ndarray | None = None
+    hemi: np.ndarray | None = None
 
     @property
     def layout(self) -> StatLayout:
@@ -152,12 +157,23 @@ def _sub_blocks(plan: ScanPlan, ranges, *, meta: bool):
 
 def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.RecordBatch:
     """Per-variant results of one block (one-party scan model): sums, call filters, finalize."""
+    called = None
+    if plan.dosage_scale is not None:  # a sex chromosome: haploid codings and hemizygous frequencies
+        raw = block.dense()
+        called = ~np.isnan(raw)
+        freq_alt = np.where(called, raw, 0.0) @ plan.hemi
+        freq_called = called @ plan.hemi
+        block = DenseBlock(raw * plan.dosage_scale[None, :], block.meta)
     SX, SXX, SM = block_sums(block, W, plan.n_a)
+    if called is None:
+        freq_alt, freq_called = SX[:, -1], plan.n_freq - SM[:, -1]
     if plan.filters.active:
-        ok = plan.filters.keep(SX[:, -1], plan.n_freq - SM[:, -1], SM[:, -2], plan.n_kept)
+        ok = plan.filters.keep(freq_alt, freq_called, SM[:, -2], plan.n_kept)
         if not ok.all():
             SX, SXX, SM, vidx = SX[ok], SXX[ok], SM[ok], vidx[ok]
+            freq_alt, freq_called = freq_alt[ok], freq_called[ok]
             block = block.take(ok)
+            called = None if called is None else called[ok]
     if plan.regenie is not None:  # REGENIE's score test; ALLELE1 is the ALT allele, as REGENIE reports it
         tested, _, named = regenie_stats(plan.regenie, SX, SXX, SM)
         if not tested.all():
@@ -176,8 +192,16 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
         else:
             QmQm, Qmy, ymy = block_grams(block, W, a, k, pg, sums["miss"] > 0)
             stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymy, **sums)
+        if called is not None:
+            # A1_FREQ as plink2 reports it: the regressed dosages over 2 x (each called sample's factor)
+            mask = W[: plan.n_samples, plan.n_a + pat.b_offset]
+            n_called = called @ mask
+            weight = called @ (mask * plan.dosage_scale)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                fix = np.where(weight > 0, n_called / weight, np.nan)
+            stats = [replace(st, alt_freq=st.alt_freq * fix) for st in stats]
         named += list(zip(pat.phenotypes, stats))
-    return results_batch(vidx, block.meta, SX[:, -1], plan.n_freq - SM[:, -1], named, count_alt=plan.count_alt,
+    return results_batch(vidx, block.meta, freq_alt, freq_called, named, count_alt=plan.count_alt,
                          a1freq_floor=plan.a1freq_floor)
 
 

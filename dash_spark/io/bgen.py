@@ -28,7 +28,7 @@ import zlib
 import numpy as np
 
 from ..errors import InputError, utf8_lines
-from .plink import Bim, Fam
+from .plink import Bim, Fam, sex_code
 
 REF_MODES = ("ref-first", "ref-last")
 DOSAGE_UNIT = 16384  # plink2 stores dosages in units of 1/16384
@@ -122,6 +122,8 @@ def read_oxford_sample(path: str) -> tuple[list[str], list[str], np.ndarray]:
     two = len(head) > 1 and head[1] == "id_2"
     icol = 1 if two else 0
     pcols = [head.index(c) if c in head else None for c in ("father", "mother")]
+    scol = head.index("sex") if "sex" in head else None
+    sex: list[int] = []
     for lineno, fields in lines[2:]:
         if len(fields) < len(head):
             raise InputError(f"{path}:{lineno}: expected {len(head)} fields as in the header, found {len(fields)}")
@@ -133,21 +135,22 @@ def read_oxford_sample(path: str) -> tuple[list[str], list[str], np.ndarray]:
         fids.append(fields[0])
         iids.append(iid)
         founder.append(all(c is None or fields[c] in ("0", "NA") for c in pcols))
+        sex.append(0 if scol is None else sex_code(fields[scol]))
     if not iids:
         raise InputError(f"{path}: no samples; expected one line per sample after the two header lines")
-    return fids, iids, np.array(founder, dtype=bool)
+    return fids, iids, np.array(founder, dtype=bool), np.array(sex, dtype=np.int8)
 
 
 def read_bgen_samples(path: str, sample: str | None) -> Fam:
     """The samples of a BGEN: from ``sample`` (an Oxford .sample) if given, else embedded in the file."""
     hdr = BgenHeader(path)
     if sample:
-        fids, iids, founder = read_oxford_sample(sample)
+        fids, iids, founder, sex = read_oxford_sample(sample)
         if len(iids) != hdr.n_samples:
             raise InputError(f"{sample}: {len(iids):,} samples, but {os.path.basename(path)} has "
                              f"{hdr.n_samples:,}; expected the .sample of this .bgen (one line per sample, in its "
                              "order, after the two header lines)")
-        return Fam(path=sample, fids=tuple(fids), iids=tuple(iids), founder=founder)
+        return Fam(path=sample, fids=tuple(fids), iids=tuple(iids), founder=founder, sex=sex)
     ids = hdr.embedded_ids()
     if ids is None:
         raise InputError(f"{path}: the BGEN has no sample identifiers; expected them in the file or a --sample "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError, not_utf8_error, utf8_lines
-from .plink import Bim, Fam
+from .plink import Bim, Fam, sex_code
 
 PGEN_MISSING = -9.0
 
@@ -42,6 +42,7 @@ def read_psam(path: str) -> Fam:
     fids: list[str] = []
     iids: list[str] = []
     founder: list[bool] = []
+    sex: list[int] = []
     seen: dict[str, int] = {}
     try:
         fh = open(path, encoding="utf-8")
@@ -81,9 +82,11 @@ def read_psam(path: str) -> Fam:
             pat = fields[cols["PAT"]] if "PAT" in cols else "0"
             mat = fields[cols["MAT"]] if "MAT" in cols else "0"
             founder.append(pat == "0" and mat == "0")
+            sex.append(sex_code(fields[cols["SEX"]]) if "SEX" in cols else 0)
     if not iids:
         raise InputError(f"{path}: no samples; expected one line per sample after the '#IID' header")
-    return Fam(path=path, fids=tuple(fids), iids=tuple(iids), founder=np.array(founder, dtype=bool))
+    return Fam(path=path, fids=tuple(fids), iids=tuple(iids), founder=np.array(founder, dtype=bool),
+               sex=np.array(sex, dtype=np.int8))
 
 
 # ------------------------------------------------------------------------------------------------

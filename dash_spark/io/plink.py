@@ -25,12 +25,14 @@ BED_MAGIC = bytes([0x6C, 0x1B, 0x01])
 @dataclass(frozen=True)
 class Fam:
     """Samples of a .fam, in genotype order. ``iids``/``fids``: tuples of n strings;
-    ``founder`` [shape: (n,), bool]: both parents unknown (``0``), as plink2 counts founders."""
+    ``founder`` [shape: (n,), bool]: both parents unknown (``0``), as plink2 counts founders;
+    ``sex`` [shape: (n,), int8]: 1 male, 2 female, 0 unknown (``None``: the source has no sex)."""
 
     path: str
     fids: tuple[str, ...]
     iids: tuple[str, ...]
     founder: np.ndarray
+    sex: np.ndarray | None = None
 
     @property
     def n_samples(self) -> int:
@@ -64,6 +66,7 @@ def read_fam(path: str) -> Fam:
     fids: list[str] = []
     iids: list[str] = []
     founder: list[bool] = []
+    sex: list[int] = []
     seen: dict[str, int] = {}
     try:
         fh = open(path, encoding="utf-8")
@@ -89,9 +92,16 @@ def read_fam(path: str) -> Fam:
             fids.append(fields[0])
             iids.append(iid)
             founder.append(fields[2] == "0" and fields[3] == "0")
+            sex.append(sex_code(fields[4]))
     if not iids:
         raise InputError(f"{path}: no samples; expected one line per sample")
-    return Fam(path=path, fids=tuple(fids), iids=tuple(iids), founder=np.array(founder, dtype=bool))
+    return Fam(path=path, fids=tuple(fids), iids=tuple(iids), founder=np.array(founder, dtype=bool),
+               sex=np.array(sex, dtype=np.int8))
+
+
+def sex_code(token: str) -> int:
+    """plink2's sex codes: 1/M/m male, 2/F/f female, anything else (0, NA, -9) unknown -> 1, 2, 0."""
+    return {"1": 1, "M": 1, "m": 1, "2": 2, "F": 2, "f": 2}.get(token, 0)
 
 
 def _parse_bim_text(text: bytes, path: str, first_line: int) -> tuple[np.ndarray, ...]:
