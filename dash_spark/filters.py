@@ -86,6 +86,16 @@ def _normalise_chrom(name: str) -> str:
     return name[3:] if name.lower().startswith("chr") else name
 
 
+_CHROM_NUMBERS = {"X": 23, "Y": 24, "XY": 25, "MT": 26, "M": 26}
+
+
+def _chrom_key(name: str):
+    """A chromosome name as plink2 compares them: a number (X, Y, XY, MT as 23-26), else the name."""
+    if name.isdigit():
+        return int(name)
+    return _CHROM_NUMBERS.get(name.upper(), name)
+
+
 def parse_chr_spec(spec: str) -> tuple[set[str], list[tuple[int, int]]]:
     """``"1-3,5,X"`` -> names {'5', 'X'} and numeric ranges [(1, 3)] (plink2's --chr syntax)."""
     names: set[str] = set()
@@ -122,10 +132,12 @@ def variant_mask(bim, *, chr_spec: str | None = None, from_bp: int | None = None
     if chr_spec:
         names, ranges = parse_chr_spec(chr_spec)
         chrom = np.array([_normalise_chrom(c) for c in bim.chrom], dtype=object)
-        hit = np.isin(chrom, list(names)) if names else np.zeros(m, dtype=bool)
-        numeric = np.array([c.isdigit() for c in chrom])
-        if ranges and numeric.any():
-            as_int = np.where(numeric, [int(c) if c.isdigit() else -1 for c in chrom], -1)
+        # plink2's equivalences: X = 23, Y = 24, XY = 25, MT = 26 (either spelling, either side)
+        want = {_chrom_key(c) for c in names}
+        keys = [_chrom_key(c) for c in chrom]
+        hit = np.array([k in want for k in keys], dtype=bool)
+        if ranges:
+            as_int = np.array([k if isinstance(k, int) else -1 for k in keys])
             for lo, hi in ranges:
                 hit |= (as_int >= lo) & (as_int <= hi)
         if not hit.any():

@@ -91,3 +91,21 @@ def test_sex_chromosomes_match_plink2(sexdata, model, spark):
         # the cases are really there: X without the unknown-sex samples, Y on males only
         obs = dict(zip(ours.chrom, ours.obs_ct))
         assert obs["Y"] < obs["MT"] / 2 + 20 and (model == 0 or obs["X"] < obs["XY"])
+
+
+def test_chr_accepts_plink2_names():
+    """--chr X = 23, Y = 24, XY = 25, MT = 26, with or without 'chr', in names and in ranges."""
+    from types import SimpleNamespace
+
+    from dash_spark.filters import variant_mask
+
+    bim = SimpleNamespace(chrom=np.array(["1", "2", "X", "23", "Y", "chrMT", "XY", "25", "GL000"]), n_variants=9,
+                          path="t.bim")
+
+    def picked(spec):
+        return variant_mask(bim, chr_spec=spec).astype(int).tolist()
+
+    assert picked("X") == picked("23") == picked("chrX") == [0, 0, 1, 1, 0, 0, 0, 0, 0]
+    assert picked("24-26") == [0, 0, 0, 0, 1, 1, 1, 1, 0]
+    assert picked("MT,XY") == [0, 0, 0, 0, 0, 1, 1, 1, 0]
+    assert picked("1-2,GL000") == [1, 1, 0, 0, 0, 0, 0, 0, 1]
