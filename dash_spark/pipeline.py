@@ -162,8 +162,8 @@ class Model:
     #: extra per-phenotype outputs of a scan: GWAS-SSF files (:mod:`dash_spark.gwas_ssf`) and the
     #: null models' covariate effects (``--report-covariates``), written by the output writers
     extra_outputs: object | None = None
-    #: ``--pred``: one :class:`PredGroup` per chromosome (its variants, patterns or REGENIE spec);
-    #: ``W`` is then the tuple of the groups' weight matrices, in the same order
+    #: ``--pred`` (one :class:`PredGroup` per chromosome) or sex chromosomes (one per class): the
+    #: groups' variants, patterns or REGENIE spec; ``W`` is then the tuple of their weight matrices
     groups: tuple | None = None
     #: ``--pred-test regenie``: also write ``<phenotype>.regenie``
     regenie_outputs: bool = False
@@ -178,7 +178,9 @@ class Model:
 
 @dataclass(frozen=True)
 class PredGroup:
-    """The variants of one chromosome under ``--pred``: their LOCO offsets are that chromosome's."""
+    """Variants that share one weight matrix: one chromosome under ``--pred`` (its LOCO offsets), or
+    one class of chromosomes for plink2's sex-chromosome models (``dosage_scale``: each sample's
+    dosage factor, ``hemi``: its allele weight in the frequencies; ``n_a``: the columns of A)."""
 
     chrom: str
     variants: np.ndarray
@@ -578,8 +580,11 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     plans, ranges, group_of_part = [], [], {}
     group = np.full(model.bim.n_variants, -1, dtype=np.int64)
     for g, grp in enumerate(model.groups):
+        sub = plan.sub_block
+        if grp.dosage_scale is not None:  # a sex chromosome's blocks are decoded to float64 in the task
+            sub = sub_block_size(model.n_samples, model.W[g].shape[1], cfg.task_memory_mb << 20, dense=True)
         plans.append(dataclasses.replace(plan, patterns=tuple(grp.patterns), regenie=grp.regenie, n_a=grp.n_a,
-                                         dosage_scale=grp.dosage_scale, hemi=grp.hemi))
+                                         dosage_scale=grp.dosage_scale, hemi=grp.hemi, sub_block=sub))
         group[grp.variants] = g
         for row in plan_ranges(grp.variants, bv, model.bim.line_offsets):
             part = len(ranges)
