@@ -66,6 +66,17 @@ def add_dosage_args(p, *, what: str = "genotypes") -> None:
     p.set_defaults(bgen_ref=None)
 
 
+class _MachR2Action(argparse.Action):
+    """plink2's ``--mach-r2-filter [MIN [MAX]]`` (defaults 0.1 and 2.0)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            parser.error(f"{option_string}: expected at most MIN and MAX, found {len(values)} values")
+        lo = values[0] if values else 0.1
+        hi = values[1] if len(values) > 1 else 2.0
+        setattr(namespace, self.dest, (lo, hi))
+
+
 def add_spark_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Spark")
     g.add_argument("--master", help="Spark master URL (default: spark-submit's, else local[*])")
@@ -129,6 +140,9 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     f.add_argument("--maf", type=float, metavar="F", help="skip variants with minor allele frequency below F")
     f.add_argument("--mac", type=float, metavar="N", help="skip variants with minor allele count below N")
     f.add_argument("--geno", type=float, metavar="F", help="skip variants with a missing-call rate above F")
+    f.add_argument("--mach-r2-filter", nargs="*", type=float, action=_MachR2Action, metavar="R2",
+                   help="MIN [MAX]: keep variants whose MaCH r-squared over the kept samples is within "
+                        "[MIN, MAX] (plink2's flag; defaults 0.1 and 2)")
     add_spark_args(p)
 
 
@@ -146,7 +160,7 @@ SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_re
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
-               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model")
+               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model", "mach_r2_filter")
 
 
 def scan_config_from_args(args):

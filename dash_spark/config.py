@@ -48,6 +48,8 @@ def load_scan_config(path: str, **overrides) -> ScanConfig:
     for key in PATH_KEYS:
         if key in scan and isinstance(scan[key], str):
             scan[key] = _resolve(base, scan[key])
+    if isinstance(scan.get("mach_r2_filter"), list):
+        scan["mach_r2_filter"] = tuple(float(v) for v in scan["mach_r2_filter"])
     for key in ("pheno_name", "covar_name"):
         if isinstance(scan.get(key), str):
             scan[key] = tuple(x for x in scan[key].split(",") if x)

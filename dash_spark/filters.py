@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, InputError, utf8_lines
+from .errors import ConfigError, InputError, not_utf8_error
 from .io.tables import read_sample_ids
 
 log = logging.getLogger("dash_spark")
@@ -28,15 +28,21 @@ class CallFilters:
     maf: float | None = None
     mac: float | None = None
     geno: float | None = None
+    #: ``--mach-r2-filter MIN MAX``: keep variants whose MaCH r-squared over the kept samples is in
+    #: [MIN, MAX] (plink2; a variant whose r-squared is undefined, p = 0 or 1, is kept)
+    mach_r2: tuple[float, float] | None = None
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.maf, self.mac, self.geno))
+        return any(v is not None for v in (self.maf, self.mac, self.geno, self.mach_r2))
 
     def describe(self) -> str:
         """The thresholds applied, as the options that set them: ``--maf 0.6, --geno 0``."""
-        return ", ".join(f"--{name} {v:g}" for name, v in (("maf", self.maf), ("mac", self.mac), ("geno", self.geno))
-                         if v is not None)
+        out = [f"--{name} {v:g}" for name, v in (("maf", self.maf), ("mac", self.mac), ("geno", self.geno))
+               if v is not None]
+        if self.mach_r2 is not None:
+            out.append(f"--mach-r2-filter {self.mach_r2[0]:g} {self.mach_r2[1]:g}")
+        return ", ".join(out)
 
     def none_passed(self, n_variants: int) -> InputError:
         """The error for a scan in which these thresholds removed all ``n_variants`` variants tested."""
@@ -46,9 +52,17 @@ class CallFilters:
             f"variants to pass, found 0 ({n_variants:,} of {n_variants:,} variants removed). Relax {flags}"
         )
 
-    def keep(self, alt_sum: np.ndarray, called: np.ndarray, missing_kept: np.ndarray, n_kept: int) -> np.ndarray:
-        """Boolean mask of variants passing; ``alt_sum``/``called`` over the frequency samples."""
+    def keep(self, alt_sum: np.ndarray, called: np.ndarray, missing_kept: np.ndarray, n_kept: int,
+             kept_sums: tuple | None = None) -> np.ndarray:
+        """Boolean mask of variants passing; ``alt_sum``/``called`` over the frequency samples;
+        ``kept_sums`` = ``(sum x, sum x^2)`` over the kept samples' calls, for ``--mach-r2-filter``
+        (``None``: not applied to these variants)."""
         ok = np.ones(len(alt_sum), dtype=bool)
+        if self.mach_r2 is not None and kept_sums is not None:
+            from .stats.regression import mach_r2
+
+            r2 = mach_r2(kept_sums[0], kept_sums[1], n_kept - missing_kept)
+            ok &= np.isnan(r2) | ((r2 >= self.mach_r2[0]) & (r2 <= self.mach_r2[1]))
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.maf is not None or self.mac is not None:
                 minor_count = np.minimum(alt_sum, 2.0 * called - alt_sum)
@@ -117,11 +131,17 @@ def parse_chr_spec(spec: str) -> tuple[set[str], list[tuple[int, int]]]:
 
 
 def _read_variant_ids(path: str) -> list[str]:
+    from .io import files
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            return [line.split()[0] for line in utf8_lines(fh, path, "variant-ID file") if line.strip()]
+        data = files.read_bytes(path)
     except OSError as exc:
-        raise InputError(f"{path}: cannot read variant-ID file ({exc.strerror})") from None
+        raise InputError(f"{path}: cannot read variant-ID file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, "variant-ID file", data=data, exc=exc) from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def variant_mask(bim, *, chr_spec: str | None = None, from_bp: int | None = None, to_bp: int | None = None,

@@ -84,6 +84,7 @@ class ScanConfig:
     pred: str | None = None
     pred_test: str = "wald"
     xchr_model: int = 2
+    mach_r2_filter: tuple[float, float] | None = None
     master: str | None = None
     spark_conf: dict[str, str] = field(default_factory=dict)
 
@@ -115,6 +116,10 @@ class ScanConfig:
             raise ConfigError(f"--plots-top: expected a positive number of phenotypes, found {self.plots_top}")
         if not 0 <= self.a1freq_lower_limit < 0.5:
             raise ConfigError(f"--a1freq-lower-limit: expected a frequency in [0, 0.5), found {self.a1freq_lower_limit}")
+        if self.mach_r2_filter is not None:
+            lo, hi = self.mach_r2_filter
+            if not 0 <= lo <= hi:
+                raise ConfigError(f"--mach-r2-filter: expected 0 <= MIN <= MAX, found {lo:g} {hi:g}")
         if self.xchr_model not in (0, 1, 2):
             raise ConfigError(f"--xchr-model: expected 0, 1 or 2 (as plink2), found {self.xchr_model!r}")
         if self.pred_test not in PRED_TESTS:
@@ -311,8 +316,10 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     use_founders = fam.founder.any() if subset_of_fam else (fam.founder & kept).any()
     freq_mask = fam.founder & kept if use_founders else kept
     tail = [kept.astype(np.float64)[:, None], freq_mask.astype(np.float64)[:, None]]
+    # --mach-r2-filter needs sum x^2 over the kept samples: one more B column, the last
+    tail_b = [kept.astype(np.float64)[:, None]] if cfg.mach_r2_filter and not party else []
     A = np.hstack(A_cols + tail)
-    B = np.hstack(B_cols)
+    B = np.hstack(B_cols + tail_b)
     W, groups, offset_moments = pad_weights(A, B), None, None
     # plink2's sex-chromosome models (one-party scans; REGENIE's test keeps its own diploid coding)
     has_sexchr = any(sex_chrom_class(c) for c in set(np.asarray(bim.chrom)[variants].tolist()))
@@ -327,7 +334,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         Y_raw[has] = pheno.values[rows[0, has]]
         W, groups, A, patterns, offset_moments, variants = _chrom_groups(
             cfg, fam, bim, variants, C, cov_names, Y, Y_raw, masks, base, kept, freq_mask, loco, pheno.names, tail,
-            party, sexchr)
+            party, sexchr, tail_b)
     log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
              len(pheno.names), len(patterns), A.shape[0], A.shape[1] + B.shape[1],
              A.nbytes / 1e6 + B.nbytes / 1e6)
@@ -426,7 +433,7 @@ def sex_chrom_class(name: str) -> str | None:
 
 def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray,
                   Y_raw: np.ndarray, masks, base: np.ndarray, kept: np.ndarray, freq_mask: np.ndarray, loco,
-                  names, tail, party: bool = False, sexchr: bool = False):
+                  names, tail, party: bool = False, sexchr: bool = False, tail_b=()):
     """``(W tuple, groups, A of the first group, patterns of the first group, offset moments, variants)``
     of a model whose variants need more than one weight matrix:
 
@@ -509,7 +516,7 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
             if party and cfg.pred:
                 offset_moments[members[0]] = (np.stack([mo.Cty for mo in mos]), np.array([mo.yty for mo in mos]))
         A = np.hstack(A_cols + tail)
-        Ws.append(pad_weights(A, np.hstack(B_cols)))
+        Ws.append(pad_weights(A, np.hstack(list(B_cols) + list(tail_b))))
         groups.append(PredGroup(chrom=",".join(members), variants=idx, patterns=pats, regenie=spec,
                                 dosage_scale=scale, hemi=hemi, n_a=A.shape[1]))
         if first is None:
@@ -569,7 +576,7 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     plan = ScanPlan(
         reader=model.source.reader(), n_samples=model.n_samples,
         n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns,
-        filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno),
+        filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno, mach_r2=cfg.mach_r2_filter),
         sub_block=sub_block_size(model.n_samples, width, cfg.task_memory_mb << 20,
                                  dense=not isinstance(model.source, BedSource)),
         count_alt=cfg.count_alt or model.source.count_alt, missing_genotypes=cfg.missing_genotypes,

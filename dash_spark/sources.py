@@ -24,6 +24,7 @@ from functools import cached_property
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .io import files
 from .io.bgen import REF_MODES, check_bgen, read_bgen_rows, read_bgen_samples, read_bgi
 from .io.features import read_feature_meta, read_feature_rows
 from .io.pgen import PvarLayout, check_pgen, pfile_paths, read_pgen_dosages, read_psam, read_pvar, read_pvar_range
@@ -35,6 +36,12 @@ from .stats.blocks import DenseBlock, PackedBlock
 def qualify(path: str) -> str:
     """Absolute local paths for plain paths; URIs pass through."""
     return path if "://" in path else os.path.abspath(path)
+
+
+def _local_only(path: str, flag: str) -> None:
+    if files.is_uri(path):
+        raise ConfigError(f"{flag} {path}: object storage is read for --bfile and the tables so far; copy the "
+                          f"{flag[2:]} files to a local or shared path (or convert with plink2 --make-bed)")
 
 
 def bfile_paths(prefix: str) -> tuple[str, str, str]:
@@ -158,7 +165,12 @@ class BedSource:
 
     def check(self) -> "BedSource":
         for p in self.paths:
-            if not os.path.exists(p):
+            try:
+                found = files.exists(p)
+            except OSError as exc:  # object storage unreachable, no credentials, unknown scheme
+                raise InputError(f"{p}: cannot reach the file ({exc}); check the URI and the storage "
+                                 "credentials in the environment") from None
+            if not found:
                 raise InputError(f"{p}: file not found; --bfile expects PREFIX with PREFIX.bed/.bim/.fam")
         self.variants  # noqa: B018 - reads the .fam and .bim and checks the .bed's size
         return self
@@ -255,6 +267,7 @@ class PgenSource:
         return self.paths[2]
 
     def check(self) -> "PgenSource":
+        _local_only(self.prefix, "--pfile")
         for p in self.paths:
             if not os.path.exists(p):
                 if p.endswith(".pvar") and os.path.exists(p + ".zst"):
@@ -312,6 +325,7 @@ class BgenSource:
         return self.sample or self.path
 
     def check(self) -> "BgenSource":
+        _local_only(self.path, "--bgen")
         if self.ref not in REF_MODES:
             raise ConfigError(f"--bgen {self.path}: expected 'ref-first' or 'ref-last' after the file name (which "
                               f"allele is REF, as plink2's --bgen), found {self.ref!r}")

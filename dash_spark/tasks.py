@@ -168,7 +168,9 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
     if called is None:
         freq_alt, freq_called = SX[:, -1], plan.n_freq - SM[:, -1]
     if plan.filters.active:
-        ok = plan.filters.keep(freq_alt, freq_called, SM[:, -2], plan.n_kept)
+        # --mach-r2-filter: the kept samples' dosage sums (A's kept column; B's last column when set)
+        kept = (SX[:, -2], SXX[:, -1]) if plan.filters.mach_r2 is not None and called is None else None
+        ok = plan.filters.keep(freq_alt, freq_called, SM[:, -2], plan.n_kept, kept)
         if not ok.all():
             SX, SXX, SM, vidx = SX[ok], SXX[ok], SM[ok], vidx[ok]
             freq_alt, freq_called = freq_alt[ok], freq_called[ok]
@@ -199,7 +201,7 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
             weight = called @ (mask * plan.dosage_scale)
             with np.errstate(divide="ignore", invalid="ignore"):
                 fix = np.where(weight > 0, n_called / weight, np.nan)
-            stats = [replace(st, alt_freq=st.alt_freq * fix) for st in stats]
+            stats = [replace(st, alt_freq=st.alt_freq * fix, mach_r2=None) for st in stats]
         named += list(zip(pat.phenotypes, stats))
     return results_batch(vidx, block.meta, freq_alt, freq_called, named, count_alt=plan.count_alt,
                          a1freq_floor=plan.a1freq_floor)

@@ -141,6 +141,30 @@ def test_pgen_scan_matches_plink2(data, pgen_scan):
     assert frac.mean() > 0.1 and np.isnan(X).mean() > 0.005  # the files really have dosages and missing calls
 
 
+def test_mach_r2_and_filter_match_plink2(data, pgen_scan, spark):
+    """results.parquet's mach_r2 = plink2's MACH_R2 column (per phenotype, over its samples with a
+    dosage); --mach-r2-filter MIN MAX keeps the variants plink2 keeps (r-squared over all samples)."""
+    out = data["tmp"] / "plink-machr2"
+    plink2("--pfile", data["pfile"], "--pheno", data["pheno"], "--covar", data["covar"], "--glm", "hide-covar",
+           "cols=+machr2", "--out", out)
+    tbl = pq.read_table(f"{pgen_scan}/results.parquet").to_pandas()
+    for p in PHENOS:
+        theirs = read_plink2_glm(f"{out}.{p}.glm.linear")
+        ours = tbl[tbl.phenotype == p].sort_values("variant_index")
+        assert list(ours.id) == [str(v) for v in theirs["ID"]]
+        r2 = theirs["MACH_R2"].astype(float)
+        ok = ~np.isnan(r2)
+        assert ok.sum() > M - 5 and np.ptp(r2[ok]) > 0.2
+        np.testing.assert_allclose(ours.mach_r2.to_numpy()[ok], r2[ok], rtol=6e-6)
+    plink2("--pfile", data["pfile"], "--pheno", data["pheno"], "--covar", data["covar"], "--glm", "hide-covar",
+           "--mach-r2-filter", "0.95", "1.1", "--out", data["tmp"] / "plink-machr2-filter")
+    theirs = read_plink2_glm(f"{data['tmp']}/plink-machr2-filter.y1.glm.linear")
+    assert 20 < len(theirs["ID"]) < M - 20  # the filter really removes some and keeps some
+    res = run_scan(ScanConfig(pfile=data["pfile"], pheno=data["pheno"], covar=data["covar"], plots=False,
+                              out=str(data["tmp"] / "ours-machr2-filter"), mach_r2_filter=(0.95, 1.1)), spark=spark)
+    _same_as_plink2(res.glm_paths["y1"], f"{data['tmp']}/plink-machr2-filter.y1.glm.linear", len(theirs["ID"]) - 3)
+
+
 @pytest.mark.parametrize("name,ref", [("b8", "ref-first"), ("b13", "ref-last")])
 def test_bgen_scan_matches_plink2(data, spark, name, ref):
     bgen, sample = data[name], data[name][:-5] + ".sample"

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError, not_utf8_error, utf8_lines
+from ..errors import InputError, not_utf8_error
+from . import files
 
 BED_MAGIC = bytes([0x6C, 0x1B, 0x01])
 
@@ -69,30 +70,33 @@ def read_fam(path: str) -> Fam:
     sex: list[int] = []
     seen: dict[str, int] = {}
     try:
-        fh = open(path, encoding="utf-8")
+        data = files.read_bytes(path)
     except OSError as exc:
-        raise InputError(f"{path}: cannot open .fam ({exc.strerror}); check the --bfile prefix") from None
-    with fh:
-        for lineno, line in enumerate(utf8_lines(fh, path, ".fam"), 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise InputError(
-                    f"{path}:{lineno}: expected 6 fields (FID IID PAT MAT SEX PHENO), found "
-                    f"{len(fields)}. Is this a plink2 .psam? Convert with plink2 --make-bed"
-                )
-            iid = fields[1]
-            if iid in seen:
-                raise InputError(
-                    f"{path}:{lineno}: duplicate sample ID {iid!r} (first on line {seen[iid]}); "
-                    "sample IDs (column 2) must be unique"
-                )
-            seen[iid] = lineno
-            fids.append(fields[0])
-            iids.append(iid)
-            founder.append(fields[2] == "0" and fields[3] == "0")
-            sex.append(sex_code(fields[4]))
+        raise InputError(f"{path}: cannot open .fam ({exc.strerror or exc}); check the --bfile prefix") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, ".fam", data=data, exc=exc) from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise InputError(
+                f"{path}:{lineno}: expected 6 fields (FID IID PAT MAT SEX PHENO), found "
+                f"{len(fields)}. Is this a plink2 .psam? Convert with plink2 --make-bed"
+            )
+        iid = fields[1]
+        if iid in seen:
+            raise InputError(
+                f"{path}:{lineno}: duplicate sample ID {iid!r} (first on line {seen[iid]}); "
+                "sample IDs (column 2) must be unique"
+            )
+        seen[iid] = lineno
+        fids.append(fields[0])
+        iids.append(iid)
+        founder.append(fields[2] == "0" and fields[3] == "0")
+        sex.append(sex_code(fields[4]))
     if not iids:
         raise InputError(f"{path}: no samples; expected one line per sample")
     return Fam(path=path, fids=tuple(fids), iids=tuple(iids), founder=np.array(founder, dtype=bool),
@@ -148,10 +152,9 @@ def _line_offsets(data: bytes) -> np.ndarray:
 def read_bim(path: str) -> Bim:
     """Read a .bim into arrays (driver side: validation, counts, filters)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = files.read_bytes(path)
     except OSError as exc:
-        raise InputError(f"{path}: cannot open .bim ({exc.strerror}); check the --bfile prefix") from None
+        raise InputError(f"{path}: cannot open .bim ({exc.strerror or exc}); check the --bfile prefix") from None
     offsets = _line_offsets(data)
     if len(offsets) < 2:
         raise InputError(f"{path}: no variants; expected one line per variant")
@@ -163,9 +166,7 @@ def read_bim(path: str) -> Bim:
 
 def read_bim_range(path: str, byte_start: int, byte_stop: int, first_line: int) -> tuple[np.ndarray, ...]:
     """Read the .bim lines in ``[byte_start, byte_stop)`` (executor side)."""
-    with open(path, "rb") as fh:
-        fh.seek(byte_start)
-        data = fh.read(byte_stop - byte_start)
+    data = files.read_range(path, byte_start, byte_stop - byte_start)
     return _parse_bim_text(data, path, first_line)
 
 
@@ -176,11 +177,10 @@ def bytes_per_variant(n_samples: int) -> int:
 def check_bed(path: str, n_samples: int, n_variants: int, fam_path: str, bim_path: str) -> None:
     """Check magic bytes and size of a .bed against the .fam and .bim counts."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            magic = fh.read(3)
+        size = files.size(path)
+        magic = files.read_range(path, 0, 3)
     except OSError as exc:
-        raise InputError(f"{path}: cannot open .bed ({exc.strerror}); check the --bfile prefix") from None
+        raise InputError(f"{path}: cannot open .bed ({exc.strerror or exc}); check the --bfile prefix") from None
     found = magic.hex(" ") or "an empty file"
     if magic[:2] != BED_MAGIC[:2] or len(magic) < 3:
         raise InputError(
@@ -211,9 +211,7 @@ def read_bed_range(path: str, n_samples: int, start: int, stop: int) -> np.ndarr
     """Packed bytes of variants ``[start, stop)``: uint8 array shape (stop - start, ceil(n/4))."""
     nb = bytes_per_variant(n_samples)
     count = (stop - start) * nb
-    with open(path, "rb") as fh:
-        fh.seek(3 + start * nb)
-        data = fh.read(count)
+    data = files.read_range(path, 3 + start * nb, count)
     if len(data) != count:
         raise InputError(
             f"{path}: file ended while reading variants {start}-{stop - 1}; the .bed is truncated"

@@ -32,6 +32,7 @@ Nothing here logs cell values; log lines carry counts only.
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 import logging
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from dash_spark.errors import ConfigError, InputError, ModelError, did_you_mean, not_utf8_error
+
+from . import files
 
 __all__ = [
     "MAX_CATEGORY_LEVELS",
@@ -116,6 +119,14 @@ class SampleTable:
 def _open_text(path: str, what: str):
     """Open ``path`` for text reading (gzip when it ends in .gz); InputError when it cannot."""
     try:
+        if files.is_uri(path):  # object storage: a table is small, read it whole
+            data = files.read_bytes(path)
+            if str(path).endswith(".gz"):
+                data = gzip.decompress(data)
+            try:
+                return io.StringIO(data.decode("utf-8-sig"))
+            except UnicodeDecodeError as exc:
+                raise not_utf8_error(path, what, data=data, exc=exc) from None
         if str(path).endswith(".gz"):
             return gzip.open(path, "rt", encoding="utf-8-sig")
         return open(path, encoding="utf-8-sig")

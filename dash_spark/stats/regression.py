@@ -134,6 +134,17 @@ class VariantStats:
     obs_ct: np.ndarray
     alt_freq: np.ndarray
     errcode: np.ndarray  # uint8, codes in ERRCODES
+    #: MaCH imputation r-squared of the dosages over the samples with a call (plink2's MACH_R2)
+    mach_r2: np.ndarray | None = None
+
+
+def mach_r2(sx: np.ndarray, sxx: np.ndarray, n_called: np.ndarray) -> np.ndarray:
+    """plink2's MACH_R2 of a biallelic variant from ``sum x``, ``sum x^2`` over ``n`` called samples:
+    the dosages' variance (1/n) over its expectation 2p(1-p), ``2 (n sxx - sx^2) / (sx (2n - sx))``;
+    NaN for a constant variant with p = 0 or 1 (or no call)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = sx * (2.0 * n_called - sx)
+        return np.where(den > 0, 2.0 * (n_called * sxx - sx * sx) / np.where(den > 0, den, 1.0), np.nan)
 
 
 #: plink2's ``--glm`` error codes for a linear model, by name and in plink2's own order (its
@@ -257,7 +268,8 @@ def finalize_mean_imputed(
     yy_c = np.broadcast_to(yy - np.einsum("kp,kp->p", Qy, Qy), yx_c.shape)
     dof = np.full(m, n - k - 1, dtype=np.int64)
     alt_freq = np.where(n_obs > 0, mu / 2.0, np.nan)
-    return _finish(xx_c, xx_centred, yx_c, yy_c, dof, err, np.full(m, n, dtype=np.int64), alt_freq)
+    return _finish(xx_c, xx_centred, yx_c, yy_c, dof, err, np.full(m, n, dtype=np.int64), alt_freq,
+                   mach_r2(sx, sxx, n_obs))
 
 
 def finalize_complete_case(
@@ -314,7 +326,7 @@ def finalize_complete_case(
     yy_c = (yy[None, :] - ymy) - np.einsum("mkp,mkp->mp", b, z[:, :, 1:])
     with np.errstate(divide="ignore", invalid="ignore"):
         alt_freq = np.where(n_obs > 0, sx / (2.0 * n_obs), np.nan)
-    return _finish(xx_c, xx_centred, yx_c, yy_c, n_obs - k - 1, err, n_obs, alt_freq)
+    return _finish(xx_c, xx_centred, yx_c, yy_c, n_obs - k - 1, err, n_obs, alt_freq, mach_r2(sx, sxx, n_obs))
 
 
 def _near_singular(G: np.ndarray, tol: float = 1e-10) -> np.ndarray:
@@ -361,7 +373,7 @@ def _first_errors(sx, sxx, n_obs, n_fit, k: int) -> np.ndarray:
     return err
 
 
-def _finish(xx_c, xx_centred, yx_c, yy_c, dof, err, obs_ct, alt_freq) -> list[VariantStats]:
+def _finish(xx_c, xx_centred, yx_c, yy_c, dof, err, obs_ct, alt_freq, mach=None) -> list[VariantStats]:
     """Per-phenotype statistics from covariate-adjusted sums; shared by both missing-call modes."""
     err = err.copy()
     collinear = (err == 0) & (xx_c <= COLLINEAR_TOL * np.maximum(xx_centred, 1e-300))
@@ -377,11 +389,11 @@ def _finish(xx_c, xx_centred, yx_c, yy_c, dof, err, obs_ct, alt_freq) -> list[Va
         se = np.sqrt(rss / dof_g / xx_g)
         with np.errstate(divide="ignore", invalid="ignore"):
             tstat = beta / se
-        out.append(_pack(beta, se, tstat, dof_g, good, obs_ct, alt_freq, err))
+        out.append(_pack(beta, se, tstat, dof_g, good, obs_ct, alt_freq, err, mach))
     return out
 
 
-def _pack(beta, se, tstat, dof, good, obs_ct, alt_freq, err) -> VariantStats:
+def _pack(beta, se, tstat, dof, good, obs_ct, alt_freq, err, mach=None) -> VariantStats:
     beta = np.where(good, beta, np.nan)
     se = np.where(good, se, np.nan)
     tstat = np.where(good, tstat, np.nan)
@@ -389,4 +401,4 @@ def _pack(beta, se, tstat, dof, good, obs_ct, alt_freq, err) -> VariantStats:
     p = np.where(good, p, np.nan)
     nl = np.where(good, nl, np.nan)
     # where se == 0 (perfect fit) t is infinite: p = 0 and -log10 p = inf, as plink2 prints
-    return VariantStats(beta, se, tstat, nl, p, obs_ct, alt_freq, err)
+    return VariantStats(beta, se, tstat, nl, p, obs_ct, alt_freq, err, mach)

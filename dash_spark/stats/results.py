@@ -12,14 +12,14 @@ from .regression import ERRCODES
 
 RESULT_SCHEMA_DDL = (
     "variant_index long, chrom string, pos long, id string, ref string, alt string, a1 string, "
-    "a1_freq double, obs_ct long, beta double, se double, t_stat double, p double, "
+    "a1_freq double, mach_r2 double, obs_ct long, beta double, se double, t_stat double, p double, "
     "neg_log10_p double, phenotype string, errcode string"
 )
 
 RESULT_SCHEMA = pa.schema([
     ("variant_index", pa.int64()), ("chrom", pa.string()), ("pos", pa.int64()), ("id", pa.string()),
     ("ref", pa.string()), ("alt", pa.string()), ("a1", pa.string()), ("a1_freq", pa.float64()),
-    ("obs_ct", pa.int64()), ("beta", pa.float64()), ("se", pa.float64()), ("t_stat", pa.float64()),
+    ("mach_r2", pa.float64()), ("obs_ct", pa.int64()), ("beta", pa.float64()), ("se", pa.float64()), ("t_stat", pa.float64()),
     ("p", pa.float64()), ("neg_log10_p", pa.float64()), ("phenotype", pa.string()), ("errcode", pa.string()),
 ])  # the same columns as RESULT_SCHEMA_DDL, for tasks that write Parquet themselves
 
@@ -37,7 +37,7 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
     chrom, ids, pos, alt, ref = meta
     m = len(vidx)
     cols: dict[str, list] = {name: [] for name in (
-        "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "obs_ct", "beta", "se",
+        "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "mach_r2", "obs_ct", "beta", "se",
         "t_stat", "p", "neg_log10_p", "phenotype", "errcode")}
     # plink2's default: A1 is the non-major allele over the frequency samples. plink2 takes
     # ref_freq = ref_count * (1 / (2 n)) and alt_freq = 1 - ref_freq, and keeps REF as major on an
@@ -65,6 +65,7 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
         if a1freq_floor > 0:
             a1f = np.where(np.isnan(a1f), a1f, np.clip(a1f, a1freq_floor, 1.0 - a1freq_floor))
         cols["a1_freq"].append(a1f)
+        cols["mach_r2"].append(np.full(m, np.nan) if st.mach_r2 is None else np.asarray(st.mach_r2, dtype=np.float64))
         cols["obs_ct"].append(st.obs_ct)
         cols["beta"].append(sign * st.beta)
         cols["se"].append(st.se)

@@ -451,10 +451,13 @@ class SufficientStats:
 
 def _scatter(parts, m: int) -> VariantStats:
     """One :class:`VariantStats` of ``m`` rows from ``(rows, VariantStats of those rows)`` pieces."""
-    fields = ("beta", "se", "t_stat", "neg_log10_p", "p", "obs_ct", "alt_freq", "errcode")
+    fields = ("beta", "se", "t_stat", "neg_log10_p", "p", "obs_ct", "alt_freq", "errcode", "mach_r2")
     out = {}
     for f in fields:
         first = getattr(parts[0][1], f)
+        if first is None:
+            out[f] = None
+            continue
         arr = np.zeros(m, dtype=np.asarray(first).dtype)
         for rows, st in parts:
             arr[rows] = getattr(st, f)
