@@ -35,6 +35,10 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="DASH: 3 parties (split by samples) vs one pooled scan, instead of plink2")
     p.add_argument("--dropout", action="store_true",
                    help="with --parties: the smallest party joins but drops before publishing")
+    p.add_argument("--dosage", action="store_true",
+                   help="imputed dosages: a PGEN with --dosage-fraction fractional dosages (plink2 --dummy) and the "
+                        "same data as BGEN 1.2 8-bit; --pfile and --bgen scans against plink2's")
+    p.add_argument("--dosage-fraction", type=float, default=0.3, help="with --dosage: share of fractional dosages")
 
 
 def timed(cmd: list[str], log_path: str) -> float:
@@ -104,6 +108,8 @@ def run_bench(args) -> int:
 
     if args.parties:
         return run_dash_bench(args)
+    if getattr(args, "dosage", False):
+        return run_dosage_bench(args)
     if shutil.which(args.plink2) is None:
         raise ConfigError(f"plink2 not found ({args.plink2!r}); install Debian's plink2 package or pass --plink2")
     work = os.path.abspath(args.workdir)
@@ -135,13 +141,7 @@ def run_bench(args) -> int:
     ours_out = os.path.join(work, "ours_" + tag)
     shutil.rmtree(ours_out, ignore_errors=True)  # the bench's own output (untimed; also one of an older version)
     cmd = [sys.executable, "-m", "dash_spark.cli", "scan", "--bfile", bfile, "--pheno", pheno,
-           "--covar", covar, "--out", ours_out, "--overwrite", "--no-plots"]
-    if args.master:
-        cmd += ["--master", args.master]
-    for k, v in args.conf:
-        cmd += ["--conf", f"{k}={v}"]
-    if args.properties_file:
-        cmd += ["--properties-file", args.properties_file]
+           "--covar", covar, "--out", ours_out, "--overwrite", "--no-plots", *_spark_flags(args)]
     t_ours = timed(cmd, ours_out + ".log")
 
     import glob
@@ -155,6 +155,96 @@ def run_bench(args) -> int:
         figures["checks"][name] = compare_to_plink2(os.path.join(ours_out, "results.parquet"), glm, name)
     emit_figures(figures, f"plink2 --glm: {t_plink:.2f} s   dash-spark scan (Spark start included): {t_ours:.2f} s   "
                           f"ratio ours/plink2 = {t_ours / t_plink:.2f}", args.json)
+    return 0
+
+
+def _spark_flags(args) -> list[str]:
+    cmd = []
+    if args.master:
+        cmd += ["--master", args.master]
+    for k, v in args.conf:
+        cmd += ["--conf", f"{k}={v}"]
+    if args.properties_file:
+        cmd += ["--properties-file", args.properties_file]
+    return cmd
+
+
+def dosage_cohort(args, data: str) -> tuple[str, str, str, str]:
+    """``(pfile prefix, bgen path, pheno, covar)`` of a dosage cohort under ``data`` (made once):
+    plink2 --dummy writes the PGEN (fractional dosages at ``--dosage-fraction``, missing calls at
+    ``--missing-rate``), plink2 --export the BGEN 1.2 (8 bits, REF first) and its .sample, our
+    writer the .bgi; the phenotypes and covariates are simulated here."""
+    from .io.bgen import write_bgi
+
+    pfile, bgen = os.path.join(data, "cohort"), os.path.join(data, "cohort.bgen")
+    pheno, covar = os.path.join(data, "cohort.pheno"), os.path.join(data, "cohort.covar")
+    if all(os.path.exists(p) for p in (pfile + ".pgen", bgen + ".bgi", pheno, covar)):
+        print(f"reusing cohort {data}")
+        return pfile, bgen, pheno, covar
+    shutil.rmtree(data, ignore_errors=True)
+    os.makedirs(data)
+    t0 = time.perf_counter()
+    timed([args.plink2, "--dummy", str(args.samples), str(args.variants), str(args.missing_rate),
+           f"dosage-freq={args.dosage_fraction}", "acgt", "--seed", str(args.seed), "--threads", str(args.threads),
+           "--make-pgen", "--out", pfile], pfile + ".dummy.log")
+    timed([args.plink2, "--pfile", pfile, "--export", "bgen-1.2", "bits=8", "ref-first", "--threads",
+           str(args.threads), "--out", bgen[: -len(".bgen")]], pfile + ".export.log")
+    write_bgi(bgen)
+    with open(pfile + ".psam") as fh:
+        head = fh.readline().lstrip("#").split()
+        iids = [line.split()[head.index("IID")] for line in fh if line.strip()]
+    rng = np.random.default_rng(args.seed)
+    n = len(iids)
+    C = rng.normal(size=(n, args.covariates))
+    with open(covar, "w") as fh:
+        fh.write("#IID\t" + "\t".join(f"c{j + 1}" for j in range(args.covariates)) + "\n")
+        for i in range(n):
+            fh.write(iids[i] + "\t" + "\t".join(repr(float(v)) for v in C[i]) + "\n")
+    with open(pheno, "w") as fh:
+        fh.write("#IID\t" + "\t".join(f"pheno{t + 1}" for t in range(args.phenotypes)) + "\n")
+        Y = C[:, :1].sum(axis=1, keepdims=True) * 0.2 + rng.normal(size=(n, args.phenotypes))
+        Y[rng.random(Y.shape) < args.pheno_missing_rate] = np.nan
+        for i in range(n):
+            fh.write(iids[i] + "\t" + "\t".join("NA" if np.isnan(v) else repr(float(v)) for v in Y[i]) + "\n")
+    print(f"made the dosage cohort (PGEN, BGEN, tables) in {time.perf_counter() - t0:.1f} s")
+    return pfile, bgen, pheno, covar
+
+
+def run_dosage_bench(args) -> int:
+    """PGEN and BGEN scans against plink2 on the same files, each pair in the same run."""
+    if shutil.which(args.plink2) is None:
+        raise ConfigError(f"plink2 not found ({args.plink2!r}); install Debian's plink2 package or pass --plink2")
+    work = os.path.abspath(args.workdir)
+    tag = (f"dosage_n{args.samples}_m{args.variants}_k{args.covariates}_p{args.phenotypes}_f{args.dosage_fraction}"
+           f"_miss{args.missing_rate}_s{args.seed}")
+    pfile, bgen, pheno, covar = dosage_cohort(args, os.path.join(work, "cohort_" + tag))
+    figures = {"samples": args.samples, "variants": args.variants, "covariates": args.covariates,
+               "phenotypes": args.phenotypes, "dosage_fraction": args.dosage_fraction, "checks": {}}
+    sources = {"pgen": (["--pfile", pfile], ["--pfile", pfile]),
+               "bgen": (["--bgen", bgen, "ref-first", "--sample", bgen[:-5] + ".sample"],
+                        ["--bgen", bgen, "ref-first", "--sample", bgen[:-5] + ".sample"])}
+    lines = []
+    for kind, (theirs_src, ours_src) in sources.items():
+        plink_out = os.path.join(work, f"plink2_{kind}_" + tag, "out")
+        os.makedirs(os.path.dirname(plink_out), exist_ok=True)
+        t_plink = timed([args.plink2, *theirs_src, "--pheno", pheno, "--covar", covar, "--glm", "hide-covar",
+                         "--threads", str(args.threads), "--memory", "8000", "--out", plink_out],
+                        plink_out + ".stdout")
+        ours_out = os.path.join(work, f"ours_{kind}_" + tag)
+        shutil.rmtree(ours_out, ignore_errors=True)  # the bench's own output (untimed)
+        t_ours = timed([sys.executable, "-m", "dash_spark.cli", "scan", *ours_src, "--pheno", pheno, "--covar", covar,
+                        "--out", ours_out, "--overwrite", "--no-plots", *_spark_flags(args)], ours_out + ".log")
+        figures[f"{kind}_plink2_seconds"] = round(t_plink, 2)
+        figures[f"{kind}_ours_seconds"] = round(t_ours, 2)
+        figures[f"{kind}_ratio"] = round(t_ours / t_plink, 3)
+        import glob
+
+        for glm in sorted(glob.glob(plink_out + ".*.glm.linear")):
+            name = os.path.basename(glm)[len(os.path.basename(plink_out)) + 1 : -len(".glm.linear")]
+            figures["checks"][f"{kind}:{name}"] = compare_to_plink2(os.path.join(ours_out, "results.parquet"), glm,
+                                                                     name)
+        lines.append(f"{kind.upper()}: plink2 {t_plink:.2f} s, ours {t_ours:.2f} s, ratio {t_ours / t_plink:.2f}")
+    emit_figures(figures, "   ".join(lines) + "   (ours: Spark start included)", args.json)
     return 0
 
 

@@ -45,3 +45,14 @@ def test_plink2_bench(tmp_path):
     assert check["a1_mismatch"] == check["obs_ct_mismatch"] == check["na_mismatch"] == 0
     assert max(check[f"{c}_max_rel"] for c in ("beta", "se", "t_stat", "p")) < 1e-5  # plink2 prints 6 digits
     assert figures["ratio"] > 0 and figures["ours_seconds"] > 0 and figures["plink2_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_dosage_bench(tmp_path):
+    figures = _bench(tmp_path, "--dosage", "--missing-rate", "0.02")
+    for kind in ("pgen", "bgen"):
+        check = figures["checks"][f"{kind}:pheno1"]
+        assert check["variants"] == 600
+        assert check["a1_mismatch"] == check["obs_ct_mismatch"] == check["na_mismatch"] == 0
+        assert max(check[f"{c}_max_rel"] for c in ("beta", "se", "t_stat", "p")) < 1e-5
+        assert figures[f"{kind}_ratio"] > 0 and figures[f"{kind}_plink2_seconds"] > 0

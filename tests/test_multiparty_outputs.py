@@ -30,7 +30,7 @@ def _results(rng, phenotypes=("trait", "other trait")) -> pa.Table:
     chrom = rng.choice(["1", "2", "10", "X"], m).astype(object)
     pos = rng.integers(1, 3_000_000, m)
     cols: dict[str, list] = {k: [] for k in ("variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq",
-                                             "obs_ct", "beta", "se", "t_stat", "p", "neg_log10_p", "phenotype",
+                                             "mach_r2", "obs_ct", "beta", "se", "t_stat", "p", "neg_log10_p", "phenotype",
                                              "errcode")}
     for name in phenotypes:
         beta = rng.standard_normal(m) * np.exp(rng.uniform(-25, 25, m))
@@ -53,6 +53,7 @@ def _results(rng, phenotypes=("trait", "other trait")) -> pa.Table:
         cols["alt"].append(np.array(["G"] * m, dtype=object))
         cols["a1"].append(np.array(["G"] * m, dtype=object))
         cols["a1_freq"].append(rng.uniform(0, 1, m))
+        cols["mach_r2"].append(rng.uniform(0.3, 1.2, m))
         cols["obs_ct"].append(rng.integers(100, 200, m))
         cols["beta"].append(beta)
         cols["se"].append(se)
