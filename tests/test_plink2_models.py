@@ -406,7 +406,7 @@ def test_gwas_ssf_underflow_uses_neg_log10_column(tmp_path):
     cols = {f.name: [] for f in RESULT_SCHEMA}
     for i, (chrom, pos, vid, ref, alt, a1, p, nlp, err) in enumerate(rows):
         tested = err == "."
-        vals = dict(variant_index=i, chrom=chrom, pos=pos, id=vid, ref=ref, alt=alt, a1=a1, a1_freq=0.25,
+        vals = dict(variant_index=i, chrom=chrom, pos=pos, id=vid, ref=ref, alt=alt, a1=a1, a1_freq=0.25, mach_r2=0.9,
                     obs_ct=100, beta=0.5 if tested else None, se=0.1 if tested else None,
                     t_stat=5.0 if tested else None, p=p, neg_log10_p=nlp, phenotype="y", errcode=err)
         for k, v in vals.items():
