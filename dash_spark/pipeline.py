@@ -167,7 +167,7 @@ class Model:
     #: extra per-phenotype outputs of a scan: GWAS-SSF files (:mod:`dash_spark.gwas_ssf`) and the
     #: null models' covariate effects (``--report-covariates``), written by the output writers
     extra_outputs: object | None = None
-    #: ``--pred`` (one :class:`PredGroup` per chromosome) or sex chromosomes (one per class): the
+    #: ``--pred`` (one :class:`VariantGroup` per chromosome) or sex chromosomes (one per class): the
     #: groups' variants, patterns or REGENIE spec; ``W`` is then the tuple of their weight matrices
     groups: tuple | None = None
     #: ``--pred-test regenie``: also write ``<phenotype>.regenie``
@@ -182,7 +182,7 @@ class Model:
 
 
 @dataclass(frozen=True)
-class PredGroup:
+class VariantGroup:
     """Variants that share one weight matrix: one chromosome under ``--pred`` (its LOCO offsets), or
     one class of chromosomes for plink2's sex-chromosome models (``dosage_scale``: each sample's
     dosage factor, ``hemi``: its allele weight in the frequencies; ``n_a``: the columns of A)."""
@@ -517,7 +517,7 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
                 offset_moments[members[0]] = (np.stack([mo.Cty for mo in mos]), np.array([mo.yty for mo in mos]))
         A = np.hstack(A_cols + tail)
         Ws.append(pad_weights(A, np.hstack(list(B_cols) + list(tail_b))))
-        groups.append(PredGroup(chrom=",".join(members), variants=idx, patterns=pats, regenie=spec,
+        groups.append(VariantGroup(chrom=",".join(members), variants=idx, patterns=pats, regenie=spec,
                                 dosage_scale=scale, hemi=hemi, n_a=A.shape[1]))
         if first is None:
             first = (A, pats)

@@ -86,7 +86,8 @@ class ScanPlan:
 @dataclass(frozen=True)
 class GroupedPlan:
     """Plans of variant groups that need their own weight matrix (``--pred``: one per chromosome,
-    whose LOCO offsets differ); range row ``part`` belongs to group ``group_of_part[part]`` and the
+    whose LOCO offsets differ; sex chromosomes: one per class, with their own samples, covariates
+    and dosage coding); range row ``part`` belongs to group ``group_of_part[part]`` and the
     broadcast value is the tuple of the groups' ``W``."""
 
     plans: tuple[ScanPlan, ...]
