@@ -35,6 +35,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from .io.files import is_uri
 from .stats.results import RESULT_SCHEMA
 
 log = logging.getLogger("dash_spark")
@@ -269,6 +270,9 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
 
     table = pa.Table.from_batches(list(batches), schema=RESULT_SCHEMA)
     name = f"part-{part:05d}"
+    if is_uri(stage):  # object storage: one PUT per object (a retried task replaces its own)
+        _write_parts_to_object_store(stage, phenotypes, name, table)
+        return table.num_rows
     _replace_with(os.path.join(stage, _PARTS, f"{name}.snappy.parquet"),
                   lambda tmp: pq.write_table(table, tmp, compression="snappy"))
     for i, pname in enumerate(phenotypes):
@@ -285,10 +289,27 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     return table.num_rows
 
 
+def _write_parts_to_object_store(stage: str, phenotypes, name: str, table) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .io.files import filesystem
+
+    fs, base = filesystem(stage)
+    with fs.open_output_stream(f"{base}/{_PARTS}/{name}.snappy.parquet") as out:
+        pq.write_table(table, out, compression="snappy")
+    for i, pname in enumerate(phenotypes):
+        rows = table.filter(pc.equal(table["phenotype"], pname))
+        with fs.open_output_stream(f"{base}/{_GLM_PARTS}/{i}/{name}.txt") as out:
+            out.write("".join(line + "\n" for line in glm_lines(rows.to_pydict())).encode("utf-8"))
+
+
 def prepare_result_dirs(stage: str, phenotypes) -> None:
     """Driver side, before the tasks of :func:`write_result_parts` run: their folders under ``stage``.
     Tasks never create folders, so a task cancelled after a failure cannot recreate an output
-    the driver has already removed."""
+    the driver has already removed. (Object storage has no folders: nothing to do.)"""
+    if is_uri(stage):
+        return
     os.makedirs(os.path.join(stage, _PARTS), exist_ok=True)
     for i in range(len(phenotypes)):
         os.makedirs(os.path.join(stage, _GLM_PARTS, str(i)), exist_ok=True)

@@ -126,9 +126,10 @@ class ScanConfig:
             raise ConfigError(f"--pred-test: expected one of {', '.join(PRED_TESTS)}, found {self.pred_test!r}")
         if self.pred_test == "regenie" and not self.pred:
             raise ConfigError("--pred-test regenie needs --pred FILE_pred.list (REGENIE's step-1 predictions)")
-        if self.pred_test == "regenie" and "://" in self.out and not self.out.startswith("file://"):
-            raise ConfigError("--pred-test regenie writes its .regenie files to a local or shared --out; "
-                              f"found {self.out}")
+        if self.pred_test == "regenie" and "://" in self.out and self.out.split("://", 1)[0] not in (
+                "file", "s3", "gs", "gcs"):
+            raise ConfigError("--pred-test regenie writes its .regenie files to a local, shared or object-storage "
+                              f"(s3://, gs://) --out; found {self.out}")
         if self.pred and self.pred_test == "regenie" and self.no_intercept:
             raise ConfigError("--pred-test regenie: REGENIE's test always has an intercept; drop --no-intercept")
         if self.task_memory_mb < 16:
@@ -622,6 +623,12 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     t0 = time.time()
     if not tasks_can_write(cfg.out):
         starter = SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None
+        if object_store_out(cfg.out):
+            from .staging import ObjectStage
+
+            stage = ObjectStage(cfg.out, overwrite=cfg.overwrite, inputs=config_inputs(cfg))  # refuses before work
+            model = build_model(cfg)
+            return _run_scan_object_store(cfg, spark if starter is None else starter.get(), model, stage, t0)
         model = build_model(cfg)
         return _run_scan_hadoop(cfg, spark if starter is None else starter.get(), model, t0)
     with staged_output(cfg.out, overwrite=cfg.overwrite, inputs=config_inputs(cfg), command="scan") as stage:
@@ -653,6 +660,42 @@ def _log_plan(cfg: ScanConfig, model: Model, spark):
              "sample dropped for that variant (plink2)" if cfg.missing_genotypes == "drop"
              else "mean-imputed per variant (Hail/REGENIE)")
     return plan, ranges
+
+
+def object_store_out(uri: str) -> bool:
+    """Whether an --out URI is object storage written through pyarrow (s3://, gs://); other URIs
+    (hdfs://, s3a:// ...) go through Spark's writer."""
+    return uri.split("://", 1)[0] in ("s3", "gs", "gcs")
+
+
+def _run_scan_object_store(cfg: ScanConfig, spark, model: Model, stage, t0: float) -> ScanResult:
+    """A scan whose --out is in object storage (s3://, gs://): the tasks write their parts under
+    the stage prefix themselves; the driver reads them back into a local temporary folder, finishes
+    the outputs there as for a local --out, puts them under the stage and commits it
+    (:class:`dash_spark.staging.ObjectStage`)."""
+    import tempfile
+
+    from .output import finish_local_outputs
+
+    try:
+        plan, ranges = _log_plan(cfg, model, spark)
+        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, list(model.phenotypes))
+        if n_rows == 0 and plan.filters.active:
+            raise plan.filters.none_passed(model.n_variants)
+        log.info("scan: results written to %s (%.1f s since start)", stage.path, time.time() - t0)
+        with tempfile.TemporaryDirectory(prefix="dash-spark-out-") as local:
+            stage.download(local)
+            glm, summaries = finish_local_outputs(local, model, plots=cfg.plots, plots_top=cfg.plots_top)
+            stage.upload(local, "scan")
+        stage.commit()
+    except BaseException:
+        stage.abort()
+        raise
+    out = stage.out
+    final = {k: f"{out}/{os.path.basename(v)}" for k, v in glm.items()}
+    log.info("done in %.1f s: %s", time.time() - t0, out)
+    return ScanResult(out=out, results_path=f"{out}/results.parquet", glm_paths=final,
+                      summaries=summaries, seconds=time.time() - t0)
 
 
 def _run_scan_hadoop(cfg: ScanConfig, spark, model: Model, t0: float) -> ScanResult:

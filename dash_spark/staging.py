@@ -179,3 +179,100 @@ def staged_output(out: str, *, overwrite: bool = False, inputs=(), command: str 
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs in object storage (s3://, gs://): the same rules without folders or renames
+
+
+class ObjectStage:
+    """An output prefix in object storage written the way :func:`staged_output` writes a directory:
+    everything goes under a sibling ``OUT.tmp-<id>/`` prefix; on success a previous dash-spark
+    output at ``OUT`` (one holding :data:`MARKER`) is deleted, the stage's objects are copied to
+    ``OUT`` with the marker copied last (an output without the marker is incomplete), and the stage
+    is deleted. A prefix that holds objects but no marker is never replaced."""
+
+    def __init__(self, out: str, *, overwrite: bool, inputs=(), what: str = "--out"):
+        from .io.files import filesystem
+
+        self.out = out.rstrip("/")
+        for p in inputs:
+            p = str(p or "").rstrip("/")
+            if p and (p == self.out or p.startswith(self.out + "/") or self.out.startswith(p + "/")):
+                raise OutputError(f"{what} {self.out}: overlaps an input of this run ({p}); an output may not be, "
+                                  "contain or lie inside an input, since --overwrite replaces it whole. Choose "
+                                  "another --out")
+        self.fs, self.out_path = filesystem(self.out)
+        self.path = f"{self.out}.tmp-{uuid.uuid4().hex[:8]}"
+        self.stage_path = filesystem(self.path)[1]
+        if self._objects(self.out_path):
+            if not overwrite:
+                raise OutputError(f"{what} {self.out}: output exists; pass --overwrite to replace it or choose "
+                                  "another --out")
+            if not self._is_marked():
+                raise OutputError(f"{what} {self.out}: exists and was not written by dash-spark (no {MARKER} in "
+                                  "it); --overwrite replaces only dash-spark outputs")
+
+    def _objects(self, prefix: str) -> list:
+        from pyarrow import fs as pafs
+
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+        except OSError as exc:
+            raise OutputError(f"--out {self.out}: cannot list the output location ({exc}); check the URI and the "
+                              "storage credentials in the environment") from None
+        return [i for i in infos if i.type == pafs.FileType.File]
+
+    def _is_marked(self) -> bool:
+        from pyarrow import fs as pafs
+
+        return self.fs.get_file_info(f"{self.out_path}/{MARKER}").type == pafs.FileType.File
+
+    def download(self, local: str) -> None:
+        """Copy the stage's objects (what the tasks wrote) into the local directory ``local``."""
+        for info in self._objects(self.stage_path):
+            rel = info.path[len(self.stage_path) + 1:]
+            dest = os.path.join(local, *rel.split("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with self.fs.open_input_stream(info.path) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+
+    def upload(self, local: str, command: str) -> None:
+        """Put every file of ``local`` (the finished outputs) under the stage, replacing what the
+        tasks wrote there, drop what ``local`` no longer has (their text chunks), then the marker."""
+        kept = set()
+        for root, _dirs, names in os.walk(local):
+            for name in names:
+                rel = os.path.relpath(os.path.join(root, name), local).replace(os.sep, "/")
+                kept.add(rel)
+                if rel.startswith("results.parquet/part-"):  # the tasks' own parts are there already
+                    continue
+                with open(os.path.join(root, name), "rb") as src, \
+                        self.fs.open_output_stream(f"{self.stage_path}/{rel}") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        for info in self._objects(self.stage_path):
+            if info.path[len(self.stage_path) + 1:] not in kept:
+                self.fs.delete_file(info.path)
+        write_marker(local, command)
+        with open(os.path.join(local, MARKER), "rb") as src, \
+                self.fs.open_output_stream(f"{self.stage_path}/{MARKER}") as dst:
+            dst.write(src.read())
+
+    def commit(self) -> None:
+        """Replace ``OUT`` by the stage (see the class docstring)."""
+        if self._objects(self.out_path):
+            if not self._is_marked():  # it appeared while we ran: never replace what we did not write
+                raise OutputError(f"--out {self.out}: objects not written by dash-spark appeared there during the "
+                                  "run; nothing was replaced. Choose another --out")
+            self.fs.delete_dir_contents(self.out_path, missing_dir_ok=True)
+        objects = self._objects(self.stage_path)
+        for info in sorted(objects, key=lambda i: i.path.endswith("/" + MARKER)):  # the marker last
+            self.fs.copy_file(info.path, f"{self.out_path}/{info.path[len(self.stage_path) + 1:]}")
+        self.abort()
+
+    def abort(self) -> None:
+        """Delete the stage (and nothing else)."""
+        try:
+            self.fs.delete_dir(self.stage_path)
+        except OSError:  # pragma: no cover - nothing was written, or the store is unreachable
+            pass

@@ -69,25 +69,50 @@ def _upload(fs, local: str, key: str) -> str:
     return f"s3://{BUCKET}/{key}"
 
 
-def test_scan_from_s3_equals_local_scan_byte_for_byte(s3, spark, tmp_path):
-    fs, env, server_log = s3
-    files = make_files(tmp_path, np.random.default_rng(41), n=300, m=220, missing=0.03)
+def _download(fs, key: str, dest: Path, prefix_only: bool = False):
+    """Every object under ``BUCKET/key/`` into ``dest`` (``prefix_only``: under keys starting with
+    ``key``, listed only); returns ``dest`` (or the list of keys)."""
+    from pyarrow import fs as pafs
+
+    infos = [i for i in fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True)) if i.type == pafs.FileType.File]
+    if prefix_only:
+        return [i.path for i in infos if i.path.startswith(f"{BUCKET}/{key}")]
+    for i in infos:
+        if i.path.startswith(f"{BUCKET}/{key}/"):
+            target = dest / i.path[len(f"{BUCKET}/{key}/"):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(i.path) as src:
+                target.write_bytes(src.read())
+    return dest
+
+
+@pytest.fixture(scope="module")
+def uploaded(s3, tmp_path_factory):
+    """A cohort's files, locally and uploaded: ``(files, pheno URI, covar URI)``."""
+    fs = s3[0]
+    files = make_files(tmp_path_factory.mktemp("cohort"), np.random.default_rng(41), n=300, m=220, missing=0.03)
     for ext in (".bed", ".bim", ".fam"):
         _upload(fs, files.bfile + ext, f"data/c{ext}")
-    pheno = _upload(fs, files.pheno, "tables/pheno.tsv")
-    covar = _upload(fs, files.covar, "tables/covar.tsv")
+    return files, _upload(fs, files.pheno, "tables/pheno.tsv"), _upload(fs, files.covar, "tables/covar.tsv")
+
+
+def test_scan_from_s3_equals_local_scan_byte_for_byte(s3, uploaded, spark, tmp_path):
+    fs, env, server_log = s3
+    files, pheno, covar = uploaded
     local = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, block_variants=50,
                                 out=str(tmp_path / "local"), plots=False), spark=spark)
-    out = tmp_path / "from_s3"
+    out_uri = f"s3://{BUCKET}/results/scan1"
     # its own Spark application, so that the executors get the storage settings from the environment;
     # 1,000-byte requests: each task's .bed range (50 variants x 75 bytes) takes several
     proc = subprocess.run([sys.executable, "-m", "dash_spark.cli", "-q", "scan", "--bfile", f"s3://{BUCKET}/data/c",
                            "--pheno", pheno, "--covar", covar, "--block-variants", "50", "--no-plots",
-                           "--out", str(out)],
+                           "--out", out_uri],
                           env={**os.environ, **env, "PYSPARK_PYTHON": sys.executable,
                                "DASH_SPARK_READ_CHUNK_BYTES": "1000"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _download(fs, "results/scan1", tmp_path / "from_s3")
+    assert not _download(fs, "results/scan1.tmp", tmp_path / "stage-left", prefix_only=True)  # no stage left
     names = sorted(p.name for p in Path(local.out).iterdir() if p.is_file())
     assert names == sorted(p.name for p in out.iterdir() if p.is_file())
     assert any(n.endswith(".glm.linear") for n in names)
@@ -99,6 +124,9 @@ def test_scan_from_s3_equals_local_scan_byte_for_byte(s3, spark, tmp_path):
             mine = mine.replace(files.pheno.encode(), pheno.encode()).replace(files.covar.encode(), covar.encode())
         assert mine == theirs, name
     a = pq.read_table(local.results_path).sort_by([("phenotype", "ascending"), ("variant_index", "ascending")])
+    assert (out / ".dash-spark-output").exists() and (out / "results.parquet" / "_SUCCESS").exists()
+    assert sorted(p.name for p in (out / "results.parquet").iterdir()) == \
+        sorted(p.name for p in (Path(local.out) / "results.parquet").iterdir())
     b = pq.read_table(out / "results.parquet").sort_by([("phenotype", "ascending"), ("variant_index", "ascending")])
     assert a.equals(b)
     # the tasks read the .bed by range, in several requests each, and never the whole file
@@ -106,7 +134,7 @@ def test_scan_from_s3_equals_local_scan_byte_for_byte(s3, spark, tmp_path):
     assert len(gets) >= 15, len(gets)  # 4 ranges of 50 variants (4 requests each) and one of 20 (2)
 
 
-def test_missing_object_is_one_line_exit_2(s3, tmp_path):
+def test_missing_object_is_one_line_exit_2(s3, uploaded, tmp_path):
     _, env, _ = s3
     proc = subprocess.run([sys.executable, "-m", "dash_spark.cli", "-q", "scan", "--bfile", f"s3://{BUCKET}/nope/c",
                            "--pheno", f"s3://{BUCKET}/tables/pheno.tsv", "--out", str(tmp_path / "o")],
@@ -115,3 +143,20 @@ def test_missing_object_is_one_line_exit_2(s3, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and f"s3://{BUCKET}/nope/c.bed: file not found" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_s3_output_is_never_over_what_dash_spark_did_not_write(s3, uploaded, tmp_path):
+    fs, env, _ = s3
+    with fs.open_output_stream(f"{BUCKET}/theirs/notes.txt") as fh:
+        fh.write(b"not ours")
+    base = [sys.executable, "-m", "dash_spark.cli", "-q", "scan", "--bfile", f"s3://{BUCKET}/data/c",
+            "--pheno", f"s3://{BUCKET}/tables/pheno.tsv", "--no-plots"]
+    run_env = {**os.environ, **env, "PYSPARK_PYTHON": sys.executable}
+    for out, expect in ((f"s3://{BUCKET}/theirs", "was not written by dash-spark"),
+                        (f"s3://{BUCKET}/data", "overlaps an input")):
+        proc = subprocess.run([*base, "--out", out, "--overwrite"], env=run_env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    with fs.open_input_stream(f"{BUCKET}/theirs/notes.txt") as fh:
+        assert fh.read() == b"not ours"
+    assert not _download(fs, "theirs.tmp", tmp_path, prefix_only=True)
