@@ -40,8 +40,8 @@ def qualify(path: str) -> str:
 
 def _local_only(path: str, flag: str) -> None:
     if files.is_uri(path):
-        raise ConfigError(f"{flag} {path}: object storage is read for --bfile and the tables so far; copy the "
-                          f"{flag[2:]} files to a local or shared path (or convert with plink2 --make-bed)")
+        raise ConfigError(f"{flag} {path}: plink2's reader library opens local files only; copy the "
+                          f"{flag[2:]} files to a local or shared path, or use --bfile or --bgen from object storage")
 
 
 def bfile_paths(prefix: str) -> tuple[str, str, str]:
@@ -325,12 +325,11 @@ class BgenSource:
         return self.sample or self.path
 
     def check(self) -> "BgenSource":
-        _local_only(self.path, "--bgen")
         if self.ref not in REF_MODES:
             raise ConfigError(f"--bgen {self.path}: expected 'ref-first' or 'ref-last' after the file name (which "
                               f"allele is REF, as plink2's --bgen), found {self.ref!r}")
         for p in (self.path, self.sample):
-            if p and not os.path.exists(p):
+            if p and not files.exists(p):
                 raise InputError(f"{p}: file not found" + ("; --bgen expects a .bgen file" if p == self.path
                                                           else "; --sample expects an Oxford .sample file"))
         self.fam  # noqa: B018 - the samples, counted against the header

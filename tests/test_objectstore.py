@@ -160,3 +160,39 @@ def test_s3_output_is_never_over_what_dash_spark_did_not_write(s3, uploaded, tmp
     with fs.open_input_stream(f"{BUCKET}/theirs/notes.txt") as fh:
         assert fh.read() == b"not ours"
     assert not _download(fs, "theirs.tmp", tmp_path, prefix_only=True)
+
+
+def test_bgen_from_s3_equals_local_bgen_scan(s3, uploaded, spark, tmp_path):
+    """--bgen and --sample as URIs: the header, the .sample and the records by range from the server
+    (the small .bgi index is read from a private temporary copy)."""
+    import shutil
+
+    from dash_spark.io.bgen import write_bgi
+
+    fs, env, server_log = s3
+    files, pheno, covar = uploaded
+    plink2 = shutil.which("plink2")
+    if plink2 is None:
+        pytest.fail("plink2 is not installed; `make test` installs Debian's plink2 package")
+    prefix = tmp_path / "b"
+    proc = subprocess.run([plink2, "--bfile", files.bfile, "--export", "bgen-1.2", "bits=8", "ref-first",
+                           "--out", str(prefix)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    write_bgi(f"{prefix}.bgen")
+    for name in ("b.bgen", "b.bgen.bgi", "b.sample"):
+        _upload(fs, str(tmp_path / name), f"bgen/{name}")
+    local = run_scan(ScanConfig(bgen=f"{prefix}.bgen", bgen_ref="ref-first", sample=f"{prefix}.sample",
+                                pheno=files.pheno, covar=files.covar, block_variants=50, out=str(tmp_path / "local"),
+                                plots=False), spark=spark)
+    proc = subprocess.run([sys.executable, "-m", "dash_spark.cli", "-q", "scan", "--bgen", f"s3://{BUCKET}/bgen/b.bgen",
+                           "ref-first", "--sample", f"s3://{BUCKET}/bgen/b.sample", "--pheno", pheno, "--covar", covar,
+                           "--block-variants", "50", "--no-plots", "--out", str(tmp_path / "remote")],
+                          env={**os.environ, **env, "PYSPARK_PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    glms = sorted(p.name for p in Path(local.out).glob("*.glm.linear"))
+    assert glms
+    for name in glms:
+        assert (Path(local.out) / name).read_bytes() == (tmp_path / "remote" / name).read_bytes(), name
+    assert any("GET /cohort/bgen/b.bgen " in ln or "GET /cohort/bgen/b.bgen HTTP" in ln
+               for ln in server_log.read_text().splitlines())

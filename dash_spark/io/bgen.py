@@ -27,7 +27,8 @@ import zlib
 
 import numpy as np
 
-from ..errors import InputError, utf8_lines
+from ..errors import InputError, not_utf8_error
+from . import files
 from .plink import Bim, Fam, sex_code
 
 REF_MODES = ("ref-first", "ref-last")
@@ -45,27 +46,24 @@ class BgenHeader:
     def __init__(self, path: str):
         self.path = path
         try:
-            with open(path, "rb") as fh:
-                head = fh.read(24)
-                self.size = os.fstat(fh.fileno()).st_size
-                if len(head) < 24:
-                    raise InputError(f"{path}: not a BGEN file; expected a header of at least 24 bytes, found "
-                                     f"{len(head)}. Check that --bgen names a .bgen file")
-                offset, lh, m, n, magic = struct.unpack("<IIII4s", head[:20])
-                if lh < 20 or lh > offset:
-                    raise InputError(f"{path}: not a BGEN file; expected a header length between 20 and the "
-                                     f"first variant's offset {offset}, found {lh}")
-                fh.seek(lh)
-                flags_raw = fh.read(4)
-                if len(flags_raw) < 4:
-                    raise InputError(f"{path}: file ends inside the BGEN header; the file is truncated")
-                flags = struct.unpack("<I", flags_raw)[0]
-                self.sample_block = None
-                if flags >> 31:
-                    fh.seek(4 + lh)
-                    self.sample_block = fh.read(offset - lh)
+            self.size = files.size(path)
+            head = files.read_range(path, 0, 24)
+            if len(head) < 24:
+                raise InputError(f"{path}: not a BGEN file; expected a header of at least 24 bytes, found "
+                                 f"{len(head)}. Check that --bgen names a .bgen file")
+            offset, lh, m, n, magic = struct.unpack("<IIII4s", head[:20])
+            if lh < 20 or lh > offset:
+                raise InputError(f"{path}: not a BGEN file; expected a header length between 20 and the "
+                                 f"first variant's offset {offset}, found {lh}")
+            flags_raw = files.read_range(path, lh, 4)
+            if len(flags_raw) < 4:
+                raise InputError(f"{path}: file ends inside the BGEN header; the file is truncated")
+            flags = struct.unpack("<I", flags_raw)[0]
+            self.sample_block = None
+            if flags >> 31:
+                self.sample_block = files.read_range(path, 4 + lh, offset - lh)
         except OSError as exc:
-            raise InputError(f"{path}: cannot open .bgen ({exc.strerror}); check the --bgen path") from None
+            raise InputError(f"{path}: cannot open .bgen ({exc.strerror or exc}); check the --bgen path") from None
         if magic not in (b"bgen", b"\0\0\0\0"):
             raise InputError(f"{path}: not a BGEN file; expected magic bytes 'bgen', found {magic!r}")
         self.first_variant = offset + 4
@@ -104,13 +102,16 @@ class BgenHeader:
 def read_oxford_sample(path: str) -> tuple[list[str], list[str], np.ndarray]:
     """``(fids, iids, founder)`` of an Oxford ``.sample`` (``ID_1 ID_2 ...`` header, a types line)."""
     try:
-        fh = open(path, encoding="utf-8")
+        data = files.read_bytes(path)
     except OSError as exc:
-        raise InputError(f"{path}: cannot open .sample ({exc.strerror}); check --sample") from None
+        raise InputError(f"{path}: cannot open .sample ({exc.strerror or exc}); check --sample") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, ".sample", data=data, exc=exc) from None
     fids, iids, founder = [], [], []
     seen: dict[str, int] = {}
-    with fh:
-        lines = [(i, ln.split()) for i, ln in enumerate(utf8_lines(fh, path, ".sample"), 1)]
+    lines = [(i, ln.split()) for i, ln in enumerate(text.splitlines(), 1)]
     lines = [(i, f) for i, f in lines if f]
     if len(lines) < 2:
         raise InputError(f"{path}: not an Oxford .sample; expected a header line (ID_1 ID_2 ...) and a types "
@@ -170,12 +171,33 @@ def bgi_path(path: str) -> str:
     return path + ".bgi"
 
 
+_BGI_COPIES: dict = {}
+_BGI_LOCK = threading.Lock()
+
+
+def _sqlite_path(bgi: str) -> str:
+    """A path SQLite can open: the index itself, or for object storage a private temporary copy
+    (the index only, made once per process; the genotype records are always read by range)."""
+    if not files.is_uri(bgi):
+        return bgi
+    import tempfile
+
+    key = (bgi, files.size(bgi))
+    with _BGI_LOCK:
+        if key not in _BGI_COPIES:
+            fd, tmp = tempfile.mkstemp(prefix="dash-spark-", suffix=".bgi")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(files.read_bytes(bgi))
+            _BGI_COPIES[key] = tmp
+        return _BGI_COPIES[key]
+
+
 def _bgi_rows(bgi: str, columns: str):
-    if not os.path.exists(bgi):
+    if not files.exists(bgi):
         raise InputError(f"{bgi}: index not found; expected the bgenix index of the .bgen beside it. Create "
                          f"it with bgenix -g {bgi[:-4]} -index (or python -m dash_spark.io.bgen {bgi[:-4]})")
     try:
-        con = sqlite3.connect(f"file:{bgi}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{_sqlite_path(bgi)}?mode=ro", uri=True)
         try:
             return con.execute(f"SELECT {columns} FROM Variant ORDER BY file_start_position").fetchall()
         finally:
@@ -188,7 +210,7 @@ def _bgi_rows(bgi: str, columns: str):
 def _bgi_metadata(bgi: str):
     """``(file_size, first_1000_bytes)`` that bgenix recorded, or None (an index without Metadata)."""
     try:
-        con = sqlite3.connect(f"file:{bgi}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{_sqlite_path(bgi)}?mode=ro", uri=True)
         try:
             row = con.execute("SELECT file_size, first_1000_bytes FROM Metadata").fetchone()
         finally:
@@ -208,8 +230,7 @@ def read_bgi(path: str) -> tuple[Bim, np.ndarray]:
     fix = f"Re-create the index: bgenix -g {path} -index -clobber"
     recorded = _bgi_metadata(bgi)
     if recorded is not None:
-        with open(path, "rb") as fh:
-            first = fh.read(1000)
+        first = files.read_range(path, 0, 1000)
         if bytes(recorded[1]) != first:
             raise InputError(f"{bgi}: does not match {os.path.basename(path)}; expected the index of this file, found "
                              "one whose recorded first 1000 bytes differ from the file's (an index of another "
@@ -446,8 +467,11 @@ _LOCK = threading.Lock()
 
 def _offsets(path: str) -> tuple[BgenHeader, np.ndarray]:
     """The header and record offsets of ``path`` (one copy per process and file version)."""
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
+    if files.is_uri(path):
+        key = (path, files.size(path), 0)
+    else:
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns)
     with _LOCK:
         got = _CACHE.get(key)
         if got is None:
@@ -470,19 +494,17 @@ def read_bgen_rows(path: str, n_samples: int, variants: np.ndarray, ref: str):
     metas = []
     if len(variants) and (variants[0] < 0 or variants[-1] >= len(offs) - 1):
         raise InputError(f"{path}: variant {int(variants[-1]) + 1} requested, the index lists {len(offs) - 1}")
-    with open(path, "rb") as fh:
-        for a in range(0, len(variants), _CHUNK):
-            chunk = variants[a : a + _CHUNK]
-            lo, hi = int(offs[chunk[0]]), int(offs[chunk[-1] + 1])
-            fh.seek(lo)
-            buf = fh.read(hi - lo)
-            if len(buf) != hi - lo:
-                raise InputError(f"{path}: file ended at byte {lo + len(buf):,} while reading variants "
-                                 f"{int(chunk[0]) + 1}-{int(chunk[-1]) + 1}; the .bgen is truncated")
-            for i, v in enumerate(chunk):
-                s, e = int(offs[v]) - lo, int(offs[v + 1]) - lo
-                meta, out[a + i] = decode_record(buf[s:e], hdr, n_samples, alt_first, path, int(offs[v]))
-                metas.append(meta)
+    for a in range(0, len(variants), _CHUNK):
+        chunk = variants[a : a + _CHUNK]
+        lo, hi = int(offs[chunk[0]]), int(offs[chunk[-1] + 1])
+        buf = files.read_range(path, lo, hi - lo)
+        if len(buf) != hi - lo:
+            raise InputError(f"{path}: file ended at byte {lo + len(buf):,} while reading variants "
+                             f"{int(chunk[0]) + 1}-{int(chunk[-1]) + 1}; the .bgen is truncated")
+        for i, v in enumerate(chunk):
+            s, e = int(offs[v]) - lo, int(offs[v + 1]) - lo
+            meta, out[a + i] = decode_record(buf[s:e], hdr, n_samples, alt_first, path, int(offs[v]))
+            metas.append(meta)
     cols = list(zip(*metas)) if metas else [(), (), (), (), ()]
     meta = (np.array(cols[0], dtype=object), np.array(cols[1], dtype=object), np.array(cols[2], dtype=np.int64),
             np.array(cols[3], dtype=object), np.array(cols[4], dtype=object))
