@@ -485,11 +485,14 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
             continue
         Cg, cov_g, masks_g = C, cov_names, masks
         scale = hemi = None
+        with_sex = None
         if cls == "X":
             if male.any() and male.sum() < known.sum():  # plink2 adds SEX when both sexes are present
                 Cg = np.column_stack([C, np.where(male, 1.0, 2.0)])
                 cov_g = list(cov_names) + ["SEX"]
                 masks_g = [m & known for m in masks]
+                # ... and leaves it out for a phenotype analysed in one sex only (it would be constant)
+                with_sex = [t for t, m in enumerate(masks_g) if (m & male).any() and (m & ~male).any()]
             scale = np.where(male, 0.5, 1.0) if cfg.xchr_model == 1 else np.ones(fam.n_samples)
             hemi = freq_mask * np.where(male, 0.5, 1.0)
         elif cls == "Y":
@@ -512,7 +515,11 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
             pats = ()
         else:
             Yc = Y - np.column_stack(offsets) if offsets is not None else Y
-            A_cols, B_cols, pats, mos = _pattern_columns(cfg, Cg, cov_g, Yc, masks_g, names, party, quiet=True)
+            if with_sex is not None and len(with_sex) < len(names):
+                A_cols, B_cols, pats, mos = _split_sex_patterns(cfg, C, Cg, cov_names, cov_g, Yc, masks_g, names,
+                                                                with_sex, party)
+            else:
+                A_cols, B_cols, pats, mos = _pattern_columns(cfg, Cg, cov_g, Yc, masks_g, names, party, quiet=True)
             pats, spec = tuple(pats), None
             if party and cfg.pred:
                 offset_moments[members[0]] = (np.stack([mo.Cty for mo in mos]), np.array([mo.yty for mo in mos]))
@@ -528,6 +535,25 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
         log.info("--pred %s: %s test, LOCO offsets for %d chromosome(s)", cfg.pred,
                  "REGENIE's score" if regenie else "Wald", len(groups))
     return tuple(Ws), tuple(groups), first[0], list(first[1]), offset_moments, variants[keep_variants]
+
+
+def _split_sex_patterns(cfg: ScanConfig, C, Cg, cov_names, cov_g, Y, masks, names, with_sex, party: bool):
+    """chrX's pattern columns when only some phenotypes get the SEX covariate (``with_sex``: their
+    indices; the others are analysed in one sex): the two sets' columns side by side."""
+    rest = [t for t in range(len(names)) if t not in with_sex]
+    parts = []
+    for idx, CC, cn in ((with_sex, Cg, cov_g), (rest, C, cov_names)):
+        if idx:
+            parts.append(_pattern_columns(cfg, CC, cn, Y[:, idx], [masks[t] for t in idx], [names[t] for t in idx],
+                                          party, quiet=True))
+    A_cols, B_cols, pats, mos = [], [], [], []
+    for a, b, p, mo in parts:
+        na, nb = sum(x.shape[1] for x in A_cols), sum(x.shape[1] for x in B_cols)
+        pats += [dataclasses.replace(q, a_offset=q.a_offset + na, b_offset=q.b_offset + nb) for q in p]
+        A_cols += a
+        B_cols += b
+        mos += mo
+    return A_cols, B_cols, pats, mos
 
 
 def _usable_covariates(Cv: np.ndarray, rows: np.ndarray, names: list[str], cfg: ScanConfig):

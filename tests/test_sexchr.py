@@ -109,3 +109,37 @@ def test_chr_accepts_plink2_names():
     assert picked("24-26") == [0, 0, 0, 0, 1, 1, 1, 1, 0]
     assert picked("MT,XY") == [0, 0, 0, 0, 0, 1, 1, 1, 0]
     assert picked("1-2,GL000") == [1, 1, 0, 0, 0, 0, 0, 0, 1]
+
+
+def test_phenotype_of_one_sex_drops_sex_covariate_on_x(sexdata, spark):
+    """A phenotype measured in females only next to one measured in both: plink2 leaves the (then
+    constant) SEX covariate out of the first one's chrX model only (chrY excluded: plink2 stops on a
+    phenotype without males there)."""
+    tmp, prefix, pheno, covar = sexdata
+    sex = {ln.split()[1]: ln.split()[4] for ln in open(prefix + ".fam")}
+    lines = open(pheno).read().splitlines()
+    with open(tmp / "pf.tsv", "w") as fh:
+        fh.write("#FID\tIID\tboth\tfemales\n")
+        for ln in lines[1:]:
+            f = ln.split("\t")
+            fh.write(f"{f[0]}\t{f[1]}\t{f[2]}\t{f[2] if sex[f[1]] == '2' else 'NA'}\n")
+    out = tmp / "plink-f"
+    proc = subprocess.run(["plink2", "--bfile", prefix, "--pheno", str(tmp / "pf.tsv"), "--covar", covar, "--glm",
+                           "hide-covar", "--not-chr", "Y", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    res = run_scan(ScanConfig(bfile=prefix, pheno=str(tmp / "pf.tsv"), covar=covar, chr="1,X,MT,XY",
+                              out=str(tmp / "ours-f"), plots=False), spark=spark)
+    import pyarrow.parquet as pq
+
+    tbl = pq.read_table(res.results_path).to_pandas()
+    for phen in ("both", "females"):
+        theirs = read_plink2_glm(f"{out}.{phen}.glm.linear")
+        ours = tbl[tbl.phenotype == phen].sort_values("variant_index")
+        assert list(ours.id) == [str(v) for v in theirs["ID"]] and list(ours.obs_ct) == list(theirs["OBS_CT"])
+        ok = theirs["ERRCODE"] == "."
+        for mine, col in (("beta", "BETA"), ("se", "SE"), ("p", "P")):
+            np.testing.assert_allclose(ours[mine].to_numpy()[ok].astype(float), theirs[col][ok].astype(float),
+                                       rtol=6e-6, atol=1e-300, err_msg=f"{phen} {col}")
+    x_obs = tbl[(tbl.phenotype == "females") & (tbl.chrom == "X")].obs_ct
+    assert x_obs.max() < 300  # females only
