@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError, not_utf8_error
+from . import files
 
 #: plink2/REGENIE chromosome names -> REGENIE's number (its .loco rows)
 _CHROM_NUMBERS = {**{str(c): c for c in range(1, 24)}, "X": 23, "XY": 23, "PAR1": 23, "PAR2": 23}
@@ -52,13 +53,12 @@ class Loco:
 def read_pred_list(path: str, phenotypes) -> dict[str, str]:
     """``{phenotype: .loco path}`` for every phenotype in ``phenotypes`` (each must be listed)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = files.read_bytes(path)
     except OSError as exc:
         raise InputError(f"--pred {path}: cannot read the prediction list ({exc.strerror or exc}); "
                          "give the _pred.list file REGENIE's step 1 wrote") from None
     out: dict[str, str] = {}
-    base = os.path.dirname(os.path.abspath(path))
+    base = path.rsplit("/", 1)[0] if files.is_uri(path) else os.path.dirname(os.path.abspath(path))
     for lineno, line in enumerate(_text(data, path, "prediction list").splitlines(), 1):
         fields = line.split()
         if not fields:
@@ -69,8 +69,8 @@ def read_pred_list(path: str, phenotypes) -> dict[str, str]:
         name, loco = fields
         if name in out:
             raise InputError(f"{path}: line {lineno}: phenotype {name!r} is listed twice")
-        if not os.path.isabs(loco) and not os.path.exists(loco):
-            loco = os.path.join(base, loco)
+        if not files.is_uri(loco) and not os.path.isabs(loco) and not files.exists(loco):
+            loco = f"{base}/{loco}" if files.is_uri(base) else os.path.join(base, loco)
         out[name] = loco
     missing = [p for p in phenotypes if p not in out]
     if missing:
@@ -84,8 +84,7 @@ def read_loco(path: str, sample_keys, analysed: np.ndarray, phenotype: str) -> L
     order). Samples of the file that are not in the .fam are ignored; an analysed sample listed
     twice, or with a prediction that is not a number, is an error naming the file and the sample."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = files.read_bytes(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read the .loco file of phenotype {phenotype!r} "
                          f"({exc.strerror or exc}); check the --pred list") from None
