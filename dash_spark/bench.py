@@ -53,6 +53,22 @@ def timed(cmd: list[str], log_path: str) -> float:
     return dt
 
 
+def read_phases(log_path: str) -> dict | None:
+    """The phase split a scan logs (``phases: {...}``: model, session ready, scan stage, the tasks'
+    kernel seconds summed, outputs, total), or None."""
+    try:
+        with open(log_path, errors="replace") as fh:
+            lines = [ln for ln in fh if "phases: {" in ln]
+    except OSError:
+        return None
+    if not lines:
+        return None
+    try:
+        return json.loads(lines[-1].split("phases: ", 1)[1])
+    except ValueError:
+        return None
+
+
 def emit_figures(figures: dict, summary: str, json_path: str | None) -> None:
     """Print a benchmark's figures (JSON, then a one-line summary); also write them to ``json_path``."""
     print(json.dumps(figures, indent=2))
@@ -149,7 +165,7 @@ def run_bench(args) -> int:
     figures = {"samples": args.samples, "variants": args.variants, "covariates": args.covariates,
                "phenotypes": args.phenotypes, "missing_rate": args.missing_rate,
                "plink2_seconds": round(t_plink, 2), "ours_seconds": round(t_ours, 2),
-               "ratio": round(t_ours / t_plink, 3), "checks": {}}
+               "ratio": round(t_ours / t_plink, 3), "ours_phases": read_phases(ours_out + ".log"), "checks": {}}
     for glm in sorted(glob.glob(plink_out + ".*.glm.linear")):
         name = os.path.basename(glm)[len(os.path.basename(plink_out)) + 1 : -len(".glm.linear")]
         figures["checks"][name] = compare_to_plink2(os.path.join(ours_out, "results.parquet"), glm, name)
@@ -237,6 +253,7 @@ def run_dosage_bench(args) -> int:
         figures[f"{kind}_plink2_seconds"] = round(t_plink, 2)
         figures[f"{kind}_ours_seconds"] = round(t_ours, 2)
         figures[f"{kind}_ratio"] = round(t_ours / t_plink, 3)
+        figures[f"{kind}_ours_phases"] = read_phases(ours_out + ".log")
         import glob
 
         for glm in sorted(glob.glob(plink_out + ".*.glm.linear")):

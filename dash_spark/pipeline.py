@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -663,17 +664,27 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         # the JVM starts (and warms its Python workers) while the driver builds the model
         starter = SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None
         model = build_model(cfg)
+        phases = {"model_seconds": round(time.time() - t0, 2)}
         if starter is not None:
             spark = starter.get()
+        phases["session_ready_seconds"] = round(time.time() - t0, 2)
         plan, ranges = _log_plan(cfg, model, spark)
+        t_stage = time.time()
         # a local (or shared) directory: tasks write their own parts, no SQL job
-        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, list(model.phenotypes))
+        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, list(model.phenotypes),
+                              timings=phases)
+        phases["scan_stage_seconds"] = round(time.time() - t_stage, 2)
         if n_rows == 0 and plan.filters.active:  # --maf/--mac/--geno removed every variant
             raise plan.filters.none_passed(model.n_variants)
         log.info("scan: results written (%.1f s since start)", time.time() - t0)
+        t_out = time.time()
         glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots, plots_top=cfg.plots_top)
+        phases["outputs_seconds"] = round(time.time() - t_out, 2)
         final = {k: stage.final(v) for k, v in glm.items()}
     out = stage.out
+    phases["total_seconds"] = round(time.time() - t0, 2)
+    # one JSON line, read by `dash-spark bench` (kernel: the tasks' seconds in the kernels, summed)
+    log.info("phases: %s", json.dumps(phases))
     log.info("done in %.1f s: %s", time.time() - t0, out)
     return ScanResult(out=out, results_path=f"{out}/results.parquet", glm_paths=final,
                       summaries=summaries, seconds=time.time() - t0)

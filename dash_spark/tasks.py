@@ -14,6 +14,7 @@ The same functions run in unit tests on one process, which is how their exactnes
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,6 +26,10 @@ from .stats.regenie import RegenieSpec, regenie_stats
 from .stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
 from .stats.results import results_batch
 from .stats.sufficient import StatLayout, block_statistics
+
+
+#: seconds this process spent in the kernels' sums (block_sums), for the scan's phase split
+KERNEL_SECONDS = [0.0]
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,9 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
         freq_alt = np.where(called, raw, 0.0) @ plan.hemi
         freq_called = called @ plan.hemi
         block = DenseBlock(raw * plan.dosage_scale[None, :], block.meta)
+    t_kernel = time.perf_counter()
     SX, SXX, SM = block_sums(block, W, plan.n_a)
+    KERNEL_SECONDS[0] += time.perf_counter() - t_kernel
     if called is None:
         freq_alt, freq_called = SX[:, -1], plan.n_freq - SM[:, -1]
     if plan.filters.active:

@@ -45,6 +45,9 @@ def test_plink2_bench(tmp_path):
     assert check["a1_mismatch"] == check["obs_ct_mismatch"] == check["na_mismatch"] == 0
     assert max(check[f"{c}_max_rel"] for c in ("beta", "se", "t_stat", "p")) < 1e-5  # plink2 prints 6 digits
     assert figures["ratio"] > 0 and figures["ours_seconds"] > 0 and figures["plink2_seconds"] > 0
+    phases = figures["ours_phases"]  # the scan's own phase split
+    assert 0 < phases["kernel_task_seconds"] and 0 < phases["scan_stage_seconds"] <= phases["total_seconds"]
+    assert phases["session_ready_seconds"] <= phases["total_seconds"] < figures["ours_seconds"]
 
 
 @pytest.mark.slow

@@ -70,17 +70,26 @@ def run_ranges(spark, value, ranges: list[tuple], per_ranges) -> list:
         bc.destroy()
 
 
-def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phenotypes) -> int:
+def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phenotypes,
+                 timings: dict | None = None) -> int:
     """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
-    which the task writes under the local (or shared) directory ``stage`` with
-    :func:`dash_spark.output.write_result_parts` (:func:`run_ranges`; only row counts come back).
-    Returns the number of result rows."""
+    which the task writes under ``stage`` with :func:`dash_spark.output.write_result_parts`
+    (:func:`run_ranges`; only row counts come back). Returns the number of result rows; with
+    ``timings``, its ``kernel_task_seconds`` is set to the tasks' time in the kernels (summed)."""
+    from .. import tasks
     from ..output import prepare_result_dirs, write_result_parts
 
     prepare_result_dirs(stage, phenotypes)
+    kernel = spark.sparkContext.accumulator(0.0)
 
     def write(v, rows):
         for row in rows:
-            yield write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]))
+            before = tasks.KERNEL_SECONDS[0]
+            n = write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]))
+            kernel.add(tasks.KERNEL_SECONDS[0] - before)
+            yield n
 
-    return int(sum(run_ranges(spark, value, ranges, write)))
+    n_rows = int(sum(run_ranges(spark, value, ranges, write)))
+    if timings is not None:
+        timings["kernel_task_seconds"] = round(float(kernel.value), 6)
+    return n_rows
