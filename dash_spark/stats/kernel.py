@@ -45,9 +45,11 @@ _HAS_MISSING = _has_missing_table()
 
 
 @njit(cache=True, nogil=True)
-def _accumulate(packed_t, W, n_a, out_x, out_m, dosage, has_missing):  # pragma: no cover - jitted
-    """packed_t: (nbytes, m) uint8; W: (4*nbytes, n_a + n_b) float64 = [A | B] padded rows."""
-    nbytes, m = packed_t.shape
+def _accumulate(packed, W, n_a, out_x, out_m, dosage, has_missing):  # pragma: no cover - jitted
+    """packed: (m, nbytes) uint8, as in the .bed (read in place: byte b of every variant in turn,
+    a strided walk whose cache lines serve the next bytes too); W: (4*nbytes, n_a + n_b) float64
+    = [A | B] padded rows."""
+    m, nbytes = packed.shape
     nw = W.shape[1]
     lo = np.empty((16, nw))
     hi = np.empty((16, nw))
@@ -73,7 +75,7 @@ def _accumulate(packed_t, W, n_a, out_x, out_m, dosage, has_missing):  # pragma:
             for f in range(nw):
                 table[v, f] = lo[l, f] + hi[u, f]
         for j in range(m):
-            v = packed_t[b, j]
+            v = packed[j, b]
             for f in range(nw):
                 out_x[j, f] += table[v, f]
             if has_missing[v]:
@@ -104,8 +106,7 @@ def compress_block(packed: np.ndarray, W: np.ndarray, n_a: int) -> tuple[np.ndar
         raise ValueError(f"compress_block: W has {W.shape[0]} rows, expected {4 * packed.shape[1]}")
     out_x = np.zeros((m, W.shape[1]))
     out_m = np.zeros((m, n_a))
-    packed_t = np.ascontiguousarray(packed.T)
-    _accumulate(packed_t, W, n_a, out_x, out_m, _DOSAGE, _HAS_MISSING)
+    _accumulate(np.ascontiguousarray(packed), W, n_a, out_x, out_m, _DOSAGE, _HAS_MISSING)
     return out_x[:, :n_a], out_x[:, n_a:], out_m
 
 
