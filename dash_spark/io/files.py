@@ -100,16 +100,25 @@ def read_range(path, offset: int, length: int) -> bytes:
     fs, p = filesystem(str(path))
     chunk = read_chunk_bytes()
     parts = []
-    with fs.open_input_file(p) as fh:
-        end = min(offset + length, fh.size())
-        pos = offset
-        while pos < end:
-            n = min(chunk, end - pos)
-            data = fh.read_at(n, pos)
-            if not data:
-                break
-            parts.append(data)
-            pos += len(data)
+    try:
+        with fs.open_input_file(p) as fh:
+            end = min(offset + length, fh.size())
+            pos = offset
+            while pos < end:
+                n = min(chunk, end - pos)
+                data = fh.read_at(n, pos)
+                if not data:
+                    break
+                parts.append(data)
+                pos += len(data)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # also in a Spark task: one line, naming the object
+        from ..errors import InputError
+
+        raise InputError(f"{path}: cannot read bytes {offset:,}-{offset + length:,} ({exc}); check the URI and "
+                         "that the storage settings (credentials, endpoint) reach the driver and every "
+                         "executor") from None
     return b"".join(parts)
 
 
