@@ -475,6 +475,8 @@ def _summarize_and_plot(stage: str, model, rows_of, plots: bool, plots_top: int 
         log.info("plots: the %d phenotype(s) with the smallest p of %d (--plots-top)", len(best), len(tested))
         for name in best:
             plot(name, rows_of(name), summaries[name])
+    if plots and len(model.phenotypes) > 1:  # PheWAS runs: one overview of every phenotype's top hit
+        report.plot_phewas(summaries, os.path.join(stage, "phewas.png"))
     report.write_summary(summaries, os.path.join(stage, "summary.tsv"),
                          extra={"counts": model.counts, "n_variants": int(model.n_variants),
                                 "covariates": list(model.covariates)})

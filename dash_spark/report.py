@@ -716,6 +716,40 @@ def plot_qq(points: PlotPoints, path, *, title: str, lambda_gc: float, dpi: int 
     return _save_png(fig, path, dpi)
 
 
+def plot_phewas(summaries: dict, path, *, threshold: float = 5e-8, dpi: int = 120) -> str | None:
+    """Write a PheWAS overview PNG: each phenotype's smallest p (-log10, its top hit labelled when
+    below ``threshold``), phenotypes in their order; None (nothing written) with < 2 phenotypes."""
+    names = [n for n, s in summaries.items() if s.n_tests > 0 and math.isfinite(s.min_p_neg_log10)]
+    if len(names) < 2:
+        return None
+    y = np.array([summaries[n].min_p_neg_log10 for n in names])
+    fig = _new_figure(min(max(6.0, 4.0 + 0.12 * len(names)), 24.0), 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(names))
+    line = -math.log10(threshold)
+    hit = y >= line
+    ax.scatter(x[~hit], y[~hit], s=14, color="#1f4e79", linewidths=0)
+    ax.scatter(x[hit], y[hit], s=18, color="#c0392b", linewidths=0)
+    ax.axhline(line, color="#c0392b", linewidth=0.8, linestyle="--")
+    if len(names) <= 60:
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{len(names):,} phenotypes (in order)")
+    for i in np.flatnonzero(hit)[:40]:
+        top = summaries[names[i]].top_hits[:1]
+        if top:
+            ax.annotate(str(top[0].get("id", "")), (x[i], y[i]), fontsize=6, xytext=(2, 2),
+                        textcoords="offset points")
+    ax.set_ylabel("top hit -log10(p)")
+    ax.set_ylim(0.0, max(float(y.max()), line) * 1.08)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_title(f"top hit per phenotype: {int(hit.sum()):,} of {len(names):,} below p = {threshold:g}", fontsize=10)
+    fig.tight_layout()
+    return _save_png(fig, path, dpi)
+
+
 # ----------------------------------------------------------------------------------------------
 # files and console
 

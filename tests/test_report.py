@@ -346,3 +346,21 @@ def test_one_job_summary_with_row_hint_equals_default(data, trait_summary, hint)
     else:
         assert fast.median_method == "exact"
         assert fast.lambda_gc == pytest.approx(trait_summary.lambda_gc, rel=1e-12)
+
+
+def test_phewas_overview_plot(tmp_path):
+    """One point per phenotype's top hit; written only for 2+ phenotypes with tests."""
+    from dash_spark.report import PhenotypeSummary, plot_phewas
+
+    def summ(name, nlp, n=100):
+        return PhenotypeSummary(phenotype=name, n_tests=n, n_errors=0, errcode_counts={}, median_p=0.5,
+                                median_method="exact", lambda_gc=1.0, min_p_neg_log10=nlp,
+                                top_hits=[{"id": f"rs_{name}", "neg_log10_p": nlp}])
+
+    many = {f"t{i}": summ(f"t{i}", v) for i, v in enumerate([1.2, 9.5, 3.0, 12.0])}
+    path = plot_phewas(many, tmp_path / "phewas.png")
+    data = (tmp_path / "phewas.png").read_bytes()
+    assert path and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert plot_phewas({"only": summ("only", 5.0)}, tmp_path / "one.png") is None
+    assert plot_phewas({"a": summ("a", 5.0), "b": summ("b", float("nan"), n=0)}, tmp_path / "two.png") is None
+    assert not (tmp_path / "one.png").exists() and not (tmp_path / "two.png").exists()
