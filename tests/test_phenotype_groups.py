@@ -45,6 +45,6 @@ def test_plots_top_draws_only_the_strongest_phenotypes(tmp_path, spark):
                               plots_top=1), spark=spark)
     best = max(res.summaries, key=lambda n: res.summaries[n].min_p_neg_log10)
     pngs = sorted(f for f in os.listdir(res.out) if f.endswith(".png"))
-    assert pngs == [f"{best}.manhattan.png", f"{best}.qq.png"]
+    assert pngs == sorted([f"{best}.manhattan.png", f"{best}.qq.png", "phewas.png"])  # and the overview of all
     summary = json.loads(open(os.path.join(res.out, "summary.json")).read())
     assert len(summary["phenotypes"]) == 3  # the summaries cover every phenotype

@@ -116,7 +116,6 @@ def _write_locos(tmp, files, rng, *, absent: dict[str, list[int]]):
             for c in range(1, 24):
                 fh.write(f"{c} " + " ".join(repr(float(table[c][k])) for k in cols) + "\n")
         lines.append(f"{name} {path.name}")  # relative to the list's folder
-    (tmp / "sub").mkdir()
     pred = tmp / "fit_pred.list"
     pred.write_text("\n".join(lines) + "\n")
     return pred, preds
