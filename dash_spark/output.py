@@ -250,6 +250,67 @@ def glm_lines(rows) -> list[str]:
     return ["\t".join(f for f in fields if f is not None) for fields in zip(*columns)]
 
 
+def _java_strings(arr):
+    """:func:`_java_column` of an Arrow float64 array, vectorized: Arrow prints the shortest
+    round-trip digits (those of ``repr`` and Java), plain in Java's plain range ``1e-3 <= |x| < 1e7``
+    (and zeros) where Java adds ``.0`` to an integral value; the other values (scientific in Java,
+    NaN, infinities: few) go through :func:`java_double`. Nulls stay null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.cast(arr, pa.string())
+    text = pc.if_else(pc.match_substring(text, "."), text, pc.binary_join_element_wise(text, ".0", ""))
+    absx = pc.abs(arr)
+    plain = pc.or_(pc.equal(arr, 0.0), pc.and_(pc.greater_equal(absx, 1e-3), pc.less(absx, 1e7)))
+    other = pc.and_(pc.invert(plain), arr.is_valid())  # NaN compares false: here too
+    if pc.any(other).as_py():
+        idx = np.flatnonzero(other.to_numpy(zero_copy_only=False))
+        vals = arr.take(pa.array(idx)).to_pylist()
+        text = pc.replace_with_mask(text, other, pa.array([java_double(v) for v in vals], type=pa.string()))
+    return text
+
+
+def _glm_p_strings(p, nlp):
+    """:func:`_glm_p` of Arrow arrays, vectorized where ``p`` prints plainly; the rest per value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = _java_strings(p)
+    # plain p (the usual case) is done; NA where p is null; the rest (p = 0, NaN, E-notation) by _glm_p
+    rest = pc.and_(p.is_valid(), pc.invert(pc.and_(pc.greater_equal(p, 1e-3), pc.less(p, 1e7))))
+    if pc.any(rest).as_py():
+        idx = pa.array(np.flatnonzero(rest.to_numpy(zero_copy_only=False)))
+        vals = [_glm_p(a, b) for a, b in zip(p.take(idx).to_pylist(), nlp.take(idx).to_pylist())]
+        text = pc.replace_with_mask(text, rest, pa.array(vals, type=pa.string()))
+    return pc.fill_null(text, "NA") if p.null_count else text
+
+
+def glm_text(table) -> bytes:
+    """The :func:`glm_lines` of an Arrow table of result rows as one UTF-8 text (a newline after each
+    line), built column-wise in Arrow: the same bytes, without a Python string per field."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return b""
+
+    def col(name):
+        return table.column(name).combine_chunks()
+
+    def num(name):
+        return pc.fill_null(_java_strings(col(name)), "NA")
+
+    # the line's end rides on its last field (ERRCODE is never null)
+    end = pc.binary_join_element_wise(col("errcode"), pa.scalar(""), "\n")
+    fields = [col("chrom"), pc.cast(col("pos"), pa.string()), col("id"), col("ref"), col("alt"), col("a1"),
+              pa.scalar("ADD"), pc.cast(col("obs_ct"), pa.string()),
+              num("beta"), num("se"), num("t_stat"), _glm_p_strings(col("p"), col("neg_log10_p")), end]
+    lines = pc.binary_join_element_wise(*fields, "\t", null_handling="skip")
+    width = np.int64 if lines.type == pa.large_string() else np.int32
+    offsets = np.frombuffer(lines.buffers()[1], dtype=width)[lines.offset : lines.offset + len(lines) + 1]
+    return bytes(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+
+
 # ----------------------------------------------------------------------------------------------
 # tasks write their own parts (local outputs)
 
@@ -276,13 +337,11 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     _replace_with(os.path.join(stage, _PARTS, f"{name}.snappy.parquet"),
                   lambda tmp: pq.write_table(table, tmp, compression="snappy"))
     for i, pname in enumerate(phenotypes):
-        rows = table.filter(pc.equal(table["phenotype"], pname))
-        lines = glm_lines(rows.to_pydict())
-        text = "".join(line + "\n" for line in lines)
+        text = glm_text(table.filter(pc.equal(table["phenotype"], pname)))
         folder = os.path.join(stage, _GLM_PARTS, str(i))
 
         def write(tmp, text=text):
-            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            with open(tmp, "wb") as fh:
                 fh.write(text)
 
         _replace_with(os.path.join(folder, f"{name}.txt"), write)
@@ -299,9 +358,8 @@ def _write_parts_to_object_store(stage: str, phenotypes, name: str, table) -> No
     with fs.open_output_stream(f"{base}/{_PARTS}/{name}.snappy.parquet") as out:
         pq.write_table(table, out, compression="snappy")
     for i, pname in enumerate(phenotypes):
-        rows = table.filter(pc.equal(table["phenotype"], pname))
         with fs.open_output_stream(f"{base}/{_GLM_PARTS}/{i}/{name}.txt") as out:
-            out.write("".join(line + "\n" for line in glm_lines(rows.to_pydict())).encode("utf-8"))
+            out.write(glm_text(table.filter(pc.equal(table["phenotype"], pname))))
 
 
 def prepare_result_dirs(stage: str, phenotypes) -> None:

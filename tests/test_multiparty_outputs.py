@@ -163,3 +163,25 @@ def test_local_plots_are_written(rng, tmp_path):
     for f in ("trait.manhattan.png", "trait.qq.png", "trait.glm.linear", "summary.tsv"):
         assert (tmp_path / "o" / f).stat().st_size > 0
     assert not math.isnan(report.summarize_table(table, "trait").lambda_gc)
+
+
+def test_glm_text_is_glm_lines_byte_for_byte(rng):
+    """The tasks' column-wise formatter (Arrow) writes exactly the lines of the per-value one, on
+    values of every magnitude, integral values, zeros of both signs, NaN, infinities, nulls and
+    p-values that underflow."""
+    from dash_spark.output import glm_lines, glm_text
+
+    table = _results(rng)
+    m = table.num_rows
+    wild = np.concatenate([rng.standard_normal(m // 2) * 10.0 ** rng.integers(-12, 12, m // 2),
+                           rng.integers(-10**6, 10**6, m - m // 2).astype(float)])
+    wild[:12] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-3, 9.999999999999998e-4, 1e7, 9999999.999999998,
+                 5e-324, 1.7976931348623157e308, 123.0]
+    table = table.set_column(table.schema.get_field_index("beta"), "beta", pa.array(wild, type=pa.float64()))
+    table = table.set_column(table.schema.get_field_index("se"), "se",
+                             pa.array([None if i % 13 == 0 else v for i, v in enumerate(np.abs(wild))], type=pa.float64()))
+    expected = "".join(line + "\n" for line in glm_lines(table.to_pydict())).encode()
+    assert glm_text(table) == expected
+    assert glm_text(table.slice(5, 100)) == "".join(
+        line + "\n" for line in glm_lines(table.slice(5, 100).to_pydict())).encode()  # an offset slice
+    assert glm_text(table.slice(0, 0)) == b""
