@@ -630,5 +630,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:  # pragma: no cover - the console entry point; tests call main()
+    """``dash-spark`` itself: :func:`main`, then exit without waiting for Spark's own shutdown
+    (about a second, after every output is in place). The JVM started for this process watches its
+    standard input and exits when this process does; its shutdown hooks stop the SparkContext."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    import os
+
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -46,3 +46,29 @@ def test_archive_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.setenv("DASH_SPARK_JVM_CDS", "0")
     assert session.driver_jvm_options() == "-XX:TieredStopAtLevel=1"
     assert not (tmp_path / "dash-spark").exists()
+
+
+def test_session_starter_waits_only_for_the_jvm_process(monkeypatch):
+    """pyspark forks the JVM from the starter's thread; the caller goes on once that process exists
+    (so no BLAS call of the caller's runs across the fork). The hook sets its event when pyspark's
+    Popen returns, and is removed afterwards; with a JVM already there it is not installed."""
+    import subprocess
+    import threading
+
+    from pyspark import SparkContext, java_gateway
+
+    from dash_spark.spark.session import _notify_jvm_spawn
+
+    monkeypatch.setattr(SparkContext, "_gateway", None)
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    event = threading.Event()
+    restore = _notify_jvm_spawn(event)
+    assert java_gateway.Popen is not subprocess.Popen and not event.is_set()
+    java_gateway.Popen(["true"]).wait()
+    assert event.is_set()
+    restore()
+    assert java_gateway.Popen is subprocess.Popen
+    monkeypatch.setattr(SparkContext, "_gateway", object())  # a JVM runs already: nothing to wait for
+    event = threading.Event()
+    _notify_jvm_spawn(event)()
+    assert event.is_set() and java_gateway.Popen is subprocess.Popen

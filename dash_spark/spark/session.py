@@ -286,6 +286,33 @@ def get_session(
     return spark
 
 
+def _notify_jvm_spawn(event):
+    """Make pyspark's JVM launch set ``event`` right after the JVM's process is created (the event
+    is set at once when no JVM will be launched: one runs already, or spark-submit provides it).
+    Returns the function that undoes it."""
+    from pyspark import SparkContext
+    from pyspark import java_gateway
+
+    if "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._gateway is not None:
+        event.set()
+        return lambda: None
+    real = java_gateway.Popen
+
+    def popen(*args, **kwargs):
+        try:
+            return real(*args, **kwargs)
+        finally:
+            event.set()
+
+    java_gateway.Popen = popen
+
+    def restore():
+        if java_gateway.Popen is popen:
+            java_gateway.Popen = real
+
+    return restore
+
+
 class SessionStarter:
     """The Spark session, started in a background thread while the driver reads its inputs.
 
@@ -302,15 +329,25 @@ class SessionStarter:
         if master:
             check_master(master)
         self._box: dict = {}
-        self._thread = threading.Thread(target=self._start, args=(master, conf, warm), daemon=True)
+        self._spawned = threading.Event()
+        restore = _notify_jvm_spawn(self._spawned)
+        self._thread = threading.Thread(target=self._start, args=(master, conf, warm, restore), daemon=True)
         self._thread.start()
+        # pyspark starts the JVM with fork() (its Popen has a preexec_fn), which runs OpenBLAS's
+        # pre-fork handler: a linear-algebra call running meanwhile in this thread (the model's QR)
+        # can then wait forever for BLAS threads that handler stopped. So the caller goes on only
+        # once the JVM's process exists (milliseconds; the JVM itself then starts in parallel).
+        self._spawned.wait(timeout=60)
 
-    def _start(self, master, conf, warm) -> None:
+    def _start(self, master, conf, warm, restore) -> None:
         try:
             self._box["spark"] = spark = get_session(master=master, conf=conf)
         except BaseException as exc:  # noqa: BLE001 - re-raised by get()
             self._box["error"] = exc
             return
+        finally:
+            restore()
+            self._spawned.set()
         if warm:
             try:
                 sc = spark.sparkContext
