@@ -103,8 +103,10 @@ def _normalise_chrom(name: str) -> str:
 _CHROM_NUMBERS = {"X": 23, "Y": 24, "XY": 25, "MT": 26, "M": 26}
 
 
-def _chrom_key(name: str):
-    """A chromosome name as plink2 compares them: a number (X, Y, XY, MT as 23-26), else the name."""
+def chrom_key(name: str):
+    """A chromosome name as plink2 compares them: a number (X, Y, XY, MT as 23-26; a ``chr``
+    prefix dropped), else the name."""
+    name = _normalise_chrom(name)
     if name.isdigit():
         return int(name)
     return _CHROM_NUMBERS.get(name.upper(), name)
@@ -153,8 +155,8 @@ def variant_mask(bim, *, chr_spec: str | None = None, from_bp: int | None = None
         names, ranges = parse_chr_spec(chr_spec)
         chrom = np.array([_normalise_chrom(c) for c in bim.chrom], dtype=object)
         # plink2's equivalences: X = 23, Y = 24, XY = 25, MT = 26 (either spelling, either side)
-        want = {_chrom_key(c) for c in names}
-        keys = [_chrom_key(c) for c in chrom]
+        want = {chrom_key(c) for c in names}
+        keys = [chrom_key(c) for c in chrom]
         hit = np.array([k in want for k in keys], dtype=bool)
         if ranges:
             as_int = np.array([k if isinstance(k, int) else -1 for k in keys])

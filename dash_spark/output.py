@@ -226,32 +226,8 @@ def _glm_p(p: float | None, nlp: float | None) -> str | None:
     return f"{_java_fixed6(10.0 ** (c - nlp))}E-{c}"
 
 
-def _java_column(values: list) -> list:
-    """:func:`java_double` of every value of a float column (``None`` -> ``"NA"``)."""
-    out = list(map(repr, values))  # right for zeros and 1e-3 <= |x| < 1e7: most values
-    for i, x in enumerate(values):
-        if x is None:
-            out[i] = "NA"
-        elif not (x == 0.0 or 1e-3 <= abs(x) < 1e7):
-            out[i] = java_double(x)
-    return out
-
-
-def glm_lines(rows) -> list[str]:
-    """:func:`glm_lines_sql`'s lines for a ``{column: list}`` mapping of result rows (``concat_ws``
-    skips nulls, as Spark does)."""
-    def text(values):
-        return [None if v is None else str(v) for v in values]
-
-    p_field = [_glm_p(p, nlp) for p, nlp in zip(rows["p"], rows["neg_log10_p"])]
-    columns = (rows["chrom"], text(rows["pos"]), rows["id"], rows["ref"], rows["alt"], rows["a1"],
-               ["ADD"] * len(p_field), text(rows["obs_ct"]), _java_column(rows["beta"]), _java_column(rows["se"]),
-               _java_column(rows["t_stat"]), p_field, rows["errcode"])
-    return ["\t".join(f for f in fields if f is not None) for fields in zip(*columns)]
-
-
 def _java_strings(arr):
-    """:func:`_java_column` of an Arrow float64 array, vectorized: Arrow prints the shortest
+    """:func:`java_double` of every value of an Arrow float64 array, vectorized: Arrow prints the shortest
     round-trip digits (those of ``repr`` and Java), plain in Java's plain range ``1e-3 <= |x| < 1e7``
     (and zeros) where Java adds ``.0`` to an integral value; the other values (scientific in Java,
     NaN, infinities: few) go through :func:`java_double`. Nulls stay null."""
@@ -286,8 +262,9 @@ def _glm_p_strings(p, nlp):
 
 
 def glm_text(table) -> bytes:
-    """The :func:`glm_lines` of an Arrow table of result rows as one UTF-8 text (a newline after each
-    line), built column-wise in Arrow: the same bytes, without a Python string per field."""
+    """:func:`glm_lines_sql`'s lines of an Arrow table of result rows as one UTF-8 text (a newline
+    after each line; ``concat_ws`` skips nulls, as Spark does), built column-wise in Arrow, without a
+    Python string per field."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -331,35 +308,38 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
 
     table = pa.Table.from_batches(list(batches), schema=RESULT_SCHEMA)
     name = f"part-{part:05d}"
-    if is_uri(stage):  # object storage: one PUT per object (a retried task replaces its own)
-        _write_parts_to_object_store(stage, phenotypes, name, table)
-        return table.num_rows
-    _replace_with(os.path.join(stage, _PARTS, f"{name}.snappy.parquet"),
-                  lambda tmp: pq.write_table(table, tmp, compression="snappy"))
+    put = _object_store_put(stage) if is_uri(stage) else _local_put(stage)
+    put(f"{_PARTS}/{name}.snappy.parquet", lambda out: pq.write_table(table, out, compression="snappy"))
     for i, pname in enumerate(phenotypes):
         text = glm_text(table.filter(pc.equal(table["phenotype"], pname)))
-        folder = os.path.join(stage, _GLM_PARTS, str(i))
-
-        def write(tmp, text=text):
-            with open(tmp, "wb") as fh:
-                fh.write(text)
-
-        _replace_with(os.path.join(folder, f"{name}.txt"), write)
+        put(f"{_GLM_PARTS}/{i}/{name}.txt", lambda out, text=text: out.write(text))
     return table.num_rows
 
 
-def _write_parts_to_object_store(stage: str, phenotypes, name: str, table) -> None:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+def _local_put(stage: str):
+    """``put(relative path, write(binary file))`` under a local ``stage``: a temporary name, then a
+    rename, so a retried task replaces its own files."""
+    def put(rel: str, write) -> None:
+        def to_file(tmp):
+            with open(tmp, "wb") as fh:
+                write(fh)
 
+        _replace_with(os.path.join(stage, *rel.split("/")), to_file)
+
+    return put
+
+
+def _object_store_put(stage: str):
+    """``put`` under an object-storage ``stage``: one PUT per object (a retried task replaces its own)."""
     from .io.files import filesystem
 
     fs, base = filesystem(stage)
-    with fs.open_output_stream(f"{base}/{_PARTS}/{name}.snappy.parquet") as out:
-        pq.write_table(table, out, compression="snappy")
-    for i, pname in enumerate(phenotypes):
-        with fs.open_output_stream(f"{base}/{_GLM_PARTS}/{i}/{name}.txt") as out:
-            out.write(glm_text(table.filter(pc.equal(table["phenotype"], pname))))
+
+    def put(rel: str, write) -> None:
+        with fs.open_output_stream(f"{base}/{rel}") as out:
+            write(out)
+
+    return put
 
 
 def prepare_result_dirs(stage: str, phenotypes) -> None:
@@ -558,11 +538,9 @@ def write_outputs_local(stage: str, table, model, *, plots: bool = True):
     for name in model.phenotypes:
         rows = table.filter(pc.equal(table["phenotype"], name)).sort_by("variant_index")
         path = os.path.join(stage, f"{safe_name(name)}.glm.linear")
-        with open(path, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(GLM_HEADER + "\n")
-            lines = glm_lines(rows.to_pydict())
-            if lines:
-                fh.write("\n".join(lines) + "\n")
+        with open(path, "wb") as fh:
+            fh.write((GLM_HEADER + "\n").encode())
+            fh.write(glm_text(rows))
         glm_paths[name] = path
     write_extra_outputs(stage, model)
     return glm_paths, _summarize_and_plot(stage, model, lambda _name: table, plots)

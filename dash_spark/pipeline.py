@@ -27,7 +27,7 @@ from functools import partial
 import numpy as np
 
 from .errors import ConfigError, InputError, OutputError
-from .filters import CallFilters, sample_mask, variant_mask
+from .filters import CallFilters, chrom_key, sample_mask, variant_mask
 from .io.tables import match_samples, read_sample_table
 from .sources import BedSource, GenotypeSource, qualify, source_from_options
 from .spark.scan import map_ranges, write_ranges
@@ -127,8 +127,7 @@ class ScanConfig:
             raise ConfigError(f"--pred-test: expected one of {', '.join(PRED_TESTS)}, found {self.pred_test!r}")
         if self.pred_test == "regenie" and not self.pred:
             raise ConfigError("--pred-test regenie needs --pred FILE_pred.list (REGENIE's step-1 predictions)")
-        if self.pred_test == "regenie" and "://" in self.out and self.out.split("://", 1)[0] not in (
-                "file", "s3", "gs", "gcs"):
+        if self.pred_test == "regenie" and not (tasks_can_write(self.out) or object_store_out(self.out)):
             raise ConfigError("--pred-test regenie writes its .regenie files to a local, shared or object-storage "
                               f"(s3://, gs://) --out; found {self.out}")
         if self.pred and self.pred_test == "regenie" and self.no_intercept:
@@ -311,7 +310,6 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
                               "test (the default)")
         loco = _read_locos(cfg, fam, pheno.names, base)
         masks = [mask & loco[t].present for t, mask in enumerate(masks)]
-    A_cols, B_cols, patterns, moments = _pattern_columns(cfg, C, cov_names, Y, masks, pheno.names, party)
     # allele frequencies over the .fam's founders (all samples if none) decide which allele is
     # major, as plink2 does, independently of each phenotype's samples
     # (among the samples --keep/--remove leave); the kept mask itself gives --geno's missing rate
@@ -320,26 +318,35 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     tail = [kept.astype(np.float64)[:, None], freq_mask.astype(np.float64)[:, None]]
     # --mach-r2-filter needs sum x^2 over the kept samples: one more B column, the last
     tail_b = [kept.astype(np.float64)[:, None]] if cfg.mach_r2_filter and not party else []
-    A = np.hstack(A_cols + tail)
-    B = np.hstack(B_cols + tail_b)
-    W, groups, offset_moments = pad_weights(A, B), None, None
     # plink2's sex-chromosome models (one-party scans; REGENIE's test keeps its own diploid coding)
     has_sexchr = any(sex_chrom_class(c) for c in set(np.asarray(bim.chrom)[variants].tolist()))
     sexchr = not party and fam.sex is not None and cfg.pred_test != "regenie" and has_sexchr
     if has_sexchr and not sexchr and fam.sex is not None:
         log.warning("chrX/Y/MT variants are tested as autosomes here (%s); plink2's sex-chromosome models are "
                     "applied by scan only", "REGENIE's test" if not party else "stored and multi-party statistics")
-    if cfg.pred or sexchr:
-        # REGENIE centres a phenotype on every sample that has it (also one without covariates)
-        Y_raw = np.full_like(Y, np.nan)
-        has = (rows[0] >= 0) & kept
-        Y_raw[has] = pheno.values[rows[0, has]]
+    grouped = bool(cfg.pred) or sexchr
+    groups = offset_moments = None
+    moments: list = []
+    if not grouped or party:  # a statistics model keeps its phenotypes' own moments (--pred: of y itself)
+        A_cols, B_cols, patterns, moments = _pattern_columns(cfg, C, cov_names, Y, masks, pheno.names, party,
+                                                             quiet=grouped)
+        A = np.hstack(A_cols + tail)
+        W = pad_weights(A, np.hstack(B_cols + tail_b))
+    if grouped:
+        Y_raw = None
+        if cfg.pred and cfg.pred_test == "regenie":
+            # REGENIE centres a phenotype on every sample that has it (also one without covariates)
+            Y_raw = np.full_like(Y, np.nan)
+            has = (rows[0] >= 0) & kept
+            Y_raw[has] = pheno.values[rows[0, has]]
         W, groups, A, patterns, offset_moments, variants = _chrom_groups(
             cfg, fam, bim, variants, C, cov_names, Y, Y_raw, masks, base, kept, freq_mask, loco, pheno.names, tail,
             party, sexchr, tail_b)
-    log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)",
-             len(pheno.names), len(patterns), A.shape[0], A.shape[1] + B.shape[1],
-             A.nbytes / 1e6 + B.nbytes / 1e6)
+    widths = [w.shape[1] for w in (W if groups else (W,))]
+    log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)%s",
+             len(pheno.names), len(patterns), W[0].shape[0] if groups else W.shape[0], max(widths),
+             sum(w.nbytes for w in (W if groups else (W,))) / 1e6,
+             f" in {len(groups)} chromosome group(s)" if groups else "")
     counts = dict(counts)
     counts.update(analysed=int(base.sum()), dropped_missing_covariate=dropped_cov)
     extra = None
@@ -421,16 +428,14 @@ def _read_locos(cfg: ScanConfig, fam, names, base: np.ndarray) -> list:
     return out
 
 
-#: plink2's sex-chromosome classes by chromosome name (XY, the pseudo-autosomal region, is diploid)
-_SEX_CHROMS = {"X": "X", "23": "X", "Y": "Y", "24": "Y", "MT": "MT", "M": "MT", "26": "MT"}
+#: plink2's sex-chromosome classes by chromosome number (25, XY, the pseudo-autosomal region, is diploid)
+_SEX_CHROMS = {23: "X", 24: "Y", 26: "MT"}
 
 
 def sex_chrom_class(name: str) -> str | None:
-    """``"X"``, ``"Y"``, ``"MT"`` for plink2's names of those chromosomes (``chr`` prefix allowed), else None."""
-    key = name.strip()
-    if key[:3].lower() == "chr":
-        key = key[3:]
-    return _SEX_CHROMS.get(key.upper())
+    """``"X"``, ``"Y"``, ``"MT"`` for plink2's names and numbers of those chromosomes, else None."""
+    key = chrom_key(name)
+    return _SEX_CHROMS.get(key) if isinstance(key, int) else None
 
 
 def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray,
@@ -520,7 +525,8 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
                 A_cols, B_cols, pats, mos = _split_sex_patterns(cfg, C, Cg, cov_names, cov_g, Yc, masks_g, names,
                                                                 with_sex, party)
             else:
-                A_cols, B_cols, pats, mos = _pattern_columns(cfg, Cg, cov_g, Yc, masks_g, names, party, quiet=True)
+                A_cols, B_cols, pats, mos = _pattern_columns(cfg, Cg, cov_g, Yc, masks_g, names, party,
+                                                             quiet=party or first is not None)
             pats, spec = tuple(pats), None
             if party and cfg.pred:
                 offset_moments[members[0]] = (np.stack([mo.Cty for mo in mos]), np.array([mo.yty for mo in mos]))
@@ -612,7 +618,7 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     )
     if not model.groups:
         return plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv
-    plans, ranges, group_of_part = [], [], {}
+    plans, ranges = [], []
     group = np.full(model.bim.n_variants, -1, dtype=np.int64)
     for g, grp in enumerate(model.groups):
         sub = plan.sub_block
@@ -621,13 +627,11 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
         plans.append(dataclasses.replace(plan, patterns=tuple(grp.patterns), regenie=grp.regenie, n_a=grp.n_a,
                                          dosage_scale=grp.dosage_scale, hemi=grp.hemi, sub_block=sub))
         group[grp.variants] = g
-        for row in plan_ranges(grp.variants, bv, model.bim.line_offsets):
-            part = len(ranges)
-            group_of_part[part] = g
-            ranges.append((part,) + tuple(row[1:]))
+        ranges += [(len(ranges) + i,) + tuple(row[1:])
+                   for i, row in enumerate(plan_ranges(grp.variants, bv, model.bim.line_offsets))]
     # each variant's group, as runs of .bim rows (chromosomes are mostly contiguous: a few runs)
     starts = np.flatnonzero(np.diff(group, prepend=-2) != 0)
-    return GroupedPlan(tuple(plans), group_of_part, starts, group[starts]), ranges, bv
+    return GroupedPlan(tuple(plans), starts, group[starts]), ranges, bv
 
 
 def tasks_can_write(uri: str) -> bool:

@@ -92,11 +92,10 @@ class ScanPlan:
 class GroupedPlan:
     """Plans of variant groups that need their own weight matrix (``--pred``: one per chromosome,
     whose LOCO offsets differ; sex chromosomes: one per class, with their own samples, covariates
-    and dosage coding); range row ``part`` belongs to group ``group_of_part[part]`` and the
-    broadcast value is the tuple of the groups' ``W``."""
+    and dosage coding); the broadcast value is the tuple of the groups' ``W``. A scan's range rows
+    never span two groups."""
 
     plans: tuple[ScanPlan, ...]
-    group_of_part: dict
     run_starts: np.ndarray   # each variant's group as runs of .bim rows: run i starts at run_starts[i]
     run_groups: np.ndarray   # ... and has group run_groups[i] (-1: a variant in no group)
 
@@ -185,12 +184,9 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
             block = block.take(ok)
             called = None if called is None else called[ok]
     if plan.regenie is not None:  # REGENIE's score test; ALLELE1 is the ALT allele, as REGENIE reports it
-        tested, _, named = regenie_stats(plan.regenie, SX, SXX, SM)
-        if not tested.all():
-            SX, SM, vidx = SX[tested], SM[tested], vidx[tested]
-            block = block.take(tested)
-        return results_batch(vidx, block.meta, SX[:, -1], plan.n_freq - SM[:, -1], named, count_alt=True,
-                             a1freq_floor=plan.a1freq_floor)
+        tested, named = regenie_stats(plan.regenie, SX, SXX, SM)
+        return results_batch(vidx[tested], tuple(x[tested] for x in block.meta), freq_alt[tested],
+                             freq_called[tested], named, count_alt=True, a1freq_floor=plan.a1freq_floor)
     named = []
     for pat in plan.patterns:
         a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
@@ -218,8 +214,8 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
 def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
     """Yield Arrow batches of results for an iterable of range rows (executor side, no Spark)."""
     if isinstance(plan, GroupedPlan):
-        for row in ranges:
-            g = plan.group_of_part[row[0]]
+        for row in ranges:  # (part, start, ...): the range's group is its first variant's
+            g = int(plan.groups_of(np.array([row[1]]))[0])
             yield from scan_ranges(plan.plans[g], W[g], [row])
         return
     for vidx, block in _sub_blocks(plan, ranges, meta=True):

@@ -165,11 +165,29 @@ def test_local_plots_are_written(rng, tmp_path):
     assert not math.isnan(report.summarize_table(table, "trait").lambda_gc)
 
 
+def glm_lines(rows) -> list[str]:
+    """The .glm.linear lines built one value at a time with java_double and _glm_p (Spark's
+    concat_ws skips nulls): the oracle of the column-wise writer."""
+    from dash_spark.output import _glm_p, java_double
+
+    def text(values):
+        return [None if v is None else str(v) for v in values]
+
+    def floats(values):
+        return ["NA" if v is None else java_double(v) for v in values]
+
+    p_field = [_glm_p(p, nlp) for p, nlp in zip(rows["p"], rows["neg_log10_p"])]
+    columns = (rows["chrom"], text(rows["pos"]), rows["id"], rows["ref"], rows["alt"], rows["a1"],
+               ["ADD"] * len(p_field), text(rows["obs_ct"]), floats(rows["beta"]), floats(rows["se"]),
+               floats(rows["t_stat"]), p_field, rows["errcode"])
+    return ["\t".join(f for f in fields if f is not None) for fields in zip(*columns)]
+
+
 def test_glm_text_is_glm_lines_byte_for_byte(rng):
     """The tasks' column-wise formatter (Arrow) writes exactly the lines of the per-value one, on
     values of every magnitude, integral values, zeros of both signs, NaN, infinities, nulls and
     p-values that underflow."""
-    from dash_spark.output import glm_lines, glm_text
+    from dash_spark.output import glm_text
 
     table = _results(rng)
     m = table.num_rows

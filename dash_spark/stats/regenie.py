@@ -123,11 +123,11 @@ def chisq1_tail(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def regenie_stats(spec: RegenieSpec, SX: np.ndarray, SXX: np.ndarray, SM: np.ndarray):
-    """``(tested, alt_freq, [(phenotype, VariantStats)])`` of a block from the kernel's sums.
+    """``(tested, [(phenotype, VariantStats)])`` of a block from the kernel's sums.
 
     ``tested`` [shape: (m,), bool]: the variants REGENIE tests (MAC and variance filters); the
-    statistics hold only those rows. ``alt_freq``: the ALT frequency over ``A`` (REGENIE's A1FREQ).
-    ``VariantStats.t_stat`` holds the signed score statistic ``T``."""
+    statistics hold only those rows. ``VariantStats.alt_freq`` is the ALT frequency over ``A``
+    (REGENIE's A1FREQ) and ``t_stat`` the signed score statistic ``T``."""
     k, ac = spec.k, spec.a_col
     miss_a = SM[:, ac]
     called = spec.n_analysed - miss_a
@@ -162,4 +162,4 @@ def regenie_stats(spec: RegenieSpec, SX: np.ndarray, SXX: np.ndarray, SM: np.nda
         out.append((ph.name, VariantStats(beta=beta, se=se, t_stat=T, neg_log10_p=nlp, p=p,
                                           obs_ct=np.full(m, ph.n, dtype=np.int64), alt_freq=alt_freq,
                                           errcode=np.full(m, ERR_OK, dtype=np.uint8))))
-    return tested, alt_freq, out
+    return tested, out
