@@ -240,10 +240,41 @@ def _java_strings(arr):
     plain = pc.or_(pc.equal(arr, 0.0), pc.and_(pc.greater_equal(absx, 1e-3), pc.less(absx, 1e7)))
     other = pc.and_(pc.invert(plain), arr.is_valid())  # NaN compares false: here too
     if pc.any(other).as_py():
+        text, other = _java_small(arr, text, other)
+    if pc.any(other).as_py():
         idx = np.flatnonzero(other.to_numpy(zero_copy_only=False))
         vals = arr.take(pa.array(idx)).to_pylist()
         text = pc.replace_with_mask(text, other, pa.array([java_double(v) for v in vals], type=pa.string()))
     return text
+
+
+def _java_small(arr, text, other):
+    """Java's ``d.dddE-<exp>`` for the values ``0 < |x| < 1e-3`` among ``other``, rewritten from
+    Arrow's shortest digits with regular expressions (Arrow prints ``0.000012345`` or ``1.5e-7``);
+    returns the text and the values still left for :func:`java_double` (any whose rewrite does not
+    have Java's shape, and the denormal minimum that Java prints with its own digits)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    absx = pc.abs(arr)
+    small = pc.and_(other, pc.and_(pc.less(absx, 1e-3), pc.greater(absx, 5e-324)))
+    if not pc.any(small).as_py():
+        return text, other
+    idx = pa.array(np.flatnonzero(pc.fill_null(small, False).to_numpy(zero_copy_only=False)))
+    t = pc.cast(arr.take(idx), pa.string())
+    t = pc.replace_substring_regex(t, r"^(-?\d)e", r"\1.0e")  # 1e-7 -> 1.0e-7
+    t = pc.replace_substring(t, "e", "E")
+    for z in range(2, 24):  # 0.000012345 (z = 4 zeros after the point) -> 1.2345E-5
+        t = pc.replace_substring_regex(t, rf"^(-?)0\.0{{{z}}}([1-9])(\d*)$", rf"\1\2.\3E-{z + 1}")
+    t = pc.replace_substring(t, ".E", ".0E")
+    good = pc.match_substring_regex(t, r"^-?[1-9]\.\d+E-[1-9]\d*$")
+    mask = np.zeros(len(arr), dtype=bool)
+    good_np = good.to_numpy(zero_copy_only=False)
+    rows = idx.to_numpy()[good_np]
+    mask[rows] = True
+    values = pc.filter(t, good)
+    text = pc.replace_with_mask(text, pa.array(mask), values)
+    return text, pc.and_(other, pa.array(~mask))
 
 
 def _glm_p_strings(p, nlp):
@@ -265,11 +296,15 @@ def glm_text(table) -> bytes:
     """:func:`glm_lines_sql`'s lines of an Arrow table of result rows as one UTF-8 text (a newline
     after each line; ``concat_ws`` skips nulls, as Spark does), built column-wise in Arrow, without a
     Python string per field."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if table.num_rows == 0:
         return b""
+    return _glm_lines(table)[0]
+
+
+def _glm_lines(table) -> tuple[bytes, np.ndarray]:
+    """:func:`glm_text` of a non-empty table, and where each row's line starts in it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     def col(name):
         return table.column(name).combine_chunks()
@@ -282,10 +317,36 @@ def glm_text(table) -> bytes:
     fields = [col("chrom"), pc.cast(col("pos"), pa.string()), col("id"), col("ref"), col("alt"), col("a1"),
               pa.scalar("ADD"), pc.cast(col("obs_ct"), pa.string()),
               num("beta"), num("se"), num("t_stat"), _glm_p_strings(col("p"), col("neg_log10_p")), end]
-    lines = pc.binary_join_element_wise(*fields, "\t", null_handling="skip")
+    return _joined(pc.binary_join_element_wise(*fields, "\t", null_handling="skip"))
+
+
+def _joined(lines) -> tuple[bytes, np.ndarray]:
+    """The bytes of an Arrow string array's values, one after the other, and where each value
+    starts in them (one more entry: the end)."""
+    import pyarrow as pa
+
     width = np.int64 if lines.type == pa.large_string() else np.int32
     offsets = np.frombuffer(lines.buffers()[1], dtype=width)[lines.offset : lines.offset + len(lines) + 1]
-    return bytes(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+    return bytes(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])], offsets - offsets[0]
+
+
+def glm_texts(table, phenotypes) -> list[bytes]:
+    """:func:`glm_text` of each phenotype's rows (in their order in ``table``), formatted in one pass
+    over the table instead of one per phenotype."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return [b""] * len(phenotypes)
+    code = pc.index_in(table.column("phenotype"), value_set=pa.array(list(phenotypes), pa.string()))
+    if code.null_count:
+        raise ValueError("glm_texts: a result row of a phenotype not in the list")
+    code = code.to_numpy(zero_copy_only=False)
+    order = np.argsort(code, kind="stable")
+    text, bounds = _glm_lines(table.take(pa.array(order)))
+    counts = np.bincount(code, minlength=len(phenotypes))
+    ends = np.cumsum(counts)
+    return [text[bounds[b - c] : bounds[b]] for b, c in zip(ends, counts)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,8 +371,7 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     name = f"part-{part:05d}"
     put = _object_store_put(stage) if is_uri(stage) else _local_put(stage)
     put(f"{_PARTS}/{name}.snappy.parquet", lambda out: pq.write_table(table, out, compression="snappy"))
-    for i, pname in enumerate(phenotypes):
-        text = glm_text(table.filter(pc.equal(table["phenotype"], pname)))
+    for i, text in enumerate(glm_texts(table, phenotypes)):
         put(f"{_GLM_PARTS}/{i}/{name}.txt", lambda out, text=text: out.write(text))
     return table.num_rows
 
@@ -409,6 +469,7 @@ class PhenotypeGroups:
         self.cache: dict = {}
 
     def __call__(self, name: str):
+        import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
@@ -418,11 +479,17 @@ class PhenotypeGroups:
             chunk = self.phenotypes[i : i + self.group]
             table = pq.read_table(self.path, columns=self.columns,
                                   filters=[("phenotype", "in", chunk)] if len(chunk) < len(self.phenotypes) else None)
-            table = table.take(pc.sort_indices(table, sort_keys=[("phenotype", "ascending")]))  # stable
-            names = table.column("phenotype").to_numpy(zero_copy_only=False)
-            for n in chunk:
-                lo, hi = np.searchsorted(names, n, side="left"), np.searchsorted(names, n, side="right")
-                self.cache[n] = table.slice(lo, hi - lo)
+            # group the rows by phenotype through integer codes (a stable sort: file order within each)
+            code = pc.index_in(table.column("phenotype"), value_set=pa.array(chunk, pa.string()))
+            code = pc.fill_null(code, len(chunk)).to_numpy(zero_copy_only=False)
+            # (the phenotype column is rebuilt per slice, not moved: it is known from the group)
+            at = table.column_names.index("phenotype")
+            table = table.remove_column(at).take(pa.array(np.argsort(code, kind="stable")))
+            ends = np.cumsum(np.bincount(code, minlength=len(chunk) + 1))
+            for c, n in enumerate(chunk):
+                lo = ends[c - 1] if c else 0
+                rows = table.slice(lo, ends[c] - lo)
+                self.cache[n] = rows.add_column(at, "phenotype", pa.repeat(pa.scalar(n, pa.string()), rows.num_rows))
         return self.cache[name]
 
 

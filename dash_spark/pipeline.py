@@ -26,7 +26,7 @@ from functools import partial
 
 import numpy as np
 
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError, ModelError, OutputError
 from .filters import CallFilters, chrom_key, sample_mask, variant_mask
 from .io.tables import match_samples, read_sample_table
 from .sources import BedSource, GenotypeSource, qualify, source_from_options
@@ -35,7 +35,7 @@ from .stats.kernel import pad_weights
 from .stats.regression import CovariateCorrelation, covariate_basis
 from .stats.results import RESULT_SCHEMA_DDL
 from .stats.sufficient import Moments, SufficientStats
-from .tasks import GroupedPlan, Pattern, ScanPlan, default_block_variants, plan_ranges, scan_ranges, sub_block_size
+from .tasks import GroupedPlan, Pattern, ScanPlan, SharedBasis, default_block_variants, plan_ranges, scan_ranges, sub_block_size
 
 log = logging.getLogger("dash_spark")
 
@@ -175,6 +175,8 @@ class Model:
     regenie_outputs: bool = False
     #: a statistics model's LOCO offsets (``--pred``): :attr:`SufficientStats.offsets`
     offset_moments: dict | None = None
+    #: phenotype missingness by downdates of one shared basis (:class:`~dash_spark.tasks.SharedBasis`)
+    shared: SharedBasis | None = None
 
     @property
     def n_variants(self) -> int:
@@ -325,9 +327,13 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         log.warning("chrX/Y/MT variants are tested as autosomes here (%s); plink2's sex-chromosome models are "
                     "applied by scan only", "REGENIE's test" if not party else "stored and multi-party statistics")
     grouped = bool(cfg.pred) or sexchr
-    groups = offset_moments = None
+    groups = offset_moments = shared = None
     moments: list = []
-    if not grouped or party:  # a statistics model keeps its phenotypes' own moments (--pred: of y itself)
+    if not grouped and not party and _use_shared(masks):
+        A_cols, B_cols, patterns, shared = _shared_columns(cfg, C, cov_names, Y, masks, pheno.names)
+        A = np.hstack(A_cols + tail)
+        W = pad_weights(A, np.hstack(B_cols + tail_b))
+    elif not grouped or party:  # a statistics model keeps its phenotypes' own moments (--pred: of y itself)
         A_cols, B_cols, patterns, moments = _pattern_columns(cfg, C, cov_names, Y, masks, pheno.names, party,
                                                              quiet=grouped)
         A = np.hstack(A_cols + tail)
@@ -343,8 +349,9 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
             cfg, fam, bim, variants, C, cov_names, Y, Y_raw, masks, base, kept, freq_mask, loco, pheno.names, tail,
             party, sexchr, tail_b)
     widths = [w.shape[1] for w in (W if groups else (W,))]
-    log.info("model: %d phenotype(s) in %d missingness pattern(s); broadcast matrix %d x %d (%.1f MB)%s",
-             len(pheno.names), len(patterns), W[0].shape[0] if groups else W.shape[0], max(widths),
+    log.info("model: %d phenotype(s) in %d missingness pattern(s)%s; broadcast matrix %d x %d (%.1f MB)%s",
+             len(pheno.names), len(patterns), ", by downdates of one shared basis" if shared else "",
+             W[0].shape[0] if groups else W.shape[0], max(widths),
              sum(w.nbytes for w in (W if groups else (W,))) / 1e6,
              f" in {len(groups)} chromosome group(s)" if groups else "")
     counts = dict(counts)
@@ -360,7 +367,74 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         n_a=A.shape[1], n_freq=int(freq_mask.sum()), n_kept=int(kept.sum()), variants=variants,
         counts=counts, moments=tuple(moments) if party else None, missing_genotypes=cfg.missing_genotypes,
         extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie", offset_moments=offset_moments,
+        shared=shared,
     )
+
+
+#: from this many missingness patterns on, a one-party scan takes each pattern's missing samples
+#: out of sums over their union (one kernel of width k + p + 3) instead of summing each pattern
+#: with its own basis (width patterns x (k + 2) + p); ``DASH_SPARK_PHENO_DOWNDATE=on|off`` forces
+#: either way
+SHARED_MIN_PATTERNS = 3
+
+
+def _use_shared(masks) -> bool:
+    mode = os.environ.get("DASH_SPARK_PHENO_DOWNDATE", "auto").strip().lower()
+    if mode in ("on", "off"):
+        return mode == "on"
+    distinct = {np.packbits(m).tobytes() for m in masks}
+    return len(distinct) >= SHARED_MIN_PATTERNS
+
+
+def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.ndarray, masks, names):
+    """``(A columns, B columns, patterns, SharedBasis)``: one orthonormal basis ``Q`` of the
+    covariates on the union U of the phenotypes' samples, every phenotype's column (centred on its
+    own samples, zero elsewhere) and U's mask; each pattern of missingness keeps the samples of U it
+    lacks and ``T = L^-1`` (``L L' = I - Q_M'Q_M``, the Gram of Q on its own samples)."""
+    pheno_names = list(names)
+    groups: dict[bytes, list[int]] = {}
+    for t, mask in enumerate(masks):
+        groups.setdefault(np.packbits(mask).tobytes(), []).append(t)
+    union = np.logical_or.reduce(masks)
+    where_u = f"phenotypes ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
+    basis_u = covariate_basis(C, union, cov_names, where=where_u)
+    Q, k = basis_u.Q, basis_u.k
+    CtC_u, Ct1_u = C[union].T @ C[union], C[union].sum(axis=0)
+    Yc = np.zeros_like(Y)
+    patterns = []
+    for idx in groups.values():
+        mask = masks[idx[0]]
+        names_g = tuple(pheno_names[t] for t in idx)
+        where = f"phenotype {', '.join(names_g)} ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
+        Yg = np.where(mask[:, None], np.nan_to_num(Y[:, idx]), 0.0)
+        if not cfg.no_intercept:  # centred on the pattern's samples, as a pattern's own basis would have it
+            Yg = np.where(mask[:, None], Yg - Yg[mask].mean(axis=0), 0.0)
+        Yc[:, idx] = Yg
+        missing = np.flatnonzero(union & ~mask)
+        n = int(mask.sum())
+        G = np.eye(k) - Q[missing].T @ Q[missing]
+        try:
+            L = np.linalg.cholesky(G) if k else np.zeros((0, 0))
+            ok = n >= k + 2 and (k == 0 or np.min(np.diag(L)) ** 2 > 1e-9)
+        except np.linalg.LinAlgError:
+            ok = False
+        if not ok:  # the pattern's own basis names the covariate at fault (or the sample count)
+            covariate_basis(C, mask, cov_names, where=where)
+            if not (n >= k + 2 and k and np.linalg.eigvalsh(G)[0] > 0):
+                raise ModelError(f"{where}: the covariates are too close to collinear on its {n} samples; "
+                                 "remove one (--covar-name)")
+            L = np.linalg.cholesky(G)
+        T = np.linalg.inv(L) if k else np.zeros((0, 0))
+        Qy = T @ (Q.T @ Yg)
+        yy = np.einsum("np,np->p", Yg, Yg)
+        Cm = C[missing]
+        cc = CovariateCorrelation.from_moments(CtC_u - Cm.T @ Cm, Ct1_u - Cm.sum(axis=0), n, L.T @ basis_u.R)
+        patterns.append(Pattern(names_g, n, k, 0, 0, Qy, yy, cc, cols=np.asarray(idx, dtype=np.int64),
+                                missing=missing, T=T))
+        for name in names_g:
+            log.info("phenotype %s: %d samples, %d covariates, %d degrees of freedom", name, n, k, n - k - 1)
+    w = union.astype(np.float64)[:, None]
+    return [Q, Yc, w], [w], patterns, SharedBasis(k=k, p=Y.shape[1])
 
 
 def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.ndarray, masks, names,
@@ -609,9 +683,9 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     width = (model.W[0] if model.groups else model.W).shape[1]
     plan = ScanPlan(
         reader=model.source.reader(), n_samples=model.n_samples,
-        n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns,
+        n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns, shared=model.shared,
         filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno, mach_r2=cfg.mach_r2_filter),
-        sub_block=sub_block_size(model.n_samples, width, cfg.task_memory_mb << 20,
+        sub_block=sub_block_size(model.n_samples, width + _shared_gram_width(model), cfg.task_memory_mb << 20,
                                  dense=not isinstance(model.source, BedSource)),
         count_alt=cfg.count_alt or model.source.count_alt, missing_genotypes=cfg.missing_genotypes,
         a1freq_floor=cfg.a1freq_lower_limit,
@@ -632,6 +706,13 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     # each variant's group, as runs of .bim rows (chromosomes are mostly contiguous: a few runs)
     starts = np.flatnonzero(np.diff(group, prepend=-2) != 0)
     return GroupedPlan(tuple(plans), starts, group[starts]), ranges, bv
+
+
+def _shared_gram_width(model: Model) -> int:
+    """Per-variant columns a shared-basis task holds besides the kernel's: the missing calls'
+    ``Q'Y`` (k x p) of all phenotypes, and one pattern's ``Q'Q`` (k x k)."""
+    sh = model.shared
+    return 0 if sh is None or model.missing_genotypes == "mean" else (sh.k * sh.p + sh.k * sh.k) // 3 + 1
 
 
 def tasks_can_write(uri: str) -> bool:

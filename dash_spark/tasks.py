@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from .filters import CallFilters
-from .stats.blocks import DenseBlock, block_grams, block_sums
+from .stats.blocks import DenseBlock, block_downdate, block_grams, block_sums
 from .stats.regenie import RegenieSpec, regenie_stats
 from .stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
 from .stats.results import results_batch
@@ -50,6 +50,25 @@ class Pattern:
     Qy: np.ndarray | None = None
     yy: np.ndarray | None = None
     cc: CovariateCorrelation | None = None
+    #: a scan with a shared basis (:class:`SharedBasis`): the pattern's phenotype columns among the
+    #: shared ones, the analysed samples it lacks (sorted .fam rows) and ``T = L^-1``, where
+    #: ``L L' = Q_S'Q_S`` is the Gram of the shared basis on its own samples S (so ``Q_S T'`` is
+    #: an orthonormal basis of its covariates)
+    cols: np.ndarray | None = None
+    missing: np.ndarray | None = None
+    T: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SharedBasis:
+    """Phenotype missingness by downdates: A = ``[Q | Y | 1_U]`` over the union U of the patterns'
+    samples (``Q``: k columns, an orthonormal basis of the covariates on U; ``Y``: p phenotype
+    columns, each zero where it is missing), B = ``[1_U]``. Each pattern takes its missing samples'
+    share out of these sums (:func:`dash_spark.stats.blocks.block_downdate`), so the kernel's width
+    is k + p + 3 whatever the number of patterns."""
+
+    k: int
+    p: int
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,8 @@ class ScanPlan:
     #: allele; 0: not counted), over the frequency samples
     dosage_scale: np.ndarray | None = None
     hemi: np.ndarray | None = None
+    #: phenotype missingness by downdates of shared sums (one-party scans with many patterns)
+    shared: SharedBasis | None = None
 
     @property
     def layout(self) -> StatLayout:
@@ -187,6 +208,10 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
         tested, named = regenie_stats(plan.regenie, SX, SXX, SM)
         return results_batch(vidx[tested], tuple(x[tested] for x in block.meta), freq_alt[tested],
                              freq_called[tested], named, count_alt=True, a1freq_floor=plan.a1freq_floor)
+    if plan.shared is not None:
+        named = _shared_stats(plan, W, block, SX, SXX, SM)
+        return results_batch(vidx, block.meta, freq_alt, freq_called, named, count_alt=plan.count_alt,
+                             a1freq_floor=plan.a1freq_floor)
     named = []
     for pat in plan.patterns:
         a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
@@ -209,6 +234,45 @@ def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Rec
         named += list(zip(pat.phenotypes, stats))
     return results_batch(vidx, block.meta, freq_alt, freq_called, named, count_alt=plan.count_alt,
                          a1freq_floor=plan.a1freq_floor)
+
+
+def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:
+    """Each pattern's statistics from the shared sums less its missing samples' share.
+
+    With ``a = Q'x`` over U and ``d = Q_M'x_M`` over the pattern's missing samples M, its own
+    orthonormal basis gives ``Q_S'x = T (a - d)``; sums of x, x^2, the missing calls' ``Q'1`` and
+    ``Q'Q`` are downdated alike. ``Y'x`` needs nothing: a phenotype's column is zero on M.
+    """
+    k, p = plan.shared.k, plan.shared.p
+    drop = plan.missing_genotypes != "mean"
+    QxU, Yx, sxU, sxxU = SX[:, :k], SX[:, k : k + p], SX[:, k + p], SXX[:, 0]
+    QmU, Ym, missU = SM[:, :k], SM[:, k : k + p], SM[:, k + p]
+    anymiss = np.flatnonzero(missU > 0)  # variants with a missing call among U's samples
+    if drop:
+        QmQmU, QmyU, ymyU = block_grams(block, W, 0, k, p, missU > 0)
+    named = []
+    for pat in plan.patterns:
+        cols, T = pat.cols, pat.T
+        Qx, sx, sxx, Qm, miss = QxU, sxU, sxxU, QmU, missU
+        if drop:
+            QmQm, Qmy = QmQmU, QmyU[:, :, cols]
+        if len(pat.missing):
+            dQx, ds, dQm, dQQ = block_downdate(block, W, pat.missing, k, drop)
+            Qx, sx, sxx, miss = (Qx - dQx) @ T.T, sx - ds[:, 0], sxx - ds[:, 1], miss - ds[:, 2]
+            Qm = np.zeros_like(QmU)
+            Qm[anymiss] = (QmU[anymiss] - dQm[anymiss]) @ T.T
+            if drop and len(anymiss):  # only variants with missing calls need the pattern's own Grams
+                QmQm = np.zeros_like(QmQmU)
+                QmQm[anymiss] = np.einsum("ab,mbc,dc->mad", T, QmQmU[anymiss] - dQQ[anymiss], T, optimize=True)
+                Qmy = Qmy.copy()
+                Qmy[anymiss] = np.einsum("ab,mbp->map", T, Qmy[anymiss], optimize=True)
+        sums = dict(Qx=Qx, yx=Yx[:, cols], sx=sx, sxx=sxx, Qm=Qm, miss=miss, Qy=pat.Qy, yy=pat.yy, n=pat.n, cc=pat.cc)
+        if not drop:
+            stats = finalize_mean_imputed(ym=Ym[:, cols], **sums)
+        else:
+            stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymyU[:, cols], **sums)
+        named += list(zip(pat.phenotypes, stats))
+    return named
 
 
 def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -42,10 +44,34 @@ def scanned_drop(scanned, spark, tmp_path_factory):
     return files, res, _table(res.results_path)
 
 
+def _downdated(files, spark, folder, mode):
+    """The same scan with each pattern's missing samples downdated from one shared basis (forced:
+    these files have 2 patterns, below the automatic rule's 3)."""
+    os.environ["DASH_SPARK_PHENO_DOWNDATE"] = "on"
+    try:
+        res = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, plots=False,
+                                  missing_genotypes=mode, out=str(folder / "out")), spark=spark)
+    finally:
+        del os.environ["DASH_SPARK_PHENO_DOWNDATE"]
+    return files, res, _table(res.results_path)
+
+
+@pytest.fixture(scope="module")
+def scanned_downdated(scanned, spark, tmp_path_factory):
+    return _downdated(scanned[0], spark, tmp_path_factory.mktemp("dd-mean"), "mean")
+
+
+@pytest.fixture(scope="module")
+def scanned_drop_downdated(scanned, spark, tmp_path_factory):
+    return _downdated(scanned[0], spark, tmp_path_factory.mktemp("dd-drop"), "drop")
+
+
+@pytest.mark.parametrize("basis", ["per-pattern", "downdated"])
 @pytest.mark.parametrize("mode", ["mean", "drop"])
 @pytest.mark.parametrize("phenotype", PHENOS)
-def test_matches_statsmodels_per_variant(request, mode, phenotype):
-    files, _, tbl = request.getfixturevalue("scanned" if mode == "mean" else "scanned_drop")
+def test_matches_statsmodels_per_variant(request, mode, phenotype, basis):
+    name = ("scanned" if mode == "mean" else "scanned_drop") + ("_downdated" if basis == "downdated" else "")
+    files, _, tbl = request.getfixturevalue(name)
     sel = tbl["phenotype"] == phenotype
     ours = {k: v[sel] for k, v in tbl.items()}
     assert np.array_equal(ours["variant_index"], np.arange(files.m))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernel import compress_block, decode, missing_grams
+from .kernel import compress_block, decode, downdate_packed, missing_grams
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,3 +97,27 @@ def block_grams(block: Block, W: np.ndarray, a0: int, k: int, p: int, todo: np.n
     if isinstance(block, DenseBlock):
         return missing_grams_dense(block.values, W, a0, k, p, todo)
     return missing_grams(block.data, W, a0, k, p, todo=todo)
+
+
+def downdate_dense(X: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, want_qq: bool):
+    """:func:`dash_spark.stats.kernel.downdate_packed` for dense values X [shape: (m, n)] (NaN missing)."""
+    XM = X[:, idx]
+    M = np.isnan(XM)
+    X0 = np.where(M, 0.0, XM)
+    QM = W[idx, :k]
+    Mf = M.astype(np.float64)
+    s = np.stack([X0.sum(axis=1), (X0 * X0).sum(axis=1), Mf.sum(axis=1)], axis=1)
+    qq = None
+    if want_qq:
+        qq = np.zeros((X.shape[0], k, k))
+        for j in np.flatnonzero(s[:, 2] > 0):
+            rows = QM[M[j]]
+            qq[j] = rows.T @ rows
+    return X0 @ QM, s, Mf @ QM, qq
+
+
+def block_downdate(block: Block, W: np.ndarray, idx: np.ndarray, k: int, want_qq: bool):
+    """The samples ``idx``'s share of a block's sums (see :func:`dash_spark.stats.kernel.downdate_packed`)."""
+    if isinstance(block, DenseBlock):
+        return downdate_dense(block.values, W, idx, k, want_qq)
+    return downdate_packed(block.data, W, idx, k, want_qq)

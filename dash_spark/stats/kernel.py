@@ -168,3 +168,80 @@ def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, to
     yy = np.zeros((m, p))
     _missing_grams(np.ascontiguousarray(packed), W, a0, k, p, _HAS_MISSING, todo, qq, qy, yy)
     return qq, qy, yy
+
+
+@njit(cache=True, nogil=True)
+def _decode_selected(packed, idx, dosage, out, nmiss):  # pragma: no cover - jitted
+    """Dosages of the samples ``idx`` (0 for a missing call; no branch on the genotype) and each
+    variant's number of missing calls among them."""
+    m = packed.shape[0]
+    r = idx.shape[0]
+    for j in range(m):
+        cnt = 0
+        for a in range(r):
+            i = idx[a]
+            c = (packed[j, i >> 2] >> (2 * (i & 3))) & 3
+            out[j, a] = dosage[c]
+            cnt += c == 1
+        nmiss[j] += cnt
+
+
+@njit(cache=True, nogil=True)
+def _missing_selected(packed, idx, rows, QM, k, want_qq, out_qm, out_qq):  # pragma: no cover - jitted
+    """Sums of q_i (and q_i q_i') over the missing calls among the samples ``idx``, for the variants ``rows``."""
+    r = idx.shape[0]
+    for j in rows:
+        for a in range(r):
+            i = idx[a]
+            if (packed[j, i >> 2] >> (2 * (i & 3))) & 3 != 1:
+                continue
+            for f in range(k):
+                out_qm[j, f] += QM[a, f]
+            if want_qq:
+                for r1 in range(k):
+                    q1 = QM[a, r1]
+                    for c1 in range(k):
+                        out_qq[j, r1, c1] += q1 * QM[a, c1]
+
+
+#: samples decoded at a time by :func:`downdate_packed` (a block's float64 dosages of them stay small)
+DOWNDATE_CHUNK_BYTES = 32 << 20
+
+
+def downdate_packed(packed: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, want_qq: bool):
+    """The contribution of the samples ``idx`` (sorted .fam rows) to one block's sums: what a
+    phenotype's missing samples take out of the sums over all analysed samples.
+
+    With ``q_i`` = row i of ``W[:, :k]`` (the shared covariate basis) and ``x_ij`` the dosage
+    (0 for a missing call), returns for every variant ``j``: ``Qx`` [shape: (m, k)] = sum q_i x_ij,
+    ``s`` [shape: (m, 3)] = (sum x_ij, sum x_ij^2, number of missing calls), ``Qm`` [shape: (m, k)]
+    = sum of q_i over the missing calls, and with ``want_qq`` ``QQ`` [shape: (m, k, k)] = sum of
+    q_i q_i' over the missing calls (else None). The selected samples' dosages are decoded
+    (without a branch per genotype) in chunks and multiplied by ``[Q_idx | 1]`` as one matrix
+    product; the missing calls are then visited one by one, only for variants that have any.
+    """
+    packed = np.ascontiguousarray(packed)
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    m = packed.shape[0]
+    qx = np.zeros((m, k))
+    s = np.zeros((m, 3))
+    qm = np.zeros((m, k))
+    qq = np.zeros((m, k, k) if want_qq else (1, 1, 1))
+    nmiss = np.zeros(m, dtype=np.int64)
+    step = max(64, DOWNDATE_CHUNK_BYTES // (8 * max(m, 1)))
+    for a in range(0, len(idx), step):
+        sel = idx[a : a + step]
+        QM1 = np.empty((len(sel), k + 1))
+        QM1[:, :k] = W[sel, :k]
+        QM1[:, k] = 1.0
+        X = np.empty((m, len(sel)))
+        _decode_selected(packed, sel, _DOSAGE, X, nmiss)
+        G = X @ QM1
+        qx += G[:, :k]
+        s[:, 0] += G[:, k]
+        s[:, 1] += np.einsum("ma,ma->m", X, X)
+    s[:, 2] = nmiss
+    rows = np.flatnonzero(nmiss > 0)
+    if len(rows):
+        _missing_selected(packed, idx, rows, np.ascontiguousarray(W[idx, :k]), k, want_qq, qm, qq)
+    return qx, s, qm, qq if want_qq else None
