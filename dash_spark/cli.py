@@ -185,10 +185,17 @@ def scan_config_from_args(args):
 
 
 def cmd_scan(args) -> int:
+    starter = None
+    named = args.pheno and args.out and any(getattr(args, k) for k in ("bfile", "features", "pfile", "bgen"))
+    if _EARLY_JVM and named and not getattr(args, "config", None):
+        # the JVM starts before the heavy imports (numpy, pyarrow, numba: ~0.7 s) and the model
+        from .spark.session import SessionStarter
+
+        starter = SessionStarter(args.master, _spark_conf(args))
     from .pipeline import run_scan
     from .report import format_top_hits
 
-    res = run_scan(scan_config_from_args(args))
+    res = run_scan(scan_config_from_args(args), spark=starter)
     for name, summ in res.summaries.items():
         print(f"== {name}: {summ.n_tests:,} tests, lambda_GC {summ.lambda_gc:.4f}")
         print(format_top_hits(summ))
@@ -630,10 +637,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+#: set by :func:`run` (the command itself, one command per process): ``scan`` starts the JVM before
+#: its heavy imports. Not in :func:`main` as tests call it: a session started in the background of a
+#: refused command would outlive it there.
+_EARLY_JVM = False
+
+
 def run() -> None:  # pragma: no cover - the console entry point; tests call main()
     """``dash-spark`` itself: :func:`main`, then exit without waiting for Spark's own shutdown
     (about a second, after every output is in place). The JVM started for this process watches its
     standard input and exits when this process does; its shutdown hooks stop the SparkContext."""
+    global _EARLY_JVM
+    _EARLY_JVM = True
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -733,8 +733,10 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     from .staging import staged_output
 
     t0 = time.time()
+    early = spark if isinstance(spark, SessionStarter) else None  # started by the CLI before its imports
+    spark = None if early is not None else spark
     if not tasks_can_write(cfg.out):
-        starter = SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None
+        starter = early or (SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None)
         if object_store_out(cfg.out):
             from .staging import ObjectStage
 
@@ -747,7 +749,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         from .output import finish_local_outputs
 
         # the JVM starts (and warms its Python workers) while the driver builds the model
-        starter = SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None
+        starter = early or (SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None)
         model = build_model(cfg)
         phases = {"model_seconds": round(time.time() - t0, 2)}
         if starter is not None:

@@ -59,6 +59,11 @@ def test_session_starter_waits_only_for_the_jvm_process(monkeypatch):
 
     from dash_spark.spark.session import _notify_jvm_spawn
 
+    import time
+
+    deadline = time.monotonic() + 60  # a starter of an earlier test (a refused scan) may still be starting
+    while java_gateway.Popen is not subprocess.Popen and time.monotonic() < deadline:
+        time.sleep(0.1)
     monkeypatch.setattr(SparkContext, "_gateway", None)
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
     event = threading.Event()

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
@@ -286,29 +287,46 @@ def get_session(
     return spark
 
 
+#: events of the starters waiting for the JVM's process, and the Popen pyspark had before the hook
+_SPAWN_WAITERS: list = []
+_SPAWN_HOOK: dict = {}
+_SPAWN_LOCK = threading.Lock()
+
+
 def _notify_jvm_spawn(event):
     """Make pyspark's JVM launch set ``event`` right after the JVM's process is created (the event
     is set at once when no JVM will be launched: one runs already, or spark-submit provides it).
-    Returns the function that undoes it."""
+    Returns the function that undoes it. Starters of one process share one hook, which sets every
+    waiting starter's event (pyspark launches one JVM) and is removed when the last one is done."""
     from pyspark import SparkContext
     from pyspark import java_gateway
 
     if "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._gateway is not None:
         event.set()
         return lambda: None
-    real = java_gateway.Popen
+    lock = _SPAWN_LOCK
+    with lock:
+        if not _SPAWN_WAITERS:
+            real = java_gateway.Popen
 
-    def popen(*args, **kwargs):
-        try:
-            return real(*args, **kwargs)
-        finally:
-            event.set()
+            def popen(*args, **kwargs):
+                try:
+                    return real(*args, **kwargs)
+                finally:
+                    with lock:
+                        for waiter in _SPAWN_WAITERS:
+                            waiter.set()
 
-    java_gateway.Popen = popen
+            _SPAWN_HOOK.update(real=real, popen=popen)
+            java_gateway.Popen = popen
+        _SPAWN_WAITERS.append(event)
 
     def restore():
-        if java_gateway.Popen is popen:
-            java_gateway.Popen = real
+        with lock:
+            if event in _SPAWN_WAITERS:
+                _SPAWN_WAITERS.remove(event)
+            if not _SPAWN_WAITERS and java_gateway.Popen is _SPAWN_HOOK.get("popen"):
+                java_gateway.Popen = _SPAWN_HOOK["real"]
 
     return restore
 
