@@ -235,10 +235,16 @@ def _java_strings(arr):
     import pyarrow.compute as pc
 
     text = pc.cast(arr, pa.string())
-    text = pc.if_else(pc.match_substring(text, "."), text, pc.binary_join_element_wise(text, ".0", ""))
-    absx = pc.abs(arr)
-    plain = pc.or_(pc.equal(arr, 0.0), pc.and_(pc.greater_equal(absx, 1e-3), pc.less(absx, 1e7)))
-    other = pc.and_(pc.invert(plain), arr.is_valid())  # NaN compares false: here too
+    x = arr.to_numpy(zero_copy_only=False)  # nulls -> NaN
+    absx = np.abs(x)
+    with np.errstate(invalid="ignore"):
+        plain = (x == 0.0) | ((absx >= 1e-3) & (absx < 1e7))  # NaN compares false
+        integral = plain & (x == np.trunc(x))
+    if integral.any():  # Arrow prints 2 and 0 where Java prints 2.0 and 0.0 (rare: only these are rebuilt)
+        text = pc.replace_with_mask(text, pa.array(integral),
+                                    pc.binary_join_element_wise(text.filter(pa.array(integral)), ".0", ""))
+    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else True
+    other = pa.array(~plain & valid)  # not null and not plain: NaN, infinities, E-notation
     if pc.any(other).as_py():
         text, other = _java_small(arr, text, other)
     if pc.any(other).as_py():
@@ -298,11 +304,11 @@ def glm_text(table) -> bytes:
     Python string per field."""
     if table.num_rows == 0:
         return b""
-    return _glm_lines(table)[0]
+    return _joined(_glm_lines(table))[0]
 
 
-def _glm_lines(table) -> tuple[bytes, np.ndarray]:
-    """:func:`glm_text` of a non-empty table, and where each row's line starts in it."""
+def _glm_lines(table):
+    """The lines of :func:`glm_text` of a non-empty table, as an Arrow string array."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -317,7 +323,7 @@ def _glm_lines(table) -> tuple[bytes, np.ndarray]:
     fields = [col("chrom"), pc.cast(col("pos"), pa.string()), col("id"), col("ref"), col("alt"), col("a1"),
               pa.scalar("ADD"), pc.cast(col("obs_ct"), pa.string()),
               num("beta"), num("se"), num("t_stat"), _glm_p_strings(col("p"), col("neg_log10_p")), end]
-    return _joined(pc.binary_join_element_wise(*fields, "\t", null_handling="skip"))
+    return pc.binary_join_element_wise(*fields, "\t", null_handling="skip")
 
 
 def _joined(lines) -> tuple[bytes, np.ndarray]:
@@ -343,7 +349,7 @@ def glm_texts(table, phenotypes) -> list[bytes]:
         raise ValueError("glm_texts: a result row of a phenotype not in the list")
     code = code.to_numpy(zero_copy_only=False)
     order = np.argsort(code, kind="stable")
-    text, bounds = _glm_lines(table.take(pa.array(order)))
+    text, bounds = _joined(_glm_lines(table).take(pa.array(order)))  # one column moved, not the table
     counts = np.bincount(code, minlength=len(phenotypes))
     ends = np.cumsum(counts)
     return [text[bounds[b - c] : bounds[b]] for b, c in zip(ends, counts)]

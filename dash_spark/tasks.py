@@ -247,30 +247,33 @@ def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:
     drop = plan.missing_genotypes != "mean"
     QxU, Yx, sxU, sxxU = SX[:, :k], SX[:, k : k + p], SX[:, k + p], SXX[:, 0]
     QmU, Ym, missU = SM[:, :k], SM[:, k : k + p], SM[:, k + p]
+    m = len(missU)
     anymiss = np.flatnonzero(missU > 0)  # variants with a missing call among U's samples
-    if drop:
-        QmQmU, QmyU, ymyU = block_grams(block, W, 0, k, p, missU > 0)
+    if drop and len(anymiss):  # the missing calls' Grams, of those variants only (k x p each)
+        QmQmA, QmyA, ymyA = block_grams(block.take(anymiss), W, 0, k, p, np.ones(len(anymiss), dtype=bool))
     named = []
     for pat in plan.patterns:
         cols, T = pat.cols, pat.T
         Qx, sx, sxx, Qm, miss = QxU, sxU, sxxU, QmU, missU
-        if drop:
-            QmQm, Qmy = QmQmU, QmyU[:, :, cols]
+        dQQ = None
         if len(pat.missing):
             dQx, ds, dQm, dQQ = block_downdate(block, W, pat.missing, k, drop)
             Qx, sx, sxx, miss = (Qx - dQx) @ T.T, sx - ds[:, 0], sxx - ds[:, 1], miss - ds[:, 2]
             Qm = np.zeros_like(QmU)
             Qm[anymiss] = (QmU[anymiss] - dQm[anymiss]) @ T.T
-            if drop and len(anymiss):  # only variants with missing calls need the pattern's own Grams
-                QmQm = np.zeros_like(QmQmU)
-                QmQm[anymiss] = np.einsum("ab,mbc,dc->mad", T, QmQmU[anymiss] - dQQ[anymiss], T, optimize=True)
-                Qmy = Qmy.copy()
-                Qmy[anymiss] = np.einsum("ab,mbp->map", T, Qmy[anymiss], optimize=True)
+        if drop:
+            QmQm, Qmy, ymy = np.zeros((m, k, k)), np.zeros((m, k, len(cols))), np.zeros((m, len(cols)))
+            if len(anymiss):
+                qq, qy = QmQmA, QmyA[:, :, cols]
+                if dQQ is not None:  # into the pattern's own basis, less its missing samples' calls
+                    qq = np.einsum("ab,mbc,dc->mad", T, qq - dQQ[anymiss], T, optimize=True)
+                    qy = np.einsum("ab,mbp->map", T, qy, optimize=True)
+                QmQm[anymiss], Qmy[anymiss], ymy[anymiss] = qq, qy, ymyA[:, cols]
         sums = dict(Qx=Qx, yx=Yx[:, cols], sx=sx, sxx=sxx, Qm=Qm, miss=miss, Qy=pat.Qy, yy=pat.yy, n=pat.n, cc=pat.cc)
         if not drop:
             stats = finalize_mean_imputed(ym=Ym[:, cols], **sums)
         else:
-            stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymyU[:, cols], **sums)
+            stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymy, **sums)
         named += list(zip(pat.phenotypes, stats))
     return named
 
