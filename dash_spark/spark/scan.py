@@ -75,7 +75,8 @@ def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phen
     """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
     which the task writes under ``stage`` with :func:`dash_spark.output.write_result_parts`
     (:func:`run_ranges`; only row counts come back). Returns the number of result rows; with
-    ``timings``, its ``kernel_task_seconds`` is set to the tasks' time in the kernels (summed)."""
+    ``timings``, its ``kernel_task_seconds`` is set to the tasks' time in the kernels (summed) and
+    ``worker_peak_rss_mb`` to the largest peak resident memory of the executors' Python workers."""
     from .. import tasks
     from ..output import prepare_result_dirs, write_result_parts
 
@@ -83,13 +84,18 @@ def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phen
     kernel = spark.sparkContext.accumulator(0.0)
 
     def write(v, rows):
+        import resource
+
         for row in rows:
             before = tasks.KERNEL_SECONDS[0]
             n = write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]))
             kernel.add(tasks.KERNEL_SECONDS[0] - before)
-            yield n
+            # the Python worker's peak resident memory so far (KiB on Linux)
+            yield n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    n_rows = int(sum(run_ranges(spark, value, ranges, write)))
+    out = run_ranges(spark, value, ranges, write)
+    n_rows = int(sum(n for n, _ in out))
     if timings is not None:
         timings["kernel_task_seconds"] = round(float(kernel.value), 6)
+        timings["worker_peak_rss_mb"] = round(max((r for _, r in out), default=0) / 1024, 1)
     return n_rows
