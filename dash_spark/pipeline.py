@@ -686,7 +686,8 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
         n_a=model.n_a, n_freq=model.n_freq, n_kept=model.n_kept, patterns=model.patterns, shared=model.shared,
         filters=CallFilters(maf=cfg.maf, mac=cfg.mac, geno=cfg.geno, mach_r2=cfg.mach_r2_filter),
         sub_block=sub_block_size(model.n_samples, width + _shared_gram_width(model), cfg.task_memory_mb << 20,
-                                 dense=not isinstance(model.source, BedSource)),
+                                 dense=not isinstance(model.source, BedSource),
+                                 result_rows=0 if model.moments is not None else len(model.phenotypes)),
         count_alt=cfg.count_alt or model.source.count_alt, missing_genotypes=cfg.missing_genotypes,
         a1freq_floor=cfg.a1freq_lower_limit,
     )
@@ -697,7 +698,8 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     for g, grp in enumerate(model.groups):
         sub = plan.sub_block
         if grp.dosage_scale is not None:  # a sex chromosome's blocks are decoded to float64 in the task
-            sub = sub_block_size(model.n_samples, model.W[g].shape[1], cfg.task_memory_mb << 20, dense=True)
+            sub = sub_block_size(model.n_samples, model.W[g].shape[1], cfg.task_memory_mb << 20, dense=True,
+                                 result_rows=0 if model.moments is not None else len(model.phenotypes))
         plans.append(dataclasses.replace(plan, patterns=tuple(grp.patterns), regenie=grp.regenie, n_a=grp.n_a,
                                          dosage_scale=grp.dosage_scale, hemi=grp.hemi, sub_block=sub))
         group[grp.variants] = g
