@@ -345,8 +345,11 @@ def glm_texts(table, phenotypes) -> list[bytes]:
     if table.num_rows == 0:
         return [b""] * len(phenotypes)
     code = pc.index_in(table.column("phenotype"), value_set=pa.array(list(phenotypes), pa.string()))
-    if code.null_count:
-        raise ValueError("glm_texts: a result row of a phenotype not in the list")
+    if code.null_count:  # rows of phenotypes not asked for have no lines
+        keep = code.is_valid()
+        table, code = table.filter(keep), code.filter(keep)
+        if table.num_rows == 0:
+            return [b""] * len(phenotypes)
     code = code.to_numpy(zero_copy_only=False)
     order = np.argsort(code, kind="stable")
     text, bounds = _joined(_glm_lines(table).take(pa.array(order)))  # one column moved, not the table
@@ -422,7 +425,8 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
             if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
                 flush()
             n_rows += batch.num_rows
-            for i, text in enumerate(glm_texts(pa.Table.from_batches([batch], schema=RESULT_SCHEMA), phenotypes)):
+            texts_of = glm_texts(pa.Table.from_batches([batch], schema=RESULT_SCHEMA), phenotypes) if phenotypes else []
+            for i, text in enumerate(texts_of):
                 if not text:
                     continue
                 if local:
