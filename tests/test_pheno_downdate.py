@@ -118,6 +118,16 @@ def test_downdates_equal_one_basis_per_pattern(cohort, monkeypatch, missing_geno
     _assert_equivalent(per_pattern, downdated)
 
 
+def test_downdates_without_any_covariate(cohort, monkeypatch):
+    """y ~ 0 + x (no intercept, no covariate: k = 0) by downdates = one basis per pattern."""
+    tmp, (bfile, pheno, _) = cohort
+    cfg = ScanConfig(bfile=bfile, pheno=pheno, out=str(tmp / "unused"), no_intercept=True)
+    m_off, per_pattern = _scan_in_process(cfg, "off", monkeypatch)
+    m_on, downdated = _scan_in_process(cfg, "on", monkeypatch)
+    assert m_on.shared is not None and m_on.shared.k == 0
+    _assert_equivalent(per_pattern, downdated)
+
+
 def test_auto_rule_and_forcing(cohort, monkeypatch):
     tmp, (bfile, pheno, covar) = cohort
     monkeypatch.delenv("DASH_SPARK_PHENO_DOWNDATE", raising=False)
