@@ -369,6 +369,40 @@ _CHUNK_RE = re.compile(r"part-(\d+)\.txt")
 
 #: result rows buffered into one Parquet row group (a sub-block of a one-phenotype scan has ~2,000)
 ROW_GROUP_ROWS = 131_072
+#: top hits per phenotype in the summaries
+TOP_HITS = 10
+_TOP_PARTS = "_top"
+_TOP_RE = re.compile(r"part-(\d+)\.parquet")
+
+
+def top_candidates(table, top_n: int = TOP_HITS):
+    """The rows of a results ``table`` that may be a phenotype's top hit: per phenotype, its valid
+    tests (ERRCODE ".", p and -log10 p known) at or above its own ``top_n``-th strongest, ties kept;
+    the summary's columns and the phenotype. Candidates of parts of the rows, taken together, hold
+    every top hit of the whole, so tasks keep these and the driver reads no string column for all rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from . import report
+
+    cols = list(dict.fromkeys(list(report._TOP_COLUMNS) + ["phenotype", "errcode"]))  # candidates reduce again
+    if table.num_rows == 0:
+        return table.select(cols)
+    p = table.column("p").to_numpy(zero_copy_only=False).astype(np.float64)
+    nlp = table.column("neg_log10_p").to_numpy(zero_copy_only=False).astype(np.float64)
+    valid = pc.fill_null(pc.equal(table.column("errcode"), report.TESTED), False).to_numpy(zero_copy_only=False)
+    idx = np.flatnonzero(valid & ~np.isnan(p) & ~np.isnan(nlp))
+    if len(idx) == 0:
+        return table.select(cols).slice(0, 0)
+    code = pc.dictionary_encode(table.column("phenotype")).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    c, v = code[idx], nlp[idx]
+    order = np.lexsort((-v, c))  # by phenotype, strongest first
+    cs, vs = c[order], v[order]
+    starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+    sizes = np.diff(np.r_[starts, len(cs)])
+    cut = vs[starts + np.minimum(top_n, sizes) - 1]
+    keep = vs >= np.repeat(cut, sizes)
+    return table.take(pa.array(np.sort(idx[order[keep]]))).select(cols)
 
 
 def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
@@ -389,15 +423,16 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     local = not is_uri(stage)
     token = uuid.uuid4().hex[:8]
     pq_path = f"{_PARTS}/{name}.snappy.parquet"
+    top_path = f"{_TOP_PARTS}/{name}.parquet"
     glm_rel = [f"{_GLM_PARTS}/{i}/{name}.txt" for i in range(len(phenotypes))]
     if local:
         def tmp_of(rel):
             path = os.path.join(stage, *rel.split("/"))
             return f"{os.path.dirname(path)}/.{os.path.basename(path)}.{token}"
 
-        temps = [tmp_of(pq_path)] + [tmp_of(rel) for rel in glm_rel]
+        temps = [tmp_of(pq_path)] + [tmp_of(rel) for rel in glm_rel] + [tmp_of(top_path)]
         sink = temps[0]
-        for tmp in temps[1:]:
+        for tmp in temps[1:-1]:
             open(tmp, "wb").close()
         texts = None
     else:
@@ -408,6 +443,7 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
         sink = stream
         texts = [[] for _ in phenotypes]
     n_rows = 0
+    candidates: list = []
     try:
         # dictionary pages only where values repeat (ids, positions and numbers are unique: 2x faster)
         writer = pq.ParquetWriter(sink, RESULT_SCHEMA, compression="snappy", use_dictionary=_DICTIONARY_COLUMNS)
@@ -425,7 +461,11 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
             if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
                 flush()
             n_rows += batch.num_rows
-            texts_of = glm_texts(pa.Table.from_batches([batch], schema=RESULT_SCHEMA), phenotypes) if phenotypes else []
+            one = pa.Table.from_batches([batch], schema=RESULT_SCHEMA)
+            candidates.append(top_candidates(one))
+            if sum(t.num_rows for t in candidates) > ROW_GROUP_ROWS:
+                candidates = [top_candidates(pa.concat_tables(candidates))]
+            texts_of = glm_texts(one, phenotypes) if phenotypes else []
             for i, text in enumerate(texts_of):
                 if not text:
                     continue
@@ -436,11 +476,18 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
                     texts[i].append(text)
         flush()
         writer.close()
+        top = top_candidates(pa.concat_tables(candidates)) if candidates else None
         if local:
-            for tmp, rel in zip(temps, [pq_path] + glm_rel):
-                os.replace(tmp, os.path.join(stage, *rel.split("/")))
+            if top is not None:
+                pq.write_table(top, temps[-1])
+            for tmp, rel in zip(temps, [pq_path] + glm_rel + [top_path]):
+                if os.path.exists(tmp):
+                    os.replace(tmp, os.path.join(stage, *rel.split("/")))
         else:
             stream.close()
+            if top is not None:
+                with fs.open_output_stream(f"{base}/{top_path}") as out:
+                    pq.write_table(top, out)
             for rel, chunks in zip(glm_rel, texts):
                 with fs.open_output_stream(f"{base}/{rel}") as out:
                     for chunk in chunks:
@@ -466,6 +513,7 @@ def prepare_result_dirs(stage: str, phenotypes) -> None:
     if is_uri(stage):
         return
     os.makedirs(os.path.join(stage, _PARTS), exist_ok=True)
+    os.makedirs(os.path.join(stage, _TOP_PARTS), exist_ok=True)
     for i in range(len(phenotypes)):
         os.makedirs(os.path.join(stage, _GLM_PARTS, str(i)), exist_ok=True)
 
@@ -506,10 +554,51 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: in
                     shutil.copyfileobj(fh, out, 1 << 22)
         glm_paths[name] = path
     shutil.rmtree(os.path.join(stage, _GLM_PARTS), ignore_errors=True)
-    rows_of = PhenotypeGroups(os.path.join(stage, _PARTS), list(model.phenotypes), model.n_variants,
-                              sorted(set(report.SUMMARY_COLUMNS)))
+    parts = os.path.join(stage, _PARTS)
+    rows_of = PhenotypeGroups(parts, list(model.phenotypes), model.n_variants, sorted(set(report.SUMMARY_COLUMNS)))
+    summarize = _light_summaries(parts, os.path.join(stage, _TOP_PARTS), model)
+    shutil.rmtree(os.path.join(stage, _TOP_PARTS), ignore_errors=True)
     write_extra_outputs(stage, model)
-    return glm_paths, _summarize_and_plot(stage, model, rows_of, plots, plots_top)
+    return glm_paths, _summarize_and_plot(stage, model, rows_of, plots, plots_top, summarize=summarize)
+
+
+def _light_summaries(parts: str, top_dir: str, model):
+    """``summarize(name)``: each phenotype's summary from its p, -log10 p and error codes alone
+    (read in groups of phenotypes of up to 32 million rows: about 20 bytes a row) and the top-hit
+    candidates the tasks kept (:func:`top_candidates`), so no string column is read for all rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from . import report
+
+    names = list(model.phenotypes)
+    light = PhenotypeGroups(parts, names, model.n_variants, ["errcode", "neg_log10_p", "p", "phenotype"],
+                            budget_rows=32_000_000, dictionary=["errcode"])
+    files = sorted(f for f in os.listdir(top_dir) if _TOP_RE.fullmatch(f)) if os.path.isdir(top_dir) else []
+    top = pa.concat_tables([pq.read_table(os.path.join(top_dir, f)) for f in files]) if files else None
+    top_rows: dict = {}
+    if top is not None and top.num_rows:
+        code = pc.index_in(top.column("phenotype"), value_set=pa.array(names, pa.string()))
+        code = pc.fill_null(code, len(names)).to_numpy(zero_copy_only=False)
+        order = np.argsort(code, kind="stable")
+        top = top.take(pa.array(order))
+        ends = np.cumsum(np.bincount(code, minlength=len(names) + 1))
+        for c, name in enumerate(names):
+            lo = ends[c - 1] if c else 0
+            top_rows[name] = top.slice(lo, ends[c] - lo)
+
+    def summarize(name):
+        rows = light(name)
+        p = rows["p"].to_numpy(zero_copy_only=False).astype(np.float64)
+        nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)
+        err = rows["errcode"].cast(pa.string())
+        valid = pc.fill_null(pc.equal(err, report.TESTED), False).to_numpy(zero_copy_only=False)
+        valid = valid & ~np.isnan(p) & ~np.isnan(nlp)
+        return report.summarize_parts(name, p, nlp, pc.fill_null(err, "NA").value_counts(), valid,
+                                      top_rows.get(name), top_n=TOP_HITS)
+
+    return summarize
 
 
 class PhenotypeGroups:
@@ -520,8 +609,9 @@ class PhenotypeGroups:
     phenotype read."""
 
     def __init__(self, path: str, phenotypes: list[str], rows_per_phenotype: int, columns: list[str],
-                 budget_rows: int = 4_000_000):
+                 budget_rows: int = 4_000_000, dictionary: list[str] | None = None):
         self.path, self.phenotypes, self.columns = path, phenotypes, columns
+        self.dictionary = dictionary
         self.group = max(1, budget_rows // max(1, rows_per_phenotype))
         self.cache: dict = {}
 
@@ -534,7 +624,7 @@ class PhenotypeGroups:
             self.cache.clear()
             i = self.phenotypes.index(name)
             chunk = self.phenotypes[i : i + self.group]
-            table = pq.read_table(self.path, columns=self.columns,
+            table = pq.read_table(self.path, columns=self.columns, read_dictionary=self.dictionary,
                                   filters=[("phenotype", "in", chunk)] if len(chunk) < len(self.phenotypes) else None)
             # group the rows by phenotype through integer codes (a stable sort: file order within each)
             code = pc.index_in(table.column("phenotype"), value_set=pa.array(chunk, pa.string()))
@@ -610,10 +700,12 @@ def write_regenie_files(stage: str, phenotypes) -> dict[str, str]:
     return paths
 
 
-def _summarize_and_plot(stage: str, model, rows_of, plots: bool, plots_top: int | None = None) -> dict:
+def _summarize_and_plot(stage: str, model, rows_of, plots: bool, plots_top: int | None = None, *,
+                        summarize=None) -> dict:
     """Summary, log line and plots of every phenotype (``rows_of(name)``: an Arrow table holding at
-    least that phenotype's rows), then ``summary.tsv``/``.json``; returns the summaries. With
-    ``plots_top = N`` only the N phenotypes with the smallest p-values are plotted (PheWAS runs)."""
+    least that phenotype's rows; ``summarize(name)``, when given, makes the summary without them),
+    then ``summary.tsv``/``.json``; returns the summaries. With ``plots_top = N`` only the N
+    phenotypes with the smallest p-values are plotted (PheWAS runs)."""
     from . import report
 
     def plot(name, table, summ):
@@ -625,8 +717,8 @@ def _summarize_and_plot(stage: str, model, rows_of, plots: bool, plots_top: int 
 
     summaries = {}
     for name in model.phenotypes:
-        table = rows_of(name)
-        summ = summaries[name] = report.summarize_table(table, name)
+        table = rows_of(name) if summarize is None or (plots and plots_top is None) else None
+        summ = summaries[name] = summarize(name) if summarize is not None else report.summarize_table(table, name)
         log.info("phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",
                  name, summ.n_tests, summ.n_errors, summ.lambda_gc)
         if plots and plots_top is None and summ.n_tests > 0:

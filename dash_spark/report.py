@@ -502,21 +502,39 @@ def summarize_table(table, phenotype: str, *, top_n: int = 10) -> PhenotypeSumma
     if top_n < 0:
         raise InputError(f"summarize_phenotype: top_n must be >= 0; found {top_n}.")
     rows, valid = _table_rows(table, phenotype)
-    codes = pc.fill_null(rows["errcode"], _NULL_ERRCODE).value_counts()
-    counts = {str(v): int(n) for v, n in zip(codes.field("values").to_pylist(), codes.field("counts").to_pylist())}
+    nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)
+    top = rows.filter(_pa(valid & (nlp >= top_cut(nlp[valid], top_n)))) if valid.any() and top_n else None
+    return summarize_parts(phenotype, rows["p"].to_numpy(zero_copy_only=False).astype(np.float64), nlp,
+                           pc.fill_null(rows["errcode"], _NULL_ERRCODE).value_counts(), valid, top, top_n=top_n)
+
+
+def top_cut(nlp_valid: np.ndarray, top_n: int) -> float:
+    """The -log10 p of the ``top_n``-th strongest valid test (every test at or above it is a top-hit
+    candidate: ties are kept); ``inf`` when there is none."""
+    if top_n <= 0 or nlp_valid.size == 0:
+        return math.inf
+    return float(np.sort(nlp_valid)[::-1][min(top_n, nlp_valid.size) - 1])
+
+
+def summarize_parts(phenotype: str, p: np.ndarray, nlp: np.ndarray, code_counts, valid: np.ndarray, top,
+                    *, top_n: int = 10) -> PhenotypeSummary:
+    """A :class:`PhenotypeSummary` from one phenotype's p and -log10 p [shape: (rows,)], its error
+    codes' ``value_counts`` (nulls as ``"NA"``), the valid tests' mask and ``top``: an Arrow table
+    holding at least every valid row at or above :func:`top_cut` (more rows may be there, e.g.
+    the candidates that tasks kept; ``None`` when there is no valid test)."""
+    counts = {str(v): int(n) for v, n in zip(code_counts.field("values").to_pylist(),
+                                            code_counts.field("counts").to_pylist())}
     n_tests = counts.pop(TESTED, 0)
     errcode_counts = {k: counts[k] for k in sorted(counts)}
     median_p, max_nlp, method = math.nan, math.nan, "none"
     if valid.any():
-        p = np.sort(rows["p"].to_numpy(zero_copy_only=False).astype(np.float64)[valid])
-        nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)[valid]
-        lo, hi = p[(p.size - 1) // 2], p[p.size // 2]
-        median_p, max_nlp, method = float(0.5 * lo + 0.5 * hi), float(nlp.max()), "exact"
+        ps = np.sort(p[valid])
+        lo, hi = ps[(ps.size - 1) // 2], ps[ps.size // 2]
+        median_p, max_nlp, method = float(0.5 * lo + 0.5 * hi), float(nlp[valid].max()), "exact"
     top_hits: list[dict[str, Any]] = []
-    if top_n > 0 and n_tests > 0 and valid.any():
-        nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)
-        cut = np.sort(nlp[valid])[::-1][min(top_n, int(valid.sum())) - 1]
-        best = rows.filter(_pa(valid & (nlp >= cut))).select(list(_TOP_COLUMNS)).to_pylist()  # ties kept
+    if top_n > 0 and n_tests > 0 and valid.any() and top is not None:
+        cut = top_cut(nlp[valid], top_n)
+        best = [r for r in top.select(list(_TOP_COLUMNS)).to_pylist() if r["neg_log10_p"] >= cut]  # ties kept
         # Spark's order: -log10 p descending, then chrom, pos, id ascending (nulls first)
         best.sort(key=lambda r: (-r["neg_log10_p"], *((r[c] is not None, r[c]) for c in ("chrom", "pos", "id"))))
         top_hits = best[:top_n]

@@ -48,3 +48,47 @@ def test_plots_top_draws_only_the_strongest_phenotypes(tmp_path, spark):
     assert pngs == sorted([f"{best}.manhattan.png", f"{best}.qq.png", "phewas.png"])  # and the overview of all
     summary = json.loads(open(os.path.join(res.out, "summary.json")).read())
     assert len(summary["phenotypes"]) == 3  # the summaries cover every phenotype
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_summaries_from_task_candidates_equal_full_reads(seed):
+    """Summaries from the light columns and the top-hit candidates kept per chunk of rows (as tasks
+    keep them, reduced again) equal those of the whole table: ties at the cut, invalid rows, errors."""
+    import pyarrow.compute as pc
+
+    from dash_spark import report
+    from dash_spark.output import top_candidates
+
+    rng = np.random.default_rng(seed)
+    names = ["a", "b", "c"]
+    m = 300
+    n = m * len(names)
+    nlp = np.round(rng.exponential(1.0, n), 1)  # many ties
+    p = 10.0 ** -nlp
+    err = np.where(rng.random(n) < 0.05, "CONST_OMITTED_ALLELE", ".").astype(object)
+    p[rng.random(n) < 0.02] = np.nan
+    table = pa.table({
+        "phenotype": np.repeat(names, m), "chrom": np.tile(rng.choice(["1", "2", "X"], m), len(names)),
+        "pos": np.tile(rng.integers(1, 100, m), len(names)), "id": [f"v{i}" for i in range(n)],
+        "a1": ["A"] * n, "beta": rng.normal(size=n), "se": rng.random(n), "p": p, "neg_log10_p": nlp,
+        "obs_ct": np.full(n, 50), "errcode": err})
+    table = table.take(pa.array(rng.permutation(n)))  # phenotypes interleaved, as across sub-blocks
+    cuts = np.sort(rng.choice(np.arange(1, n), 6, replace=False))
+    parts = [top_candidates(table.slice(a, b - a)) for a, b in zip(np.r_[0, cuts], np.r_[cuts, n])]
+    cand = top_candidates(pa.concat_tables(parts[:3])).to_pylist() + pa.concat_tables(parts[3:]).to_pylist()
+    cand = pa.Table.from_pylist(cand)
+    for name in names:
+        want = report.summarize_table(table, name)
+        rows = table.filter(pc.equal(table["phenotype"], name))
+        pv = rows["p"].to_numpy(zero_copy_only=False).astype(float)
+        nv = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(float)
+        valid = (rows["errcode"].to_numpy(zero_copy_only=False) == ".") & ~np.isnan(pv) & ~np.isnan(nv)
+        got = report.summarize_parts(name, pv, nv, rows["errcode"].value_counts(), valid,
+                                     cand.filter(pc.equal(cand["phenotype"], name)))
+        assert got == want
+        assert len(want.top_hits) == 10
+        # one part's candidates: exactly its valid rows at or above its 10th strongest, ties kept
+        whole = top_candidates(table)
+        ids = set(whole.filter(pc.equal(whole["phenotype"], name))["id"].to_pylist())
+        cut = np.sort(nv[valid])[::-1][9]
+        assert ids == set(np.asarray(rows["id"].to_pylist(), dtype=object)[valid & (nv >= cut)].tolist())
