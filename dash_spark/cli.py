@@ -340,11 +340,16 @@ def cmd_party_compress(args) -> int:
                                     wait=args.wait))
         return 0
 
+    starter = None
+    if _EARLY_JVM and any(getattr(args, k) for k in ("bfile", "features", "pfile", "bgen")):
+        from .spark.session import SessionStarter  # the JVM starts while the round is checked
+
+        starter = SessionStarter(args.master, _spark_conf(args))
     path = run_party_compress(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                               bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
                               pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,
-                              master=args.master, spark_conf=_spark_conf(args), trust=args.trust, wait=args.wait,
-                              pred=args.pred)
+                              spark=starter, master=args.master, spark_conf=_spark_conf(args), trust=args.trust,
+                              wait=args.wait, pred=args.pred)
     print(path)
     return 0
 

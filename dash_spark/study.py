@@ -17,6 +17,7 @@ import hashlib
 import io
 import logging
 import os
+import threading
 import time
 
 import numpy as np
@@ -32,6 +33,9 @@ from .multiparty.rounds import (Ledger, RevealsMissing, TrustFile, close_if_comp
                                 publish_stats, read_round_keys, read_survivors, reveal, verify_manifest)
 from .output import check_output_names, safe_name
 from .stats.sufficient import Moments, SufficientStats
+
+#: how often a waiting step looks at the exchange again (each look is a few small reads)
+POLL_SECONDS = 0.2
 
 log = logging.getLogger("dash_spark")
 
@@ -135,7 +139,7 @@ def wait_for_keys(uri: str, manifest: Manifest, wait: float, *, who: str) -> Non
         if time.time() >= deadline:
             raise ProtocolError(f"{who}: waiting for the round keys of {', '.join(missing)}; every party runs "
                                 "`dash-spark party join` first (or pass --wait SECONDS). Nothing was published")
-        time.sleep(0.5)
+        time.sleep(POLL_SECONDS)
 
 
 def open_round_to_publish(manifest_path: str, party: str, key_path: str, trust: str | None, wait: float):
@@ -186,11 +190,11 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
     else:
         from .pipeline import ScanConfig, compress_model, statistics_model
 
-        starter = None
+        from .spark.session import SessionStarter
+
+        starter = spark if isinstance(spark, SessionStarter) else None  # started by the command
         if spark is None:
             # the JVM starts (and warms its Python workers) while the driver reads the tables and builds the model
-            from .spark.session import SessionStarter
-
             starter = SessionStarter(master, spark_conf)
         cfg = ScanConfig(bfile=bfile, features=features, feature_samples=feature_samples, pfile=pfile, bgen=bgen,
                          bgen_ref=bgen_ref, sample=sample, pheno=pheno, covar=covar, out=os.devnull,
@@ -209,6 +213,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         _agree("phenotypes", list(model.phenotypes), settings.get("pheno_names"), party)
         if starter is not None:
             spark = starter.get()
+        # the share's encoding kernels load their compiled code while Spark computes
+        threading.Thread(target=_load_encoding, daemon=True).start()
         S = compress_model(spark, cfg, model)
         extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind,
                  "variant_hash": vh, "n_variants": int(model.bim.n_variants), "missing_genotypes": S.mode,
@@ -223,6 +229,12 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
     return share
 
 
+def _load_encoding() -> None:
+    from .multiparty.encoding import encode
+
+    encode(np.zeros(1))
+
+
 def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | None, wait: float = 0.0) -> str:
     """``party unmask``: once the coordinator closed the round, reveal this survivor's self-mask seed
     and its pair seeds with the dropped parties (nothing when this party was declared dropped)."""
@@ -231,7 +243,7 @@ def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | No
     verify_manifest(uri, manifest, trust_file, who=who)
     deadline = time.time() + max(0.0, wait)
     while read_survivors(uri, manifest) is None and time.time() < deadline:
-        time.sleep(0.5)
+        time.sleep(POLL_SECONDS)
     path = reveal(uri, manifest, party, keys, ledger, who=who)
     log.info("party %s: round %s unmasked (%s)", party, manifest.round_id, path)
     return path
@@ -313,7 +325,7 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
             except RevealsMissing:
                 if time.time() >= deadline:
                     raise
-                time.sleep(0.5)
+                time.sleep(POLL_SECONDS)
     import json
 
     from .release import check_count_release, check_min_n, with_count_release
