@@ -36,9 +36,6 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
     """
     chrom, ids, pos, alt, ref = meta
     m = len(vidx)
-    cols: dict[str, list] = {name: [] for name in (
-        "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "mach_r2", "obs_ct", "beta", "se",
-        "t_stat", "p", "neg_log10_p", "phenotype", "errcode")}
     # plink2's default: A1 is the non-major allele over the frequency samples. plink2 takes
     # ref_freq = ref_count * (1 / (2 n)) and alt_freq = 1 - ref_freq, and keeps REF as major on an
     # exact tie; that arithmetic decides tied counts (either way, depending on n), so it is
@@ -48,19 +45,18 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
         ref_freq = (2.0 * freq_called - freq_alt_sum) * inv
     no_freq = np.isnan(ref_freq)
     flip_all = np.zeros(m, dtype=bool) if count_alt else (1.0 - ref_freq) > ref_freq
-    errnames = np.array(ERRCODES, dtype=object)
-    for name, st in named_stats:
+    P = len(named_stats)
+    cols: dict[str, list] = {name: [] for name in (
+        "variant_index", "pos", "a1_freq", "mach_r2", "obs_ct", "beta", "se", "t_stat", "p", "neg_log10_p")}
+    a1_index, codes = [], []
+    for _name, st in named_stats:
         flip = flip_all
         if not count_alt and no_freq.any():
             flip = np.where(no_freq, st.alt_freq > 0.5, flip_all)
         sign = np.where(flip, -1.0, 1.0)
         cols["variant_index"].append(vidx)
-        cols["chrom"].append(chrom)
         cols["pos"].append(pos)
-        cols["id"].append(ids)
-        cols["ref"].append(ref)
-        cols["alt"].append(alt)
-        cols["a1"].append(np.where(flip, ref, alt))
+        a1_index.append(np.arange(m) + m * flip)  # into [alt | ref]
         a1f = np.where(flip, 1.0 - st.alt_freq, st.alt_freq)
         if a1freq_floor > 0:
             a1f = np.where(np.isnan(a1f), a1f, np.clip(a1f, a1freq_floor, 1.0 - a1freq_floor))
@@ -72,15 +68,32 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
         cols["t_stat"].append(sign * st.t_stat)
         cols["p"].append(st.p)
         cols["neg_log10_p"].append(st.neg_log10_p)
-        cols["phenotype"].append(np.full(m, name, dtype=object))
-        cols["errcode"].append(errnames[st.errcode])
-    arrays = []
+        codes.append(np.asarray(st.errcode))
+    numbers = {}
     for name, parts in cols.items():
-        values = np.concatenate(parts)
-        if values.dtype == object:
-            arrays.append(pa.array(values, type=pa.string()))
-        elif values.dtype.kind == "f":
-            arrays.append(pa.array(values, type=pa.float64(), from_pandas=True))
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        if name in ("variant_index", "pos", "obs_ct"):
+            numbers[name] = pa.array(values, type=pa.int64())
         else:
-            arrays.append(pa.array(values, type=pa.int64()))
-    return pa.RecordBatch.from_arrays(arrays, names=list(cols))
+            numbers[name] = pa.array(values, type=pa.float64(), from_pandas=True)
+    # string columns: each variant's value once, repeated per phenotype by Arrow (no Python string per row)
+    def text(values):
+        return pa.array(np.asarray(values, dtype=object), type=pa.string())
+
+    tile = pa.array(np.tile(np.arange(m, dtype=np.int64), P))
+    alt_ref = pa.concat_arrays([text(alt), text(ref)])
+    strings = {
+        "chrom": text(chrom).take(tile), "id": text(ids).take(tile), "ref": text(ref).take(tile),
+        "alt": text(alt).take(tile),
+        "a1": alt_ref.take(pa.array(np.concatenate(a1_index) if a1_index else np.zeros(0, dtype=np.int64))),
+        "phenotype": pa.DictionaryArray.from_arrays(
+            pa.array(np.repeat(np.arange(P, dtype=np.int32), m)),
+            pa.array([name for name, _ in named_stats], type=pa.string())).cast(pa.string()),
+        "errcode": pa.DictionaryArray.from_arrays(
+            pa.array(np.concatenate(codes).astype(np.int32) if codes else np.zeros(0, dtype=np.int32)),
+            pa.array(list(ERRCODES), type=pa.string())).cast(pa.string()),
+    }
+    order = ("variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "mach_r2", "obs_ct", "beta",
+             "se", "t_stat", "p", "neg_log10_p", "phenotype", "errcode")
+    arrays = [numbers[c] if c in numbers else strings[c] for c in order]
+    return pa.RecordBatch.from_arrays(arrays, names=list(order))
