@@ -118,6 +118,17 @@ def test_downdates_equal_one_basis_per_pattern(cohort, monkeypatch, missing_geno
     _assert_equivalent(per_pattern, downdated)
 
 
+def test_downdates_after_call_filters(cohort, monkeypatch):
+    """--maf/--geno run in the task before the statistics: the downdates see only the kept variants."""
+    tmp, (bfile, pheno, covar) = cohort
+    cfg = ScanConfig(bfile=bfile, pheno=pheno, covar=covar, out=str(tmp / "unused"), maf=0.1, geno=0.05)
+    _, per_pattern = _scan_in_process(cfg, "off", monkeypatch)
+    _, downdated = _scan_in_process(cfg, "on", monkeypatch)
+    kept = len(set(per_pattern["variant_index"].tolist()))
+    assert 20 < kept < M - 20  # the filters really remove some variants and keep others
+    _assert_equivalent(per_pattern, downdated)
+
+
 def test_downdates_without_any_covariate(cohort, monkeypatch):
     """y ~ 0 + x (no intercept, no covariate: k = 0) by downdates = one basis per pattern."""
     tmp, (bfile, pheno, _) = cohort
