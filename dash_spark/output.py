@@ -271,6 +271,8 @@ def _java_small(arr, text, other):
     t = pc.replace_substring_regex(t, r"^(-?\d)e", r"\1.0e")  # 1e-7 -> 1.0e-7
     t = pc.replace_substring(t, "e", "E")
     for z in range(2, 24):  # 0.000012345 (z = 4 zeros after the point) -> 1.2345E-5
+        if not pc.any(pc.match_substring_regex(t, r"^-?0\.0")).as_py():
+            break  # no plain small value left
         t = pc.replace_substring_regex(t, rf"^(-?)0\.0{{{z}}}([1-9])(\d*)$", rf"\1\2.\3E-{z + 1}")
     t = pc.replace_substring(t, ".E", ".0E")
     good = pc.match_substring_regex(t, r"^-?[1-9]\.\d+E-[1-9]\d*$")

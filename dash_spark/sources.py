@@ -68,11 +68,13 @@ class BedReader:
         """The .bim fields ``(chrom, id, pos, alt, ref)`` of variants ``[start, stop)``."""
         return read_bim_range(self.bim_path, bim_start, bim_stop, start + 1)
 
-    def read(self, variants: np.ndarray, range_meta=None, offsets=None) -> PackedBlock:
+    def read(self, variants: np.ndarray, range_meta=None, offsets=None, *, reuse: bool = False) -> PackedBlock:
         """Sorted ``variants``; with ``range_meta`` from :meth:`range_meta` and the variants'
-        ``offsets`` in that range, the block carries their metadata."""
+        ``offsets`` in that range, the block carries their metadata. With ``reuse`` the bytes land
+        in this thread's read buffer, valid until its next ``reuse`` read (a task's sub-blocks,
+        one after another: no fresh pages per block)."""
         meta = None if range_meta is None else tuple(x[offsets] for x in range_meta)
-        return PackedBlock(read_bed_rows(self.bed_path, self.n_samples, variants), self.n_samples, meta)
+        return PackedBlock(read_bed_rows(self.bed_path, self.n_samples, variants, reuse=reuse), self.n_samples, meta)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class FeatureReader:
     def range_meta(self, start: int, stop: int, bim_start: int, bim_stop: int):
         return None  # the rows carry their own metadata
 
-    def read(self, variants: np.ndarray, range_meta=None, offsets=None) -> DenseBlock:
+    def read(self, variants: np.ndarray, range_meta=None, offsets=None, *, reuse: bool = False) -> DenseBlock:
         values, meta = read_feature_rows(self.path, self.n_samples, variants)
         return DenseBlock(values, meta)
 
@@ -106,7 +108,7 @@ class PgenReader:
         """The .pvar fields ``(chrom, id, pos, alt, ref)`` of variants ``[start, stop)``."""
         return read_pvar_range(self.pvar_path, bim_start, bim_stop, self.first_line + start, self.layout)
 
-    def read(self, variants: np.ndarray, range_meta=None, offsets=None) -> DenseBlock:
+    def read(self, variants: np.ndarray, range_meta=None, offsets=None, *, reuse: bool = False) -> DenseBlock:
         meta = None if range_meta is None else tuple(x[offsets] for x in range_meta)
         return DenseBlock(read_pgen_dosages(self.pgen_path, self.n_samples, self.n_variants, variants), meta)
 
@@ -123,7 +125,7 @@ class BgenReader:
     def range_meta(self, start: int, stop: int, bim_start: int, bim_stop: int):
         return None  # the records carry their own metadata
 
-    def read(self, variants: np.ndarray, range_meta=None, offsets=None) -> DenseBlock:
+    def read(self, variants: np.ndarray, range_meta=None, offsets=None, *, reuse: bool = False) -> DenseBlock:
         values, meta = read_bgen_rows(self.path, self.n_samples, variants, self.ref)
         return DenseBlock(values, meta)
 

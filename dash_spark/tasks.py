@@ -186,7 +186,8 @@ def _sub_blocks(plan: ScanPlan, ranges, *, meta: bool):
         for a in range(0, len(offsets), plan.sub_block):
             sub = offsets[a : a + plan.sub_block]
             vidx = (start + sub).astype(np.int64)
-            yield vidx, plan.reader.read(vidx, range_meta, sub)
+            # the block is used up before the next is read: its bytes may reuse one buffer
+            yield vidx, plan.reader.read(vidx, range_meta, sub, reuse=True)
 
 
 def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.RecordBatch:

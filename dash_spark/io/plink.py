@@ -13,6 +13,7 @@ in column 5 of the .bim (plink2's ALT when reading ``--bfile``):
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,26 +208,41 @@ def check_bed(path: str, n_samples: int, n_variants: int, fam_path: str, bim_pat
         )
 
 
-def read_bed_range(path: str, n_samples: int, start: int, stop: int) -> np.ndarray:
-    """Packed bytes of variants ``[start, stop)``: uint8 array shape (stop - start, ceil(n/4))."""
+_READ_BUFFERS = threading.local()
+
+
+def read_bed_range(path: str, n_samples: int, start: int, stop: int, *, reuse: bool = False) -> np.ndarray:
+    """Packed bytes of variants ``[start, stop)``: uint8 array shape (stop - start, ceil(n/4)).
+    With ``reuse`` (a local file) they are read into this thread's buffer, which the next ``reuse``
+    read overwrites."""
     nb = bytes_per_variant(n_samples)
     count = (stop - start) * nb
-    data = files.read_range(path, 3 + start * nb, count)
+    if reuse and count and not files.is_uri(path):
+        buf = getattr(_READ_BUFFERS, "buf", None)
+        if buf is None or buf.size < count:
+            buf = _READ_BUFFERS.buf = np.empty(count, dtype=np.uint8)
+        with open(files.local_path(path), "rb") as fh:
+            fh.seek(3 + start * nb)
+            got = fh.readinto(memoryview(buf)[:count])
+        data = buf[:got]
+    else:
+        data = np.frombuffer(files.read_range(path, 3 + start * nb, count), dtype=np.uint8)
     if len(data) != count:
         raise InputError(
             f"{path}: file ended while reading variants {start}-{stop - 1}; the .bed is truncated"
         )
-    return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, nb)
+    return data.reshape(stop - start, nb)
 
 
-def read_bed_rows(path: str, n_samples: int, variants: np.ndarray) -> np.ndarray:
-    """Packed bytes of the given sorted variant indices (contiguous runs are read in one go)."""
+def read_bed_rows(path: str, n_samples: int, variants: np.ndarray, *, reuse: bool = False) -> np.ndarray:
+    """Packed bytes of the given sorted variant indices (contiguous runs are read in one go; with
+    ``reuse``, a single run lands in the thread's read buffer: see :func:`read_bed_range`)."""
     variants = np.asarray(variants, dtype=np.int64)
     if len(variants) == 0:
         return np.zeros((0, bytes_per_variant(n_samples)), dtype=np.uint8)
     first, last = int(variants[0]), int(variants[-1]) + 1
     if last - first <= 2 * len(variants) + 64:  # dense: read the span and pick rows
-        block = read_bed_range(path, n_samples, first, last)
+        block = read_bed_range(path, n_samples, first, last, reuse=reuse)
         return block if last - first == len(variants) else block[variants - first]
     breaks = np.flatnonzero(np.diff(variants) > 1) + 1
     runs = np.split(variants, breaks)
