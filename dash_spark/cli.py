@@ -156,6 +156,9 @@ def _spark_conf(args) -> dict[str, str]:
     return conf
 
 
+#: the options that name a genotype source (one of them is required by scan and party compress)
+GENOTYPE_OPTIONS = ("bfile", "features", "pfile", "bgen")
+
 SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_ref", "sample", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
@@ -177,7 +180,7 @@ def scan_config_from_args(args):
             cfg = dataclasses.replace(cfg, spark_conf={**cfg.spark_conf, **conf})
         return cfg
     missing = [f"--{k}" for k in ("pheno", "out") if values[k] is None]
-    if all(values[k] is None for k in ("bfile", "features", "pfile", "bgen")):
+    if all(values[k] is None for k in GENOTYPE_OPTIONS):
         missing.insert(0, "--bfile (or --pfile, --bgen, --features)")
     if missing:
         raise ConfigError(f"scan: missing {', '.join(missing)} (or give --config FILE.toml)")
@@ -186,7 +189,7 @@ def scan_config_from_args(args):
 
 def cmd_scan(args) -> int:
     starter = None
-    named = args.pheno and args.out and any(getattr(args, k) for k in ("bfile", "features", "pfile", "bgen"))
+    named = args.pheno and args.out and any(getattr(args, k) for k in GENOTYPE_OPTIONS)
     if _EARLY_JVM and named and not getattr(args, "config", None):
         # the JVM starts before the heavy imports (numpy, pyarrow, numba: ~0.7 s) and the model
         from .spark.session import SessionStarter
@@ -341,7 +344,7 @@ def cmd_party_compress(args) -> int:
         return 0
 
     starter = None
-    if _EARLY_JVM and any(getattr(args, k) for k in ("bfile", "features", "pfile", "bgen")):
+    if _EARLY_JVM and any(getattr(args, k) for k in GENOTYPE_OPTIONS):
         from .spark.session import SessionStarter  # the JVM starts while the round is checked
 
         starter = SessionStarter(args.master, _spark_conf(args))

@@ -338,26 +338,29 @@ def _joined(lines) -> tuple[bytes, np.ndarray]:
     return bytes(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])], offsets - offsets[0]
 
 
-def glm_texts(table, phenotypes) -> list[bytes]:
-    """:func:`glm_text` of each phenotype's rows (in their order in ``table``), formatted in one pass
-    over the table instead of one per phenotype."""
+def phenotype_groups(column, names) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, starts)``: a stable order of the rows that groups them by phenotype in the order
+    of ``names`` (rows of other phenotypes last), and where each group starts in it: the rows of
+    ``names[c]`` are ``order[starts[c]:starts[c + 1]]``, in their original order."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    code = pc.index_in(column, value_set=pa.array(list(names), pa.string()))
+    code = pc.fill_null(code, len(names)).to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(code, minlength=len(names) + 1))])
+    return np.argsort(code, kind="stable"), starts
+
+
+def glm_texts(table, phenotypes) -> list[bytes]:
+    """:func:`glm_text` of each phenotype's rows (in their order in ``table``; rows of phenotypes
+    not listed have no lines), formatted in one pass over the table instead of one per phenotype."""
+    import pyarrow as pa
+
     if table.num_rows == 0:
         return [b""] * len(phenotypes)
-    code = pc.index_in(table.column("phenotype"), value_set=pa.array(list(phenotypes), pa.string()))
-    if code.null_count:  # rows of phenotypes not asked for have no lines
-        keep = code.is_valid()
-        table, code = table.filter(keep), code.filter(keep)
-        if table.num_rows == 0:
-            return [b""] * len(phenotypes)
-    code = code.to_numpy(zero_copy_only=False)
-    order = np.argsort(code, kind="stable")
+    order, starts = phenotype_groups(table.column("phenotype"), phenotypes)
     text, bounds = _joined(_glm_lines(table).take(pa.array(order)))  # one column moved, not the table
-    counts = np.bincount(code, minlength=len(phenotypes))
-    ends = np.cumsum(counts)
-    return [text[bounds[b - c] : bounds[b]] for b, c in zip(ends, counts)]
+    return [text[bounds[starts[c]] : bounds[starts[c + 1]]] for c in range(len(phenotypes))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -581,14 +584,10 @@ def _light_summaries(parts: str, top_dir: str, model):
     top = pa.concat_tables([pq.read_table(os.path.join(top_dir, f)) for f in files]) if files else None
     top_rows: dict = {}
     if top is not None and top.num_rows:
-        code = pc.index_in(top.column("phenotype"), value_set=pa.array(names, pa.string()))
-        code = pc.fill_null(code, len(names)).to_numpy(zero_copy_only=False)
-        order = np.argsort(code, kind="stable")
+        order, starts = phenotype_groups(top.column("phenotype"), names)
         top = top.take(pa.array(order))
-        ends = np.cumsum(np.bincount(code, minlength=len(names) + 1))
         for c, name in enumerate(names):
-            lo = ends[c - 1] if c else 0
-            top_rows[name] = top.slice(lo, ends[c] - lo)
+            top_rows[name] = top.slice(starts[c], starts[c + 1] - starts[c])
 
     def summarize(name):
         rows = light(name)
@@ -619,7 +618,6 @@ class PhenotypeGroups:
 
     def __call__(self, name: str):
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         if name not in self.cache:
@@ -628,16 +626,13 @@ class PhenotypeGroups:
             chunk = self.phenotypes[i : i + self.group]
             table = pq.read_table(self.path, columns=self.columns, read_dictionary=self.dictionary,
                                   filters=[("phenotype", "in", chunk)] if len(chunk) < len(self.phenotypes) else None)
-            # group the rows by phenotype through integer codes (a stable sort: file order within each)
-            code = pc.index_in(table.column("phenotype"), value_set=pa.array(chunk, pa.string()))
-            code = pc.fill_null(code, len(chunk)).to_numpy(zero_copy_only=False)
-            # (the phenotype column is rebuilt per slice, not moved: it is known from the group)
+            # group the rows by phenotype (a stable sort: file order within each); the phenotype
+            # column is rebuilt per slice, not moved: it is known from the group
+            order, starts = phenotype_groups(table.column("phenotype"), chunk)
             at = table.column_names.index("phenotype")
-            table = table.remove_column(at).take(pa.array(np.argsort(code, kind="stable")))
-            ends = np.cumsum(np.bincount(code, minlength=len(chunk) + 1))
+            table = table.remove_column(at).take(pa.array(order))
             for c, n in enumerate(chunk):
-                lo = ends[c - 1] if c else 0
-                rows = table.slice(lo, ends[c] - lo)
+                rows = table.slice(starts[c], starts[c + 1] - starts[c])
                 self.cache[n] = rows.add_column(at, "phenotype", pa.repeat(pa.scalar(n, pa.string()), rows.num_rows))
         return self.cache[name]
 

@@ -382,8 +382,20 @@ def _use_shared(masks) -> bool:
     mode = os.environ.get("DASH_SPARK_PHENO_DOWNDATE", "auto").strip().lower()
     if mode in ("on", "off"):
         return mode == "on"
-    distinct = {np.packbits(m).tobytes() for m in masks}
-    return len(distinct) >= SHARED_MIN_PATTERNS
+    return len(_mask_patterns(masks)) >= SHARED_MIN_PATTERNS
+
+
+def _mask_patterns(masks) -> list[list[int]]:
+    """The phenotypes (indices) of each distinct sample mask, in order of first appearance."""
+    groups: dict[bytes, list[int]] = {}
+    for t, mask in enumerate(masks):
+        groups.setdefault(np.packbits(mask).tobytes(), []).append(t)
+    return list(groups.values())
+
+
+def _pattern_where(cfg: ScanConfig, names) -> str:
+    """How errors name a pattern's phenotypes and their files."""
+    return f"phenotype {', '.join(names)} ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
 
 
 def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.ndarray, masks, names):
@@ -392,9 +404,6 @@ def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.
     own samples, zero elsewhere) and U's mask; each pattern of missingness keeps the samples of U it
     lacks and ``T = L^-1`` (``L L' = I - Q_M'Q_M``, the Gram of Q on its own samples)."""
     pheno_names = list(names)
-    groups: dict[bytes, list[int]] = {}
-    for t, mask in enumerate(masks):
-        groups.setdefault(np.packbits(mask).tobytes(), []).append(t)
     union = np.logical_or.reduce(masks)
     where_u = f"phenotypes ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
     basis_u = covariate_basis(C, union, cov_names, where=where_u)
@@ -402,10 +411,10 @@ def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.
     CtC_u, Ct1_u = C[union].T @ C[union], C[union].sum(axis=0)
     Yc = np.zeros_like(Y)
     patterns = []
-    for idx in groups.values():
+    for idx in _mask_patterns(masks):
         mask = masks[idx[0]]
         names_g = tuple(pheno_names[t] for t in idx)
-        where = f"phenotype {', '.join(names_g)} ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
+        where = _pattern_where(cfg, names_g)
         Yg = np.where(mask[:, None], np.nan_to_num(Y[:, idx]), 0.0)
         if not cfg.no_intercept:  # centred on the pattern's samples, as a pattern's own basis would have it
             Yg = np.where(mask[:, None], Yg - Yg[mask].mean(axis=0), 0.0)
@@ -442,16 +451,14 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
     """``(A columns, B columns, patterns, moments)`` of the phenotypes ``Y`` [shape: (n, p)] with
     their sample ``masks``: one pattern per distinct mask (per phenotype for a statistics model)."""
     pheno_names = list(names)
-    groups: dict[bytes, list[int]] = {}
-    for t, mask in enumerate(masks):
-        groups.setdefault(str(t).encode() if party else np.packbits(mask).tobytes(), []).append(t)
+    groups = [[t] for t in range(len(masks))] if party else _mask_patterns(masks)
 
     A_cols, B_cols, patterns, moments = [], [], [], []
     a_off = 0
-    for g, idx in enumerate(groups.values()):
+    for g, idx in enumerate(groups):
         mask = masks[idx[0]]
         names = tuple(pheno_names[t] for t in idx)
-        where = f"phenotype {', '.join(names)} ({cfg.pheno}" + (f"; covariates {cfg.covar})" if cfg.covar else ")")
+        where = _pattern_where(cfg, names)
         Yg = np.where(mask[:, None], np.nan_to_num(Y[:, idx]), 0.0)
         if party:
             Cm = np.where(mask[:, None], C, 0.0)
