@@ -352,7 +352,7 @@ def cmd_party_compress(args) -> int:
                               bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
                               pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,
                               spark=starter, master=args.master, spark_conf=_spark_conf(args), trust=args.trust,
-                              wait=args.wait, pred=args.pred)
+                              wait=args.wait, pred=args.pred, share_stage=args.share_stage)
     print(path)
     return 0
 
@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     party_args(p, "wait this long for the coordinator to close the round")
     p.set_defaults(func=cmd_unmask)
     p = psub.add_parser("compress", help="compute, encode, mask, sign and publish this party's statistics")
-    party_args(p, "after computing, wait this long for the other parties' round keys")
+    party_args(p, "before computing, wait this long for the other parties' round keys")
     p.add_argument("--pheno", required=True)
     p.add_argument("--covar")
     p.add_argument("--bfile", metavar="PREFIX", help="genotypes (a scan study); without it: regression on covariates")
@@ -561,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", metavar="FILE_pred.list",
                    help="this party's REGENIE step-1 LOCO predictions for its own samples (Wald test of y - "
                         "offset); every party of the study gives them, or none")
+    p.add_argument("--share-stage", metavar="DIR|URI",
+                   help="where the Spark tasks stage their masked rows until the share is published: a "
+                        "location that the executors and the driver both reach and nobody else reads (default: "
+                        "a private directory beside --key, right for local[*] and shared file systems)")
     add_dosage_args(p)
     add_spark_args(p)
     p.set_defaults(func=cmd_party_compress)
@@ -575,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close the round with the parties that published (the others' shares never count)")
     p.add_argument("--trust", metavar="FILE", help="also check the manifest's signature and roster against it")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="after closing the round, wait this long for the survivors' reveals and finish")
+                   help="wait this long for every party's share (the coordinator, without --allow-dropouts), "
+                        "close the round, then for the survivors' reveals, and finish")
     add_release_args(p, min_n=True)
     p.set_defaults(func=cmd_combine)  # no Spark: the pooled statistics are variants x statistics
 

@@ -903,3 +903,18 @@ def compress_model(spark, cfg: ScanConfig, model: Model) -> SufficientStats:
     if V.shape[0] != len(model.variants):  # pragma: no cover - one row per variant
         raise OutputError(f"compress: {V.shape[0]} statistics rows for {len(model.variants)} variants")
     return model_statistics(model, V.reshape(len(model.variants), -1))
+
+
+def stage_model_share(spark, cfg: ScanConfig, model: Model, writer) -> list[dict]:
+    """Run a statistics model's Spark job for a party's share: each task encodes, masks and stages
+    its rows of the per-variant statistics (``writer``: a
+    :class:`~dash_spark.multiparty.rounds.PartWriter`); only the parts' header entries come back."""
+    from .spark.scan import run_ranges
+    from .tasks import share_ranges
+
+    plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
+    parts = sorted(run_ranges(spark, model.W, ranges, partial(share_ranges, plan, writer)), key=lambda p: p["start"])
+    if sum(p["stop"] - p["start"] for p in parts) != len(model.variants):  # pragma: no cover - one row per variant
+        raise OutputError(f"share: {sum(p['stop'] - p['start'] for p in parts)} statistics rows for "
+                          f"{len(model.variants)} variants")
+    return parts

@@ -20,21 +20,24 @@ import os
 import threading
 import time
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .errors import ConfigError
-from .io.tables import match_samples, read_sample_table
 from .multiparty import ProtocolError
 from .multiparty.exchange import Manifest, locate_manifest, read_share_file
 from .multiparty.keys import fingerprint, load_private
-from .multiparty.rounds import (Ledger, RevealsMissing, TrustFile, close_if_complete, combine, join_round,
-                                publish_stats, read_round_keys, read_survivors, reveal, verify_manifest)
-from .output import check_output_names, safe_name
-from .stats.sufficient import Moments, SufficientStats
+from .multiparty.rounds import (Ledger, TrustFile, close_if_complete, combine, join_round,
+                                publish_stats, read_round_keys, read_survivors, reveal, verify_manifest,
+                                wait_for_shares)
 
 #: how often a waiting step looks at the exchange again (each look is a few small reads)
+if TYPE_CHECKING:  # imported where used: a round's close loads neither Arrow's Parquet nor the statistics
+    import pyarrow as pa
+
+    from .stats.sufficient import SufficientStats
+
 POLL_SECONDS = 0.2
 
 log = logging.getLogger("dash_spark")
@@ -46,6 +49,8 @@ AGREE = ["phenotypes", "covariates", "kind", "variant_hash", "n_variants", "miss
 
 def variant_table(bim) -> pa.Table:
     """The variant list ``chrom, pos, id, ref, alt`` of a source's variants, as Arrow."""
+    import pyarrow as pa
+
     def text(values):
         return pa.array(values, type=pa.string())
 
@@ -55,11 +60,17 @@ def variant_table(bim) -> pa.Table:
 
 def variant_hash(table: pa.Table) -> str:
     """sha256 over the variant list (chrom, pos, id, ref, alt in order): what parties must share."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     h = hashlib.sha256()
     for name in VARIANT_COLUMNS:  # the bytes of "<value>\t" per value, then "\n", column by column
-        values = table.column(name).cast(pa.string()).to_numpy(zero_copy_only=False)
-        if len(values):
-            h.update(("\t".join(values) + "\t").encode())
+        col = table.column(name).cast(pa.string())
+        for chunk in col.chunks:  # "<value>\t" per value, hashed from Arrow's data buffer (no Python strings)
+            if len(chunk):
+                joined = pc.binary_join_element_wise(chunk, pa.scalar(""), "\t").cast(pa.large_string())
+                offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset:joined.offset + len(joined) + 1]
+                h.update(memoryview(joined.buffers()[2])[int(offsets[0]):int(offsets[-1])])
         h.update(b"\n")
     return h.hexdigest()
 
@@ -83,6 +94,9 @@ def _agree(what: str, ours: list[str], declared, party: str) -> None:
 def regression_party_stats(pheno: str, covar: str | None, settings: dict) -> SufficientStats:
     """Note section 2: per-phenotype ``n, C'C, C'1, C'y, y'y`` over the party's samples with the
     phenotype and every covariate (samples matched by IID between the two tables)."""
+    from .io.tables import match_samples, read_sample_table
+    from .stats.sufficient import Moments, SufficientStats
+
     ph = read_sample_table(pheno, kind="pheno", names=settings.get("pheno_names"))
     tables = [ph]
     if covar:
@@ -164,14 +178,16 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                        pfile: str | None = None, bgen: str | None = None, bgen_ref: str | None = None,
                        sample: str | None = None, spark=None, master: str | None = None,
                        spark_conf: dict | None = None, task_memory_mb: int = 256, trust: str | None = None,
-                       wait: float = 0.0, pred: str | None = None) -> str:
+                       wait: float = 0.0, pred: str | None = None, share_stage: str | None = None) -> str:
     """Compute this party's statistics, encode, mask, sign and publish them; return the share path.
 
     Every check that needs no data runs first: the manifest (the exchange's own, signed by the pinned
     coordinator, every party's key pinned), the ledger (a new round, no earlier publication), the
     round keys (this party joins if it has not; the others' keys must be there, or arrive within
     ``wait`` seconds). Then the phenotypes/covariates/variants are checked against the manifest,
-    and only then does Spark run.
+    and only then does Spark run. A scan study's tasks stage their masked rows in ``share_stage``
+    (default: a fresh private directory beside the key's round secrets; on a cluster, a location
+    that the executors and the driver both reach and nobody else reads), removed afterwards.
     """
     t0 = time.time()
     uri, manifest, keys, ledger, who = open_round_to_publish(manifest_path, party, key_path, trust, wait)
@@ -184,11 +200,15 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
              fingerprint(keys), kind)
     files = None
     if kind == "regression":
+        from .output import check_output_names
+
         S = regression_party_stats(pheno, covar, settings)
         check_output_names(S.phenotypes, where=pheno)
         extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind}
     else:
-        from .pipeline import ScanConfig, compress_model, statistics_model
+        from .multiparty.exchange import StagedStat
+        from .multiparty.rounds import open_publication
+        from .pipeline import ScanConfig, model_statistics, stage_model_share, statistics_model
 
         from .spark.session import SessionStarter
 
@@ -211,22 +231,51 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                                 f"manifest's (hash {vh[:12]} vs {settings['variant_hash'][:12]}); all parties must "
                                 "use the same variants in the same order. Nothing was published")
         _agree("phenotypes", list(model.phenotypes), settings.get("pheno_names"), party)
+        # the encoding kernels load their compiled code while Spark starts; the tasks mask with every
+        # party's round key, so all must be in before the job
+        threading.Thread(target=_load_encoding, daemon=True).start()
+        wait_for_keys(uri, manifest, wait, who=who)
+        pub = open_publication(uri, manifest, party, keys, ledger=ledger)
         if starter is not None:
             spark = starter.get()
-        # the share's encoding kernels load their compiled code while Spark computes
-        threading.Thread(target=_load_encoding, daemon=True).start()
-        S = compress_model(spark, cfg, model)
+        S = model_statistics(model, None)
         extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind,
                  "variant_hash": vh, "n_variants": int(model.bim.n_variants), "missing_genotypes": S.mode,
                  "loco_offsets": bool(S.offsets)}
+        import pyarrow.parquet as pq
+
         buf = io.BytesIO()
         pq.write_table(vt, buf)
         files = {"variants.parquet": buf.getvalue()}
-        log.info("party %s: %d variants x %d statistics compressed", party, S.n_variants, S.layout.width)
+        stage = pub.new_stage(share_stage)
+        try:
+            # each task encodes, masks (the per-variant statistic's keys only) and stages its rows in
+            # this private location; they reach the exchange only when the driver publishes
+            t1 = time.time()
+            parts = stage_model_share(spark, cfg, model, pub.part_writer("variants", stage))
+            log.info("party %s: %d variants x %d statistics compressed, masked and staged in %d parts (%.1f s)",
+                     party, len(model.variants), S.layout.width, len(parts), time.time() - t1)
+            staged = {"variants": StagedStat((len(model.variants), S.layout.width, 2), tuple(parts), stage)}
+            share = pub.publish(S.to_arrays(), extra, files=files, staged=staged)
+        finally:
+            _remove_stage(stage)
+        log.info("party %s: share published in %.1f s: %s", party, time.time() - t0, share)
+        return share
     wait_for_keys(uri, manifest, wait, who=who)
     share = publish_stats(uri, manifest, party, keys, S.to_arrays(), extra, ledger=ledger, files=files)
     log.info("party %s: share published in %.1f s: %s", party, time.time() - t0, share)
     return share
+
+
+def _remove_stage(stage: str) -> None:
+    """Remove the stage directory this run created (after publishing it holds nothing)."""
+    from .multiparty.exchange import Location
+
+    loc = Location(stage)
+    try:
+        loc.fs.delete_dir(loc.path)
+    except (OSError, FileNotFoundError):
+        log.warning("could not remove the share stage %s; remove it by hand (it holds masked rows only)", stage)
 
 
 def _load_encoding() -> None:
@@ -250,28 +299,37 @@ def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | No
 
 
 def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_dropouts: bool = False,
-                  trust: str | None = None) -> tuple[Manifest, dict, SufficientStats | None]:
+                  trust: str | None = None, wait: float = 0.0) -> tuple[Manifest, dict, SufficientStats | None]:
     """Close the round if needed (``sign_key``: the coordinator's key), then verify the counted
     shares, add and unmask them: ``(manifest, first party's header extra, pooled S)``; S is ``None``
     when this call closed the round (the survivors must unmask before the sum can be taken). A scan
-    study's pooled ``S`` carries the variant list published inside the first survivor's share."""
+    study's pooled ``S`` carries the variant list published inside the first survivor's share.
+    ``wait``: the coordinator (without ``allow_dropouts``) waits that long for every party's share
+    before closing; on a closed round, the shares are added, then the survivors' reveals awaited."""
     uri, manifest = locate_manifest(manifest_path)
     if trust:
         verify_manifest(uri, manifest, TrustFile.load(trust), who=f"combine round {manifest.round_id!r}")
     if manifest.self_masks and read_survivors(uri, manifest) is None:
         coordinator = load_private(sign_key) if sign_key else None
+        if coordinator is not None and not allow_dropouts and wait > 0:
+            wait_for_shares(uri, manifest, wait, poll=POLL_SECONDS)  # then closes (or names who is missing)
         body = close_if_complete(uri, manifest, coordinator, allow_dropouts=allow_dropouts)
         log.info("combine: round %s closed with survivors %s (dropped: %s); each survivor now runs party unmask",
                  manifest.round_id, ", ".join(body["survivors"]), ", ".join(body["dropped"]) or "none")
         return manifest, {"closed": body}, None
-    headers, pooled = combine(uri, manifest, must_agree=AGREE)
+    import pyarrow.parquet as pq
+
+    from .output import check_output_names
+    from .stats.sufficient import SufficientStats
+
+    headers, pooled = combine(uri, manifest, must_agree=AGREE, wait=wait, poll=POLL_SECONDS)
     counted = sorted(headers)
     first = headers[counted[0]]["extra"]
     variants = None
     mode = first.get("missing_genotypes", "mean")
     if first["kind"] == "scan":
-        variants = pq.read_table(io.BytesIO(read_share_file(uri, manifest, counted[0], headers[counted[0]],
-                                                            "variants.parquet")))
+        variants = pq.ParquetFile(io.BytesIO(read_share_file(uri, manifest, counted[0], headers[counted[0]],
+                                                            "variants.parquet"))).read()
         if variant_hash(variants) != first["variant_hash"]:
             raise ProtocolError(f"{uri}: the published variant list does not match the parties' declared "
                                 "hash; the exchange was altered")
@@ -280,6 +338,16 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
     log.info("combine: %d parties verified, shares added and decoded; %d phenotype(s), %d covariate column(s)",
              len(headers), len(S.phenotypes), len(S.covariates))
     return manifest, dict(first, parties=len(headers), survivors=counted), S
+
+
+def _load_combine() -> None:
+    import pyarrow as pa
+
+    from . import output  # noqa: F401 - scipy, the writers
+    from .multiparty.encoding import encode
+
+    encode(np.zeros(1))  # the ring kernels' compiled code
+    pa.array([""])  # pyarrow imports pandas the first time it converts Python objects
 
 
 def _release_log(uri: str, manifest: Manifest):
@@ -307,27 +375,24 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     statistics, whatever the number of samples), and the outputs go to the local directory ``out``
     in the same files and format as ``dash-spark scan`` writes. Returns ``{phenotype: path}``.
     """
-    from .output import OutputModel, write_outputs_local
     from .staging import check_out_dir, staged_output
 
     t0 = time.time()
+    # what the sum and the outputs need loads while the round is checked, closed and awaited
+    threading.Thread(target=_load_combine, daemon=True).start()
     uri, manifest = locate_manifest(manifest_path)
     inputs = (uri,) if "://" not in uri else ()
     check_out_dir(out, overwrite=overwrite, inputs=inputs)
-    _, first, S = combine_study(manifest_path, sign_key=sign_key, allow_dropouts=allow_dropouts, trust=trust)
+    _, first, S = combine_study(manifest_path, sign_key=sign_key, allow_dropouts=allow_dropouts, trust=trust,
+                                wait=wait)
     if S is None:  # this call closed the round: the survivors' reveals are needed
         if wait <= 0:
             return {"closed": first["closed"]}
-        deadline = time.time() + wait
-        while S is None:
-            try:
-                _, first, S = combine_study(manifest_path, trust=trust)
-            except RevealsMissing:
-                if time.time() >= deadline:
-                    raise
-                time.sleep(POLL_SECONDS)
+        # the shares are verified and added while the survivors reveal
+        _, first, S = combine_study(manifest_path, trust=trust, wait=max(0.0, t0 + wait - time.time()))
     import json
 
+    from .output import OutputModel, safe_name, write_outputs_local
     from .release import check_count_release, check_min_n, with_count_release
 
     counts = {p: S.n_samples(t) for t, p in enumerate(S.phenotypes)}

@@ -319,3 +319,10 @@ def statistics_ranges(plan: ScanPlan, W: np.ndarray, ranges):
     """Yield ``(first variant index, per-variant statistics rows)`` per sub-block (executor side)."""
     for vidx, block in _sub_blocks(plan, ranges, meta=False):
         yield int(vidx[0]), block_stats(plan, W, block, vidx)
+
+
+def share_ranges(plan: ScanPlan, writer, W: np.ndarray, ranges):
+    """A party's share, executor side: each sub-block's statistics rows encoded, masked and staged
+    by ``writer`` (:class:`dash_spark.multiparty.rounds.PartWriter`); yields their header entries."""
+    for first, block in statistics_ranges(plan, W, ranges):
+        yield writer.write(first, block)

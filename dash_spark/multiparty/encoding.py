@@ -18,11 +18,10 @@ Masked encodings are uniform in the ring whatever the value (see :mod:`dash_spar
 
 from __future__ import annotations
 
-import math
+import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from numba import njit
 
 from ..errors import ConfigError, DashError, InputError
 
@@ -90,7 +89,7 @@ def encode(x: object, frac_bits: int = FRAC_BITS, max_abs_bits: int | None = Non
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty((flat.size, 2), dtype=_U64)
     # one pass: NaN, infinities and |x| >= 2^max_abs_bits are all counted as bad (NaN fails `<`)
-    n_bad = _encode_kernel(flat, float(2.0 ** frac_bits), float(2.0 ** max_abs_bits), out)
+    n_bad = _kernels().encode_kernel(flat, float(2.0 ** frac_bits), float(2.0 ** max_abs_bits), out)
     if n_bad:
         finite = np.isfinite(flat)
         n_nonfinite = int(flat.size - np.count_nonzero(finite))
@@ -106,95 +105,10 @@ def encode(x: object, frac_bits: int = FRAC_BITS, max_abs_bits: int | None = Non
     return out.reshape(x.shape + (2,))
 
 
-# The kernels below work on C-contiguous ``(n, 2)`` uint64 arrays (and flat float64 arrays) in one
-# pass each; the public functions check shapes and types and make their operands contiguous.
+def _kernels():
+    from . import _ring_kernels  # numba loads here, once
 
-
-@njit(cache=True, nogil=True)
-def _encode_kernel(x, scale, limit, out):  # pragma: no cover - jitted
-    """``out[i] = round(x[i] * scale) mod 2^128``; returns the number of values that are not
-    finite or have ``|x| >= limit`` (then ``out`` is garbage and the caller raises)."""
-    two64 = 18446744073709551616.0
-    bad = 0
-    for i in range(x.shape[0]):
-        xi = x[i]
-        mag = abs(xi)
-        if not mag < limit:  # NaN too
-            bad += 1
-            continue
-        v = np.rint(mag * scale)  # exact: a power-of-two scaling, then an exact integer
-        hi = np.floor(v / two64)  # exact
-        lo = np.uint64(v - hi * two64)  # exact: the low bits of v, in [0, 2^64)
-        uhi = np.uint64(hi)
-        if xi < 0.0 and v != 0.0:  # two's complement
-            borrow = np.uint64(1) if lo == np.uint64(0) else np.uint64(0)
-            lo = ~lo + np.uint64(1)
-            uhi = ~uhi + borrow
-        out[i, 0] = lo
-        out[i, 1] = uhi
-    return bad
-
-
-@njit(cache=True, nogil=True)
-def _add_kernel(a, b, out, subtract):  # pragma: no cover - jitted
-    """``out = a + b`` (``a - b`` when ``subtract``) mod 2^128; ``out`` may be ``a``."""
-    one = np.uint64(1)
-    zero = np.uint64(0)
-    for i in range(a.shape[0]):
-        alo = a[i, 0]
-        blo = b[i, 0]
-        if subtract:
-            lo = alo - blo
-            out[i, 1] = a[i, 1] - b[i, 1] - (one if alo < blo else zero)
-        else:
-            lo = alo + blo
-            out[i, 1] = a[i, 1] + b[i, 1] + (one if lo < alo else zero)
-        out[i, 0] = lo
-
-
-@njit(cache=True, nogil=True)
-def _neg_kernel(a, out):  # pragma: no cover - jitted
-    one = np.uint64(1)
-    zero = np.uint64(0)
-    for i in range(a.shape[0]):
-        lo = a[i, 0]
-        out[i, 1] = ~a[i, 1] + (one if lo == zero else zero)
-        out[i, 0] = ~lo + one
-
-
-@njit(cache=True, nogil=True)
-def _decode_kernel(a, frac_bits, out):  # pragma: no cover - jitted
-    """Signed 128-bit ``hi * 2^64 + lo`` times ``2^-frac_bits``, rounded once to float64."""
-    one = np.uint64(1)
-    zero = np.uint64(0)
-    for i in range(a.shape[0]):
-        lo = a[i, 0]
-        hi = a[i, 1]
-        negative = (hi >> np.uint64(63)) == one
-        if negative:  # |value|, at most 2^127
-            hi = ~hi + (one if lo == zero else zero)
-            lo = ~lo + one
-        if hi == zero:
-            val = math.ldexp(float(lo), -frac_bits)  # one correctly rounded uint64 -> float64
-        else:
-            # normalise so that the top bit sits at bit 127, keep the top 64 bits and OR a sticky
-            # bit for the dropped ones (64 >= 53 + 2 bits, so the uint64 -> float64 rounding is the
-            # exact round-to-nearest-even of the whole 128-bit number)
-            s = 0
-            h = hi
-            for step in (32, 16, 8, 4, 2, 1):
-                if (h >> np.uint64(64 - step)) == zero:
-                    h = h << np.uint64(step)
-                    s += step
-            top = h
-            if s > 0:
-                top |= lo >> np.uint64(64 - s)
-                if (lo << np.uint64(s)) != zero:
-                    top |= one
-            elif lo != zero:
-                top |= one
-            val = math.ldexp(float(top), 64 - s - frac_bits)
-        out[i] = -val if negative else val
+    return _ring_kernels
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -214,7 +128,7 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Ring sum ``a + b`` (mod 2^128), limb-wise with carry."""
     fa, fb, shape = _pair(a, b, "add")
     out = np.empty_like(fa)
-    _add_kernel(fa, fb, out, False)
+    _kernels().add_kernel(fa, fb, out, False)
     return out.reshape(shape)
 
 
@@ -222,7 +136,7 @@ def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Ring difference ``a - b`` (mod 2^128), limb-wise with borrow."""
     fa, fb, shape = _pair(a, b, "sub")
     out = np.empty_like(fa)
-    _add_kernel(fa, fb, out, True)
+    _kernels().add_kernel(fa, fb, out, True)
     return out.reshape(shape)
 
 
@@ -235,7 +149,7 @@ def add_into(total: np.ndarray, b: np.ndarray, *, subtract: bool = False) -> np.
     if not (total.flags.c_contiguous and total.flags.writeable):
         raise InputError("ring add_into: the accumulator is not a writable C-contiguous array; expected one, "
                          "found a view or a read-only array. Pass a fresh copy (np.array(total))")
-    _add_kernel(ft, fb, ft, bool(subtract))
+    _kernels().add_kernel(ft, fb, ft, bool(subtract))
     return total
 
 
@@ -244,7 +158,7 @@ def neg(a: np.ndarray) -> np.ndarray:
     check_encoded(a, where="ring neg")
     fa = _flat(a)
     out = np.empty_like(fa)
-    _neg_kernel(fa, out)
+    _kernels().neg_kernel(fa, out)
     return out.reshape(a.shape)
 
 
@@ -274,7 +188,18 @@ def decode(a: np.ndarray, frac_bits: int = FRAC_BITS) -> np.ndarray:
     frac_bits = check_frac_bits(frac_bits, where="decode")
     fa = _flat(a)
     out = np.empty(fa.shape[0], dtype=np.float64)
-    _decode_kernel(fa, frac_bits, out)
+    kernel = _kernels().decode_kernel
+    n = fa.shape[0]
+    threads = min(os.cpu_count() or 1, 4, max(1, n >> 20))  # slices of at least 1M elements
+    if threads <= 1:
+        kernel(fa, frac_bits, out)
+    else:  # the kernel releases the GIL
+        from concurrent.futures import ThreadPoolExecutor
+
+        cuts = [n * i // threads for i in range(threads + 1)]
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda i: kernel(fa[cuts[i]:cuts[i + 1]], frac_bits, out[cuts[i]:cuts[i + 1]]),
+                          range(threads)))
     return out.reshape(a.shape[:-1])
 
 

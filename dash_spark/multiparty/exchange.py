@@ -5,7 +5,9 @@ Layout (every path through ``pyarrow.fs``; plain paths and ``file://`` are local
 
     <uri>/<study>/<round>/manifest.json
     <uri>/<study>/<round>/shares/<party>/header.json      canonical JSON, signed
-    <uri>/<study>/<round>/shares/<party>/<stat>.npy       one masked ring array per statistic
+    <uri>/<study>/<round>/shares/<party>/<stat>.npy       one masked ring array per statistic, or
+    <uri>/<study>/<round>/shares/<party>/<stat>@<row>.npy  its row parts, as the party's Spark tasks
+                                                          wrote them (each part's sha256 in the header)
     <uri>/<study>/<round>/shares/<party>/signature.json   Ed25519 signature of the header; written last
 
 The :class:`Manifest` fixes the study, the round id, the parties (with their public keys), the
@@ -43,7 +45,7 @@ import pyarrow.fs as pafs
 
 from ..errors import ConfigError, InputError, OutputError
 from . import ProtocolError
-from .encoding import (FRAC_BITS, HEADROOM_BITS, RING_BITS, check_encoded, check_frac_bits, ring_sum)
+from .encoding import (FRAC_BITS, HEADROOM_BITS, RING_BITS, add_into, check_encoded, check_frac_bits)
 from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
 from .masking import STAT_NAME_RE, check_stat_name, mask_share
 
@@ -323,6 +325,32 @@ class _Location:
             raise exc_type(f"{self.show(path)}: cannot read {what}; expected a readable file, found an error "
                            f"({exc}). Check the exchange location and access") from None
 
+    def read_into(self, path: str, buf: list, *, what: str, exc_type: type[Exception] = InputError) -> memoryview:
+        """The file's bytes read into the reusable buffer ``buf[0]`` (a ``bytearray``, replaced by a
+        larger one when too small): a view of its first bytes. For local files this touches no
+        fresh memory once the buffer is large enough."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return memoryview(self.read_buffer(path, what=what, exc_type=exc_type))
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if len(buf[0]) < size:
+                    buf[0] = bytearray(size)  # views of the old buffer stay valid
+                view = memoryview(buf[0])[:size]
+                got = 0
+                while got < size:
+                    n = fh.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                return view[:got]
+        except FileNotFoundError:
+            raise exc_type(f"{self.show(path)}: {what} not found; expected the file, found nothing. "
+                           "Check the exchange location and that the file was published") from None
+        except OSError as exc:
+            raise exc_type(f"{self.show(path)}: cannot read {what}; expected a readable file, found an error "
+                           f"({exc}). Check the exchange location and access") from None
+
     def write_atomic(self, path: str, data: bytes | Sequence, *, what: str) -> None:
         """Write ``data`` (bytes, or a sequence of bytes-like parts written one after another) to
         ``path`` through a temporary file that is then moved into place."""
@@ -469,6 +497,85 @@ def _load_npy(data) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
+def part_file(name: str, start: int) -> str:
+    """The file of statistic ``name``'s part from row ``start``: ``<name>@<start, 12 digits>.npy``
+    (``@`` never occurs in a statistic name, so part files and statistic files cannot collide)."""
+    return f"{name}@{int(start):012d}.npy"
+
+
+def write_part(stage: str, name: str, start: int, arr: np.ndarray) -> dict:
+    """Write rows ``start..`` of a masked statistic (``arr``: ring rows) to the private ``stage``
+    location as :func:`part_file`; returns its header entry ``{start, stop, sha256}``. Run by a
+    party's Spark tasks; the same rows give the same bytes, so a retried task rewrites the same file."""
+    check_stat_name(name, where="share part")
+    check_encoded(arr, where=f"share part of statistic {name!r}")
+    head, data = _npy_parts(arr)
+    digest = hashlib.sha256(head)
+    digest.update(data)
+    loc = _Location(stage)
+    loc.write_atomic(loc.join(part_file(name, start)), [head, data], what=f"part of statistic {name!r}")
+    return {"start": int(start), "stop": int(start) + int(arr.shape[0]), "sha256": digest.hexdigest(),
+            "bytes": len(head) + data.nbytes}
+
+
+@dataclass(frozen=True)
+class StagedStat:
+    """A masked statistic of ``shape`` (ring array shape, rows first) whose row ``parts``
+    (:func:`write_part` entries) wait in the party's private ``stage`` location."""
+
+    shape: tuple
+    parts: tuple
+    stage: str
+
+
+def check_parts(name: str, shape, parts, *, who: str) -> list[tuple[int, int, str]]:
+    """``[(start, stop, sha256)]`` of a parted statistic's header entry, or :class:`ProtocolError`
+    unless the parts tile rows ``0..shape[0]`` in order, each non-empty, without gap or overlap."""
+    if not (isinstance(shape, (list, tuple)) and len(shape) >= 2 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) and shape[-1] == 2):
+        raise ProtocolError(f"{who}: statistic {name!r} has a malformed shape; expected rows x ... x 2, found "
+                            f"{_short(shape)}")
+    out, at = [], 0
+    for part in parts if isinstance(parts, (list, tuple)) else [None]:
+        ok = isinstance(part, dict) and all(isinstance(part.get(k), int) and not isinstance(part.get(k), bool)
+                                            for k in ("start", "stop")) and isinstance(part.get("sha256"), str)
+        if not ok or part["start"] != at or part["stop"] <= part["start"] or part["stop"] > shape[0]:
+            raise ProtocolError(f"{who}: the parts of statistic {name!r} do not tile its {shape[0]} rows; expected "
+                                f"a part from row {at}, found {_short(part)}. Ask the party to publish again in a "
+                                "new round")
+        out.append((part["start"], part["stop"], part["sha256"]))
+        at = part["stop"]
+    if at != shape[0]:
+        raise ProtocolError(f"{who}: the parts of statistic {name!r} stop at row {at}; expected {shape[0]} rows. "
+                            "Ask the party to publish again in a new round")
+    return out
+
+
+@dataclass
+class RingParts:
+    """A verified parted statistic: ``[(start, stop, ring rows)]`` tiling an array of ``shape``."""
+
+    shape: tuple
+    parts: list
+
+    def to_array(self) -> np.ndarray:
+        out = np.empty(self.shape, dtype=np.uint64)
+        for a, b, arr in self.parts:
+            out[a:b] = arr
+        return out
+
+
+def _move_part(src: _Location, src_path: str, dst: _Location, dst_path: str, *, what: str) -> None:
+    """Move a staged part into the share (a rename when both are local, else a copy)."""
+    if isinstance(src.fs, pafs.LocalFileSystem) and isinstance(dst.fs, pafs.LocalFileSystem):
+        try:
+            os.replace(src_path, dst_path)
+            return
+        except OSError:  # another device: copy below
+            pass
+    dst.write_atomic(dst_path, [src.read_buffer(src_path, what=what, exc_type=OutputError)], what=what)
+
+
 def _check_own_keys(manifest: Manifest, party: str, private_keys: PrivateKeys, *, who: str) -> None:
     check_party_name(party, where=who)
     expected = manifest.public_keys(party)
@@ -501,18 +608,21 @@ FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.[a-z]+")
 
 def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, private_keys: PrivateKeys,
                   stats: Mapping[str, np.ndarray], header_extra: Mapping | None = None,
-                  files: Mapping[str, bytes] | None = None) -> str:
+                  files: Mapping[str, bytes] | None = None, staged: Mapping[str, StagedStat] | None = None) -> str:
     """Publish a party's masked statistics (ring arrays ``(..., 2)`` uint64) with a signed header.
 
     The header holds party, study, round, manifest digest, every statistic's array shape and
     the sha256 of its ``.npy`` file, ``header_extra`` (under ``"extra"``) and the sha256 of every
     public file in ``files`` (``{name: bytes}``, e.g. the variant list), which are written into the
-    share too. Refuses a second share of the same party and round (:class:`DuplicateShareError`).
-    Returns the share's location.
+    share too. ``staged``: masked statistics already written in row parts to a private stage
+    (:func:`write_part`), moved into the share with each part's sha256 in the header. Refuses a
+    second share of the same party and round (:class:`DuplicateShareError`). Returns the share's
+    location.
     """
     who = f"publish share of party {party!r}"
     _check_own_keys(manifest, party, private_keys, who=who)
-    if not stats:
+    staged = dict(staged or {})
+    if not stats and not staged:
         raise InputError(f"{who}: no statistics; expected at least one, found none. Pass the masked statistics")
     extra = {} if header_extra is None else dict(header_extra)
     loc = _Location(uri)
@@ -544,6 +654,25 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
         digest.update(parts[1])
         files[name] = parts
         spec[name] = {"shape": list(arr.shape), "dtype": "uint64", "sha256": digest.hexdigest()}
+    moves = []
+    for name, st in staged.items():
+        check_stat_name(name, where=who)
+        if name in spec:
+            raise InputError(f"{who}: statistic {name!r} given both whole and in parts")
+        parts = sorted(st.parts, key=lambda p: p["start"])
+        check_parts(name, list(st.shape), [dict(p) for p in parts], who=who)
+        src = _Location(st.stage)
+        for p in parts:
+            path = src.join(part_file(name, p["start"]))
+            size = src.info(path).size
+            if size != p.get("bytes"):  # a task wrote where the driver cannot see (executors on other hosts)
+                raise OutputError(f"{src.show(path)}: a part of statistic {name!r} is missing or short on the "
+                                  f"driver (expected {p.get('bytes')} bytes, found {size}); the share stage must "
+                                  "be a location the executors and the driver both reach (--share-stage). "
+                                  "Nothing was published")
+            moves.append((src, path, part_file(name, p["start"])))
+        spec[name] = {"shape": list(st.shape), "dtype": "uint64",
+                      "parts": [{"start": p["start"], "stop": p["stop"], "sha256": p["sha256"]} for p in parts]}
     header = {"version": FORMAT_VERSION, "party": party, "study": manifest.study, "round_id": manifest.round_id,
               "manifest_digest": manifest.digest(), "stats": spec, "extra": extra, "created": _now(),
               "files": {f: hashlib.sha256(d).hexdigest() for f, d in public.items()}}
@@ -554,6 +683,8 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
     loc.mkdir(sdir)
     for name, data in files.items():
         loc.write_atomic(f"{sdir}/{name}.npy", data, what=f"statistic {name!r}")
+    for src, path, fname in moves:
+        _move_part(src, path, loc, f"{sdir}/{fname}", what=f"share part {fname}")
     for fname, data in public.items():
         loc.write_atomic(f"{sdir}/{fname}", data, what=f"file {fname!r}")
     loc.write_atomic(f"{sdir}/header.json", header_bytes, what="share header")
@@ -613,40 +744,57 @@ def _verify_share(loc: _Location, manifest: Manifest, party: str, pub: PublicKey
     if not isinstance(spec, dict) or not spec or not isinstance(header.get("extra"), dict):
         raise ProtocolError(f"{who}: malformed header; expected 'stats' and 'extra' objects, found "
                             f"{_short(sorted(header))}. Ask {party!r} to publish again in a new round")
-    stats: dict[str, np.ndarray] = {}
+    stats: dict[str, np.ndarray | RingParts] = {}
     for name, meta in spec.items() if data else ():
-        if not isinstance(name, str) or not STAT_NAME_RE.fullmatch(name) or not (
-                isinstance(meta, dict) and isinstance(meta.get("shape"), list) and isinstance(meta.get("sha256"), str)):
-            raise ProtocolError(f"{who}: malformed header entry for statistic {_short(name)}; expected "
-                                f"{{shape, dtype, sha256}}, found {_short(meta)}. Ask {party!r} to publish again")
-        data = loc.read_buffer(f"{sdir}/{name}.npy", what=f"statistic {name!r}", exc_type=ProtocolError)
-        got = hashlib.sha256(data).hexdigest()
-        if got != meta["sha256"]:
-            raise ProtocolError(f"{who}: statistic {name!r} does not match the signed header; expected sha256 "
-                                f"{meta['sha256'][:16]}, found {got[:16]}. The file was altered after "
-                                f"publishing; ask {party!r} to publish again in a new round")
-        try:
-            arr = _load_npy(data)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ProtocolError(f"{who}: statistic {name!r} is not a .npy array; expected uint64 (..., 2), "
-                                f"found an error ({exc}). Ask {party!r} to publish again in a new round") from None
-        if arr.dtype.kind != "u" or arr.dtype.itemsize != 8 or list(arr.shape) != meta["shape"] or (
-                arr.ndim < 1 or arr.shape[-1] != 2):
-            raise ProtocolError(f"{who}: statistic {name!r} has the wrong type; expected uint64 of shape "
-                                f"{tuple(meta['shape'])}, found {arr.dtype} of shape {arr.shape}. "
-                                f"Ask {party!r} to publish again in a new round")
-        stats[name] = arr.astype(np.uint64, copy=False)
+        pieces = _stat_pieces(sdir, name, meta, who=who, party=party)
+        arrays = [(a, b, _read_ring(loc, path, sha, shape, who=who, what=what, party=party))
+                  for a, b, path, sha, shape, what in pieces]
+        stats[name] = arrays[0][2] if arrays[0][0] is None else RingParts(tuple(meta["shape"]), arrays)
     return header, stats
 
 
-def read_shares(uri: str | os.PathLike, manifest: Manifest, *, must_agree: Iterable[str] = (),
-                parties: Iterable[str] | None = None) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
-    """Verify and read every manifest party's share: ``{party: (header, {stat: ring array})}``.
+def _stat_pieces(sdir: str, name, meta, *, who: str, party: str) -> list[tuple]:
+    """The files of one statistic of a signed header: ``[(start, stop, path, sha256, shape, what)]``,
+    ``start``/``stop`` ``None`` for a whole statistic; :class:`ProtocolError` on a malformed entry."""
+    parted = isinstance(meta, dict) and "parts" in meta
+    if not isinstance(name, str) or not STAT_NAME_RE.fullmatch(name) or not (
+            isinstance(meta, dict) and isinstance(meta.get("shape"), list)
+            and (parted or isinstance(meta.get("sha256"), str))):
+        raise ProtocolError(f"{who}: malformed header entry for statistic {_short(name)}; expected "
+                            f"{{shape, dtype, sha256}}, found {_short(meta)}. Ask {party!r} to publish again")
+    if not parted:
+        return [(None, None, f"{sdir}/{name}.npy", meta["sha256"], meta["shape"], f"statistic {name!r}")]
+    return [(a, b, f"{sdir}/{part_file(name, a)}", sha, [b - a] + meta["shape"][1:], f"statistic {name!r} rows {a}..{b}")
+            for a, b, sha in check_parts(name, meta["shape"], meta["parts"], who=who)]
 
-    Raises :class:`ProtocolError` when a party's share is missing, unsigned, badly signed,
-    from another round, altered, or when parties declare different statistics (names, shapes)
-    or different ``header_extra`` values for the keys in ``must_agree``.
-    """
+
+def _read_ring(loc: _Location, path: str, sha: str, shape: list, *, who: str, what: str, party: str,
+               buf: list | None = None) -> np.ndarray:
+    """A ring array file of a share, checked against its signed sha256 and shape. With ``buf``, the
+    file is read into that reusable buffer (:meth:`_Location.read_into`) and the array is a view of it (valid until its next use):
+    the bytes checked are the bytes used, whatever happens to the file afterwards."""
+    data = loc.read_buffer(path, what=what, exc_type=ProtocolError) if buf is None else \
+        loc.read_into(path, buf, what=what, exc_type=ProtocolError)
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha:
+        raise ProtocolError(f"{who}: {what} does not match the signed header; expected sha256 "
+                            f"{sha[:16]}, found {got[:16]}. The file was altered after "
+                            f"publishing; ask {party!r} to publish again in a new round")
+    try:
+        arr = _load_npy(data)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ProtocolError(f"{who}: {what} is not a .npy array; expected uint64 (..., 2), "
+                            f"found an error ({exc}). Ask {party!r} to publish again in a new round") from None
+    if arr.dtype.kind != "u" or arr.dtype.itemsize != 8 or list(arr.shape) != list(shape) or (
+            arr.ndim < 1 or arr.shape[-1] != 2):
+        raise ProtocolError(f"{who}: {what} has the wrong type; expected uint64 of shape "
+                            f"{tuple(shape)}, found {arr.dtype} of shape {arr.shape}. "
+                            f"Ask {party!r} to publish again in a new round")
+    return arr.astype(np.uint64, copy=False)
+
+
+def _counted(uri: str | os.PathLike, manifest: Manifest, parties: Iterable[str] | None) -> tuple[_Location, list[str]]:
+    """The exchange and the sorted parties whose shares count, each with a complete (signed) share."""
     loc = _Location(uri)
     rdir = _round_dir(loc, manifest.study, manifest.round_id)
     _check_exchange_manifest(loc, manifest, who=f"combine study {manifest.study!r} round {manifest.round_id!r}")
@@ -666,25 +814,100 @@ def read_shares(uri: str | os.PathLike, manifest: Manifest, *, must_agree: Itera
         raise ProtocolError(f"share of party {p!r} ({loc.show(_share_dir(loc, manifest, p))}): signature.json is "
                             "missing; expected a signed share, found an unsigned or incomplete one. Start a new round "
                             f"and ask {p!r} to publish there (parties without a signature: {', '.join(unsigned)})")
-    out = {p: _verify_share(loc, manifest, p, manifest.public_keys(p)) for p in names}
+    return loc, names
+
+
+def _check_agreement(headers: Mapping[str, dict], names: list[str], must_agree: Iterable[str]) -> None:
+    """Every party declares the statistics (names, shapes) of the first and the same values of the
+    header keys in ``must_agree``."""
     ref = names[0]
-    ref_spec = {n: m["shape"] for n, m in out[ref][0]["stats"].items()}
+    ref_spec = {n: m["shape"] for n, m in headers[ref]["stats"].items()}
     keys = list(must_agree)
     for p in names[1:]:
-        spec = {n: m["shape"] for n, m in out[p][0]["stats"].items()}
+        spec = {n: m["shape"] for n, m in headers[p]["stats"].items()}
         if spec != ref_spec:
             exp, fnd = _describe_diff(ref_spec, spec)
             raise ProtocolError(f"share of party {p!r}: statistics differ from those of party {ref!r}; expected {exp}, "
                                 f"found {fnd}. All parties must run the same model settings on the same "
                                 "variant list")
         for key in keys:
-            a = out[ref][0]["extra"].get(key, "<missing>")
-            b = out[p][0]["extra"].get(key, "<missing>")
+            a = headers[ref]["extra"].get(key, "<missing>")
+            b = headers[p]["extra"].get(key, "<missing>")
             if a != b:
                 raise ProtocolError(f"share of party {p!r}: header value {key!r} differs from that of party {ref!r}; "
                                     f"expected {_short(a)}, found {_short(b)}. All parties must use the same "
                                     f"{key} (check the party's inputs and settings)")
+
+
+def read_shares(uri: str | os.PathLike, manifest: Manifest, *, must_agree: Iterable[str] = (),
+                parties: Iterable[str] | None = None) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+    """Verify and read every manifest party's share: ``{party: (header, {stat: ring array or
+    RingParts})}``.
+
+    Raises :class:`ProtocolError` when a party's share is missing, unsigned, badly signed,
+    from another round, altered, or when parties declare different statistics (names, shapes)
+    or different ``header_extra`` values for the keys in ``must_agree``.
+    """
+    loc, names = _counted(uri, manifest, parties)
+    out = {p: _verify_share(loc, manifest, p, manifest.public_keys(p)) for p in names}
+    _check_agreement({p: h for p, (h, _) in out.items()}, names, must_agree)
     return out
+
+
+def add_shares(uri: str | os.PathLike, manifest: Manifest, *, must_agree: Iterable[str] = (),
+               parties: Iterable[str] | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """:func:`read_shares` and :func:`sum_shares` in one pass: every counted share's header is
+    verified first, then each file is read into one reusable buffer, checked against its signed
+    sha256 and added into the ring totals (no copy of a party's share is kept). Returns
+    ``({party: header}, {statistic: ring sum})``."""
+    loc, names = _counted(uri, manifest, parties)
+    headers = {p: _verify_share(loc, manifest, p, manifest.public_keys(p), data=False)[0] for p in names}
+    _check_agreement(headers, names, must_agree)
+    totals: dict[str, np.ndarray] = {}
+    jobs = []  # (party's position, total, rows or None, file): in order
+    for i, p in enumerate(names):
+        sdir = _share_dir(loc, manifest, p)
+        who = f"share of party {p!r} ({loc.show(sdir)})"
+        for name, meta in headers[p]["stats"].items():
+            if i == 0:
+                totals[name] = np.empty(tuple(meta["shape"]), dtype=np.uint64)
+            jobs += [(i, name, a, b, (path, sha, shape), dict(who=who, what=what, party=p))
+                     for a, b, path, sha, shape, what in _stat_pieces(sdir, name, meta, who=who, party=p)]
+    # reader threads read and check the files (the sha256 and the reads release the GIL) into a few
+    # reusable buffers while this thread adds the checked rows into the totals, in order; a file
+    # gets its buffer when it is submitted, so a window of (readers + 1) files is in flight
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(2, (os.cpu_count() or 1), len(jobs)))
+    buffers = [[bytearray()] for _ in range(workers + 1)]
+    todo = iter(jobs)
+    pending: deque = deque()
+    with ThreadPoolExecutor(workers) as pool:
+        def submit():
+            job = next(todo, None)
+            if job is not None:
+                buf = buffers.pop()
+                pending.append((job, buf, pool.submit(_read_ring, loc, *job[4], buf=buf, **job[5])))
+
+        for _ in range(workers + 1):
+            submit()
+        try:
+            while pending:
+                (i, name, a, b, _, _), buf, fut = pending.popleft()
+                arr = fut.result()
+                target = totals[name] if a is None else totals[name][a:b]
+                if i == 0:
+                    np.copyto(target, arr)
+                else:
+                    add_into(target, arr)
+                del arr
+                buffers.append(buf)
+                submit()
+        finally:
+            for _, _, fut in pending:
+                fut.cancel()
+    return headers, totals
 
 
 def sum_shares(shares: Mapping[str, tuple[dict, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
@@ -694,7 +917,20 @@ def sum_shares(shares: Mapping[str, tuple[dict, Mapping[str, np.ndarray]]]) -> d
         raise InputError("sum_shares: no shares; expected the output of read_shares, found none. "
                          "Read the shares first")
     names = list(shares[parties[0]][1])
-    return {n: ring_sum(shares[p][1][n] for p in parties) for n in names}
+    out = {}
+    for n in names:
+        total = np.empty(shares[parties[0]][1][n].shape, dtype=np.uint64)
+        for i, p in enumerate(parties):
+            value = shares[p][1][n]
+            pieces = value.parts if isinstance(value, RingParts) else [(None, None, value)]
+            for a, b, arr in pieces:
+                target = total if a is None else total[a:b]  # rows of a C-order array: contiguous
+                if i == 0:
+                    np.copyto(target, arr)
+                else:
+                    add_into(target, arr)
+        out[n] = total
+    return out
 
 
 def read_share_file(uri: str | os.PathLike, manifest: Manifest, party: str, header: dict, name: str) -> bytes:
@@ -724,6 +960,7 @@ def complete_shares(uri: str | os.PathLike, manifest: Manifest) -> list[str]:
     return out
 
 
-__all__ = ["DuplicateShareError", "Location", "Manifest", "canonical_json", "complete_shares", "locate_manifest", "manifest_location",
+__all__ = ["DuplicateShareError", "Location", "Manifest", "RingParts", "StagedStat", "add_shares", "canonical_json",
+           "check_parts", "part_file", "write_part", "complete_shares", "locate_manifest", "manifest_location",
            "mask_stats", "new_round_id", "parse_json", "publish_share", "read_manifest", "read_share_file",
            "read_shares", "sum_shares", "write_manifest"]

@@ -24,8 +24,10 @@ ledger of :mod:`.rounds` refuses it.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -103,13 +105,29 @@ def pairwise_seeds(my_private: PrivateKeys | X25519PrivateKey, public_x25519: Ma
             for p, pub in public_x25519.items() if p != me}
 
 
-def _stat_encryptor(seed: bytes, stat_name: str, kind: str = "stat"):
+def _stat_key(seed: bytes, stat_name: str, kind: str = "stat") -> bytes:
     if not isinstance(seed, bytes) or len(seed) != 32:
         raise InputError(f"mask for statistic {stat_name!r}: seed is not 32 bytes; expected a seed from "
                          "pairwise_seed, found something else. Derive seeds with pairwise_seed")
     check_stat_name(stat_name, where="mask_stream")
-    key = _hkdf(seed, salt=None, info=f"{kind}|{stat_name}")
-    return Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
+    return _hkdf(seed, salt=None, info=f"{kind}|{stat_name}")
+
+
+def _keystream(key: bytes, offset_words: int = 0):
+    """``(encryptor, bytes to discard)``: the ChaCha20 stream of ``key`` from ring element
+    ``offset_words`` on (the 32-bit block counter starts at the 64-byte block holding it)."""
+    block, skip = divmod(16 * int(offset_words), 64)
+    if block >= 1 << 32:
+        raise InputError(f"mask stream: offset {offset_words} is beyond the stream's 2^32 blocks; split the "
+                         "statistic")
+    enc = Cipher(algorithms.ChaCha20(key, block.to_bytes(4, "little") + _NONCE[4:]), mode=None).encryptor()
+    if skip:
+        enc.update(bytes(skip))
+    return enc
+
+
+def _stat_encryptor(seed: bytes, stat_name: str, kind: str = "stat", offset_words: int = 0):
+    return _keystream(_stat_key(seed, stat_name, kind), offset_words)
 
 
 def _words(encryptor, n_words: int) -> np.ndarray:
@@ -117,12 +135,13 @@ def _words(encryptor, n_words: int) -> np.ndarray:
     return np.frombuffer(raw, dtype="<u8").astype(np.uint64, copy=False).reshape(n_words, 2)
 
 
-def mask_stream(seed: bytes, stat_name: str, n_words: int) -> np.ndarray:
-    """The mask of statistic ``stat_name`` from a pair seed: ``n_words`` ring elements ``(n_words, 2)``."""
+def mask_stream(seed: bytes, stat_name: str, n_words: int, offset_words: int = 0) -> np.ndarray:
+    """The mask of statistic ``stat_name`` from a pair seed: ``n_words`` ring elements ``(n_words, 2)``,
+    from element ``offset_words`` of the statistic on."""
     if isinstance(n_words, bool) or not isinstance(n_words, (int, np.integer)) or n_words < 0:
         raise InputError(f"mask_stream: invalid length for statistic {stat_name!r}; expected a "
                          f"non-negative integer, found {n_words!r}. Pass the statistic's element count")
-    return _words(_stat_encryptor(seed, stat_name), int(n_words))
+    return _words(_stat_encryptor(seed, stat_name, offset_words=offset_words), int(n_words))
 
 
 def _check_parties(me: str, parties: Sequence[str]) -> list[str]:
@@ -149,17 +168,36 @@ def pair_sign(me: str, other: str, parties: Sequence[str]) -> bool:
     return order.index(me) > order.index(other)
 
 
-def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: Sequence[str],
-               seeds: Mapping[str, bytes], inplace: bool = False, self_seed: bytes | None = None) -> np.ndarray:
-    """Mask party ``me``'s encoded statistic: add the streams shared with higher-positioned parties,
-    subtract those shared with lower-positioned ones (positions in the sorted list ``parties``),
-    and add its self-mask stream when ``self_seed`` is given.
+@dataclass(frozen=True)
+class StatMasker:
+    """What masks one statistic of one party: its keystream keys, each with whether it is subtracted.
 
-    The ring sum over all parties of their masked shares equals the sum of the unmasked values plus
-    the self-masks (removed once their seeds are revealed: :func:`unmask_sum`).
-    ``inplace``: mask ``values_encoded`` itself (a writable C-contiguous array) instead of a copy.
-    """
-    check_encoded(values_encoded, where=f"mask_share of statistic {stat_name!r}")
+    Derived from the round's seeds for this statistic only (HKDF, one-way): an executor that masks
+    rows of the statistic gets these keys, never the seeds behind them, so it can produce no other
+    statistic's mask and no other round's."""
+
+    stat_name: str
+    keys: tuple[tuple[bytes, bool], ...]
+
+    def apply(self, values_encoded: np.ndarray, offset_words: int = 0) -> np.ndarray:
+        """Mask, in place, a writable C-contiguous ring array holding the statistic's elements
+        ``offset_words`` onwards (rows of a larger statistic: offset = first row x row width)."""
+        flat = values_encoded.reshape(-1, 2)
+        n = flat.shape[0]
+        for key, subtract in self.keys:
+            enc = _keystream(key, offset_words)
+            for start in range(0, n, _CHUNK_WORDS):
+                stop = min(n, start + _CHUNK_WORDS)
+                add_into(flat[start:stop], _words(enc, stop - start), subtract=subtract)
+        return values_encoded
+
+
+def stat_masker(stat_name: str, *, me: str, parties: Sequence[str], seeds: Mapping[str, bytes],
+                self_seed: bytes | None = None) -> StatMasker:
+    """The :class:`StatMasker` of party ``me``'s statistic ``stat_name``: the streams shared with
+    higher-positioned parties are added, those shared with lower-positioned ones subtracted
+    (positions in the sorted list ``parties``), and its self-mask stream added when ``self_seed``
+    is given."""
     check_stat_name(stat_name, where="mask_share")
     parties = _check_parties(me, parties)
     missing = [p for p in parties if p != me and p not in seeds]
@@ -168,44 +206,54 @@ def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: 
                             f"seed with every other party, found {len(parties) - 1 - len(missing)} of "
                             f"{len(parties) - 1}. Derive them with pairwise_seeds from the manifest")
     pos = parties.index(me)
+    keys = [(_stat_key(seeds[other], stat_name), pos > q) for q, other in enumerate(parties) if other != me]
+    if self_seed is not None:
+        keys.append((_stat_key(self_seed, stat_name, "self"), False))
+    return StatMasker(stat_name, tuple(keys))
+
+
+def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: Sequence[str],
+               seeds: Mapping[str, bytes], inplace: bool = False, self_seed: bytes | None = None) -> np.ndarray:
+    """Mask party ``me``'s encoded statistic with :func:`stat_masker`'s streams.
+
+    The ring sum over all parties of their masked shares equals the sum of the unmasked values plus
+    the self-masks (removed once their seeds are revealed: :func:`unmask_sum`).
+    ``inplace``: mask ``values_encoded`` itself (a writable C-contiguous array) instead of a copy.
+    """
+    check_encoded(values_encoded, where=f"mask_share of statistic {stat_name!r}")
+    masker = stat_masker(stat_name, me=me, parties=parties, seeds=seeds, self_seed=self_seed)
     if inplace and not (values_encoded.flags.c_contiguous and values_encoded.flags.writeable):
         raise InputError(f"mask_share of statistic {stat_name!r}: cannot mask in place; expected a writable "
                          "C-contiguous array, found a view or a read-only array. Pass inplace=False")
     out = values_encoded if inplace else np.array(values_encoded, dtype=np.uint64, order="C")
-    flat = out.reshape(-1, 2)
-    n = flat.shape[0]
-    for q, other in enumerate(parties):
-        if other == me:
-            continue
-        enc = _stat_encryptor(seeds[other], stat_name)
-        for start in range(0, n, _CHUNK_WORDS):
-            stop = min(n, start + _CHUNK_WORDS)
-            add_into(flat[start:stop], _words(enc, stop - start), subtract=pos > q)
-    if self_seed is not None:
-        enc = _stat_encryptor(self_seed, stat_name, "self")
-        for start in range(0, n, _CHUNK_WORDS):
-            stop = min(n, start + _CHUNK_WORDS)
-            add_into(flat[start:stop], _words(enc, stop - start))
-    return out
+    return masker.apply(out)
 
 
 def unmask_sum(total: np.ndarray, stat_name: str, *, parties: Sequence[str], self_seeds: Mapping[str, bytes],
-               dropped_pair_seeds: Mapping[tuple[str, str], bytes]) -> np.ndarray:
+               dropped_pair_seeds: Mapping[tuple[str, str], bytes], threads: int | None = None) -> np.ndarray:
     """Remove from the ring sum ``total`` of the survivors' shares (in place) the survivors' self-masks
     (``self_seeds``: ``{survivor: seed}``) and the masks each survivor shared with a dropped party
-    (``dropped_pair_seeds``: ``{(survivor, dropped): seed}``); ``parties``: the round's whole roster."""
+    (``dropped_pair_seeds``: ``{(survivor, dropped): seed}``); ``parties``: the round's whole roster.
+    Large statistics are split into ``threads`` slices (default: the CPUs, at most 4) that generate
+    their streams from their own offsets at once (ChaCha20 and the ring kernel release the GIL)."""
     flat = total.reshape(-1, 2)
     n = flat.shape[0]
-    jobs = [(_stat_encryptor(seed, stat_name, "self"), True) for seed in self_seeds.values()]
+    keys = [(_stat_key(seed, stat_name, "self"), True) for seed in self_seeds.values()]
     for (survivor, dropped), seed in dropped_pair_seeds.items():
         # the survivor added the stream if it comes first in the pair, else subtracted it: undo that
-        jobs.append((_stat_encryptor(seed, stat_name), not pair_sign(survivor, dropped, parties)))
-    for enc, subtract in jobs:
-        for start in range(0, n, _CHUNK_WORDS):
-            stop = min(n, start + _CHUNK_WORDS)
-            add_into(flat[start:stop], _words(enc, stop - start), subtract=subtract)
+        keys.append((_stat_key(seed, stat_name), not pair_sign(survivor, dropped, parties)))
+    masker = StatMasker(stat_name, tuple(keys))
+    threads = min(threads or os.cpu_count() or 1, 4, max(1, n // _CHUNK_WORDS))
+    if threads <= 1:
+        masker.apply(flat)
+        return total
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = [n * i // threads for i in range(threads + 1)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: masker.apply(flat[cuts[i]:cuts[i + 1]], cuts[i]), range(threads)))
     return total
 
 
-__all__ = ["check_stat_name", "mask_share", "mask_stream", "pair_sign", "pairwise_seed", "pairwise_seeds",
-           "round_salt", "self_mask_stream", "unmask_sum"]
+__all__ = ["StatMasker", "check_stat_name", "mask_share", "mask_stream", "pair_sign", "pairwise_seed", "pairwise_seeds",
+           "round_salt", "self_mask_stream", "stat_masker", "unmask_sum"]

@@ -41,6 +41,7 @@ import json
 import os
 import secrets as _secrets
 import stat
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -50,10 +51,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ..errors import ConfigError, InputError
 from . import ProtocolError
 from .encoding import decode, encode
-from .exchange import (DuplicateShareError, Location, Manifest, canonical_json, complete_shares, mask_stats,
-                       parse_json, publish_share, read_shares, sum_shares)
+from .exchange import (DuplicateShareError, Location, Manifest, add_shares, canonical_json, complete_shares,
+                       mask_stats, parse_json, publish_share, read_shares, write_part)
 from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
-from .masking import pairwise_seeds, unmask_sum
+from .masking import StatMasker, pairwise_seeds, stat_masker, unmask_sum
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
@@ -545,13 +546,85 @@ def join_round(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, ledg
     return sec
 
 
-def publish_stats(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, stats, header_extra=None, *,
-                  ledger: Ledger, files=None, max_abs_bits: int | None = None) -> str:
-    """Encode (the manifest's ``frac_bits``), mask (this round's pair seeds and, when the manifest
-    asks for them, the self-mask) and publish a party's float statistics, once per round.
+@dataclass(frozen=True)
+class PartWriter:
+    """What a party's Spark task needs to publish rows of one statistic: the encoding, the
+    statistic's mask keys (:class:`~dash_spark.multiparty.masking.StatMasker`: not the round's
+    seeds) and the party's private stage, where the masked rows wait until the driver publishes."""
 
-    Every other party must have joined (their round keys are on the exchange); the ledger is
-    checked before anything is written and records the publication."""
+    stage: str
+    name: str
+    masker: StatMasker
+    frac_bits: int
+
+    def write(self, start: int, values) -> dict:
+        """Encode, mask and stage rows ``start..`` of the statistic (float rows); its header entry."""
+        import numpy as np
+
+        enc = encode(np.asarray(values, dtype=np.float64), self.frac_bits, name=self.name)
+        row_words = int(np.prod(enc.shape[1:-1], dtype=np.int64))
+        self.masker.apply(enc, int(start) * row_words)
+        return write_part(self.stage, self.name, int(start), enc)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A party's publication after every check that needs no data (:func:`open_publication`):
+    its round's pair seeds are derived; nothing is masked or written yet."""
+
+    uri: str
+    manifest: Manifest
+    party: str
+    keys: PrivateKeys
+    ledger: Ledger
+    seeds: dict
+    self_seed: bytes | None
+
+    @property
+    def who(self) -> str:
+        return f"party {self.party!r}, round {self.manifest.round_id!r}"
+
+    def part_writer(self, name: str, stage: str) -> PartWriter:
+        return PartWriter(stage, name, stat_masker(name, me=self.party, parties=self.manifest.party_names,
+                                                   seeds=self.seeds, self_seed=self.self_seed),
+                          self.manifest.frac_bits)
+
+    def new_stage(self, base: str | None = None) -> str:
+        """A fresh directory for staged parts: under ``base`` (a location the executors and the
+        driver reach) or, by default, beside the round's secrets (0700)."""
+        name = f"{self.manifest.study}__{self.manifest.round_id}.stage-{_secrets.token_hex(4)}"
+        if base is not None:
+            loc = Location(base)
+            path = loc.join(name)
+            loc.mkdir(path)
+            return loc.show(path)
+        os.makedirs(self.ledger.dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.ledger.dir, name)
+        os.mkdir(path, 0o700)
+        return path
+
+    def publish(self, stats, header_extra=None, *, files=None, staged=None, max_abs_bits: int | None = None) -> str:
+        """Encode and mask ``stats`` (float arrays), then publish them with the ``staged`` parts."""
+        manifest = self.manifest
+        if read_survivors(self.uri, manifest) is not None:
+            raise ProtocolError(f"{self.who}: the round was closed while this share was computed (its survivors "
+                                "are fixed); a late share would not count. Nothing was published")
+        encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}
+        masked = mask_stats(manifest, self.party, self.keys, encoded, seeds=self.seeds, self_seed=self.self_seed,
+                            inplace=True)
+        # before writing: a crash mid-way never allows a second try (the staged parts were private so far)
+        self.ledger.mark(manifest, "published", _now())
+        share = publish_share(self.uri, manifest, self.party, self.keys, masked, header_extra, files=files,
+                              staged=staged)
+        if not manifest.self_masks:
+            self.ledger.forget_secrets(manifest)  # nothing will be revealed for this round
+        return share
+
+
+def open_publication(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, *, ledger: Ledger) -> Publication:
+    """Every check of a publication that needs no data: the key is the party's, the ledger shows no
+    earlier publication in the round, every other party joined (their round keys are on the
+    exchange) and the round is not closed. Derives the round's pair seeds."""
     who = f"party {party!r}, round {manifest.round_id!r}"
     if party not in manifest.parties or key_fingerprint(manifest.public_keys(party)) != key_fingerprint(keys):
         raise ProtocolError(f"{who}: the private key does not match party {party!r} in the manifest; load the "
@@ -567,15 +640,33 @@ def publish_stats(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, s
     if read_survivors(uri, manifest) is not None:
         raise ProtocolError(f"{who}: the round is closed (its survivors are fixed); a late share would not count. "
                             "Nothing was published")
-    seeds = round_pair_seeds(manifest, party, sec, pubs)
-    encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}
-    masked = mask_stats(manifest, party, keys, encoded, seeds=seeds,
-                        self_seed=sec.self_seed if manifest.self_masks else None, inplace=True)
-    ledger.mark(manifest, "published", _now())  # before writing: a crash mid-way never allows a second try
-    share = publish_share(uri, manifest, party, keys, masked, header_extra, files=files)
-    if not manifest.self_masks:
-        ledger.forget_secrets(manifest)  # nothing will be revealed for this round
-    return share
+    return Publication(uri, manifest, party, keys, ledger, round_pair_seeds(manifest, party, sec, pubs),
+                       sec.self_seed if manifest.self_masks else None)
+
+
+def publish_stats(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, stats, header_extra=None, *,
+                  ledger: Ledger, files=None, max_abs_bits: int | None = None) -> str:
+    """Encode (the manifest's ``frac_bits``), mask (this round's pair seeds and, when the manifest
+    asks for them, the self-mask) and publish a party's float statistics, once per round.
+
+    Every other party must have joined (their round keys are on the exchange); the ledger is
+    checked before anything is written and records the publication."""
+    return open_publication(uri, manifest, party, keys, ledger=ledger).publish(
+        stats, header_extra, files=files, max_abs_bits=max_abs_bits)
+
+
+def wait_for_shares(uri: str, manifest: Manifest, wait: float, *, poll: float = 0.2) -> bool:
+    """Wait up to ``wait`` seconds until every party's share is complete (signed); whether they are.
+    Looks only for the signatures: :func:`close_if_complete` verifies them."""
+    loc = Location(uri)
+    paths = [_round_path(loc, manifest, "shares", p, "signature.json") for p in manifest.party_names]
+    deadline = time.time() + max(0.0, wait)
+    while True:
+        if all(loc.exists(path) for path in paths):
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(poll)
 
 
 def close_if_complete(uri: str, manifest: Manifest, coordinator: PrivateKeys | None, *,
@@ -595,29 +686,40 @@ def close_if_complete(uri: str, manifest: Manifest, coordinator: PrivateKeys | N
     return close_round(uri, manifest, coordinator, present)
 
 
-def combine(uri: str, manifest: Manifest, *, must_agree=()) -> tuple[dict[str, dict], dict]:
+def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0,
+            poll: float = 0.2) -> tuple[dict[str, dict], dict]:
     """Verify and add the counted shares, remove the masks, decode:
     ``({party: header}, {statistic: pooled float64})``.
 
     With self-masks the counted shares are the survivors' of the closed round, and every
-    survivor's reveal must be in; without, every party's share is needed."""
+    survivor's reveal must be in; without, every party's share is needed. With ``wait``, the
+    shares are added first and the reveals awaited that long (checked every ``poll`` seconds);
+    without, missing reveals raise :class:`RevealsMissing` before any share is read."""
     if manifest.self_masks:
         body = read_survivors(uri, manifest)
         if body is None:
             raise ProtocolError(f"round {manifest.round_id!r}: not closed; the coordinator closes it with "
                                 "`dash-spark combine --manifest ... --sign-key COORD.key`")
-        shares = read_shares(uri, manifest, must_agree=must_agree, parties=body["survivors"])
-        self_seeds, pair = read_reveals(uri, manifest, body)
-        sums = sum_shares(shares)
+        if wait <= 0:
+            read_reveals(uri, manifest, body)  # raises before any share is read
+        headers, sums = add_shares(uri, manifest, must_agree=must_agree, parties=body["survivors"])
+        deadline = time.time() + max(0.0, wait)
+        while True:
+            try:
+                self_seeds, pair = read_reveals(uri, manifest, body)
+                break
+            except RevealsMissing:
+                if time.time() >= deadline:
+                    raise
+                time.sleep(poll)
         for name, total in sums.items():
             unmask_sum(total, name, parties=manifest.party_names, self_seeds=self_seeds, dropped_pair_seeds=pair)
     else:
-        shares = read_shares(uri, manifest, must_agree=must_agree)
-        sums = sum_shares(shares)
-    return ({p: h for p, (h, _) in shares.items()}, {n: decode(v, manifest.frac_bits) for n, v in sums.items()})
+        headers, sums = add_shares(uri, manifest, must_agree=must_agree)
+    return headers, {n: decode(v, manifest.frac_bits) for n, v in sums.items()}
 
 
-__all__ = ["Ledger", "RevealsMissing", "RoundSecrets", "TrustFile", "close_if_complete", "close_round", "combine", "join_round",
-           "key_fingerprint", "publish_round_key", "publish_stats", "read_signed", "signed_record",
+__all__ = ["Ledger", "PartWriter", "Publication", "RevealsMissing", "RoundSecrets", "TrustFile", "close_if_complete", "close_round", "combine", "join_round",
+           "key_fingerprint", "open_publication", "publish_round_key", "publish_stats", "read_signed", "signed_record",
            "read_reveals", "read_round_keys", "read_survivors", "reveal", "round_pair_seeds", "sign_manifest",
-           "verify_manifest"]
+           "verify_manifest", "wait_for_shares"]
