@@ -326,7 +326,9 @@ def run_dash_bench(args) -> int:
     if procs:
         time.sleep(3)  # their start-up is not on the critical path; keep it out of the compress timings
     try:
-        for p in publishing:
+        for j, p in enumerate(publishing):
+            if procs and j:  # the coordinator adds each share as it lands (on its own machine in a real
+                time.sleep(2)  # study): let it finish before the next party's timed compress
             times[f"compress_{p}"] = timed(cli + ["party", "compress", *party(p), "--bfile", os.path.join(data, p),
                                                   "--pheno", os.path.join(data, f"{p}.pheno"), "--covar",
                                                   os.path.join(data, f"{p}.covar")], os.path.join(run, f"{p}.log"))

@@ -36,6 +36,8 @@ from .multiparty.rounds import (Ledger, TrustFile, close_if_complete, combine, j
 if TYPE_CHECKING:  # imported where used: a round's close loads neither Arrow's Parquet nor the statistics
     import pyarrow as pa
 
+    from .multiparty.exchange import ShareSum
+
     from .stats.sufficient import SufficientStats
 
 POLL_SECONDS = 0.2
@@ -299,20 +301,24 @@ def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | No
 
 
 def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_dropouts: bool = False,
-                  trust: str | None = None, wait: float = 0.0) -> tuple[Manifest, dict, SufficientStats | None]:
+                  trust: str | None = None, wait: float = 0.0,
+                  partial: ShareSum | None = None) -> tuple[Manifest, dict, SufficientStats | None]:
     """Close the round if needed (``sign_key``: the coordinator's key), then verify the counted
     shares, add and unmask them: ``(manifest, first party's header extra, pooled S)``; S is ``None``
     when this call closed the round (the survivors must unmask before the sum can be taken). A scan
     study's pooled ``S`` carries the variant list published inside the first survivor's share.
     ``wait``: the coordinator (without ``allow_dropouts``) waits that long for every party's share
-    before closing; on a closed round, the shares are added, then the survivors' reveals awaited."""
+    before closing, adding each to ``partial`` (a :class:`~dash_spark.multiparty.exchange.ShareSum`)
+    as it lands; on a closed round, the shares are added (or ``partial`` used), then the survivors'
+    reveals awaited."""
     uri, manifest = locate_manifest(manifest_path)
     if trust:
         verify_manifest(uri, manifest, TrustFile.load(trust), who=f"combine round {manifest.round_id!r}")
     if manifest.self_masks and read_survivors(uri, manifest) is None:
         coordinator = load_private(sign_key) if sign_key else None
         if coordinator is not None and not allow_dropouts and wait > 0:
-            wait_for_shares(uri, manifest, wait, poll=POLL_SECONDS)  # then closes (or names who is missing)
+            # each share is verified and added as it lands; then the round closes (or names who is missing)
+            wait_for_shares(uri, manifest, wait, poll=POLL_SECONDS, into=partial)
         body = close_if_complete(uri, manifest, coordinator, allow_dropouts=allow_dropouts)
         log.info("combine: round %s closed with survivors %s (dropped: %s); each survivor now runs party unmask",
                  manifest.round_id, ", ".join(body["survivors"]), ", ".join(body["dropped"]) or "none")
@@ -322,7 +328,9 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
     from .output import check_output_names
     from .stats.sufficient import SufficientStats
 
-    headers, pooled = combine(uri, manifest, must_agree=AGREE, wait=wait, poll=POLL_SECONDS)
+    headers, pooled = combine(uri, manifest, must_agree=AGREE, wait=wait, poll=POLL_SECONDS, partial=partial)
+    if partial is not None and partial.broken:
+        log.info("combine: the %d shares were verified and added as they landed", len(partial.headers))
     counted = sorted(headers)
     first = headers[counted[0]]["extra"]
     variants = None
@@ -375,6 +383,7 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     statistics, whatever the number of samples), and the outputs go to the local directory ``out``
     in the same files and format as ``dash-spark scan`` writes. Returns ``{phenotype: path}``.
     """
+    from .multiparty.exchange import ShareSum
     from .staging import check_out_dir, staged_output
 
     t0 = time.time()
@@ -383,13 +392,16 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     uri, manifest = locate_manifest(manifest_path)
     inputs = (uri,) if "://" not in uri else ()
     check_out_dir(out, overwrite=overwrite, inputs=inputs)
+    partial = ShareSum(uri, manifest, must_agree=AGREE) if wait > 0 else None
     _, first, S = combine_study(manifest_path, sign_key=sign_key, allow_dropouts=allow_dropouts, trust=trust,
-                                wait=wait)
+                                wait=wait, partial=partial)
+    t_closed = time.time()  # what follows is the finish: the reveals, the sum and the outputs
     if S is None:  # this call closed the round: the survivors' reveals are needed
         if wait <= 0:
             return {"closed": first["closed"]}
-        # the shares are verified and added while the survivors reveal
-        _, first, S = combine_study(manifest_path, trust=trust, wait=max(0.0, t0 + wait - time.time()))
+        # the shares not added yet are verified and added while the survivors reveal
+        _, first, S = combine_study(manifest_path, trust=trust, wait=max(0.0, t0 + wait - time.time()),
+                                    partial=partial)
     import json
 
     from .output import OutputModel, safe_name, write_outputs_local
@@ -415,7 +427,7 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
                 written[name] = stage.final(path)
         else:
             table = S.finalize(a1freq_floor=a1freq_lower_limit)
-            log.info("combine: %d variants finalized in %.1f s", S.n_variants, time.time() - t0)
+            log.info("combine: %d variants finalized %.1f s after the close", S.n_variants, time.time() - t_closed)
             model = OutputModel(phenotypes=S.phenotypes, covariates=S.covariates, n_variants=S.n_variants,
                                 counts={"pooled_samples": {p: S.n_samples(t) for t, p in enumerate(S.phenotypes)},
                                         "parties": first["parties"], "survivors": first["survivors"]})
@@ -424,5 +436,6 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
         entries = with_count_release(entries, counts, label=manifest.round_id, parties=first["survivors"],
                                      overridden=allow_small_release)
         loc.write_atomic(log_path, json.dumps(entries, indent=1, sort_keys=True).encode(), what="release log")
-    log.info("combine: outputs in %s (%.1f s)", out, time.time() - t0)
+    log.info("combine: outputs in %s (%.1f s after the close, %.1f s in all)", out, time.time() - t_closed,
+             time.time() - t0)
     return written

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -336,3 +337,36 @@ def test_signed_selection_state_detects_tampering(tmp_path):
     open(path, "w").write(json.dumps(doc))
     with pytest.raises(ProtocolError, match="selection state .* does not verify"):
         read_signed(loc, path, coord.public(), what="selection state", who="c")
+
+
+def test_combine_waits_for_the_shares_and_adds_each_as_it_lands(cli_study, tmp_path):
+    """The coordinator's combine --wait and the parties' unmask --wait start before the last share
+    exists: combine adds the shares as they land, closes the round once all are in, waits for the
+    reveals and writes what a combine after the fact writes."""
+    import subprocess
+    import sys
+
+    st, files, phenos = cli_study
+    manifest = st.manifest()
+    st.join(manifest)
+    for p in ("alice", "bob"):
+        assert st.compress(manifest, p, "--pheno", phenos[p], "--covar", files.covar)[0] == 0
+    cli = [sys.executable, "-m", "dash_spark.cli"]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    procs = [subprocess.Popen(cli + ["combine", "--manifest", manifest, "--out", str(tmp_path / "waited"),
+                                     "--sign-key", st.coord, "--wait", "120", "--allow-small-release"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
+    procs += [subprocess.Popen(cli + ["-q", "party", "unmask", *map(str, st.party(p, manifest)), "--wait", "120"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+              for p in ("alice", "bob", "carol")]
+    survivors = os.path.join(os.path.dirname(manifest), "survivors.json")
+    time.sleep(1.5)
+    assert not os.path.exists(survivors)  # combine waits for carol's share before closing
+    assert st.compress(manifest, "carol", "--pheno", phenos["carol"], "--covar", files.covar)[0] == 0
+    outs = [pr.communicate(timeout=120) for pr in procs]
+    assert all(pr.returncode == 0 for pr in procs), [o[1][-2000:] for o in outs]
+    assert "closed with survivors alice, bob, carol" in outs[0][1]
+    assert "the 3 shares were verified and added as they landed" in outs[0][1]
+    st.ok("combine", "--manifest", manifest, "--out", tmp_path / "after", "--allow-small-release")
+    for name in ("pheno1.coefficients.tsv", "pheno2.coefficients.tsv"):
+        assert (tmp_path / "waited" / name).read_text() == (tmp_path / "after" / name).read_text()

@@ -565,6 +565,28 @@ class RingParts:
         return out
 
 
+def check_staged(staged: Mapping[str, StagedStat], *, who: str) -> list[tuple]:
+    """Check staged statistics before anything is published: their parts tile their rows and every
+    part file is on the stage with its size (a task that wrote where the driver cannot see fails
+    here). Returns the moves ``(stage location, path, part file name)``."""
+    moves = []
+    for name, st in staged.items():
+        check_stat_name(name, where=who)
+        parts = sorted(st.parts, key=lambda p: p["start"])
+        check_parts(name, list(st.shape), [dict(p) for p in parts], who=who)
+        src = _Location(st.stage)
+        for p in parts:
+            path = src.join(part_file(name, p["start"]))
+            size = src.info(path).size
+            if size is None or size != p.get("bytes", size):  # executors on other hosts wrote elsewhere
+                raise OutputError(f"{src.show(path)}: a part of statistic {name!r} is missing or short on the "
+                                  f"driver (expected {p.get('bytes')} bytes, found {size}); the share stage must "
+                                  "be a location the executors and the driver both reach (--share-stage). "
+                                  "Nothing was published")
+            moves.append((src, path, part_file(name, p["start"])))
+    return moves
+
+
 def _move_part(src: _Location, src_path: str, dst: _Location, dst_path: str, *, what: str) -> None:
     """Move a staged part into the share (a rename when both are local, else a copy)."""
     if isinstance(src.fs, pafs.LocalFileSystem) and isinstance(dst.fs, pafs.LocalFileSystem):
@@ -654,25 +676,14 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
         digest.update(parts[1])
         files[name] = parts
         spec[name] = {"shape": list(arr.shape), "dtype": "uint64", "sha256": digest.hexdigest()}
-    moves = []
-    for name, st in staged.items():
-        check_stat_name(name, where=who)
+    for name in staged:
         if name in spec:
             raise InputError(f"{who}: statistic {name!r} given both whole and in parts")
-        parts = sorted(st.parts, key=lambda p: p["start"])
-        check_parts(name, list(st.shape), [dict(p) for p in parts], who=who)
-        src = _Location(st.stage)
-        for p in parts:
-            path = src.join(part_file(name, p["start"]))
-            size = src.info(path).size
-            if size != p.get("bytes"):  # a task wrote where the driver cannot see (executors on other hosts)
-                raise OutputError(f"{src.show(path)}: a part of statistic {name!r} is missing or short on the "
-                                  f"driver (expected {p.get('bytes')} bytes, found {size}); the share stage must "
-                                  "be a location the executors and the driver both reach (--share-stage). "
-                                  "Nothing was published")
-            moves.append((src, path, part_file(name, p["start"])))
+    moves = check_staged(staged, who=who)
+    for name, st in staged.items():
         spec[name] = {"shape": list(st.shape), "dtype": "uint64",
-                      "parts": [{"start": p["start"], "stop": p["stop"], "sha256": p["sha256"]} for p in parts]}
+                      "parts": [{"start": p["start"], "stop": p["stop"], "sha256": p["sha256"]}
+                                for p in sorted(st.parts, key=lambda p: p["start"])]}
     header = {"version": FORMAT_VERSION, "party": party, "study": manifest.study, "round_id": manifest.round_id,
               "manifest_digest": manifest.digest(), "stats": spec, "extra": extra, "created": _now(),
               "files": {f: hashlib.sha256(d).hexdigest() for f, d in public.items()}}
@@ -773,8 +784,11 @@ def _read_ring(loc: _Location, path: str, sha: str, shape: list, *, who: str, wh
     """A ring array file of a share, checked against its signed sha256 and shape. With ``buf``, the
     file is read into that reusable buffer (:meth:`_Location.read_into`) and the array is a view of it (valid until its next use):
     the bytes checked are the bytes used, whatever happens to the file afterwards."""
-    data = loc.read_buffer(path, what=what, exc_type=ProtocolError) if buf is None else \
-        loc.read_into(path, buf, what=what, exc_type=ProtocolError)
+    try:
+        data = loc.read_buffer(path, what=what, exc_type=ProtocolError) if buf is None else \
+            loc.read_into(path, buf, what=what, exc_type=ProtocolError)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{who}: {str(exc).rstrip('.')}. Ask {party!r} to publish again in a new round") from None
     got = hashlib.sha256(data).hexdigest()
     if got != sha:
         raise ProtocolError(f"{who}: {what} does not match the signed header; expected sha256 "
@@ -854,60 +868,111 @@ def read_shares(uri: str | os.PathLike, manifest: Manifest, *, must_agree: Itera
     return out
 
 
+class ShareSum:
+    """The ring sum of verified shares, added one party at a time: a party's signed header is
+    verified and checked against the first party's (statistics and the ``must_agree`` header
+    values), then each of its files is read into a few reusable buffers, checked against the
+    signed sha256 and added into the totals (no copy of a party's share is kept).
+
+    A coordinator waiting for a round's shares adds each as it arrives; :meth:`matches` then tells
+    whether the sum is that of a survivor set, from the same signed headers still on the exchange."""
+
+    def __init__(self, uri: str | os.PathLike, manifest: Manifest, *, must_agree: Iterable[str] = ()):
+        self.loc = _Location(uri)
+        self.manifest = manifest
+        self.must_agree = list(must_agree)
+        self.headers: dict[str, dict] = {}
+        self.totals: dict[str, np.ndarray] = {}
+        self.broken = False  # an add failed after changing the totals
+
+    def add(self, party: str, header: dict | None = None) -> None:
+        """Verify ``party``'s share (its signed ``header`` when already verified) and add it."""
+        loc, manifest = self.loc, self.manifest
+        if party in self.headers or self.broken:
+            raise ProtocolError(f"share of party {party!r}: cannot be added to this sum (added before, or an "
+                                "earlier add failed)")
+        if header is None:
+            header = _verify_share(loc, manifest, party, manifest.public_keys(party), data=False)[0]
+        if self.headers:
+            ref = next(iter(self.headers))
+            _check_agreement({ref: self.headers[ref], party: header}, [ref, party], self.must_agree)
+        first = not self.headers
+        sdir = _share_dir(loc, manifest, party)
+        who = f"share of party {party!r} ({loc.show(sdir)})"
+        jobs = []
+        for name, meta in header["stats"].items():
+            jobs += [(name, a, b, (path, sha, shape), dict(who=who, what=what, party=party))
+                     for a, b, path, sha, shape, what in _stat_pieces(sdir, name, meta, who=who, party=party)]
+        if first:
+            totals = {name: np.empty(tuple(meta["shape"]), dtype=np.uint64) for name, meta in header["stats"].items()}
+        else:
+            totals = self.totals
+        # reader threads read and check the files (the sha256 and the reads release the GIL) into a
+        # few reusable buffers while this thread adds the checked rows into the totals, in order; a
+        # file gets its buffer when it is submitted, so a window of (readers + 1) files is in flight
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, min(2, (os.cpu_count() or 1), len(jobs)))
+        buffers = [[bytearray()] for _ in range(workers + 1)]
+        todo = iter(jobs)
+        pending: deque = deque()
+        with ThreadPoolExecutor(workers) as pool:
+            def submit():
+                job = next(todo, None)
+                if job is not None:
+                    buf = buffers.pop()
+                    pending.append((job, buf, pool.submit(_read_ring, loc, *job[3], buf=buf, **job[4])))
+
+            for _ in range(workers + 1):
+                submit()
+            try:
+                while pending:
+                    (name, a, b, _, _), buf, fut = pending.popleft()
+                    arr = fut.result()
+                    target = totals[name] if a is None else totals[name][a:b]
+                    if first:
+                        np.copyto(target, arr)
+                    else:
+                        add_into(target, arr)
+                    del arr
+                    buffers.append(buf)
+                    submit()
+            except BaseException:
+                self.broken = not first  # the totals hold part of this party's share
+                raise
+            finally:
+                for _, _, fut in pending:
+                    fut.cancel()
+        self.totals = totals
+        self.headers[party] = header
+
+    def matches(self, parties: Iterable[str]) -> bool:
+        """Whether this is the sum of exactly ``parties``' shares, each under the signed header
+        that the exchange holds now."""
+        if self.broken or sorted(self.headers) != sorted(parties):
+            return False
+        for p, header in self.headers.items():
+            try:
+                now = _verify_share(self.loc, self.manifest, p, self.manifest.public_keys(p), data=False)[0]
+            except ProtocolError:
+                return False
+            if canonical_json(now) != canonical_json(header):
+                return False
+        return True
+
+
 def add_shares(uri: str | os.PathLike, manifest: Manifest, *, must_agree: Iterable[str] = (),
                parties: Iterable[str] | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """:func:`read_shares` and :func:`sum_shares` in one pass: every counted share's header is
-    verified first, then each file is read into one reusable buffer, checked against its signed
-    sha256 and added into the ring totals (no copy of a party's share is kept). Returns
-    ``({party: header}, {statistic: ring sum})``."""
+    """:func:`read_shares` and :func:`sum_shares` in one pass (:class:`ShareSum`): every counted
+    share's header is verified first. Returns ``({party: header}, {statistic: ring sum})``."""
     loc, names = _counted(uri, manifest, parties)
     headers = {p: _verify_share(loc, manifest, p, manifest.public_keys(p), data=False)[0] for p in names}
     _check_agreement(headers, names, must_agree)
-    totals: dict[str, np.ndarray] = {}
-    jobs = []  # (party's position, total, rows or None, file): in order
-    for i, p in enumerate(names):
-        sdir = _share_dir(loc, manifest, p)
-        who = f"share of party {p!r} ({loc.show(sdir)})"
-        for name, meta in headers[p]["stats"].items():
-            if i == 0:
-                totals[name] = np.empty(tuple(meta["shape"]), dtype=np.uint64)
-            jobs += [(i, name, a, b, (path, sha, shape), dict(who=who, what=what, party=p))
-                     for a, b, path, sha, shape, what in _stat_pieces(sdir, name, meta, who=who, party=p)]
-    # reader threads read and check the files (the sha256 and the reads release the GIL) into a few
-    # reusable buffers while this thread adds the checked rows into the totals, in order; a file
-    # gets its buffer when it is submitted, so a window of (readers + 1) files is in flight
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = max(1, min(2, (os.cpu_count() or 1), len(jobs)))
-    buffers = [[bytearray()] for _ in range(workers + 1)]
-    todo = iter(jobs)
-    pending: deque = deque()
-    with ThreadPoolExecutor(workers) as pool:
-        def submit():
-            job = next(todo, None)
-            if job is not None:
-                buf = buffers.pop()
-                pending.append((job, buf, pool.submit(_read_ring, loc, *job[4], buf=buf, **job[5])))
-
-        for _ in range(workers + 1):
-            submit()
-        try:
-            while pending:
-                (i, name, a, b, _, _), buf, fut = pending.popleft()
-                arr = fut.result()
-                target = totals[name] if a is None else totals[name][a:b]
-                if i == 0:
-                    np.copyto(target, arr)
-                else:
-                    add_into(target, arr)
-                del arr
-                buffers.append(buf)
-                submit()
-        finally:
-            for _, _, fut in pending:
-                fut.cancel()
-    return headers, totals
+    acc = ShareSum(uri, manifest, must_agree=must_agree)
+    for p in names:
+        acc.add(p, headers[p])
+    return acc.headers, acc.totals
 
 
 def sum_shares(shares: Mapping[str, tuple[dict, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
@@ -960,7 +1025,8 @@ def complete_shares(uri: str | os.PathLike, manifest: Manifest) -> list[str]:
     return out
 
 
-__all__ = ["DuplicateShareError", "Location", "Manifest", "RingParts", "StagedStat", "add_shares", "canonical_json",
+__all__ = ["DuplicateShareError", "Location", "Manifest", "RingParts", "ShareSum", "StagedStat", "add_shares",
+           "check_staged", "canonical_json",
            "check_parts", "part_file", "write_part", "complete_shares", "locate_manifest", "manifest_location",
            "mask_stats", "new_round_id", "parse_json", "publish_share", "read_manifest", "read_share_file",
            "read_shares", "sum_shares", "write_manifest"]

@@ -51,8 +51,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ..errors import ConfigError, InputError
 from . import ProtocolError
 from .encoding import decode, encode
-from .exchange import (DuplicateShareError, Location, Manifest, add_shares, canonical_json, complete_shares,
-                       mask_stats, parse_json, publish_share, read_shares, write_part)
+from .exchange import (DuplicateShareError, Location, Manifest, ShareSum, add_shares, canonical_json,
+                       check_staged, complete_shares, mask_stats, parse_json, publish_share, read_shares,
+                       write_part)
 from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
 from .masking import StatMasker, pairwise_seeds, stat_masker, unmask_sum
 
@@ -596,7 +597,11 @@ class Publication:
         if base is not None:
             loc = Location(base)
             path = loc.join(name)
-            loc.mkdir(path)
+            if "://" not in base or base.startswith("file://"):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.mkdir(path, 0o700)  # private (an object store's prefix has its bucket's access rules)
+            else:
+                loc.mkdir(path)
             return loc.show(path)
         os.makedirs(self.ledger.dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.ledger.dir, name)
@@ -609,6 +614,7 @@ class Publication:
         if read_survivors(self.uri, manifest) is not None:
             raise ProtocolError(f"{self.who}: the round was closed while this share was computed (its survivors "
                                 "are fixed); a late share would not count. Nothing was published")
+        check_staged(staged or {}, who=f"publish share of party {self.party!r}")  # before the ledger's mark
         encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}
         masked = mask_stats(manifest, self.party, self.keys, encoded, seeds=self.seeds, self_seed=self.self_seed,
                             inplace=True)
@@ -655,16 +661,24 @@ def publish_stats(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, s
         stats, header_extra, files=files, max_abs_bits=max_abs_bits)
 
 
-def wait_for_shares(uri: str, manifest: Manifest, wait: float, *, poll: float = 0.2) -> bool:
+def wait_for_shares(uri: str, manifest: Manifest, wait: float, *, poll: float = 0.2,
+                    into: ShareSum | None = None) -> bool:
     """Wait up to ``wait`` seconds until every party's share is complete (signed); whether they are.
-    Looks only for the signatures: :func:`close_if_complete` verifies them."""
+    With ``into``, each share is verified and added to that sum as it lands (what a coordinator
+    does while the others compute); without, only the signatures' presence is looked at
+    (:func:`close_if_complete` verifies them)."""
     loc = Location(uri)
-    paths = [_round_path(loc, manifest, "shares", p, "signature.json") for p in manifest.party_names]
-    deadline = time.time() + max(0.0, wait)
+    paths = {p: _round_path(loc, manifest, "shares", p, "signature.json") for p in manifest.party_names}
+    deadline = time.monotonic() + max(0.0, wait)
     while True:
-        if all(loc.exists(path) for path in paths):
+        present = [p for p, path in paths.items() if loc.exists(path)]
+        if into is not None:
+            for p in present:
+                if p not in into.headers:
+                    into.add(p)
+        if len(present) == len(paths):
             return True
-        if time.time() >= deadline:
+        if time.monotonic() >= deadline:
             return False
         time.sleep(poll)
 
@@ -686,15 +700,17 @@ def close_if_complete(uri: str, manifest: Manifest, coordinator: PrivateKeys | N
     return close_round(uri, manifest, coordinator, present)
 
 
-def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0,
-            poll: float = 0.2) -> tuple[dict[str, dict], dict]:
+def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0, poll: float = 0.2,
+            partial: ShareSum | None = None) -> tuple[dict[str, dict], dict]:
     """Verify and add the counted shares, remove the masks, decode:
     ``({party: header}, {statistic: pooled float64})``.
 
     With self-masks the counted shares are the survivors' of the closed round, and every
     survivor's reveal must be in; without, every party's share is needed. With ``wait``, the
     shares are added first and the reveals awaited that long (checked every ``poll`` seconds);
-    without, missing reveals raise :class:`RevealsMissing` before any share is read."""
+    without, missing reveals raise :class:`RevealsMissing` before any share is read. ``partial``:
+    shares already added (:func:`wait_for_shares`), used when they are exactly the counted ones
+    under the same signed headers (else every share is read again)."""
     if manifest.self_masks:
         body = read_survivors(uri, manifest)
         if body is None:
@@ -702,7 +718,11 @@ def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0,
                                 "`dash-spark combine --manifest ... --sign-key COORD.key`")
         if wait <= 0:
             read_reveals(uri, manifest, body)  # raises before any share is read
-        headers, sums = add_shares(uri, manifest, must_agree=must_agree, parties=body["survivors"])
+        if partial is not None and partial.matches(body["survivors"]):
+            headers, sums = partial.headers, partial.totals
+            partial.broken = True  # its totals are unmasked in place below: used once
+        else:
+            headers, sums = add_shares(uri, manifest, must_agree=must_agree, parties=body["survivors"])
         deadline = time.time() + max(0.0, wait)
         while True:
             try:
@@ -714,6 +734,8 @@ def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0,
                 time.sleep(poll)
         for name, total in sums.items():
             unmask_sum(total, name, parties=manifest.party_names, self_seeds=self_seeds, dropped_pair_seeds=pair)
+    elif partial is not None and partial.matches(manifest.party_names):
+        headers, sums = partial.headers, partial.totals
     else:
         headers, sums = add_shares(uri, manifest, must_agree=must_agree)
     return headers, {n: decode(v, manifest.frac_bits) for n, v in sums.items()}
