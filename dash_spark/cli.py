@@ -17,7 +17,7 @@ log = logging.getLogger("dash_spark")
 def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("dash-spark %(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logging.Formatter("dash-spark %(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("dash_spark")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -330,6 +330,11 @@ def cmd_unmask(args) -> int:
 
 
 def cmd_party_compress(args) -> int:
+    starter = None
+    if _EARLY_JVM and any(getattr(args, k) for k in GENOTYPE_OPTIONS):
+        from .spark.session import SessionStarter  # the JVM starts before the imports and the round's checks
+
+        starter = SessionStarter(args.master, _spark_conf(args), share=True)
     from .multiparty.exchange import locate_manifest
     from .study import run_party_compress
 
@@ -339,15 +344,9 @@ def cmd_party_compress(args) -> int:
         print(run_party_select_step(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                                     bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
                                     pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,
-                                    master=args.master, spark_conf=_spark_conf(args), trust=args.trust,
-                                    wait=args.wait))
+                                    spark=starter, master=args.master, spark_conf=_spark_conf(args),
+                                    trust=args.trust, wait=args.wait))
         return 0
-
-    starter = None
-    if _EARLY_JVM and any(getattr(args, k) for k in GENOTYPE_OPTIONS):
-        from .spark.session import SessionStarter  # the JVM starts while the round is checked
-
-        starter = SessionStarter(args.master, _spark_conf(args))
     path = run_party_compress(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                               bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
                               pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,

@@ -238,7 +238,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     import pyarrow.compute as pc
 
     from .spark.scan import write_ranges
-    from .spark.session import get_session
+    from .spark.session import get_session, resolve_session
     from .staging import check_out_dir
     from .store import check_pooled
 
@@ -440,8 +440,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
                             f"differ from the study's {s['phenotypes']}/{s['covariates']}. Nothing was published")
     t, mode, k = int(s["phenotype_index"]), s["missing_genotypes"], len(s["covariates"])
     sel = np.asarray(s["selected"], dtype=np.int64)
-    if spark is None:
-        spark = get_session(master=master, conf=spark_conf)
+    spark = get_session(master=master, conf=spark_conf) if spark is None else resolve_session(spark)
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
     step, dense = step_inputs(model, plan, t, sel, np.asarray(s["mu"], dtype=float), mode)
     P = collect_ranges(spark, step, ranges, partial(_products_task, len(sel), k, mode, plan.sub_block))

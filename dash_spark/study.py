@@ -41,6 +41,9 @@ if TYPE_CHECKING:  # imported where used: a round's close loads neither Arrow's 
     from .stats.sufficient import SufficientStats
 
 POLL_SECONDS = 0.2
+#: how often a coordinator waiting for the shares looks for the next one (a few stat calls): the
+#: round closes this soon after the last share lands
+SHARE_POLL_SECONDS = 0.05
 
 log = logging.getLogger("dash_spark")
 
@@ -217,7 +220,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         starter = spark if isinstance(spark, SessionStarter) else None  # started by the command
         if spark is None:
             # the JVM starts (and warms its Python workers) while the driver reads the tables and builds the model
-            starter = SessionStarter(master, spark_conf)
+            starter = SessionStarter(master, spark_conf, share=True)
         cfg = ScanConfig(bfile=bfile, features=features, feature_samples=feature_samples, pfile=pfile, bgen=bgen,
                          bgen_ref=bgen_ref, sample=sample, pheno=pheno, covar=covar, out=os.devnull,
                          pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
@@ -318,7 +321,7 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
         coordinator = load_private(sign_key) if sign_key else None
         if coordinator is not None and not allow_dropouts and wait > 0:
             # each share is verified and added as it lands; then the round closes (or names who is missing)
-            wait_for_shares(uri, manifest, wait, poll=POLL_SECONDS, into=partial)
+            wait_for_shares(uri, manifest, wait, poll=SHARE_POLL_SECONDS, into=partial)
         body = close_if_complete(uri, manifest, coordinator, allow_dropouts=allow_dropouts)
         log.info("combine: round %s closed with survivors %s (dropped: %s); each survivor now runs party unmask",
                  manifest.round_id, ", ".join(body["survivors"]), ", ".join(body["dropped"]) or "none")
@@ -351,7 +354,8 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
 def _load_combine() -> None:
     import pyarrow as pa
 
-    from . import output  # noqa: F401 - scipy, the writers
+    from . import output, release  # noqa: F401 - scipy, the writers, the release guard
+    from .stats import sufficient  # noqa: F401 - finalize
     from .multiparty.encoding import encode
 
     encode(np.zeros(1))  # the ring kernels' compiled code

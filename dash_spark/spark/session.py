@@ -337,10 +337,13 @@ class SessionStarter:
     Once the session is up, a tiny job warms the executors' Python workers (they import the
     kernels and load their compiled code), so the first real job does not pay for it. Python
     workers are reused between jobs (``spark.python.worker.reuse``, on by default). ``get()``
-    waits for both and returns the session, or raises what starting it raised.
+    waits for both and returns the session, or raises what starting it raised. ``share``: the
+    workers also load what a party's tasks mask and stage shares with (the ring encoding's
+    compiled code, the stream cipher).
     """
 
-    def __init__(self, master: str | None = None, conf: Mapping[str, str] | None = None, *, warm: bool = True):
+    def __init__(self, master: str | None = None, conf: Mapping[str, str] | None = None, *, warm: bool = True,
+                 share: bool = False):
         import threading
 
         check_spark_conf(conf or {})  # here, not in the thread: a bad setting fails before any work
@@ -349,6 +352,7 @@ class SessionStarter:
         self._box: dict = {}
         self._spawned = threading.Event()
         restore = _notify_jvm_spawn(self._spawned)
+        self._share = share
         self._thread = threading.Thread(target=self._start, args=(master, conf, warm, restore), daemon=True)
         self._thread.start()
         # pyspark starts the JVM with fork() (its Popen has a preexec_fn), which runs OpenBLAS's
@@ -369,7 +373,8 @@ class SessionStarter:
         if warm:
             try:
                 sc = spark.sparkContext
-                sc.parallelize(range(sc.defaultParallelism), sc.defaultParallelism).foreach(_warm_worker)
+                work = _warm_share_worker if self._share else _warm_worker
+                sc.parallelize(range(sc.defaultParallelism), sc.defaultParallelism).foreach(work)
             except Exception as exc:  # noqa: BLE001 - only a head start; a real job reports real errors
                 log.debug("worker warm-up failed: %s", exc)
 
@@ -414,3 +419,17 @@ def _warm_worker(_) -> None:
     packed, W = np.zeros((1, 1), dtype=np.uint8), np.zeros((4, 3))
     compress_block(packed, W, 2)
     missing_grams(packed, W, 0, 1, 1, todo=np.ones(1, dtype=bool))
+
+
+def _warm_share_worker(_) -> None:
+    """:func:`_warm_worker`, and what a party's share tasks use: the ring encoding and the stream cipher."""
+    import numpy as np
+
+    from dash_spark.multiparty.masking import mask_stream
+    from dash_spark.multiparty.rounds import PartWriter  # noqa: F401 - the share's writer and its imports
+
+    _warm_worker(_)
+    from dash_spark.multiparty.encoding import add_into, encode
+
+    x = encode(np.zeros(2))
+    add_into(x, mask_stream(bytes(32), "warm", 2))
