@@ -196,3 +196,28 @@ def test_bgen_from_s3_equals_local_bgen_scan(s3, uploaded, spark, tmp_path):
         assert (Path(local.out) / name).read_bytes() == (tmp_path / "remote" / name).read_bytes(), name
     assert any("GET /cohort/bgen/b.bgen " in ln or "GET /cohort/bgen/b.bgen HTTP" in ln
                for ln in server_log.read_text().splitlines())
+
+
+def test_parted_shares_on_an_s3_exchange(s3, tmp_path, monkeypatch):
+    """A study whose exchange is in object storage: staged parts are copied from the private stage
+    into the share (no rename across file systems), read back into buffers, checked and added."""
+    from dash_spark.multiparty.rounds import combine
+
+    from .test_multiparty_attacks import Lab
+    from .test_share_parts import PARTIES3, assert_pooled, close_and_reveal, publish_parted
+
+    fs, env, _ = s3
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    lab = Lab(tmp_path, parties=PARTIES3)
+    lab.uri = f"s3://{BUCKET}/exchange"
+    lab.manifest = lab.new_manifest("r-s3")
+    lab.join()
+    for p in PARTIES3:
+        _, stage, _, _ = publish_parted(lab, p)
+        assert os.listdir(stage) == []  # every part left the stage for the exchange
+    keys = _download(fs, "exchange", tmp_path, prefix_only=True)
+    assert sum("/shares/b/variants@" in k for k in keys) == 3 and not any(k.endswith(".tmp") for k in keys)
+    close_and_reveal(lab)
+    _, pooled = combine(lab.uri, lab.manifest)
+    assert_pooled(pooled)

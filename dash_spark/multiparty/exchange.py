@@ -596,6 +596,10 @@ def _move_part(src: _Location, src_path: str, dst: _Location, dst_path: str, *, 
         except OSError:  # another device: copy below
             pass
     dst.write_atomic(dst_path, [src.read_buffer(src_path, what=what, exc_type=OutputError)], what=what)
+    try:
+        src.fs.delete_file(src_path)
+    except (pa.ArrowException, OSError):  # the stage is removed as a whole afterwards
+        pass
 
 
 def _check_own_keys(manifest: Manifest, party: str, private_keys: PrivateKeys, *, who: str) -> None:
