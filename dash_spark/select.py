@@ -238,7 +238,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     import pyarrow.compute as pc
 
     from .spark.scan import write_ranges
-    from .spark.session import get_session, resolve_session
+    from .spark.session import get_session
     from .staging import check_out_dir
     from .store import check_pooled
 
@@ -419,7 +419,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     from .multiparty.rounds import publish_stats
     from .pipeline import plan_scan, statistics_model
     from .spark.compress import collect_ranges
-    from .spark.session import get_session
+    from .spark.session import get_session, resolve_session
     from .study import open_round_to_publish, variant_hash, variant_table, wait_for_keys
 
     uri, manifest, keys, ledger, who = open_round_to_publish(manifest_path, party, key_path, trust, wait)
