@@ -20,7 +20,7 @@ from dash_spark.errors import OutputError
 from dash_spark.multiparty import ProtocolError
 from dash_spark.multiparty import masking
 from dash_spark.multiparty.encoding import decode, encode, ring_sum
-from dash_spark.multiparty.exchange import (RingParts, StagedStat, add_shares, canonical_json, locate_manifest,
+from dash_spark.multiparty.exchange import (DuplicateShareError, RingParts, StagedStat, add_shares, canonical_json, locate_manifest,
                                             part_file, publish_share, read_shares, sum_shares, write_part)
 from dash_spark.multiparty.keys import fingerprint
 from dash_spark.multiparty.masking import StatMasker, mask_share, mask_stream, stat_masker, unmask_sum
@@ -555,3 +555,30 @@ def test_cli_compress_stages_privately_and_a_failed_job_leaves_nothing(tmp_path,
         with open(os.path.join(sdir, part_file("variants", q["start"])), "rb") as fh:
             assert hashlib.sha256(fh.read()).hexdigest() == q["sha256"]
     assert ledger.entry(locate_manifest(manifest)[1])["published"]
+
+
+def test_two_runs_of_a_party_computing_at_once_publish_once(lab3):
+    """Two compress runs of one party in one round both pass the checks and stage their rows (a
+    scheduler that started the job twice): the first to publish claims the round; the other is
+    refused before anything of it reaches the exchange, whatever it computed."""
+    lab = lab3
+    one = open_publication(lab.uri, lab.manifest, "a", lab.keys["a"], ledger=lab.ledger("a"))
+    two = open_publication(lab.uri, lab.manifest, "a", lab.keys["a"], ledger=lab.ledger("a"))
+    stage1, stage2 = one.new_stage(), two.new_stage()
+    parts1 = stage_parts(one, stage1, "a", CUTS["a"])
+    other = values("a")["variants"] + 1.0  # the second run saw other data
+    parts2 = [two.part_writer("variants", stage2).write(0, other)]
+    one.publish({"t0.CtC": values("a")["t0.CtC"]}, {"kind": "regression"},
+                staged={"variants": StagedStat((M, W, 2), tuple(parts1), stage1)})
+    before = sorted(os.listdir(share_dir(lab, "a")))
+    with pytest.raises(DuplicateShareError, match="party 'a' already published"):
+        two.publish({"t0.CtC": values("a")["t0.CtC"]}, {"kind": "regression"},
+                    staged={"variants": StagedStat((M, W, 2), tuple(parts2), stage2)})
+    assert sorted(os.listdir(share_dir(lab, "a"))) == before and os.listdir(stage2)  # nothing moved
+    # the claim holds even before the first run writes anything: a run that claimed first wins
+    lab2 = lab.ledger("b")
+    b1 = open_publication(lab.uri, lab.manifest, "b", lab.keys["b"], ledger=lab2)
+    lab2.claim_publication(lab.manifest, "b", who="b")
+    with pytest.raises(DuplicateShareError):
+        b1.publish({"t0.CtC": values("b")["t0.CtC"]}, {"kind": "regression"})
+    assert not os.path.exists(share_dir(lab, "b"))

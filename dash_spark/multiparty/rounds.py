@@ -303,12 +303,37 @@ class Ledger:
         self._save(obj)
         return sec, True
 
+    def _claim_path(self, manifest: Manifest) -> str:
+        return os.path.join(self.dir, f"{manifest.study}__{manifest.round_id}.published")
+
+    def claim_publication(self, manifest: Manifest, party: str, *, who: str) -> None:
+        """Record, atomically, that this key publishes in the round: one process wins (an exclusive
+        create beside the round's secrets), any other, concurrent or later, is refused. Then the
+        ledger marks the round published."""
+        self.check_unpublished(manifest, party, who=who)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(self._claim_path(manifest), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise DuplicateShareError(f"{who}: party {party!r} already published a share for round "
+                                      f"{manifest.round_id!r}, or another run of it is publishing one (ledger "
+                                      f"{self.path}); a party publishes once per round, whatever the exchange "
+                                      "shows. Nothing was done") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(_now() + "\n")
+        self.mark(manifest, "published", _now())
+
     def check_unpublished(self, manifest: Manifest, party: str, *, who: str) -> None:
         e = self.entry(manifest)
         if e is not None and e.get("published"):
             raise DuplicateShareError(f"{who}: party {party!r} already published a share for round "
                                       f"{manifest.round_id!r} ({e['published']}, ledger {self.path}); a party "
                                       "publishes once per round, whatever the exchange shows. Nothing was done")
+        if os.path.exists(self._claim_path(manifest)):
+            raise DuplicateShareError(f"{who}: party {party!r} already published a share for round "
+                                      f"{manifest.round_id!r}, or another run of it is publishing one (ledger "
+                                      f"{self.path}); a party publishes once per round, whatever the exchange "
+                                      "shows. Nothing was done")
 
     def mark(self, manifest: Manifest, field: str, value) -> None:
         obj = self._load()
@@ -618,8 +643,9 @@ class Publication:
         encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}
         masked = mask_stats(manifest, self.party, self.keys, encoded, seeds=self.seeds, self_seed=self.self_seed,
                             inplace=True)
-        # before writing: a crash mid-way never allows a second try (the staged parts were private so far)
-        self.ledger.mark(manifest, "published", _now())
+        # before writing: a crash mid-way never allows a second try (the staged parts were private so far),
+        # and of two runs of this party that computed at once, only one publishes
+        self.ledger.claim_publication(manifest, self.party, who=self.who)
         share = publish_share(self.uri, manifest, self.party, self.keys, masked, header_extra, files=files,
                               staged=staged)
         if not manifest.self_masks:
