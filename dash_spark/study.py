@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 import time
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,14 +31,13 @@ from .multiparty.rounds import (Ledger, TrustFile, close_if_complete, combine, j
                                 publish_stats, read_round_keys, read_survivors, reveal, verify_manifest,
                                 wait_for_shares)
 
-#: how often a waiting step looks at the exchange again (each look is a few small reads)
 if TYPE_CHECKING:  # imported where used: a round's close loads neither Arrow's Parquet nor the statistics
     import pyarrow as pa
 
     from .multiparty.exchange import ShareSum
-
     from .stats.sufficient import SufficientStats
 
+#: how often a waiting step looks at the exchange again (each look is a few small reads)
 POLL_SECONDS = 0.2
 #: how often a coordinator waiting for the shares looks for the next one (a few stat calls): the
 #: round closes this soon after the last share lands
@@ -276,10 +274,12 @@ def _remove_stage(stage: str) -> None:
     """Remove the stage directory this run created (after publishing it holds nothing)."""
     from .multiparty.exchange import Location
 
+    import pyarrow as pa
+
     loc = Location(stage)
     try:
         loc.fs.delete_dir(loc.path)
-    except (OSError, FileNotFoundError):
+    except (OSError, pa.ArrowException):
         log.warning("could not remove the share stage %s; remove it by hand (it holds masked rows only)", stage)
 
 
@@ -332,7 +332,7 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
     from .stats.sufficient import SufficientStats
 
     headers, pooled = combine(uri, manifest, must_agree=AGREE, wait=wait, poll=POLL_SECONDS, partial=partial)
-    if partial is not None and partial.broken:
+    if partial is not None and partial.used:
         log.info("combine: the %d shares were verified and added as they landed", len(partial.headers))
     counted = sorted(headers)
     first = headers[counted[0]]["extra"]

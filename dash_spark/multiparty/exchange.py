@@ -887,7 +887,8 @@ class ShareSum:
         self.must_agree = list(must_agree)
         self.headers: dict[str, dict] = {}
         self.totals: dict[str, np.ndarray] = {}
-        self.broken = False  # an add failed after changing the totals
+        self.broken = False  # an add failed after changing the totals, or the totals were used
+        self.used = False  # combine took these totals (and unmasked them in place)
 
     def add(self, party: str, header: dict | None = None) -> None:
         """Verify ``party``'s share (its signed ``header`` when already verified) and add it."""

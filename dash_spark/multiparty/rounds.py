@@ -746,7 +746,7 @@ def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0, p
             read_reveals(uri, manifest, body)  # raises before any share is read
         if partial is not None and partial.matches(body["survivors"]):
             headers, sums = partial.headers, partial.totals
-            partial.broken = True  # its totals are unmasked in place below: used once
+            partial.broken = partial.used = True  # its totals are unmasked in place below: used once
         else:
             headers, sums = add_shares(uri, manifest, must_agree=must_agree, parties=body["survivors"])
         deadline = time.time() + max(0.0, wait)
@@ -762,6 +762,7 @@ def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0, p
             unmask_sum(total, name, parties=manifest.party_names, self_seeds=self_seeds, dropped_pair_seeds=pair)
     elif partial is not None and partial.matches(manifest.party_names):
         headers, sums = partial.headers, partial.totals
+        partial.broken = partial.used = True
     else:
         headers, sums = add_shares(uri, manifest, must_agree=must_agree)
     return headers, {n: decode(v, manifest.frac_bits) for n, v in sums.items()}
