@@ -318,12 +318,15 @@ class _Location:
         try:
             with self.fs.open_input_file(path) as f:  # random access: its size is known, one allocation
                 return f.read_buffer()
-        except FileNotFoundError:
-            raise exc_type(f"{self.show(path)}: {what} not found; expected the file, found nothing. "
-                           "Check the exchange location and that the file was published") from None
         except (pa.ArrowException, OSError) as exc:
-            raise exc_type(f"{self.show(path)}: cannot read {what}; expected a readable file, found an error "
-                           f"({exc}). Check the exchange location and access") from None
+            raise self._read_error(path, what, exc_type, exc) from None
+
+    def _read_error(self, path: str, what: str, exc_type: type[Exception], exc: Exception) -> Exception:
+        if isinstance(exc, FileNotFoundError):
+            return exc_type(f"{self.show(path)}: {what} not found; expected the file, found nothing. "
+                            "Check the exchange location and that the file was published")
+        return exc_type(f"{self.show(path)}: cannot read {what}; expected a readable file, found an error "
+                        f"({exc}). Check the exchange location and access")
 
     def read_into(self, path: str, buf: list, *, what: str, exc_type: type[Exception] = InputError) -> memoryview:
         """The file's bytes read into the reusable buffer ``buf[0]`` (a ``bytearray``, replaced by a
@@ -344,12 +347,8 @@ class _Location:
                         break
                     got += n
                 return view[:got]
-        except FileNotFoundError:
-            raise exc_type(f"{self.show(path)}: {what} not found; expected the file, found nothing. "
-                           "Check the exchange location and that the file was published") from None
         except OSError as exc:
-            raise exc_type(f"{self.show(path)}: cannot read {what}; expected a readable file, found an error "
-                           f"({exc}). Check the exchange location and access") from None
+            raise self._read_error(path, what, exc_type, exc) from None
 
     def write_atomic(self, path: str, data: bytes | Sequence, *, what: str) -> None:
         """Write ``data`` (bytes, or a sequence of bytes-like parts written one after another) to
