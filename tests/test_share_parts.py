@@ -436,7 +436,7 @@ def test_wait_for_shares(lab3):
     publish_parted(lab, "c")
     t0 = time.monotonic()
     assert wait_for_shares(lab.uri, lab.manifest, 30, poll=0.05) is True
-    assert time.monotonic() - t0 < 1
+    assert time.monotonic() - t0 < 10  # at once (generous: a loaded CI machine)
 
 
 def test_a_sum_gathered_while_waiting_equals_the_sum_at_the_close(lab3):
