@@ -7,7 +7,9 @@ Every pair of parties ``{p, q}`` shares a 32-byte seed: the X25519 shared secret
 so that the seed is unique per study, round, manifest content and pair and the same for both
 members. A party's self-mask comes from a private random seed of its own (HKDF info
 ``"self|<statistic>"``); it is revealed only for a round whose survivors include the party. Per statistic, HKDF derives a key (info ``"stat|<name>"``) that ChaCha20
-expands into a stream of ring elements (16 little-endian bytes each: ``lo``, ``hi``). The party
+expands into a stream of ring elements (16 little-endian bytes each: ``lo``, ``hi``); its block
+counter makes the stream seekable, so rows of a statistic are masked wherever they are computed,
+from their offset (:class:`StatMasker`: a party's Spark tasks get these per-statistic keys only). The party
 at the lower position of the pair (positions: index in the sorted party list of the manifest)
 adds the stream, the other subtracts it, so all masks cancel in the ring sum of the shares.
 
@@ -40,7 +42,7 @@ from . import ProtocolError
 from .encoding import add_into, check_encoded
 from .keys import PrivateKeys, check_party_name
 
-_NONCE = bytes(16)  # the ChaCha20 key is unique per (pair, study, round, statistic)
+_NONCE = bytes(16)  # the ChaCha20 key is unique per (pair, study, round, statistic); bytes 0-3: block counter
 _CHUNK_WORDS = 1 << 16  # ring elements generated per keystream chunk in mask_share
 STAT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
