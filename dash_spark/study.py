@@ -356,9 +356,8 @@ def _load_combine() -> None:
 
     from . import output, release  # noqa: F401 - scipy, the writers, the release guard
     from .stats import sufficient  # noqa: F401 - finalize
-    from .multiparty.encoding import encode
 
-    encode(np.zeros(1))  # the ring kernels' compiled code
+    _load_encoding()  # the ring kernels' compiled code
     pa.array([""])  # pyarrow imports pandas the first time it converts Python objects
 
 

@@ -190,17 +190,22 @@ def decode(a: np.ndarray, frac_bits: int = FRAC_BITS) -> np.ndarray:
     out = np.empty(fa.shape[0], dtype=np.float64)
     kernel = _kernels().decode_kernel
     n = fa.shape[0]
-    threads = min(os.cpu_count() or 1, 4, max(1, n >> 20))  # slices of at least 1M elements
-    if threads <= 1:
-        kernel(fa, frac_bits, out)
-    else:  # the kernel releases the GIL
-        from concurrent.futures import ThreadPoolExecutor
-
-        cuts = [n * i // threads for i in range(threads + 1)]
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda i: kernel(fa[cuts[i]:cuts[i + 1]], frac_bits, out[cuts[i]:cuts[i + 1]]),
-                          range(threads)))
+    # the kernel releases the GIL: slices of at least 1M elements decode at once
+    in_slices(n, min(os.cpu_count() or 1, 4, max(1, n >> 20)), lambda a, b: kernel(fa[a:b], frac_bits, out[a:b]))
     return out.reshape(a.shape[:-1])
+
+
+def in_slices(n: int, threads: int, work) -> None:
+    """``work(start, stop)`` on ``threads`` consecutive slices of ``range(n)`` at once (one call
+    on the whole range when ``threads`` <= 1): for kernels that release the GIL."""
+    if threads <= 1:
+        work(0, n)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = [n * i // threads for i in range(threads + 1)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: work(cuts[i], cuts[i + 1]), range(threads)))
 
 
 def encode_stats(stats: Mapping[str, object], frac_bits: int = FRAC_BITS,
@@ -216,4 +221,4 @@ def decode_stats(stats: Mapping[str, np.ndarray], frac_bits: int = FRAC_BITS) ->
 
 __all__ = ["FRAC_BITS", "HEADROOM_BITS", "RING_BITS", "EncodingOverflow", "add", "add_into", "check_encoded",
            "check_frac_bits", "decode", "decode_stats", "default_max_abs_bits", "encode", "encode_stats",
-           "neg", "ring_sum", "sub", "zeros"]
+           "in_slices", "neg", "ring_sum", "sub", "zeros"]

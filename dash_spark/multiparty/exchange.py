@@ -557,22 +557,27 @@ class RingParts:
     shape: tuple
     parts: list
 
-    def to_array(self) -> np.ndarray:
-        out = np.empty(self.shape, dtype=np.uint64)
-        for a, b, arr in self.parts:
-            out[a:b] = arr
-        return out
+
+def _add_rows(total: np.ndarray, start: int | None, stop: int | None, arr: np.ndarray, *, first: bool) -> None:
+    """Add ring rows ``arr`` into ``total`` (rows ``start..stop``, or all of it when ``start`` is None);
+    the first party's rows are copied in. Rows of a C-order array are contiguous, as add_into needs."""
+    target = total if start is None else total[start:stop]
+    if first:
+        np.copyto(target, arr)
+    else:
+        add_into(target, arr)
 
 
-def check_staged(staged: Mapping[str, StagedStat], *, who: str) -> list[tuple]:
+def check_staged(staged: Mapping[str, StagedStat], *, who: str) -> tuple[list[tuple], dict[str, list]]:
     """Check staged statistics before anything is published: their parts tile their rows and every
     part file is on the stage with its size (a task that wrote where the driver cannot see fails
-    here). Returns the moves ``(stage location, path, part file name)``."""
-    moves = []
+    here). Returns the moves ``(stage location, path, part file name)`` and each statistic's
+    :func:`check_parts` tiles ``[(start, stop, sha256)]``."""
+    moves, tiles = [], {}
     for name, st in staged.items():
         check_stat_name(name, where=who)
         parts = sorted(st.parts, key=lambda p: p["start"])
-        check_parts(name, list(st.shape), [dict(p) for p in parts], who=who)
+        tiles[name] = check_parts(name, list(st.shape), [dict(p) for p in parts], who=who)
         src = _Location(st.stage)
         for p in parts:
             path = src.join(part_file(name, p["start"]))
@@ -583,7 +588,7 @@ def check_staged(staged: Mapping[str, StagedStat], *, who: str) -> list[tuple]:
                                   "be a location the executors and the driver both reach (--share-stage). "
                                   "Nothing was published")
             moves.append((src, path, part_file(name, p["start"])))
-    return moves
+    return moves, tiles
 
 
 def _move_part(src: _Location, src_path: str, dst: _Location, dst_path: str, *, what: str) -> None:
@@ -682,11 +687,10 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
     for name in staged:
         if name in spec:
             raise InputError(f"{who}: statistic {name!r} given both whole and in parts")
-    moves = check_staged(staged, who=who)
+    moves, tiles = check_staged(staged, who=who)
     for name, st in staged.items():
         spec[name] = {"shape": list(st.shape), "dtype": "uint64",
-                      "parts": [{"start": p["start"], "stop": p["stop"], "sha256": p["sha256"]}
-                                for p in sorted(st.parts, key=lambda p: p["start"])]}
+                      "parts": [{"start": a, "stop": b, "sha256": sha} for a, b, sha in tiles[name]]}
     header = {"version": FORMAT_VERSION, "party": party, "study": manifest.study, "round_id": manifest.round_id,
               "manifest_digest": manifest.digest(), "stats": spec, "extra": extra, "created": _now(),
               "files": {f: hashlib.sha256(d).hexdigest() for f, d in public.items()}}
@@ -886,8 +890,8 @@ class ShareSum:
         self.must_agree = list(must_agree)
         self.headers: dict[str, dict] = {}
         self.totals: dict[str, np.ndarray] = {}
-        self.broken = False  # an add failed after changing the totals, or the totals were used
-        self.used = False  # combine took these totals (and unmasked them in place)
+        self.broken = False  # this sum takes no more shares: an add failed midway, or it was taken
+        self.used = False  # combine took these totals (:meth:`take`) and unmasks them in place
 
     def add(self, party: str, header: dict | None = None) -> None:
         """Verify ``party``'s share (its signed ``header`` when already verified) and add it."""
@@ -934,11 +938,7 @@ class ShareSum:
                 while pending:
                     (name, a, b, _, _), buf, fut = pending.popleft()
                     arr = fut.result()
-                    target = totals[name] if a is None else totals[name][a:b]
-                    if first:
-                        np.copyto(target, arr)
-                    else:
-                        add_into(target, arr)
+                    _add_rows(totals[name], a, b, arr, first=first)
                     del arr
                     buffers.append(buf)
                     submit()
@@ -950,6 +950,14 @@ class ShareSum:
                     fut.cancel()
         self.totals = totals
         self.headers[party] = header
+
+    def take(self, parties: Iterable[str]) -> tuple[dict[str, dict], dict[str, np.ndarray]] | None:
+        """``(headers, totals)`` when this is the sum of exactly ``parties`` (:meth:`matches`), for
+        use once (the caller unmasks the totals in place); else None."""
+        if not self.matches(parties):
+            return None
+        self.broken = self.used = True
+        return self.headers, self.totals
 
     def matches(self, parties: Iterable[str]) -> bool:
         """Whether this is the sum of exactly ``parties``' shares, each under the signed header
@@ -993,11 +1001,7 @@ def sum_shares(shares: Mapping[str, tuple[dict, Mapping[str, np.ndarray]]]) -> d
             value = shares[p][1][n]
             pieces = value.parts if isinstance(value, RingParts) else [(None, None, value)]
             for a, b, arr in pieces:
-                target = total if a is None else total[a:b]  # rows of a C-order array: contiguous
-                if i == 0:
-                    np.copyto(target, arr)
-                else:
-                    add_into(target, arr)
+                _add_rows(total, a, b, arr, first=i == 0)
         out[n] = total
     return out
 

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import InputError
 from . import ProtocolError
-from .encoding import add_into, check_encoded
+from .encoding import add_into, check_encoded, in_slices
 from .keys import PrivateKeys, check_party_name
 
 _NONCE = bytes(16)  # the ChaCha20 key is unique per (pair, study, round, statistic); bytes 0-3: block counter
@@ -116,8 +116,8 @@ def _stat_key(seed: bytes, stat_name: str, kind: str = "stat") -> bytes:
 
 
 def _keystream(key: bytes, offset_words: int = 0):
-    """``(encryptor, bytes to discard)``: the ChaCha20 stream of ``key`` from ring element
-    ``offset_words`` on (the 32-bit block counter starts at the 64-byte block holding it)."""
+    """An encryptor whose ChaCha20 stream of ``key`` starts at ring element ``offset_words`` (the
+    32-bit block counter starts at the 64-byte block holding it; the bytes before it are skipped)."""
     block, skip = divmod(16 * int(offset_words), 64)
     if block >= 1 << 32:
         raise InputError(f"mask stream: offset {offset_words} is beyond the stream's 2^32 blocks; split the "
@@ -245,15 +245,8 @@ def unmask_sum(total: np.ndarray, stat_name: str, *, parties: Sequence[str], sel
         # the survivor added the stream if it comes first in the pair, else subtracted it: undo that
         keys.append((_stat_key(seed, stat_name), not pair_sign(survivor, dropped, parties)))
     masker = StatMasker(stat_name, tuple(keys))
-    threads = min(threads or os.cpu_count() or 1, 4, max(1, n // _CHUNK_WORDS))
-    if threads <= 1:
-        masker.apply(flat)
-        return total
-    from concurrent.futures import ThreadPoolExecutor
-
-    cuts = [n * i // threads for i in range(threads + 1)]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda i: masker.apply(flat[cuts[i]:cuts[i + 1]], cuts[i]), range(threads)))
+    in_slices(n, min(threads or os.cpu_count() or 1, 4, max(1, n // _CHUNK_WORDS)),
+              lambda a, b: masker.apply(flat[a:b], a))
     return total
 
 

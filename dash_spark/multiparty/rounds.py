@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -585,8 +586,6 @@ class PartWriter:
 
     def write(self, start: int, values) -> dict:
         """Encode, mask and stage rows ``start..`` of the statistic (float rows); its header entry."""
-        import numpy as np
-
         enc = encode(np.asarray(values, dtype=np.float64), self.frac_bits, name=self.name)
         row_words = int(np.prod(enc.shape[1:-1], dtype=np.int64))
         self.masker.apply(enc, int(start) * row_words)
@@ -744,11 +743,8 @@ def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0, p
                                 "`dash-spark combine --manifest ... --sign-key COORD.key`")
         if wait <= 0:
             read_reveals(uri, manifest, body)  # raises before any share is read
-        if partial is not None and partial.matches(body["survivors"]):
-            headers, sums = partial.headers, partial.totals
-            partial.broken = partial.used = True  # its totals are unmasked in place below: used once
-        else:
-            headers, sums = add_shares(uri, manifest, must_agree=must_agree, parties=body["survivors"])
+        taken = partial.take(body["survivors"]) if partial is not None else None
+        headers, sums = taken or add_shares(uri, manifest, must_agree=must_agree, parties=body["survivors"])
         deadline = time.time() + max(0.0, wait)
         while True:
             try:
@@ -760,11 +756,9 @@ def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0, p
                 time.sleep(poll)
         for name, total in sums.items():
             unmask_sum(total, name, parties=manifest.party_names, self_seeds=self_seeds, dropped_pair_seeds=pair)
-    elif partial is not None and partial.matches(manifest.party_names):
-        headers, sums = partial.headers, partial.totals
-        partial.broken = partial.used = True
     else:
-        headers, sums = add_shares(uri, manifest, must_agree=must_agree)
+        taken = partial.take(manifest.party_names) if partial is not None else None
+        headers, sums = taken or add_shares(uri, manifest, must_agree=must_agree)
     return headers, {n: decode(v, manifest.frac_bits) for n, v in sums.items()}
 
 
