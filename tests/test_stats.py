@@ -38,6 +38,37 @@ def test_kernel_sums_equal_bed_reader_products(tmp_path, rng, n):
     np.testing.assert_allclose(SM, miss.T.astype(float) @ A, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("m,nbytes", [(1, 1), (7, 9), (8, 8), (9, 17), (16, 3), (37, 64)])
+def test_kernel_transpose_equals_numpy(rng, m, nbytes):
+    from dash_spark.stats.kernel import _transpose
+
+    packed = rng.integers(0, 256, size=(m, nbytes), dtype=np.uint8)
+    out = np.empty((nbytes, m), dtype=np.uint8)
+    _transpose(packed, out)
+    assert np.array_equal(out, packed.T)
+
+
+def test_kernel_missing_calls_in_every_word_position(tmp_path, rng):
+    """Missing calls at every sample position of the 32-call words and of the tail bytes, in blocks
+    whose variant count is not a multiple of 8."""
+    n, m = 4 * 8 * 3 + 4 * 5 + 3, 19  # 3 full words, 5 tail bytes, 3 samples in the last byte
+    G = rng.binomial(2, 0.4, size=(n, m)).astype(np.int8)
+    G[np.arange(n), np.arange(n) % m] = -1  # each sample missing once
+    G[rng.random((n, m)) < 0.1] = -1
+    G[:, 3] = -1  # a variant with no call
+    prefix = str(tmp_path / "w")
+    write_bed(prefix, n, [G], iids=[f"s{i}" for i in range(n)], chrom=["1"] * m,
+              pos=list(range(1, m + 1)), ids=[f"v{j}" for j in range(m)], alt=["A"] * m, ref=["C"] * m)
+    X = open_bed(prefix + ".bed", count_A1=True).read(dtype="float64")
+    A, B = rng.normal(size=(n, 4)), rng.normal(size=(n, 2))
+    SX, SXX, SM = compress_block(read_bed_range(prefix + ".bed", n, 0, m), pad_weights(A, B), 4)
+    miss = np.isnan(X)
+    X0 = np.where(miss, 0.0, X)
+    np.testing.assert_allclose(SX, X0.T @ A, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(SXX, (X0**2).T @ B, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(SM, miss.T.astype(float) @ A, rtol=1e-12, atol=1e-12)
+
+
 def test_kernel_sums_add_over_variant_subblocks(tmp_path, rng):
     prefix, _ = _write_random_bed(tmp_path, rng, 50, 20)
     W = pad_weights(rng.normal(size=(50, 3)), rng.normal(size=(50, 1)))

@@ -18,7 +18,10 @@ samples, so they add over sample batches; samples outside the analysis have zero
 How it is fast: a .bed byte holds 4 samples, so for each byte position the kernel builds a table of
 the 256 possible bytes' contributions (from two 16-entry half-byte tables) and then adds one table
 row per variant: ``n/4`` row additions per variant instead of ``n`` multiply-adds, with no float
-genotype matrix ever materialised. Missing calls are visited one by one (cost grows with their count).
+genotype matrix ever materialised. The block's bytes are first transposed (8 x 8 tiles in
+registers) so that one byte position of all variants is one contiguous row, and the loop has no
+branch on the genotype (a missing call adds the table's zero). Missing calls are then found 32 at a
+time in a second pass over the rows and visited one by one (cost grows with their count).
 Arithmetic is float64 throughout.
 """
 
@@ -44,12 +47,85 @@ def _has_missing_table() -> np.ndarray:
 _HAS_MISSING = _has_missing_table()
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _word(packed, j, c):  # pragma: no cover - jitted
+    """Bytes ``c .. c+7`` of row ``j`` as one little-endian 64-bit word."""
+    x = np.uint64(0)
+    for k in range(8):
+        x |= np.uint64(packed[j, c + k]) << np.uint64(8 * k)
+    return x
+
+
 @njit(cache=True, nogil=True)
-def _accumulate(packed, W, n_a, out_x, out_m, dosage, has_missing):  # pragma: no cover - jitted
-    """packed: (m, nbytes) uint8, as in the .bed (read in place: byte b of every variant in turn,
-    a strided walk whose cache lines serve the next bytes too); W: (4*nbytes, n_a + n_b) float64
-    = [A | B] padded rows."""
-    m, nbytes = packed.shape
+def _transpose(packed, out):  # pragma: no cover - jitted
+    """``out[b, j] = packed[j, b]``: 8 x 8 tiles of bytes transposed in registers (three rounds of
+    block swaps inside eight 64-bit words), so that the kernel reads one byte position of every
+    variant as one contiguous row. A plain strided copy costs ~2x this; reading the .bed bytes in
+    place costs the kernel ~1.4x."""
+    m, nb = packed.shape
+    M32 = np.uint64(0x00000000FFFFFFFF)
+    M16 = np.uint64(0x0000FFFF0000FFFF)
+    M8 = np.uint64(0x00FF00FF00FF00FF)
+    s32 = np.uint64(32)
+    s16 = np.uint64(16)
+    s8 = np.uint64(8)
+    ff = np.uint64(255)
+    m8 = m - m % 8
+    nb8 = nb - nb % 8
+    w = np.empty(8, dtype=np.uint64)
+    for j0 in range(0, m8, 8):
+        for c in range(0, nb8, 8):
+            w0 = _word(packed, j0, c)
+            w1 = _word(packed, j0 + 1, c)
+            w2 = _word(packed, j0 + 2, c)
+            w3 = _word(packed, j0 + 3, c)
+            w4 = _word(packed, j0 + 4, c)
+            w5 = _word(packed, j0 + 5, c)
+            w6 = _word(packed, j0 + 6, c)
+            w7 = _word(packed, j0 + 7, c)
+            # swap 4x4 blocks of bytes, then 2x2 blocks, then single bytes
+            t0 = (w0 & M32) | (w4 << s32)
+            t4 = (w0 >> s32) | (w4 & ~M32)
+            t1 = (w1 & M32) | (w5 << s32)
+            t5 = (w1 >> s32) | (w5 & ~M32)
+            t2 = (w2 & M32) | (w6 << s32)
+            t6 = (w2 >> s32) | (w6 & ~M32)
+            t3 = (w3 & M32) | (w7 << s32)
+            t7 = (w3 >> s32) | (w7 & ~M32)
+            u0 = (t0 & M16) | ((t2 & M16) << s16)
+            u2 = ((t0 >> s16) & M16) | (t2 & ~M16)
+            u1 = (t1 & M16) | ((t3 & M16) << s16)
+            u3 = ((t1 >> s16) & M16) | (t3 & ~M16)
+            u4 = (t4 & M16) | ((t6 & M16) << s16)
+            u6 = ((t4 >> s16) & M16) | (t6 & ~M16)
+            u5 = (t5 & M16) | ((t7 & M16) << s16)
+            u7 = ((t5 >> s16) & M16) | (t7 & ~M16)
+            w[0] = (u0 & M8) | ((u1 & M8) << s8)
+            w[1] = ((u0 >> s8) & M8) | (u1 & ~M8)
+            w[2] = (u2 & M8) | ((u3 & M8) << s8)
+            w[3] = ((u2 >> s8) & M8) | (u3 & ~M8)
+            w[4] = (u4 & M8) | ((u5 & M8) << s8)
+            w[5] = ((u4 >> s8) & M8) | (u5 & ~M8)
+            w[6] = (u6 & M8) | ((u7 & M8) << s8)
+            w[7] = ((u6 >> s8) & M8) | (u7 & ~M8)
+            for k in range(8):
+                x = w[k]
+                for q in range(8):
+                    out[c + k, j0 + q] = np.uint8((x >> np.uint64(8 * q)) & ff)
+        for c in range(nb8, nb):
+            for q in range(8):
+                out[c, j0 + q] = packed[j0 + q, c]
+    for j in range(m8, m):
+        for c in range(nb):
+            out[c, j] = packed[j, c]
+
+
+@njit(cache=True, nogil=True)
+def _accumulate(packed_t, W, n_a, out_x, dosage):  # pragma: no cover - jitted
+    """packed_t: (nbytes, m) uint8, the block's bytes with one byte position per row; W:
+    (4*nbytes, n_a + n_b) float64 = [A | B] padded rows. No branch on the genotype: a missing
+    call's code adds the table's zero (see :func:`_missing_sums`)."""
+    nbytes, m = packed_t.shape
     nw = W.shape[1]
     lo = np.empty((16, nw))
     hi = np.empty((16, nw))
@@ -74,15 +150,40 @@ def _accumulate(packed, W, n_a, out_x, out_m, dosage, has_missing):  # pragma: n
             u = v >> 4
             for f in range(nw):
                 table[v, f] = lo[l, f] + hi[u, f]
+        row = packed_t[b]
         for j in range(m):
-            v = packed[j, b]
+            v = row[j]
             for f in range(nw):
                 out_x[j, f] += table[v, f]
+
+
+@njit(cache=True, nogil=True)
+def _missing_sums(packed, W, n_a, out_m, has_missing):  # pragma: no cover - jitted
+    """``out_m[j] += W[i, :n_a]`` for every missing call (code 01) of variant ``j``: each row is
+    tested 8 bytes (32 calls) at a time, and only words holding a missing call are visited."""
+    m, nb = packed.shape
+    nb8 = nb - nb % 8
+    low = np.uint64(0x5555555555555555)
+    one = np.uint64(1)
+    for j in range(m):
+        for c in range(0, nb8, 8):
+            x = _word(packed, j, c)
+            miss = x & ~(x >> one) & low
+            if miss == 0:
+                continue
+            for s in range(32):
+                if (miss >> np.uint64(2 * s)) & one:
+                    i = 4 * c + s
+                    for f in range(n_a):
+                        out_m[j, f] += W[i, f]
+        for c in range(nb8, nb):
+            v = packed[j, c]
             if has_missing[v]:
                 for s in range(4):
                     if (v >> (2 * s)) & 3 == 1:
+                        i = 4 * c + s
                         for f in range(n_a):
-                            out_m[j, f] += W[i0 + s, f]
+                            out_m[j, f] += W[i, f]
 
 
 def pad_weights(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -104,9 +205,13 @@ def compress_block(packed: np.ndarray, W: np.ndarray, n_a: int) -> tuple[np.ndar
     m = packed.shape[0]
     if W.shape[0] != 4 * packed.shape[1]:
         raise ValueError(f"compress_block: W has {W.shape[0]} rows, expected {4 * packed.shape[1]}")
+    packed = np.ascontiguousarray(packed)
+    packed_t = np.empty((packed.shape[1], m), dtype=np.uint8)
+    _transpose(packed, packed_t)
     out_x = np.zeros((m, W.shape[1]))
     out_m = np.zeros((m, n_a))
-    _accumulate(np.ascontiguousarray(packed), W, n_a, out_x, out_m, _DOSAGE, _HAS_MISSING)
+    _accumulate(packed_t, W, n_a, out_x, _DOSAGE)
+    _missing_sums(packed, W, n_a, out_m, _HAS_MISSING)
     return out_x[:, :n_a], out_x[:, n_a:], out_m
 
 
