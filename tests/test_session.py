@@ -77,3 +77,38 @@ def test_session_starter_waits_only_for_the_jvm_process(monkeypatch):
     event = threading.Event()
     _notify_jvm_spawn(event)()
     assert event.is_set() and java_gateway.Popen is subprocess.Popen
+
+
+def test_daemon_prefers_the_installed_pyspark_only_for_its_own_zip(tmp_path):
+    from dash_spark.spark.daemon import prefer_installed_pyspark
+
+    site = tmp_path / "site-packages"
+    (site / "pyspark" / "python" / "lib").mkdir(parents=True)
+    (site / "pyspark" / "__init__.py").write_text("")
+    own = str(site / "pyspark" / "python" / "lib" / "pyspark.zip")
+    py4j = str(site / "pyspark" / "python" / "lib" / "py4j-0.10.9.9-src.zip")
+    other = str(tmp_path / "spark-home" / "python" / "lib" / "pyspark.zip")  # a cluster's SPARK_HOME
+    assert prefer_installed_pyspark([own, py4j, str(site)]) == [py4j, str(site)]
+    assert prefer_installed_pyspark([other, py4j, str(site)]) == [other, py4j, str(site)]
+    # the installed package is not on the path: the zip is all there is
+    assert prefer_installed_pyspark([own, "/usr/lib/python3"]) == [own, "/usr/lib/python3"]
+    (site / "pyspark" / "__init__.py").unlink()  # not a package: keep the zip
+    assert prefer_installed_pyspark([own, str(site)]) == [own, str(site)]
+
+
+def test_workers_fork_from_a_daemon_with_the_kernels_loaded(spark):
+    """The executors' Python workers get pyspark's compiled modules and the loaded kernels from
+    the daemon (``spark.python.daemon.module``): nothing here imports them in the task."""
+
+    def probe(_):
+        import sys
+
+        import pyspark
+
+        yield pyspark.__file__, "dash_spark.stats.kernel" in sys.modules, "numba" in sys.modules
+
+    sc = spark.sparkContext
+    assert sc.getConf().get("spark.python.daemon.module") == "dash_spark.spark.daemon"
+    for path, kernel, numba in sc.parallelize(range(2), 2).mapPartitions(probe).collect():
+        assert ".zip" not in path, path
+        assert kernel and numba

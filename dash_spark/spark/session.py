@@ -18,6 +18,8 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.sources.partitionOverwriteMode": "static",
     "spark.python.worker.reuse": "true",
+    # workers fork from a daemon that has loaded the kernels (see dash_spark.spark.daemon)
+    "spark.python.daemon.module": "dash_spark.spark.daemon",
     "spark.driver.memory": "4g",
     "spark.ui.enabled": "false",
 }
