@@ -109,8 +109,48 @@ def sex_code(token: str) -> int:
     return {"1": 1, "M": 1, "m": 1, "2": 2, "F": 2, "f": 2}.get(token, 0)
 
 
+def _parse_bim_arrow(text: bytes) -> tuple[np.ndarray, ...] | None:
+    """The common case of :func:`_parse_bim_text` by Arrow's CSV reader (~3x faster): lines of 6
+    tab-separated fields, no space, no empty line. ``None`` for anything else, and wherever Arrow
+    refuses a line: the line-by-line parser then accepts it or names what is wrong with it."""
+    if not text or b" " in text or b"\n\n" in text or text.startswith(b"\n"):
+        return None
+    import pyarrow as pa
+    from pyarrow import csv
+
+    names = ["chrom", "id", "cm", "pos", "alt", "ref"]
+    try:
+        table = csv.read_csv(
+            pa.py_buffer(text),
+            read_options=csv.ReadOptions(column_names=names, use_threads=False),
+            parse_options=csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
+                                           ignore_empty_lines=False),
+            convert_options=csv.ConvertOptions(
+                column_types={n: (pa.int64() if n == "pos" else pa.string()) for n in names},
+                null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    import pyarrow.compute as pc
+
+    if any(table.column(n).null_count for n in names):
+        return None
+    for n in names[:3] + names[4:]:  # an empty field (two tabs in a row) is no field to the line parser
+        if pc.min(pc.binary_length(table.column(n))).as_py() == 0:
+            return None
+    text_cols = []
+    for n in ("chrom", "id", "alt", "ref"):  # to_pylist: to_numpy would import pandas (~0.5 s) for this
+        col = np.empty(table.num_rows, dtype=object)
+        col[:] = table.column(n).to_pylist()
+        text_cols.append(col)
+    chrom, ids, alt, ref = text_cols
+    return chrom, ids, table.column("pos").to_numpy().astype(np.int64, copy=False), alt, ref
+
+
 def _parse_bim_text(text: bytes, path: str, first_line: int) -> tuple[np.ndarray, ...]:
     """Parse .bim lines (bytes) into chrom, id, pos, alt, ref arrays, naming the bad line."""
+    fast = _parse_bim_arrow(text)
+    if fast is not None:
+        return fast
     chrom, ids, pos, alt, ref = [], [], [], [], []
     try:
         decoded = text.decode("utf-8")
@@ -124,6 +164,8 @@ def _parse_bim_text(text: bytes, path: str, first_line: int) -> tuple[np.ndarray
             )
         try:
             p = int(fields[3])
+            if not -(2**63) <= p < 2**63:
+                raise ValueError
         except ValueError:
             raise InputError(
                 f"{path}:{lineno}: position (column 4) must be an integer; found {fields[3]!r}"
