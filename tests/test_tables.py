@@ -561,3 +561,44 @@ def test_large_file_reads_quickly(tmp_path):
     assert counts["matched"] == n
     assert elapsed < 10, f"reading took {elapsed:.1f}s"
     assert elapsed_match < 5, f"matching took {elapsed_match:.1f}s"
+
+
+@pytest.mark.parametrize("kind", ["pheno", "covar"])
+def test_arrow_number_reader_equals_python_float(tmp_path, monkeypatch, kind):
+    """Columns are read by Arrow's cast where it reads every cell; a column holding a token only
+    Python's float() reads (``1_0``, non-ASCII digits, ``-nan``) is read as before; both give the
+    same values and the same errors."""
+    from dash_spark.io import tables
+
+    rows = [
+        ["#FID", "IID", "a", "b", "c", "d", "e"],
+        ["f1", "s1", "1.5", "1_0", "-9", "nan", "0.1"],
+        ["f2", "s2", "NA", "2", "-9.0", "NaN", "1e-300"],
+        ["f3", "s3", "+3", "\u0663", "1E5", "-nan", "5."],
+        ["f4", "s4", "nA", "4", ".5", "na", "-0"],
+    ]
+    path = write(tmp_path, "t.txt", "\n".join("\t".join(r) for r in rows) + "\n")
+    fast = read_sample_table(path, kind=kind)
+    monkeypatch.setattr(tables, "_numeric_column_arrow", lambda tokens: None)
+    slow = read_sample_table(path, kind=kind)
+    assert fast.names == slow.names
+    np.testing.assert_array_equal(fast.values, slow.values)
+    assert np.signbit(fast.values[3, 4]) == np.signbit(slow.values[3, 4])
+
+
+@pytest.mark.parametrize("cell,needle", [("inf", "non-finite value 'inf'"), ("1e999", "non-finite value '1e999'"),
+                                         ("x1", "non-numeric value 'x1'")])
+def test_arrow_number_reader_keeps_the_errors(tmp_path, cell, needle):
+    path = write(tmp_path, "p.txt", f"IID\ty\ns1\t1\ns2\t{cell}\n")
+    with pytest.raises(InputError, match=needle.replace("(", r"\(")) as err:
+        read_sample_table(path, kind="pheno")
+    assert "p.txt:3:" in str(err.value)
+
+
+def test_arrow_number_reader_is_used(monkeypatch):
+    from dash_spark.io import tables
+
+    out = tables._numeric_column_arrow(["1", "NA", "-9", "2.5e1"])
+    assert out is not None and out.flags.writeable
+    np.testing.assert_array_equal(out, [1.0, np.nan, -9.0, 25.0])
+    assert tables._numeric_column_arrow(["1", "1_0"]) is None
