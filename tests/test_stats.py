@@ -48,6 +48,14 @@ def test_kernel_transpose_equals_numpy(rng, m, nbytes):
     assert np.array_equal(out[:, :m], packed.T)
 
 
+def test_kernel_transpose_on_a_big_endian_machine(rng, monkeypatch):
+    from dash_spark.stats import kernel
+
+    packed = rng.integers(0, 256, size=(13, 11), dtype=np.uint8)
+    monkeypatch.setattr(kernel.np, "little_endian", False)
+    assert np.array_equal(kernel.transpose_block(packed)[:, :13], packed.T)
+
+
 def test_kernel_missing_calls_in_every_word_position(tmp_path, rng):
     """Missing calls at every sample position of the 32-call words and of the tail bytes, in blocks
     whose variant count is not a multiple of 8."""

@@ -1,9 +1,11 @@
 """The executors' Python daemon with the kernels already loaded (``spark.python.daemon.module``).
 
 Spark starts one daemon per executor and forks every Python worker from it. Stock pyspark's daemon
-imports almost nothing, so each worker pays for numpy, numba, scipy and loading the kernels'
-compiled code (~1.3 s of CPU, paid by every worker at once when a job starts). This daemon loads
-them once, before it forks: the workers start with them in place.
+imports almost nothing, so each worker imports numpy, numba and scipy and loads the kernels'
+compiled code itself (~1.3 s of CPU each). This daemon loads them once, before it forks: the
+workers start with them in place and share those pages (a worker's peak resident memory in a
+20,000 x 500,000 scan went from 414 to 265 MB). Start-up time is about the same on a machine with
+a core per worker: the daemon's loading is serial, the workers' ran in parallel.
 
 What is loaded is chosen to be safe to fork: modules whose only threads are BLAS pools, which
 register their own fork handlers. pyarrow (it starts a thread when imported) is left to the

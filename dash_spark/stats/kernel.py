@@ -121,6 +121,9 @@ def transpose_block(packed: np.ndarray) -> np.ndarray:
     variant ``j`` (the padding columns are not written)."""
     m, nb = packed.shape
     buf = np.empty((nb, (m + 7) // 8 * 8), dtype=np.uint8)
+    if not np.little_endian:  # the tiles' words are stored in the machine's byte order
+        buf[:, :m] = packed.T
+        return buf
     _transpose(np.ascontiguousarray(packed), buf, buf.view(np.uint64))
     return buf
 
