@@ -170,9 +170,10 @@ RESULT_ROW_BYTES = 600
 def sub_block_size(n_samples: int, n_columns: int, budget_bytes: int, *, dense: bool = False,
                    result_rows: int = 0) -> int:
     """Variants per sub-block so that a task's working set stays within ``budget_bytes``: packed
-    .bed bytes (as read, and the kernel's transposed copy), or for dense blocks (dosages, features) the float64 values and the kernel's masked
-    copies, plus the per-variant sums and, for a scan, its ``result_rows`` per variant (one per
-    phenotype: a sub-block's results are written before the next is read)."""
+    .bed bytes (as read, and the kernel's transposed copy), or for dense blocks (dosages, features)
+    the float64 values and the kernel's masked copies, plus the per-variant sums and, for a scan,
+    its ``result_rows`` per variant (one per phenotype: a sub-block's results are written before
+    the next is read)."""
     per_variant = ((4 * 8 * n_samples if dense else 3 * ((n_samples + 3) // 4)) + 8 * (3 * n_columns) + 64
                    + RESULT_ROW_BYTES * result_rows)
     return int(max(16, min(2048, budget_bytes // per_variant)))

@@ -274,6 +274,10 @@ _BIM_CASES = [
     b"1\trs1\t0\t5\tA\tC\n2\trs2\t0\t5\tA\n",
     b"1\trs1\t0\t99999999999999999999\tA\tC\n",
     b"1\trs\xff\t0\t5\tA\tC\n",
+    "1\trs\u00851\t0\t5\tA\tC\n".encode(),  # NEL: a line break to Python's splitlines
+    b"1\trs\x0c1\t0\t5\tA\tC\n",  # form feed: whitespace to split(), a line break to splitlines
+    b"\xef\xbb\xbf1\trs1\t0\t5\tA\tC\n",  # a byte-order mark
+    b"1\trs1\t0\t5\tA\tC\r2\trs2\t0\t6\tA\tC\r",  # old Mac line ends
 ]
 
 
