@@ -131,9 +131,9 @@ def transpose_block(packed: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _accumulate(packed_t, W, n_a, out_x, dosage):  # pragma: no cover - jitted
     """packed_t: (nbytes, >= m) uint8, the block's bytes with one byte position per row (from
-    :func:`transpose_block`; m = ``out_x``'s rows); W:
-    (4*nbytes, n_a + n_b) float64 = [A | B] padded rows. No branch on the genotype: a missing
-    call's code adds the table's zero (see :func:`_missing_sums`)."""
+    :func:`transpose_block`; m = ``out_x``'s rows); W: (4*nbytes, n_a + n_b) float64 = [A | B]
+    padded rows. No branch on the genotype: a missing call's code adds the table's zero (its own
+    sums come from :func:`_missing_sums`)."""
     nbytes = packed_t.shape[0]
     m = out_x.shape[0]
     nw = W.shape[1]
