@@ -316,10 +316,7 @@ class Ledger:
         try:
             fd = os.open(self._claim_path(manifest), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            raise DuplicateShareError(f"{who}: party {party!r} already published a share for round "
-                                      f"{manifest.round_id!r}, or another run of it is publishing one (ledger "
-                                      f"{self.path}); a party publishes once per round, whatever the exchange "
-                                      "shows. Nothing was done") from None
+            raise self._claimed(manifest, party, who) from None
         with os.fdopen(fd, "w") as fh:
             fh.write(_now() + "\n")
         self.mark(manifest, "published", _now())
@@ -331,10 +328,13 @@ class Ledger:
                                       f"{manifest.round_id!r} ({e['published']}, ledger {self.path}); a party "
                                       "publishes once per round, whatever the exchange shows. Nothing was done")
         if os.path.exists(self._claim_path(manifest)):
-            raise DuplicateShareError(f"{who}: party {party!r} already published a share for round "
-                                      f"{manifest.round_id!r}, or another run of it is publishing one (ledger "
-                                      f"{self.path}); a party publishes once per round, whatever the exchange "
-                                      "shows. Nothing was done")
+            raise self._claimed(manifest, party, who)
+
+    def _claimed(self, manifest: Manifest, party: str, who: str) -> DuplicateShareError:
+        return DuplicateShareError(f"{who}: party {party!r} already published a share for round "
+                                   f"{manifest.round_id!r}, or another run of it is publishing one (ledger "
+                                   f"{self.path}); a party publishes once per round, whatever the exchange "
+                                   "shows. Nothing was done")
 
     def mark(self, manifest: Manifest, field: str, value) -> None:
         obj = self._load()

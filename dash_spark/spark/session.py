@@ -409,18 +409,14 @@ def wait_for_running_tasks(spark, timeout: float = 30.0) -> None:
 
 
 def _warm_worker(_) -> None:
-    """Executor side: import the kernels and run them once on tiny inputs of the real types."""
+    """Executor side: the kernels loaded (already done when the worker forked from
+    :mod:`dash_spark.spark.daemon`, else here) and the task modules imported."""
     import importlib
 
-    import numpy as np
+    from dash_spark.spark.daemon import preload
 
-    from dash_spark.stats.kernel import compress_block, missing_grams
-
-    importlib.import_module("dash_spark.tasks")  # scipy, pyarrow and the statistics' helpers
-
-    packed, W = np.zeros((1, 1), dtype=np.uint8), np.zeros((4, 3))
-    compress_block(packed, W, 2)
-    missing_grams(packed, W, 0, 1, 1, todo=np.ones(1, dtype=bool))
+    preload()
+    importlib.import_module("dash_spark.tasks")  # pyarrow and the statistics' helpers
 
 
 def _warm_share_worker(_) -> None:
