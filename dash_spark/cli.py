@@ -294,10 +294,15 @@ def cmd_manifest(args) -> int:
         parties.append(pub)
     if len(parties) < 2:
         raise ConfigError(f"--party: a study needs at least 2 parties, found {len(parties)}")
+    if len(parties) == 2 and args.threshold != 2:
+        raise ConfigError("--party: a study of 2 parties reveals to each party the other's statistics (the pooled "
+                          "result minus its own); pass --threshold 2 to start one deliberately")
     settings = {"intercept": not args.no_intercept, "missing_genotypes": args.missing_genotypes,
                 "pheno_names": list(args.pheno_name) if args.pheno_name else None,
                 "covar_names": list(args.covar_name) if args.covar_name else None,
                 "kind": args.kind, "variant_hash": None}
+    if args.threshold is not None:
+        settings["threshold"] = args.threshold
     if args.bim:
         from .io.plink import read_bim
         from .study import variant_hash, variant_table
@@ -325,7 +330,9 @@ def cmd_join(args) -> int:
 def cmd_unmask(args) -> int:
     from .study import run_unmask
 
-    print(run_unmask(args.manifest, args.party, args.key, trust=args.trust, wait=args.wait))
+    print(run_unmask(args.manifest, args.party, args.key, trust=args.trust, wait=args.wait,
+                     min_release_delta=args.min_release_delta, min_n=args.min_n,
+                     allow_small_release=args.allow_small_release))
     return 0
 
 
@@ -361,8 +368,7 @@ def cmd_combine(args) -> int:
 
     written = run_combine(args.manifest, args.out, overwrite=args.overwrite, plots=args.plots,
                           sign_key=args.sign_key, allow_dropouts=args.allow_dropouts, trust=args.trust,
-                          wait=args.wait, min_release_delta=args.min_release_delta, min_n=args.min_n,
-                          allow_small_release=args.allow_small_release, a1freq_lower_limit=args.a1freq_lower_limit)
+                          wait=args.wait, a1freq_lower_limit=args.a1freq_lower_limit)
     if "closed" in written:
         body = written["closed"]
         print(f"round closed: survivors {', '.join(body['survivors'])}"
@@ -454,12 +460,17 @@ def cmd_select(args) -> int:
     return 0
 
 
-def add_release_args(p: argparse.ArgumentParser, *, min_n: bool = False) -> None:
+def add_a1freq_arg(g) -> None:
+    g.add_argument("--a1freq-lower-limit", type=float, default=0.0, metavar="F",
+                   help="report published A1 frequencies below F as F (and above 1-F as 1-F), as plink2's GWAS-SSF")
+
+
+def add_release_args(p: argparse.ArgumentParser, *, min_n: bool = False, a1freq: bool = True) -> None:
     g = p.add_argument_group("release guard")
     g.add_argument("--min-release-delta", type=int, default=20, metavar="N",
                    help="refuse results whose samples differ from an earlier release's by 1 to N-1 (default 20)")
-    g.add_argument("--a1freq-lower-limit", type=float, default=0.0, metavar="F",
-                   help="report published A1 frequencies below F as F (and above 1-F as 1-F), as plink2's GWAS-SSF")
+    if a1freq:
+        add_a1freq_arg(g)
     if min_n:
         g.add_argument("--min-n", type=int, default=20, metavar="N",
                        help="refuse a phenotype with fewer than N pooled samples (default 20)")
@@ -531,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--covar-name", type=_csv)
     p.add_argument("--kind", choices=["scan", "regression"], help="fix the study kind (default: from compress)")
     p.add_argument("--bim", help="bind the variant list of this .bim (every party must have the same)")
+    p.add_argument("--threshold", type=int, metavar="T",
+                   help="the least number of survivors a round closes with (default: at least 3 and more than "
+                        "half the parties; a study of 2 parties needs --threshold 2)")
     p.add_argument("--sign-key", required=True, metavar="COORD.key",
                    help="the coordinator's key: signs the manifest and, later, the round's survivor set")
     p.set_defaults(func=cmd_manifest)
@@ -547,8 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("join", help="check a round and publish this party's round key (before any data is read)")
     party_args(p, None)
     p.set_defaults(func=cmd_join)
-    p = psub.add_parser("unmask", help="after the round is closed: reveal what removes this survivor's masks")
-    party_args(p, "wait this long for the coordinator to close the round")
+    p = psub.add_parser("unmask", help="after the round is closed: confirm the survivors, check the release against "
+                                      "this party's memory, reveal what removes its masks")
+    party_args(p, "wait this long for the coordinator to close the round and the other survivors' steps")
+    add_release_args(p, min_n=True, a1freq=False)
     p.set_defaults(func=cmd_unmask)
     p = psub.add_parser("compress", help="compute, encode, mask, sign and publish this party's statistics")
     party_args(p, "before computing, wait this long for the other parties' round keys")
@@ -580,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for every party's share (the coordinator, without --allow-dropouts), "
                         "close the round, then for the survivors' reveals, and finish")
-    add_release_args(p, min_n=True)
+    add_a1freq_arg(p)
     p.set_defaults(func=cmd_combine)  # no Spark: the pooled statistics are variants x statistics
 
     p = sub.add_parser("compress", help="persist a batch's additive statistics in a store (creates the store)")

@@ -177,6 +177,8 @@ class Model:
     offset_moments: dict | None = None
     #: phenotype missingness by downdates of one shared basis (:class:`~dash_spark.tasks.SharedBasis`)
     shared: SharedBasis | None = None
+    #: a statistics model's IIDs analysed for at least one phenotype (a party's release guard)
+    sample_ids: tuple[str, ...] | None = None
 
     @property
     def n_variants(self) -> int:
@@ -368,6 +370,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         counts=counts, moments=tuple(moments) if party else None, missing_genotypes=cfg.missing_genotypes,
         extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie", offset_moments=offset_moments,
         shared=shared,
+        sample_ids=tuple(map(str, np.asarray(fam.iids)[np.logical_or.reduce(masks)])) if party and masks else None,
     )
 
 

@@ -1,15 +1,15 @@
-"""The release guard: results that differ from an earlier release by a few samples reveal them.
+"""A store's release guard: results that differ from an earlier release by a few samples reveal them.
 
 Two releases whose sample sets differ by one sample differ by exactly that sample's statistics
-(for a withdrawn sample: its genotype times its phenotype at every variant). So a store and a
-study remember what they released, and a new release is refused when
+(for a withdrawn sample: its genotype times its phenotype at every variant). So a store remembers
+what it released (the IIDs it held), and a new release is refused when
 
 - its sample set differs from an earlier one by fewer than ``min_delta`` samples (but by at least
-  one), unless the very same set was released before: a store compares the IIDs it holds (the symmetric difference); a multi-party study, which
-  knows only pooled counts, compares each phenotype's pooled sample count and refuses a change
-  smaller than ``min_delta`` (two rosters that differ by one small party, or a party that
-  withdrew a few samples between rounds);
+  one), unless the very same set was released before (the symmetric difference of the IIDs);
 - a phenotype has fewer than ``min_n`` samples.
+
+A multi-party study's guard runs in each party instead, before it reveals anything
+(:mod:`dash_spark.multiparty.guard`).
 
 Default ``min_delta`` = 20, All of Us' small-cell rule. ``override=True`` releases anyway, with a
 warning in the log; the override is recorded with the release.
@@ -100,36 +100,3 @@ def record_sample_release(path: str, entries: list[dict], ids, *, out: str, comm
                           "samples_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
                           "samples": ids, "overridden": bool(overridden)}]
     _save(path, entries)
-
-
-def check_count_release(entries: list[dict], counts: dict[str, int], *, min_delta: int, override: bool,
-                        where: str, label: str) -> None:
-    """Refuse a release whose per-phenotype pooled counts differ from an earlier release's by fewer
-    than ``min_delta`` (and at least one) for some phenotype."""
-    for e in entries:
-        if e.get("label") == label:
-            continue  # the same round released again: the same samples
-        for pheno, n in counts.items():
-            then = e.get("counts", {}).get(pheno)
-            if then is None:
-                continue
-            diff = abs(int(n) - int(then))
-            if 0 < diff < min_delta:
-                if override:
-                    log.warning("release guard overridden: phenotype %s differs from release %s by %d sample(s)",
-                                pheno, e.get("label"), diff)
-                    continue
-                raise ReleaseError(f"{where}: phenotype {pheno} would have {n} pooled samples against {then} in the "
-                                   f"release of round {e.get('label')} ({e.get('time')}): {diff} sample(s) apart, "
-                                   f"fewer than {min_delta}, and the difference of the two releases would reveal "
-                                   "them. Wait until more samples changed, or pass --allow-small-release (logged). "
-                                   "Nothing was written")
-
-
-def with_count_release(entries: list[dict], counts: dict[str, int], *, label: str, parties,
-                       overridden: bool) -> list[dict]:
-    """A study's release log with this round's release recorded (replacing an earlier one of the
-    same round); the caller writes it where the study keeps it."""
-    return [e for e in entries if e.get("label") != label] + [
-        {"time": _now(), "label": label, "parties": sorted(parties), "counts": dict(counts),
-         "overridden": bool(overridden)}]

@@ -438,6 +438,12 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     if list(model.covariates) != s["covariates"] or list(model.phenotypes) != s["phenotypes"]:
         raise ProtocolError(f"{party}: phenotypes/covariates {list(model.phenotypes)}/{list(model.covariates)} "
                             f"differ from the study's {s['phenotypes']}/{s['covariates']}. Nothing was published")
+    from .multiparty.rounds import check_step_release
+    from .study import model_own_samples
+
+    # the step's sum is revealed once every party published: before that, it must extend this party's
+    # release of the base round (the same parties, the same own samples)
+    check_step_release(manifest, ledger, model_own_samples(model), who=who)
     t, mode, k = int(s["phenotype_index"]), s["missing_genotypes"], len(s["covariates"])
     sel = np.asarray(s["selected"], dtype=np.int64)
     spark = get_session(master=master, conf=spark_conf) if spark is None else resolve_session(spark)
@@ -470,7 +476,7 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     from .multiparty import ProtocolError
     from .multiparty.exchange import Location, Manifest, locate_manifest, read_share_file, write_manifest
     from .multiparty.keys import load_private
-    from .multiparty.rounds import (TrustFile, close_if_complete, combine, key_fingerprint, read_signed,
+    from .multiparty.rounds import (CloseRecord, TrustFile, close_if_complete, combine, key_fingerprint, read_signed,
                                     read_survivors, sign_manifest, signed_record, verify_manifest)
     from .staging import check_out_dir
 
@@ -480,8 +486,11 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     inputs = (uri,) if "://" not in uri else ()
     out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     coordinator = load_private(sign_key) if sign_key else None
-    if base.self_masks and read_survivors(uri, base) is None:
-        body = close_if_complete(uri, base, coordinator)
+    record = CloseRecord(sign_key) if sign_key else None
+    if base.self_masks and record is not None and record.get(base) is not None:
+        close_if_complete(uri, base, coordinator, record=record)  # the set it signed (written back if lost)
+    elif base.self_masks and read_survivors(uri, base) is None:
+        body = close_if_complete(uri, base, coordinator, record=record)
         return {"closed": body, "next_manifest": None, "selected": []}
     headers, pooled = combine(uri, base, must_agree=["phenotypes", "covariates", "kind", "variant_hash",
                                                      "missing_genotypes"])
@@ -524,7 +533,8 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     q = len(selected)
     if q:
         _, step_manifest = locate_manifest(state["steps"][-1]["manifest"])
-        if (step_manifest.parties != base.parties or step_manifest.coordinator != base.coordinator
+        if (step_manifest.parties != {p: base.parties[p] for p in counted}
+                or step_manifest.coordinator != base.coordinator
                 or step_manifest.study != base.study
                 or step_manifest.settings.get("base_round") != base.round_id
                 or step_manifest.round_id != state["steps"][-1]["round"]):
@@ -557,8 +567,9 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
                     "phenotypes": phenos, "covariates": covs, "variant_hash": first["variant_hash"],
                     "missing_genotypes": mode, "intercept": bs.get("intercept", True),
                     "pheno_names": bs.get("pheno_names"), "covar_names": bs.get("covar_names")}
-        settings["self_masks"] = False  # a step needs every party (a missing one: restart the selection)
-        nxt = Manifest.new(base.study, base.parties, settings, coordinator=ck)
+        # a step needs every survivor of the base round, and no one else (a missing one: restart the selection)
+        settings["self_masks"] = False
+        nxt = Manifest.new(base.study, {p: base.parties[p] for p in counted}, settings, coordinator=ck)
         path = write_manifest(uri, nxt)
         sign_manifest(uri, nxt, coordinator)
         state["steps"].append({"round": nxt.round_id, "manifest": path})

@@ -26,10 +26,11 @@ import numpy as np
 from .errors import ConfigError
 from .multiparty import ProtocolError
 from .multiparty.exchange import Manifest, locate_manifest, read_share_file
+from .multiparty.guard import OwnSamples
 from .multiparty.keys import fingerprint, load_private
-from .multiparty.rounds import (Ledger, TrustFile, close_if_complete, combine, join_round,
-                                publish_stats, read_round_keys, read_survivors, reveal, verify_manifest,
-                                wait_for_shares)
+from .multiparty.rounds import (CloseRecord, GuardSettings, Ledger, TrustFile, close_if_complete, combine,
+                                join_round, publish_stats, read_round_keys, read_survivors, unmask_round,
+                                verify_manifest, wait_for_shares)
 
 if TYPE_CHECKING:  # imported where used: a round's close loads neither Arrow's Parquet nor the statistics
     import pyarrow as pa
@@ -97,6 +98,11 @@ def _agree(what: str, ours: list[str], declared, party: str) -> None:
 def regression_party_stats(pheno: str, covar: str | None, settings: dict) -> SufficientStats:
     """Note section 2: per-phenotype ``n, C'C, C'1, C'y, y'y`` over the party's samples with the
     phenotype and every covariate (samples matched by IID between the two tables)."""
+    return _regression_party(pheno, covar, settings)[0]
+
+
+def _regression_party(pheno: str, covar: str | None, settings: dict) -> tuple[SufficientStats, OwnSamples]:
+    """:func:`regression_party_stats` and the party's own samples (the release guard's)."""
     from .io.tables import match_samples, read_sample_table
     from .stats.sufficient import Moments, SufficientStats
 
@@ -117,13 +123,17 @@ def regression_party_stats(pheno: str, covar: str | None, settings: dict) -> Suf
     C = np.hstack(parts)
     complete = ~np.isnan(C).any(axis=1)
     moments = []
+    used = np.zeros(len(complete), dtype=bool)
     for t in range(Y.shape[1]):
         mask = complete & ~np.isnan(Y[:, t])
+        used |= mask
         moments.append(Moments.of(C[mask], Y[mask, t]))
     log.info("party statistics: %d phenotype(s), %d covariate column(s), %d samples with complete data",
              Y.shape[1], C.shape[1], int(complete.sum()))
+    own = OwnSamples(tuple(ph.names), tuple(m.n for m in moments),
+                     tuple(map(str, np.asarray(ph.iids)[rows[0, ok]][used])))
     return SufficientStats(phenotypes=tuple(ph.names), covariates=tuple(names), mode="mean",
-                           moments=tuple(moments), n_freq=0)
+                           moments=tuple(moments), n_freq=0), own
 
 
 def party_context(manifest_path: str, party: str, key_path: str, trust_path: str | None):
@@ -205,7 +215,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
     if kind == "regression":
         from .output import check_output_names
 
-        S = regression_party_stats(pheno, covar, settings)
+        S, own = _regression_party(pheno, covar, settings)
         check_output_names(S.phenotypes, where=pheno)
         extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind}
     else:
@@ -259,15 +269,20 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
             log.info("party %s: %d variants x %d statistics compressed, masked and staged in %d parts (%.1f s)",
                      party, len(model.variants), S.layout.width, len(parts), time.time() - t1)
             staged = {"variants": StagedStat((len(model.variants), S.layout.width, 2), tuple(parts), stage)}
-            share = pub.publish(S.to_arrays(), extra, files=files, staged=staged)
+            share = pub.publish(S.to_arrays(), extra, files=files, staged=staged, own=model_own_samples(model))
         finally:
             _remove_stage(stage)
         log.info("party %s: share published in %.1f s: %s", party, time.time() - t0, share)
         return share
     wait_for_keys(uri, manifest, wait, who=who)
-    share = publish_stats(uri, manifest, party, keys, S.to_arrays(), extra, ledger=ledger, files=files)
+    share = publish_stats(uri, manifest, party, keys, S.to_arrays(), extra, ledger=ledger, files=files, own=own)
     log.info("party %s: share published in %.1f s: %s", party, time.time() - t0, share)
     return share
+
+
+def model_own_samples(model) -> OwnSamples:
+    """A statistics model's own samples: its IIDs analysed for some phenotype, each phenotype's count."""
+    return OwnSamples(tuple(model.phenotypes), tuple(m.n for m in model.moments), model.sample_ids or ())
 
 
 def _remove_stage(stage: str) -> None:
@@ -289,18 +304,29 @@ def _load_encoding() -> None:
     encode(np.zeros(1))
 
 
-def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | None, wait: float = 0.0) -> str:
-    """``party unmask``: once the coordinator closed the round, reveal this survivor's self-mask seed
-    and its pair seeds with the dropped parties (nothing when this party was declared dropped)."""
+def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | None, wait: float = 0.0,
+               min_release_delta: int = 20, min_n: int = 20, allow_small_release: bool = False) -> str:
+    """``party unmask``: this survivor's side of a closed round (:func:`~dash_spark.multiparty.rounds.unmask_round`):
+    confirm the survivor set, reveal the guard counts' keys, check the pooled counts against this
+    party's release memory, reveal its seeds; each step once the other survivors have done the one
+    before, waiting up to ``wait`` seconds for them. Returns the reveal's path, or what it waits for
+    (run it again)."""
     uri, manifest, keys, ledger, trust_file = party_context(manifest_path, party, key_path, trust)
     who = f"party {party!r}, round {manifest.round_id!r}"
     verify_manifest(uri, manifest, trust_file, who=who)
+    guard = GuardSettings(min_delta=min_release_delta, min_n=min_n, override=allow_small_release)
     deadline = time.time() + max(0.0, wait)
-    while read_survivors(uri, manifest) is None and time.time() < deadline:
-        time.sleep(POLL_SECONDS)
-    path = reveal(uri, manifest, party, keys, ledger, who=who)
-    log.info("party %s: round %s unmasked (%s)", party, manifest.round_id, path)
-    return path
+    while True:
+        done, what = unmask_round(uri, manifest, party, keys, ledger, guard=guard, who=who)
+        if done:
+            log.info("party %s: round %s unmasked (%s)", party, manifest.round_id, what)
+            return what
+        if time.time() >= deadline:
+            log.info("party %s: round %s: waiting for %s; run party unmask again (or pass --wait SECONDS)",
+                     party, manifest.round_id, what)
+            return f"waiting for {what}"
+        # once the round is closed, each step waits for the others' small signed files: look often
+        time.sleep(POLL_SECONDS if what.startswith("the coordinator") else SHARE_POLL_SECONDS)
 
 
 def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_dropouts: bool = False,
@@ -317,12 +343,17 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
     uri, manifest = locate_manifest(manifest_path)
     if trust:
         verify_manifest(uri, manifest, TrustFile.load(trust), who=f"combine round {manifest.round_id!r}")
-    if manifest.self_masks and read_survivors(uri, manifest) is None:
-        coordinator = load_private(sign_key) if sign_key else None
+    record = CloseRecord(sign_key) if sign_key else None
+    coordinator = load_private(sign_key) if sign_key else None
+    if manifest.self_masks and record is not None and record.get(manifest) is not None:
+        # this coordinator closed the round before: the same signed set (written back if the exchange
+        # lost it); another set on the exchange is refused
+        close_if_complete(uri, manifest, coordinator, record=record)
+    elif manifest.self_masks and read_survivors(uri, manifest) is None:
         if coordinator is not None and not allow_dropouts and wait > 0:
             # each share is verified and added as it lands; then the round closes (or names who is missing)
             wait_for_shares(uri, manifest, wait, poll=SHARE_POLL_SECONDS, into=partial)
-        body = close_if_complete(uri, manifest, coordinator, allow_dropouts=allow_dropouts)
+        body = close_if_complete(uri, manifest, coordinator, allow_dropouts=allow_dropouts, record=record)
         log.info("combine: round %s closed with survivors %s (dropped: %s); each survivor now runs party unmask",
                  manifest.round_id, ", ".join(body["survivors"]), ", ".join(body["dropped"]) or "none")
         return manifest, {"closed": body}, None
@@ -354,29 +385,16 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
 def _load_combine() -> None:
     import pyarrow as pa
 
-    from . import output, release  # noqa: F401 - scipy, the writers, the release guard
+    from . import output  # noqa: F401 - scipy, the writers
     from .stats import sufficient  # noqa: F401 - finalize
 
     _load_encoding()  # the ring kernels' compiled code
     pa.array([""])  # pyarrow imports pandas the first time it converts Python objects
 
 
-def _release_log(uri: str, manifest: Manifest):
-    """The study's release log on the exchange: ``(location, path, entries)``."""
-    import json
-
-    from .multiparty.exchange import Location
-
-    loc = Location(uri)
-    path = loc.join(manifest.study, "releases.json")
-    entries = json.loads(loc.read(path, what="release log")) if loc.exists(path) else []
-    return loc, path, entries
-
-
 def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots: bool = True,
                 sign_key: str | None = None, allow_dropouts: bool = False, trust: str | None = None,
-                wait: float = 0.0, min_release_delta: int = 20, min_n: int = 20,
-                allow_small_release: bool = False, a1freq_lower_limit: float = 0.0) -> dict:
+                wait: float = 0.0, a1freq_lower_limit: float = 0.0) -> dict:
     """Verify every counted share, add them, unmask, decode and finalize; write the study's outputs
     under ``out``. The first call on a round with self-masks closes it (the coordinator's
     ``sign_key``) and returns ``{"closed": survivor set}`` without writing; with ``wait`` it then
@@ -405,17 +423,10 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
         # the shares not added yet are verified and added while the survivors reveal
         _, first, S = combine_study(manifest_path, trust=trust, wait=max(0.0, t0 + wait - time.time()),
                                     partial=partial)
-    import json
-
     from .output import OutputModel, safe_name, write_outputs_local
-    from .release import check_count_release, check_min_n, with_count_release
 
-    counts = {p: S.n_samples(t) for t, p in enumerate(S.phenotypes)}
-    where = f"combine study {manifest.study!r} round {manifest.round_id!r}"
-    check_min_n(counts, min_n=min_n, override=allow_small_release, where=where)
-    loc, log_path, entries = _release_log(uri, manifest)
-    check_count_release(entries, counts, min_delta=min_release_delta, override=allow_small_release, where=where,
-                        label=manifest.round_id)
+    # no release check here: what combine can sum was released already, by each survivor's own
+    # guard before it revealed anything (party unmask)
     with staged_output(out, overwrite=overwrite, inputs=inputs, command="combine") as stage:
         written: dict = {}
         if first["kind"] == "regression":
@@ -436,9 +447,6 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
                                         "parties": first["parties"], "survivors": first["survivors"]})
             glm, _ = write_outputs_local(stage.path, table, model, plots=plots)
             written = {k: stage.final(v) for k, v in glm.items()}
-        entries = with_count_release(entries, counts, label=manifest.round_id, parties=first["survivors"],
-                                     overridden=allow_small_release)
-        loc.write_atomic(log_path, json.dumps(entries, indent=1, sort_keys=True).encode(), what="release log")
     log.info("combine: outputs in %s (%.1f s after the close, %.1f s in all)", out, time.time() - t_closed,
              time.time() - t0)
     return written

@@ -50,6 +50,8 @@ class Study:
 
     def manifest(self, *extra, parties=None, exchange=None) -> str:
         parties = self.parties if parties is None else parties
+        if len(parties) == 2 and "--threshold" not in extra:
+            extra = (*extra, "--threshold", "2")
         return self.ok("party", "manifest", "--study", self.name, "--exchange", exchange or self.tmp / "exchange",
                        "--sign-key", self.coord, *extra,
                        *[x for p in parties for x in ("--party", f"{p}={self.keys / p}.pub")])
@@ -67,10 +69,32 @@ class Study:
     def finish(self, manifest: str, out, *combine_args, allow_dropouts=False) -> str:
         """Close the round (the coordinator), unmask (every survivor), combine; returns combine's output."""
         drop = ["--allow-dropouts"] if allow_dropouts else []
+        guard, rest, args = [], [], list(map(str, combine_args))  # the release guard's options go to unmask
+        while args:
+            a = args.pop(0)
+            if a == "--allow-small-release":
+                guard.append(a)
+            elif a in ("--min-n", "--min-release-delta"):
+                guard += [a, args.pop(0)]
+            else:
+                rest.append(a)
+        combine_args = rest
         closed = self.ok("combine", "--manifest", manifest, "--out", out, "--sign-key", self.coord, *drop,
                          *combine_args)
         assert "round closed" in closed, closed
         survivors = closed.split("survivors ", 1)[1].split(";", 1)[0].split(", ")
-        for p in survivors:
-            self.ok("party", "unmask", *self.party(p, manifest))
+        self.unmask(manifest, survivors, *guard)
         return self.ok("combine", "--manifest", manifest, "--out", out, *combine_args)
+
+    def unmask(self, manifest: str, survivors, *guard) -> dict:
+        """Every survivor runs party unmask until done (confirm, counts, guard, seeds: one step a pass,
+        as each waits for the others); returns each survivor's last output."""
+        last: dict = {}
+        for _ in range(4):
+            todo = [p for p in survivors if not last.get(p, "waiting").startswith("/") and "waiting" in last.get(p, "waiting")]
+            if not todo:
+                break
+            for p in todo:
+                last[p] = self.ok("party", "unmask", *self.party(p, manifest), *guard)
+        assert all("waiting" not in v for v in last.values()), last
+        return last

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dash_spark.cli import main
+from dash_spark.multiparty.exchange import locate_manifest
 from dash_spark.pipeline import ScanConfig, run_scan
 
 from .oracle_data import make_split_files
@@ -126,8 +127,8 @@ def test_combine_rejects_missing_party_tampering_and_replay(study, capsys):
     capsys.readouterr()
     # closing the round checks the signed headers; the survivors unmask; combine checks every file
     assert main(["-q", "combine", "--manifest", manifest, "--out", str(out), "--sign-key", st.coord]) == 0
-    for p in PARTIES:
-        assert main(["-q", "party", "unmask", *st.party(p, manifest)]) == 0
+    # (these keys released the same parties' data in this module's other tests: the guard is overridden)
+    st.unmask(manifest, PARTIES, "--allow-small-release")
     capsys.readouterr()
     assert main(["-q", "combine", "--manifest", manifest, "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -161,22 +162,24 @@ def test_party_with_different_phenotypes_is_stopped_before_publishing(study, cap
 
 
 @pytest.mark.slow
-def test_five_parties_one_drops_after_the_others_published(tmp_path, spark):
-    """Five parties join; four publish and the fifth drops. The round is closed with the four
-    survivors, they unmask, and combine equals the pooled scan of their samples (1e-9)."""
+def test_five_parties_two_drop_after_the_others_published(tmp_path, spark):
+    """Five parties join; three publish and two drop (the default threshold of 3 survivors). The
+    round is closed with the three, they unmask, and combine equals the pooled scan of their
+    samples (1e-9); the dropped parties' late shares stay hidden from everything on the exchange."""
     from .party_flow import Study
+    from .test_multiparty_adversary import recover
 
     names = ["p1", "p2", "p3", "p4", "p5"]
-    files, parts, prefixes = make_split_files(tmp_path, 61, names, [0.25, 0.2, 0.2, 0.2, 0.15], n=500, m=240)
+    files, parts, prefixes = make_split_files(tmp_path, 61, names, [0.3, 0.25, 0.2, 0.15, 0.1], n=500, m=240)
     st = Study(tmp_path, names)
     manifest = st.manifest("--bim", files.bfile + ".bim")
     st.join(manifest)
-    for p in names[:4]:
+    for p in names[:3]:
         code, _, err = st.compress(manifest, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile", prefixes[p])
         assert code == 0, err[-3000:]
     st.finish(manifest, tmp_path / "combined", "--no-plots", allow_dropouts=True)
     iids = [line.split()[1] for line in open(files.bfile + ".fam")]
-    (tmp_path / "survivors.txt").write_text("".join(f"{iids[i]}\n" for p in names[:4] for i in parts[p]))
+    (tmp_path / "survivors.txt").write_text("".join(f"{iids[i]}\n" for p in names[:3] for i in parts[p]))
     pooled = run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, plots=False,
                                  keep=str(tmp_path / "survivors.txt"), out=str(tmp_path / "pooled")), spark=spark)
     key = [("phenotype", "ascending"), ("variant_index", "ascending")]
@@ -190,9 +193,26 @@ def test_five_parties_one_drops_after_the_others_published(tmp_path, spark):
     assert np.all(np.abs(beta_a - beta_b) <= 1e-9 * np.maximum(np.abs(beta_a), se[ok]))
     np.testing.assert_allclose(np.array(b["neg_log10_p"], dtype=float)[ok],
                                np.array(a["neg_log10_p"], dtype=float)[ok], rtol=1e-9, atol=1e-11)
-    # the dropped party may neither publish late nor reveal its self-mask seed
-    code, _, err = st.compress(manifest, "p5", "--pheno", files.pheno, "--covar", files.covar, "--bfile",
-                               prefixes["p5"])
-    assert code == 2 and "closed" in err
-    code, _, err = st.run("party", "unmask", *st.party("p5", manifest))
-    assert code == 2 and "dropped" in err
+    # the dropped parties may neither publish late nor reveal their self-mask seeds
+    for p in names[3:]:
+        code, _, err = st.compress(manifest, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile",
+                                   prefixes[p])
+        assert code == 2 and "closed" in err
+        code, _, err = st.run("party", "unmask", *st.party(p, manifest))
+        assert code == 2 and "dropped" in err and len(err.splitlines()) == 1
+    # p4's share written anyway (its survivors file hidden while it published): nothing on the
+    # exchange unmasks it
+    uri, m = locate_manifest(manifest)
+    surv = os.path.join(os.path.dirname(manifest), "survivors.json")
+    kept = open(surv, "rb").read()
+    os.remove(surv)
+    code, _, err = st.compress(manifest, "p4", "--pheno", files.pheno, "--covar", files.covar, "--bfile",
+                               prefixes["p4"])
+    open(surv, "wb").write(kept)
+    assert code == 0, err[-2000:]
+    # everything revealed removes p4's pair masks with the survivors, never its self-mask: its sample
+    # count (and so every other statistic) is still noise
+    n4 = recover(uri, m, "p4", names=("t0.n", "guard.counts"))
+    truth = len(parts["p4"])
+    assert abs(float(n4["t0.n"][0]) - truth) > 1e6 and np.all(np.abs(n4["guard.counts"] - truth) > 1e6)
+    assert pq.read_table(str(tmp_path / "combined" / "results.parquet")).num_rows == len(a["beta"])

@@ -50,8 +50,7 @@ def test_three_party_selection_equals_statsmodels(tmp_path, spark, capsys):
     select = ["select", "--manifest", manifest, "--out", str(out), "--pheno-name", "pheno1", "--p-threshold", "1",
               "--max-steps", "2", "--sign-key", st.coord, "--trust", st.trust]
     assert "base round closed" in _run(capsys, *select)  # the base round is closed, then unmasked
-    for p in PARTIES:
-        _run(capsys, "party", "unmask", *st.party(p, manifest))
+    st.unmask(manifest, PARTIES)  # confirm, counts, guard, seeds: a pass per step
     rounds = set()
     for _ in range(5):
         text = _run(capsys, *select)

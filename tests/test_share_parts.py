@@ -24,7 +24,7 @@ from dash_spark.multiparty.exchange import (DuplicateShareError, RingParts, Stag
                                             part_file, publish_share, read_shares, sum_shares, write_part)
 from dash_spark.multiparty.keys import fingerprint
 from dash_spark.multiparty.masking import StatMasker, mask_share, mask_stream, stat_masker, unmask_sum
-from dash_spark.multiparty.rounds import close_if_complete, combine, open_publication, reveal, wait_for_shares
+from dash_spark.multiparty.rounds import close_if_complete, combine, open_publication, wait_for_shares
 
 from .test_multiparty_attacks import Lab
 
@@ -58,15 +58,14 @@ def publish_parted(lab: Lab, p: str, cuts=None):
     stage = pub.new_stage()
     parts = stage_parts(pub, stage, p, CUTS[p] if cuts is None else cuts)
     share = pub.publish({"t0.CtC": values(p)["t0.CtC"]}, {"kind": "regression"},
-                        staged={"variants": StagedStat((M, W, 2), tuple(parts), stage)})
+                        staged={"variants": StagedStat((M, W, 2), tuple(parts), stage)}, own=lab.own(p))
     return pub, stage, parts, share
 
 
 def close_and_reveal(lab: Lab, parties=PARTIES3) -> None:
     body = close_if_complete(lab.uri, lab.manifest, lab.coord)
     assert body["survivors"] == list(parties)
-    for p in parties:
-        reveal(lab.uri, lab.manifest, p, lab.keys[p], lab.ledger(p), who=p)
+    lab.unmask(parties)
 
 
 def assert_pooled(pooled: dict) -> None:
@@ -348,7 +347,7 @@ def test_stage_is_private_beside_the_ledger_and_emptied_by_publish(lab3, tmp_pat
     parts = stage_parts(pub, stage, "a", [0, 7, M])
     assert sorted(os.listdir(stage)) == [part_file("variants", 0), part_file("variants", 7)]
     assert not os.path.exists(share_dir(lab, "a"))  # staged rows are not on the exchange
-    pub.publish({"t0.CtC": values("a")["t0.CtC"]}, {"kind": "regression"},
+    pub.publish({"t0.CtC": values("a")["t0.CtC"]}, {"kind": "regression"}, own=lab.own("a"),
                 staged={"variants": StagedStat((M, W, 2), tuple(parts), stage)})
     assert os.listdir(stage) == []  # moved, not copied
     assert sorted(f for f in os.listdir(share_dir(lab, "a")) if f.startswith("variants")) == [
@@ -367,10 +366,11 @@ def test_a_failure_before_publishing_leaves_nothing_and_the_party_can_retry(lab3
     assert not os.path.exists(stage)
     assert not os.path.exists(share_dir(lab, "a"))
     assert not lab.ledger("a").entry(lab.manifest)["published"]
-    # the retry: same round secrets and seeds, so the same rows give the same (still private) bytes
+    # the retry: the same round's pair seeds, a fresh self-mask seed (each publication draws its own),
+    # so the same rows give other (still private) bytes
     pub, stage2, parts2, _ = publish_parted(lab, "a", [0, 10, 20, M])
-    assert pub.seeds == first.seeds and pub.self_seed == first.self_seed
-    assert {q["start"]: q["sha256"] for q in parts} == {q["start"]: q["sha256"] for q in parts2 if q["start"] < 20}
+    assert pub.seeds == first.seeds and pub.self_seed != first.self_seed
+    assert not {q["sha256"] for q in parts} & {q["sha256"] for q in parts2}
     assert lab.ledger("a").entry(lab.manifest)["published"]
     with pytest.raises(ProtocolError, match="party 'a' already published"):
         open_publication(lab.uri, lab.manifest, "a", lab.keys["a"], ledger=lab.ledger("a"))
@@ -409,7 +409,7 @@ def test_publish_refuses_a_staged_part_the_driver_cannot_see(lab3, damage, found
     pattern = (rf"variants@000000000010\.npy: a part of statistic 'variants' is missing or short on the driver "
                rf"\(expected {bad['bytes']} bytes, {found.format(n=size)}\).*\(--share-stage\)\. Nothing was published")
     with pytest.raises(OutputError, match=pattern):
-        pub.publish({"t0.CtC": values("b")["t0.CtC"]}, {"kind": "regression"},
+        pub.publish({"t0.CtC": values("b")["t0.CtC"]}, {"kind": "regression"}, own=lab.own("b"),
                     staged={"variants": StagedStat((M, W, 2), tuple(parts), stage)})
     assert not os.path.exists(os.path.join(share_dir(lab, "b"), "signature.json"))
     assert not os.path.exists(share_dir(lab, "b"))  # no file of b on the exchange
@@ -418,7 +418,7 @@ def test_publish_refuses_a_staged_part_the_driver_cannot_see(lab3, damage, found
     assert not (lab.ledger("b").entry(lab.manifest) or {}).get("published")
     again = open_publication(lab.uri, lab.manifest, "b", lab.keys["b"], ledger=lab.ledger("b"))
     stage2 = again.new_stage()
-    again.publish({"t0.CtC": values("b")["t0.CtC"]}, {"kind": "regression"},
+    again.publish({"t0.CtC": values("b")["t0.CtC"]}, {"kind": "regression"}, own=lab.own("b"),
                   staged={"variants": StagedStat((M, W, 2), tuple(stage_parts(again, stage2, "b", CUTS["b"])), stage2)})
     assert os.path.exists(os.path.join(share_dir(lab, "b"), "signature.json"))
 
@@ -568,11 +568,11 @@ def test_two_runs_of_a_party_computing_at_once_publish_once(lab3):
     parts1 = stage_parts(one, stage1, "a", CUTS["a"])
     other = values("a")["variants"] + 1.0  # the second run saw other data
     parts2 = [two.part_writer("variants", stage2).write(0, other)]
-    one.publish({"t0.CtC": values("a")["t0.CtC"]}, {"kind": "regression"},
+    one.publish({"t0.CtC": values("a")["t0.CtC"]}, {"kind": "regression"}, own=lab.own("a"),
                 staged={"variants": StagedStat((M, W, 2), tuple(parts1), stage1)})
     before = sorted(os.listdir(share_dir(lab, "a")))
     with pytest.raises(DuplicateShareError, match="party 'a' already published"):
-        two.publish({"t0.CtC": values("a")["t0.CtC"]}, {"kind": "regression"},
+        two.publish({"t0.CtC": values("a")["t0.CtC"]}, {"kind": "regression"}, own=lab.own("a"),
                     staged={"variants": StagedStat((M, W, 2), tuple(parts2), stage2)})
     assert sorted(os.listdir(share_dir(lab, "a"))) == before and os.listdir(stage2)  # nothing moved
     # the claim holds even before the first run writes anything: a run that claimed first wins
@@ -580,5 +580,5 @@ def test_two_runs_of_a_party_computing_at_once_publish_once(lab3):
     b1 = open_publication(lab.uri, lab.manifest, "b", lab.keys["b"], ledger=lab2)
     lab2.claim_publication(lab.manifest, "b", who="b")
     with pytest.raises(DuplicateShareError):
-        b1.publish({"t0.CtC": values("b")["t0.CtC"]}, {"kind": "regression"})
+        b1.publish({"t0.CtC": values("b")["t0.CtC"]}, {"kind": "regression"}, own=lab.own("b"))
     assert not os.path.exists(share_dir(lab, "b"))

@@ -115,6 +115,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def default_threshold(n_parties: int) -> int:
+    """The default least number of survivors of a round of ``n_parties``: at least 3 and more than
+    half the roster (every party of a study of 2 or 3). Two survivor sets of a round then share a
+    party, which confirms only one of them (the consistency round of :mod:`.rounds`), and a close
+    never leaves the coordinator and one colluding party with the statistics of a single third."""
+    return n_parties if n_parties <= 3 else max(3, n_parties // 2 + 1)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What a study round is: parties and keys, model settings, encoding. Bound into every share.
@@ -126,6 +134,8 @@ class Manifest:
     ``coordinator``: ``{"name", "x25519", "ed25519"}`` of the key that signs the manifest and the
     round's survivor set (``None`` in library use without a coordinator). ``settings["self_masks"]``
     (default true): shares carry self-masks, revealed by the survivors once the round is closed.
+    ``settings["threshold"]`` (default :func:`default_threshold`): the least number of survivors a
+    round closes with (more than half the roster, so that two survivor sets always share a party).
     """
 
     study: str
@@ -170,6 +180,13 @@ class Manifest:
             raise InputError(f"{where}: unsupported encoding; expected {{'ring_bits': {RING_BITS}, "
                              f"'frac_bits': n}}, found {_short(enc)}. Rebuild the manifest with this dash-spark")
         check_frac_bits(enc["frac_bits"], where=where)
+        t = self.settings.get("threshold")
+        if t is not None:
+            n = len(self.parties)
+            if isinstance(t, bool) or not isinstance(t, int) or not (n // 2 < t <= n and t >= 2):
+                raise InputError(f"{where}: invalid threshold; expected the least number of survivors, more than "
+                                 f"half of the {n} parties and at most {n}, found {_short(t)}. Rebuild the manifest "
+                                 "with party manifest --threshold T")
         if not isinstance(self.created, str):
             raise InputError(f"{where}: created is not a string; expected an ISO time, found "
                              f"{type(self.created).__name__}. Leave it at the default")
@@ -204,6 +221,14 @@ class Manifest:
     def self_masks(self) -> bool:
         """Whether shares carry self-masks (double masking: a round survives dropouts)."""
         return bool(self.settings.get("self_masks", True))
+
+    @property
+    def threshold(self) -> int:
+        """The least number of survivors this round closes with (all parties without self-masks)."""
+        if not self.self_masks:
+            return len(self.parties)
+        t = self.settings.get("threshold")
+        return default_threshold(len(self.parties)) if t is None else int(t)
 
     def coordinator_keys(self) -> PublicKeys | None:
         """The coordinator's public keys (``None`` when the manifest names no coordinator)."""
@@ -1022,6 +1047,24 @@ def read_share_file(uri: str | os.PathLike, manifest: Manifest, party: str, head
     return data
 
 
+def read_statistic(uri: str | os.PathLike, manifest: Manifest, party: str, name: str) -> np.ndarray:
+    """One whole statistic of ``party``'s share, its signed header verified and the file checked
+    against the sha256 the header records (the round's guard counts are read so, without the rest)."""
+    loc = _Location(uri)
+    header = _verify_share(loc, manifest, party, manifest.public_keys(party), data=False)[0]
+    sdir = _share_dir(loc, manifest, party)
+    who = f"share of party {party!r} ({loc.show(sdir)})"
+    meta = header["stats"].get(name)
+    if meta is None:
+        raise ProtocolError(f"{who}: no statistic {name!r} in its signed header; expected every survivor's share "
+                            "to carry it. The party ran an older dash-spark: start a new round")
+    pieces = _stat_pieces(sdir, name, meta, who=who, party=party)
+    if len(pieces) != 1 or pieces[0][0] is not None:
+        raise ProtocolError(f"{who}: statistic {name!r} is in parts; expected one file")
+    _, _, path, sha, shape, what = pieces[0]
+    return _read_ring(loc, path, sha, shape, who=who, what=what, party=party)
+
+
 def complete_shares(uri: str | os.PathLike, manifest: Manifest) -> list[str]:
     """The parties whose share is complete (signed) and verifies."""
     loc = _Location(uri)
@@ -1035,6 +1078,8 @@ def complete_shares(uri: str | os.PathLike, manifest: Manifest) -> list[str]:
 
 __all__ = ["DuplicateShareError", "Location", "Manifest", "RingParts", "ShareSum", "StagedStat", "add_shares",
            "check_staged", "canonical_json",
-           "check_parts", "part_file", "write_part", "complete_shares", "locate_manifest", "manifest_location",
+           "check_parts", "part_file", "write_part", "complete_shares", "default_threshold", "locate_manifest",
+           "manifest_location",
            "mask_stats", "new_round_id", "parse_json", "publish_share", "read_manifest", "read_share_file",
+           "read_statistic",
            "read_shares", "sum_shares", "write_manifest"]

@@ -107,6 +107,12 @@ def pairwise_seeds(my_private: PrivateKeys | X25519PrivateKey, public_x25519: Ma
             for p, pub in public_x25519.items() if p != me}
 
 
+def stat_key(seed: bytes, stat_name: str, kind: str = "stat") -> bytes:
+    """The keystream key of statistic ``stat_name`` from a pair seed (``kind="stat"``) or a self
+    seed (``"self"``): one-way, so revealing it reveals no other statistic's mask."""
+    return _stat_key(seed, stat_name, kind)
+
+
 def _stat_key(seed: bytes, stat_name: str, kind: str = "stat") -> bytes:
     if not isinstance(seed, bytes) or len(seed) != 32:
         raise InputError(f"mask for statistic {stat_name!r}: seed is not 32 bytes; expected a seed from "
@@ -231,6 +237,12 @@ def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: 
     return masker.apply(out)
 
 
+def unmask_with_keys(total: np.ndarray, stat_name: str, keys: Sequence[tuple[bytes, bool]]) -> np.ndarray:
+    """Remove from a ring sum (in place) the streams of revealed keystream keys ``[(key, subtract)]``
+    (each key as :func:`stat_key` derives it; ``subtract`` undoes a stream that was added)."""
+    return StatMasker(stat_name, tuple(keys)).apply(total.reshape(-1, 2)).reshape(total.shape)
+
+
 def unmask_sum(total: np.ndarray, stat_name: str, *, parties: Sequence[str], self_seeds: Mapping[str, bytes],
                dropped_pair_seeds: Mapping[tuple[str, str], bytes], threads: int | None = None) -> np.ndarray:
     """Remove from the ring sum ``total`` of the survivors' shares (in place) the survivors' self-masks
@@ -251,4 +263,4 @@ def unmask_sum(total: np.ndarray, stat_name: str, *, parties: Sequence[str], sel
 
 
 __all__ = ["StatMasker", "check_stat_name", "mask_share", "mask_stream", "pair_sign", "pairwise_seed", "pairwise_seeds",
-           "round_salt", "self_mask_stream", "stat_masker", "unmask_sum"]
+           "round_salt", "self_mask_stream", "stat_key", "stat_masker", "unmask_sum", "unmask_with_keys"]
