@@ -35,6 +35,8 @@ def test_parties_bench(tmp_path):
     critical = max(figures[f"compress_{p}"] for p in parties) + figures["finish"]
     assert figures["critical_path"] == pytest.approx(critical, abs=0.05)
     assert figures["critical_path_with_join_over_pooled"] > figures["critical_path_over_pooled"]
+    dropped = _bench(tmp_path / "dropout", "--parties", "--dropout")  # dave joins and drops: 3 of 4 close
+    assert dropped["dropout"] and dropped["max_rel_diff_vs_pooled"] < 1e-9 and "join_dave" in dropped
 
 
 @pytest.mark.slow
