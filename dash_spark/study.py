@@ -40,8 +40,8 @@ if TYPE_CHECKING:  # imported where used: a round's close loads neither Arrow's 
 
 #: how often a waiting step looks at the exchange again (each look is a few small reads)
 POLL_SECONDS = 0.2
-#: how often a coordinator waiting for the shares looks for the next one (a few stat calls): the
-#: round closes this soon after the last share lands
+#: how often a coordinator waiting for the shares, or a survivor waiting for the others' steps (the
+#: close, confirmations, counts), looks again (a few small reads): each step follows this soon
 SHARE_POLL_SECONDS = 0.05
 
 log = logging.getLogger("dash_spark")
@@ -325,8 +325,8 @@ def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | No
             log.info("party %s: round %s: waiting for %s; run party unmask again (or pass --wait SECONDS)",
                      party, manifest.round_id, what)
             return f"waiting for {what}"
-        # once the round is closed, each step waits for the others' small signed files: look often
-        time.sleep(POLL_SECONDS if what.startswith("the coordinator") else SHARE_POLL_SECONDS)
+        # each step waits for a few small signed files (the close, the others' steps): look often
+        time.sleep(SHARE_POLL_SECONDS)
 
 
 def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_dropouts: bool = False,
@@ -362,7 +362,7 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
     from .output import check_output_names
     from .stats.sufficient import SufficientStats
 
-    headers, pooled = combine(uri, manifest, must_agree=AGREE, wait=wait, poll=POLL_SECONDS, partial=partial)
+    headers, pooled = combine(uri, manifest, must_agree=AGREE, wait=wait, poll=SHARE_POLL_SECONDS, partial=partial)
     if partial is not None and partial.used:
         log.info("combine: the %d shares were verified and added as they landed", len(partial.headers))
     counted = sorted(headers)

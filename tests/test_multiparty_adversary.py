@@ -108,6 +108,17 @@ def closed_without_de(lab):
     return record
 
 
+def released(tmp_path, parties):
+    """A round of ``parties`` (each with its 40 samples) published, closed, unmasked: released."""
+    lab = Lab(tmp_path, parties=list(parties))
+    lab.join()
+    for p in parties:
+        lab.publish(p)
+    close_if_complete(lab.uri, lab.manifest, lab.coord)
+    lab.unmask(parties)
+    return lab
+
+
 def survivors_file(lab, manifest=None):
     m = manifest or lab.manifest
     return os.path.join(lab.uri, m.study, m.round_id, "survivors.json")
@@ -297,12 +308,7 @@ def three(tmp_path):
 def test_a_withdrawal_is_refused_before_anything_unmasks_the_statistics(tmp_path):
     """Round 1 released by a, b, c; round 2 of the same parties after a withdrew one sample: every
     party refuses before revealing its seeds, so nothing on the exchange sums to round 2."""
-    lab = Lab(tmp_path, parties=["a", "b", "c"])
-    lab.join()
-    for p in "abc":
-        lab.publish(p)
-    close_if_complete(lab.uri, lab.manifest, lab.coord)
-    lab.unmask("abc")
+    lab = released(tmp_path, "abc")
     m2 = second_round(lab, "r2", "abc", drop=("a7",))
     # a refuses on its own samples before it writes anything; b and c wait for a, so not even the
     # pooled counts come out
@@ -327,12 +333,7 @@ def test_a_withdrawal_is_refused_before_anything_unmasks_the_statistics(tmp_path
 def test_releases_with_and_without_one_party_are_refused(tmp_path):
     """Released by a, b, c, d; then a round closed without d: a, b and c refuse (the difference of
     the two would be d's statistics), whatever the round or study is called."""
-    lab = Lab(tmp_path, parties=["a", "b", "c", "d"])
-    lab.join()
-    for p in "abcd":
-        lab.publish(p)
-    close_if_complete(lab.uri, lab.manifest, lab.coord)
-    lab.unmask("abcd")
+    lab = released(tmp_path, "abcd")
     m2 = second_round(lab, "r2", "abc", study="renamed")
     refused = run_until_refused(lab, m2, "abc", refusing="abc")
     assert all("differ by exactly one party (d)" in r for r in refused.values())
@@ -340,12 +341,7 @@ def test_releases_with_and_without_one_party_are_refused(tmp_path):
 
 
 def test_the_same_withdrawal_under_another_study_and_exchange_is_refused(tmp_path):
-    lab = Lab(tmp_path, parties=["a", "b", "c"])
-    lab.join()
-    for p in "abc":
-        lab.publish(p)
-    close_if_complete(lab.uri, lab.manifest, lab.coord)
-    lab.unmask("abc")
+    lab = released(tmp_path, "abc")
     other = str(tmp_path / "another-exchange")
     m2 = second_round(lab, "q1", "abc", study="another-name", uri=other, drop=("a3",))
     refused = run_until_refused(lab, m2, "abc", uri=other, refusing="a")
@@ -354,12 +350,7 @@ def test_the_same_withdrawal_under_another_study_and_exchange_is_refused(tmp_pat
 
 
 def test_a_deleted_or_damaged_release_memory_is_refused(tmp_path):
-    lab = Lab(tmp_path, parties=["a", "b", "c"])
-    lab.join()
-    for p in "abc":
-        lab.publish(p)
-    close_if_complete(lab.uri, lab.manifest, lab.coord)
-    lab.unmask("abc")
+    lab = released(tmp_path, "abc")
     key = str(tmp_path / "keys" / "a")
     m2 = second_round(lab, "r2", "abc", drop=("a7",))
     # a's memory deleted: a refuses (the ledger records a release the memory lacks)
@@ -376,12 +367,7 @@ def test_a_deleted_or_damaged_release_memory_is_refused(tmp_path):
 
 
 def test_the_release_memory_and_ledger_are_private(tmp_path):
-    lab = Lab(tmp_path, parties=["a", "b", "c"])
-    lab.join()
-    for p in "abc":
-        lab.publish(p)
-    close_if_complete(lab.uri, lab.manifest, lab.coord)
-    lab.unmask("abc")
+    released(tmp_path, "abc")
     key = str(tmp_path / "keys" / "a")
     for path in (key + ".releases.json", key + ".ledger"):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -392,12 +378,7 @@ def test_the_release_memory_and_ledger_are_private(tmp_path):
 
 
 def test_the_override_releases_and_is_recorded(tmp_path):
-    lab = Lab(tmp_path, parties=["a", "b", "c"])
-    lab.join()
-    for p in "abc":
-        lab.publish(p)
-    close_if_complete(lab.uri, lab.manifest, lab.coord)
-    lab.unmask("abc")
+    lab = released(tmp_path, "abc")
     m2 = second_round(lab, "r2", "abc", drop=("a7",))
     lab.unmask("abc", manifest=m2, guard=GuardSettings(min_n=0, override=True))
     _, pooled = combine(lab.uri, m2)

@@ -237,10 +237,9 @@ def mask_share(values_encoded: np.ndarray, stat_name: str, *, me: str, parties: 
     return masker.apply(out)
 
 
-def unmask_with_keys(total: np.ndarray, stat_name: str, keys: Sequence[tuple[bytes, bool]]) -> np.ndarray:
-    """Remove from a ring sum (in place) the streams of revealed keystream keys ``[(key, subtract)]``
-    (each key as :func:`stat_key` derives it; ``subtract`` undoes a stream that was added)."""
-    return StatMasker(stat_name, tuple(keys)).apply(total.reshape(-1, 2)).reshape(total.shape)
+def key_stream(key: bytes, n_words: int) -> np.ndarray:
+    """The first ``n_words`` ring elements ``(n_words, 2)`` of a keystream key (:func:`stat_key`)."""
+    return _words(_keystream(key), int(n_words))
 
 
 def unmask_sum(total: np.ndarray, stat_name: str, *, parties: Sequence[str], self_seeds: Mapping[str, bytes],
@@ -263,4 +262,4 @@ def unmask_sum(total: np.ndarray, stat_name: str, *, parties: Sequence[str], sel
 
 
 __all__ = ["StatMasker", "check_stat_name", "mask_share", "mask_stream", "pair_sign", "pairwise_seed", "pairwise_seeds",
-           "round_salt", "self_mask_stream", "stat_key", "stat_masker", "unmask_sum", "unmask_with_keys"]
+           "key_stream", "round_salt", "self_mask_stream", "stat_key", "stat_masker", "unmask_sum"]

@@ -70,14 +70,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import ConfigError, InputError
 from . import ProtocolError
-from .encoding import add_into, decode, encode
+from .encoding import decode, encode
 from .exchange import (DuplicateShareError, Location, Manifest, ShareSum, add_shares, canonical_json,
                        check_staged, complete_shares, mask_stats, parse_json, publish_share, read_shares,
                        read_statistic, write_part)
 from .guard import (DEFAULT_MIN_DELTA, DEFAULT_MIN_N, OwnSamples, Release, ReleaseMemory, ReleaseRefused,
                     check_private_file, release_problems, sample_hashes, write_private)
 from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
-from .masking import StatMasker, pair_sign, pairwise_seeds, stat_key, stat_masker, unmask_sum, unmask_with_keys
+from .masking import StatMasker, key_stream, pair_sign, pairwise_seeds, stat_key, stat_masker, unmask_sum
 
 #: the statistic every share of a round with self-masks carries first: the party's own counts (all
 #: its samples, then each phenotype's), revealed pooled before anything else (the release guard)
@@ -514,16 +514,24 @@ def publish_round_key(uri: str, manifest: Manifest, party: str, keys: PrivateKey
     return loc.show(path)
 
 
+def _party_record(loc: Location, manifest: Manifest, folder: str, party: str, what: str) -> tuple[str, dict | None]:
+    """``(path, body)`` of a party's signed record of the round (``<folder>/<party>.json``), its
+    signature checked with the party's key; ``body`` is ``None`` while the file is not there."""
+    path = _round_path(loc, manifest, folder, f"{party}.json")
+    if not loc.exists(path):
+        return path, None
+    return path, read_signed(loc, path, manifest.public_keys(party), what=what, who=f"party {party!r}")
+
+
 def read_round_keys(uri: str, manifest: Manifest) -> tuple[dict[str, bytes], list[str]]:
     """The parties' verified ephemeral keys of this round, and the parties that have not joined."""
     loc = Location(uri)
     found, missing = {}, []
     for party in manifest.party_names:
-        path = _round_path(loc, manifest, "keys", f"{party}.json")
-        if not loc.exists(path):
+        path, body = _party_record(loc, manifest, "keys", party, "round key")
+        if body is None:
             missing.append(party)
             continue
-        body = read_signed(loc, path, manifest.public_keys(party), what="round key", who=f"party {party!r}")
         if (body.get("party"), body.get("study"), body.get("round_id"), body.get("manifest_digest")) != (
                 party, manifest.study, manifest.round_id, manifest.digest()):
             raise ProtocolError(f"{loc.show(path)}: the round key of party {party!r} belongs to another round or "
@@ -637,15 +645,21 @@ def _fresh_or_same(loc: Location, path: str, record: bytes, pub: PublicKeys, bod
     loc.write_atomic(path, record, what=what)
 
 
+def _closed(uri: str, manifest: Manifest, who: str) -> dict:
+    """The round's survivor set; :class:`ProtocolError` while the round is open."""
+    body = read_survivors(uri, manifest)
+    if body is None:
+        raise ProtocolError(f"{who}: round {manifest.round_id!r} is not closed yet (no survivor set from the "
+                            "coordinator); run party unmask after the coordinator's combine closed it")
+    return body
+
+
 def confirm_survivors(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, ledger: Ledger, *,
                       who: str) -> dict:
     """The consistency round: sign the survivor set this party is shown (``confirm/<party>.json``),
     once per round. Refused, and recorded in the ledger, when the set leaves the party out; refused
     when the party saw itself left out of a set of this round before, or confirmed another one."""
-    body = read_survivors(uri, manifest)
-    if body is None:
-        raise ProtocolError(f"{who}: round {manifest.round_id!r} is not closed yet (no survivor set from the "
-                            "coordinator); run party unmask after the coordinator's combine closed it")
+    body = _closed(uri, manifest, who)
     digest = _set_digest(body)
     e = ledger.entry(manifest)
     if e is None:
@@ -685,11 +699,10 @@ def missing_confirmations(uri: str, manifest: Manifest, body: dict) -> list[str]
     digest = _set_digest(body)
     missing = []
     for p in body["survivors"]:
-        path = _round_path(loc, manifest, "confirm", f"{p}.json")
-        if not loc.exists(path):
+        path, rec = _party_record(loc, manifest, "confirm", p, "confirmation")
+        if rec is None:
             missing.append(p)
             continue
-        rec = read_signed(loc, path, manifest.public_keys(p), what="confirmation", who=f"party {p!r}")
         if (rec.get("party"), rec.get("round_id"), rec.get("manifest_digest"), rec.get("survivors_digest")) != (
                 p, manifest.round_id, manifest.digest(), digest):
             raise ProtocolError(f"{loc.show(path)}: party {p!r} confirmed another survivor set of round "
@@ -756,6 +769,8 @@ def pooled_counts(uri: str, manifest: Manifest, body: dict, *,
     if missing:
         return None, missing
     pubs, _ = read_round_keys(uri, manifest)
+    # a few numbers: summed and unmasked as Python integers mod 2^128 (no ring kernels to load)
+    ring = 1 << 128
     keys, total = [], None
     for p in body["survivors"]:
         path = _round_path(loc, manifest, "counts", f"{p}.json")
@@ -772,18 +787,22 @@ def pooled_counts(uri: str, manifest: Manifest, body: dict, *,
                     keys.append((bytes.fromhex(rec["pair_keys"][d]), not pair_sign(p, d, manifest.party_names)))
         except (KeyError, ValueError, TypeError):
             raise ProtocolError(f"{loc.show(path)}: malformed counts reveal of party {p!r}") from None
-        arr = np.array(read_statistic(uri, manifest, p, GUARD_STAT), dtype=np.uint64, order="C")
-        if total is None:
-            total = arr
-        elif arr.shape != total.shape:
-            raise ProtocolError(f"share of party {p!r}: its guard counts have shape {arr.shape}, another "
-                                f"survivor's {total.shape}; the parties disagree on the phenotypes")
-        else:
-            add_into(total, arr)
+        words = _ring_ints(read_statistic(uri, manifest, p, GUARD_STAT))
+        if total is not None and len(words) != len(total):
+            raise ProtocolError(f"share of party {p!r}: its guard counts have {len(words)} values, another "
+                                f"survivor's {len(total)}; the parties disagree on the phenotypes")
+        total = words if total is None else [(a + b) % ring for a, b in zip(total, words)]
     if any(len(k) != 32 for k, _ in keys):
         raise ProtocolError(f"{loc.show(_round_path(loc, manifest, 'counts'))}: malformed counts reveal (key length)")
-    unmask_with_keys(total, GUARD_STAT, keys)
-    return np.rint(decode(total, manifest.frac_bits)).astype(np.int64), []
+    for key, subtract in keys:
+        stream = _ring_ints(key_stream(key, len(total)))
+        total = [(a - b if subtract else a + b) % ring for a, b in zip(total, stream)]
+    signed = [v - ring if v >= 1 << 127 else v for v in total]
+    return np.array([round(v / (1 << manifest.frac_bits)) for v in signed], dtype=np.int64), []
+
+
+def _ring_ints(arr: np.ndarray) -> list[int]:
+    return [int(lo) | (int(hi) << 64) for lo, hi in np.asarray(arr, dtype=np.uint64).reshape(-1, 2)]
 
 
 @dataclass(frozen=True)
@@ -874,10 +893,7 @@ def reveal(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, ledger: 
     the pair seeds it shares with the dropped parties; nothing else. Only once the party confirmed
     the survivor set, every survivor confirmed the same one, no pair seed shared with this party
     was revealed, and the party's guard recorded the release (:func:`unmask_round`)."""
-    body = read_survivors(uri, manifest)
-    if body is None:
-        raise ProtocolError(f"{who}: round {manifest.round_id!r} is not closed yet (no survivor set from the "
-                            "coordinator); run party unmask after the coordinator's combine closed it")
+    body = _closed(uri, manifest, who)
     digest = _set_digest(body)
     e = ledger.entry(manifest)
     if e is None or e.get("confirmed") != digest or party not in body["survivors"]:
