@@ -454,7 +454,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     wait_for_keys(uri, manifest, wait, who=who)
     share = publish_stats(uri, manifest, party, keys, stats,
                           {"kind": "select-step", "variant_hash": vh, "selected": [int(v) for v in sel]},
-                          ledger=ledger)
+                          ledger=ledger, own=model_own_samples(model))
     log.info("party %s: selection step with %d selected variant(s) published: %s", party, len(sel), share)
     return share
 

@@ -488,6 +488,17 @@ def test_a_selection_step_must_extend_the_partys_release(tmp_path):
             check_step_release(step(parties), lab.ledger("a"), own, who="a")
     with pytest.raises(ReleaseRefused, match="took part in no release of round 'r9'"):
         check_step_release(step("abc", base="r9"), lab.ledger("a"), lab.own("a"), who="a")
+    # a coordinator's round without self-masks that is no step: its sum would come out unguarded as
+    # soon as all published (a's withdrawal here), so nobody publishes in it
+    bare = Manifest.new("s", [lab.keys[p].public() for p in "abc"], {"kind": "regression", "self_masks": False},
+                        round_id="bare", coordinator=lab.coord.public())
+    write_manifest(lab.uri, bare)
+    sign_manifest(lab.uri, bare, lab.coord)
+    lab.join("abc", manifest=bare)
+    for p in "abc":
+        with pytest.raises(ReleaseRefused, match="no self-masks.*this manifest is not one"):
+            lab.publish(p, manifest=bare, own=lab.own(p, drop=("a7",)))
+    assert not os.path.exists(os.path.join(lab.uri, "s", "bare", "shares"))
 
 
 # ---------------------------------------------------------------------------------- object storage
@@ -556,3 +567,41 @@ def test_a_withdrawal_through_the_command_line(cli_study, tmp_path):  # noqa: F8
 
 
 from .test_multiparty_attacks import cli_study  # noqa: E402,F401 - the three-party command-line study
+
+
+def test_two_rounds_unmasked_at_once_are_compared_with_each_other(tmp_path):
+    """A coordinator runs two rounds of the same parties at once, the second after a's withdrawal:
+    a's guard checks and records each release under the memory's lock, so a never releases both,
+    whichever order the two unmask runs take."""
+    import threading
+
+    from dash_spark.multiparty.guard import ReleaseMemory
+
+    lab = Lab(tmp_path, parties=["a", "b", "c"])
+    lab.join()
+    m1 = second_round(lab, "one", "abc")
+    m2 = second_round(lab, "two", "abc", drop=("a7",))
+    outcome = {}
+
+    def run(m):  # every party's unmask of round m, a pass at a time, as the round's unmask runs would
+        for _ in range(4):
+            for p in "abc":
+                try:
+                    ok, _ = unmask_round(lab.uri, m, p, lab.keys[p], lab.ledger(p), guard=GuardSettings(min_n=0))
+                    outcome[(m.round_id, p)] = ok
+                except ReleaseRefused as exc:
+                    outcome[(m.round_id, p)] = str(exc)
+
+    with ReleaseMemory(str(tmp_path / "keys" / "a")).locked():  # a check of a's in progress elsewhere
+        threads = [threading.Thread(target=run, args=(m,)) for m in (m1, m2)]
+        for t in threads:
+            t.start()
+        threads[0].join(0.5)
+        assert all(t.is_alive() for t in threads)  # both wait for a's memory
+    for t in threads:
+        t.join(60)
+    released = [r for r in ("one", "two") if outcome.get((r, "a")) is True]
+    assert len(released) <= 1, outcome  # never both: the two would be differenced into a's sample
+    memory = json.loads(open(str(tmp_path / "keys" / "a") + ".releases.json").read())["releases"]
+    assert [e["round_id"] for e in memory] == released
+    assert released or any("differ" in str(v) for v in outcome.values())

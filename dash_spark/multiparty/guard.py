@@ -29,6 +29,7 @@ The same release again (the same study and round) is not compared with itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -39,6 +40,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 from ..errors import InputError
 from . import ProtocolError
@@ -190,6 +196,18 @@ class ReleaseMemory:
         key_path = os.fspath(key_path)
         self.path = key_path + ".releases.json"
         self.dir = key_path + ".releases"
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the memory's lock (an exclusive ``flock`` on ``<key>.releases.lock``) while a release
+        is checked and recorded: of two rounds unmasked at once, the second is compared with the first."""
+        fd = os.open(self.path[: -len(".json")] + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
 
     def _load(self) -> dict | None:
         check_private_file(self.path, "release memory")

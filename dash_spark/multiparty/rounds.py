@@ -847,18 +847,19 @@ def guard_release(uri: str, manifest: Manifest, ledger: Ledger, body: dict, coun
                       survivors={p: key_fingerprint(manifest.public_keys(p)) for p in body["survivors"]},
                       pooled_all=pooled_all, pooled=pooled, own_all=int(own["n_all"]),
                       own=dict(zip(phenos, map(int, own["counts"]))), samples=samples)
-    problems = release_problems(memory.earlier(), release, min_delta=guard.min_delta, min_n=guard.min_n)
-    if problems and not guard.override:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ReleaseRefused(f"{who}: release refused by this party's guard: {problems[0]}{more}. Nothing that unmasks "
-                             "the statistics was revealed (memory "
-                             f"{memory.path}); pass --allow-small-release to release anyway (logged)")
-    if counts is None:
-        return None
-    for p in problems:
-        log.warning("release guard overridden: %s", p)
-    rid = memory.record(release, overridden=bool(problems))
-    ledger.mark(manifest, "released", rid)
+    with memory.locked():  # checked and recorded at once: a round unmasked meanwhile is compared too
+        problems = release_problems(memory.earlier(), release, min_delta=guard.min_delta, min_n=guard.min_n)
+        if problems and not guard.override:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ReleaseRefused(f"{who}: release refused by this party's guard: {problems[0]}{more}. Nothing that "
+                                 f"unmasks the statistics was revealed (memory {memory.path}); pass "
+                                 "--allow-small-release to release anyway (logged)")
+        if counts is None:
+            return None
+        for p in problems:
+            log.warning("release guard overridden: %s", p)
+        rid = memory.record(release, overridden=bool(problems))
+        ledger.mark(manifest, "released", rid)
     return rid
 
 
@@ -869,6 +870,11 @@ def check_step_release(manifest: Manifest, ledger: Ledger, own: OwnSamples, *, w
     the party's own samples are those it released then. Else the step, differenced against the
     base release, would reveal a party or a few samples: :class:`~.guard.ReleaseRefused`."""
     base = manifest.settings.get("base_round")
+    if not base:
+        raise ReleaseRefused(f"{who}: round {manifest.round_id!r} has no self-masks, so its sum is revealed as soon as "
+                             "every party published, with no release guard; a party publishes in such a round only "
+                             "as a selection step that extends a release it took part in, and this manifest is not "
+                             "one. Nothing was published")
     memory = ReleaseMemory(ledger.key_path)
     memory.check_complete(ledger.released_ids())
     found = [(e, s) for e, s in memory.earlier() if (e.get("study"), e.get("round_id")) == (manifest.study, base)]
@@ -1099,11 +1105,15 @@ class Publication:
             raise ProtocolError(f"{self.who}: the round was closed while this share was computed (its survivors "
                                 "are fixed); a late share would not count. Nothing was published")
         stats = dict(stats)
-        if manifest.self_masks:
+        if manifest.self_masks or manifest.coordinator is not None:
             if own is None:
-                raise InputError(f"{self.who}: a round with self-masks needs the party's own samples (OwnSamples) "
-                                 "for the release guard")
+                raise InputError(f"{self.who}: a study round needs the party's own samples (OwnSamples) for the "
+                                 "release guard")
+        if manifest.self_masks:
             stats[GUARD_STAT] = own.vector()
+        elif manifest.coordinator is not None:
+            # revealed once every party published: only a step that extends this party's release
+            check_step_release(manifest, self.ledger, own, who=self.who)
         check_staged(staged or {}, who=f"publish share of party {self.party!r}")  # before the ledger's mark
         encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}
         masked = mask_stats(manifest, self.party, self.keys, encoded, seeds=self.seeds, self_seed=self.self_seed,
