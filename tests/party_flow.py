@@ -91,10 +91,10 @@ class Study:
         as each waits for the others); returns each survivor's last output."""
         last: dict = {}
         for _ in range(4):
-            todo = [p for p in survivors if not last.get(p, "waiting").startswith("/") and "waiting" in last.get(p, "waiting")]
+            todo = [p for p in survivors if last.get(p, "waiting").startswith("waiting")]
             if not todo:
                 break
             for p in todo:
                 last[p] = self.ok("party", "unmask", *self.party(p, manifest), *guard)
-        assert all("waiting" not in v for v in last.values()), last
+        assert not any(v.startswith("waiting") for v in last.values()), last
         return last
