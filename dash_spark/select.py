@@ -443,7 +443,8 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
 
     # the step's sum is revealed once every party published: before that, it must extend this party's
     # release of the base round (the same parties, the same own samples)
-    check_step_release(manifest, ledger, model_own_samples(model), who=who)
+    own = model_own_samples(model)
+    check_step_release(manifest, ledger, own, who=who)
     t, mode, k = int(s["phenotype_index"]), s["missing_genotypes"], len(s["covariates"])
     sel = np.asarray(s["selected"], dtype=np.int64)
     spark = get_session(master=master, conf=spark_conf) if spark is None else resolve_session(spark)
@@ -454,7 +455,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     wait_for_keys(uri, manifest, wait, who=who)
     share = publish_stats(uri, manifest, party, keys, stats,
                           {"kind": "select-step", "variant_hash": vh, "selected": [int(v) for v in sel]},
-                          ledger=ledger, own=model_own_samples(model))
+                          ledger=ledger, own=own)
     log.info("party %s: selection step with %d selected variant(s) published: %s", party, len(sel), share)
     return share
 
@@ -495,6 +496,7 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     headers, pooled = combine(uri, base, must_agree=["phenotypes", "covariates", "kind", "variant_hash",
                                                      "missing_genotypes"])
     counted = sorted(headers)
+    roster = {p: base.parties[p] for p in counted}  # every step's parties: the base round's survivors
     first = headers[counted[0]]["extra"]
     if first.get("kind") != "scan":
         raise ConfigError(f"{manifest_path}: forward selection needs a scan study (parties compressed genotypes)")
@@ -533,7 +535,7 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     q = len(selected)
     if q:
         _, step_manifest = locate_manifest(state["steps"][-1]["manifest"])
-        if (step_manifest.parties != {p: base.parties[p] for p in counted}
+        if (step_manifest.parties != roster
                 or step_manifest.coordinator != base.coordinator
                 or step_manifest.study != base.study
                 or step_manifest.settings.get("base_round") != base.round_id
@@ -569,7 +571,7 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
                     "pheno_names": bs.get("pheno_names"), "covar_names": bs.get("covar_names")}
         # a step needs every survivor of the base round, and no one else (a missing one: restart the selection)
         settings["self_masks"] = False
-        nxt = Manifest.new(base.study, {p: base.parties[p] for p in counted}, settings, coordinator=ck)
+        nxt = Manifest.new(base.study, roster, settings, coordinator=ck)
         path = write_manifest(uri, nxt)
         sign_manifest(uri, nxt, coordinator)
         state["steps"].append({"round": nxt.round_id, "manifest": path})

@@ -729,6 +729,16 @@ def _revealed_with(uri: str, manifest: Manifest, party: str) -> list[str]:
     return out
 
 
+def _refuse_if_exposed(uri: str, manifest: Manifest, party: str, who: str) -> None:
+    """Refuse to go on when a signed reveal on the exchange holds a pair seed shared with ``party``
+    (from a survivor set that dropped it): its self-mask seed is then never revealed for the round."""
+    exposed = _revealed_with(uri, manifest, party)
+    if exposed:
+        raise ProtocolError(f"{who}: {', '.join(exposed)} revealed the pair seed shared with party {party!r} in this "
+                            "round (a survivor set that dropped it); its self-mask seed is never revealed for this "
+                            "round. Nothing was revealed")
+
+
 def counts_reveal(manifest: Manifest, party: str, ledger: Ledger, body: dict, pubs: dict[str, bytes], *,
                   who: str) -> dict:
     """The first reveal's body (``counts/<party>.json``): the keystream keys of the guard statistic
@@ -744,11 +754,8 @@ def counts_reveal(manifest: Manifest, party: str, ledger: Ledger, body: dict, pu
             "pair_keys": {d: stat_key(seeds[d], GUARD_STAT).hex() for d in body["dropped"] if d in seeds}}
 
 
-def reveal_counts(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, ledger: Ledger, body: dict, *,
-                  who: str) -> str:
-    """Publish :func:`counts_reveal` (once; a rerun finds the same)."""
-    pubs, _ = read_round_keys(uri, manifest)
-    record = counts_reveal(manifest, party, ledger, body, pubs, who=who)
+def reveal_counts(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, record: dict) -> str:
+    """Publish a :func:`counts_reveal` (once; a rerun finds the same)."""
     loc = Location(uri)
     path = _round_path(loc, manifest, "counts", f"{party}.json")
     _fresh_or_same(loc, path, signed_record(record, keys), keys.public(), record, what="counts reveal",
@@ -916,11 +923,7 @@ def reveal(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, ledger: 
     if missing:
         raise ProtocolError(f"{who}: {', '.join(missing)} have not confirmed the survivor set; nothing is revealed "
                             "before every survivor has")
-    exposed = _revealed_with(uri, manifest, party)
-    if exposed:
-        raise ProtocolError(f"{who}: {', '.join(exposed)} revealed the pair seed shared with party {party!r} in this "
-                            "round (a survivor set that dropped it); its self-mask seed is never revealed for this "
-                            "round. Nothing was revealed")
+    _refuse_if_exposed(uri, manifest, party, who)
     if not e.get("released"):
         raise ProtocolError(f"{who}: the release guard has not passed this round (ledger {ledger.path}); nothing "
                             "is revealed before it has")
@@ -968,21 +971,17 @@ def unmask_round(uri: str, manifest: Manifest, party: str, keys: PrivateKeys, le
     if missing:
         return False, f"{', '.join(missing)} to confirm the survivor set"
     if not (ledger.entry(manifest) or {}).get("released"):
-        exposed = _revealed_with(uri, manifest, party)
-        if exposed:
-            raise ProtocolError(f"{who}: {', '.join(exposed)} revealed the pair seed shared with party {party!r} in "
-                                "this round (a survivor set that dropped it); its self-mask seed is never revealed for "
-                                "this round. Nothing was revealed")
+        _refuse_if_exposed(uri, manifest, party, who)
         # this party's counts keys go out right away while the others' are not all in, else only once
         # the pooled counts pass (a refusal by the guard never follows a write of the same call)
         pubs, _ = read_round_keys(uri, manifest)
         mine = counts_reveal(manifest, party, ledger, body, pubs, who=who)
         counts, missing = pooled_counts(uri, manifest, body, own=mine)
         if counts is None:
-            reveal_counts(uri, manifest, party, keys, ledger, body, who=who)
+            reveal_counts(uri, manifest, party, keys, mine)
             return False, f"{', '.join(missing)} to reveal their counts"
         guard_release(uri, manifest, ledger, body, counts, guard, who=who)
-        reveal_counts(uri, manifest, party, keys, ledger, body, who=who)
+        reveal_counts(uri, manifest, party, keys, mine)
     return True, reveal(uri, manifest, party, keys, ledger, who=who)
 
 
