@@ -976,9 +976,16 @@ class ShareSum:
         self.totals = totals
         self.headers[party] = header
 
-    def take(self, parties: Iterable[str]) -> tuple[dict[str, dict], dict[str, np.ndarray]] | None:
+    def take(self, parties: Iterable[str], *, add_missing: bool = False) -> tuple[dict[str, dict],
+                                                                                  dict[str, np.ndarray]] | None:
         """``(headers, totals)`` when this is the sum of exactly ``parties`` (:meth:`matches`), for
-        use once (the caller unmasks the totals in place); else None."""
+        use once (the caller unmasks the totals in place); else None. ``add_missing``: a sum of
+        some of ``parties`` (and no other) first adds the shares it lacks."""
+        parties = sorted(parties)
+        if add_missing and not self.broken and set(self.headers) <= set(parties):
+            for p in parties:
+                if p not in self.headers:
+                    self.add(p)
         if not self.matches(parties):
             return None
         self.broken = self.used = True

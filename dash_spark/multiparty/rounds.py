@@ -1169,19 +1169,20 @@ def wait_for_shares(uri: str, manifest: Manifest, wait: float, *, poll: float = 
                     into: ShareSum | None = None) -> bool:
     """Wait up to ``wait`` seconds until every party's share is complete (signed); whether they are.
     With ``into``, each share is verified and added to that sum as it lands (what a coordinator
-    does while the others compute); without, only the signatures' presence is looked at
-    (:func:`close_if_complete` verifies them)."""
+    does while the others compute), but for the last ones: once all are there the round can close,
+    and :func:`combine` adds those while the survivors unmask. Without ``into``, only the
+    signatures' presence is looked at (:func:`close_if_complete` verifies them)."""
     loc = Location(uri)
     paths = {p: _round_path(loc, manifest, "shares", p, "signature.json") for p in manifest.party_names}
     deadline = time.monotonic() + max(0.0, wait)
     while True:
         present = [p for p, path in paths.items() if loc.exists(path)]
+        if len(present) == len(paths):
+            return True
         if into is not None:
             for p in present:
                 if p not in into.headers:
                     into.add(p)
-        if len(present) == len(paths):
-            return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll)
@@ -1225,7 +1226,7 @@ def combine(uri: str, manifest: Manifest, *, must_agree=(), wait: float = 0.0, p
                                 "`dash-spark combine --manifest ... --sign-key COORD.key`")
         if wait <= 0:
             read_reveals(uri, manifest, body)  # raises before any share is read
-        taken = partial.take(body["survivors"]) if partial is not None else None
+        taken = partial.take(body["survivors"], add_missing=True) if partial is not None else None
         headers, sums = taken or add_shares(uri, manifest, must_agree=must_agree, parties=body["survivors"])
         deadline = time.time() + max(0.0, wait)
         while True:
