@@ -40,9 +40,9 @@ if TYPE_CHECKING:  # imported where used: a round's close loads neither Arrow's 
 
 #: how often a waiting step looks at the exchange again (each look is a few small reads)
 POLL_SECONDS = 0.2
-#: how often a coordinator waiting for the shares, or a survivor waiting for the others' steps once
-#: the round is closed (confirmations, counts), looks again (a few small reads): each step follows
-#: this soon
+#: how often a coordinator waiting for the shares, or a survivor waiting for the close and the
+#: others' steps (confirmations, counts) on a file-system exchange, looks again (a few stat calls):
+#: each step follows this soon
 SHARE_POLL_SECONDS = 0.05
 
 log = logging.getLogger("dash_spark")
@@ -326,9 +326,9 @@ def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | No
             log.info("party %s: round %s: waiting for %s; run party unmask again (or pass --wait SECONDS)",
                      party, manifest.round_id, what)
             return f"waiting for {what}"
-        # before the close (while parties may still compute on this machine) now and then; after it,
-        # each step waits for a few small signed files of the others: often
-        time.sleep(POLL_SECONDS if what.startswith("the coordinator") else SHARE_POLL_SECONDS)
+        # each step waits for a few small signed files (the close, the others' steps): often on a local
+        # or shared file system (a stat call), less often on an object store (a request each)
+        time.sleep(SHARE_POLL_SECONDS if "://" not in uri or uri.startswith("file://") else POLL_SECONDS)
 
 
 def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_dropouts: bool = False,
