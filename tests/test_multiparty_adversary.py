@@ -605,3 +605,28 @@ def test_two_rounds_unmasked_at_once_are_compared_with_each_other(tmp_path):
     memory = json.loads(open(str(tmp_path / "keys" / "a") + ".releases.json").read())["releases"]
     assert [e["round_id"] for e in memory] == released
     assert released or any("differ" in str(v) for v in outcome.values())
+
+
+def test_the_guard_compares_counts_only_where_the_partys_samples_overlap():
+    """Two releases of disjoint own samples (another cohort) are not compared by counts, however
+    close; the same counts over overlapping samples are; a withdrawal is caught by the samples."""
+    from dash_spark.multiparty.guard import Release, release_problems, sample_hashes
+
+    salt = b"s" * 32
+
+    def release(round_id, iids, pooled, survivors=("a", "b", "c")):
+        return Release("s", round_id, "x", {p: p * 64 for p in survivors}, pooled, {"t0": pooled}, len(iids),
+                       {"t0": len(iids)}, sample_hashes(salt, iids))
+
+    first = release("r1", [f"a{i}" for i in range(40)], 120)
+    earlier = [(first.entry("id1", "", False), first.samples)]
+    other_cohort = release("r2", [f"x{i}" for i in range(45)], 125)
+    assert release_problems(earlier, other_cohort, min_delta=20, min_n=20) == []
+    overlapping = release("r3", [f"a{i}" for i in range(40)] + [f"z{i}" for i in range(25)], 125)
+    problems = release_problems(earlier, overlapping, min_delta=20, min_n=20)
+    assert problems and all("pooled samples against 120" in p for p in problems)
+    withdrawn = release("r4", [f"a{i}" for i in range(1, 40)], 150)
+    assert any("own samples differ by 1" in p for p in release_problems(earlier, withdrawn, min_delta=20, min_n=20))
+    one_less = release("r5", [f"a{i}" for i in range(40)], 150, survivors=("a", "b"))
+    assert any("differ by exactly one party (c)" in p
+               for p in release_problems(earlier, one_less, min_delta=20, min_n=20))

@@ -16,7 +16,8 @@ A party refuses to reveal (:func:`release_problems`) when
 - a phenotype has fewer than ``min_n`` pooled samples;
 - its own samples differ from those of a release it took part in by 1 to ``min_delta - 1``
   (the symmetric difference of the sample IDs, kept as keyed hashes), or one phenotype's own
-  count does: the other parties know their own changes, so they could subtract them;
+  count does where both releases hold some of its samples: the other parties know their own
+  changes, so they could subtract them;
 - the pooled count of all samples, or of a phenotype of the same name, differs from that of a
   release it took part in by 1 to ``min_delta - 1``, where both releases hold some of its samples
   (another party's small change, should that party not guard itself);
@@ -170,13 +171,15 @@ def release_problems(earlier: list[tuple[dict, np.ndarray]], new: Release, *, mi
         if 0 < d_own < min_delta:
             out.append(f"this party's own samples differ by {d_own} from those of the release of {label} "
                        f"(fewer than {min_delta}, --min-release-delta)")
+        if np.intersect1d(new.samples, samples, assume_unique=True).size == 0:
+            continue  # disjoint own samples: other cohorts, as far as this party is concerned
         for p, n in new.own.items():
             then = e.get("own", {}).get(p)
             if then is not None and 0 < abs(n - then) < min_delta:
                 out.append(f"phenotype {p}: this party's own count {n} differs from {then} in the release of {label} "
                            f"by fewer than {min_delta}")
-        if new.pooled is None or np.intersect1d(new.samples, samples, assume_unique=True).size == 0:
-            continue  # disjoint own samples: other cohorts, as far as this party is concerned
+        if new.pooled is None:
+            continue  # the pooled counts are not known yet
         pooled = [("all samples", new.pooled_all, e.get("pooled_all"))]
         pooled += [(f"phenotype {p}", n, e.get("pooled", {}).get(p)) for p, n in new.pooled.items()]
         for what, n, then in pooled:
