@@ -73,6 +73,19 @@ def check_private_file(path: str, what: str) -> None:
                          f"{stat.S_IMODE(st.st_mode):04o}. Run chmod 600 {path}")
 
 
+@contextlib.contextmanager
+def file_lock(path: str):
+    """An exclusive ``flock`` on ``path`` (created 0600) for the ``with`` block: a party's processes
+    that read, change and write its ledger or memory take turns."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_private(path: str, data: bytes) -> None:
     """Write ``path`` atomically with mode 0600 from the start."""
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
@@ -200,17 +213,10 @@ class ReleaseMemory:
         self.path = key_path + ".releases.json"
         self.dir = key_path + ".releases"
 
-    @contextlib.contextmanager
     def locked(self):
-        """Hold the memory's lock (an exclusive ``flock`` on ``<key>.releases.lock``) while a release
-        is checked and recorded: of two rounds unmasked at once, the second is compared with the first."""
-        fd = os.open(self.path[: -len(".json")] + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield self
-        finally:
-            os.close(fd)  # releases the lock
+        """Hold the memory's lock (``<key>.releases.lock``) while a release is checked and recorded:
+        of two rounds unmasked at once, the second is compared with the first."""
+        return file_lock(self.path[: -len(".json")] + ".lock")
 
     def _load(self) -> dict | None:
         check_private_file(self.path, "release memory")
@@ -228,10 +234,11 @@ class ReleaseMemory:
 
     def salt(self) -> bytes:
         """The memory's secret salt (the memory is created on first use)."""
-        obj = self._load()
-        if obj is None:
-            obj = {"salt": secrets.token_hex(32), "releases": []}
-            write_private(self.path, json.dumps(obj, indent=1).encode())
+        with self.locked():
+            obj = self._load()
+            if obj is None:
+                obj = {"salt": secrets.token_hex(32), "releases": []}
+                write_private(self.path, json.dumps(obj, indent=1).encode())
         return bytes.fromhex(obj["salt"])
 
     def check_complete(self, released_ids: list[str]) -> None:
@@ -281,4 +288,4 @@ class ReleaseMemory:
 
 
 __all__ = ["DEFAULT_MIN_DELTA", "DEFAULT_MIN_N", "OwnSamples", "Release", "ReleaseMemory", "ReleaseRefused",
-           "check_private_file", "release_problems", "sample_hashes", "write_private"]
+           "check_private_file", "file_lock", "release_problems", "sample_hashes", "write_private"]

@@ -75,7 +75,7 @@ from .exchange import (DuplicateShareError, Location, Manifest, ShareSum, add_sh
                        check_staged, complete_shares, mask_stats, parse_json, publish_share, read_shares,
                        read_statistic, write_part)
 from .guard import (DEFAULT_MIN_DELTA, DEFAULT_MIN_N, OwnSamples, Release, ReleaseMemory, ReleaseRefused,
-                    check_private_file, release_problems, sample_hashes, write_private)
+                    check_private_file, file_lock, release_problems, sample_hashes, write_private)
 from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
 from .masking import StatMasker, key_stream, pair_sign, pairwise_seeds, stat_key, stat_masker, unmask_sum
 
@@ -343,24 +343,30 @@ class Ledger:
         """This round's secrets: fresh ones (recorded) the first time, the stored ones after.
         Returns ``(secrets, new)``."""
         self.check_new(manifest, who=who)
-        obj = self._load()
-        e = obj["rounds"].get(self._key(manifest))
-        if e is not None:
-            sec = self.secrets(manifest)
-            if sec is None:
-                raise ProtocolError(f"{who}: this key already took part in round {manifest.round_id!r} and its "
-                                    "round secrets are gone (the round was finished); a round is joined once. "
-                                    f"Nothing was done (ledger {self.path})")
-            return sec, False
-        sec = RoundSecrets(X25519PrivateKey.generate())
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        os.chmod(self.dir, 0o700)
-        write_private(self._file(manifest, ".json"), json.dumps({
-            "ephemeral": sec.ephemeral.private_bytes(_RAW, _RAW_PRIV, _NOENC).hex()}).encode())
-        obj["rounds"][self._key(manifest)] = {"digest": manifest.digest(), "joined": _now(), "published": None,
-                                              "unmasked": None}
-        self._save(obj)
+        with self._locked():
+            obj = self._load()
+            e = obj["rounds"].get(self._key(manifest))
+            if e is not None:
+                sec = self.secrets(manifest)
+                if sec is None:
+                    raise ProtocolError(f"{who}: this key already took part in round {manifest.round_id!r} and its "
+                                        "round secrets are gone (the round was finished); a round is joined once. "
+                                        f"Nothing was done (ledger {self.path})")
+                return sec, False
+            sec = RoundSecrets(X25519PrivateKey.generate())
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            os.chmod(self.dir, 0o700)
+            write_private(self._file(manifest, ".json"), json.dumps({
+                "ephemeral": sec.ephemeral.private_bytes(_RAW, _RAW_PRIV, _NOENC).hex()}).encode())
+            obj["rounds"][self._key(manifest)] = {"digest": manifest.digest(), "joined": _now(), "published": None,
+                                                  "unmasked": None}
+            self._save(obj)
         return sec, True
+
+    def _locked(self):
+        """The ledger's lock (``<key>.ledger.lock``): each read-change-write of the ledger holds it, so
+        two processes of the party (two rounds at once) never lose each other's marks."""
+        return file_lock(self.path + ".lock")
 
     def _claim_path(self, manifest: Manifest) -> str:
         return self._file(manifest, ".published")
@@ -385,15 +391,17 @@ class Ledger:
             fh.write(json.dumps({"time": _now(), "self_seed": self_seed.hex() if self_seed else None}))
             fh.flush()
             os.fsync(fh.fileno())
-        obj = self._load()
-        e = obj["rounds"][self._key(manifest)]
-        e["published"] = _now()
         if own is not None:
             hashes = sample_hashes(ReleaseMemory(self.key_path).salt(), own.iids)
             write_private(self.samples_path(manifest), np.ascontiguousarray(hashes, dtype="<u8").tobytes())
-            e["own"] = {"phenotypes": list(own.phenotypes), "counts": [int(c) for c in own.counts],
-                        "n_all": len(own.iids)}
-        self._save(obj)
+        with self._locked():
+            obj = self._load()
+            e = obj["rounds"][self._key(manifest)]
+            e["published"] = _now()
+            if own is not None:
+                e["own"] = {"phenotypes": list(own.phenotypes), "counts": [int(c) for c in own.counts],
+                            "n_all": len(own.iids)}
+            self._save(obj)
 
     def own_samples(self, manifest: Manifest) -> np.ndarray | None:
         try:
@@ -413,9 +421,10 @@ class Ledger:
         return _already_published(manifest, party, who, f"ledger {self.path}", concurrent=True)
 
     def mark(self, manifest: Manifest, field: str, value) -> None:
-        obj = self._load()
-        obj["rounds"][self._key(manifest)][field] = value
-        self._save(obj)
+        with self._locked():
+            obj = self._load()
+            obj["rounds"][self._key(manifest)][field] = value
+            self._save(obj)
 
     def forget_secrets(self, manifest: Manifest) -> None:
         """Remove the round's secrets once nothing more is revealed; the publication record stays
@@ -465,9 +474,10 @@ class CloseRecord:
         return None if data is None else data.encode()
 
     def put(self, manifest: Manifest, record: bytes) -> None:
-        obj = self._load()
-        obj[self._key(manifest)] = record.decode()
-        write_private(self.path, json.dumps(obj, indent=1, sort_keys=True).encode())
+        with file_lock(self.path + ".lock"):  # two rounds closed at once both stay recorded
+            obj = self._load()
+            obj[self._key(manifest)] = record.decode()
+            write_private(self.path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 # ------------------------------------------------------------------------------------------------
 # signed records on the exchange
