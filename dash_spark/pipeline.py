@@ -312,7 +312,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
             raise ConfigError("--pred-test regenie: REGENIE's score test needs the pooled null model's scale "
                               "before any genotype sum; stores and multi-party studies take --pred with the Wald "
                               "test (the default)")
-        loco = _read_locos(cfg, fam, pheno.names, base)
+        loco = _read_locos(cfg, fam, pheno.names, masks)
         masks = [mask & loco[t].present for t, mask in enumerate(masks)]
     # allele frequencies over the .fam's founders (all samples if none) decide which allele is
     # major, as plink2 does, independently of each phenotype's samples
@@ -491,21 +491,23 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
     return A_cols, B_cols, patterns, moments
 
 
-def _read_locos(cfg: ScanConfig, fam, names, base: np.ndarray) -> list:
+def _read_locos(cfg: ScanConfig, fam, names, masks) -> list:
     """Each phenotype's :class:`~dash_spark.io.loco.Loco` (``--pred``), matched to the .fam by
-    REGENIE's ``FID_IID`` keys; samples without a prediction leave that phenotype, as in REGENIE."""
+    REGENIE's ``FID_IID`` keys and checked on that phenotype's own samples (``masks``: REGENIE's step
+    1 writes ``NA`` for samples missing the trait); samples without a prediction leave that
+    phenotype, as in REGENIE."""
     from .io.loco import read_loco, read_pred_list
 
     files = read_pred_list(cfg.pred, names)
     keys = [f"{f}_{i}" for f, i in zip(fam.fids, fam.iids)]
     out = []
-    for name in names:
-        loco = read_loco(files[name], keys, base, name)
-        gone = int((base & ~loco.present).sum())
+    for name, mask in zip(names, masks):
+        loco = read_loco(files[name], keys, mask, name)
+        gone = int((mask & ~loco.present).sum())
         if gone:
             log.warning("%s: %d analysed sample(s) have no LOCO prediction for phenotype %s; left out of it "
                         "(as REGENIE does)", loco.path, gone, name)
-        if base.any() and not (base & loco.present).any():
+        if mask.any() and not (mask & loco.present).any():
             raise InputError(f"{loco.path}: none of the analysed samples of phenotype {name!r} is in the file "
                              "(its header's FID_IID keys); rerun REGENIE's step 1 on these samples")
         out.append(loco)

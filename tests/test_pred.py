@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from dash_spark.cli import main
+from dash_spark.errors import InputError
 from dash_spark.pipeline import ScanConfig, run_scan
 
 from .oracle_data import COVARS, PHENOS, make_files, statsmodels_oracle
@@ -42,17 +43,38 @@ def _same_printed(ours: float, theirs: str) -> bool:
     return abs(ours - t) <= 1.01 * unit
 
 
+def _gzip_loco(src: Path, dest: Path, na: set[str]) -> None:
+    """A step-1 .loco file as REGENIE writes it with --gz and a trait's masked samples: gzip, and NA
+    in the columns of the samples (``FID_IID`` keys) in ``na``."""
+    import gzip
+
+    lines = [ln.split() for ln in src.read_text().splitlines() if ln.strip()]
+    cols = [j for j, k in enumerate(lines[0]) if k in na]
+    assert len(cols) == len(na)
+    for row in lines[1:]:
+        for j in cols:
+            row[j] = "NA"
+    dest.write_bytes(gzip.compress(("\n".join(" ".join(r) for r in lines) + "\n").encode()))
+
+
 @needs_peer
-@pytest.mark.parametrize("case", ["plain", "missing", "3chr"])
+@pytest.mark.parametrize("case", ["plain", "missing", "missing-gz", "3chr"])
 def test_regenie_mode_matches_regenie_outputs(case, spark, tmp_path):
+    """REGENIE's step-2 results; ``missing-gz``: the step-1 files as pipelines have them (``--gz``:
+    ``*.loco.gz`` named by the list, and ``NA`` predictions for the samples a trait masks)."""
     bfile, loco, ref = {"plain": ("example", "fit_lin_out", "test_lin_out"),
                         "missing": ("example", "fit_lin_out", "test_lin_out_missing"),
+                        "missing-gz": ("example", "fit_lin_out", "test_lin_out_missing"),
                         "3chr": ("example_3chr", "fit_lin_out_3chr", "test_lin_out_3chr")}[case]
     pred = tmp_path / "fit_pred.list"
     pred.write_text(f"Y1 {PEER}/{loco}_1.loco\nY2 {PEER}/{loco}_2.loco\n")
     pheno = PEER / "phenotype.txt"
-    if case == "missing":  # REGENIE's run: these samples' phenotypes set missing
-        gone = {tuple(ln.split()) for ln in (PEER / "fid_iid_to_remove.txt").read_text().splitlines() if ln.strip()}
+    gone = {tuple(ln.split()) for ln in (PEER / "fid_iid_to_remove.txt").read_text().splitlines() if ln.strip()}
+    if case == "missing-gz":
+        for t in (1, 2):
+            _gzip_loco(PEER / f"{loco}_{t}.loco", tmp_path / f"{loco}_{t}.loco.gz", {f"{f}_{i}" for f, i in gone})
+        pred.write_text(f"Y1 {loco}_1.loco.gz\nY2 {loco}_2.loco.gz\n")  # beside the list, as step 1 writes it
+    if case.startswith("missing"):  # REGENIE's run: these samples' phenotypes set missing
         lines = pheno.read_text().splitlines()
         out = [lines[0]] + [" ".join(f[:2] + ["NA", "NA"]) if tuple(f[:2]) in gone else " ".join(f)
                             for f in (ln.split() for ln in lines[1:])]
@@ -90,6 +112,40 @@ def test_regenie_mode_matches_regenie_outputs(case, spark, tmp_path):
             # our own .regenie file prints the same digits
             assert o["BETA"] == f"{tbl['beta'][i]:.6g}" and o["CHISQ"] == f"{chisq:.6g}"
         assert flipped in (0, len(theirs))  # one consistent orientation
+
+
+@needs_peer
+def test_na_predictions_of_samples_a_trait_does_not_analyse(spark, tmp_path):
+    """REGENIE's step 1 writes NA for the samples a trait masks; a sample missing only Y1 has NA in
+    Y1's .loco but a prediction in Y2's. The scan takes it and equals the scan with the original
+    predictions; an NA for a sample the trait analyses is still refused, naming it."""
+    pheno_lines = (PEER / "phenotype.txt").read_text().splitlines()
+    rows = [ln.split() for ln in pheno_lines[1:]]
+    masked = {f"{r[0]}_{r[1]}" for r in rows[:5]}
+    for r in rows[:5]:
+        r[2] = "NA"  # Y1 only
+    pheno = tmp_path / "pheno.txt"
+    pheno.write_text(pheno_lines[0] + "\n" + "\n".join(" ".join(r) for r in rows) + "\n")
+    _gzip_loco(PEER / "fit_lin_out_1.loco", tmp_path / "y1.loco.gz", masked)
+    na_list = tmp_path / "na_pred.list"
+    na_list.write_text(f"Y1 {tmp_path}/y1.loco.gz\nY2 {PEER}/fit_lin_out_2.loco\n")
+    plain_list = tmp_path / "plain_pred.list"
+    plain_list.write_text(f"Y1 {PEER}/fit_lin_out_1.loco\nY2 {PEER}/fit_lin_out_2.loco\n")
+    outs = {}
+    for name, lst in (("na", na_list), ("plain", plain_list)):
+        for test in ("regenie", "wald"):
+            res = run_scan(ScanConfig(bfile=str(PEER / "example"), pheno=str(pheno), covar=str(PEER / "covariates.txt"),
+                                      pred=str(lst), pred_test=test, out=str(tmp_path / f"{name}_{test}"), plots=False),
+                           spark=spark)
+            outs[(name, test)] = res.out
+    for test, files in (("regenie", ("Y1.regenie", "Y2.regenie")), ("wald", ("Y1.glm.linear", "Y2.glm.linear"))):
+        for f in files:
+            assert (Path(outs[("na", test)]) / f).read_bytes() == (Path(outs[("plain", test)]) / f).read_bytes(), f
+    _gzip_loco(PEER / "fit_lin_out_2.loco", tmp_path / "y2.loco.gz", masked)  # Y2 analyses these samples
+    na_list.write_text(f"Y1 {tmp_path}/y1.loco.gz\nY2 {tmp_path}/y2.loco.gz\n")
+    with pytest.raises(InputError, match=r"y2\.loco\.gz: line 2 .*sample 1_1 has prediction 'NA'"):
+        run_scan(ScanConfig(bfile=str(PEER / "example"), pheno=str(pheno), covar=str(PEER / "covariates.txt"),
+                            pred=str(na_list), out=str(tmp_path / "bad"), plots=False), spark=spark)
 
 
 # ------------------------------------------------------------------------------------------------

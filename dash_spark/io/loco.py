@@ -1,6 +1,7 @@
 """REGENIE step-1 output: the ``--pred`` list and its leave-one-chromosome-out (``.loco``) files.
 
-``FILE_pred.list`` has one line per phenotype: ``<phenotype> <path of its .loco file>`` (a relative
+``FILE_pred.list`` has one line per phenotype: ``<phenotype> <path of its .loco file>`` (``.loco.gz``
+as REGENIE's ``--gz`` writes it is read as well; a relative
 path is taken relative to the list's folder when it does not exist relative to the working
 directory, so a moved step-1 folder still works). A ``.loco`` file has a header ``FID_IID
 <FID>_<IID> ...`` and one row per chromosome, ``<chromosome> <prediction> ...`` (chromosomes 1 to
@@ -13,7 +14,9 @@ Numpy only (runs on the driver).
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +62,7 @@ def read_pred_list(path: str, phenotypes) -> dict[str, str]:
                          "give the _pred.list file REGENIE's step 1 wrote") from None
     out: dict[str, str] = {}
     base = path.rsplit("/", 1)[0] if files.is_uri(path) else os.path.dirname(os.path.abspath(path))
-    for lineno, line in enumerate(_text(data, path, "prediction list").splitlines(), 1):
+    for lineno, line in enumerate(_text(_gunzip(data, path), path, "prediction list").splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -81,14 +84,15 @@ def read_pred_list(path: str, phenotypes) -> dict[str, str]:
 
 def read_loco(path: str, sample_keys, analysed: np.ndarray, phenotype: str) -> Loco:
     """One ``.loco`` file matched to the samples whose ``FID_IID`` keys are ``sample_keys`` (.fam
-    order). Samples of the file that are not in the .fam are ignored; an analysed sample listed
-    twice, or with a prediction that is not a number, is an error naming the file and the sample."""
+    order). Samples of the file that are not in the .fam are ignored; a sample this phenotype
+    analyses (``analysed``) listed twice, or with a prediction that is not a number, is an error
+    naming the file and the sample (REGENIE writes ``NA`` for the samples it masked for the trait)."""
     try:
         data = files.read_bytes(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read the .loco file of phenotype {phenotype!r} "
                          f"({exc.strerror or exc}); check the --pred list") from None
-    lines = [ln.split() for ln in _text(data, path, ".loco file").splitlines()]
+    lines = [ln.split() for ln in _text(_gunzip(data, path), path, ".loco file").splitlines()]
     lines = [(i, f) for i, f in enumerate(lines, 1) if f]
     if not lines or lines[0][1][0] != "FID_IID":
         raise InputError(f"{path}: line 1: expected a header starting with FID_IID (REGENIE's .loco format)")
@@ -143,6 +147,17 @@ def _finite(token: str) -> bool:
         return bool(np.isfinite(float(token)))
     except ValueError:
         return False
+
+
+def _gunzip(data: bytes, path: str) -> bytes:
+    """The file's bytes, decompressed when it is gzip (REGENIE's step 1 with ``--gz`` writes
+    ``*.loco.gz``, and its ``_pred.list`` names them)."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: a damaged gzip file ({exc}); copy it again from REGENIE's step-1 output") from None
 
 
 def _text(data: bytes, path: str, what: str) -> str:
