@@ -442,3 +442,20 @@ def test_phased_bgen_refused(data, tmp_path, capsys):
     expect = np.round((2 * (255 - probs.sum(axis=1)) + probs[:, 1]) * 16384 / 255) / 16384
     np.testing.assert_array_equal(dos[0], expect)
     assert meta[3][0] == "G" and meta[4][0] == "A"
+
+
+def test_psam_or_pvar_that_does_not_fit_the_pgen_is_named_in_plain_text(data, tmp_path, capsys):
+    """A .psam one sample short (or a .pvar one variant short) of the .pgen: one line naming the
+    files and counts, pgenlib's text decoded (never a Python bytes literal)."""
+    p = _copy_pfile(data, tmp_path)
+    psam = Path(p + ".psam")
+    lines = psam.read_text().splitlines(keepends=True)
+    psam.write_text("".join(lines[:-1]))
+    err = _fails(capsys, tmp_path, "--pfile", p, "--pheno", data["pheno"])
+    assert f"{p}.pgen" in err and "b'" not in err and 'b"' not in err, err
+    q = _copy_pfile(data, tmp_path, name="q")
+    pvar = Path(q + ".pvar")
+    lines = pvar.read_text().splitlines(keepends=True)
+    pvar.write_text("".join(lines[:-1]))
+    err = _fails(capsys, tmp_path, "--pfile", q, "--pheno", data["pheno"])
+    assert f"{q}.pgen" in err and "b'" not in err and 'b"' not in err, err

@@ -212,6 +212,14 @@ def _pgenlib():
     return pgenlib
 
 
+def _pgenlib_text(exc: Exception) -> str:
+    """pgenlib's error text as text: it raises with bytes, whose ``str`` is a Python literal."""
+    msg = exc.args[0] if len(exc.args) == 1 else str(exc)
+    if isinstance(msg, (bytes, bytearray)):
+        msg = bytes(msg).decode("utf-8", "replace")
+    return " ".join(str(msg).split()).rstrip(".") or type(exc).__name__
+
+
 def open_pgen(path: str, n_samples: int, n_variants: int):
     """A pgenlib reader of ``path`` (one per process and file version, reused by later tasks)."""
     st = os.stat(path)
@@ -223,7 +231,7 @@ def open_pgen(path: str, n_samples: int, n_variants: int):
             try:
                 reader = pgenlib.PgenReader(path.encode(), raw_sample_ct=n_samples, variant_ct=n_variants)
             except Exception as exc:  # noqa: BLE001 - pgenlib raises RuntimeError with its own text
-                raise InputError(f"{path}: cannot read the .pgen ({str(exc).strip() or type(exc).__name__}); "
+                raise InputError(f"{path}: cannot read the .pgen ({_pgenlib_text(exc)}); "
                                  f"expected a plink2 .pgen of {n_samples:,} samples x {n_variants:,} variants. "
                                  "Check that the .psam and .pvar belong to it and that the copy is complete") from None
             if len(_READERS) >= 4:
@@ -266,7 +274,7 @@ def read_pgen_dosages(path: str, n_samples: int, n_variants: int, variants: np.n
     except Exception as exc:  # noqa: BLE001 - pgenlib's RuntimeError: a truncated or damaged file
         which = f"variant {int(idx[0]) + 1}" if len(idx) == 1 else f"variants {int(idx[0]) + 1}-{int(idx[-1]) + 1}"
         raise InputError(f"{path}: cannot read {which} of the .pgen "
-                         f"({str(exc).strip() or type(exc).__name__}); the file is truncated or damaged. "
+                         f"({_pgenlib_text(exc)}); the file is truncated or damaged. "
                          "Check that the copy is complete") from None
     out[out == PGEN_MISSING] = np.nan
     return out
