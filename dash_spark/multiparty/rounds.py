@@ -79,8 +79,8 @@ from .guard import (DEFAULT_MIN_DELTA, DEFAULT_MIN_N, OwnSamples, Release, Relea
 from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
 from .masking import StatMasker, key_stream, pair_sign, pairwise_seeds, stat_key, stat_masker, unmask_sum
 
-#: the statistic every share of a round with self-masks carries first: the party's own counts (all
-#: its samples, then each phenotype's), revealed pooled before anything else (the release guard)
+#: the statistic every share of a round with self-masks carries: the party's own counts (all its
+#: samples, then each phenotype's), revealed pooled before anything else (the release guard)
 GUARD_STAT = "guard.counts"
 
 _RAW = serialization.Encoding.Raw
