@@ -727,14 +727,13 @@ def _revealed_with(uri: str, manifest: Manifest, party: str) -> list[str]:
     loc = Location(uri)
     out = []
     for p in manifest.party_names:
-        path = _round_path(loc, manifest, "unmask", f"{p}.json")
-        if p == party or not loc.exists(path):
+        if p == party:
             continue
         try:
-            rec = read_signed(loc, path, manifest.public_keys(p), what="reveal", who=f"party {p!r}")
+            _, rec = _party_record(loc, manifest, "unmask", p, "reveal")
         except ProtocolError:
             continue  # not signed by p: reveals nothing of p's seeds
-        if rec.get("round_id") == manifest.round_id and party in (rec.get("pair_seeds") or {}):
+        if rec is not None and rec.get("round_id") == manifest.round_id and party in (rec.get("pair_seeds") or {}):
             out.append(p)
     return out
 
