@@ -658,11 +658,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DashError as exc:
+        _quiet_jvm()
         print(f"dash-spark: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _quiet_jvm()
         print("dash-spark: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_jvm() -> None:
+    """In ``dash-spark`` itself (one command per process), stop the JVM the failed command started
+    before its message is printed, so that Spark's start-up lines cannot follow the message."""
+    if _EARLY_JVM and "pyspark" in sys.modules:
+        from .spark.session import stop_own_jvm
+
+        stop_own_jvm()
 
 
 #: set by :func:`run` (the command itself, one command per process): ``scan`` starts the JVM before

@@ -308,3 +308,25 @@ def test_bim_fast_parser_takes_the_common_file():
     text = b"".join(b"%d\trs%d\t0\t%d\tA\tG\n" % (1 + i % 22, i, 1000 + i) for i in range(500))
     parsed = plink._parse_bim_arrow(text)
     assert parsed is not None and len(parsed[1]) == 500 and parsed[2][-1] == 1499 and parsed[0].dtype == object
+
+
+def test_console_command_message_is_the_last_line(tmp_path):
+    """``dash-spark`` itself starts Spark's JVM while it reads the inputs; on an input error that JVM
+    is stopped before the message is printed, so none of Spark's start-up lines follow the message
+    (they used to, after the process had already exited). The whole output is read: the JVM shares
+    the pipe, so reading ends only when it is gone."""
+    import subprocess
+    import sys
+
+    inp = Inputs(tmp_path)
+    bad = tmp_path / "bad.pheno"
+    bad.write_text("#FID\tIID\theight\nS001\tS001\ttall\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-m", "dash_spark.cli", "scan", "--bfile", inp.bfile, "--pheno", str(bad),
+            "--out", inp.out]
+    for _ in range(2):  # the JVM's start-up timing varies; a late line would show in either run
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2, proc.stderr
+        assert lines[-1].startswith("dash-spark: error: ") and "bad.pheno:2" in lines[-1], proc.stderr
+        assert not os.path.exists(inp.out)

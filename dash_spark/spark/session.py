@@ -313,7 +313,9 @@ def _notify_jvm_spawn(event):
 
             def popen(*args, **kwargs):
                 try:
-                    return real(*args, **kwargs)
+                    proc = real(*args, **kwargs)
+                    _SPAWNED.append(proc)
+                    return proc
                 finally:
                     with lock:
                         for waiter in _SPAWN_WAITERS:
@@ -331,6 +333,33 @@ def _notify_jvm_spawn(event):
                 java_gateway.Popen = _SPAWN_HOOK["real"]
 
     return restore
+
+
+#: The JVM processes this process launched through a :class:`SessionStarter` (see :func:`stop_own_jvm`)
+_SPAWNED: list = []
+
+
+def stop_own_jvm(timeout: float = 10.0) -> None:
+    """Stop the JVM this process launched (the command's own ``local`` Spark), and wait until it has
+    exited, so that a command's last message is the last thing on its stderr: a JVM still starting
+    prints its start-up lines after the command has failed otherwise. Only for a command that ends
+    its process (``dash-spark`` itself); SIGTERM lets Spark's shutdown hooks remove its temporary
+    folders. A JVM given by spark-submit (the parent of this process) is never touched."""
+    import signal
+
+    from pyspark import SparkContext
+
+    procs = list(_SPAWNED)
+    gateway = SparkContext._gateway
+    if gateway is not None and getattr(gateway, "proc", None) is not None and gateway.proc not in procs:
+        procs.append(gateway.proc)
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=timeout)
+            except Exception:  # noqa: BLE001 - best effort: the message is printed anyway
+                pass
 
 
 class SessionStarter:
