@@ -63,6 +63,9 @@ def add_dosage_args(p, *, what: str = "genotypes") -> None:
                    help=f"instead of --bfile: {what} as a BGEN file with its FILE.bgi index; ref-first: the first "
                         "allele is REF, ref-last: the second")
     p.add_argument("--sample", metavar="FILE", help="the Oxford .sample of --bgen (default: the IDs in the file)")
+    p.add_argument("--id-delim", nargs="?", const="_", metavar="D",
+                   help="the IDs stored in --bgen are FID<D>IID (default D: _, as REGENIE writes them); "
+                        "plink2's --id-delim. Without it each stored ID is an IID")
     p.set_defaults(bgen_ref=None)
 
 
@@ -159,7 +162,7 @@ def _spark_conf(args) -> dict[str, str]:
 #: the options that name a genotype source (one of them is required by scan and party compress)
 GENOTYPE_OPTIONS = ("bfile", "features", "pfile", "bgen")
 
-SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_ref", "sample", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
+SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_ref", "sample", "id_delim", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
@@ -351,13 +354,14 @@ def cmd_party_compress(args) -> int:
         print(run_party_select_step(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                                     bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
                                     pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,
+                                    id_delim=args.id_delim,
                                     spark=starter, master=args.master, spark_conf=_spark_conf(args),
                                     trust=args.trust, wait=args.wait))
         return 0
     path = run_party_compress(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                               bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
                               pfile=args.pfile, bgen=args.bgen, bgen_ref=args.bgen_ref, sample=args.sample,
-                              spark=starter, master=args.master, spark_conf=_spark_conf(args), trust=args.trust,
+                              id_delim=args.id_delim, spark=starter, master=args.master, spark_conf=_spark_conf(args), trust=args.trust,
                               wait=args.wait, pred=args.pred, share_stage=args.share_stage)
     print(path)
     return 0
@@ -383,7 +387,7 @@ def cmd_combine(args) -> int:
 def _batch_source(args) -> dict:
     return {"bfile": args.bfile, "features": args.features, "feature_samples": args.feature_samples,
             "pfile": args.pfile, "bgen": args.bgen, "bgen_ref": args.bgen_ref, "sample": args.sample,
-            "pheno": args.pheno, "covar": args.covar, "pred": getattr(args, "pred", None)}
+            "id_delim": args.id_delim, "pheno": args.pheno, "covar": args.covar, "pred": getattr(args, "pred", None)}
 
 
 def cmd_compress(args) -> int:

@@ -57,6 +57,8 @@ class ScanConfig:
     bgen: str | None = None
     bgen_ref: str | None = None
     sample: str | None = None
+    #: plink2's --id-delim: the BGEN's own sample IDs are FID<delim>IID (REGENIE writes FID_IID)
+    id_delim: str | None = None
     pheno_name: tuple[str, ...] | None = None
     covar_name: tuple[str, ...] | None = None
     no_intercept: bool = False
@@ -96,6 +98,13 @@ class ScanConfig:
         if self.bgen and self.bgen_ref not in ("ref-first", "ref-last"):
             raise ConfigError(f"--bgen {self.bgen}: expected 'ref-first' or 'ref-last' after the file name (which "
                               f"allele is REF, as plink2's --bgen), found {self.bgen_ref!r}")
+        if self.id_delim is not None and not self.bgen:
+            raise ConfigError("--id-delim splits the sample IDs stored in a --bgen file; give --bgen FILE too")
+        if self.id_delim is not None and self.sample:
+            raise ConfigError("--id-delim splits the sample IDs stored in the .bgen, but --sample gives the IDs "
+                              "(ID_1 and ID_2 are FID and IID already); drop one of them")
+        if self.id_delim is not None and (len(self.id_delim) != 1 or self.id_delim.isspace()):
+            raise ConfigError(f"--id-delim {self.id_delim!r}: expected one character that is not a space, e.g. _")
         if self.sample and not self.bgen:
             raise ConfigError("--sample names the samples of a --bgen file; give --bgen FILE ref-first|ref-last too")
         if self.features and not self.feature_samples:
@@ -212,7 +221,8 @@ class ScanResult:
 
 def _named_source(cfg: ScanConfig) -> GenotypeSource:
     return source_from_options(bfile=cfg.bfile, features=cfg.features, feature_samples=cfg.feature_samples,
-                               pfile=cfg.pfile, bgen=cfg.bgen, bgen_ref=cfg.bgen_ref, sample=cfg.sample)
+                               pfile=cfg.pfile, bgen=cfg.bgen, bgen_ref=cfg.bgen_ref, sample=cfg.sample,
+                               id_delim=cfg.id_delim)
 
 
 def config_source(cfg: ScanConfig) -> GenotypeSource:
@@ -250,7 +260,10 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         tables.append(covar)
     elif cfg.covar_name:
         raise ConfigError("--covar-name given without --covar")
-    rows, counts = match_samples(fam.iids, tables)
+    try:
+        rows, counts = match_samples(fam.iids, tables)
+    except InputError as exc:
+        raise InputError(f"{exc}{_id_hint(source, fam, tables[0])}") from None
     n = fam.n_samples
     kept = sample_mask(fam.iids, cfg.keep, cfg.remove)
     in_all = (rows >= 0).all(axis=0) & kept
@@ -489,6 +502,18 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
             log.info("phenotype %s: %d samples, %d covariates, %d degrees of freedom",
                      name, basis.n, basis.k, basis.n - basis.k - 1)
     return A_cols, B_cols, patterns, moments
+
+
+def _id_hint(source, fam, table) -> str:
+    """Advice when a BGEN's stored IDs match no table row: REGENIE and plink2's exports store
+    ``FID_IID``, which --id-delim splits."""
+    if getattr(source, "kind", None) != "bgen" or getattr(source, "sample", None) or getattr(source, "id_delim", None):
+        return ""
+    joined = {f"{f}_{i}" for f, i in zip(table.fids or table.iids, table.iids)}
+    if any(i in joined for i in fam.iids[:1000]):
+        return (f" The .bgen's stored IDs look like FID_IID of {table.path} (e.g. {fam.iids[0]!r}): add --id-delim _ "
+                "(plink2's flag) to read them as FID and IID")
+    return ""
 
 
 def _read_locos(cfg: ScanConfig, fam, names, masks) -> list:

@@ -411,8 +411,9 @@ def split_products(P: np.ndarray, q: int, k: int, mode: str):
 def run_party_select_step(manifest_path: str, party: str, key_path: str, *, pheno: str, covar: str | None,
                           bfile: str | None, features: str | None = None, feature_samples: str | None = None,
                           pfile: str | None = None, bgen: str | None = None, bgen_ref: str | None = None,
-                          sample: str | None = None, spark=None, master: str | None = None,
-                          spark_conf: dict | None = None, trust: str | None = None, wait: float = 0.0) -> str:
+                          sample: str | None = None, id_delim: str | None = None, spark=None,
+                          master: str | None = None, spark_conf: dict | None = None, trust: str | None = None,
+                          wait: float = 0.0) -> str:
     """A party's share of one selection step: its products with the selected variants, masked with
     the step round's own keys (joined here if need be), once per round (the party's ledger)."""
     from .multiparty import ProtocolError
@@ -429,7 +430,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
                           "(or --pfile, --bgen, --features)")
     cfg = batch_config(s, {"bfile": bfile, "features": features, "feature_samples": feature_samples,
                            "pfile": pfile, "bgen": bgen, "bgen_ref": bgen_ref, "sample": sample,
-                           "pheno": pheno, "covar": covar})
+                           "id_delim": id_delim, "pheno": pheno, "covar": covar})
     model = statistics_model(cfg)
     vh = variant_hash(variant_table(model.bim))
     if vh != s["variant_hash"]:

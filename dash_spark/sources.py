@@ -299,6 +299,8 @@ class BgenSource:
     path: str
     ref: str = "ref-first"
     sample: str | None = None
+    #: plink2's --id-delim: the file's own sample IDs are FID<delim>IID
+    id_delim: str | None = None
     count_alt = False
     kind = "bgen"
 
@@ -308,7 +310,7 @@ class BgenSource:
 
     @cached_property
     def fam(self) -> Fam:
-        return read_bgen_samples(self.path, self.sample)
+        return read_bgen_samples(self.path, self.sample, self.id_delim)
 
     @cached_property
     def _index(self):
@@ -346,6 +348,8 @@ class BgenSource:
         out = {"bgen": self.path, "bgen_ref": self.ref}
         if self.sample:
             out["sample"] = self.sample
+        if self.id_delim is not None:
+            out["id_delim"] = self.id_delim
         return out
 
     def reader(self) -> BgenReader:
@@ -371,19 +375,22 @@ def open_pfile(prefix: str) -> PgenSource:
     return PgenSource(str(prefix)).check()
 
 
-def open_bgen(path: str, ref: str = "ref-first", sample: str | None = None) -> BgenSource:
-    """A BGEN file with its ``.bgi`` index, checked; ``ref`` as plink2's --bgen modifier."""
-    return BgenSource(str(path), ref, None if sample is None else str(sample)).check()
+def open_bgen(path: str, ref: str = "ref-first", sample: str | None = None,
+              id_delim: str | None = None) -> BgenSource:
+    """A BGEN file, checked (indexed once when it has no ``.bgi``); ``ref`` as plink2's --bgen
+    modifier, ``id_delim`` as plink2's --id-delim (the file's IDs are FID<delim>IID)."""
+    return BgenSource(str(path), ref, None if sample is None else str(sample), id_delim).check()
 
 
 def source_from_options(bfile: str | None = None, features: str | None = None,
                         feature_samples: str | None = None, pfile: str | None = None, bgen: str | None = None,
-                        bgen_ref: str | None = None, sample: str | None = None, **_ignored) -> GenotypeSource:
+                        bgen_ref: str | None = None, sample: str | None = None, id_delim: str | None = None,
+                        **_ignored) -> GenotypeSource:
     """The source that command-line options (or a store's record of them) name."""
     if features:
         return FeatureSource(features, feature_samples)
     if pfile:
         return PgenSource(pfile)
     if bgen:
-        return BgenSource(bgen, bgen_ref or "ref-first", sample)
+        return BgenSource(bgen, bgen_ref or "ref-first", sample, id_delim)
     return BedSource(bfile)

@@ -339,7 +339,7 @@ def batch_config(settings: dict, source: dict, *, keep: str | None = None):
 
     return ScanConfig(bfile=source.get("bfile"), features=source.get("features"),
                       feature_samples=source.get("feature_samples"), pfile=source.get("pfile"), bgen=source.get("bgen"),
-                      bgen_ref=source.get("bgen_ref"), sample=source.get("sample"),
+                      bgen_ref=source.get("bgen_ref"), sample=source.get("sample"), id_delim=source.get("id_delim"),
                       pheno=source["pheno"], covar=source.get("covar"),
                       out=os.devnull, pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
                       covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,

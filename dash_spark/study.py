@@ -190,8 +190,9 @@ def open_round_to_publish(manifest_path: str, party: str, key_path: str, trust: 
 def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: str, covar: str | None,
                        bfile: str | None, features: str | None = None, feature_samples: str | None = None,
                        pfile: str | None = None, bgen: str | None = None, bgen_ref: str | None = None,
-                       sample: str | None = None, spark=None, master: str | None = None,
-                       spark_conf: dict | None = None, task_memory_mb: int = 256, trust: str | None = None,
+                       sample: str | None = None, id_delim: str | None = None, spark=None,
+                       master: str | None = None, spark_conf: dict | None = None, task_memory_mb: int = 256,
+                       trust: str | None = None,
                        wait: float = 0.0, pred: str | None = None, share_stage: str | None = None) -> str:
     """Compute this party's statistics, encode, mask, sign and publish them; return the share path.
 
@@ -231,7 +232,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
             # the JVM starts (and warms its Python workers) while the driver reads the tables and builds the model
             starter = SessionStarter(master, spark_conf, share=True)
         cfg = ScanConfig(bfile=bfile, features=features, feature_samples=feature_samples, pfile=pfile, bgen=bgen,
-                         bgen_ref=bgen_ref, sample=sample, pheno=pheno, covar=covar, out=os.devnull,
+                         bgen_ref=bgen_ref, sample=sample, id_delim=id_delim, pheno=pheno, covar=covar,
+                         out=os.devnull,
                          pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
                          covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                          no_intercept=not settings.get("intercept", True),

@@ -10,6 +10,18 @@ import pytest
 
 SEED = int(os.environ.get("DASH_TEST_SEED", "20261124"))
 
+#: indexes of BGEN files without a .bgi go to a cache of this run (set before any Spark session
+#: starts, so that its Python workers see the same folder), never to the user's ~/.cache
+if "DASH_SPARK_CACHE" not in os.environ:
+    import tempfile
+
+    _CACHE = os.environ["DASH_SPARK_CACHE"] = tempfile.mkdtemp(prefix="dash-spark-test-cache-")
+
+    def pytest_sessionfinish(session, exitstatus):
+        import shutil
+
+        shutil.rmtree(_CACHE, ignore_errors=True)
+
 
 def pytest_report_header(config):
     return f"dash-spark test seed: {SEED} (set DASH_TEST_SEED to change)"

@@ -9,6 +9,7 @@ BGEN decoder is checked dosage for dosage against plink2's own import of the sam
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import struct
@@ -375,11 +376,58 @@ def test_bgi_of_another_file(data, tmp_path, capsys):
     assert f"{bgen}.bgi: does not match" in err, err
 
 
-def test_missing_bgi(data, tmp_path, capsys):
+def test_bgen_without_bgi_matches_plink2_and_is_indexed_once(data, spark, tmp_path, caplog):
+    """plink2 reads a BGEN without an index; so do we: the index is built once into the private cache
+    (never beside the input), reused while the file is unchanged, and built again when it changes."""
+    import logging
+
+    from dash_spark.io.bgen import cache_dir, cached_bgi_path
+
     bgen, sample = _copy_bgen(data, tmp_path)
     os.remove(bgen + ".bgi")
+    theirs = _plink2_glm(data, "b8-nobgi", "--bgen", bgen, "ref-first", "--sample", sample)
+    before = sorted(p for p in os.listdir(tmp_path))
+    cached = cached_bgi_path(bgen)
+    assert os.path.dirname(cached) == cache_dir() and not os.path.exists(cached)
+    cfg = ScanConfig(bgen=bgen, bgen_ref="ref-first", sample=sample, pheno=data["pheno"], covar=data["covar"],
+                     out=str(tmp_path / "o1"), plots=False)
+    with caplog.at_level(logging.INFO, logger="dash_spark"):
+        res = run_scan(cfg, spark=spark)
+    assert sum("has no .bgi; indexing" in r.getMessage() for r in caplog.records) == 1
+    for p in PHENOS:
+        _same_as_plink2(res.glm_paths[p], theirs[p], M - 3)
+    assert sorted(os.listdir(tmp_path)) == sorted(before + ["o1"])  # nothing beside the input
+    assert os.stat(os.path.dirname(cached)).st_mode & 0o077 == 0
+    built = os.stat(cached).st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dash_spark"):
+        again = run_scan(dataclasses.replace(cfg, out=str(tmp_path / "o2")), spark=spark)
+    assert not any("indexing" in r.getMessage() for r in caplog.records)
+    assert os.stat(cached).st_mtime_ns == built
+    for p in PHENOS:
+        assert Path(again.glm_paths[p]).read_bytes() == Path(res.glm_paths[p]).read_bytes()
+    # a new version of the file (another modification time) gets its own index
+    st = os.stat(bgen)
+    os.utime(bgen, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cached_bgi_path(bgen) != cached
+    ds.open_bgen(bgen, "ref-first", sample)
+    assert os.path.exists(cached_bgi_path(bgen))
+    # a damaged private index is built again, not trusted and not reported as the user's problem
+    with open(cached_bgi_path(bgen), "r+b") as fh:
+        fh.truncate(100)
+    assert ds.open_bgen(bgen, "ref-first", sample).variants.n_variants == M
+
+
+def test_bgen_index_cache_that_cannot_be_written(data, tmp_path, capsys, monkeypatch):
+    from dash_spark.io import bgen as bgen_mod
+
+    bgen, sample = _copy_bgen(data, tmp_path)
+    os.remove(bgen + ".bgi")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(bgen_mod, "cache_dir", lambda: str(blocker / "bgi"))
     err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--sample", sample, "--pheno", data["pheno"])
-    assert f"{bgen}.bgi: index not found" in err, err
+    assert f"{bgen}: no index beside it" in err and "DASH_SPARK_CACHE" in err, err
 
 
 def test_truncated_bgen(data, tmp_path, capsys):
@@ -404,35 +452,56 @@ def test_bad_ref_mode(data, tmp_path, capsys):
     assert "expected 'ref-first' or 'ref-last'" in err, err
 
 
-def _write_bgen(path, n, records, *, layout=2, phased=False, bits=8):
-    """A tiny uncompressed BGEN (the test's own writer): ``records`` = [(rsid, pos, probs (n, 2) ints)]."""
+def _write_bgen(path, n, records, *, layout=2, phased=False, bits=8, ids=None, missing=None, index=True):
+    """A tiny uncompressed BGEN (the test's own writer, after the BGEN specification): ``records`` =
+    [(rsid, pos, probs (n, 2) ints)]: unphased, P(11) and P(12) per sample; phased, P(allele 1) on
+    each haplotype. ``missing``: (n,) bools, the ploidy byte's missing flag."""
+    ids = ids or [f"s{i}" for i in range(n)]
     flags = (layout << 2) | (1 << 31)
-    ids = b"".join(struct.pack("<H", len(f"s{i}")) + f"s{i}".encode() for i in range(n))
-    sblock = struct.pack("<II", 8 + len(ids), n) + ids
+    blob = b"".join(struct.pack("<H", len(i.encode())) + i.encode() for i in ids)
+    sblock = struct.pack("<II", 8 + len(blob), n) + blob
+    ploidy = bytes([0x82 if m else 2 for m in (missing if missing is not None else [False] * n)])
     body = b""
     for rsid, pos, probs in records:
         rec = struct.pack("<H", len(rsid)) + rsid.encode() + struct.pack("<H", len(rsid)) + rsid.encode()
         rec += struct.pack("<H", 1) + b"1" + struct.pack("<IH", pos, 2)
         rec += struct.pack("<I", 1) + b"A" + struct.pack("<I", 1) + b"G"
-        g = struct.pack("<IHBB", n, 2, 2, 2) + bytes([2] * n) + bytes([1 if phased else 0, bits])
+        g = struct.pack("<IHBB", n, 2, 2, 2) + ploidy + bytes([1 if phased else 0, bits])
         g += np.asarray(probs, dtype=np.uint8).tobytes()
         rec += struct.pack("<I", len(g)) + g
         body += rec
     data = struct.pack("<IIII4sI", 20 + len(sblock), 20, len(records), n, b"bgen", flags) + sblock + body
     with open(path, "wb") as fh:
         fh.write(data)
-    write_bgi(path)
+    if index:
+        write_bgi(path)
 
 
-def test_phased_bgen_refused(data, tmp_path, capsys):
+def test_phased_bgen_matches_plink2(data, spark, tmp_path):
+    """Phased records (each haplotype's probability of allele 1, as phasing tools write them, with
+    missing samples): dosages equal to plink2's own import of the same file, 1/16384 for 1/16384,
+    and the scan equal to plink2 --glm on it."""
+    rng = np.random.default_rng(8)
+    n, m = N, 60
+    haps = rng.integers(0, 256, (m, n, 2))
+    haps[: m // 2] = np.where(rng.random((m // 2, n, 2)) < 0.8, 255, 0)  # hard-called haplotypes too
+    missing = rng.random(n) < 0.03
     bgen = str(tmp_path / "phased.bgen")
-    rng = np.random.default_rng(3)
-    _write_bgen(bgen, 8, [(f"rs{j}", 100 + j, rng.integers(0, 128, (8, 2))) for j in range(3)], phased=True)
-    pheno = tmp_path / "ph.tsv"
-    pheno.write_text("#IID\ty\n" + "".join(f"s{i}\t{rng.normal()!r}\n" for i in range(8)))
-    err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--pheno", pheno)
-    assert f"{bgen}: variant rs0 (1:100" in err and "phased" in err, err
-    # the same file unphased reads, with the embedded sample IDs
+    _write_bgen(bgen, n, [(f"ph{j}", 1000 + j, haps[j]) for j in range(m)], phased=True, ids=data["iids"],
+                missing=missing, index=False)
+    plink2("--bgen", bgen, "ref-first", "--make-pgen", "--out", tmp_path / "phased-p")
+    theirs = pgen_dosages(str(tmp_path / "phased-p"))
+    ours, meta = read_bgen_rows(bgen, n, np.arange(m), "ref-first")
+    assert np.isnan(ours).sum(axis=1).tolist() == [int(missing.sum())] * m
+    np.testing.assert_array_equal(np.nan_to_num(ours, nan=-1), np.nan_to_num(theirs, nan=-1))
+    glm = _plink2_glm(data, "phased", "--bgen", bgen, "ref-first")
+    res = run_scan(ScanConfig(bgen=bgen, bgen_ref="ref-first", pheno=data["pheno"], covar=data["covar"],
+                              out=str(tmp_path / "ours"), plots=False), spark=spark)
+    for p in PHENOS:
+        _same_as_plink2(res.glm_paths[p], glm[p], m - 3)
+
+
+def test_unphased_tiny_bgen_decodes_by_hand(tmp_path):
     ok = str(tmp_path / "unphased.bgen")
     probs = np.array([[255, 0], [0, 255], [0, 0], [100, 55], [10, 20], [0, 0], [255, 0], [3, 250]])
     _write_bgen(ok, 8, [("rsA", 5, probs)])
@@ -442,6 +511,33 @@ def test_phased_bgen_refused(data, tmp_path, capsys):
     expect = np.round((2 * (255 - probs.sum(axis=1)) + probs[:, 1]) * 16384 / 255) / 16384
     np.testing.assert_array_equal(dos[0], expect)
     assert meta[3][0] == "G" and meta[4][0] == "A"
+
+
+def test_bgen_ids_split_by_id_delim(tmp_path, capsys):
+    """--id-delim (plink2's flag): the stored IDs are FID_IID; IDs that do not split in two, or two
+    samples with one IID, are refused with the samples named."""
+    rng = np.random.default_rng(4)
+    probs = rng.integers(0, 128, (6, 2))
+    ids = ["F1_A", "F1_B", "F2_C", "F3_D", "F3_E", "F4_F"]
+    good = str(tmp_path / "ids.bgen")
+    _write_bgen(good, 6, [("rsA", 5, probs)], ids=ids)
+    src = ds.open_bgen(good, "ref-first", id_delim="_")
+    assert src.fam.fids == ("F1", "F1", "F2", "F3", "F3", "F4") and src.fam.iids == tuple("ABCDEF")
+    assert ds.open_bgen(good, "ref-first").fam.iids == tuple(ids)
+    pheno = tmp_path / "ph.tsv"
+    pheno.write_text("#FID\tIID\ty\n" + "".join(f"{i.split('_')[0]}\t{i.split('_')[1]}\t{rng.normal()!r}\n"
+                                                  for i in ids))
+    err = _fails(capsys, tmp_path, "--bgen", good, "ref-first", "--pheno", pheno)
+    assert "'F1_A'" in err and "add --id-delim _" in err, err
+    for bad_ids, needle in ((["F1_A", "F1B", *ids[2:]], "sample 2 has the ID 'F1B'"),
+                            (["F1_A", "F1_B_x", *ids[2:]], "sample 2 has the ID 'F1_B_x'"),
+                            (["F1_A", "F2_A", *ids[2:]], "samples 1 and 2 ('F1_A', 'F2_A') share the IID 'A'")):
+        bad = str(tmp_path / "bad.bgen")
+        _write_bgen(bad, 6, [("rsA", 5, probs)], ids=bad_ids)
+        err = _fails(capsys, tmp_path, "--bgen", bad, "ref-first", "--id-delim", "--pheno", pheno)
+        assert err.startswith(f"dash-spark: error: {bad}: {needle}"), err
+    err = _fails(capsys, tmp_path, "--bgen", good, "ref-first", "--id-delim", "--sample", pheno, "--pheno", pheno)
+    assert "--id-delim splits the sample IDs stored in the .bgen, but --sample" in err, err
 
 
 def test_psam_or_pvar_that_does_not_fit_the_pgen_is_named_in_plain_text(data, tmp_path, capsys):

@@ -164,7 +164,8 @@ def test_s3_output_is_never_over_what_dash_spark_did_not_write(s3, uploaded, tmp
 
 def test_bgen_from_s3_equals_local_bgen_scan(s3, uploaded, spark, tmp_path):
     """--bgen and --sample as URIs: the header, the .sample and the records by range from the server
-    (the small .bgi index is read from a private temporary copy)."""
+    (the small .bgi index is read into memory, no temporary file). The same file without a .bgi is
+    indexed once, from windows of the file, into the private cache."""
     import shutil
 
     from dash_spark.io.bgen import write_bgi
@@ -181,6 +182,7 @@ def test_bgen_from_s3_equals_local_bgen_scan(s3, uploaded, spark, tmp_path):
     write_bgi(f"{prefix}.bgen")
     for name in ("b.bgen", "b.bgen.bgi", "b.sample"):
         _upload(fs, str(tmp_path / name), f"bgen/{name}")
+    _upload(fs, str(tmp_path / "b.bgen"), "bgen/nobgi.bgen")
     local = run_scan(ScanConfig(bgen=f"{prefix}.bgen", bgen_ref="ref-first", sample=f"{prefix}.sample",
                                 pheno=files.pheno, covar=files.covar, block_variants=50, out=str(tmp_path / "local"),
                                 plots=False), spark=spark)
@@ -190,10 +192,20 @@ def test_bgen_from_s3_equals_local_bgen_scan(s3, uploaded, spark, tmp_path):
                           env={**os.environ, **env, "PYSPARK_PYTHON": sys.executable},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", "dash_spark.cli", "-q", "scan", "--bgen",
+                           f"s3://{BUCKET}/bgen/nobgi.bgen", "ref-first", "--sample", f"s3://{BUCKET}/bgen/b.sample",
+                           "--pheno", pheno, "--covar", covar, "--block-variants", "50", "--no-plots",
+                           "--out", str(tmp_path / "remote-nobgi")],
+                          env={**os.environ, **env, "PYSPARK_PYTHON": sys.executable, "DASH_SPARK_CACHE": str(cache)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(os.listdir(cache / "bgi")) == 1
     glms = sorted(p.name for p in Path(local.out).glob("*.glm.linear"))
     assert glms
     for name in glms:
         assert (Path(local.out) / name).read_bytes() == (tmp_path / "remote" / name).read_bytes(), name
+        assert (Path(local.out) / name).read_bytes() == (tmp_path / "remote-nobgi" / name).read_bytes(), name
     assert any("GET /cohort/bgen/b.bgen " in ln or "GET /cohort/bgen/b.bgen HTTP" in ln
                for ln in server_log.read_text().splitlines())
 

@@ -58,11 +58,14 @@ def _gzip_loco(src: Path, dest: Path, na: set[str]) -> None:
 
 
 @needs_peer
-@pytest.mark.parametrize("case", ["plain", "missing", "missing-gz", "3chr"])
+@pytest.mark.parametrize("case", ["plain", "missing", "missing-gz", "3chr", "bgen-fid-iid"])
 def test_regenie_mode_matches_regenie_outputs(case, spark, tmp_path):
     """REGENIE's step-2 results; ``missing-gz``: the step-1 files as pipelines have them (``--gz``:
-    ``*.loco.gz`` named by the list, and ``NA`` predictions for the samples a trait masks)."""
+    ``*.loco.gz`` named by the list, and ``NA`` predictions for the samples a trait masks);
+    ``bgen-fid-iid``: the genotypes as the BGEN REGENIE read (plink2's export, which stores each
+    sample as ``FID_IID``, and no .bgi), read with ``--id-delim _``."""
     bfile, loco, ref = {"plain": ("example", "fit_lin_out", "test_lin_out"),
+                        "bgen-fid-iid": ("example", "fit_lin_out", "test_lin_out"),
                         "missing": ("example", "fit_lin_out", "test_lin_out_missing"),
                         "missing-gz": ("example", "fit_lin_out", "test_lin_out_missing"),
                         "3chr": ("example_3chr", "fit_lin_out_3chr", "test_lin_out_3chr")}[case]
@@ -81,7 +84,21 @@ def test_regenie_mode_matches_regenie_outputs(case, spark, tmp_path):
         pheno = tmp_path / "pheno_missing.txt"
         pheno.write_text("\n".join(out) + "\n")
         assert len(gone) == 6
-    res = run_scan(ScanConfig(bfile=str(PEER / bfile), pheno=str(pheno), covar=str(PEER / "covariates.txt"),
+    source = {"bfile": str(PEER / bfile)}
+    if case == "bgen-fid-iid":
+        import shutil
+        import subprocess
+
+        exe = shutil.which("plink2")
+        assert exe, "plink2 is not installed; `make test` installs Debian's plink2 package"
+        proc = subprocess.run([exe, "--bfile", PEER / bfile, "--export", "bgen-1.2", "ref-first", "id-paste=fid,iid",
+                               "id-delim=_", "--out", tmp_path / "geno", "--threads", "1"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        from dash_spark.io.bgen import BgenHeader
+
+        assert BgenHeader(str(tmp_path / "geno.bgen")).embedded_ids()[:2] == ["1_1", "2_2"]
+        source = {"bgen": str(tmp_path / "geno.bgen"), "bgen_ref": "ref-first", "id_delim": "_"}
+    res = run_scan(ScanConfig(**source, pheno=str(pheno), covar=str(PEER / "covariates.txt"),
                               pred=str(pred), pred_test="regenie", out=str(tmp_path / "out"), plots=False),
                    spark=spark)
     import pyarrow.parquet as pq

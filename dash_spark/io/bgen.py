@@ -10,13 +10,16 @@ to 1/16384 as plink2 does when it reads a BGEN (:func:`_round_dosage`) (``ref-fi
 second is ALT; ``ref-last``: the reverse). A sample whose ploidy byte carries the missing flag
 (layout 2), or whose three probabilities are all zero (layout 1), is missing (NaN).
 
-Not supported (refused with the variant named): phased records, ploidy other than 2, more than
-two alleles. ``python -m dash_spark.io.bgen FILE.bgen`` writes ``FILE.bgen.bgi`` (as
-``bgenix -g FILE.bgen -index`` does) for files without one.
+Phased records (layout 2) give the sum of the two haplotypes' ALT probabilities. Not supported
+(refused with the variant named): ploidy other than 2, more than two alleles. A BGEN without
+``FILE.bgi`` is indexed once into a private cache (:func:`index_path`); ``python -m
+dash_spark.io.bgen FILE.bgen`` writes ``FILE.bgen.bgi`` beside it instead (as ``bgenix -g FILE.bgen
+-index`` does).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import struct
@@ -30,6 +33,8 @@ import numpy as np
 from ..errors import InputError, not_utf8_error
 from . import files
 from .plink import Bim, Fam, sex_code
+
+log = logging.getLogger(__name__)
 
 REF_MODES = ("ref-first", "ref-last")
 DOSAGE_UNIT = 16384  # plink2 stores dosages in units of 1/16384
@@ -142,8 +147,9 @@ def read_oxford_sample(path: str) -> tuple[list[str], list[str], np.ndarray]:
     return fids, iids, np.array(founder, dtype=bool), np.array(sex, dtype=np.int8)
 
 
-def read_bgen_samples(path: str, sample: str | None) -> Fam:
-    """The samples of a BGEN: from ``sample`` (an Oxford .sample) if given, else embedded in the file."""
+def read_bgen_samples(path: str, sample: str | None, id_delim: str | None = None) -> Fam:
+    """The samples of a BGEN: from ``sample`` (an Oxford .sample) if given, else embedded in the file
+    (each ID the IID; with ``id_delim``, FID and IID joined by it, as plink2's --id-delim)."""
     hdr = BgenHeader(path)
     if sample:
         fids, iids, founder, sex = read_oxford_sample(sample)
@@ -160,7 +166,22 @@ def read_bgen_samples(path: str, sample: str | None) -> Fam:
     if dup:
         raise InputError(f"{path}: {dup} duplicate sample ID(s) among the BGEN's sample identifiers; expected "
                          "unique IDs. Give unique IDs with --sample FILE")
-    return Fam(path=path, fids=tuple(ids), iids=tuple(ids), founder=np.ones(len(ids), dtype=bool))
+    if id_delim is None:
+        return Fam(path=path, fids=tuple(ids), iids=tuple(ids), founder=np.ones(len(ids), dtype=bool))
+    parts = [i.split(id_delim) for i in ids]
+    bad = next((k for k, f in enumerate(parts) if len(f) != 2 or not f[0] or not f[1]), None)
+    if bad is not None:
+        raise InputError(f"{path}: sample {bad + 1} has the ID {ids[bad]!r}; with --id-delim {id_delim} expected "
+                         f"FID{id_delim}IID (one {id_delim!r} between two non-empty parts). Drop --id-delim if the "
+                         "stored IDs are IIDs, or give the samples with --sample FILE")
+    fids, iids = (tuple(f[0] for f in parts), tuple(f[1] for f in parts))
+    if len(set(iids)) != len(iids):
+        seen: dict = {}
+        first, again = next((seen[i], k) for k, i in enumerate(iids) if seen.setdefault(i, k) != k)
+        raise InputError(f"{path}: samples {first + 1} and {again + 1} ({ids[first]!r}, {ids[again]!r}) share the IID "
+                         f"{iids[again]!r} after --id-delim {id_delim}; expected unique IIDs (samples are matched to "
+                         "the tables by IID)")
+    return Fam(path=path, fids=fids, iids=iids, founder=np.ones(len(ids), dtype=bool))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,33 +192,77 @@ def bgi_path(path: str) -> str:
     return path + ".bgi"
 
 
-_BGI_COPIES: dict = {}
+def cache_dir() -> str:
+    """Where indexes we build for BGEN files without a ``.bgi`` live: ``DASH_SPARK_CACHE``, else
+    ``$XDG_CACHE_HOME/dash-spark``, else ``~/.cache/dash-spark`` (a private folder, 0700). Never
+    beside an input: no command writes into its inputs' folders."""
+    root = os.environ.get("DASH_SPARK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dash-spark")
+    return os.path.join(root, "bgi")
+
+
+def cached_bgi_path(path: str) -> str:
+    """The private index of this version of ``path`` (its location, size and modification time)."""
+    import hashlib
+
+    where = path if files.is_uri(path) else os.path.abspath(files.local_path(path))
+    size, mtime = files.version(path)
+    key = hashlib.sha256(f"{where}\0{size}\0{mtime}".encode()).hexdigest()[:32]
+    return os.path.join(cache_dir(), f"{key}.bgi")
+
+
+def index_path(path: str, *, build: bool = True) -> str:
+    """The bgenix index of ``path``: ``FILE.bgi`` beside it, else our private index of this version
+    of the file (:func:`cached_bgi_path`), built here once when ``build`` (plink2 reads a BGEN
+    without an index too). Executors call it as well: on a cluster whose nodes do not share the
+    cache folder, each node builds its own copy once (point ``DASH_SPARK_CACHE`` at a shared folder,
+    or create ``FILE.bgi`` with bgenix, to avoid that)."""
+    beside = bgi_path(path)
+    if files.exists(beside):
+        return beside
+    cached = cached_bgi_path(path)
+    if os.path.exists(cached) or not build:
+        return cached
+    hdr = BgenHeader(path)
+    log.info("bgen: %s has no .bgi; indexing its %s variants into %s (once; reused while the file is "
+             "unchanged)", path, f"{hdr.n_variants:,}", os.path.dirname(cached))
+    try:
+        os.makedirs(os.path.dirname(cached), mode=0o700, exist_ok=True)
+        write_bgi(path, cached)
+    except OSError as exc:
+        raise InputError(f"{path}: no index beside it, and the private index cannot be written to "
+                         f"{os.path.dirname(cached)} ({exc.strerror or exc}); set DASH_SPARK_CACHE to a writable "
+                         f"folder, or create the index: bgenix -g {path} -index") from None
+    return cached
+
+
+_BGI_BYTES: dict = {}
 _BGI_LOCK = threading.Lock()
 
 
-def _sqlite_path(bgi: str) -> str:
-    """A path SQLite can open: the index itself, or for object storage a private temporary copy
-    (the index only, made once per process; the genotype records are always read by range)."""
+def _connect(bgi: str) -> sqlite3.Connection:
+    """A read-only SQLite connection to an index: the file itself, or for object storage its bytes
+    in memory (fetched once per process and index version; no temporary file)."""
     if not files.is_uri(bgi):
-        return bgi
-    import tempfile
-
-    key = (bgi, files.size(bgi))
+        return sqlite3.connect(f"file:{files.local_path(bgi)}?mode=ro", uri=True)
+    key = (bgi, *files.version(bgi))
     with _BGI_LOCK:
-        if key not in _BGI_COPIES:
-            fd, tmp = tempfile.mkstemp(prefix="dash-spark-", suffix=".bgi")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(files.read_bytes(bgi))
-            _BGI_COPIES[key] = tmp
-        return _BGI_COPIES[key]
+        if key not in _BGI_BYTES:
+            if len(_BGI_BYTES) >= 2:
+                _BGI_BYTES.pop(next(iter(_BGI_BYTES)))
+            _BGI_BYTES[key] = files.read_bytes(bgi)
+        data = _BGI_BYTES[key]
+    con = sqlite3.connect(":memory:")
+    con.deserialize(data)
+    return con
 
 
 def _bgi_rows(bgi: str, columns: str):
     if not files.exists(bgi):
-        raise InputError(f"{bgi}: index not found; expected the bgenix index of the .bgen beside it. Create "
-                         f"it with bgenix -g {bgi[:-4]} -index (or python -m dash_spark.io.bgen {bgi[:-4]})")
+        raise InputError(f"{bgi}: index not found; expected the bgenix index of the .bgen. Create it with bgenix "
+                         f"-g {bgi[:-4]} -index (or python -m dash_spark.io.bgen {bgi[:-4]})")
     try:
-        con = sqlite3.connect(f"file:{_sqlite_path(bgi)}?mode=ro", uri=True)
+        con = _connect(bgi)
         try:
             return con.execute(f"SELECT {columns} FROM Variant ORDER BY file_start_position").fetchall()
         finally:
@@ -210,7 +275,7 @@ def _bgi_rows(bgi: str, columns: str):
 def _bgi_metadata(bgi: str):
     """``(file_size, first_1000_bytes)`` that bgenix recorded, or None (an index without Metadata)."""
     try:
-        con = sqlite3.connect(f"file:{_sqlite_path(bgi)}?mode=ro", uri=True)
+        con = _connect(bgi)
         try:
             row = con.execute("SELECT file_size, first_1000_bytes FROM Metadata").fetchone()
         finally:
@@ -221,10 +286,20 @@ def _bgi_metadata(bgi: str):
 
 
 def read_bgi(path: str) -> tuple[Bim, np.ndarray]:
-    """The variants of ``path`` from its ``.bgi`` in file order, checked against the .bgen, and the
-    records' byte offsets (m + 1: each start, then the end of the last)."""
+    """The variants of ``path`` from its index (:func:`index_path`) in file order, checked against
+    the .bgen, and the records' byte offsets (m + 1: each start, then the end of the last)."""
     hdr = BgenHeader(path)
-    bgi = bgi_path(path)
+    bgi = index_path(path)
+    if bgi == bgi_path(path):
+        return _read_index(path, bgi, hdr)
+    try:
+        return _read_index(path, bgi, hdr)
+    except InputError:  # our own index, damaged or of an earlier file: built again, once
+        os.remove(bgi)
+        return _read_index(path, index_path(path), hdr)
+
+
+def _read_index(path: str, bgi: str, hdr: BgenHeader) -> tuple[Bim, np.ndarray]:
     rows = _bgi_rows(bgi, "chromosome, position, rsid, number_of_alleles, allele1, allele2, "
                           "file_start_position, size_in_bytes")
     fix = f"Re-create the index: bgenix -g {path} -index -clobber"
@@ -266,43 +341,68 @@ def read_bgi(path: str) -> tuple[Bim, np.ndarray]:
     return bim, np.append(starts, ends[-1])
 
 
-def write_bgi(path: str) -> str:
-    """Write ``path.bgi`` (bgenix's SQLite layout) by walking the records of ``path``; returns its path."""
-    hdr = BgenHeader(path)
-    out = bgi_path(path)
-    tmp = out + f".tmp-{os.getpid()}"
-    rows = []
-    with open(path, "rb") as fh:
-        pos = hdr.first_variant
-        for _ in range(hdr.n_variants):
-            fh.seek(pos)
+def _walk_records(path: str, hdr: BgenHeader, every: float = 10.0):
+    """``(start, record fields)`` of every record of ``path`` from front to back, read in windows of
+    a few MiB (also from object storage: one request per window); a progress line every ``every``
+    seconds."""
+    window = max(1 << 20, min(8 << 20, files.read_chunk_bytes()))
+    buf, at = b"", 0
+    pos, last = hdr.first_variant, time.monotonic()
+    for i in range(hdr.n_variants):
+        need = 1 << 16  # the record's identifying fields, unless its IDs or alleles are longer
+        while True:
+            if pos + need > at + len(buf) and at + len(buf) < hdr.size:
+                buf, at = files.read_range(path, pos, max(window, need)), pos
             try:
-                rec = _record_meta(fh.read(4096), hdr, path, pos, fh)
-            except InputError:  # identifiers longer than the first read
-                fh.seek(pos)
-                rec = _record_meta(fh.read(1 << 20), hdr, path, pos, fh)
-            rows.append((rec["chrom"], rec["pos"], rec["rsid"], len(rec["alleles"]), rec["alleles"][0],
-                         rec["alleles"][1] if len(rec["alleles"]) > 1 else None, pos, rec["size"]))
-            pos += rec["size"]
-        fh.seek(0)
-        first = fh.read(1000)
+                rec = _record_meta(buf, hdr, path, pos, at=pos - at)
+                break
+            except _ShortRecord:
+                if at + len(buf) >= hdr.size:
+                    raise InputError(f"{path}: variant record at byte {pos:,}: the file ends inside it; the .bgen "
+                                     "is truncated. Check that the copy is complete") from None
+                need *= 16
+        yield pos, rec
+        pos += rec["size"]
+        if time.monotonic() - last > every:
+            last = time.monotonic()
+            log.info("bgen: indexed %s of %s variants of %s", f"{i + 1:,}", f"{hdr.n_variants:,}", path)
+    if pos > hdr.size:
+        raise InputError(f"{path}: the last record ends at byte {pos:,}, after the file's end ({hdr.size:,} bytes); "
+                         "the .bgen is truncated. Check that the copy is complete")
+
+
+def write_bgi(path: str, out: str | None = None) -> str:
+    """Write a bgenix index (its SQLite layout) of ``path`` to ``out`` (default ``path.bgi``) by
+    walking the records; written to a temporary name, then renamed. Returns ``out``."""
+    hdr = BgenHeader(path)
+    out = out or bgi_path(files.local_path(path))
+    tmp = f"{out}.tmp-{os.getpid()}-{threading.get_ident()}"
+    rows = [(rec["chrom"], rec["pos"], rec["rsid"], len(rec["alleles"]), rec["alleles"][0],
+             rec["alleles"][1] if len(rec["alleles"]) > 1 else None, start, rec["size"])
+            for start, rec in _walk_records(path, hdr)]
+    first = files.read_range(path, 0, 1000)
+    mtime = files.version(path)[1] // 1_000_000_000
     if os.path.exists(tmp):
         os.remove(tmp)
-    con = sqlite3.connect(tmp)
     try:
-        con.execute("CREATE TABLE Metadata (filename TEXT NOT NULL, file_size INT NOT NULL, last_write_time INT "
-                    "NOT NULL, first_1000_bytes BLOB NOT NULL, index_creation_time INT NOT NULL)")
-        con.execute("CREATE TABLE Variant (chromosome TEXT NOT NULL, position INT NOT NULL, rsid TEXT NOT NULL, "
-                    "number_of_alleles INT NOT NULL, allele1 TEXT NOT NULL, allele2 TEXT NULL, file_start_position "
-                    "INT NOT NULL, size_in_bytes INT NOT NULL, PRIMARY KEY (chromosome, position, rsid, allele1, "
-                    "allele2, file_start_position)) WITHOUT ROWID")
-        con.execute("INSERT INTO Metadata VALUES (?, ?, ?, ?, ?)",
-                    (os.path.basename(path), hdr.size, int(os.path.getmtime(path)), first, int(time.time())))
-        con.executemany("INSERT INTO Variant VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        con.commit()
+        con = sqlite3.connect(tmp)
+        try:
+            con.execute("CREATE TABLE Metadata (filename TEXT NOT NULL, file_size INT NOT NULL, last_write_time INT "
+                        "NOT NULL, first_1000_bytes BLOB NOT NULL, index_creation_time INT NOT NULL)")
+            con.execute("CREATE TABLE Variant (chromosome TEXT NOT NULL, position INT NOT NULL, rsid TEXT NOT NULL, "
+                        "number_of_alleles INT NOT NULL, allele1 TEXT NOT NULL, allele2 TEXT NULL, "
+                        "file_start_position INT NOT NULL, size_in_bytes INT NOT NULL, PRIMARY KEY (chromosome, "
+                        "position, rsid, allele1, allele2, file_start_position)) WITHOUT ROWID")
+            con.execute("INSERT INTO Metadata VALUES (?, ?, ?, ?, ?)",
+                        (os.path.basename(path), hdr.size, int(mtime), first, int(time.time())))
+            con.executemany("INSERT INTO Variant VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.commit()
+        finally:
+            con.close()
+        os.replace(tmp, out)
     finally:
-        con.close()
-    os.replace(tmp, out)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return out
 
 
@@ -310,12 +410,17 @@ def write_bgi(path: str) -> str:
 # records
 
 
-def _record_meta(buf: bytes, hdr: BgenHeader, path: str, start: int, fh=None) -> dict:
-    """Parse a record's identifying fields from ``buf`` (the record's first bytes); ``size`` is the
-    whole record's length. ``fh`` reads more when ``buf`` is too short (long alleles)."""
+class _ShortRecord(InputError):
+    """The buffer ends inside a record's identifying fields (read more, or the file is truncated)."""
+
+
+def _record_meta(buf: bytes, hdr: BgenHeader, path: str, start: int, at: int = 0) -> dict:
+    """Parse the identifying fields of the record that starts at ``buf[at]`` (file byte ``start``);
+    ``data`` (where its genotype block starts) is relative to ``at``, ``size`` is the whole record's
+    length. Raises :class:`_ShortRecord` when ``buf`` ends inside those fields."""
     where = f"{path}: variant record at byte {start:,}"
     try:
-        p = 0
+        p = at
         if hdr.layout == 1:
             p += 4  # the number of samples, repeated
         (ln,) = struct.unpack_from("<H", buf, p)
@@ -337,9 +442,8 @@ def _record_meta(buf: bytes, hdr: BgenHeader, path: str, start: int, fh=None) ->
         alleles = []
         for _ in range(k):
             (la,) = struct.unpack_from("<I", buf, p)
-            if p + 4 + la + 8 > len(buf) and fh is not None:
-                fh.seek(start)
-                buf = fh.read(p + 4 + la + 8 + (1 << 16))
+            if p + 4 + la > len(buf):
+                raise _ShortRecord(f"{where}: damaged or truncated; an allele runs past the end of the data")
             alleles.append(buf[p + 4 : p + 4 + la].decode("utf-8"))
             p += 4 + la
         if hdr.layout == 1 and hdr.compression == 0:
@@ -350,8 +454,12 @@ def _record_meta(buf: bytes, hdr: BgenHeader, path: str, start: int, fh=None) ->
             p += 4
             p_data = p
         return {"varid": varid.decode("utf-8"), "rsid": rsid.decode("utf-8"), "chrom": chrom.decode("utf-8"),
-                "pos": int(vpos), "alleles": alleles, "data": p_data, "clen": int(c), "size": p_data + int(c)}
-    except (struct.error, UnicodeDecodeError):
+                "pos": int(vpos), "alleles": alleles, "data": p_data - at, "clen": int(c),
+                "size": p_data - at + int(c)}
+    except struct.error:
+        raise _ShortRecord(f"{where}: damaged or truncated; expected a BGEN layout {hdr.layout} variant record. "
+                           "Check that the copy is complete") from None
+    except UnicodeDecodeError:
         raise InputError(f"{where}: damaged or truncated; expected a BGEN layout {hdr.layout} variant record. "
                          "Check that the copy is complete") from None
 
@@ -432,10 +540,8 @@ def decode_record(rec_bytes: bytes, hdr: BgenHeader, n: int, alt_first: bool, pa
             raise InputError(f"{name}: the record has {n_rec:,} samples; expected {n:,} (the header's count)")
         ploidy = np.frombuffer(data, np.uint8, n, 8)
         phased, bits = data[8 + n], data[9 + n]
-        if phased:
-            raise InputError(f"{name}: phased genotype probabilities; expected unphased (phased BGEN is not "
-                             "supported). Convert it: plink2 --bgen FILE ref-first --make-pgen --out NEW, and use "
-                             "--pfile NEW")
+        if phased not in (0, 1):
+            raise InputError(f"{name}: phased flag {phased}; expected 0 or 1. The .bgen is damaged")
         missing = (ploidy & 0x80) != 0
         if pmin != 2 or pmax != 2:  # the smallest and largest ploidy of the record's samples
             raise InputError(f"{name}: ploidy {pmin}-{pmax}; expected 2 for every sample (haploid and "
@@ -448,8 +554,9 @@ def decode_record(rec_bytes: bytes, hdr: BgenHeader, n: int, alt_first: bool, pa
                              f"at {bits} bits")
         v = _unpack_bits(data, 10 + n, 2 * n, bits).reshape(n, 2)
         denom = (1 << bits) - 1
-        # plink2 rounds the second allele's dosage; with ref-last, ALT's is 2 minus it
-        dos = _round_dosage(2 * denom - 2 * v[:, 0] - v[:, 1], denom)
+        # plink2 rounds the second allele's dosage; with ref-last, ALT's is 2 minus it. Unphased: the
+        # probabilities of genotypes 11 and 12; phased: of allele 1 on each of the two haplotypes
+        dos = _round_dosage(2 * denom - (v[:, 0] + v[:, 1] if phased else 2 * v[:, 0] + v[:, 1]), denom)
         if alt_first:
             dos = 2.0 - dos
         dos[missing] = np.nan
@@ -475,7 +582,7 @@ def _offsets(path: str) -> tuple[BgenHeader, np.ndarray]:
     with _LOCK:
         got = _CACHE.get(key)
         if got is None:
-            rows = _bgi_rows(bgi_path(path), "file_start_position, size_in_bytes")
+            rows = _bgi_rows(index_path(path), "file_start_position, size_in_bytes")
             starts = np.array([r[0] for r in rows], dtype=np.int64)
             end = int(rows[-1][0] + rows[-1][1]) if rows else 0
             got = (BgenHeader(path), np.append(starts, end))

@@ -80,6 +80,21 @@ def size(path) -> int:
     return int(info.size)
 
 
+def version(path) -> tuple[int, int]:
+    """``(size in bytes, modification time in ns)`` of a file (the time is 0 where the storage
+    reports none); OSError when missing."""
+    if not is_uri(path):
+        st = os.stat(local_path(path))
+        return int(st.st_size), int(st.st_mtime_ns)
+    from pyarrow import fs as pafs
+
+    fs, p = filesystem(str(path))
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    return int(info.size), int(info.mtime_ns or 0)
+
+
 def read_bytes(path) -> bytes:
     """The whole file."""
     if not is_uri(path):
@@ -123,4 +138,4 @@ def read_range(path, offset: int, length: int) -> bytes:
 
 
 __all__ = ["SCHEMES", "exists", "filesystem", "is_uri", "local_path", "read_bytes", "read_chunk_bytes",
-           "read_range", "size"]
+           "read_range", "size", "version"]
