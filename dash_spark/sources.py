@@ -27,7 +27,8 @@ from .errors import ConfigError, InputError
 from .io import files
 from .io.bgen import REF_MODES, check_bgen, read_bgen_rows, read_bgen_samples, read_bgi
 from .io.features import read_feature_meta, read_feature_rows
-from .io.pgen import PvarLayout, check_pgen, pfile_paths, read_pgen_dosages, read_psam, read_pvar, read_pvar_range
+from .io.pgen import (PvarLayout, check_pgen, pfile_paths, pvar_path, read_pgen_dosages, read_psam, read_pvar,
+                      read_pvar_range)
 from .io.plink import Bim, Fam, check_bed, read_bed_rows, read_bim, read_bim_range, read_fam
 from .io.tables import read_sample_ids
 from .stats.blocks import DenseBlock, PackedBlock
@@ -36,12 +37,6 @@ from .stats.blocks import DenseBlock, PackedBlock
 def qualify(path: str) -> str:
     """Absolute local paths for plain paths; URIs pass through."""
     return path if "://" in path else os.path.abspath(path)
-
-
-def _local_only(path: str, flag: str) -> None:
-    if files.is_uri(path):
-        raise ConfigError(f"{flag} {path}: plink2's reader library opens local files only; copy the "
-                          f"{flag[2:]} files to a local or shared path, or use --bfile or --bgen from object storage")
 
 
 def bfile_paths(prefix: str) -> tuple[str, str, str]:
@@ -255,7 +250,7 @@ class PgenSource:
 
     @cached_property
     def _pvar(self):
-        return read_pvar(self.paths[1])
+        return read_pvar(pvar_path(self.paths[1]))
 
     @cached_property
     def variants(self) -> Bim:
@@ -269,17 +264,16 @@ class PgenSource:
         return self.paths[2]
 
     def check(self) -> "PgenSource":
-        _local_only(self.prefix, "--pfile")
         for p in self.paths:
-            if not os.path.exists(p):
-                if p.endswith(".pvar") and os.path.exists(p + ".zst"):
-                    continue  # read_pvar explains
-                raise InputError(f"{p}: file not found; --pfile expects PREFIX with PREFIX.pgen/.pvar/.psam")
+            if not files.exists(p) and not (p.endswith(".pvar") and files.exists(p + ".zst")):
+                raise InputError(f"{p}: file not found; --pfile expects PREFIX with PREFIX.pgen, PREFIX.pvar (or "
+                                 ".pvar.zst) and PREFIX.psam")
         self.variants  # noqa: B018 - reads the .psam and .pvar and checks the .pgen against them
         return self
 
     def input_paths(self) -> tuple[str, ...]:
-        return self.paths
+        pgen, pvar, psam = self.paths
+        return pgen, pvar_path(pvar), psam
 
     def options(self) -> dict:
         return {"pfile": self.prefix}
@@ -287,7 +281,7 @@ class PgenSource:
     def reader(self) -> PgenReader:
         pgen, pvar, _ = self.paths
         bim, layout, first_line = self._pvar
-        return PgenReader(qualify(pgen), qualify(pvar), self.fam.n_samples, bim.n_variants, layout, first_line)
+        return PgenReader(qualify(pgen), qualify(pvar_path(pvar)), self.fam.n_samples, bim.n_variants, layout, first_line)
 
 
 @dataclass(frozen=True)

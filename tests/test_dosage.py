@@ -356,6 +356,47 @@ def test_truncated_pgen(data, tmp_path, capsys):
     assert f"{p}.pgen" in err and ("truncated" in err or "damaged" in err), err
 
 
+def test_pvar_zst_matches_plink2(data, spark, tmp_path):
+    """A fileset written with plink2's ``--make-pgen vzs`` (a zstd-compressed .pvar): scanned to
+    plink2's numbers on the same files; the .pvar text is decompressed once into the private cache,
+    nothing is written beside the inputs, and bad lines are named in the .pvar.zst."""
+    from dash_spark.io import files
+
+    z = str(tmp_path / "z")
+    plink2("--pfile", data["pfile"], "--make-pgen", "vzs", "--out", z)
+    assert os.path.exists(z + ".pvar.zst") and not os.path.exists(z + ".pvar")
+    listing = sorted(os.listdir(tmp_path))
+    theirs = _plink2_glm(data, "zst", "--pfile", z, "vzs")
+    res = run_scan(ScanConfig(pfile=z, pheno=data["pheno"], covar=data["covar"], out=str(tmp_path / "o"),
+                              plots=False, block_variants=50), spark=spark)
+    for p in PHENOS:
+        _same_as_plink2(res.glm_paths[p], theirs[p], M - 3)
+    assert sorted(os.listdir(tmp_path)) == sorted(listing + ["o"])
+    assert os.path.exists(files.cached_path(z + ".pvar.zst", "pvar", ".pvar"))
+
+
+
+def test_pvar_zst_bad_line_is_named(data, tmp_path, capsys):
+    """A bad line of a .pvar.zst is named in that file, by the line number of its text."""
+    import pyarrow as pa
+
+    z = str(tmp_path / "z")
+    plink2("--pfile", data["pfile"], "--make-pgen", "vzs", "--out", z)
+    with pa.CompressedInputStream(pa.OSFile(z + ".pvar.zst"), "zstd") as src:
+        lines = src.read().decode().splitlines(keepends=True)
+    head = sum(line.startswith("#") for line in lines)
+    f = lines[head + 2].rstrip("\n").split("\t")
+    f[1] = "12x"
+    lines[head + 2] = "\t".join(f) + "\n"
+    with pa.CompressedOutputStream(z + ".pvar.zst", "zstd") as out:
+        out.write("".join(lines).encode())
+    err = _fails(capsys, tmp_path, "--pfile", z, "--pheno", data["pheno"])
+    assert f"{z}.pvar.zst:{head + 3}: POS must be an integer; found '12x'" in err, err
+    Path(z + ".pvar.zst").write_bytes(b"not zstd at all")
+    err = _fails(capsys, tmp_path, "--pfile", z, "--pheno", data["pheno"])
+    assert f"{z}.pvar.zst: cannot decompress the .pvar.zst" in err, err
+
+
 def test_multiallelic_pvar_refused(data, tmp_path, capsys):
     p = _copy_pfile(data, tmp_path)
     pvar = Path(p + ".pvar")

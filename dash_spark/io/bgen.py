@@ -193,22 +193,13 @@ def bgi_path(path: str) -> str:
 
 
 def cache_dir() -> str:
-    """Where indexes we build for BGEN files without a ``.bgi`` live: ``DASH_SPARK_CACHE``, else
-    ``$XDG_CACHE_HOME/dash-spark``, else ``~/.cache/dash-spark`` (a private folder, 0700). Never
-    beside an input: no command writes into its inputs' folders."""
-    root = os.environ.get("DASH_SPARK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dash-spark")
-    return os.path.join(root, "bgi")
+    """Where the indexes we build for BGEN files without a ``.bgi`` live (:func:`files.cache_dir`)."""
+    return files.cache_dir("bgi")
 
 
 def cached_bgi_path(path: str) -> str:
     """The private index of this version of ``path`` (its location, size and modification time)."""
-    import hashlib
-
-    where = path if files.is_uri(path) else os.path.abspath(files.local_path(path))
-    size, mtime = files.version(path)
-    key = hashlib.sha256(f"{where}\0{size}\0{mtime}".encode()).hexdigest()[:32]
-    return os.path.join(cache_dir(), f"{key}.bgi")
+    return os.path.join(cache_dir(), os.path.basename(files.cached_path(path, "bgi", ".bgi")))
 
 
 def index_path(path: str, *, build: bool = True) -> str:
@@ -227,7 +218,7 @@ def index_path(path: str, *, build: bool = True) -> str:
     log.info("bgen: %s has no .bgi; indexing its %s variants into %s (once; reused while the file is "
              "unchanged)", path, f"{hdr.n_variants:,}", os.path.dirname(cached))
     try:
-        os.makedirs(os.path.dirname(cached), mode=0o700, exist_ok=True)
+        os.makedirs(cache_dir(), mode=0o700, exist_ok=True)
         write_bgi(path, cached)
     except OSError as exc:
         raise InputError(f"{path}: no index beside it, and the private index cannot be written to "

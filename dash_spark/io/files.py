@@ -95,6 +95,43 @@ def version(path) -> tuple[int, int]:
     return int(info.size), int(info.mtime_ns or 0)
 
 
+def cache_dir(kind: str) -> str:
+    """The private folder of what we derive from inputs (``kind``: ``bgi``, ``pvar``, ``pgen``):
+    ``DASH_SPARK_CACHE``, else ``$XDG_CACHE_HOME/dash-spark``, else ``~/.cache/dash-spark``. Never
+    beside an input: no command writes into its inputs' folders."""
+    root = os.environ.get("DASH_SPARK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dash-spark")
+    return os.path.join(root, kind)
+
+
+def cached_path(path, kind: str, suffix: str) -> str:
+    """Where the cache keeps what is derived from this version of ``path`` (its location, size and
+    modification time): a new version of the file gets a new entry."""
+    import hashlib
+
+    where = str(path) if is_uri(path) else os.path.abspath(local_path(path))
+    size, mtime = version(path)
+    key = hashlib.sha256(f"{where}\0{size}\0{mtime}".encode()).hexdigest()[:32]
+    return os.path.join(cache_dir(kind), key + suffix)
+
+
+def make_cache_dir(kind: str) -> str:
+    """:func:`cache_dir`, created private (0700) if absent."""
+    d = cache_dir(kind)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return d
+
+
+def open_input_stream(path):
+    """A sequential reader (a pyarrow NativeFile) of a local file or an object."""
+    import pyarrow as pa
+
+    if not is_uri(path):
+        return pa.OSFile(local_path(path), "rb")
+    fs, p = filesystem(str(path))
+    return fs.open_input_stream(p)
+
+
 def read_bytes(path) -> bytes:
     """The whole file."""
     if not is_uri(path):
@@ -137,5 +174,5 @@ def read_range(path, offset: int, length: int) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["SCHEMES", "exists", "filesystem", "is_uri", "local_path", "read_bytes", "read_chunk_bytes",
+__all__ = ["SCHEMES", "cache_dir", "cached_path", "exists", "make_cache_dir", "open_input_stream", "filesystem", "is_uri", "local_path", "read_bytes", "read_chunk_bytes",
            "read_range", "size", "version"]

@@ -13,6 +13,7 @@ of 1/16384 as floats and -9 for a missing call (turned into NaN here).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError, not_utf8_error, utf8_lines
+from . import files
 from .plink import Bim, Fam, sex_code
+
+log = logging.getLogger(__name__)
 
 PGEN_MISSING = -9.0
 
@@ -45,9 +49,14 @@ def read_psam(path: str) -> Fam:
     sex: list[int] = []
     seen: dict[str, int] = {}
     try:
-        fh = open(path, encoding="utf-8")
+        if files.is_uri(path):
+            import io
+
+            fh = io.TextIOWrapper(io.BytesIO(files.read_bytes(path)), encoding="utf-8")
+        else:
+            fh = open(path, encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"{path}: cannot open .psam ({exc.strerror}); check the --pfile prefix") from None
+        raise InputError(f"{path}: cannot open .psam ({exc.strerror or exc}); check the --pfile prefix") from None
     cols = None
     with fh:
         for lineno, line in enumerate(utf8_lines(fh, path, ".psam"), 1):
@@ -140,17 +149,55 @@ def _parse_pvar_text(text: bytes, path: str, first_line: int, lay: PvarLayout) -
             np.array(alt, dtype=object), np.array(ref, dtype=object))
 
 
-def read_pvar(path: str) -> tuple[Bim, PvarLayout, int]:
-    """Read a .pvar: its variants (``line_offsets`` = byte offsets of the variant lines, so a task
-    can read its own range), the column layout and the file line number of the first variant."""
-    if not os.path.exists(path) and os.path.exists(path + ".zst"):
-        raise InputError(f"{path}.zst: a zstd-compressed .pvar; expected a plain .pvar, found {path}.zst. "
-                         f"Decompress it (zstd -d {path}.zst) so that tasks can read their own lines")
+def pvar_path(prefix_pvar: str) -> str:
+    """``PREFIX.pvar``, or ``PREFIX.pvar.zst`` where only that exists (plink2 writes it with
+    ``--make-pgen pvar-zs``)."""
+    if not files.exists(prefix_pvar) and files.exists(prefix_pvar + ".zst"):
+        return prefix_pvar + ".zst"
+    return prefix_pvar
+
+
+def plain_pvar(path: str) -> str:
+    """A local, uncompressed .pvar whose lines a task can read by byte range: ``path`` itself, or for
+    a ``.pvar.zst`` its text decompressed once into the private cache (one copy per file version;
+    each node of a cluster that does not share the cache makes its own)."""
+    if not path.endswith(".zst"):
+        return path
+    out = files.cached_path(path, "pvar", ".pvar")
+    if os.path.exists(out):
+        return out
+    import pyarrow as pa
+
+    files.make_cache_dir("pvar")
+    tmp = f"{out}.tmp-{os.getpid()}-{threading.get_ident()}"
+    log.info("pgen: decompressing %s into %s (once; reused while the file is unchanged)", path,
+             os.path.dirname(out))
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        with files.open_input_stream(path) as raw, pa.CompressedInputStream(raw, "zstd") as src, \
+                open(tmp, "wb") as dst:
+            while True:
+                chunk = src.read(8 << 20)
+                if not chunk:
+                    break
+                dst.write(chunk)
+        os.replace(tmp, out)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot decompress the .pvar.zst ({exc}); expected a zstd-compressed .pvar "
+                         "(plink2 --make-pgen pvar-zs). Check that the copy is complete") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
+
+
+def read_pvar(path: str) -> tuple[Bim, PvarLayout, int]:
+    """Read a .pvar (or a .pvar.zst, through :func:`plain_pvar`): its variants (``line_offsets`` =
+    byte offsets of the variant lines, so a task can read its own range), the column layout and the
+    file line number of the first variant."""
+    try:
+        data = files.read_bytes(plain_pvar(path))
     except OSError as exc:
-        raise InputError(f"{path}: cannot open .pvar ({exc.strerror}); check the --pfile prefix") from None
+        raise InputError(f"{path}: cannot open .pvar ({exc.strerror or exc}); check the --pfile prefix") from None
     buf = np.frombuffer(data, dtype=np.uint8)
     starts = np.concatenate([[0], np.flatnonzero(buf == 10) + 1]).astype(np.int64)
     if len(buf) and buf[-1] == 10:
@@ -190,10 +237,9 @@ def read_pvar(path: str) -> tuple[Bim, PvarLayout, int]:
 
 def read_pvar_range(path: str, byte_start: int, byte_stop: int, first_line: int,
                     lay: PvarLayout) -> tuple[np.ndarray, ...]:
-    """The .pvar variant lines in ``[byte_start, byte_stop)`` (executor side)."""
-    with open(path, "rb") as fh:
-        fh.seek(byte_start)
-        data = fh.read(byte_stop - byte_start)
+    """The .pvar variant lines in ``[byte_start, byte_stop)`` (executor side; of the decompressed
+    text for a .pvar.zst)."""
+    data = files.read_range(plain_pvar(path), byte_start, byte_stop - byte_start)
     return _parse_pvar_text(data, path, first_line, lay)
 
 
@@ -220,16 +266,113 @@ def _pgenlib_text(exc: Exception) -> str:
     return " ".join(str(msg).split()).rstrip(".") or type(exc).__name__
 
 
+#: variants per block of a .pgen (plink2's vblock): a mode-0x10 header lists each block's file offset
+PGEN_BLOCK = 1 << 16
+
+
+class RemotePgen:
+    """A .pgen in object storage, read by plink2's library through a local sparse copy in the
+    private cache (:func:`files.cached_path`): the file's size with holes, its header, and the
+    65,536-variant blocks that this node's tasks have read, fetched by byte range when a task first
+    needs one (a marker file per block tells the node's other processes it is there). The blocks'
+    offsets come from the header (mode 0x10: one offset per block; mode 0x01: fixed-width records);
+    a .pgen of another storage mode is fetched whole, once."""
+
+    def __init__(self, uri: str, n_samples: int, n_variants: int):
+        self.uri = uri
+        size, _ = files.version(uri)
+        head = files.read_range(uri, 0, 12)
+        if len(head) < 3 or head[:2] != b"\x6c\x1b":
+            raise InputError(f"{uri}: not a plink2 .pgen; expected magic bytes 6c 1b, found "
+                             f"{head[:3].hex(' ') or 'an empty file'}. Check that --pfile names a plink2 fileset")
+        n_blocks = max(1, (n_variants + PGEN_BLOCK - 1) // PGEN_BLOCK)
+        self.blocked = True
+        if head[2] == 0x01:
+            rec = (n_samples + 3) // 4
+            starts = 3 + np.arange(n_blocks, dtype=np.int64) * PGEN_BLOCK * rec
+        elif head[2] == 0x10 and len(head) == 12:
+            starts = np.frombuffer(files.read_range(uri, 12, 8 * n_blocks), "<u8").astype(np.int64)
+            if len(starts) != n_blocks or starts[0] < 12 + 8 * n_blocks or np.any(np.diff(starts) < 0) \
+                    or starts[-1] > size:
+                raise InputError(f"{uri}: the .pgen header's block offsets do not fit a file of {size:,} bytes with "
+                                 f"{n_variants:,} variants; check that the .pvar belongs to it and that the copy is "
+                                 "complete")
+        else:
+            self.blocked = False
+            starts = np.zeros(1, dtype=np.int64)
+        self.bounds = np.append(starts, size)
+        self.local = files.cached_path(uri, "pgen", ".pgen")
+        self._present: set = set()
+        self._lock = threading.Lock()
+        if not os.path.exists(self.local):
+            files.make_cache_dir("pgen")
+            tmp = f"{self.local}.tmp-{os.getpid()}-{threading.get_ident()}"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.truncate(size)
+                    fh.write(files.read_range(uri, 0, int(starts[0])))
+                try:
+                    os.link(tmp, self.local)  # never replaces a copy another process already fills
+                except FileExistsError:
+                    pass
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+
+    def ensure(self, variants: np.ndarray) -> None:
+        """Fetch the blocks that hold ``variants`` unless this node has them already."""
+        blocks = np.unique(np.asarray(variants, dtype=np.int64) // PGEN_BLOCK) if self.blocked else [0]
+        with self._lock:
+            for b in (int(x) for x in blocks):
+                if b in self._present:
+                    continue
+                marker = f"{self.local}.b{b}"
+                if not os.path.exists(marker):
+                    lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
+                    step = files.read_chunk_bytes()
+                    fd = os.open(self.local, os.O_WRONLY)
+                    try:
+                        for at in range(lo, hi, step):
+                            data = files.read_range(self.uri, at, min(step, hi - at))
+                            if len(data) != min(step, hi - at):
+                                raise InputError(f"{self.uri}: file ended at byte {at + len(data):,} inside "
+                                                 f"variant block {b + 1}; the .pgen is truncated")
+                            os.pwrite(fd, data, at)
+                    finally:
+                        os.close(fd)
+                    with open(marker, "w"):
+                        pass
+                self._present.add(b)
+
+
+_REMOTE: dict = {}
+
+
+def _remote_pgen(path: str, n_samples: int, n_variants: int) -> RemotePgen:
+    key = (path, n_samples, n_variants, *files.version(path))
+    with _LOCK:
+        got = _REMOTE.get(key)
+        if got is None:
+            try:
+                got = _REMOTE[key] = RemotePgen(path, n_samples, n_variants)
+            except OSError as exc:
+                raise InputError(f"{path}: cannot make the local copy of the .pgen's blocks in "
+                                 f"{files.cache_dir('pgen')} ({exc.strerror or exc}); set DASH_SPARK_CACHE to a "
+                                 "writable folder with room for the blocks this node reads") from None
+        return got
+
+
 def open_pgen(path: str, n_samples: int, n_variants: int):
-    """A pgenlib reader of ``path`` (one per process and file version, reused by later tasks)."""
-    st = os.stat(path)
-    key = (path, n_samples, n_variants, st.st_size, st.st_mtime_ns)
+    """A pgenlib reader of ``path`` (one per process and file version, reused by later tasks); a
+    .pgen in object storage is read through its :class:`RemotePgen` copy."""
+    local = _remote_pgen(path, n_samples, n_variants).local if files.is_uri(path) else path
+    key = (path, n_samples, n_variants, *files.version(path))
     with _LOCK:
         reader = _READERS.get(key)
         if reader is None:
             pgenlib = _pgenlib()
             try:
-                reader = pgenlib.PgenReader(path.encode(), raw_sample_ct=n_samples, variant_ct=n_variants)
+                reader = pgenlib.PgenReader(local.encode(), raw_sample_ct=n_samples, variant_ct=n_variants)
             except Exception as exc:  # noqa: BLE001 - pgenlib raises RuntimeError with its own text
                 raise InputError(f"{path}: cannot read the .pgen ({_pgenlib_text(exc)}); "
                                  f"expected a plink2 .pgen of {n_samples:,} samples x {n_variants:,} variants. "
@@ -243,11 +386,10 @@ def open_pgen(path: str, n_samples: int, n_variants: int):
 def check_pgen(path: str, n_samples: int, n_variants: int, psam: str, pvar: str) -> None:
     """Open the .pgen with the .psam/.pvar counts and read its last variant (a truncated file fails)."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            magic = fh.read(3)
+        size = files.version(path)[0]
+        magic = files.read_range(path, 0, 3)
     except OSError as exc:
-        raise InputError(f"{path}: cannot open .pgen ({exc.strerror}); check the --pfile prefix") from None
+        raise InputError(f"{path}: cannot open .pgen ({exc.strerror or exc}); check the --pfile prefix") from None
     if magic[:2] != b"\x6c\x1b" or len(magic) < 3:
         raise InputError(f"{path}: not a plink2 .pgen; expected magic bytes 6c 1b, found "
                          f"{magic.hex(' ') or 'an empty file'}. Check that --pfile names a plink2 fileset")
@@ -264,6 +406,8 @@ def check_pgen(path: str, n_samples: int, n_variants: int, psam: str, pvar: str)
 def read_pgen_dosages(path: str, n_samples: int, n_variants: int, variants: np.ndarray) -> np.ndarray:
     """ALT dosages [shape: (len(variants), n_samples)] float64, NaN for a missing call."""
     reader = open_pgen(path, n_samples, n_variants)
+    if files.is_uri(path):
+        _remote_pgen(path, n_samples, n_variants).ensure(variants)
     idx = np.ascontiguousarray(variants, dtype=np.uint32)
     out = np.empty((len(idx), n_samples), dtype=np.float64)
     if len(idx) == 0:
