@@ -27,13 +27,14 @@ from functools import partial
 import numpy as np
 
 from .errors import ConfigError, InputError, ModelError, OutputError
-from .filters import CallFilters, chrom_key, sample_mask, variant_mask
+from .filters import CallFilters, sample_mask, variant_mask
 from .io.tables import match_samples, read_sample_table
 from .sources import BedSource, GenotypeSource, qualify, source_from_options
 from .spark.scan import map_ranges, write_ranges
 from .stats.kernel import pad_weights
 from .stats.regression import CovariateCorrelation, covariate_basis
 from .stats.results import RESULT_SCHEMA_DDL
+from .stats.sexchrom import sex_chrom_class
 from .stats.sufficient import Moments, SufficientStats
 from .tasks import GroupedPlan, Pattern, ScanPlan, SharedBasis, default_block_variants, plan_ranges, scan_ranges, sub_block_size
 
@@ -59,6 +60,9 @@ class ScanConfig:
     sample: str | None = None
     #: plink2's --id-delim: the BGEN's own sample IDs are FID<delim>IID (REGENIE writes FID_IID)
     id_delim: str | None = None
+    #: a statistics model's chrX/Y/MT as plink2 models them (False: as autosomes, as the batches of
+    #: a store made before these models were added)
+    sex_chromosomes: bool = True
     pheno_name: tuple[str, ...] | None = None
     covar_name: tuple[str, ...] | None = None
     no_intercept: bool = False
@@ -188,6 +192,8 @@ class Model:
     shared: SharedBasis | None = None
     #: a statistics model's IIDs analysed for at least one phenotype (a party's release guard)
     sample_ids: tuple[str, ...] | None = None
+    #: a statistics model's sums for plink2's sex-chromosome models (:attr:`SufficientStats.sexchr`)
+    sexchr_stats: object | None = None
 
     @property
     def n_variants(self) -> int:
@@ -335,14 +341,22 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     tail = [kept.astype(np.float64)[:, None], freq_mask.astype(np.float64)[:, None]]
     # --mach-r2-filter needs sum x^2 over the kept samples: one more B column, the last
     tail_b = [kept.astype(np.float64)[:, None]] if cfg.mach_r2_filter and not party else []
-    # plink2's sex-chromosome models (one-party scans; REGENIE's test keeps its own diploid coding)
+    # plink2's sex-chromosome models (REGENIE's test keeps its own diploid coding). A statistics
+    # model applies them whatever its own samples' sexes (the pooled samples decide at finalize),
+    # except with --pred, whose groups are the chromosomes' LOCO offsets
     has_sexchr = any(sex_chrom_class(c) for c in set(np.asarray(bim.chrom)[variants].tolist()))
-    sexchr = not party and fam.sex is not None and cfg.pred_test != "regenie" and has_sexchr
-    if has_sexchr and not sexchr and fam.sex is not None:
-        log.warning("chrX/Y/MT variants are tested as autosomes here (%s); plink2's sex-chromosome models are "
-                    "applied by scan only", "REGENIE's test" if not party else "stored and multi-party statistics")
+    if party:
+        sexchr = has_sexchr and not cfg.pred and source.kind != "features" and cfg.sex_chromosomes
+        if sexchr and cfg.xchr_model == 1:
+            raise ConfigError("--xchr-model 1: stored and multi-party statistics model chrX as plink2's default "
+                              "(--xchr-model 2); leave chrX out (--chr) or use the default")
+    else:
+        sexchr = fam.sex is not None and cfg.pred_test != "regenie" and has_sexchr
+    if has_sexchr and not sexchr and (fam.sex is not None or party) and source.kind != "features":
+        log.warning("chrX/Y/MT variants are tested as autosomes here (%s); plink2's sex-chromosome models "
+                    "apply to scans, stores and studies without it", "REGENIE's test" if not party else "--pred")
     grouped = bool(cfg.pred) or sexchr
-    groups = offset_moments = shared = None
+    groups = offset_moments = shared = sexchr_stats = None
     moments: list = []
     if not grouped and not party and _use_shared(masks):
         A_cols, B_cols, patterns, shared = _shared_columns(cfg, C, cov_names, Y, masks, pheno.names)
@@ -360,7 +374,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
             Y_raw = np.full_like(Y, np.nan)
             has = (rows[0] >= 0) & kept
             Y_raw[has] = pheno.values[rows[0, has]]
-        W, groups, A, patterns, offset_moments, variants = _chrom_groups(
+        W, groups, A, patterns, offset_moments, variants, sexchr_stats = _chrom_groups(
             cfg, fam, bim, variants, C, cov_names, Y, Y_raw, masks, base, kept, freq_mask, loco, pheno.names, tail,
             party, sexchr, tail_b)
     widths = [w.shape[1] for w in (W if groups else (W,))]
@@ -382,7 +396,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         n_a=A.shape[1], n_freq=int(freq_mask.sum()), n_kept=int(kept.sum()), variants=variants,
         counts=counts, moments=tuple(moments) if party else None, missing_genotypes=cfg.missing_genotypes,
         extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie", offset_moments=offset_moments,
-        shared=shared,
+        shared=shared, sexchr_stats=sexchr_stats,
         sample_ids=tuple(map(str, np.asarray(fam.iids)[np.logical_or.reduce(masks)])) if party and masks else None,
     )
 
@@ -539,16 +553,6 @@ def _read_locos(cfg: ScanConfig, fam, names, masks) -> list:
     return out
 
 
-#: plink2's sex-chromosome classes by chromosome number (25, XY, the pseudo-autosomal region, is diploid)
-_SEX_CHROMS = {23: "X", 24: "Y", 26: "MT"}
-
-
-def sex_chrom_class(name: str) -> str | None:
-    """``"X"``, ``"Y"``, ``"MT"`` for plink2's names and numbers of those chromosomes, else None."""
-    key = chrom_key(name)
-    return _SEX_CHROMS.get(key) if isinstance(key, int) else None
-
-
 def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray,
                   Y_raw: np.ndarray, masks, base: np.ndarray, kept: np.ndarray, freq_mask: np.ndarray, loco,
                   names, tail, party: bool = False, sexchr: bool = False, tail_b=()):
@@ -588,6 +592,13 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
     sex = fam.sex if fam.sex is not None else np.zeros(fam.n_samples, dtype=np.int8)
     male, known = (sex == 1) & kept, (sex > 0) & kept
     keep_variants = np.ones(len(variants), dtype=bool)
+    # a statistics model's sex classes: every group has the SEX column (zero but on chrX), so that
+    # all rows share one layout; the classes' moments and frequency weights are kept for finalize
+    stat_sex = party and sexchr
+    sex_col = np.where(male, 1.0, np.where(known, 2.0, 0.0))
+    class_moments: dict = {}
+    class_freq = {"X": float((freq_mask * np.where(male, 0.5, 1.0)).sum()), "Y": float((freq_mask * male).sum() * 0.5),
+                  "MT": float(freq_mask.sum() * 0.5)}
     for key in dict.fromkeys(keys.values()):
         members = [c for c in classes if keys[c] == key]
         cls = classes[members[0]]
@@ -596,14 +607,24 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
             log.info("chrX: %d variant(s) skipped (--xchr-model 0)", int(rows.sum()))
             keep_variants &= ~rows
             continue
-        if cls == "Y" and not male.any():
+        if cls == "Y" and not male.any() and not stat_sex:  # a statistics model: the pooled samples decide
             log.info("chrY: %d variant(s) skipped: no males", int(rows.sum()))
             keep_variants &= ~rows
             continue
         Cg, cov_g, masks_g = C, cov_names, masks
         scale = hemi = None
         with_sex = None
-        if cls == "X":
+        if stat_sex:
+            Cg = np.column_stack([C, sex_col if cls == "X" else np.zeros(fam.n_samples)])
+            cov_g = list(cov_names) + ["SEX"]
+            if cls == "X":
+                masks_g = [m & known for m in masks]
+            elif cls == "Y":
+                masks_g = [m & male for m in masks]
+        if cls == "X" and stat_sex:
+            scale = np.ones(fam.n_samples)
+            hemi = freq_mask * np.where(male, 0.5, 1.0)
+        elif cls == "X":
             if male.any() and male.sum() < known.sum():  # plink2 adds SEX when both sexes are present
                 Cg = np.column_stack([C, np.where(male, 1.0, 2.0)])
                 cov_g = list(cov_names) + ["SEX"]
@@ -638,10 +659,15 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
             else:
                 A_cols, B_cols, pats, mos = _pattern_columns(cfg, Cg, cov_g, Yc, masks_g, names, party,
                                                              quiet=party or first is not None)
+                if stat_sex and cls in ("X", "Y"):
+                    class_moments[cls] = tuple(mos)
             pats, spec = tuple(pats), None
             if party and cfg.pred:
                 offset_moments[members[0]] = (np.stack([mo.Cty for mo in mos]), np.array([mo.yty for mo in mos]))
-        A = np.hstack(A_cols + tail)
+        # a statistics model's frequency column: the class's allele weights (finalize divides by the
+        # class's dosage factor: the dosages are scaled before the sums)
+        tail_g = [tail[0], hemi[:, None]] if stat_sex and hemi is not None else tail
+        A = np.hstack(A_cols + tail_g)
         Ws.append(pad_weights(A, np.hstack(list(B_cols) + list(tail_b))))
         groups.append(VariantGroup(chrom=",".join(members), variants=idx, patterns=pats, regenie=spec,
                                 dosage_scale=scale, hemi=hemi, n_a=A.shape[1]))
@@ -652,7 +678,16 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
     if cfg.pred:
         log.info("--pred %s: %s test, LOCO offsets for %d chromosome(s)", cfg.pred,
                  "REGENIE's score" if regenie else "Wald", len(groups))
-    return tuple(Ws), tuple(groups), first[0], list(first[1]), offset_moments, variants[keep_variants]
+    sexchr_stats = None
+    if stat_sex:
+        from .stats.sexchrom import SexChromStats
+
+        k1 = C.shape[1] + 1
+        empty = tuple(Moments(0, np.zeros((k1, k1)), np.zeros(k1), np.zeros(k1), 0.0) for _ in names)
+        sexchr_stats = SexChromStats(moments={c: class_moments.get(c, empty) for c in ("X", "Y")}, n_freq=class_freq,
+                                     males=int(male.sum()), known=int(known.sum()))
+    return (tuple(Ws), tuple(groups), first[0], list(first[1]), offset_moments or None, variants[keep_variants],
+            sexchr_stats)
 
 
 def _split_sex_patterns(cfg: ScanConfig, C, Cg, cov_names, cov_g, Y, masks, names, with_sex, party: bool):
@@ -740,8 +775,13 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
         plans.append(dataclasses.replace(plan, patterns=tuple(grp.patterns), regenie=grp.regenie, n_a=grp.n_a,
                                          dosage_scale=grp.dosage_scale, hemi=grp.hemi, sub_block=sub))
         group[grp.variants] = g
-        ranges += [(len(ranges) + i,) + tuple(row[1:])
-                   for i, row in enumerate(plan_ranges(grp.variants, bv, model.bim.line_offsets))]
+        # ranges never span another group's variants: a statistics job stacks its blocks in
+        # variant order by their first variant (chrX between chr22 and XY, say)
+        pos = np.searchsorted(model.variants, grp.variants)
+        for run in np.split(grp.variants, np.flatnonzero(np.diff(pos) != 1) + 1):
+            if len(run):
+                ranges += [(len(ranges) + i,) + tuple(row[1:])
+                           for i, row in enumerate(plan_ranges(run, bv, model.bim.line_offsets))]
     # each variant's group, as runs of .bim rows (chromosomes are mostly contiguous: a few runs)
     starts = np.flatnonzero(np.diff(group, prepend=-2) != 0)
     return GroupedPlan(tuple(plans), starts, group[starts]), ranges, bv
@@ -919,7 +959,7 @@ def model_statistics(model: Model, per_variant: np.ndarray | None) -> Sufficient
     """``S`` of a statistics model: its global moments with the given per-variant rows."""
     return SufficientStats(phenotypes=model.phenotypes, covariates=model.covariates,
                            mode=model.missing_genotypes, moments=model.moments, n_freq=model.n_freq,
-                           per_variant=per_variant, offsets=model.offset_moments)
+                           per_variant=per_variant, offsets=model.offset_moments, sexchr=model.sexchr_stats)
 
 
 def compress_model(spark, cfg: ScanConfig, model: Model) -> SufficientStats:

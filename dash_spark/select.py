@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .staging import staged_output
 from .stats.blocks import block_grams, block_sums
 from .stats.results import results_batch
@@ -221,6 +221,15 @@ def _pooled_rows(store: Store, batches, rows: list[int]) -> np.ndarray:
     return out
 
 
+def _no_sex_chromosomes(S: SufficientStats, where: str) -> None:
+    """Forward selection does not condition chrX/Y/MT with plink2's sex-chromosome models yet."""
+    if S.sexchr is not None:
+        raise ModelError(f"{where}: the statistics hold chrX/Y/MT variants, which forward selection does not "
+                         "model as plink2 does yet; select on statistics of the autosomes (compress the batches "
+                         "or parties from filesets without them, e.g. plink2 --bfile IN --chr 1-22,XY --make-bed "
+                         "--out AUTOSOMES)")
+
+
 def run_select(store_root: str, out: str, **kwargs) -> SelectResult:
     """:func:`_select` while holding the store's lock (a refresh may not change the store meanwhile)."""
     from .store import store_lock
@@ -267,6 +276,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     batches = list(store.batches)
     G = pooled_globals(store, batches)
+    _no_sex_chromosomes(G, store.root)
     from .release import check_sample_release, record_sample_release
     from .store import active_ids, releases_path
 
@@ -529,6 +539,7 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     vt = pq.read_table(pa.BufferReader(read_share_file(uri, base, counted[0], headers[counted[0]],
                                                        "variants.parquet")))
     S = SufficientStats.from_arrays(pooled, phenos, covs, mode, variants=vt)
+    _no_sex_chromosomes(S, manifest_path)
     V = S.per_variant
     lay = S.layout
     m = V.shape[0]

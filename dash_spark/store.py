@@ -105,7 +105,8 @@ def block_path(batch_dir: str, part: int) -> str:
 
 def store_layout(settings: dict) -> StatLayout:
     """The statistics layout of a store's block files."""
-    return StatLayout(len(settings["covariates"]), len(settings["phenotypes"]), settings["missing_genotypes"])
+    k = len(settings["covariates"]) + (1 if settings.get("sexchr") else 0)  # SEX: chrX's column
+    return StatLayout(k, len(settings["phenotypes"]), settings["missing_genotypes"])
 
 
 def stat_columns(settings: dict) -> tuple[str, ...]:
@@ -340,6 +341,7 @@ def batch_config(settings: dict, source: dict, *, keep: str | None = None):
     return ScanConfig(bfile=source.get("bfile"), features=source.get("features"),
                       feature_samples=source.get("feature_samples"), pfile=source.get("pfile"), bgen=source.get("bgen"),
                       bgen_ref=source.get("bgen_ref"), sample=source.get("sample"), id_delim=source.get("id_delim"),
+                      sex_chromosomes=bool(settings.get("sexchr", False)),
                       pheno=source["pheno"], covar=source.get("covar"),
                       out=os.devnull, pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
                       covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
@@ -393,6 +395,8 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     what = f"batch {name!r}"
     _agree(what, "phenotypes", list(model.phenotypes), settings["phenotypes"])
     _agree(what, "covariates", list(model.covariates), settings["covariates"])
+    if (model.sexchr_stats is not None) != bool(settings.get("sexchr")):  # pragma: no cover - set by batch_config
+        raise ConfigError(f"{what}: its chrX/Y/MT statistics differ from the store's")
     src = source.get("bfile") or source.get("features") or source.get("pfile") or source.get("bgen")
     if model.bim.n_variants != settings["n_variants"] or variant_hash(variant_table(model.bim)) != settings["variant_hash"]:
         raise ConfigError(f"{what}: the variants of {src} differ from the store's ({model.bim.n_variants} vs "
@@ -476,13 +480,17 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
     settings = {"intercept": intercept, "missing_genotypes": missing_genotypes,
                 "pheno_names": list(pheno_names) if pheno_names else None,
                 "covar_names": list(covar_names) if covar_names else None,
-                "pred": bool(source.get("pred"))}
+                "pred": bool(source.get("pred")), "sexchr": True}
     model = statistics_model(batch_config(settings, source))
+    # plink2's sex-chromosome models where the variants have chrX/Y/MT (stores made before them
+    # lack the key: their batches treat those variants as autosomes, as they did)
+    settings["sexchr"] = model.sexchr_stats is not None
     m = model.bim.n_variants
     vt = variant_table(model.bim)
     settings.update(phenotypes=list(model.phenotypes), covariates=list(model.covariates),
                     variant_hash=variant_hash(vt), n_variants=int(m),
-                    width=StatLayout(len(model.covariates), len(model.phenotypes), missing_genotypes).width,
+                    width=store_layout({**settings, "phenotypes": model.phenotypes,
+                                        "covariates": model.covariates}).width,
                     source_kind="features" if source.get("features") else "bfile")
     spark = resolve_session(spark)
     bv = min(block_variants or default_block_variants(m, spark.sparkContext.defaultParallelism), MAX_BLOCK_VARIANTS)
@@ -574,16 +582,12 @@ def pooled_block(spec: dict, vfile, part: int):
 
 def _finalize_task(spec: dict, G: SufficientStats, ranges):
     """Executor side: add a range's stored blocks over the batches and finalize them."""
-    from .stats.results import results_batch
 
-    lay = G.layout
     vfile = pq.ParquetFile(spec["variants"])
     for part, start, stop, _bs, _be, _rows in ranges:
         V, meta = pooled_block(spec, vfile, part)
-        named = G.block(start, V).finalize_stats(meta[0] if G.offsets else None)
-        yield results_batch(np.arange(start, stop, dtype=np.int64), meta, V[:, lay.freq_alt],
-                            G.n_freq - V[:, lay.freq_miss], named, count_alt=spec["count_alt"],
-                            a1freq_floor=spec.get("a1freq_floor", 0.0))
+        yield G.block(start, V).results_batch(np.arange(start, stop, dtype=np.int64), meta,
+                                              count_alt=spec["count_alt"], a1freq_floor=spec.get("a1freq_floor", 0.0))
 
 
 def check_pooled(store: Store, G: SufficientStats) -> None:

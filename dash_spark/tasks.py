@@ -311,6 +311,8 @@ def block_stats(plan: ScanPlan, W: np.ndarray, block, vidx: np.ndarray | None = 
             rows = np.flatnonzero(groups == g)
             out[rows] = block_stats(plan.plans[g], W[g], block.take(rows))
         return out
+    if plan.dosage_scale is not None:  # a sex chromosome (statistics model): haploid codings
+        block = DenseBlock(block.dense() * plan.dosage_scale[None, :], block.meta)
     SX, SXX, SM = block_sums(block, W, plan.n_a)
     return block_statistics(plan.layout, [p.a_offset for p in plan.patterns], [p.b_offset for p in plan.patterns],
                             SX, SXX, SM, lambda a, k, todo: block_grams(block, W, a, k, 1, todo))

@@ -34,6 +34,7 @@ from scipy.linalg import solve_triangular
 
 from ..errors import ModelError
 from .regression import CovariateCorrelation, VariantStats, finalize_complete_case, finalize_mean_imputed, t_pvalues
+from .sexchrom import CLASS_SCALE, SexChromStats, row_classes
 
 MODES = ("drop", "mean")
 
@@ -204,6 +205,9 @@ class SufficientStats:
     #: every phenotype [shapes: (T, k), (T,)]; the per-variant ``y'x`` columns then hold
     #: ``(y - o)'x`` for the variant's chromosome, and finalize uses that chromosome's moments
     offsets: dict | None = field(default=None, repr=False)
+    #: plink2's sex-chromosome models (:class:`~dash_spark.stats.sexchrom.SexChromStats`): the
+    #: per-variant rows then have one more covariate column, ``SEX`` (zero but on chrX's rows)
+    sexchr: SexChromStats | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.moments) != len(self.phenotypes):
@@ -220,7 +224,8 @@ class SufficientStats:
 
     @property
     def layout(self) -> StatLayout:
-        return StatLayout(len(self.covariates), len(self.phenotypes), self.mode)
+        return StatLayout(len(self.covariates) + (1 if self.sexchr is not None else 0), len(self.phenotypes),
+                          self.mode)
 
     @property
     def n_variants(self) -> int:
@@ -260,12 +265,17 @@ class SufficientStats:
             raise ModelError(f"statistics {op}: one has LOCO offsets (--pred) for chromosomes "
                              f"{sorted(self.offsets or ())}, the other for {sorted(other.offsets or ())}; "
                              "compress every batch or party with --pred, or none")
+        if (self.sexchr is None) != (other.sexchr is None):
+            raise ModelError(f"statistics {op}: one models chrX/Y/MT as plink2 does, the other as autosomes; "
+                             "compress every batch or party with this version of dash-spark")
         moments = tuple(a + b if sign > 0 else a - b for a, b in zip(self.moments, other.moments))
         V = None if self.per_variant is None else self.per_variant + sign * other.per_variant
         offsets = None if self.offsets is None else {
             c: (a + sign * other.offsets[c][0], b + sign * other.offsets[c][1]) for c, (a, b) in self.offsets.items()}
+        sexchr = None if self.sexchr is None else self.sexchr.combine(other.sexchr, int(sign))
         return replace(self, moments=moments, n_freq=self.n_freq + int(sign) * other.n_freq, per_variant=V,
-                       variants=self.variants if self.variants is not None else other.variants, offsets=offsets)
+                       variants=self.variants if self.variants is not None else other.variants, offsets=offsets,
+                       sexchr=sexchr)
 
     def __add__(self, other: "SufficientStats") -> "SufficientStats":
         """Merge: the statistics of the union of two disjoint sample sets."""
@@ -298,12 +308,14 @@ class SufficientStats:
             raise ModelError("finalize: these statistics hold no variants (a covariates-only regression); "
                              "use regression_table()")
         V = self.per_variant
+        if self.sexchr is not None:
+            if chroms is None:
+                chroms = self._chroms()
+            return self._finalize_sexchr(V, row_classes(chroms))
         if not self.offsets:
             return [(name, self._finalize_one(t, self.moments[t], V)) for t, name in enumerate(self.phenotypes)]
         if chroms is None:
-            if self.variants is None:
-                raise ModelError("finalize: statistics with LOCO offsets need the variants' chromosomes")
-            chroms = np.asarray(self.variants.column("chrom").to_numpy(zero_copy_only=False))
+            chroms = self._chroms()
         chroms = np.asarray(chroms, dtype=object)
         missing = sorted(set(chroms.tolist()) - set(self.offsets))
         if missing:
@@ -319,12 +331,59 @@ class SufficientStats:
             named.append((name, _scatter(parts, V.shape[0])))
         return named
 
-    def _finalize_one(self, t: int, mo: Moments, V: np.ndarray) -> VariantStats:
-        """Phenotype ``t``'s statistics of the per-variant rows ``V`` with the global moments ``mo``."""
-        lay, k = self.layout, len(self.covariates)
+    def _chroms(self) -> np.ndarray:
+        if self.variants is None:
+            raise ModelError("finalize: statistics with LOCO offsets or sex-chromosome models need the variants' "
+                             "chromosomes")
+        return np.asarray(self.variants.column("chrom").to_numpy(zero_copy_only=False), dtype=object)
+
+    def _finalize_sexchr(self, V: np.ndarray, classes: np.ndarray) -> list[tuple[str, VariantStats]]:
+        """:meth:`finalize_stats` of a model with sex-chromosome statistics: autosomes and chrMT with
+        the phenotype's own moments, chrX with its known-sex moments (and ``SEX`` where the pooled
+        samples of the phenotype have both sexes, as plink2), chrY with the males' moments; the
+        haploid classes' A1 frequencies per allele."""
+        sx, k = self.sexchr, len(self.covariates)
+        lay = self.layout
+        named = []
+        for t, name in enumerate(self.phenotypes):
+            parts = []
+            for cls in dict.fromkeys(classes.tolist()):
+                rows = np.flatnonzero(classes == cls)
+                keep = list(range(k))
+                mo = self.moments[t]
+                if cls == "X":
+                    mo = sx.moments["X"][t]
+                    if not sx.both_sexes:
+                        if self.moments[t].n != mo.n:
+                            raise ModelError(
+                                f"phenotype {name}: the pooled samples are not of both sexes, so plink2 would test "
+                                f"chrX on all {self.moments[t].n} of them, {self.moments[t].n - mo.n} of unknown sex "
+                                "included, whose chrX sums these statistics leave out; give every sample's sex, or "
+                                "leave chrX out (--chr)")
+                    elif mo.n * mo.CtC[k, k] - mo.Ct1[k] ** 2 > 0:  # SEX varies among its samples
+                        keep = list(range(k + 1))
+                elif cls == "Y":
+                    mo = sx.moments["Y"][t]
+                names = list(self.covariates) + ["SEX"]
+                mo_k = mo if len(keep) == k + 1 else mo.restrict(keep)
+                lay_k, Vk = restrict_per_variant(lay, V[rows], keep)
+                st = self._finalize_one(t, mo_k, Vk, names=[names[j] for j in keep], lay=lay_k)
+                if cls:
+                    scale = CLASS_SCALE[cls]
+                    st = replace(st, alt_freq=st.alt_freq / scale, mach_r2=None)
+                parts.append((rows, st))
+            named.append((name, _scatter(parts, V.shape[0])))
+        return named
+
+    def _finalize_one(self, t: int, mo: Moments, V: np.ndarray, *, names=None,
+                      lay: StatLayout | None = None) -> VariantStats:
+        """Phenotype ``t``'s statistics of the per-variant rows ``V`` with the global moments ``mo``
+        (``names``, ``lay``: the covariates and layout of ``V``; default: the statistics' own)."""
+        names = list(self.covariates) if names is None else names
+        lay, k = (self.layout if lay is None else lay), len(names)
         iu = np.triu_indices(k)
         name = self.phenotypes[t]
-        basis = mo.basis(self.covariates, where=f"phenotype {name}")
+        basis = mo.basis(names, where=f"phenotype {name}")
         cc = CovariateCorrelation.from_moments(mo.CtC, mo.Ct1, mo.n, basis.L.T)
         col = {s: V[:, lay.of(t, s)] for s in ("Ctx", "yx", "sx", "sxx", "Ctm", "ym", "miss")}
         sums = dict(Qx=basis.to_q(col["Ctx"]), yx=col["yx"], sx=col["sx"][:, 0], sxx=col["sxx"][:, 0],
@@ -355,8 +414,6 @@ class SufficientStats:
         A1 follows plink2's rule (the non-major allele over the ``n_freq`` samples), or is always
         ALT with ``count_alt`` (default: when the variants have no alleles, i.e. features).
         """
-        from .results import results_batch
-
         meta = variants if variants is not None else self.variants
         m = self.n_variants
         if meta is None:
@@ -368,12 +425,35 @@ class SufficientStats:
         cols = tuple(np.asarray(meta.column(c).to_numpy(zero_copy_only=False)) for c in ("chrom", "id", "pos", "alt", "ref"))
         if count_alt is None:
             count_alt = bool(np.all(cols[3] == "."))
-        V = self.per_variant
-        batch = results_batch(np.arange(self.first_variant, self.first_variant + m, dtype=np.int64), cols,
-                              V[:, self.layout.freq_alt], self.n_freq - V[:, self.layout.freq_miss],
-                              self.finalize_stats(cols[0] if self.offsets else None), count_alt=count_alt,
-                              a1freq_floor=a1freq_floor)
-        return pa.Table.from_batches([batch])
+        vidx = np.arange(self.first_variant, self.first_variant + m, dtype=np.int64)
+        return pa.Table.from_batches([self.results_batch(vidx, cols, count_alt=count_alt,
+                                                         a1freq_floor=a1freq_floor)])
+
+    def results_batch(self, vidx: np.ndarray, cols: tuple, *, count_alt: bool, a1freq_floor: float = 0.0):
+        """The results (``results.parquet`` columns) of the per-variant rows as one Arrow batch:
+        ``vidx`` their variant indices, ``cols`` their ``(chrom, id, pos, alt, ref)`` arrays."""
+        from .results import results_batch
+
+        V, lay = self.per_variant, self.layout
+        freq_alt, freq_called = V[:, lay.freq_alt], self.n_freq - V[:, lay.freq_miss]
+        if self.sexchr is None:
+            named = self.finalize_stats(cols[0] if self.offsets else None)
+        else:
+            # each class's frequencies: allele-weighted sums of the unscaled dosages (the class's
+            # frequency column is its allele weights; its dosages were scaled before the sums);
+            # chrY is not tested when no pooled sample is male (as plink2 and the scan skip it)
+            classes = row_classes(cols[0])
+            keep = ~((classes == "Y") & (self.sexchr.males == 0))
+            freq_alt, freq_called = freq_alt.copy(), freq_called.copy()
+            for cls, scale in CLASS_SCALE.items():
+                rows = classes == cls
+                freq_alt[rows] = V[rows, lay.freq_alt] / scale
+                freq_called[rows] = self.sexchr.n_freq[cls] - V[rows, lay.freq_miss]
+            if not keep.all():
+                V, vidx, cols, classes = V[keep], vidx[keep], tuple(c[keep] for c in cols), classes[keep]
+                freq_alt, freq_called = freq_alt[keep], freq_called[keep]
+            named = self._finalize_sexchr(V, classes)
+        return results_batch(vidx, cols, freq_alt, freq_called, named, count_alt=count_alt, a1freq_floor=a1freq_floor)
 
     def regression_table(self, phenotype: str | int, covariates=None, *, where: str | None = None) -> pa.Table:
         """Note section 2: OLS of one phenotype on the covariates from the moments alone.
@@ -398,6 +478,9 @@ class SufficientStats:
         over its missing calls; drop mode also ``zmm`` (m x q x q) ``sum z z'`` and ``zmc``
         (m x q x (k+1)) ``sum z [c, y]'`` over its missing calls.
         """
+        if self.sexchr is not None:
+            raise ModelError("forward selection does not model chrX/Y/MT as plink2 does yet; select on "
+                             "statistics of the autosomes")
         V = augment_per_variant(self.layout, self.per_variant, phenotype, zx, zm, zmm, zmc)
         return SufficientStats(phenotypes=(self.phenotypes[phenotype],), covariates=tuple(names), mode=self.mode,
                                moments=(dense_moments,), n_freq=self.n_freq, per_variant=V,
@@ -417,6 +500,18 @@ class SufficientStats:
         for c, (Cty, yty) in (self.offsets or {}).items():
             out[f"o.{c}.Cty"] = np.asarray(Cty, dtype=np.float64)
             out[f"o.{c}.yty"] = np.asarray(yty, dtype=np.float64)
+        if self.sexchr is not None:
+            sx = self.sexchr
+            out["s.males"], out["s.known"] = np.array([float(sx.males)]), np.array([float(sx.known)])
+            for c in sorted(sx.n_freq):
+                out[f"s.{c}.n_freq"] = np.array([float(sx.n_freq[c])])
+            for c in sorted(sx.moments):
+                for t, mo in enumerate(sx.moments[c]):
+                    out[f"s.{c}.t{t}.n"] = np.array([float(mo.n)])
+                    out[f"s.{c}.t{t}.CtC"] = np.asarray(mo.CtC, dtype=np.float64)
+                    out[f"s.{c}.t{t}.Ct1"] = np.asarray(mo.Ct1, dtype=np.float64)
+                    out[f"s.{c}.t{t}.Cty"] = np.asarray(mo.Cty, dtype=np.float64)
+                    out[f"s.{c}.t{t}.yty"] = np.array([float(mo.yty)])
         return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -444,9 +539,24 @@ class SufficientStats:
                 c = key[2:-4]
                 offsets[c] = (np.asarray(arrays[key], dtype=np.float64).reshape(T, k),
                               np.asarray(arrays[f"o.{c}.yty"], dtype=np.float64).reshape(T))
+        sexchr = None
+        if "s.males" in arrays:
+            k1 = k + 1
+
+            def class_moments(c):
+                return tuple(Moments(n=int(round(float(arrays[f"s.{c}.t{t}.n"][0]))),
+                                     CtC=np.asarray(arrays[f"s.{c}.t{t}.CtC"], dtype=np.float64).reshape(k1, k1),
+                                     Ct1=np.asarray(arrays[f"s.{c}.t{t}.Ct1"], dtype=np.float64).reshape(k1),
+                                     Cty=np.asarray(arrays[f"s.{c}.t{t}.Cty"], dtype=np.float64).reshape(k1),
+                                     yty=float(arrays[f"s.{c}.t{t}.yty"][0])) for t in range(T))
+
+            sexchr = SexChromStats(moments={c: class_moments(c) for c in ("X", "Y")},
+                                   n_freq={c: float(arrays[f"s.{c}.n_freq"][0]) for c in CLASS_SCALE},
+                                   males=int(round(float(arrays["s.males"][0]))),
+                                   known=int(round(float(arrays["s.known"][0]))))
         return cls(phenotypes=tuple(phenotypes), covariates=tuple(covariates), mode=mode, moments=tuple(moments),
                    n_freq=int(round(float(arrays["n_freq"][0]))), per_variant=None if V is None else np.asarray(V),
-                   first_variant=first_variant, variants=variants, offsets=offsets or None)
+                   first_variant=first_variant, variants=variants, offsets=offsets or None, sexchr=sexchr)
 
 
 def _scatter(parts, m: int) -> VariantStats:
@@ -454,13 +564,13 @@ def _scatter(parts, m: int) -> VariantStats:
     fields = ("beta", "se", "t_stat", "neg_log10_p", "p", "obs_ct", "alt_freq", "errcode", "mach_r2")
     out = {}
     for f in fields:
-        first = getattr(parts[0][1], f)
-        if first is None:
+        given = [getattr(st, f) for _, st in parts if getattr(st, f) is not None]
+        if not given:
             out[f] = None
             continue
-        arr = np.zeros(m, dtype=np.asarray(first).dtype)
+        arr = np.zeros(m, dtype=np.asarray(given[0]).dtype)
         for rows, st in parts:
-            arr[rows] = getattr(st, f)
+            arr[rows] = np.nan if getattr(st, f) is None else getattr(st, f)  # mach_r2: none on sex chromosomes
         out[f] = arr
     return VariantStats(**out)
 
@@ -516,6 +626,29 @@ def augment_per_variant(layout: StatLayout, V: np.ndarray, t: int, zx: np.ndarra
     out[:, lay2.freq_alt] = V[:, layout.freq_alt]
     out[:, lay2.freq_miss] = V[:, layout.freq_miss]
     return out
+
+
+def restrict_per_variant(layout: StatLayout, V: np.ndarray, keep) -> tuple[StatLayout, np.ndarray]:
+    """The per-variant rows ``V`` of ``layout`` with only covariate columns ``keep`` (indices, in
+    order): ``(StatLayout of len(keep) covariates, rows)``."""
+    keep = list(keep)
+    if keep == list(range(layout.k)):
+        return layout, V
+    lay2 = StatLayout(len(keep), layout.n_phenotypes, layout.mode)
+    out = np.zeros((V.shape[0], lay2.width))
+    tri = {(int(i), int(j)): p for p, (i, j) in enumerate(zip(*np.triu_indices(layout.k)))}
+    tri_keep = [tri[(a, b)] for a, b in zip(*[np.asarray(keep)[ix] for ix in np.triu_indices(len(keep))])]
+    for t in range(layout.n_phenotypes):
+        for s in ("Ctx", "Ctm", "Cmy"):
+            if layout.mode == "drop" or s != "Cmy":
+                out[:, lay2.of(t, s)] = V[:, layout.of(t, s)][:, keep]
+        for s in ("yx", "sx", "sxx", "ym", "miss") + (("ymy",) if layout.mode == "drop" else ()):
+            out[:, lay2.of(t, s)] = V[:, layout.of(t, s)]
+        if layout.mode == "drop":
+            out[:, lay2.of(t, "CmCm")] = V[:, layout.of(t, "CmCm")][:, tri_keep]
+    out[:, lay2.freq_alt] = V[:, layout.freq_alt]
+    out[:, lay2.freq_miss] = V[:, layout.freq_miss]
+    return lay2, out
 
 
 def block_statistics(layout: StatLayout, a_offsets, b_offsets, SX: np.ndarray, SXX: np.ndarray, SM: np.ndarray,
