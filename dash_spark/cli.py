@@ -60,8 +60,8 @@ def add_dosage_args(p, *, what: str = "genotypes") -> None:
     p.add_argument("--pfile", metavar="PREFIX", help=f"instead of --bfile: {what} as a plink2 PREFIX.pgen/.pvar/.psam "
                                                      "(hard calls and dosages)")
     p.add_argument("--bgen", nargs=2, action=_BgenAction, metavar=("FILE", "ref-first|ref-last"),
-                   help=f"instead of --bfile: {what} as a BGEN file with its FILE.bgi index; ref-first: the first "
-                        "allele is REF, ref-last: the second")
+                   help=f"instead of --bfile: {what} as a BGEN file (indexed once into the private cache when it "
+                        "has no FILE.bgi); ref-first: the first allele is REF, ref-last: the second")
     p.add_argument("--sample", metavar="FILE", help="the Oxford .sample of --bgen (default: the IDs in the file)")
     p.add_argument("--id-delim", nargs="?", const="_", metavar="D",
                    help="the IDs stored in --bgen are FID<D>IID (default D: _, as REGENIE writes them); "

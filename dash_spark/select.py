@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ConfigError, ModelError
+from .io import files
 from .staging import staged_output
 from .stats.blocks import block_grams, block_sums
 from .stats.results import results_batch
@@ -305,6 +306,8 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     models = None  # each batch's (model, plan), built at the first step that needs the genotypes
     with staged_output(out, overwrite=overwrite, inputs=inputs, command="select") as staged:
         stage = staged.path
+        objects = getattr(staged, "objects", None)  # an object-storage --out: the tasks write there
+        task_stage = objects.path if objects is not None else stage
         step = 0
         while True:
             q = len(selected)
@@ -327,14 +330,15 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
             spec = dict(base_spec, selected=[(vt_all.column("chrom")[v].as_py(), int(vt_all.column("pos")[v].as_py()))
                                              for v in selected],
                         selected_ids=ids, sub_block=min((st.plan.sub_block for st in steps), default=256))
-            path = f"{stage}/results.parquet"
+            path = f"{task_stage}/results.parquet"
             # each step's parts replace the last step's (same ranges, same part names)
-            write_ranges(spark, {"batches": steps, "Gq": Gq, "G": G}, ranges, partial(_step_task, spec), stage, ())
+            write_ranges(spark, {"batches": steps, "Gq": Gq, "G": G}, ranges, partial(_step_task, spec), task_stage,
+                         ())
             if q:  # the joint model of everything selected so far
                 joint_rows += joint_statistics(Gq, list(s["covariates"]), sel_rows, pheno_name)
             if q >= max_steps:
                 break
-            cand = pq.read_table(path, filters=[("errcode", "=", "."), ("neg_log10_p", ">=", threshold)])
+            cand = _read_results(path, filters=[("errcode", "=", "."), ("neg_log10_p", ">=", threshold)])
             cand = cand.filter(pc.invert(pc.is_in(cand["variant_index"], pa.array(selected, type=pa.int64()))))
             if cand.num_rows == 0:
                 break
@@ -345,12 +349,22 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
             sel_rows.append(dict(best, step=step))
             log.info("select: step %d: %s (-log10 p %.2f given %d selected)", step, best["id"], best["neg_log10_p"],
                      q)
+        if objects is not None:
+            objects.download(stage)
         open(os.path.join(stage, "results.parquet", "_SUCCESS"), "wb").close()
         write_selection(stage, sel_rows, joint_rows)
         record_sample_release(releases_path(store), log_entries, released, out=out, command="select",
                               overridden=allow_small_release)
     log.info("select: %d variant(s) selected in %.1f s; outputs in %s", len(selected), time.time() - t0, out)
     return SelectResult(out=out, selected=sel_rows, joint=joint_rows, steps=len(selected), seconds=time.time() - t0)
+
+
+def _read_results(path: str, filters):
+    """A step's results (a local folder, or a prefix in object storage)."""
+    if files.is_uri(path):
+        fs, inner = files.filesystem(path)
+        return pq.read_table(inner, filesystem=fs, filters=filters)
+    return pq.read_table(path, filters=filters)
 
 
 def joint_statistics(Gq: Moments, covariates: list[str], selected: list[dict], pheno_name: str) -> list[dict]:

@@ -43,6 +43,11 @@ def _real(path: str) -> str:
     return os.path.realpath(os.path.abspath(path))
 
 
+def object_store_uri(out: str) -> bool:
+    """Whether an output location is object storage written through pyarrow (s3://, gs://)."""
+    return "://" in str(out) and str(out).split("://", 1)[0] in ("s3", "gs", "gcs")
+
+
 def is_marked(out: str) -> bool:
     """Whether ``out`` is a directory this tool wrote (it holds :data:`MARKER`)."""
     return os.path.isdir(out) and os.path.isfile(os.path.join(out, MARKER))
@@ -54,9 +59,12 @@ def check_out_dir(out: str, *, overwrite: bool, inputs=(), what: str = "--out") 
     ``inputs``: paths (files or directories) the run reads or keeps (``None`` entries and URIs
     are skipped). Returns the absolute output path.
     """
+    if object_store_uri(out):
+        ObjectStage(out, overwrite=overwrite, inputs=inputs, what=what)  # its refusals, before any work
+        return out.rstrip("/")
     if "://" in out and not out.startswith("file://"):
-        raise OutputError(f"{what} {out}: this command writes to a local or shared directory; "
-                          "give a path (or file://)")
+        raise OutputError(f"{what} {out}: this command writes to a local or shared directory, or to object "
+                          "storage (s3://, gs://); give one of those (or file://)")
     out = _real(out.removeprefix("file://"))
     for p in inputs:
         if not p or ("://" in str(p) and not str(p).startswith("file://")):
@@ -152,6 +160,10 @@ def staged_output(out: str, *, overwrite: bool = False, inputs=(), command: str 
     moved aside first and removed only after the new one is in place. On failure the stage is
     removed and ``out`` is untouched.
     """
+    if object_store_uri(out):
+        with _staged_object_output(out, overwrite=overwrite, inputs=inputs, command=command) as st:
+            yield st
+        return
     out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     clean_stale_stages(out)
     stage = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
@@ -183,6 +195,35 @@ def staged_output(out: str, *, overwrite: bool = False, inputs=(), command: str 
 
 # ----------------------------------------------------------------------------------------------
 # outputs in object storage (s3://, gs://): the same rules without folders or renames
+
+
+@dataclass(frozen=True)
+class ObjectOutput(Stage):
+    """A command's output in object storage: ``path`` is a private local folder where the driver
+    finishes the files, ``out`` the URI; ``objects`` (:class:`ObjectStage`) the stage prefix,
+    where Spark tasks write their result parts themselves (``objects.path``)."""
+
+    objects: "ObjectStage | None" = None
+
+
+@contextmanager
+def _staged_object_output(out: str, *, overwrite: bool, inputs, command: str):
+    """:func:`staged_output` for an object-storage ``out``: the files are finished in a local
+    temporary folder, put under the stage prefix (result parts the tasks wrote there stay), and the
+    stage is committed (marker last); on failure the stage is deleted and ``out`` is untouched."""
+    import tempfile
+
+    objects = ObjectStage(out, overwrite=overwrite, inputs=inputs)
+    local = tempfile.mkdtemp(prefix="dash-spark-out-")
+    try:
+        yield ObjectOutput(path=local, out=objects.out, objects=objects)
+        objects.upload(local, command)
+        objects.commit()
+    except BaseException:
+        objects.abort()
+        raise
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 class ObjectStage:
@@ -241,11 +282,12 @@ class ObjectStage:
         """Put every file of ``local`` (the finished outputs) under the stage, replacing what the
         tasks wrote there, drop what ``local`` no longer has (their text chunks), then the marker."""
         kept = set()
+        present = {i.path[len(self.stage_path) + 1:] for i in self._objects(self.stage_path)}
         for root, _dirs, names in os.walk(local):
             for name in names:
                 rel = os.path.relpath(os.path.join(root, name), local).replace(os.sep, "/")
                 kept.add(rel)
-                if rel.startswith("results.parquet/part-"):  # the tasks' own parts are there already
+                if rel.startswith("results.parquet/part-") and rel in present:  # the tasks' own parts
                     continue
                 with open(os.path.join(root, name), "rb") as src, \
                         self.fs.open_output_stream(f"{self.stage_path}/{rel}") as dst:

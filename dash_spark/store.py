@@ -595,10 +595,14 @@ def check_pooled(store: Store, G: SufficientStats) -> None:
     G.check(where=store.root)
 
 
-def finalize_store(spark, store: Store, batches, stage: str, *, plots: bool = True, a1freq_floor: float = 0.0) -> dict:
-    """Write the scan outputs of the pooled ``batches`` under the local directory ``stage``; return
-    the glm paths. One Spark job: each task sums its block over the batches, finalizes it and
-    writes its results part and text lines itself."""
+def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a1freq_floor: float = 0.0) -> dict:
+    """Write the scan outputs of the pooled ``batches`` under ``stage`` (a local directory, or a
+    :class:`~dash_spark.staging.ObjectOutput`: the tasks then write their parts under its object
+    stage, which the driver fetches to finish the files); return the glm paths. One Spark job: each
+    task sums its block over the batches, finalizes it and writes its results part and text lines
+    itself."""
+    objects = getattr(stage, "objects", None)
+    stage = getattr(stage, "path", stage)
     from .output import finish_local_outputs
     from .spark.scan import write_ranges
 
@@ -610,7 +614,9 @@ def finalize_store(spark, store: Store, batches, stage: str, *, plots: bool = Tr
             "count_alt": s.get("source_kind") == "features", "a1freq_floor": a1freq_floor,
             "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches]}
     ranges = [(p, a, e, 0, 0, []) for p, (a, e) in enumerate(store.blocks)]
-    write_ranges(spark, G, ranges, partial(_finalize_task, spec), stage, s["phenotypes"])
+    write_ranges(spark, G, ranges, partial(_finalize_task, spec), objects.path if objects else stage, s["phenotypes"])
+    if objects is not None:
+        objects.download(stage)
     counts = {"batches": [b.name for b in batches],
               "pooled_samples": {p: G.n_samples(t) for t, p in enumerate(s["phenotypes"])}}
     model = OutputModel(phenotypes=tuple(s["phenotypes"]), covariates=tuple(s["covariates"]),
@@ -797,7 +803,7 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
             batches = [batch if b.name == bname else b for b in batches]
             log.info("refresh: %d sample(s) withdrawn from batch %s", len(ids), bname)
         with staged_output(out, overwrite=overwrite, inputs=inputs, command="refresh") as stage:
-            result = finalize_store(resolve_session(spark), store, batches, stage.path, plots=plots,
+            result = finalize_store(resolve_session(spark), store, batches, stage, plots=plots,
                                     a1freq_floor=a1freq_lower_limit)
             commit(store, batches)
             committed = True

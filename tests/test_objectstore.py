@@ -305,3 +305,70 @@ def test_remote_pgen_fetches_only_the_blocks_it_reads(s3, tmp_path, monkeypatch)
     got = pgen_mod.read_pgen_dosages(uri, n, m, np.arange(m))
     np.testing.assert_array_equal(np.nan_to_num(got, nan=-1), np.nan_to_num(want, nan=-1))
     assert open(remote.local, "rb").read() == (tmp_path / "big.pgen").read_bytes()
+
+
+def _same_output_files(local: Path, remote: Path) -> None:
+    """The same files with the same bytes (the marker names its own run; results.parquet compared
+    as tables, its parts named per run)."""
+    names = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()
+                   and "results.parquet" not in p.parts and p.name != ".dash-spark-output")
+    assert names == sorted(str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file()
+                           and "results.parquet" not in p.parts and p.name != ".dash-spark-output")
+    for name in names:
+        assert (local / name).read_bytes() == (remote / name).read_bytes(), name
+    assert (remote / ".dash-spark-output").exists()
+    key = [("phenotype", "ascending"), ("variant_index", "ascending")]
+    a = pq.read_table(local / "results.parquet").sort_by(key)
+    b = pq.read_table(remote / "results.parquet").sort_by(key)
+    assert a.num_rows > 0 and a.equals(b)
+
+
+@pytest.mark.slow
+def test_refresh_select_and_combine_write_to_s3_as_locally(s3, uploaded, spark, tmp_path):
+    """refresh, select and combine with an s3:// --out: the same files as their local outputs (the
+    tasks of refresh and select write their parts under the stage prefix themselves); nothing is
+    left under a stage prefix."""
+    from dash_spark.select import run_select
+    from dash_spark.store import run_compress, run_refresh
+
+    from .oracle_data import split_bed
+    from .party_flow import Study
+
+    fs, env, _ = s3
+    files, _, _ = uploaded
+    run_env = {**os.environ, **env, "PYSPARK_PYTHON": sys.executable}
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "dash_spark.cli", "-q", *map(str, args)], env=run_env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    store = str(tmp_path / "store")
+    run_compress(store, "all", {"bfile": files.bfile, "pheno": files.pheno, "covar": files.covar}, spark=spark)
+    run_refresh(store, str(tmp_path / "refreshed"), spark=spark)
+    cli("refresh", "--store", store, "--out", f"s3://{BUCKET}/out/refreshed", "--no-plots")
+    run_select(store, str(tmp_path / "selected"), pheno_name="pheno1", p_threshold=1e-3, max_steps=2, spark=spark)
+    cli("select", "--store", store, "--out", f"s3://{BUCKET}/out/selected", "--pheno-name", "pheno1",
+        "--p-threshold", "1e-3", "--max-steps", "2")
+    # a 3-party study of the same samples, combined locally and to the server
+    parties = ("alice", "bob", "carol")
+    n = files.n
+    prefixes = split_bed(files, tmp_path, {p: np.arange(n)[k::3] for k, p in enumerate(parties)})
+    st = Study(tmp_path, parties)
+    manifest = st.manifest(parties=parties)
+    st.join(manifest, parties)
+    for p in parties:
+        code, _, err = st.compress(manifest, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile", prefixes[p])
+        assert code == 0, err[-3000:]
+    st.finish(manifest, tmp_path / "combined", "--no-plots")
+    cli("combine", "--manifest", manifest, "--out", f"s3://{BUCKET}/out/combined", "--no-plots")
+    for name, plots in (("refreshed", False), ("selected", True), ("combined", False)):
+        local = tmp_path / name
+        if not plots:  # the local refresh above drew plots; compare the files both have
+            for png in local.glob("*.png"):
+                png.unlink()
+        remote = _download(fs, f"out/{name}", tmp_path / f"s3-{name}")
+        _same_output_files(local, remote)
+    assert not _download(fs, "out/refreshed.tmp", tmp_path, prefix_only=True)
+    assert not _download(fs, "out/selected.tmp", tmp_path, prefix_only=True)
+    assert not _download(fs, "out/combined.tmp", tmp_path, prefix_only=True)
