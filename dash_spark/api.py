@@ -147,7 +147,8 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
                       missing_genotypes: str = "drop", pheno_names=None, covar_names=None, count_alt: bool = False,
                       covar_variance_standardize: bool = False, keep: str | None = None, remove: str | None = None,
                       maf: float | None = None, mac: float | None = None, geno: float | None = None,
-                      block_variants: int | None = None, task_memory_mb: int = 256):
+                      block_variants: int | None = None, task_memory_mb: int = 256, linear_for_binary: bool = False,
+                      pheno_01: bool = False):
     """Per-variant linear regression of every phenotype, as a lazy Spark DataFrame.
 
     ``genotypes``: :func:`open_bfile` / :func:`open_features` (or a PLINK prefix);
@@ -170,7 +171,8 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
         cfg = _config(source, pheno, covar, intercept=intercept, missing_genotypes=missing_genotypes,
                       pheno_name=pheno_names, covar_name=covar_names, count_alt=count_alt,
                       covar_variance_standardize=covar_variance_standardize, keep=keep, remove=remove, maf=maf,
-                      mac=mac, geno=geno, block_variants=block_variants, task_memory_mb=task_memory_mb)
+                      mac=mac, geno=geno, block_variants=block_variants, task_memory_mb=task_memory_mb,
+                      linear_for_binary=linear_for_binary, pheno_01=pheno_01)
         model = build_model(cfg)
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
     df, _broadcast = map_ranges(spark, model.W, ranges, partial(scan_ranges, plan), RESULT_SCHEMA_DDL)
@@ -180,7 +182,7 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
 def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool = True,
              missing_genotypes: str = "drop", pheno_names=None, covar_names=None, keep: str | None = None,
              remove: str | None = None, block_variants: int | None = None,
-             task_memory_mb: int = 256) -> SufficientStats:
+             task_memory_mb: int = 256, linear_for_binary: bool = False, pheno_01: bool = False) -> SufficientStats:
     """The additive statistics ``S`` of one batch of samples (DESIGN.md section 2).
 
     Arguments as for :func:`linear_regression`. ``S`` holds each phenotype's global moments and
@@ -195,7 +197,8 @@ def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool =
     with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar:
         cfg = _config(source, pheno, covar, intercept=intercept, missing_genotypes=missing_genotypes,
                       pheno_name=pheno_names, covar_name=covar_names, keep=keep, remove=remove,
-                      block_variants=block_variants, task_memory_mb=task_memory_mb)
+                      block_variants=block_variants, task_memory_mb=task_memory_mb,
+                      linear_for_binary=linear_for_binary, pheno_01=pheno_01)
         model = statistics_model(cfg)
     from dataclasses import replace
 

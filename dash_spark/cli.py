@@ -88,6 +88,15 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--properties-file", help="spark-defaults style file, e.g. conf/spark/local.properties")
 
 
+def add_binary_args(p) -> None:
+    """plink2's case/control coding flags (``--1``) and ``--linear-for-binary``."""
+    p.add_argument("--1", dest="pheno_01", action="store_true", default=None,
+                   help="case/control phenotypes are coded 0 control, 1 case (plink2's --1; default 1/2, 0 missing)")
+    p.add_argument("--linear-for-binary", action="store_true", default=None,
+                   help="analyse case/control phenotypes by linear regression (plink2 fits them by logistic "
+                        "regression, which dash-spark does not do yet; without this flag they are refused)")
+
+
 def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--bfile", metavar="PREFIX", help="PLINK 1 fileset PREFIX.bed/.bim/.fam")
     p.add_argument("--features", metavar="FILE.parquet",
@@ -99,6 +108,7 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--out", required=required, metavar="OUTDIR", help="output directory (created)")
     p.add_argument("--pheno-name", type=_csv, help="phenotype columns to test (default: all)")
     p.add_argument("--covar-name", type=_csv, help="covariate columns to use (default: all)")
+    add_binary_args(p)
     p.add_argument("--no-intercept", action="store_true", default=None, help="do not add an intercept")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing OUTDIR")
     p.add_argument("--block-variants", type=_positive, metavar="N", help="variants per Spark partition")
@@ -162,7 +172,7 @@ def _spark_conf(args) -> dict[str, str]:
 #: the options that name a genotype source (one of them is required by scan and party compress)
 GENOTYPE_OPTIONS = ("bfile", "features", "pfile", "bgen")
 
-SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_ref", "sample", "id_delim", "pheno", "covar", "out", "pheno_name", "covar_name", "no_intercept", "overwrite",
+SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_ref", "sample", "id_delim", "pheno", "covar", "out", "pheno_name", "covar_name", "pheno_01", "linear_for_binary", "no_intercept", "overwrite",
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
@@ -304,6 +314,8 @@ def cmd_manifest(args) -> int:
                 "pheno_names": list(args.pheno_name) if args.pheno_name else None,
                 "covar_names": list(args.covar_name) if args.covar_name else None,
                 "kind": args.kind, "variant_hash": None}
+    if args.pheno_01 or args.linear_for_binary:
+        settings.update(pheno_01=bool(args.pheno_01), linear_for_binary=bool(args.linear_for_binary))
     if args.threshold is not None:
         settings["threshold"] = args.threshold
     if args.bim:
@@ -397,6 +409,7 @@ def cmd_compress(args) -> int:
                          intercept=None if args.no_intercept is None else not args.no_intercept,
                          missing_genotypes=args.missing_genotypes, pheno_names=args.pheno_name,
                          covar_names=args.covar_name, block_variants=args.block_variants,
+                         pheno_01=args.pheno_01, linear_for_binary=args.linear_for_binary,
                          master=args.master, spark_conf=_spark_conf(args))
     print(f"store {store.root}: {len(store.batches)} batch(es): {', '.join(b.name for b in store.batches)}")
     return 0
@@ -544,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missing-genotypes", choices=["drop", "mean"], default="drop")
     p.add_argument("--pheno-name", type=_csv)
     p.add_argument("--covar-name", type=_csv)
+    add_binary_args(p)
     p.add_argument("--kind", choices=["scan", "regression"], help="fix the study kind (default: from compress)")
     p.add_argument("--bim", help="bind the variant list of this .bim (every party must have the same)")
     p.add_argument("--threshold", type=int, metavar="T",
@@ -609,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_inputs(p, required=True)
     p.add_argument("--pheno-name", type=_csv, help="phenotype columns (fixed for the store)")
     p.add_argument("--covar-name", type=_csv, help="covariate columns (fixed for the store)")
+    add_binary_args(p)
     p.add_argument("--no-intercept", action="store_true", default=None)
     p.add_argument("--missing-genotypes", choices=["drop", "mean"], help="fixed for the store (default drop)")
     p.add_argument("--block-variants", type=_positive, metavar="N", help="variants per stored block")

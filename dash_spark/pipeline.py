@@ -63,6 +63,11 @@ class ScanConfig:
     #: a statistics model's chrX/Y/MT as plink2 models them (False: as autosomes, as the batches of
     #: a store made before these models were added)
     sex_chromosomes: bool = True
+    #: plink2's --1: a case/control phenotype is coded 0 control, 1 case (default 1/2, 0 missing)
+    pheno_01: bool = False
+    #: analyse case/control phenotypes by linear regression (a linear probability model); without it
+    #: they are refused, since plink2 fits them by logistic regression
+    linear_for_binary: bool = False
     pheno_name: tuple[str, ...] | None = None
     covar_name: tuple[str, ...] | None = None
     no_intercept: bool = False
@@ -272,6 +277,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         raise InputError(f"{exc}{_id_hint(source, fam, tables[0])}") from None
     n = fam.n_samples
     kept = sample_mask(fam.iids, cfg.keep, cfg.remove)
+    pheno = _case_control(cfg, pheno, (rows[0] >= 0) & kept, rows[0])
     in_all = (rows >= 0).all(axis=0) & kept
     variants = np.flatnonzero(variant_mask(bim, chr_spec=cfg.chr, from_bp=cfg.from_bp, to_bp=cfg.to_bp,
                                            extract=cfg.extract, exclude=cfg.exclude))
@@ -516,6 +522,50 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
             log.info("phenotype %s: %d samples, %d covariates, %d degrees of freedom",
                      name, basis.n, basis.k, basis.n - basis.k - 1)
     return A_cols, B_cols, patterns, moments
+
+
+def case_control_columns(values: np.ndarray, pheno_01: bool = False) -> np.ndarray:
+    """Which phenotype columns plink2 reads as case/control [shape: (n_columns,), bool]: every value
+    (NaN missing: NA and -9) is 1 or 2, or 0 (missing there), with at least one 1 or 2; with
+    ``pheno_01`` (plink2's --1), every value is 0 or 1."""
+    out = np.zeros(values.shape[1], dtype=bool)
+    for t in range(values.shape[1]):
+        v = values[:, t]
+        v = v[~np.isnan(v)]
+        codes = (0.0, 1.0) if pheno_01 else (0.0, 1.0, 2.0)
+        out[t] = v.size > 0 and bool(np.isin(v, codes).all()) and (pheno_01 or bool(np.isin(v, (1.0, 2.0)).any()))
+    return out
+
+
+def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarray):
+    """plink2's reading of case/control phenotypes (judged on the genotype samples' rows): refused
+    unless ``--linear-for-binary``, which analyses them linearly with plink2's missing codes (0 is
+    missing in the 1/2 coding). The log says which model each phenotype gets."""
+    import dataclasses
+
+    rows = row_of[present]
+    binary = case_control_columns(pheno.values[rows], cfg.pheno_01)
+    if not binary.any():
+        return pheno
+    names = [pheno.names[t] for t in np.flatnonzero(binary)]
+    coding = "0 control, 1 case (--1)" if cfg.pheno_01 else "1 control, 2 case, 0 missing"
+    if not cfg.linear_for_binary:
+        raise ConfigError(f"{cfg.pheno}: phenotype(s) {', '.join(names)} are case/control as plink2 reads them "
+                          f"({coding}); plink2 fits them by logistic regression, which dash-spark does not do yet. "
+                          "Pass --linear-for-binary to analyse them by linear regression (a linear probability "
+                          "model; its numbers are not plink2's), or leave them out with --pheno-name")
+    values = pheno.values.copy()
+    for t in np.flatnonzero(binary):
+        col = values[:, t]
+        if not cfg.pheno_01:
+            col[col == 0] = np.nan
+        v = col[rows]
+        case = 1.0 if cfg.pheno_01 else 2.0
+        log.info("phenotype %s: case/control (%d cases, %d controls), analysed by linear regression "
+                 "(--linear-for-binary)", pheno.names[t], int((v == case).sum()), int((v == case - 1).sum()))
+    log.info("models: %d phenotype(s) quantitative, %d case/control, all by linear regression",
+             int((~binary).sum()), int(binary.sum()))
+    return dataclasses.replace(pheno, values=values)
 
 
 def _id_hint(source, fam, table) -> str:

@@ -347,7 +347,8 @@ def batch_config(settings: dict, source: dict, *, keep: str | None = None):
                       covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                       no_intercept=not settings.get("intercept", True),
                       missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False, keep=keep,
-                      pred=source.get("pred"))
+                      pred=source.get("pred"), pheno_01=bool(settings.get("pheno_01")),
+                      linear_for_binary=bool(settings.get("linear_for_binary")))
 
 
 def _source_samples(source: dict) -> list[str]:
@@ -462,7 +463,7 @@ def _source(args_source: dict) -> dict:
 
 def create_store(spark, root: str, name: str, source: dict, *, intercept: bool = True,
                  missing_genotypes: str = "drop", pheno_names=None, covar_names=None,
-                 block_variants: int | None = None) -> Store:
+                 block_variants: int | None = None, pheno_01: bool = False, linear_for_binary: bool = False) -> Store:
     """Create ``root`` holding one batch (refuses an existing store)."""
     from .pipeline import statistics_model
     from .spark.session import resolve_session
@@ -480,7 +481,8 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
     settings = {"intercept": intercept, "missing_genotypes": missing_genotypes,
                 "pheno_names": list(pheno_names) if pheno_names else None,
                 "covar_names": list(covar_names) if covar_names else None,
-                "pred": bool(source.get("pred")), "sexchr": True}
+                "pred": bool(source.get("pred")), "sexchr": True, "pheno_01": bool(pheno_01),
+                "linear_for_binary": bool(linear_for_binary)}
     model = statistics_model(batch_config(settings, source))
     # plink2's sex-chromosome models where the variants have chrX/Y/MT (stores made before them
     # lack the key: their batches treat those variants as autosomes, as they did)
@@ -827,7 +829,8 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
 def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | None = None,
                  missing_genotypes: str | None = None, pheno_names=None, covar_names=None,
                  block_variants: int | None = None, spark=None, master: str | None = None,
-                 spark_conf: dict | None = None) -> Store:
+                 spark_conf: dict | None = None, pheno_01: bool | None = None,
+                 linear_for_binary: bool | None = None) -> Store:
     """``dash-spark compress --store``: persist a batch's statistics (creating the store with its
     first batch). Nothing is finalized; ``refresh`` does that."""
     from .spark.session import SessionStarter
@@ -843,7 +846,8 @@ def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | 
                         spark = SessionStarter(master, spark_conf)
                     return create_store(spark, root, name, source, intercept=True if intercept is None else intercept,
                                         missing_genotypes=missing_genotypes or "drop", pheno_names=pheno_names,
-                                        covar_names=covar_names, block_variants=block_variants)
+                                        covar_names=covar_names, block_variants=block_variants,
+                                        pheno_01=bool(pheno_01), linear_for_binary=bool(linear_for_binary))
         except BaseException:
             if made and not os.listdir(root):
                 os.rmdir(root)
@@ -852,7 +856,7 @@ def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | 
         store = open_store(root)
         clean_orphans(store)
         check_settings(store, intercept=intercept, missing_genotypes=missing_genotypes, pheno_names=pheno_names,
-                       covar_names=covar_names)
+                       covar_names=covar_names, pheno_01=pheno_01 or None, linear_for_binary=linear_for_binary or None)
         if spark is None:
             spark = SessionStarter(master, spark_conf)
         source = check_new_batch(store, name, source)

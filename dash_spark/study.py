@@ -238,7 +238,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                          covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                          no_intercept=not settings.get("intercept", True),
                          missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False,
-                         task_memory_mb=task_memory_mb, pred=pred)
+                         task_memory_mb=task_memory_mb, pred=pred, pheno_01=bool(settings.get("pheno_01")),
+                         linear_for_binary=bool(settings.get("linear_for_binary")))
         model = statistics_model(cfg)
         vt = variant_table(model.bim)
         vh = variant_hash(vt)

@@ -186,11 +186,15 @@ def test_hail_linreg_errcodes_match_plink2(tmp_path, spark):
 @pytest.mark.skipif(not (PEER / "hail-linreg").is_dir(), reason="../shared/peer-data/hail-linreg is not here")
 def test_no_intercept_no_covariates_matches_hail(tmp_path, spark):
     """Hail's test_linear_regression_without_intercept (covariates=[]): its values for position 1
-    (R's lm(y ~ 0 + x)), with Hail's mean imputation."""
+    (R's lm(y ~ 0 + x)), with Hail's mean imputation. Its phenotype is coded 1/2, which plink2 reads
+    as case/control: Hail and R fit it linearly, so the test asks for that (--linear-for-binary)."""
     bfile, iids = _hail_linreg_bed(tmp_path)
     pheno, _ = _hail_tables(tmp_path, iids)
+    with pytest.raises(ConfigError, match="case/control"):
+        run_scan(ScanConfig(bfile=bfile, pheno=pheno, no_intercept=True, missing_genotypes="mean",
+                            out=str(tmp_path / "refused"), plots=False), spark=spark)
     res = run_scan(ScanConfig(bfile=bfile, pheno=pheno, no_intercept=True, missing_genotypes="mean",
-                              out=str(tmp_path / "ours"), plots=False), spark=spark)
+                              linear_for_binary=True, out=str(tmp_path / "ours"), plots=False), spark=spark)
     import pyarrow.parquet as pq
 
     tbl = pq.read_table(res.results_path).sort_by("variant_index").to_pylist()

@@ -359,7 +359,7 @@ class SufficientStats:
                                 f"phenotype {name}: the pooled samples are not of both sexes, so plink2 would test "
                                 f"chrX on all {self.moments[t].n} of them, {self.moments[t].n - mo.n} of unknown sex "
                                 "included, whose chrX sums these statistics leave out; give every sample's sex, or "
-                                "leave chrX out (--chr)")
+                                "leave chrX out of the batches' genotype files")
                     elif mo.n * mo.CtC[k, k] - mo.Ct1[k] ** 2 > 0:  # SEX varies among its samples
                         keep = list(range(k + 1))
                 elif cls == "Y":
