@@ -27,6 +27,7 @@ _EXPORTS = {
     "open_features": ("dash_spark.api", "open_features"),
     "open_pfile": ("dash_spark.api", "open_pfile"),
     "open_bgen": ("dash_spark.api", "open_bgen"),
+    "session": ("dash_spark.api", "session"),
     "DashError": ("dash_spark.errors", "DashError"),
     "ScanConfig": ("dash_spark.pipeline", "ScanConfig"),
     "ScanResult": ("dash_spark.pipeline", "ScanResult"),

@@ -49,14 +49,54 @@ from functools import partial
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, DashError, InputError
 from .sources import GENOTYPE_SOURCES, FeatureSource, GenotypeSource, open_bfile, open_bgen, open_pfile
 from .sources import open_features as _open_feature_files
 from .stats.sufficient import SufficientStats
 
 log = logging.getLogger("dash_spark")
 
-__all__ = ["compress", "linear_regression", "open_bfile", "open_bgen", "open_features", "open_pfile"]
+__all__ = ["compress", "linear_regression", "open_bfile", "open_bgen", "open_features", "open_pfile", "session"]
+
+
+def session(master: str | None = None, conf: dict | None = None):
+    """The SparkSession to pass to :func:`linear_regression` and :func:`compress`.
+
+    The active session if there is one, checked: a warning says so when its Python workers run
+    another interpreter than this one, or cannot import dash_spark (then set
+    ``spark.pyspark.python``, or ``PYSPARK_PYTHON`` before the session starts, to this
+    interpreter). Otherwise a new session whose workers run this interpreter: ``master`` (default
+    ``local[*]``, or what spark-submit set) and ``conf`` (Spark properties).
+    """
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    from .spark.session import get_session
+
+    active = SparkSession.getActiveSession()
+    if active is None:
+        return get_session(master=master, conf=conf)
+
+    def probe(_):  # runs in a worker: by value, needing nothing of dash_spark
+        import importlib.util
+        import sys as worker_sys
+
+        return worker_sys.executable, importlib.util.find_spec("dash_spark") is not None
+
+    try:
+        python, importable = active.sparkContext.parallelize([0], 1).map(probe).collect()[0]
+    except Exception as exc:  # noqa: BLE001 - the check itself must not stop the user
+        log.warning("session: could not check the active session's Python workers (%s)", str(exc).splitlines()[0])
+        return active
+    if not importable:
+        log.warning("session: the active session's Python workers (%s) cannot import dash_spark; its jobs will "
+                    "fail. Start the session with spark.pyspark.python=%s (or PYSPARK_PYTHON set to it)", python,
+                    sys.executable)
+    elif python != sys.executable:
+        log.warning("session: the active session's Python workers run %s, this notebook %s; results are computed "
+                    "by the workers' copy of dash_spark", python, sys.executable)
+    return active
 
 
 def open_features(features, samples, *, stage_dir: str | None = None) -> FeatureSource:
@@ -102,19 +142,45 @@ def _as_source(genotypes) -> GenotypeSource:
                       f"{type(genotypes).__name__}")
 
 
+def _frame(table, kind: str):
+    """A pandas DataFrame of a table given as pandas or Arrow, with plink2's ``#FID``/``#IID``
+    headers read as ``FID``/``IID`` and an index named ``IID`` (or ``FID``, ``IID``) as columns."""
+    if hasattr(table, "to_pandas") and not hasattr(table, "itertuples"):  # a pyarrow Table
+        table = table.to_pandas()
+    if not hasattr(table, "columns"):
+        raise InputError(f"{kind}: expected a path, a pandas DataFrame or a pyarrow Table with an 'IID' column "
+                         f"(FID optional), found {type(table).__name__}")
+    table = table.rename(columns={c: c[1:] for c in table.columns if str(c) in ("#FID", "#IID")})
+    names = [n for n in (getattr(table.index, "names", None) or []) if n]
+    if "IID" not in table.columns and "IID" in names:
+        table = table.reset_index(level=[n for n in names if n in ("FID", "IID")])
+    if "IID" not in table.columns:
+        raise InputError(f"{kind}: expected an 'IID' column or index (FID optional; plink2's '#FID'/'#IID' "
+                         f"headers too), found columns {list(table.columns)}")
+    return table
+
+
+def _cell(v, boolean_codes) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "NA"
+    if isinstance(v, (bool, np.bool_)):
+        return boolean_codes[bool(v)]
+    return repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)
+
+
 @contextmanager
 def _table_path(table, kind: str):
-    """A path for a plink2-style table given as a path or a pandas DataFrame with an ``IID``
-    column (``FID`` optional); a DataFrame is written to a private temporary file."""
+    """A path for a plink2-style table given as a path, a pandas DataFrame or a pyarrow Table with
+    an ``IID`` column or index (``FID`` optional); a table is written to a private temporary file,
+    and errors about it name ``kind`` (the argument), never that file. Booleans are written as
+    plink2's case/control codes in a phenotype table (False 1, True 2) and as 0/1 elsewhere."""
     if table is None or isinstance(table, (str, os.PathLike)):
         yield None if table is None else os.fspath(table)
         return
-    if not hasattr(table, "columns") or "IID" not in list(table.columns):
-        raise InputError(f"{kind}: expected a path or a pandas DataFrame with an 'IID' column (FID optional), "
-                         f"found {type(table).__name__}" + (f" with columns {list(table.columns)}"
-                                                            if hasattr(table, "columns") else ""))
+    table = _frame(table, kind)
     cols = [c for c in table.columns if c not in ("FID", "IID")]
     head = (["#FID", "IID"] if "FID" in table.columns else ["#IID"]) + [str(c) for c in cols]
+    codes = {False: "1", True: "2"} if kind == "phenotypes" else {False: "0", True: "1"}
     folder = tempfile.mkdtemp(prefix="dash-spark-table-")
     path = os.path.join(folder, f"{kind}.tsv")
     try:
@@ -122,16 +188,46 @@ def _table_path(table, kind: str):
             fh.write("\t".join(head) + "\n")
             ids = (["FID"] if "FID" in table.columns else []) + ["IID"]
             for row in table[ids + cols].itertuples(index=False):
-                fields = []
-                for v in row:
-                    if v is None or (isinstance(v, float) and np.isnan(v)):
-                        fields.append("NA")
-                    else:
-                        fields.append(repr(float(v)) if isinstance(v, (float, np.floating)) else str(v))
-                fh.write("\t".join(fields) + "\n")
-        yield path
+                fh.write("\t".join(_cell(v, codes) for v in row) + "\n")
+        try:
+            yield path
+        except DashError as exc:  # the message names the argument, not the temporary file
+            raise type(exc)(str(exc).replace(path, f"{kind} (the table given)")) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def _id_list_path(ids, kind: str):
+    """A path for ``keep=``/``remove=``: a file of IDs, or a list of IIDs (written to a private
+    temporary file; errors name ``kind``)."""
+    if ids is None or isinstance(ids, (str, os.PathLike)):
+        yield None if ids is None else os.fspath(ids)
+        return
+    values = [str(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+    folder = tempfile.mkdtemp(prefix="dash-spark-ids-")
+    path = os.path.join(folder, f"{kind}.txt")
+    try:
+        with open(path, "w") as fh:
+            fh.write("#IID\n" + "".join(f"{i}\n" for i in values))
+        try:
+            yield path
+        except DashError as exc:
+            raise type(exc)(str(exc).replace(path, f"{kind} (the list given)")) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _names(value, kind: str):
+    """``pheno_names``/``covar_names``: one name as a string, or a sequence of names."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(str(v) for v in value)
+    except TypeError:
+        raise ConfigError(f"{kind}: expected a column name or a list of names, found {type(value).__name__}") from None
 
 
 def _config(source: GenotypeSource, pheno: str, covar: str | None, **options):
@@ -167,9 +263,11 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
     from .tasks import scan_ranges
 
     source = _as_source(genotypes)
-    with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar:
+    with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar, \
+            _id_list_path(keep, "keep") as keep, _id_list_path(remove, "remove") as remove:
         cfg = _config(source, pheno, covar, intercept=intercept, missing_genotypes=missing_genotypes,
-                      pheno_name=pheno_names, covar_name=covar_names, count_alt=count_alt,
+                      pheno_name=_names(pheno_names, "pheno_names"), covar_name=_names(covar_names, "covar_names"),
+                      count_alt=count_alt,
                       covar_variance_standardize=covar_variance_standardize, keep=keep, remove=remove, maf=maf,
                       mac=mac, geno=geno, block_variants=block_variants, task_memory_mb=task_memory_mb,
                       linear_for_binary=linear_for_binary, pheno_01=pheno_01)
@@ -194,9 +292,11 @@ def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool =
     from .pipeline import compress_model, statistics_model
 
     source = _as_source(genotypes)
-    with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar:
+    with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar, \
+            _id_list_path(keep, "keep") as keep, _id_list_path(remove, "remove") as remove:
         cfg = _config(source, pheno, covar, intercept=intercept, missing_genotypes=missing_genotypes,
-                      pheno_name=pheno_names, covar_name=covar_names, keep=keep, remove=remove,
+                      pheno_name=_names(pheno_names, "pheno_names"), covar_name=_names(covar_names, "covar_names"),
+                      keep=keep, remove=remove,
                       block_variants=block_variants, task_memory_mb=task_memory_mb,
                       linear_for_binary=linear_for_binary, pheno_01=pheno_01)
         model = statistics_model(cfg)
@@ -204,5 +304,7 @@ def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool =
 
     from .study import variant_table
 
+    import uuid
+
     S = compress_model(spark, cfg, model)
-    return replace(S, variants=variant_table(model.bim))
+    return replace(S, variants=variant_table(model.bim), sources=frozenset({uuid.uuid4().hex}))

@@ -126,3 +126,93 @@ def test_bad_table_is_one_clear_error(cohort, spark):
         ds.linear_regression(spark, ds.open_bfile(files.bfile), pd.DataFrame({"id": ["x"], "y": [1.0]}))
     with pytest.raises(ds.DashError, match="genotypes"):
         ds.compress(spark, 42, files.pheno)
+
+
+def test_tables_as_notebooks_have_them(cohort, spark):
+    """pandas read plink2's file the plain way ('#FID' column), IID as the index, a pyarrow Table,
+    one phenotype name as a string, keep= as a list: the same numbers as the files; a bad cell
+    names the argument, never the temporary file it was written to."""
+    import pyarrow as pa
+
+    files, _ = cohort
+    geno = ds.open_bfile(files.bfile)
+    ph = pd.read_csv(files.pheno, sep="\t")  # columns '#FID', 'IID', ...; NA read as NaN
+    assert "#FID" in ph.columns
+    iids = [line.split()[1] for line in open(files.bfile + ".fam")]
+    want = _sorted(ds.compress(spark, geno, files.pheno, files.covar, pheno_names=["pheno1"],
+                               keep=str(_keep_file(files, iids[:200]))).finalize())
+    for table in (ph, ph.drop(columns=["#FID"]).set_index("IID"), pa.Table.from_pandas(ph, preserve_index=False)):
+        got = _sorted(ds.compress(spark, geno, table, files.covar, pheno_names="pheno1", keep=iids[:200]).finalize())
+        _close(got, want, rtol=1e-12)
+    bad = ph.copy()
+    bad["pheno1"] = bad["pheno1"].astype(object)
+    bad.loc[3, "pheno1"] = "tall"
+    with pytest.raises(ds.DashError) as err:
+        ds.compress(spark, geno, bad, files.covar, pheno_names="pheno1")
+    assert "phenotypes (the table given)" in str(err.value) and "dash-spark-table" not in str(err.value)
+    # booleans: case/control in a phenotype (refused unless asked for a linear fit), 0/1 in a covariate
+    flags = ph[["IID"]].assign(affected=[bool(i % 3) for i in range(len(ph))])
+    with pytest.raises(ds.DashError, match="case/control"):
+        ds.compress(spark, geno, flags, files.covar)
+    S = ds.compress(spark, geno, flags, files.covar, linear_for_binary=True)
+    assert S.moments[0].Cty[0] == pytest.approx(sum(2.0 if f else 1.0 for f, i in zip(flags.affected, flags.IID)
+                                                    if i in _covar_complete(files)))
+
+
+def _keep_file(files, ids):
+    import os
+
+    path = os.path.join(os.path.dirname(files.pheno), "keep200.txt")
+    with open(path, "w") as fh:
+        fh.write("".join(f"{i}\n" for i in ids))
+    return path
+
+
+def _covar_complete(files) -> set:
+    rows = [ln.split() for ln in open(files.covar) if ln.strip()][1:]
+    return {r[1] for r in rows if "NA" not in r[2:]}
+
+
+def test_same_batch_twice_is_refused_and_repr_is_one_line(cohort, spark):
+    files, _ = cohort
+    geno = ds.open_bfile(files.bfile)
+    iids = [line.split()[1] for line in open(files.bfile + ".fam")]
+    S1 = ds.compress(spark, geno, files.pheno, files.covar, keep=iids[:180])
+    S2 = ds.compress(spark, geno, files.pheno, files.covar, keep=iids[180:])
+    with pytest.raises(ds.DashError, match="same batch"):
+        S1 + S1
+    with pytest.raises(ds.DashError, match="same batch"):
+        (S1 + S2) + S2
+    again = ((S1 + S2) - S2) + S2  # a batch withdrawn whole may come back
+    assert again.n_samples("pheno1") == (S1 + S2).n_samples("pheno1")
+    text = repr(S1 + S2)
+    assert "\n" not in text and len(text) < 300 and "240 variants" in text and "2 batch(es)" in text
+
+
+def test_session_returns_the_active_session_checked(spark, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="dash_spark"):
+        assert ds.session() is spark
+    assert not caplog.records  # the tests' workers run this interpreter
+
+
+def test_readme_python_section_runs_as_written(spark, tmp_path, monkeypatch, capsys):
+    """The README's Python block, as written, on a small simulated cohort where it expects
+    `make demo`'s (a fresh notebook gets its session from ds.session(): here the tests' one)."""
+    import re
+    from pathlib import Path
+
+    from dash_spark.io.simulate import simulate_cohort
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    simulate_cohort(str(tmp_path / "demo_out-data"), n_samples=1200, n_variants=150, n_covariates=2,
+                    n_phenotypes=2, n_causal=3, missing_rate=0.01, pheno_missing_rate=0.03, seed=3)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    assert scope["table"].num_rows == 300 and scope["remaining"].num_rows == 300  # 2 phenotypes x 150
+    _close(_sorted(scope["remaining"]), _sorted(scope["S1"].finalize()), rtol=1e-8)
+    assert "SufficientStats(" in capsys.readouterr().out

@@ -208,6 +208,17 @@ class SufficientStats:
     #: plink2's sex-chromosome models (:class:`~dash_spark.stats.sexchrom.SexChromStats`): the
     #: per-variant rows then have one more covariate column, ``SEX`` (zero but on chrX's rows)
     sexchr: SexChromStats | None = field(default=None, repr=False)
+    #: the batches summed in (identities given by ``compress``; None where unknown, e.g. a store's
+    #: or a study's sums): the same batch cannot be added twice
+    sources: frozenset | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        shape = "no variants" if self.per_variant is None else \
+            f"{self.n_variants:,} variants x {self.layout.width} sums from variant {self.first_variant}"
+        n = ", ".join(f"{p}: {mo.n:,}" for p, mo in zip(self.phenotypes[:5], self.moments))
+        more = f", ... ({len(self.phenotypes)} phenotypes)" if len(self.phenotypes) > 5 else ""
+        return (f"SufficientStats({n}{more} samples; {len(self.covariates)} covariates; {shape}; "
+                f"missing calls: {self.mode}" + (f"; {len(self.sources)} batch(es)" if self.sources else "") + ")")
 
     def __post_init__(self) -> None:
         if len(self.moments) != len(self.phenotypes):
@@ -265,6 +276,15 @@ class SufficientStats:
             raise ModelError(f"statistics {op}: one has LOCO offsets (--pred) for chromosomes "
                              f"{sorted(self.offsets or ())}, the other for {sorted(other.offsets or ())}; "
                              "compress every batch or party with --pred, or none")
+        sources = None
+        if self.sources is not None and other.sources is not None:
+            if sign > 0 and self.sources & other.sources:
+                raise ModelError(f"statistics {op}: both hold the same batch ({len(self.sources & other.sources)} "
+                                 "batch(es) in common); each batch's samples may be added once")
+            # a withdrawal of whole batches drops them; of some samples (statistics compressed apart,
+            # with keep=), the batches stay
+            sources = self.sources | other.sources if sign > 0 else (
+                self.sources - other.sources if other.sources <= self.sources else self.sources)
         if (self.sexchr is None) != (other.sexchr is None):
             raise ModelError(f"statistics {op}: one models chrX/Y/MT as plink2 does, the other as autosomes; "
                              "compress every batch or party with this version of dash-spark")
@@ -275,7 +295,7 @@ class SufficientStats:
         sexchr = None if self.sexchr is None else self.sexchr.combine(other.sexchr, int(sign))
         return replace(self, moments=moments, n_freq=self.n_freq + int(sign) * other.n_freq, per_variant=V,
                        variants=self.variants if self.variants is not None else other.variants, offsets=offsets,
-                       sexchr=sexchr)
+                       sexchr=sexchr, sources=sources)
 
     def __add__(self, other: "SufficientStats") -> "SufficientStats":
         """Merge: the statistics of the union of two disjoint sample sets."""
