@@ -316,6 +316,8 @@ def cmd_manifest(args) -> int:
                 "kind": args.kind, "variant_hash": None}
     if args.pheno_01 or args.linear_for_binary:
         settings.update(pheno_01=bool(args.pheno_01), linear_for_binary=bool(args.linear_for_binary))
+    if args.pred_test:
+        settings["pred_test"] = args.pred_test
     if args.threshold is not None:
         settings["threshold"] = args.threshold
     if args.bim:
@@ -409,7 +411,7 @@ def cmd_compress(args) -> int:
                          intercept=None if args.no_intercept is None else not args.no_intercept,
                          missing_genotypes=args.missing_genotypes, pheno_names=args.pheno_name,
                          covar_names=args.covar_name, block_variants=args.block_variants,
-                         pheno_01=args.pheno_01, linear_for_binary=args.linear_for_binary,
+                         pheno_01=args.pheno_01, linear_for_binary=args.linear_for_binary, pred_test=args.pred_test,
                          master=args.master, spark_conf=_spark_conf(args))
     print(f"store {store.root}: {len(store.batches)} batch(es): {', '.join(b.name for b in store.batches)}")
     return 0
@@ -503,8 +505,8 @@ def _add_batch_inputs(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--pheno", required=required, help="the batch's phenotype file")
     p.add_argument("--covar", help="the batch's covariate file")
     p.add_argument("--pred", metavar="FILE_pred.list",
-                   help="the batch's REGENIE step-1 LOCO predictions (Wald test of y - offset); a store uses them "
-                        "for every batch or none")
+                   help="the batch's REGENIE step-1 LOCO predictions (the test: the store's --pred-test); a store "
+                        "uses them for every batch or none")
 
 
 def cmd_bench(args) -> int:
@@ -558,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pheno-name", type=_csv)
     p.add_argument("--covar-name", type=_csv)
     add_binary_args(p)
+    p.add_argument("--pred-test", choices=["wald", "regenie"],
+                   help="for parties giving --pred: wald (default) or regenie (REGENIE's step-2 score test of the "
+                        "pooled samples; combine also writes <phenotype>.regenie)")
     p.add_argument("--kind", choices=["scan", "regression"], help="fix the study kind (default: from compress)")
     p.add_argument("--bim", help="bind the variant list of this .bim (every party must have the same)")
     p.add_argument("--threshold", type=int, metavar="T",
@@ -592,8 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", metavar="FILE.parquet", help="real-valued features instead of --bfile")
     p.add_argument("--feature-samples", metavar="FILE", help="sample IDs in the order of the features' values")
     p.add_argument("--pred", metavar="FILE_pred.list",
-                   help="this party's REGENIE step-1 LOCO predictions for its own samples (Wald test of y - "
-                        "offset); every party of the study gives them, or none")
+                   help="this party's REGENIE step-1 LOCO predictions for its own samples (the manifest's "
+                        "--pred-test); every party of the study gives them, or none")
     p.add_argument("--share-stage", metavar="DIR|URI",
                    help="where the Spark tasks stage their masked rows until the share is published: a "
                         "location that the executors and the driver both reach and nobody else reads (default: "
@@ -624,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pheno-name", type=_csv, help="phenotype columns (fixed for the store)")
     p.add_argument("--covar-name", type=_csv, help="covariate columns (fixed for the store)")
     add_binary_args(p)
+    p.add_argument("--pred-test", choices=["wald", "regenie"],
+                   help="with --pred, fixed for the store: wald (default) or regenie (REGENIE's step-2 score test "
+                        "of the pooled samples; refresh also writes <phenotype>.regenie)")
     p.add_argument("--no-intercept", action="store_true", default=None)
     p.add_argument("--missing-genotypes", choices=["drop", "mean"], help="fixed for the store (default drop)")
     p.add_argument("--block-variants", type=_positive, metavar="N", help="variants per stored block")

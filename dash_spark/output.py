@@ -49,6 +49,8 @@ class OutputModel:
     covariates: tuple[str, ...]
     n_variants: int
     counts: dict = field(default_factory=dict)
+    #: also write ``<phenotype>.regenie`` (REGENIE's test)
+    regenie_outputs: bool = False
 
 
 GLM_HEADER = "#CHROM\tPOS\tID\tREF\tALT\tA1\tTEST\tOBS_CT\tBETA\tSE\tT_STAT\tP\tERRCODE"

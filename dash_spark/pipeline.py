@@ -199,6 +199,8 @@ class Model:
     sample_ids: tuple[str, ...] | None = None
     #: a statistics model's sums for plink2's sex-chromosome models (:attr:`SufficientStats.sexchr`)
     sexchr_stats: object | None = None
+    #: a statistics model's sums for REGENIE's test (:attr:`SufficientStats.regenie`)
+    regenie_sums: object | None = None
 
     @property
     def n_variants(self) -> int:
@@ -333,10 +335,6 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
                 f"or leave it out with --pheno-name")
     loco = None
     if cfg.pred:
-        if party and cfg.pred_test != "wald":
-            raise ConfigError("--pred-test regenie: REGENIE's score test needs the pooled null model's scale "
-                              "before any genotype sum; stores and multi-party studies take --pred with the Wald "
-                              "test (the default)")
         loco = _read_locos(cfg, fam, pheno.names, masks)
         masks = [mask & loco[t].present for t, mask in enumerate(masks)]
     # allele frequencies over the .fam's founders (all samples if none) decide which allele is
@@ -362,7 +360,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         log.warning("chrX/Y/MT variants are tested as autosomes here (%s); plink2's sex-chromosome models "
                     "apply to scans, stores and studies without it", "REGENIE's test" if not party else "--pred")
     grouped = bool(cfg.pred) or sexchr
-    groups = offset_moments = shared = sexchr_stats = None
+    groups = offset_moments = shared = sexchr_stats = regenie_sums = None
     moments: list = []
     if not grouped and not party and _use_shared(masks):
         A_cols, B_cols, patterns, shared = _shared_columns(cfg, C, cov_names, Y, masks, pheno.names)
@@ -380,7 +378,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
             Y_raw = np.full_like(Y, np.nan)
             has = (rows[0] >= 0) & kept
             Y_raw[has] = pheno.values[rows[0, has]]
-        W, groups, A, patterns, offset_moments, variants, sexchr_stats = _chrom_groups(
+        W, groups, A, patterns, offset_moments, variants, sexchr_stats, regenie_sums = _chrom_groups(
             cfg, fam, bim, variants, C, cov_names, Y, Y_raw, masks, base, kept, freq_mask, loco, pheno.names, tail,
             party, sexchr, tail_b)
     widths = [w.shape[1] for w in (W if groups else (W,))]
@@ -400,9 +398,11 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         source=source, fam_path=fam_path, bim=bim, n_samples=n, phenotypes=tuple(pheno.names),
         covariates=tuple(cov_names), patterns=tuple(patterns), W=W, groups=groups,
         n_a=A.shape[1], n_freq=int(freq_mask.sum()), n_kept=int(kept.sum()), variants=variants,
-        counts=counts, moments=tuple(moments) if party else None, missing_genotypes=cfg.missing_genotypes,
+        counts=counts, moments=tuple(moments) if party else None,
+        # REGENIE imputes missing calls with the mean: its statistics model keeps no missing-call Grams
+        missing_genotypes="mean" if regenie_sums is not None else cfg.missing_genotypes,
         extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie", offset_moments=offset_moments,
-        shared=shared, sexchr_stats=sexchr_stats,
+        shared=shared, sexchr_stats=sexchr_stats, regenie_sums=regenie_sums,
         sample_ids=tuple(map(str, np.asarray(fam.iids)[np.logical_or.reduce(masks)])) if party and masks else None,
     )
 
@@ -626,7 +626,11 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
     groups, Ws, first = [], [], None
     offset_moments: dict | None = {} if party else None
     regenie = cfg.pred_test == "regenie" and bool(cfg.pred)
-    if regenie:
+    stat_regenie = regenie and party  # a statistics model: sums from which finalize runs the test
+    reg_sums = None
+    if stat_regenie:
+        reg_sums = _regenie_sums(C, Y, Y_raw, base)
+    elif regenie:
         analysed = base & np.any(~np.isnan(Y), axis=1)
         basis = covariate_basis(C, analysed, cov_names, where=f"--pred-test regenie: covariates ({cfg.covar})")
         nulls = []
@@ -698,7 +702,11 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
                                  "(its predictions cover 1-22 and X); leave it out with --chr")
             offsets = [lc.offset(code, members[0]) for lc in loco]
         idx = variants[rows]
-        if regenie:
+        if stat_regenie:
+            A_cols, B_cols, pats = _regenie_stat_columns(cfg, C, cov_names, Y, masks, names, offsets, reg_sums,
+                                                         members[0], base & np.any(~np.isnan(Y), axis=1))
+            spec = None
+        elif regenie:
             A_cols, B_cols, spec = regenie_weights(basis.Q, analysed, nulls, offsets)
             pats = ()
         else:
@@ -737,7 +745,44 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
         sexchr_stats = SexChromStats(moments={c: class_moments.get(c, empty) for c in ("X", "Y")}, n_freq=class_freq,
                                      males=int(male.sum()), known=int(known.sum()))
     return (tuple(Ws), tuple(groups), first[0], list(first[1]), offset_moments or None, variants[keep_variants],
-            sexchr_stats)
+            sexchr_stats, reg_sums)
+
+
+def _regenie_sums(C: np.ndarray, Y: np.ndarray, Y_raw: np.ndarray, base: np.ndarray):
+    """A statistics model's :class:`~dash_spark.stats.regenie.RegenieSums` without the chromosomes'
+    (added by :func:`_regenie_stat_columns`)."""
+    from .stats.regenie import RegenieSums
+
+    analysed = base & np.any(~np.isnan(Y), axis=1)
+    use = ~np.isnan(Y_raw)
+    au = use & analysed[:, None]
+    yr = np.nan_to_num(Y_raw)
+    T = Y.shape[1]
+    CA = C[analysed]
+    return RegenieSums(n_use=use.sum(axis=0).astype(np.float64), s_use=(yr * use).sum(axis=0),
+                       n_au=au.sum(axis=0).astype(np.float64), s_au=(yr * au).sum(axis=0),
+                       ss_au=(yr * yr * au).sum(axis=0),
+                       CAy_au=np.stack([C[au[:, t]].T @ yr[au[:, t], t] for t in range(T)]),
+                       CA1_au=np.stack([C[au[:, t]].sum(axis=0) for t in range(T)]),
+                       n_A=float(analysed.sum()), CAtCA=CA.T @ CA, chroms={})
+
+
+def _regenie_stat_columns(cfg: ScanConfig, C, cov_names, Y, masks, names, offsets, sums, chrom: str,
+                          analysed: np.ndarray):
+    """A statistics model's weight columns of one chromosome for REGENIE's test: per phenotype its
+    own (raw y on its samples M), then per phenotype the chromosome's LOCO predictions on M in
+    place of y, then the ``analysed`` samples (y = 0); ``sums.chroms[chrom]`` gets the predictions'
+    moments. Returns ``(A columns, B columns, patterns)``."""
+    n, T = Y.shape
+    o = np.column_stack([np.where(masks[t], np.nan_to_num(offsets[t]), 0.0) for t in range(T)])
+    y = np.column_stack([np.where(masks[t], np.nan_to_num(Y[:, t]), 0.0) for t in range(T)])
+    stack = np.column_stack([y, o, np.zeros(n)])
+    A_cols, B_cols, pats, _mos = _pattern_columns(cfg, C, cov_names, stack, list(masks) + list(masks) + [analysed],
+                                                  list(names) + [f"o:{p}" for p in names] + ["(analysed)"], True,
+                                                  quiet=True)
+    sums.chroms[chrom] = (np.stack([C[masks[t]].T @ o[masks[t], t] for t in range(T)]),
+                          np.einsum("nt,nt->t", o, o), np.einsum("nt,nt->t", y, o), o.sum(axis=0))
+    return A_cols, B_cols, pats
 
 
 def _split_sex_patterns(cfg: ScanConfig, C, Cg, cov_names, cov_g, Y, masks, names, with_sex, party: bool):
@@ -810,7 +855,7 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
         sub_block=sub_block_size(model.n_samples, width + _shared_gram_width(model), cfg.task_memory_mb << 20,
                                  dense=not isinstance(model.source, BedSource),
                                  result_rows=0 if model.moments is not None else len(model.phenotypes)),
-        count_alt=cfg.count_alt or model.source.count_alt, missing_genotypes=cfg.missing_genotypes,
+        count_alt=cfg.count_alt or model.source.count_alt, missing_genotypes=model.missing_genotypes,
         a1freq_floor=cfg.a1freq_lower_limit,
     )
     if not model.groups:
@@ -1009,7 +1054,8 @@ def model_statistics(model: Model, per_variant: np.ndarray | None) -> Sufficient
     """``S`` of a statistics model: its global moments with the given per-variant rows."""
     return SufficientStats(phenotypes=model.phenotypes, covariates=model.covariates,
                            mode=model.missing_genotypes, moments=model.moments, n_freq=model.n_freq,
-                           per_variant=per_variant, offsets=model.offset_moments, sexchr=model.sexchr_stats)
+                           per_variant=per_variant, offsets=model.offset_moments, sexchr=model.sexchr_stats,
+                           regenie=model.regenie_sums)
 
 
 def compress_model(spark, cfg: ScanConfig, model: Model) -> SufficientStats:

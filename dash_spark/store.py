@@ -105,6 +105,8 @@ def block_path(batch_dir: str, part: int) -> str:
 
 def store_layout(settings: dict) -> StatLayout:
     """The statistics layout of a store's block files."""
+    if settings.get("pred_test") == "regenie":  # with y, with the LOCO predictions, the analysed samples
+        return StatLayout(len(settings["covariates"]), 2 * len(settings["phenotypes"]) + 1, "mean")
     k = len(settings["covariates"]) + (1 if settings.get("sexchr") else 0)  # SEX: chrX's column
     return StatLayout(k, len(settings["phenotypes"]), settings["missing_genotypes"])
 
@@ -347,7 +349,8 @@ def batch_config(settings: dict, source: dict, *, keep: str | None = None):
                       covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                       no_intercept=not settings.get("intercept", True),
                       missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False, keep=keep,
-                      pred=source.get("pred"), pheno_01=bool(settings.get("pheno_01")),
+                      pred=source.get("pred"), pred_test=settings.get("pred_test") or "wald",
+                      pheno_01=bool(settings.get("pheno_01")),
                       linear_for_binary=bool(settings.get("linear_for_binary")))
 
 
@@ -463,7 +466,8 @@ def _source(args_source: dict) -> dict:
 
 def create_store(spark, root: str, name: str, source: dict, *, intercept: bool = True,
                  missing_genotypes: str = "drop", pheno_names=None, covar_names=None,
-                 block_variants: int | None = None, pheno_01: bool = False, linear_for_binary: bool = False) -> Store:
+                 block_variants: int | None = None, pheno_01: bool = False, linear_for_binary: bool = False,
+                 pred_test: str | None = None) -> Store:
     """Create ``root`` holding one batch (refuses an existing store)."""
     from .pipeline import statistics_model
     from .spark.session import resolve_session
@@ -482,7 +486,11 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
                 "pheno_names": list(pheno_names) if pheno_names else None,
                 "covar_names": list(covar_names) if covar_names else None,
                 "pred": bool(source.get("pred")), "sexchr": True, "pheno_01": bool(pheno_01),
-                "linear_for_binary": bool(linear_for_binary)}
+                "linear_for_binary": bool(linear_for_binary), "pred_test": pred_test or "wald"}
+    if pred_test == "regenie" and not source.get("pred"):
+        raise ConfigError("--pred-test regenie needs the batch's REGENIE step-1 predictions (--pred FILE_pred.list)")
+    if pred_test == "regenie":  # REGENIE imputes missing calls with the mean
+        settings["missing_genotypes"] = "mean"
     model = statistics_model(batch_config(settings, source))
     # plink2's sex-chromosome models where the variants have chrX/Y/MT (stores made before them
     # lack the key: their batches treat those variants as autosomes, as they did)
@@ -527,7 +535,7 @@ def check_settings(store: Store, **given) -> None:
     for key, value in given.items():
         if value is None:
             continue
-        have = store.settings.get(key)
+        have = store.settings.get(key, "wald" if key == "pred_test" else None)
         if isinstance(value, (tuple, list)):
             value = list(value)
         if have != value:
@@ -622,6 +630,7 @@ def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a
     counts = {"batches": [b.name for b in batches],
               "pooled_samples": {p: G.n_samples(t) for t, p in enumerate(s["phenotypes"])}}
     model = OutputModel(phenotypes=tuple(s["phenotypes"]), covariates=tuple(s["covariates"]),
+                        regenie_outputs=s.get("pred_test") == "regenie",
                         n_variants=int(s["n_variants"]), counts=counts)
     glm, summaries = finish_local_outputs(stage, model, plots=plots)
     return {"glm": glm, "summaries": summaries, "counts": counts}
@@ -830,7 +839,7 @@ def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | 
                  missing_genotypes: str | None = None, pheno_names=None, covar_names=None,
                  block_variants: int | None = None, spark=None, master: str | None = None,
                  spark_conf: dict | None = None, pheno_01: bool | None = None,
-                 linear_for_binary: bool | None = None) -> Store:
+                 linear_for_binary: bool | None = None, pred_test: str | None = None) -> Store:
     """``dash-spark compress --store``: persist a batch's statistics (creating the store with its
     first batch). Nothing is finalized; ``refresh`` does that."""
     from .spark.session import SessionStarter
@@ -847,7 +856,8 @@ def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | 
                     return create_store(spark, root, name, source, intercept=True if intercept is None else intercept,
                                         missing_genotypes=missing_genotypes or "drop", pheno_names=pheno_names,
                                         covar_names=covar_names, block_variants=block_variants,
-                                        pheno_01=bool(pheno_01), linear_for_binary=bool(linear_for_binary))
+                                        pheno_01=bool(pheno_01), linear_for_binary=bool(linear_for_binary),
+                                        pred_test=pred_test)
         except BaseException:
             if made and not os.listdir(root):
                 os.rmdir(root)
@@ -856,7 +866,8 @@ def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | 
         store = open_store(root)
         clean_orphans(store)
         check_settings(store, intercept=intercept, missing_genotypes=missing_genotypes, pheno_names=pheno_names,
-                       covar_names=covar_names, pheno_01=pheno_01 or None, linear_for_binary=linear_for_binary or None)
+                       covar_names=covar_names, pheno_01=pheno_01 or None, linear_for_binary=linear_for_binary or None,
+                       pred_test=pred_test)
         if spark is None:
             spark = SessionStarter(master, spark_conf)
         source = check_new_batch(store, name, source)

@@ -238,7 +238,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
                          covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
                          no_intercept=not settings.get("intercept", True),
                          missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False,
-                         task_memory_mb=task_memory_mb, pred=pred, pheno_01=bool(settings.get("pheno_01")),
+                         task_memory_mb=task_memory_mb, pred=pred, pred_test=settings.get("pred_test") or "wald",
+                         pheno_01=bool(settings.get("pheno_01")),
                          linear_for_binary=bool(settings.get("linear_for_binary")))
         model = statistics_model(cfg)
         vt = variant_table(model.bim)
@@ -448,6 +449,7 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
             table = S.finalize(a1freq_floor=a1freq_lower_limit)
             log.info("combine: %d variants finalized %.1f s after the close", S.n_variants, time.time() - t_closed)
             model = OutputModel(phenotypes=S.phenotypes, covariates=S.covariates, n_variants=S.n_variants,
+                                regenie_outputs=S.regenie is not None,
                                 counts={"pooled_samples": {p: S.n_samples(t) for t, p in enumerate(S.phenotypes)},
                                         "parties": first["parties"], "survivors": first["survivors"]})
             glm, _ = write_outputs_local(stage.path, table, model, plots=plots)

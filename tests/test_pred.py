@@ -472,3 +472,75 @@ def test_store_refresh_withdraw_and_study_with_pred_equal_pooled_scan(spark, tmp
         assert code == 0, err[-3000:]
     st.finish(manifest, tmp_path / "combined", "--no-plots")
     assert_same_results(full.results_path, str(tmp_path / "combined" / "results.parquet"))
+
+
+def _regenie_lines(path: Path) -> dict[str, list[str]]:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ TEST BETA SE CHISQ LOG10P"
+    return {ln.split()[2]: ln.split() for ln in lines[1:]}
+
+
+def _same_regenie_files(expected: Path, got: Path) -> None:
+    """The same variants and alleles in each .regenie file, the numbers to REGENIE's printed digits."""
+    for name in ("pheno1.regenie", "pheno2.regenie", "pheno3.regenie"):
+        a, b = _regenie_lines(expected / name), _regenie_lines(got / name)
+        assert a.keys() == b.keys() and len(a) > 150, name
+        for vid, row in a.items():
+            assert row[:5] == b[vid][:5], vid
+            for x, y in zip(row[5:], b[vid][5:]):
+                assert x == y or _same_printed(float(y), x), (vid, row, b[vid])
+
+
+@pytest.mark.slow
+def test_store_refresh_withdraw_and_study_with_regenie_test_equal_pooled_scan(spark, tmp_path):
+    """--pred-test regenie in a store (refresh, withdrawal) and a 3-party study: REGENIE's test of the
+    pooled samples from pooled sums in one round (distinct phenotype missingness, samples absent from
+    the .loco files, missing calls), equal to the pooled REGENIE-mode scan at 1e-9, .regenie files
+    included."""
+    from dash_spark.store import run_compress, run_refresh
+
+    from .oracle_data import make_split_files
+    from .party_flow import Study
+    from .test_store import assert_same_results
+
+    parties = ("alice", "bob", "carol")
+    files, parts, prefixes = make_split_files(tmp_path, 78, parties, [0.4, 0.3, 0.3], n=360, m=210)
+    pred, _ = _write_locos(tmp_path, files, np.random.default_rng(6), absent={"pheno2": [4, 40, 200]})
+    keys = _fam_keys(files.bfile)
+    preds = {p: _subset_pred(tmp_path, pred, {keys[i] for i in parts[p]}, p) for p in parties}
+
+    def pooled(out, remove=None):
+        return run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, pred=str(pred),
+                                   pred_test="regenie", out=str(tmp_path / out), plots=False, remove=remove),
+                        spark=spark)
+
+    full = pooled("pooled")
+
+    def src(p):
+        return {"bfile": prefixes[p], "pheno": files.pheno, "covar": files.covar, "pred": str(preds[p])}
+
+    store = str(tmp_path / "store")
+    run_compress(store, "alice", src("alice"), spark=spark, pred_test="regenie")
+    run_compress(store, "bob", src("bob"), spark=spark)
+    res = run_refresh(store, str(tmp_path / "all"), add=("carol", src("carol")), plots=False, spark=spark)
+    assert_same_results(full.results_path, f"{res.out}/results.parquet")
+    _same_regenie_files(Path(full.out), Path(res.out))
+    with pytest.raises(Exception, match="pred_test = .regenie."):  # the store's test is fixed
+        run_compress(store, "dave", src("carol"), spark=spark, pred_test="wald")
+    iids = [k.split("_", 1)[1] for k in keys]
+    gone = tmp_path / "gone.txt"
+    gone.write_text("".join(f"{iids[i]}\n" for i in parts["alice"][:25]))
+    res = run_refresh(store, str(tmp_path / "withdrawn"), withdraw=str(gone), plots=False, spark=spark)
+    assert_same_results(pooled("pooled_removed", remove=str(gone)).results_path, f"{res.out}/results.parquet")
+
+    (tmp_path / "study").mkdir()
+    st = Study(tmp_path / "study", parties)
+    manifest = st.manifest("--pred-test", "regenie")
+    st.join(manifest)
+    for p in parties:
+        code, _, err = st.compress(manifest, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile",
+                                   prefixes[p], "--pred", preds[p])
+        assert code == 0, err[-3000:]
+    st.finish(manifest, tmp_path / "combined", "--no-plots")
+    assert_same_results(full.results_path, str(tmp_path / "combined" / "results.parquet"))
+    _same_regenie_files(Path(full.out), tmp_path / "combined")

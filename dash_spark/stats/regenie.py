@@ -163,3 +163,158 @@ def regenie_stats(spec: RegenieSpec, SX: np.ndarray, SXX: np.ndarray, SM: np.nda
                                           obs_ct=np.full(m, ph.n, dtype=np.int64), alt_freq=alt_freq,
                                           errcode=np.full(m, ERR_OK, dtype=np.uint8))))
     return tested, out
+
+
+# ------------------------------------------------------------------------------------------------
+# the same test from additive sums (stores and multi-party studies)
+
+
+@dataclass(frozen=True, eq=False)
+class RegenieSums:
+    """What a statistics model keeps, besides each phenotype's moments over its samples ``M``
+    (``n, C_M'C_M, C_M'1, C_M'y, y'y``, raw ``y``), so that REGENIE's test of the pooled samples
+    comes out of pooled sums in one round (every quantity of :func:`null_phenotype` and
+    :func:`regenie_weights` is a function of sums over samples; the pooled mean, basis and scales are
+    computed at finalize). Per phenotype [shapes: (T,) or (T, k)]:
+
+    - ``n_use``, ``s_use``: samples with the phenotype (covariates or not), and the sum of its values
+      (REGENIE's mean);
+    - ``n_au``, ``s_au``, ``ss_au``, ``CAy_au``, ``CA1_au``: over the analysed samples ``A`` that have it:
+      count, ``sum y``, ``sum y^2``, ``C'y``, ``C'1``;
+    - ``n_A``, ``CAtCA``: the analysed samples (any phenotype, every covariate) and their ``C'C``;
+    - ``chroms``: per chromosome name ``(C_M'o, o'o, y'o, 1'o)`` of the LOCO predictions ``o`` on ``M``.
+
+    The per-variant rows hold, in :class:`~dash_spark.stats.sufficient.StatLayout` order, the
+    phenotypes' sums with ``y`` (columns ``t``), with ``o`` (``T + t``: ``x'o``, and ``o`` over the
+    missing calls), and the analysed samples' (``2T``), in mean-imputation layout.
+    """
+
+    n_use: np.ndarray
+    s_use: np.ndarray
+    n_au: np.ndarray
+    s_au: np.ndarray
+    ss_au: np.ndarray
+    CAy_au: np.ndarray
+    CA1_au: np.ndarray
+    n_A: float
+    CAtCA: np.ndarray
+    chroms: dict
+
+    FIELDS = ("n_use", "s_use", "n_au", "s_au", "ss_au", "CAy_au", "CA1_au")
+
+    def combine(self, other: "RegenieSums", sign: int) -> "RegenieSums":
+        if set(self.chroms) != set(other.chroms):
+            from ..errors import ModelError
+
+            raise ModelError(f"statistics: LOCO predictions for chromosomes {sorted(self.chroms)} and "
+                             f"{sorted(other.chroms)}; every batch or party needs the same chromosomes")
+        vals = {f: getattr(self, f) + sign * getattr(other, f) for f in self.FIELDS}
+        chroms = {c: tuple(a + sign * b for a, b in zip(self.chroms[c], other.chroms[c])) for c in self.chroms}
+        return RegenieSums(**vals, n_A=self.n_A + sign * other.n_A, CAtCA=self.CAtCA + sign * other.CAtCA,
+                           chroms=chroms)
+
+    def arrays(self) -> dict:
+        out = {f"r.{f}": np.asarray(getattr(self, f), dtype=np.float64) for f in self.FIELDS}
+        out["r.n_A"] = np.array([float(self.n_A)])
+        out["r.CAtCA"] = np.asarray(self.CAtCA, dtype=np.float64)
+        for c, vals in self.chroms.items():
+            for name, v in zip(("CMo", "oo", "yo", "so"), vals):
+                out[f"r.c.{c}.{name}"] = np.asarray(v, dtype=np.float64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, T: int, k: int) -> "RegenieSums | None":
+        if "r.n_A" not in arrays:
+            return None
+        shape = {"CAy_au": (T, k), "CA1_au": (T, k)}
+        vals = {f: np.asarray(arrays[f"r.{f}"], dtype=np.float64).reshape(shape.get(f, (T,))) for f in cls.FIELDS}
+        chroms = {}
+        for key in arrays:
+            if key.startswith("r.c.") and key.endswith(".CMo"):
+                c = key[4:-4]
+                chroms[c] = tuple(np.asarray(arrays[f"r.c.{c}.{n}"], dtype=np.float64).reshape((T, k) if n == "CMo"
+                                                                                               else (T,))
+                                  for n in ("CMo", "oo", "yo", "so"))
+        return cls(**vals, n_A=float(arrays["r.n_A"][0]),
+                   CAtCA=np.asarray(arrays["r.CAtCA"], dtype=np.float64).reshape(k, k), chroms=chroms)
+
+
+def regenie_from_sums(sums: RegenieSums, moments, names, col, chroms: np.ndarray, min_mac: float = 5.0):
+    """``(tested, [(phenotype, VariantStats)])`` of per-variant rows from pooled sums: REGENIE's
+    test as :func:`regenie_stats` computes it on the pooled samples (see :class:`RegenieSums`).
+
+    ``moments``: each phenotype's pooled moments over its samples (raw ``y``; the intercept is
+    covariate 0); ``col(t, name)``: the rows' column(s) of statistic ``name`` of layout phenotype
+    ``t`` (2-d); ``chroms``: each row's chromosome name."""
+    from scipy.linalg import solve_triangular
+
+    T = len(names)
+    L = np.linalg.cholesky(sums.CAtCA)
+
+    def lq(v):  # Q'v = L^{-1} C_A'v, for rows of v [shape: (..., k)]
+        v = np.asarray(v, dtype=np.float64)
+        return solve_triangular(L, v.T, lower=True).T
+
+    n_A = sums.n_A
+    CAx, sxA, sxxA, CAm, missA = (col(2 * T, s) for s in ("Ctx", "sx", "sxx", "Ctm", "miss"))
+    sxA, sxxA, missA = sxA[:, 0], sxxA[:, 0], missA[:, 0]
+    called = n_A - missA
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = np.where(called > 0, sxA / called, 0.0)
+    mac = np.minimum(sxA, 2.0 * called - sxA)
+    b = lq(CAx + mu[:, None] * CAm)
+    xx = sxxA + mu * mu * missA
+    gg_all = np.maximum(xx - np.einsum("mk,mk->m", b, b), 0.0)
+    sd = np.sqrt(gg_all / max(n_A - 1, 1))
+    tested = (called > 0) & (mac >= min_mac) & (sd >= NUMTOL)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alt_freq = np.where(called > 0, sxA / called, np.nan) / 2.0
+    out = []
+    for t, name in enumerate(names):
+        mo = moments[t]
+        n_M = mo.n
+        mean = sums.s_use[t] / sums.n_use[t]
+        a = lq(sums.CAy_au[t] - mean * sums.CA1_au[t])                 # Q'yc
+        b_M = lq(mo.Cty - mean * mo.Ct1)                               # Q'M yc
+        QMQ = lq(lq(mo.CtC).T)                                         # Q'MQ
+        yc2_au = sums.ss_au[t] - 2 * mean * sums.s_au[t] + mean * mean * sums.n_au[t]
+        s = float(np.sqrt((yc2_au - 2 * a @ b_M + a @ QMQ @ a) / (n_M - 1)))
+        yc2_M = mo.yty - 2 * mean * mo.Cty[0] + mean * mean * n_M
+        yt2_M = yc2_M - 2 * a @ b_M + a @ QMQ @ a
+        stats = {f: np.full(len(chroms), np.nan) for f in ("beta", "se", "t")}
+        for c in dict.fromkeys(chroms.tolist()):
+            rows = np.flatnonzero(chroms == c)
+            if c not in sums.chroms:
+                from ..errors import ModelError
+
+                raise ModelError(f"finalize: no LOCO predictions for chromosome {c}")
+            CMo, oo, yo, so = (v[t] for v in sums.chroms[c])
+            qMo = lq(CMo)
+            ytMo = (yo - mean * so) - a @ qMo                          # (M yt)'o
+            r2 = yt2_M / s ** 2 - 2 * ytMo / s + oo
+            p_sd = float(np.sqrt(r2 / (n_M - 1)))
+            Qr = (b_M - QMQ @ a) / s - qMo
+            Ctx, yx, sx, sxx, Ctm, ym, miss = (col(t, f)[rows] for f in ("Ctx", "yx", "sx", "sxx", "Ctm", "ym",
+                                                                          "miss"))
+            ox, om = col(T + t, "yx")[rows, 0], col(T + t, "ym")[rows, 0]
+            sx, sxx, yx, ym, miss = sx[:, 0], sxx[:, 0], yx[:, 0], ym[:, 0], miss[:, 0]
+            mu_r = mu[rows]
+            xr = ((yx - mean * sx) - lq(Ctx) @ a) / s - ox             # sum over M's calls of x r
+            mr = ((ym - mean * miss) - lq(Ctm) @ a) / s - om           # sum over M's missing calls of r
+            br = b[rows]
+            gr = xr + mu_r * mr - br @ Qr
+            xmx = sxx + mu_r * mu_r * miss
+            qmx = lq(Ctx + mu_r[:, None] * Ctm)
+            gmg = xmx - 2.0 * np.einsum("mk,mk->m", br, qmx) + np.einsum("mk,kl,ml->m", br, QMQ, br)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                root = np.sqrt(gmg)
+                stats["t"][rows] = gr / (p_sd * root)
+                stats["beta"][rows] = s * gr / gmg
+                stats["se"][rows] = s * p_sd / root
+        Tt = stats["t"][tested]
+        p, nlp = chisq1_tail(Tt)
+        m = int(tested.sum())
+        out.append((name, VariantStats(beta=stats["beta"][tested], se=stats["se"][tested], t_stat=Tt,
+                                       neg_log10_p=nlp, p=p, obs_ct=np.full(m, n_M, dtype=np.int64),
+                                       alt_freq=alt_freq[tested], errcode=np.full(m, ERR_OK, dtype=np.uint8))))
+    return tested, out

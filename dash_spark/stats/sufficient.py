@@ -34,6 +34,7 @@ from scipy.linalg import solve_triangular
 
 from ..errors import ModelError
 from .regression import CovariateCorrelation, VariantStats, finalize_complete_case, finalize_mean_imputed, t_pvalues
+from .regenie import RegenieSums, regenie_from_sums
 from .sexchrom import CLASS_SCALE, SexChromStats, row_classes
 
 MODES = ("drop", "mean")
@@ -211,6 +212,10 @@ class SufficientStats:
     #: the batches summed in (identities given by ``compress``; None where unknown, e.g. a store's
     #: or a study's sums): the same batch cannot be added twice
     sources: frozenset | None = field(default=None, repr=False)
+    #: REGENIE's test (``--pred-test regenie``): :class:`~dash_spark.stats.regenie.RegenieSums`; the
+    #: per-variant rows then hold 2T + 1 sets of sums (with y, with the LOCO predictions, over the
+    #: analysed samples) in mean-imputation layout
+    regenie: RegenieSums | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         shape = "no variants" if self.per_variant is None else \
@@ -235,6 +240,8 @@ class SufficientStats:
 
     @property
     def layout(self) -> StatLayout:
+        if self.regenie is not None:
+            return StatLayout(len(self.covariates), 2 * len(self.phenotypes) + 1, "mean")
         return StatLayout(len(self.covariates) + (1 if self.sexchr is not None else 0), len(self.phenotypes),
                           self.mode)
 
@@ -285,6 +292,9 @@ class SufficientStats:
             # with keep=), the batches stay
             sources = self.sources | other.sources if sign > 0 else (
                 self.sources - other.sources if other.sources <= self.sources else self.sources)
+        if (self.regenie is None) != (other.regenie is None):
+            raise ModelError(f"statistics {op}: one has REGENIE's test (--pred-test regenie), the other not; "
+                             "compress every batch or party with the same --pred-test")
         if (self.sexchr is None) != (other.sexchr is None):
             raise ModelError(f"statistics {op}: one models chrX/Y/MT as plink2 does, the other as autosomes; "
                              "compress every batch or party with this version of dash-spark")
@@ -295,7 +305,8 @@ class SufficientStats:
         sexchr = None if self.sexchr is None else self.sexchr.combine(other.sexchr, int(sign))
         return replace(self, moments=moments, n_freq=self.n_freq + int(sign) * other.n_freq, per_variant=V,
                        variants=self.variants if self.variants is not None else other.variants, offsets=offsets,
-                       sexchr=sexchr, sources=sources)
+                       sexchr=sexchr, sources=sources,
+                       regenie=None if self.regenie is None else self.regenie.combine(other.regenie, int(sign)))
 
     def __add__(self, other: "SufficientStats") -> "SufficientStats":
         """Merge: the statistics of the union of two disjoint sample sets."""
@@ -328,6 +339,9 @@ class SufficientStats:
             raise ModelError("finalize: these statistics hold no variants (a covariates-only regression); "
                              "use regression_table()")
         V = self.per_variant
+        if self.regenie is not None:
+            raise ModelError("finalize_stats: statistics of REGENIE's test are finalized by finalize() (it leaves "
+                             "untested variants out)")
         if self.sexchr is not None:
             if chroms is None:
                 chroms = self._chroms()
@@ -456,6 +470,11 @@ class SufficientStats:
 
         V, lay = self.per_variant, self.layout
         freq_alt, freq_called = V[:, lay.freq_alt], self.n_freq - V[:, lay.freq_miss]
+        if self.regenie is not None:  # REGENIE's test: ALLELE1 is ALT, untested variants are left out
+            tested, named = regenie_from_sums(self.regenie, self.moments, self.phenotypes,
+                                              lambda t, s: V[:, lay.of(t, s)], np.asarray(cols[0], dtype=object))
+            return results_batch(vidx[tested], tuple(c[tested] for c in cols), freq_alt[tested],
+                                 freq_called[tested], named, count_alt=True, a1freq_floor=a1freq_floor)
         if self.sexchr is None:
             named = self.finalize_stats(cols[0] if self.offsets else None)
         else:
@@ -498,9 +517,9 @@ class SufficientStats:
         over its missing calls; drop mode also ``zmm`` (m x q x q) ``sum z z'`` and ``zmc``
         (m x q x (k+1)) ``sum z [c, y]'`` over its missing calls.
         """
-        if self.sexchr is not None:
-            raise ModelError("forward selection does not model chrX/Y/MT as plink2 does yet; select on "
-                             "statistics of the autosomes")
+        if self.sexchr is not None or self.regenie is not None:
+            raise ModelError("forward selection does not condition chrX/Y/MT (plink2's models) or REGENIE's test "
+                             "yet; select on statistics of the autosomes with the Wald test")
         V = augment_per_variant(self.layout, self.per_variant, phenotype, zx, zm, zmm, zmc)
         return SufficientStats(phenotypes=(self.phenotypes[phenotype],), covariates=tuple(names), mode=self.mode,
                                moments=(dense_moments,), n_freq=self.n_freq, per_variant=V,
@@ -520,6 +539,8 @@ class SufficientStats:
         for c, (Cty, yty) in (self.offsets or {}).items():
             out[f"o.{c}.Cty"] = np.asarray(Cty, dtype=np.float64)
             out[f"o.{c}.yty"] = np.asarray(yty, dtype=np.float64)
+        if self.regenie is not None:
+            out.update(self.regenie.arrays())
         if self.sexchr is not None:
             sx = self.sexchr
             out["s.males"], out["s.known"] = np.array([float(sx.males)]), np.array([float(sx.known)])
@@ -576,7 +597,8 @@ class SufficientStats:
                                    known=int(round(float(arrays["s.known"][0]))))
         return cls(phenotypes=tuple(phenotypes), covariates=tuple(covariates), mode=mode, moments=tuple(moments),
                    n_freq=int(round(float(arrays["n_freq"][0]))), per_variant=None if V is None else np.asarray(V),
-                   first_variant=first_variant, variants=variants, offsets=offsets or None, sexchr=sexchr)
+                   first_variant=first_variant, variants=variants, offsets=offsets or None, sexchr=sexchr,
+                   regenie=RegenieSums.from_arrays(arrays, T, k))
 
 
 def _scatter(parts, m: int) -> VariantStats:
