@@ -38,7 +38,7 @@ from .io import files
 from .staging import staged_output
 from .stats.blocks import block_grams, block_sums
 from .stats.results import results_batch
-from .stats.sufficient import Moments, SufficientStats, moments_regression
+from .stats.sufficient import SufficientStats, moments_regression
 from .store import (VARIANTS_FILE, Store, id_file, batch_config, open_store, pooled_block, pooled_globals,
                     read_block, store_inputs)
 
@@ -54,15 +54,39 @@ def no_products(m: int, k: int) -> tuple:
     return np.zeros((m, 0)), np.zeros((m, 0)), np.zeros((m, 0, 0)), np.zeros((m, 0, k + 1))
 
 
-def empty_dense(k: int) -> dict:
-    """The dense products ``CZ, ZZ, Z1, Zy`` of an empty ``Z`` (q = 0)."""
-    return {"CZ": np.zeros((k, 0)), "ZZ": np.zeros((0, 0)), "Z1": np.zeros(0), "Zy": np.zeros(0)}
+def empty_dense(k: int, chroms=None) -> dict:
+    """The dense products ``CZ, ZZ, Z1, Zy`` of an empty ``Z`` (q = 0); with LOCO offsets, ``Zy``
+    per chromosome (``chroms``)."""
+    zy = np.zeros(0) if chroms is None else {c: np.zeros(0) for c in chroms}
+    return {"CZ": np.zeros((k, 0)), "ZZ": np.zeros((0, 0)), "Z1": np.zeros(0), "Zy": zy}
 
 
-def augmented_moments(G: SufficientStats, t: int, dense: dict) -> Moments:
+def add_dense(a: dict | None, b: dict) -> dict:
+    """The sum of two batches' dense products (``Zy`` may be per chromosome)."""
+    if a is None:
+        return b
+    out = {}
+    for key in b:
+        if isinstance(b[key], dict):
+            out[key] = {c: a[key][c] + b[key][c] for c in b[key]}
+        else:
+            out[key] = a[key] + b[key]
+    return out
+
+
+def augmented_moments(G: SufficientStats, t: int, dense: dict):
     """Phenotype ``t``'s pooled moments with ``Z`` appended to the covariates (``dense``: ``CZ``
-    (k x q), ``ZZ`` (q x q), ``Z1`` (q), ``Zy`` (q), summed over the batches)."""
-    return G.moments[t].augment(dense["CZ"], dense["ZZ"], dense["Z1"], dense["Zy"])
+    (k x q), ``ZZ`` (q x q), ``Z1`` (q), ``Zy`` (q), summed over the batches). With LOCO offsets
+    (``--pred``): per chromosome, the moments of ``y - o`` of that chromosome (a dict)."""
+    from dataclasses import replace
+
+    if not G.offsets:
+        return G.moments[t].augment(dense["CZ"], dense["ZZ"], dense["Z1"], dense["Zy"])
+    out = {}
+    for c, (Cty, yty) in G.offsets.items():
+        base = replace(G.moments[t], Cty=np.asarray(Cty)[t], yty=float(np.asarray(yty)[t]))
+        out[c] = base.augment(dense["CZ"], dense["ZZ"], dense["Z1"], dense["Zy"][c])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,9 +97,10 @@ def augmented_moments(G: SufficientStats, t: int, dense: dict) -> Moments:
 class BatchStep:
     """What a task needs to add one batch's products with ``Z`` (broadcast once per step)."""
 
-    plan: object          # the batch's ScanPlan (its .bed path and sample count)
+    plan: object          # the batch's ScanPlan (its .bed path and sample count), or GroupedPlan (--pred)
     W: np.ndarray         # padded [Z | mask] (Z masked to the phenotype's samples; mask = those samples)
-    Wg: np.ndarray | None  # padded [Z | C | y] for the missing calls' products (drop mode)
+    Wg: object            # padded [Z | C | y] for the missing calls' products (drop mode); with LOCO
+                          # offsets a tuple, one per chromosome group, with y - o of that chromosome
 
 
 def batch_products(step: BatchStep, q: int, k: int, vidx: np.ndarray, mode: str):
@@ -85,7 +110,15 @@ def batch_products(step: BatchStep, q: int, k: int, vidx: np.ndarray, mode: str)
     if mode != "drop":
         return zx[:, :q], zm[:, :q], None, None
     todo = zm[:, q] > 0  # variants with a missing call among the phenotype's samples
-    zmm, zmc, _ = block_grams(block, step.Wg, 0, q, k + 1, todo)
+    if not isinstance(step.Wg, tuple):
+        zmm, zmc, _ = block_grams(block, step.Wg, 0, q, k + 1, todo)
+        return zx[:, :q], zm[:, :q], zmm, zmc
+    zmm, zmc = np.zeros((len(vidx), q, q)), np.zeros((len(vidx), q, k + 1))
+    groups = step.plan.groups_of(np.asarray(vidx))
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        a, b, _ = block_grams(block.take(rows), step.Wg[g], 0, q, k + 1, todo[rows])
+        zmm[rows], zmc[rows] = a, b
     return zx[:, :q], zm[:, :q], zmm, zmc
 
 
@@ -97,16 +130,22 @@ def step_inputs(model, plan, t: int, sel: np.ndarray, mu: np.ndarray, mode: str)
     pat = model.patterns[t]
     a, k = pat.a_offset, pat.k
     n = model.n_samples
-    Wfull = model.W[:n]
-    C, y, mask = Wfull[:, a : a + k], Wfull[:, a + k], Wfull[:, a + k + 1] > 0
+    Ws = model.W if model.groups else (model.W,)  # --pred: one per chromosome, with y - o of it
+    Wfull = Ws[0][:n]
+    C, mask = Wfull[:, a : a + k], Wfull[:, a + k + 1] > 0
+    ys = [w[:n, a + k] for w in Ws]
     order = np.argsort(sel)  # the readers take sorted indices; Z keeps the selection order
     X = plan.reader.read(sel[order]).dense().T[:, np.argsort(order)]
     Z = np.where(np.isnan(X), mu[None, :], X) * mask[:, None]
     empty = np.zeros((n, 0))
     W = pad_weights(np.hstack([Z, mask[:, None].astype(np.float64)]), empty)
-    Wg = pad_weights(np.hstack([Z, C, y[:, None]]), empty) if mode == "drop" else None
-    dense = {"CZ": C.T @ Z, "ZZ": Z.T @ Z, "Z1": Z.sum(axis=0), "Zy": Z.T @ y}
-    return BatchStep(plan=plan, W=W, Wg=Wg), dense
+    Wg = [pad_weights(np.hstack([Z, C, y[:, None]]), empty) for y in ys] if mode == "drop" else None
+    dense = {"CZ": C.T @ Z, "ZZ": Z.T @ Z, "Z1": Z.sum(axis=0)}
+    if model.groups:
+        dense["Zy"] = {grp.chrom: Z.T @ y for grp, y in zip(model.groups, ys)}
+        return BatchStep(plan=plan, W=W, Wg=None if Wg is None else tuple(Wg)), dense
+    dense["Zy"] = Z.T @ ys[0]
+    return BatchStep(plan=plan, W=W, Wg=None if Wg is None else Wg[0]), dense
 
 
 def batch_model(store: Store, batch, t: int, spark_parallelism: int):
@@ -175,10 +214,11 @@ def _step_task(spec: dict, B: dict, ranges):
                 acc = cur if acc is None else [None if x is None else x + y for x, y in zip(acc, cur)]
             prods = acc
         groups: dict[tuple, list[int]] = {}
+        by_chrom = isinstance(B["Gq"], dict)  # --pred: each chromosome's moments of y - o
         for i, kk in enumerate(keys):
-            groups.setdefault(kk, []).append(i)
+            groups.setdefault((kk, meta[0][i] if by_chrom else None), []).append(i)
         pos_in_need = np.cumsum(need) - 1
-        for kk, members in groups.items():
+        for (kk, chrom), members in groups.items():
             rows_i = np.asarray(members)
             cols = list(kk)
             if cols:
@@ -189,7 +229,8 @@ def _step_task(spec: dict, B: dict, ranges):
             else:
                 zx, zm, zmm, zmc = no_products(len(rows_i), k)
             names = spec["covariates"] + [spec["selected_ids"][c] for c in cols]
-            mo = B["Gq"].restrict(list(range(k)) + [k + c for c in cols])
+            Gq = B["Gq"][chrom] if by_chrom else B["Gq"]
+            mo = Gq.restrict(list(range(k)) + [k + c for c in cols])
             S2 = G.block(start, V[rows_i]).condition(t, mo, names, zx, zm, zmm, zmc)
             lay2 = S2.layout
             V2 = S2.per_variant
@@ -261,9 +302,10 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
         raise ConfigError(f"--window-kb: expected a positive distance in kb, found {window_kb}")
     store = open_store(store_root)
     s = store.settings
-    if s.get("pred"):
-        raise ConfigError(f"select --store {store_root}: the store's statistics carry LOCO offsets (--pred); "
-                          "forward selection does not take them yet. Select on a store made without --pred")
+    if s.get("pred") and s.get("pred_test") == "regenie":
+        raise ConfigError(f"select --store {store_root}: the store's statistics are for REGENIE's test (--pred-test "
+                          "regenie), which forward selection does not condition yet; select on a store made with the "
+                          "Wald test (the default)")
     phenos = list(s["phenotypes"])
     if pheno_name is None:
         if len(phenos) > 1:
@@ -321,11 +363,11 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
                 for model, plan in models:
                     bs, d = step_inputs(model, plan, t, np.asarray(selected), mu, mode)
                     steps.append(bs)
-                    dense = d if dense is None else {key: dense[key] + d[key] for key in d}
+                    dense = add_dense(dense, d)
                 Gq = augmented_moments(G, t, dense)
             else:
                 steps = []
-                Gq = augmented_moments(G, t, empty_dense(k))
+                Gq = augmented_moments(G, t, empty_dense(k, G.offsets))
             ids = [vt_all.column("id")[v].as_py() for v in selected]
             spec = dict(base_spec, selected=[(vt_all.column("chrom")[v].as_py(), int(vt_all.column("pos")[v].as_py()))
                                              for v in selected],
@@ -367,13 +409,22 @@ def _read_results(path: str, filters):
     return pq.read_table(path, filters=filters)
 
 
-def joint_statistics(Gq: Moments, covariates: list[str], selected: list[dict], pheno_name: str) -> list[dict]:
+def joint_statistics(Gq, covariates: list[str], selected: list[dict], pheno_name: str) -> list[dict]:
     """Rows of ``joint.tsv`` for the model with every ``selected`` variant (the rows of the step
-    that selected each one, which give its ID and A1): beta and t in A1's orientation."""
+    that selected each one, which give its ID and A1): beta and t in A1's orientation. With LOCO
+    offsets (``Gq`` per chromosome) each variant's row is from the model of ``y - o`` of its own
+    chromosome, as its conditional test."""
     q, k = len(selected), len(covariates)
-    joint = moments_regression(Gq, covariates + [r["id"] for r in selected], where=f"phenotype {pheno_name}")
+    names = covariates + [r["id"] for r in selected]
+    where = f"phenotype {pheno_name}"
+    if isinstance(Gq, dict):
+        fits = {c: moments_regression(Gq[c], names, where=where).to_pylist()[k:] for c in
+                dict.fromkeys(r["chrom"] for r in selected)}
+        per = [fits[r["chrom"]][j] for j, r in enumerate(selected)]
+    else:
+        per = moments_regression(Gq, names, where=where).to_pylist()[k:]
     rows = []
-    for sr, row in zip(selected, joint.to_pylist()[k:]):
+    for sr, row in zip(selected, per):
         sign = -1.0 if sr["a1"] != sr["alt"] else 1.0
         rows.append({"step": q, "id": sr["id"], "a1": sr["a1"], "beta": sign * row["beta"], "se": row["se"],
                      "t_stat": sign * row["t_stat"], "p": row["p"], "neg_log10_p": row["neg_log10_p"]})

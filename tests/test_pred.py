@@ -544,3 +544,59 @@ def test_store_refresh_withdraw_and_study_with_regenie_test_equal_pooled_scan(sp
     st.finish(manifest, tmp_path / "combined", "--no-plots")
     assert_same_results(full.results_path, str(tmp_path / "combined" / "results.parquet"))
     _same_regenie_files(Path(full.out), tmp_path / "combined")
+
+
+@pytest.mark.slow
+def test_select_on_a_store_with_pred_equals_statsmodels(pred_data, spark, tmp_path):
+    """Forward selection takes the LOCO offsets (Wald test): each step's selected variant, and the
+    final conditional scan, equal statsmodels OLS of ``y - o`` of the variant's chromosome on the
+    variant, the covariates and the variants selected before (mean-imputed), at 1e-9."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from dash_spark.select import run_select
+    from dash_spark.store import run_compress
+
+    from .oracle_data import statsmodels_oracle
+
+    tmp, files, pred, preds, absent = pred_data
+    store = str(tmp_path / "store")
+    run_compress(store, "all", {"bfile": files.bfile, "pheno": files.pheno, "covar": files.covar, "pred": str(pred)},
+                 spark=spark)
+    res = run_select(store, str(tmp_path / "sel"), pheno_name="pheno1", p_threshold=1.0, max_steps=2, spark=spark)
+    assert res.steps == 2
+    sel = [r["variant_index"] for r in res.selected]
+    chroms = [ln.split()[0] for ln in Path(files.bfile + ".bim").read_text().splitlines()]
+    adjusted = {}
+    for c in ("1", "2"):
+        path = tmp_path / f"adj{c}.tsv"
+        _adjusted_pheno(files, preds, absent, int(c), path)
+        adjusted[c] = dataclasses.replace(files, pheno=str(path))
+
+    def check(row, want):
+        j = row["variant_index"]
+        sign = -1.0 if row["a1"] != row["alt"] else 1.0
+        assert abs(sign * row["beta"] - want["beta"][j]) <= 1e-9 * max(abs(want["beta"][j]), want["se"][j])
+        assert row["se"] == pytest.approx(want["se"][j], rel=1e-9)
+        assert row["obs_ct"] == want["n"][j]
+
+    for i, row in enumerate(res.selected):
+        check(row, statsmodels_oracle(adjusted[chroms[sel[i]]], "pheno1", "drop", condition=sel[:i], variants=[sel[i]]))
+    final = {c: statsmodels_oracle(adjusted[c], "pheno1", "drop", condition=sel) for c in ("1", "2")}
+    rows = [r for r in pq.read_table(f"{res.out}/results.parquet").to_pylist() if r["errcode"] == "."]
+    checked = 0
+    for row in rows:
+        want = final[row["chrom"]]
+        if row["variant_index"] in sel or not np.isfinite(want["beta"][row["variant_index"]]):
+            continue
+        check(row, want)
+        checked += 1
+    assert checked > 150
+    joint = {r["id"]: r for r in res.joint if r["step"] == 2}
+    for j in sel:  # each selected variant's joint row: the model of y - o of its own chromosome
+        fit = final[chroms[j]]["joint"]
+        vid = f"rs{j}"
+        sign = -1.0 if joint[vid]["a1"] != [r for r in res.selected if r["variant_index"] == j][0]["alt"] else 1.0
+        col = 1 + 3 + sel.index(j)  # intercept, age, sex, PC1, then Z in selection order
+        assert sign * joint[vid]["beta"] == pytest.approx(fit.params[col], rel=1e-9, abs=1e-12)
