@@ -359,6 +359,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     if has_sexchr and not sexchr and (fam.sex is not None or party) and source.kind != "features":
         log.warning("chrX/Y/MT variants are tested as autosomes here (%s); plink2's sex-chromosome models "
                     "apply to scans, stores and studies without it", "REGENIE's test" if not party else "--pred")
+    _check_multiallelic(cfg, source, bim, variants, party=party, sexchr=sexchr)
     grouped = bool(cfg.pred) or sexchr
     groups = offset_moments = shared = sexchr_stats = regenie_sums = None
     moments: list = []
@@ -746,6 +747,33 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
                                      males=int(male.sum()), known=int(known.sum()))
     return (tuple(Ws), tuple(groups), first[0], list(first[1]), offset_moments or None, variants[keep_variants],
             sexchr_stats, reg_sums)
+
+
+def _check_multiallelic(cfg: ScanConfig, source, bim, variants, *, party: bool, sexchr: bool) -> None:
+    """Multiallelic variants (a comma in ALT) are tested by a scan's joint model of their alleles
+    (plink2's); the other models take biallelic variants only, and say so before any work."""
+    alt = np.asarray(bim.alt, dtype=object)[variants]
+    multi = np.flatnonzero(np.fromiter(("," in str(a) for a in alt), dtype=bool, count=len(alt)))
+    if not len(multi):
+        return
+    chroms = np.asarray(bim.chrom, dtype=object)[variants][multi]
+    what = None
+    if party:
+        what = "stored and multi-party statistics (compress, party compress)"
+    elif cfg.pred:
+        what = "--pred"
+    elif cfg.gwas_ssf:
+        what = "--gwas-ssf"
+    elif sexchr and any(sex_chrom_class(c) for c in set(chroms.tolist())):
+        what = "chrX/Y/MT (plink2's sex-chromosome models)"
+    if what is None:
+        log.info("%d multiallelic variant(s): each tested as plink2 does, the alleles but the omitted one jointly "
+                 "(call filters do not apply to them)", len(multi))
+        return
+    j = int(variants[multi[0]])
+    raise ConfigError(f"{source.label}: {len(multi):,} multiallelic variant(s), e.g. {bim.id[j]} (ALT {bim.alt[j]}); "
+                      f"{what} tests biallelic variants only. Split them into biallelic records (plink2 --pfile IN "
+                      "--make-pgen multiallelics=- --out NEW) or leave them out (plink2 --max-alleles 2)")
 
 
 def _regenie_sums(C: np.ndarray, Y: np.ndarray, Y_raw: np.ndarray, base: np.ndarray):

@@ -27,8 +27,8 @@ from .errors import ConfigError, InputError
 from .io import files
 from .io.bgen import REF_MODES, check_bgen, read_bgen_rows, read_bgen_samples, read_bgi
 from .io.features import read_feature_meta, read_feature_rows
-from .io.pgen import (PvarLayout, check_pgen, pfile_paths, pvar_path, read_pgen_dosages, read_psam, read_pvar,
-                      read_pvar_range)
+from .io.pgen import (PvarLayout, check_pgen, pfile_paths, pvar_path, read_pgen_alleles, read_pgen_dosages, read_psam,
+                      read_pvar, read_pvar_range)
 from .io.plink import Bim, Fam, check_bed, read_bed_rows, read_bim, read_bim_range, read_fam
 from .io.tables import read_sample_ids
 from .stats.blocks import DenseBlock, PackedBlock
@@ -106,6 +106,10 @@ class PgenReader:
     def read(self, variants: np.ndarray, range_meta=None, offsets=None, *, reuse: bool = False) -> DenseBlock:
         meta = None if range_meta is None else tuple(x[offsets] for x in range_meta)
         return DenseBlock(read_pgen_dosages(self.pgen_path, self.n_samples, self.n_variants, variants), meta)
+
+    def allele_dosages(self, variants: np.ndarray, n_alleles) -> list[np.ndarray]:
+        """Each allele's dosages [shape: (K, n)] (REF first) of multiallelic variants."""
+        return read_pgen_alleles(self.pgen_path, self.n_samples, self.n_variants, variants, n_alleles)
 
 
 @dataclass(frozen=True)

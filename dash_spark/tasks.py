@@ -24,7 +24,7 @@ from .filters import CallFilters
 from .stats.blocks import DenseBlock, block_downdate, block_grams, block_sums
 from .stats.regenie import RegenieSpec, regenie_stats
 from .stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
-from .stats.results import results_batch
+from .stats.results import RESULT_SCHEMA, results_batch
 from .stats.sufficient import StatLayout, block_statistics
 
 
@@ -192,6 +192,113 @@ def _sub_blocks(plan: ScanPlan, ranges, *, meta: bool):
 
 
 def scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.RecordBatch:
+    """Per-variant results of one block; multiallelic variants (plink2's joint model of their
+    non-omitted alleles, :func:`multiallelic_batch`) are merged in variant order."""
+    multi = None
+    if block.meta is not None and hasattr(plan.reader, "allele_dosages"):
+        multi = np.fromiter(("," in str(a) for a in block.meta[3]), dtype=bool, count=len(vidx))
+    if multi is None or not multi.any():
+        return _scan_block(plan, W, vidx, block)
+    parts = [multiallelic_batch(plan, W, vidx[multi], block.take(np.flatnonzero(multi)))]
+    if not multi.all():
+        parts.insert(0, _scan_block(plan, W, vidx[~multi], block.take(np.flatnonzero(~multi))))
+    table = pa.Table.from_batches(parts)
+    names = [p for pat in plan.patterns for p in pat.phenotypes]
+    rank = {p: i for i, p in enumerate(names)}
+    key = pa.table({"p": np.array([rank[p] for p in table.column("phenotype").to_pylist()]),
+                    "v": table.column("variant_index"), "r": np.arange(table.num_rows)})
+    order = key.sort_by([("p", "ascending"), ("v", "ascending"), ("r", "ascending")]).column("r")
+    batches = table.take(order).combine_chunks().to_batches()
+    return batches[0] if batches else parts[0]  # no rows: no phenotype
+
+
+def _pattern_columns_of(plan: ScanPlan, W: np.ndarray, pat):
+    """A pattern's covariate basis Q [shape: (n, k)], phenotype columns [shape: (n, p)] and sample
+    mask, from the broadcast ``W`` (its own columns, or the shared basis less its missing samples)."""
+    n = plan.n_samples
+    if plan.shared is not None:
+        k, p = plan.shared.k, plan.shared.p
+        mask = W[:n, k + p] > 0
+        mask[pat.missing] = False
+        return W[:n, :k], W[:n, k : k + p][:, pat.cols], mask
+    a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
+    return W[:n, a : a + k], W[:n, a + k : a + k + pg], W[:n, a + k + pg] > 0
+
+
+def multiallelic_batch(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.RecordBatch:
+    """plink2's ``--glm`` for multiallelic variants: the phenotype regressed on the covariates and
+    the dosages of every allele but the omitted one (the major allele over the frequency samples,
+    or REF with ``count_alt``) jointly, on the samples with a call; one row per tested allele, in
+    allele order (A1 = that allele, ALT the variant's whole ALT list)."""
+    from .stats.regression import ERR_COLLINEAR, ERR_FEW, ERRCODES, t_pvalues
+
+    n = plan.n_samples
+    chrom, ids, pos, alt, ref = block.meta
+    alleles = [[str(r)] + str(a).split(",") for r, a in zip(ref, alt)]
+    dosages = plan.reader.allele_dosages(vidx, [len(a) for a in alleles])
+    freq = W[:n, plan.n_a - 1] > 0
+    cols: dict[str, list] = {c: [] for c in ("variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq",
+                                             "obs_ct", "beta", "se", "t_stat", "p", "neg_log10_p", "phenotype",
+                                             "errcode")}
+    for pat in plan.patterns:
+        Q, Y, mask = _pattern_columns_of(plan, W, pat)
+        k = Q.shape[1]
+        for t, name in enumerate(pat.phenotypes):
+            for j, X in enumerate(dosages):
+                called = ~np.isnan(X[0])
+                use = mask & called
+                counts = np.nansum(X[:, freq & called], axis=1)
+                omit = 0 if plan.count_alt else int(np.argmax(counts))  # ties: the first (REF)
+                tested = [a for a in range(len(X)) if a != omit]
+                D = np.column_stack([Q[use], X[tested][:, use].T])
+                y = Y[use, t]
+                m, q = D.shape[0], len(tested)
+                beta = se = np.full(q, np.nan)
+                err = ERR_FEW if m <= D.shape[1] else 0
+                if not err:
+                    G = D.T @ D
+                    try:
+                        Ginv = np.linalg.inv(G)
+                        ok = np.linalg.cond(G) < 1e12
+                    except np.linalg.LinAlgError:
+                        ok = False
+                    if not ok:
+                        err = ERR_COLLINEAR
+                    else:
+                        b = Ginv @ (D.T @ y)
+                        rss = float(np.sum((y - D @ b) ** 2))
+                        dof = m - D.shape[1]
+                        beta = b[k:]
+                        se = np.sqrt(np.diag(Ginv)[k:] * rss / dof)
+                tstat = beta / se
+                pv, nlp = t_pvalues(tstat, float(m - D.shape[1]) if not err else 1.0)
+                for i, a in enumerate(tested):
+                    cols["variant_index"].append(int(vidx[j]))
+                    cols["chrom"].append(str(chrom[j]))
+                    cols["pos"].append(int(pos[j]))
+                    cols["id"].append(str(ids[j]))
+                    cols["ref"].append(str(ref[j]))
+                    cols["alt"].append(str(alt[j]))
+                    cols["a1"].append(alleles[j][a])
+                    cols["a1_freq"].append(float(X[a, use].sum() / (2.0 * m)) if m else float("nan"))
+                    cols["obs_ct"].append(int(m))
+                    cols["beta"].append(float(beta[i]))
+                    cols["se"].append(float(se[i]))
+                    cols["t_stat"].append(float(tstat[i]))
+                    cols["p"].append(float(pv[i]))
+                    cols["neg_log10_p"].append(float(nlp[i]))
+                    cols["phenotype"].append(name)
+                    cols["errcode"].append(ERRCODES[err])
+    arrays = []
+    for field in RESULT_SCHEMA:
+        if field.name == "mach_r2":
+            arrays.append(pa.array(np.full(len(cols["variant_index"]), np.nan), type=pa.float64()))
+        else:
+            arrays.append(pa.array(cols[field.name], type=field.type, from_pandas=True))
+    return pa.RecordBatch.from_arrays(arrays, schema=RESULT_SCHEMA)
+
+
+def _scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.RecordBatch:
     """Per-variant results of one block (one-party scan model): sums, call filters, finalize."""
     called = None
     if plan.dosage_scale is not None:  # a sex chromosome: haploid codings and hemizygous frequencies

@@ -397,24 +397,73 @@ def test_pvar_zst_bad_line_is_named(data, tmp_path, capsys):
     assert f"{z}.pvar.zst: cannot decompress the .pvar.zst" in err, err
 
 
-def test_multiallelic_pvar_refused(data, tmp_path, capsys):
-    p = _copy_pfile(data, tmp_path)
-    pvar = Path(p + ".pvar")
-    lines = pvar.read_text().splitlines(keepends=True)
-    head = sum(line.startswith("#") for line in lines)
-    f = lines[head + 4].rstrip("\n").split("\t")
-    f[4] = f[4] + ",T"
-    lines[head + 4] = "\t".join(f) + "\n"
-    pvar.write_text("".join(lines))
-    err = _fails(capsys, tmp_path, "--pfile", p, "--pheno", data["pheno"])
-    assert f"{p}.pvar:{head + 5}: multiallelic variant {f[2]}" in err, err
+@pytest.fixture(scope="module")
+def multi_data(tmp_path_factory):
+    """A VCF with biallelic, triallelic (an ALT the major allele) and quadriallelic variants and
+    missing calls, as plink2 imports it; two phenotypes (one missing for some samples), a covariate."""
+    tmp = tmp_path_factory.mktemp("multi")
+    rng = np.random.default_rng(12)
+    n = 150
+    ids = [f"m{i}" for i in range(n)]
+    specs = [("A", ["G"], [5, 3]), ("A", ["C", "T"], [2, 5, 3]), ("A", ["C", "G", "T"], [4, 3, 2, 1]),
+             ("G", ["A", "C"], [6, 3, 1]), ("T", ["C"], [1, 1]), ("C", ["A", "G", "T"], [1, 1, 5, 2])]
+    lines = ["##fileformat=VCFv4.2", "##contig=<ID=1>",
+             '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+             "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(ids)]
+    for j, (ref, alts, w) in enumerate(specs):
+        p = np.asarray(w, float) / sum(w)
+        calls = []
+        for _ in ids:
+            if rng.random() < 0.05:
+                calls.append("./.")
+            else:
+                calls.append("/".join(str(a) for a in rng.choice(len(p), 2, p=p)))
+        lines.append(f"1\t{100 * (j + 1)}\tv{j}\t{ref}\t{','.join(alts)}\t.\t.\t.\tGT\t" + "\t".join(calls))
+    (tmp / "m.vcf").write_text("\n".join(lines) + "\n")
+    plink2("--vcf", tmp / "m.vcf", "--make-pgen", "--out", tmp / "m")
+    with open(tmp / "m.pheno", "w") as fh:
+        fh.write("#IID\ty1\ty2\n")
+        for i in ids:
+            fh.write(f"{i}\t{rng.normal()!r}\t{'NA' if rng.random() < 0.1 else repr(rng.normal())}\n")
+    with open(tmp / "m.covar", "w") as fh:
+        fh.write("#IID\tc1\n" + "".join(f"{i}\t{rng.normal()!r}\n" for i in ids))
+    return tmp
 
 
-def test_bgi_of_another_file(data, tmp_path, capsys):
-    bgen, sample = _copy_bgen(data, tmp_path)
-    shutil.copy(data["b13"] + ".bgi", bgen + ".bgi")
-    err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--sample", sample, "--pheno", data["pheno"])
-    assert f"{bgen}.bgi: does not match" in err, err
+@pytest.mark.parametrize("omit_ref", [False, True], ids=["major-omitted", "omit-ref"])
+def test_multiallelic_variants_match_plink2(multi_data, spark, omit_ref):
+    """plink2's --glm on multiallelic variants: the alleles but the omitted one (the major allele, or
+    REF with omit-ref) jointly in one model; a row per tested allele with the whole ALT list."""
+    tmp = multi_data
+    name = "omit" if omit_ref else "major"
+    plink2("--pfile", tmp / "m", "--pheno", tmp / "m.pheno", "--covar", tmp / "m.covar", "--glm", "hide-covar",
+           *(["omit-ref"] if omit_ref else []), "--out", tmp / f"plink-{name}")
+    res = run_scan(ScanConfig(pfile=str(tmp / "m"), pheno=str(tmp / "m.pheno"), covar=str(tmp / "m.covar"),
+                              out=str(tmp / f"ours-{name}"), plots=False, count_alt=omit_ref), spark=spark)
+    for p in ("y1", "y2"):
+        theirs = read_plink2_glm(f"{tmp}/plink-{name}.{p}.glm.linear")
+        ours = _read_ours(res.glm_paths[p])
+        assert len(theirs["ID"]) == 1 + 2 + 3 + 2 + 1 + 3  # a row per tested allele
+        for col in ("ID", "REF", "ALT", "A1", "ERRCODE"):
+            assert list(ours[col]) == [str(v) for v in theirs[col]], col
+        assert np.array_equal(ours["OBS_CT"].astype(np.int64), theirs["OBS_CT"])
+        for col in ("BETA", "SE", "T_STAT", "P"):
+            np.testing.assert_allclose(ours[col].astype(float), theirs[col].astype(float), rtol=6e-6, atol=1e-300,
+                                       err_msg=col)
+    if not omit_ref:  # the triallelic variant whose ALT C is the major allele: REF is tested
+        assert "A" in list(ours["A1"][list(ours["ID"]).index("v1"):][:2])
+
+
+def test_multiallelic_variants_refused_where_not_modelled(multi_data, tmp_path, capsys):
+    tmp = multi_data
+    from dash_spark.store import run_compress
+
+    with pytest.raises(ds.DashError, match=r"multiallelic variant\(s\), e\.g\. v1 .*multiallelics=-"):
+        run_compress(str(tmp_path / "store"), "a", {"pfile": str(tmp / "m"), "pheno": str(tmp / "m.pheno")})
+    assert not (tmp_path / "store").exists() or not os.listdir(tmp_path / "store")
+    err = _fails(capsys, tmp_path, "--pfile", tmp / "m", "--pheno", tmp / "m.pheno", "--gwas-ssf",
+                 "--genome-assembly", "GRCh38")
+    assert "--gwas-ssf tests biallelic variants only" in err, err
 
 
 def test_bgen_without_bgi_matches_plink2_and_is_indexed_once(data, spark, tmp_path, caplog):

@@ -7,8 +7,8 @@ of 1/16384 as floats and -9 for a missing call (turned into NaN here).
 - ``.psam``: a header ``#FID IID ...`` or ``#IID ...`` (``PAT``/``MAT`` columns decide the
   founders, as in a .fam; absent parents mean founders), or no header (.fam columns);
 - ``.pvar``: ``##`` lines, then a header ``#CHROM POS ID REF ALT ...`` (columns found by name),
-  or no header (.bim columns ``CHROM ID CM POS ALT REF``). Multiallelic variants (a comma in
-  ALT) are refused with the variant and its line.
+  or no header (.bim columns ``CHROM ID CM POS ALT REF``). A multiallelic variant lists its ALT
+  alleles comma-separated; :func:`read_pgen_alleles` reads each allele's dosages.
 """
 
 from __future__ import annotations
@@ -129,13 +129,7 @@ def _parse_pvar_text(text: bytes, path: str, first_line: int, lay: PvarLayout) -
         fields = raw.split()
         if len(fields) < need:
             raise InputError(f"{path}:{lineno}: expected {lay.n_cols} fields as in the header, found {len(fields)}")
-        a = fields[lay.alt]
-        if "," in a:
-            raise InputError(
-                f"{path}:{lineno}: multiallelic variant {fields[lay.id]} (ALT {a}); expected one ALT allele, found "
-                f"{a.count(',') + 1}. Split it into biallelic records (e.g. bcftools norm -m -any) or remove "
-                "multiallelic variants with plink2 --pfile PREFIX --max-alleles 2 --make-pgen --out NEW"
-            )
+        a = fields[lay.alt]  # a multiallelic variant lists its ALT alleles comma-separated
         try:
             p = int(fields[lay.pos])
         except ValueError:
@@ -424,5 +418,42 @@ def read_pgen_dosages(path: str, n_samples: int, n_variants: int, variants: np.n
     return out
 
 
-__all__ = ["PvarLayout", "check_pgen", "pfile_paths", "read_pgen_dosages", "read_psam", "read_pvar",
+def read_pgen_alleles(path: str, n_samples: int, n_variants: int, variants, n_alleles) -> list[np.ndarray]:
+    """Each allele's dosage [shape: (K, n_samples)], REF first, NaN missing, of multiallelic
+    ``variants`` (``n_alleles``: K of each). pgenlib reads a variant's alleles given the file's
+    allele counts; it uses only the count of the variant it reads, so the others are set to 2."""
+    pgenlib = _pgenlib()
+    local = path
+    if files.is_uri(path):
+        remote = _remote_pgen(path, n_samples, n_variants)
+        remote.ensure(np.asarray(variants))
+        local = remote.local
+    offs = 2 * np.arange(n_variants + 1, dtype=np.uint64)
+    for v, k in sorted(zip((int(x) for x in variants), n_alleles)):
+        offs[v + 1:] += np.uint64(k - 2)
+    out = []
+    try:
+        reader = pgenlib.PgenReader(local.encode(), raw_sample_ct=n_samples, variant_ct=n_variants,
+                                    allele_idx_offsets=offs.astype(np.uintp))
+        try:
+            buf = np.empty(n_samples, dtype=np.float64)
+            for v, k in zip(variants, n_alleles):
+                X = np.empty((k, n_samples))
+                for a in range(k):
+                    reader.read_dosages(int(v), buf, allele_idx=a)
+                    X[a] = buf
+                X[X == PGEN_MISSING] = np.nan
+                out.append(X)
+        finally:
+            reader.close()
+    except Exception as exc:  # noqa: BLE001 - pgenlib's RuntimeError
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{path}: cannot read the alleles of multiallelic variant {int(variants[0]) + 1} of the .pgen "
+                         f"({_pgenlib_text(exc)}); the file is truncated or damaged, or its .pvar does not "
+                         "belong to it") from None
+    return out
+
+
+__all__ = ["PvarLayout", "check_pgen", "read_pgen_alleles", "pfile_paths", "read_pgen_dosages", "read_psam", "read_pvar",
            "read_pvar_range"]
