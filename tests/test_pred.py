@@ -422,58 +422,6 @@ def _subset_pred(tmp, pred: Path, keys: set[str], name: str) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_store_refresh_withdraw_and_study_with_pred_equal_pooled_scan(spark, tmp_path):
-    from dash_spark.store import run_compress, run_refresh
-
-    from .oracle_data import make_split_files
-    from .party_flow import Study
-    from .test_store import assert_same_results
-
-    parties = ("alice", "bob", "carol")
-    files, parts, prefixes = make_split_files(tmp_path, 77, parties, [0.4, 0.3, 0.3], n=360, m=210)
-    pred, _ = _write_locos(tmp_path, files, np.random.default_rng(5), absent={"pheno2": [4, 40, 200]})
-    keys = _fam_keys(files.bfile)
-    preds = {p: _subset_pred(tmp_path, pred, {keys[i] for i in parts[p]}, p) for p in parties}
-
-    def pooled(out, remove=None):
-        return run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, pred=str(pred),
-                                   out=str(tmp_path / out), plots=False, remove=remove), spark=spark)
-
-    full = pooled("pooled")
-
-    def src(p):
-        return {"bfile": prefixes[p], "pheno": files.pheno, "covar": files.covar, "pred": str(preds[p])}
-
-    store = str(tmp_path / "store")
-    run_compress(store, "alice", src("alice"), spark=spark)
-    run_compress(store, "bob", src("bob"), spark=spark)
-    res = run_refresh(store, str(tmp_path / "all"), add=("carol", src("carol")), plots=False, spark=spark)
-    assert_same_results(full.results_path, f"{res.out}/results.parquet")
-    # a batch without --pred does not mix with them
-    with pytest.raises(Exception, match="--pred"):
-        run_refresh(store, str(tmp_path / "mixed"), add=("dave", {**src("carol"), "pred": None}), plots=False,
-                    spark=spark)
-    # withdrawal: 25 of alice's samples
-    iids = [k.split("_", 1)[1] for k in keys]
-    gone = tmp_path / "gone.txt"
-    gone.write_text("".join(f"{iids[i]}\n" for i in parts["alice"][:25]))
-    res = run_refresh(store, str(tmp_path / "withdrawn"), withdraw=str(gone), plots=False, spark=spark)
-    assert_same_results(pooled("pooled_removed", remove=str(gone)).results_path, f"{res.out}/results.parquet")
-
-    # three parties, each with its own samples' predictions
-    (tmp_path / "study").mkdir()
-    st = Study(tmp_path / "study", parties)
-    manifest = st.manifest()
-    st.join(manifest)
-    for p in parties:
-        code, _, err = st.compress(manifest, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile",
-                                   prefixes[p], "--pred", preds[p])
-        assert code == 0, err[-3000:]
-    st.finish(manifest, tmp_path / "combined", "--no-plots")
-    assert_same_results(full.results_path, str(tmp_path / "combined" / "results.parquet"))
-
-
 def _regenie_lines(path: Path) -> dict[str, list[str]]:
     lines = path.read_text().splitlines()
     assert lines[0] == "CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ TEST BETA SE CHISQ LOG10P"
@@ -492,11 +440,12 @@ def _same_regenie_files(expected: Path, got: Path) -> None:
 
 
 @pytest.mark.slow
-def test_store_refresh_withdraw_and_study_with_regenie_test_equal_pooled_scan(spark, tmp_path):
-    """--pred-test regenie in a store (refresh, withdrawal) and a 3-party study: REGENIE's test of the
-    pooled samples from pooled sums in one round (distinct phenotype missingness, samples absent from
-    the .loco files, missing calls), equal to the pooled REGENIE-mode scan at 1e-9, .regenie files
-    included."""
+@pytest.mark.parametrize("test", ["wald", "regenie"])
+def test_store_refresh_withdraw_and_study_with_pred_equal_pooled_scan(spark, tmp_path, test):
+    """--pred in a store (added, refreshed, withdrawn) and a 3-party study, each party with its own
+    samples' predictions, equal to the pooled --pred scan at 1e-9 (distinct phenotype missingness,
+    samples absent from the .loco files, missing calls). ``regenie``: REGENIE's test from pooled
+    sums in one round, ``.regenie`` files included."""
     from dash_spark.store import run_compress, run_refresh
 
     from .oracle_data import make_split_files
@@ -504,15 +453,20 @@ def test_store_refresh_withdraw_and_study_with_regenie_test_equal_pooled_scan(sp
     from .test_store import assert_same_results
 
     parties = ("alice", "bob", "carol")
-    files, parts, prefixes = make_split_files(tmp_path, 78, parties, [0.4, 0.3, 0.3], n=360, m=210)
-    pred, _ = _write_locos(tmp_path, files, np.random.default_rng(6), absent={"pheno2": [4, 40, 200]})
+    seed = {"wald": 77, "regenie": 78}[test]
+    files, parts, prefixes = make_split_files(tmp_path, seed, parties, [0.4, 0.3, 0.3], n=360, m=210)
+    pred, _ = _write_locos(tmp_path, files, np.random.default_rng(seed - 72), absent={"pheno2": [4, 40, 200]})
     keys = _fam_keys(files.bfile)
     preds = {p: _subset_pred(tmp_path, pred, {keys[i] for i in parts[p]}, p) for p in parties}
 
     def pooled(out, remove=None):
         return run_scan(ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, pred=str(pred),
-                                   pred_test="regenie", out=str(tmp_path / out), plots=False, remove=remove),
-                        spark=spark)
+                                   pred_test=test, out=str(tmp_path / out), plots=False, remove=remove), spark=spark)
+
+    def same(full, out: Path):
+        assert_same_results(full.results_path, str(out / "results.parquet"))
+        if test == "regenie":
+            _same_regenie_files(Path(full.out), out)
 
     full = pooled("pooled")
 
@@ -520,30 +474,35 @@ def test_store_refresh_withdraw_and_study_with_regenie_test_equal_pooled_scan(sp
         return {"bfile": prefixes[p], "pheno": files.pheno, "covar": files.covar, "pred": str(preds[p])}
 
     store = str(tmp_path / "store")
-    run_compress(store, "alice", src("alice"), spark=spark, pred_test="regenie")
+    run_compress(store, "alice", src("alice"), spark=spark, pred_test=test)
     run_compress(store, "bob", src("bob"), spark=spark)
     res = run_refresh(store, str(tmp_path / "all"), add=("carol", src("carol")), plots=False, spark=spark)
-    assert_same_results(full.results_path, f"{res.out}/results.parquet")
-    _same_regenie_files(Path(full.out), Path(res.out))
-    with pytest.raises(Exception, match="pred_test = .regenie."):  # the store's test is fixed
-        run_compress(store, "dave", src("carol"), spark=spark, pred_test="wald")
+    same(full, Path(res.out))
+    # a batch without --pred does not mix with them, nor another test
+    with pytest.raises(Exception, match="--pred"):
+        run_refresh(store, str(tmp_path / "mixed"), add=("dave", {**src("carol"), "pred": None}), plots=False,
+                    spark=spark)
+    other = "wald" if test == "regenie" else "regenie"
+    with pytest.raises(Exception, match=f"pred_test = '{test}', not '{other}'"):
+        run_compress(store, "dave", src("carol"), spark=spark, pred_test=other)
+    # withdrawal: 25 of alice's samples
     iids = [k.split("_", 1)[1] for k in keys]
     gone = tmp_path / "gone.txt"
     gone.write_text("".join(f"{iids[i]}\n" for i in parts["alice"][:25]))
     res = run_refresh(store, str(tmp_path / "withdrawn"), withdraw=str(gone), plots=False, spark=spark)
-    assert_same_results(pooled("pooled_removed", remove=str(gone)).results_path, f"{res.out}/results.parquet")
+    same(pooled("pooled_removed", remove=str(gone)), Path(res.out))
 
+    # three parties, each with its own samples' predictions
     (tmp_path / "study").mkdir()
     st = Study(tmp_path / "study", parties)
-    manifest = st.manifest("--pred-test", "regenie")
+    manifest = st.manifest(*(["--pred-test", "regenie"] if test == "regenie" else []))
     st.join(manifest)
     for p in parties:
         code, _, err = st.compress(manifest, p, "--pheno", files.pheno, "--covar", files.covar, "--bfile",
                                    prefixes[p], "--pred", preds[p])
         assert code == 0, err[-3000:]
     st.finish(manifest, tmp_path / "combined", "--no-plots")
-    assert_same_results(full.results_path, str(tmp_path / "combined" / "results.parquet"))
-    _same_regenie_files(Path(full.out), tmp_path / "combined")
+    same(full, tmp_path / "combined")
 
 
 @pytest.mark.slow
