@@ -278,7 +278,12 @@ def regenie_from_sums(sums: RegenieSums, moments, names, col, chroms: np.ndarray
         b_M = lq(mo.Cty - mean * mo.Ct1)                               # Q'M yc
         QMQ = lq(lq(mo.CtC).T)                                         # Q'MQ
         yc2_au = sums.ss_au[t] - 2 * mean * sums.s_au[t] + mean * mean * sums.n_au[t]
-        s = float(np.sqrt((yc2_au - 2 * a @ b_M + a @ QMQ @ a) / (n_M - 1)))
+        s = float(np.sqrt(max(yc2_au - 2 * a @ b_M + a @ QMQ @ a, 0.0) / (n_M - 1)))
+        if not s > 1e-6:
+            from ..errors import ModelError
+
+            raise ModelError(f"phenotype {name!r} has no variance left after the covariates in the pooled samples "
+                             "(REGENIE's sd=0); leave it out with --pheno-name")
         yc2_M = mo.yty - 2 * mean * mo.Cty[0] + mean * mean * n_M
         yt2_M = yc2_M - 2 * a @ b_M + a @ QMQ @ a
         stats = {f: np.full(len(chroms), np.nan) for f in ("beta", "se", "t")}
