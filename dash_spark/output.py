@@ -714,14 +714,18 @@ def _summarize_and_plot(stage: str, model, rows_of, plots: bool, plots_top: int 
         report.plot_qq(points, os.path.join(stage, f"{safe_name(name)}.qq.png"), title=name,
                        lambda_gc=summ.lambda_gc)
 
+    from .logs import PhenotypeLines
+
     summaries = {}
-    for name in model.phenotypes:
+    lines = PhenotypeLines(log)
+    for i, name in enumerate(model.phenotypes):
         table = rows_of(name) if summarize is None or (plots and plots_top is None) else None
         summ = summaries[name] = summarize(name) if summarize is not None else report.summarize_table(table, name)
-        log.info("phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",
-                 name, summ.n_tests, summ.n_errors, summ.lambda_gc)
+        lines.line(i, "phenotype %s: %d tests, %d with an error code, lambda_GC = %.4f",
+                   name, summ.n_tests, summ.n_errors, summ.lambda_gc)
         if plots and plots_top is None and summ.n_tests > 0:
             plot(name, table, summ)
+    lines.done("tested: their tests, error codes and lambda_GC are in summary.tsv")
     if plots and plots_top is not None:
         tested = [n for n in model.phenotypes if summaries[n].n_tests > 0]
         best = sorted(tested, key=lambda n: -np.nan_to_num(summaries[n].min_p_neg_log10, nan=-1.0))[:plots_top]

@@ -389,7 +389,8 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
              sum(w.nbytes for w in (W if groups else (W,))) / 1e6,
              f" in {len(groups)} chromosome group(s)" if groups else "")
     counts = dict(counts)
-    counts.update(analysed=int(base.sum()), dropped_missing_covariate=dropped_cov)
+    counts.update(analysed=int(base.sum()), dropped_missing_covariate=dropped_cov,
+                  phenotype_samples={name: int(m.sum()) for name, m in zip(pheno.names, masks)})
     extra = None
     if not party and (cfg.gwas_ssf or cfg.report_covariates):
         from .gwas_ssf import ExtraOutputs
@@ -448,6 +449,9 @@ def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.
     CtC_u, Ct1_u = C[union].T @ C[union], C[union].sum(axis=0)
     Yc = np.zeros_like(Y)
     patterns = []
+    from .logs import PhenotypeLines
+
+    lines, lines_seen = PhenotypeLines(log), []
     for idx in _mask_patterns(masks):
         mask = masks[idx[0]]
         names_g = tuple(pheno_names[t] for t in idx)
@@ -478,7 +482,10 @@ def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.
         patterns.append(Pattern(names_g, n, k, 0, 0, Qy, yy, cc, cols=np.asarray(idx, dtype=np.int64),
                                 missing=missing, T=T))
         for name in names_g:
-            log.info("phenotype %s: %d samples, %d covariates, %d degrees of freedom", name, n, k, n - k - 1)
+            lines.line(len(lines_seen), "phenotype %s: %d samples, %d covariates, %d degrees of freedom", name, n, k,
+                       n - k - 1)
+            lines_seen.append(name)
+    lines.done("modelled (their sample counts: summary.json, counts.phenotype_samples)")
     w = union.astype(np.float64)[:, None]
     return [Q, Yc, w], [w], patterns, SharedBasis(k=k, p=Y.shape[1])
 
@@ -492,6 +499,9 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
 
     A_cols, B_cols, patterns, moments = [], [], [], []
     a_off = 0
+    from .logs import PhenotypeLines
+
+    lines, lines_seen = PhenotypeLines(log), []
     for g, idx in enumerate(groups):
         mask = masks[idx[0]]
         names = tuple(pheno_names[t] for t in idx)
@@ -520,8 +530,10 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
         patterns.append(Pattern(names, basis.n, basis.k, a_off, g, Qy, yy, cc))
         a_off += basis.k + len(idx) + 1
         for name in () if quiet else names:
-            log.info("phenotype %s: %d samples, %d covariates, %d degrees of freedom",
-                     name, basis.n, basis.k, basis.n - basis.k - 1)
+            lines.line(len(lines_seen), "phenotype %s: %d samples, %d covariates, %d degrees of freedom",
+                       name, basis.n, basis.k, basis.n - basis.k - 1)
+            lines_seen.append(name)
+    lines.done("modelled (their sample counts: summary.json, counts.phenotype_samples)")
     return A_cols, B_cols, patterns, moments
 
 
@@ -556,14 +568,18 @@ def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarra
                           "Pass --linear-for-binary to analyse them by linear regression (a linear probability "
                           "model; its numbers are not plink2's), or leave them out with --pheno-name")
     values = pheno.values.copy()
-    for t in np.flatnonzero(binary):
+    from .logs import PhenotypeLines
+
+    lines = PhenotypeLines(log)
+    for i, t in enumerate(np.flatnonzero(binary)):
         col = values[:, t]
         if not cfg.pheno_01:
             col[col == 0] = np.nan
         v = col[rows]
         case = 1.0 if cfg.pheno_01 else 2.0
-        log.info("phenotype %s: case/control (%d cases, %d controls), analysed by linear regression "
-                 "(--linear-for-binary)", pheno.names[t], int((v == case).sum()), int((v == case - 1).sum()))
+        lines.line(i, "phenotype %s: case/control (%d cases, %d controls), analysed by linear regression "
+                   "(--linear-for-binary)", pheno.names[t], int((v == case).sum()), int((v == case - 1).sum()))
+    lines.done("case/control, analysed by linear regression")
     log.info("models: %d phenotype(s) quantitative, %d case/control, all by linear regression",
              int((~binary).sum()), int(binary.sum()))
     return dataclasses.replace(pheno, values=values)

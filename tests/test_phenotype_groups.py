@@ -92,3 +92,37 @@ def test_summaries_from_task_candidates_equal_full_reads(seed):
         ids = set(whole.filter(pc.equal(whole["phenotype"], name))["id"].to_pylist())
         cut = np.sort(nv[valid])[::-1][9]
         assert ids == set(np.asarray(rows["id"].to_pylist(), dtype=object)[valid & (nv >= cut)].tolist())
+
+
+def test_logs_stay_readable_with_many_phenotypes(tmp_path, spark, caplog):
+    """12 phenotypes: five lines each for the model and the tests, then one line for the rest; the
+    figures of all of them are in summary.json (sample counts included)."""
+    import json
+    import logging
+
+    from dash_spark.pipeline import ScanConfig, run_scan
+
+    from .oracle_data import make_files
+
+    files = make_files(tmp_path, np.random.default_rng(10), n=240, m=220, name="q")
+    rng = np.random.default_rng(11)
+    iids = [line.split()[1] for line in open(files.bfile + ".fam")]
+    pheno = tmp_path / "many.pheno"
+    with open(pheno, "w") as fh:
+        fh.write("#IID\t" + "\t".join(f"t{i}" for i in range(12)) + "\n")
+        for iid in iids:
+            fh.write(iid + "\t" + "\t".join("NA" if rng.random() < 0.05 else repr(rng.normal()) for _ in range(12))
+                     + "\n")
+    with caplog.at_level(logging.INFO, logger="dash_spark"):
+        res = run_scan(ScanConfig(bfile=files.bfile, pheno=str(pheno), covar=files.covar, out=str(tmp_path / "o"),
+                                  plots=False), spark=spark)
+    text = [r.getMessage() for r in caplog.records]
+    assert sum(" degrees of freedom" in t for t in text) == 5
+    assert sum(" with an error code, lambda_GC" in t for t in text) == 5
+    assert any(t.startswith("... and 7 more phenotype(s) modelled") for t in text)
+    assert any(t.startswith("... and 7 more phenotype(s) tested") for t in text)
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert len(summary["phenotypes"]) == 12
+    samples = summary["extra"]["counts"]["phenotype_samples"]
+    assert len(samples) == 12 and all(200 < v < 240 for v in samples.values())
+    assert len(res.summaries) == 12
