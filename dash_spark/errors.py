@@ -29,6 +29,35 @@ class OutputError(DashError):
     """The output location cannot be written (exists without --overwrite, not writable)."""
 
 
+class StoreError(InputError):
+    """A store that cannot be read as written: missing files, bad checksums, bad format."""
+
+
+class ReleaseError(ConfigError):
+    """A release that would reveal a few samples by differencing (refused by the release guard)."""
+
+
+class ProtocolError(DashError):
+    """A multi-party protocol violation: bad or missing signature, missing party, replayed share,
+    or parties that disagree on what they computed."""
+
+
+class RevealsMissing(ProtocolError):
+    """A closed round whose survivors have not all revealed yet (combine can wait for them)."""
+
+
+class ReleaseRefused(ProtocolError):
+    """A release the party's guard refuses (nothing that unmasks the statistics was revealed)."""
+
+
+class DuplicateShareError(ProtocolError, OutputError):
+    """A party published a second share for the same round (a complete share is never overwritten)."""
+
+
+class EncodingOverflow(DashError):
+    """A statistic cannot be encoded: not finite, or too large for the ring with its headroom."""
+
+
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """Return a ' Did you mean X?' hint for ``name`` among ``choices`` ('' when nothing is close)."""
     import difflib
@@ -86,6 +115,10 @@ _TASK_ERROR_RES = (
 )
 _BASE_ERRORS = {"DashError": DashError, "InputError": InputError, "ConfigError": ConfigError,
                 "ModelError": ModelError, "OutputError": OutputError}
+#: every class of this module by name: what a task's tagged error becomes on the driver
+_ALL_ERRORS = {c.__name__: c for c in (DashError, InputError, ConfigError, ModelError, OutputError, StoreError,
+                                       ReleaseError, ProtocolError, RevealsMissing, ReleaseRefused,
+                                       DuplicateShareError, EncodingOverflow)}
 
 
 def tag_task_error(exc: DashError) -> RuntimeError:
@@ -97,8 +130,8 @@ def tag_task_error(exc: DashError) -> RuntimeError:
 def _error_class(name: str) -> type[DashError]:
     """The class called ``name``: one of this module's, or a subclass of DashError defined elsewhere
     (e.g. ``StoreError``); InputError when the name is unknown on the driver."""
-    if name in _BASE_ERRORS:
-        return _BASE_ERRORS[name]
+    if name in _ALL_ERRORS:
+        return _ALL_ERRORS[name]
     todo = list(DashError.__subclasses__())
     while todo:
         cls = todo.pop()

@@ -23,16 +23,12 @@ import logging
 import os
 from datetime import datetime, timezone
 
-from .errors import ConfigError
+from .errors import ReleaseError
 
 log = logging.getLogger("dash_spark")
 
 DEFAULT_MIN_DELTA = 20
 DEFAULT_MIN_N = 20
-
-
-class ReleaseError(ConfigError):
-    """A release that would reveal a few samples by differencing (refused by the release guard)."""
 
 
 def _now() -> str:

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, DashError, InputError, OutputError
+from .errors import ConfigError, DashError, InputError, OutputError, StoreError
 from .output import OutputModel
 from .release import DEFAULT_MIN_DELTA, check_sample_release, record_sample_release
 from .sources import source_from_options
@@ -56,10 +56,6 @@ STORE_FILE = "store.json"
 VARIANTS_FILE = "variants.parquet"
 MAX_BLOCK_VARIANTS = 20_000  # a task holds (batches + 1) blocks of statistics in memory
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-
-
-class StoreError(InputError):
-    """A store that cannot be read as written: missing files, bad checksums, bad format."""
 
 
 # ----------------------------------------------------------------------------------------------

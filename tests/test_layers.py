@@ -130,3 +130,29 @@ def test_the_rules_see_a_violation(tmp_path, monkeypatch):
     path.write_text(src)
     found = dict(_imports(mod, path))
     assert "dash_spark.pipeline" in found and "pyspark.sql" in found
+
+
+def test_every_public_exception_class_lives_in_errors():
+    """One hierarchy, one place: a public exception class is defined in ``dash_spark/errors.py``
+    (a module may keep a private signal, ``_Name``), and the driver maps a task's error back to
+    each of them by name."""
+    from dash_spark import errors
+
+    elsewhere = []
+    for module, path in MODULES.items():
+        if module == "dash_spark.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+                if any(b.endswith(("Error", "Exception", "Overflow", "Refused", "Missing")) for b in bases):
+                    elsewhere.append(f"{module}.{node.name}")
+    assert not elsewhere, f"exception classes outside errors.py: {elsewhere}"
+    for name in ("StoreError", "ProtocolError", "ReleaseRefused", "RevealsMissing", "DuplicateShareError",
+                 "EncodingOverflow", "ReleaseError"):
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.DashError)
+        try:
+            errors.translate_task_error(RuntimeError(f"worker traceback\n[dash-spark {name}] the message"))
+        except errors.DashError as exc:
+            assert type(exc) is cls and str(exc) == "the message"

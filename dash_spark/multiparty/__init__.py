@@ -18,12 +18,7 @@ files happens in :mod:`dash_spark.study`.
 
 from __future__ import annotations
 
-from ..errors import DashError
-
-
-class ProtocolError(DashError):
-    """A multi-party protocol violation: bad or missing signature, missing party, replayed share,
-    or parties that disagree on what they computed."""
+from ..errors import ProtocolError
 
 
 __all__ = ["ProtocolError"]

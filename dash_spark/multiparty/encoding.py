@@ -23,17 +23,13 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ..errors import ConfigError, DashError, InputError
+from ..errors import ConfigError, EncodingOverflow, InputError
 
 RING_BITS = 128
 FRAC_BITS = 64
 HEADROOM_BITS = 8
 
 _U64 = np.uint64
-
-
-class EncodingOverflow(DashError):
-    """A statistic cannot be encoded: not finite, or too large for the ring with its headroom."""
 
 
 def check_frac_bits(frac_bits: object, *, where: str = "encoding") -> int:

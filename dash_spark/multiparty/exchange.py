@@ -43,8 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError, InputError, OutputError
-from . import ProtocolError
+from ..errors import ConfigError, DuplicateShareError, InputError, OutputError, ProtocolError
 from .encoding import (FRAC_BITS, HEADROOM_BITS, RING_BITS, add_into, check_encoded, check_frac_bits)
 from .keys import PrivateKeys, PublicKeys, check_party_name, fingerprint
 from .masking import STAT_NAME_RE, check_stat_name, mask_share
@@ -55,10 +54,6 @@ MAX_PARTIES = 1 << HEADROOM_BITS  # the encoding's headroom covers sums over thi
 _STUDY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ROUND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SIG_RE = re.compile(r"[0-9a-f]{128}")
-
-
-class DuplicateShareError(ProtocolError, OutputError):
-    """A party published a second share for the same round (a complete share is never overwritten)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,15 +47,10 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
-from ..errors import InputError
-from . import ProtocolError
+from ..errors import InputError, ReleaseRefused
 
 DEFAULT_MIN_DELTA = 20
 DEFAULT_MIN_N = 20
-
-
-class ReleaseRefused(ProtocolError):
-    """A release the party's guard refuses (nothing that unmasks the statistics was revealed)."""
 
 
 def _now() -> str:

@@ -68,8 +68,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from ..errors import ConfigError, InputError
-from . import ProtocolError
+from ..errors import ConfigError, InputError, ProtocolError, RevealsMissing
 from .encoding import decode, encode
 from .exchange import (DuplicateShareError, Location, Manifest, ShareSum, add_shares, canonical_json,
                        check_staged, complete_shares, mask_stats, parse_json, publish_share, read_shares,
@@ -561,10 +560,6 @@ def round_pair_seeds(manifest: Manifest, party: str, sec: RoundSecrets, pubs: di
 
 # ------------------------------------------------------------------------------------------------
 # closing a round: the survivors, their confirmations, the guard and what they reveal
-
-
-class RevealsMissing(ProtocolError):
-    """A closed round whose survivors have not all revealed yet (combine can wait for them)."""
 
 
 def survivors_path(loc: Location, manifest: Manifest) -> str:
