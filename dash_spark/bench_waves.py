@@ -24,6 +24,8 @@ import os
 import numpy as np
 from numba import njit, prange
 
+from .errors import ConfigError
+
 CHUNK_VARIANTS = 2000
 
 
@@ -80,9 +82,9 @@ def simulate_waves(data: str, n: int, m: int, k: int, *, parts=WAVES, missing_ra
     shares = np.array([share for _, share in parts], dtype=float)
     bounds = 4 * np.round(np.concatenate([[0.0], np.cumsum(shares)]) / shares.sum() * (n // 4)).astype(int)
     if n % 4 or (np.diff(bounds) <= 0).any():
-        raise ValueError(f"simulate_waves: n must be a multiple of 4 with every part non-empty; found {n}")
+        raise ConfigError(f"simulate_waves: n must be a multiple of 4 with every part non-empty; found {n}")
     if k < 1:
-        raise ValueError(f"simulate_waves: need at least one covariate; found k={k}")
+        raise ConfigError(f"simulate_waves: need at least one covariate; found k={k}")
     spans = {name: (int(a), int(b)) for (name, _), a, b in zip(parts, bounds[:-1], bounds[1:])}
     os.makedirs(data, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
+
 __all__ = ["BED_MAGIC", "Cohort", "simulate_cohort", "write_bed"]
 
 #: First three bytes of every PLINK 1 .bed file: two magic bytes and 0x01 = SNP-major.
@@ -86,13 +88,13 @@ def _check_tokens(what: str, values: Sequence[str]) -> None:
         or joined == ""
     ):
         bad = next(v for v in values if not v or _WHITESPACE.search(v))
-        raise ValueError(f"write_bed: {what} must be non-empty and free of whitespace; found {bad!r}")
+        raise ConfigError(f"write_bed: {what} must be non-empty and free of whitespace; found {bad!r}")
 
 
 def _as_str_list(what: str, values, m: int) -> list[str]:
     out = [str(v) for v in (values.tolist() if isinstance(values, np.ndarray) else values)]
     if len(out) != m:
-        raise ValueError(f"write_bed: {what} has {len(out)} entries; expected {m} (one per variant, as ids)")
+        raise ConfigError(f"write_bed: {what} has {len(out)} entries; expected {m} (one per variant, as ids)")
     return out
 
 
@@ -100,7 +102,7 @@ def _check_range(k: int, values: np.ndarray) -> None:
     """Raise ValueError unless every entry of chunk ``k``'s ``values`` is in {-1, 0, 1, 2}."""
     lo, hi = values.min(), values.max()
     if lo < -1 or hi > 2:
-        raise ValueError(
+        raise ConfigError(
             f"write_bed: chunk {k} holds the value {lo if lo < -1 else hi}; "
             "expected ALT dosages 0, 1, 2 or -1 for missing"
         )
@@ -172,25 +174,25 @@ def write_bed(
     prefix = os.fspath(prefix)
     n = int(n_samples)
     if n < 1:
-        raise ValueError(f"write_bed: n_samples must be >= 1; found {n_samples}")
+        raise ConfigError(f"write_bed: n_samples must be >= 1; found {n_samples}")
     iid_list = [str(v) for v in iids]
     if len(iid_list) != n:
-        raise ValueError(f"write_bed: iids has {len(iid_list)} entries; expected n_samples = {n}")
+        raise ConfigError(f"write_bed: iids has {len(iid_list)} entries; expected n_samples = {n}")
     _check_tokens("sample IDs", iid_list)
     if len(set(iid_list)) != n:
-        raise ValueError("write_bed: sample IDs must be unique")
+        raise ConfigError("write_bed: sample IDs must be unique")
 
     id_list = [str(v) for v in (ids.tolist() if isinstance(ids, np.ndarray) else ids)]
     m = len(id_list)
     chrom_list = [str(chrom)] * m if isinstance(chrom, str) else _as_str_list("chrom", chrom, m)
     pos_arr = np.asarray(pos)
     if pos_arr.shape != (m,) or (m and not np.issubdtype(pos_arr.dtype, np.integer)):
-        raise ValueError(
+        raise ConfigError(
             f"write_bed: pos must be {m} integers (one per variant); "
             f"found shape {pos_arr.shape}, dtype {pos_arr.dtype}"
         )
     if m and pos_arr.min() < 0:
-        raise ValueError("write_bed: positions must be >= 0")
+        raise ConfigError("write_bed: positions must be >= 0")
     pos_list = [str(p) for p in pos_arr.tolist()]
     alt_list = _as_str_list("alt", alt, m)
     ref_list = _as_str_list("ref", ref, m)
@@ -215,7 +217,7 @@ def write_bed(
             for k, chunk in enumerate(variant_chunks):
                 chunk = np.asarray(chunk)
                 if chunk.ndim != 2 or chunk.shape[0] != n:
-                    raise ValueError(
+                    raise ConfigError(
                         f"write_bed: chunk {k} has shape {chunk.shape}; expected ({n}, m_chunk) = sample x variant"
                     )
                 if not np.issubdtype(chunk.dtype, np.integer):
@@ -226,7 +228,7 @@ def write_bed(
                 if mc == 0:
                     continue
                 if written + mc > m:
-                    raise ValueError(f"write_bed: the chunks hold more than the {m} variants described by ids")
+                    raise ConfigError(f"write_bed: the chunks hold more than the {m} variants described by ids")
                 vm = chunk.T  # variant x sample view
                 if vm.dtype != np.int8:
                     _check_range(k, vm)
@@ -247,7 +249,7 @@ def write_bed(
                     fh.write(memoryview(out).cast("B"))
                 written += mc
             if written != m:
-                raise ValueError(f"write_bed: the chunks hold {written} variants; expected {m} (len(ids))")
+                raise ConfigError(f"write_bed: the chunks hold {written} variants; expected {m} (len(ids))")
 
         with open(tmps["bim"], "x", encoding="utf-8", newline="\n") as fh:
             fh.writelines(
@@ -541,23 +543,23 @@ def simulate_cohort(
     """
     n, m = int(n_samples), int(n_variants)
     if n < 1 or m < 1:
-        raise ValueError(f"simulate_cohort: n_samples and n_variants must be >= 1; found {n_samples}, {n_variants}")
+        raise ConfigError(f"simulate_cohort: n_samples and n_variants must be >= 1; found {n_samples}, {n_variants}")
     if not 1 <= n_chrom <= m:
-        raise ValueError(f"simulate_cohort: n_chrom must be in 1..n_variants; found {n_chrom}")
+        raise ConfigError(f"simulate_cohort: n_chrom must be in 1..n_variants; found {n_chrom}")
     if not 0 <= n_monomorphic <= m:
-        raise ValueError(f"simulate_cohort: n_monomorphic must be in 0..n_variants; found {n_monomorphic}")
+        raise ConfigError(f"simulate_cohort: n_monomorphic must be in 0..n_variants; found {n_monomorphic}")
     if n_covariates < 0 or n_phenotypes < 1 or n_causal < 0:
-        raise ValueError("simulate_cohort: need n_covariates >= 0, n_phenotypes >= 1 and n_causal >= 0")
+        raise ConfigError("simulate_cohort: need n_covariates >= 0, n_phenotypes >= 1 and n_causal >= 0")
     if not 0.0 <= missing_rate < 1.0 or not 0.0 <= pheno_missing_rate < 1.0:
-        raise ValueError("simulate_cohort: missing_rate and pheno_missing_rate must be in [0, 1)")
+        raise ConfigError("simulate_cohort: missing_rate and pheno_missing_rate must be in [0, 1)")
     if not 0.0 <= heritability < 1.0:
-        raise ValueError(f"simulate_cohort: heritability must be in [0, 1); found {heritability}")
+        raise ConfigError(f"simulate_cohort: heritability must be in [0, 1); found {heritability}")
     if chunk_variants < 1:
-        raise ValueError(f"simulate_cohort: chunk_variants must be >= 1; found {chunk_variants}")
+        raise ConfigError(f"simulate_cohort: chunk_variants must be >= 1; found {chunk_variants}")
     if seed < 0:
-        raise ValueError(f"simulate_cohort: seed must be >= 0; found {seed}")
+        raise ConfigError(f"simulate_cohort: seed must be >= 0; found {seed}")
     if not name or _WHITESPACE.search(name) or os.sep in name:
-        raise ValueError(f"simulate_cohort: name must be a plain file name; found {name!r}")
+        raise ConfigError(f"simulate_cohort: name must be a plain file name; found {name!r}")
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -598,7 +600,7 @@ def simulate_cohort(
     eligible = (mono_value < 0) & (freq > 0.05) & (freq < 0.95) & ~high_miss
     pools = [list(rng_layout.permutation(np.flatnonzero(eligible & (chrom_idx == c)))) for c in range(n_chrom)]
     if n_causal > int(eligible.sum()):
-        raise ValueError(
+        raise ConfigError(
             f"simulate_cohort: n_causal = {n_causal} but only {int(eligible.sum())} variants are "
             "eligible (polymorphic, ALT frequency in (0.05, 0.95), normal missing rate)"
         )
