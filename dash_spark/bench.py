@@ -39,6 +39,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="imputed dosages: a PGEN with --dosage-fraction fractional dosages (plink2 --dummy) and the "
                         "same data as BGEN 1.2 8-bit; --pfile and --bgen scans against plink2's")
     p.add_argument("--dosage-fraction", type=float, default=0.3, help="with --dosage: share of fractional dosages")
+    p.add_argument("--scaling", action="store_true",
+                   help="also run our scan on local[1] and local[2]: report the driver's serial seconds, the "
+                        "stage's strong-scaling efficiency and the projected wall time on 64 cores (Amdahl)")
 
 
 def timed(cmd: list[str], log_path: str) -> float:
@@ -169,9 +172,32 @@ def run_bench(args) -> int:
     for glm in sorted(glob.glob(plink_out + ".*.glm.linear")):
         name = os.path.basename(glm)[len(os.path.basename(plink_out)) + 1 : -len(".glm.linear")]
         figures["checks"][name] = compare_to_plink2(os.path.join(ours_out, "results.parquet"), glm, name)
+    if getattr(args, "scaling", False):
+        runs = {}
+        for cores in (1, 2):
+            out = f"{ours_out}_local{cores}"
+            shutil.rmtree(out, ignore_errors=True)
+            base = [c for c in cmd if c not in ("--out", ours_out)]
+            timed([*base, "--out", out, "--master", f"local[{cores}]"], out + ".log")
+            runs[cores] = read_phases(out + ".log")
+        figures["scaling"] = scale_model(runs[1], runs[2])
     emit_figures(figures, f"plink2 --glm: {t_plink:.2f} s   dash-spark scan (Spark start included): {t_ours:.2f} s   "
                           f"ratio ours/plink2 = {t_ours / t_plink:.2f}", args.json)
     return 0
+
+
+def scale_model(one: dict, two: dict, cores: int = 64) -> dict:
+    """A scale model from a scan's phases at 1 and 2 cores: the driver's serial seconds (all but the
+    scan stage, at 2 cores), the stage's strong-scaling efficiency ``stage(1) / (2 stage(2))``, and
+    the projected wall time on ``cores`` cores by Amdahl's law, the stage scaling with that
+    efficiency: ``serial + stage(1) / (cores * efficiency)``."""
+    stage1, stage2 = float(one["scan_stage_seconds"]), float(two["scan_stage_seconds"])
+    serial = float(two["total_seconds"]) - stage2
+    eff = stage1 / (2.0 * stage2) if stage2 > 0 else float("nan")
+    projected = serial + stage1 / (cores * eff) if eff > 0 else float("nan")
+    return {"driver_serial_seconds": round(serial, 2), "stage_seconds_local1": round(stage1, 2),
+            "stage_seconds_local2": round(stage2, 2), "stage_efficiency_1_to_2": round(eff, 3),
+            f"projected_seconds_{cores}_cores": round(projected, 2), "phases_local1": one, "phases_local2": two}
 
 
 def _spark_flags(args) -> list[str]:

@@ -44,7 +44,7 @@ def test_parties_bench(tmp_path):
 
 @pytest.mark.slow
 def test_plink2_bench(tmp_path):
-    figures = _bench(tmp_path, "--missing-rate", "0.02")
+    figures = _bench(tmp_path, "--missing-rate", "0.02", "--scaling")
     check = figures["checks"]["pheno1"]
     assert check["variants"] == 600
     assert check["a1_mismatch"] == check["obs_ct_mismatch"] == check["na_mismatch"] == 0
@@ -53,6 +53,15 @@ def test_plink2_bench(tmp_path):
     phases = figures["ours_phases"]  # the scan's own phase split
     assert 0 < phases["kernel_task_seconds"] and 0 < phases["scan_stage_seconds"] <= phases["total_seconds"]
     assert phases["session_ready_seconds"] <= phases["total_seconds"] < figures["ours_seconds"]
+    # the scale model: local[1] and local[2] runs, Amdahl's projection from their phases
+    sc = figures["scaling"]
+    assert sc["phases_local1"]["scan_stage_seconds"] == sc["stage_seconds_local1"] > 0
+    assert sc["driver_serial_seconds"] == pytest.approx(
+        sc["phases_local2"]["total_seconds"] - sc["phases_local2"]["scan_stage_seconds"], abs=0.011)
+    eff = sc["stage_efficiency_1_to_2"]
+    assert eff == pytest.approx(sc["stage_seconds_local1"] / (2 * sc["stage_seconds_local2"]), abs=0.01)
+    assert sc["projected_seconds_64_cores"] == pytest.approx(
+        sc["driver_serial_seconds"] + sc["stage_seconds_local1"] / (64 * eff), rel=0.02, abs=0.02)
 
 
 @pytest.mark.slow
