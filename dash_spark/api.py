@@ -234,7 +234,7 @@ def _config(source: GenotypeSource, pheno: str, covar: str | None, **options):
     from .pipeline import ScanConfig
 
     intercept = options.pop("intercept", True)
-    names = {k: tuple(options.pop(k)) if options.get(k) else None for k in ("pheno_name", "covar_name")}
+    names: dict = {k: tuple(options.pop(k)) if options.get(k) else None for k in ("pheno_name", "covar_name")}
     return ScanConfig(**source.options(), pheno=pheno, covar=covar, out=os.devnull, no_intercept=not intercept,
                       plots=False, **names, **{k: v for k, v in options.items() if v is not None})
 

@@ -104,7 +104,7 @@ class BgenHeader:
         return ids
 
 
-def read_oxford_sample(path: str) -> tuple[list[str], list[str], np.ndarray]:
+def read_oxford_sample(path: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """``(fids, iids, founder)`` of an Oxford ``.sample`` (``ID_1 ID_2 ...`` header, a types line)."""
     try:
         data = files.read_bytes(path)
@@ -174,14 +174,14 @@ def read_bgen_samples(path: str, sample: str | None, id_delim: str | None = None
         raise InputError(f"{path}: sample {bad + 1} has the ID {ids[bad]!r}; with --id-delim {id_delim} expected "
                          f"FID{id_delim}IID (one {id_delim!r} between two non-empty parts). Drop --id-delim if the "
                          "stored IDs are IIDs, or give the samples with --sample FILE")
-    fids, iids = (tuple(f[0] for f in parts), tuple(f[1] for f in parts))
-    if len(set(iids)) != len(iids):
+    fid_t, iid_t = tuple(f[0] for f in parts), tuple(f[1] for f in parts)
+    if len(set(iid_t)) != len(iid_t):
         seen: dict = {}
-        first, again = next((seen[i], k) for k, i in enumerate(iids) if seen.setdefault(i, k) != k)
+        first, again = next((seen[i], k) for k, i in enumerate(iid_t) if seen.setdefault(i, k) != k)
         raise InputError(f"{path}: samples {first + 1} and {again + 1} ({ids[first]!r}, {ids[again]!r}) share the IID "
-                         f"{iids[again]!r} after --id-delim {id_delim}; expected unique IIDs (samples are matched to "
+                         f"{iid_t[again]!r} after --id-delim {id_delim}; expected unique IIDs (samples are matched to "
                          "the tables by IID)")
-    return Fam(path=path, fids=fids, iids=iids, founder=np.ones(len(ids), dtype=bool))
+    return Fam(path=path, fids=fid_t, iids=iid_t, founder=np.ones(len(ids), dtype=bool))
 
 
 # ------------------------------------------------------------------------------------------------

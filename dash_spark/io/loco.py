@@ -92,8 +92,8 @@ def read_loco(path: str, sample_keys, analysed: np.ndarray, phenotype: str) -> L
     except OSError as exc:
         raise InputError(f"{path}: cannot read the .loco file of phenotype {phenotype!r} "
                          f"({exc.strerror or exc}); check the --pred list") from None
-    lines = [ln.split() for ln in _text(_gunzip(data, path), path, ".loco file").splitlines()]
-    lines = [(i, f) for i, f in enumerate(lines, 1) if f]
+    split = [ln.split() for ln in _text(_gunzip(data, path), path, ".loco file").splitlines()]
+    lines = [(i, f) for i, f in enumerate(split, 1) if f]
     if not lines or lines[0][1][0] != "FID_IID":
         raise InputError(f"{path}: line 1: expected a header starting with FID_IID (REGENIE's .loco format)")
     header = lines[0][1][1:]

@@ -49,9 +49,10 @@ def read_psam(path: str) -> Fam:
     sex: list[int] = []
     seen: dict[str, int] = {}
     try:
-        if files.is_uri(path):
-            import io
+        import io
 
+        fh: io.TextIOBase
+        if files.is_uri(path):
             fh = io.TextIOWrapper(io.BytesIO(files.read_bytes(path)), encoding="utf-8")
         else:
             fh = open(path, encoding="utf-8")

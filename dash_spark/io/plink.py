@@ -271,7 +271,7 @@ def read_bed_range(path: str, n_samples: int, start: int, stop: int, *, reuse: b
             buf = _READ_BUFFERS.buf = np.empty(count, dtype=np.uint8)
         with open(files.local_path(path), "rb") as fh:
             fh.seek(3 + start * nb)
-            got = fh.readinto(memoryview(buf)[:count])
+            got = fh.readinto(memoryview(buf)[:count])  # type: ignore[arg-type] # numpy arrays are buffers
         data = buf[:got]
     else:
         data = np.frombuffer(files.read_range(path, 3 + start * nb, count), dtype=np.uint8)

@@ -241,12 +241,13 @@ def write_bed(
                     if direct:
                         rows = vm[r0:r1]
                     else:
+                        assert pad_buf is not None  # noqa: S101 - made above when not direct
                         rows = pad_buf[: r1 - r0]
                         rows[:, :n] = vm[r0:r1]
                     _check_range(k, rows)  # per block, while it is in cache
                     out = out_buf[: r1 - r0]
                     _encode_rows(rows, out)
-                    fh.write(memoryview(out).cast("B"))
+                    fh.write(memoryview(out).cast("B"))  # type: ignore[arg-type] # numpy arrays are buffers
                 written += mc
             if written != m:
                 raise ConfigError(f"write_bed: the chunks hold {written} variants; expected {m} (len(ids))")

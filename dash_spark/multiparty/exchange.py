@@ -491,7 +491,7 @@ def _npy_parts(arr: np.ndarray) -> tuple[bytes, memoryview]:
     arr = np.ascontiguousarray(arr, dtype="<u8")
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "<u8", "fortran_order": False, "shape": arr.shape})
-    return buf.getvalue(), memoryview(arr).cast("B")
+    return buf.getvalue(), memoryview(arr).cast("B")  # type: ignore[arg-type] # numpy arrays are buffers
 
 
 def _load_npy(data) -> np.ndarray:
@@ -558,7 +558,7 @@ def check_parts(name: str, shape, parts, *, who: str) -> list[tuple[int, int, st
     for part in parts if isinstance(parts, (list, tuple)) else [None]:
         ok = isinstance(part, dict) and all(isinstance(part.get(k), int) and not isinstance(part.get(k), bool)
                                             for k in ("start", "stop")) and isinstance(part.get("sha256"), str)
-        if not ok or part["start"] != at or part["stop"] <= part["start"] or part["stop"] > shape[0]:
+        if not ok or not isinstance(part, dict) or part["start"] != at or part["stop"] <= part["start"] or part["stop"] > shape[0]:
             raise ProtocolError(f"{who}: the parts of statistic {name!r} do not tile its {shape[0]} rows; expected "
                                 f"a part from row {at}, found {_short(part)}. Ask the party to publish again in a "
                                 "new round")
@@ -694,7 +694,7 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
     for fname in public:
         if not FILE_NAME_RE.fullmatch(fname) or fname.endswith(".npy") or fname.endswith(".json"):
             raise InputError(f"{who}: invalid file name {fname!r}; expected a plain name like variants.parquet")
-    files: dict[str, tuple[bytes, memoryview]] = {}
+    npy: dict[str, tuple[bytes, memoryview]] = {}
     spec: dict[str, dict] = {}
     for name, arr in stats.items():
         check_stat_name(name, where=who)
@@ -702,7 +702,7 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
         parts = _npy_parts(arr)
         digest = hashlib.sha256(parts[0])
         digest.update(parts[1])
-        files[name] = parts
+        npy[name] = parts
         spec[name] = {"shape": list(arr.shape), "dtype": "uint64", "sha256": digest.hexdigest()}
     for name in staged:
         if name in spec:
@@ -719,12 +719,12 @@ def publish_share(uri: str | os.PathLike, manifest: Manifest, party: str, privat
                  "header_sha256": hashlib.sha256(header_bytes).hexdigest(),
                  "signature": private_keys.sign(header_bytes).hex()}
     loc.mkdir(sdir)
-    for name, data in files.items():
+    for name, data in npy.items():
         loc.write_atomic(f"{sdir}/{name}.npy", data, what=f"statistic {name!r}")
     for src, path, fname in moves:
         _move_part(src, path, loc, f"{sdir}/{fname}", what=f"share part {fname}")
-    for fname, data in public.items():
-        loc.write_atomic(f"{sdir}/{fname}", data, what=f"file {fname!r}")
+    for fname, blob in public.items():
+        loc.write_atomic(f"{sdir}/{fname}", blob, what=f"file {fname!r}")
     loc.write_atomic(f"{sdir}/header.json", header_bytes, what="share header")
     loc.write_atomic(sig_path, canonical_json(signature) + b"\n", what="share signature")
     return loc.show(sdir)
@@ -840,7 +840,8 @@ def _counted(uri: str | os.PathLike, manifest: Manifest, parties: Iterable[str] 
     rdir = _round_dir(loc, manifest.study, manifest.round_id)
     _check_exchange_manifest(loc, manifest, who=f"combine study {manifest.study!r} round {manifest.round_id!r}")
     names = manifest.party_names if parties is None else sorted(parties)
-    missing, unsigned = [], []
+    missing: list[str] = []
+    unsigned: list[str] = []
     for p in names:
         sdir = _share_dir(loc, manifest, p)
         if not loc.exists(sdir + "/signature.json"):

@@ -45,7 +45,7 @@ import numpy as np
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 from ..errors import InputError, ReleaseRefused
 
@@ -144,8 +144,10 @@ class Release:
 
     def entry(self, release_id: str, samples_sha256: str, overridden: bool) -> dict:
         return {"id": release_id, "time": _now(), "study": self.study, "round_id": self.round_id,
-                "exchange": self.exchange, "survivors": dict(self.survivors), "pooled_all": int(self.pooled_all),
-                "pooled": {p: int(n) for p, n in self.pooled.items()}, "own_all": int(self.own_all),
+                "exchange": self.exchange, "survivors": dict(self.survivors),
+                "pooled_all": None if self.pooled_all is None else int(self.pooled_all),
+                "pooled": None if self.pooled is None else {p: int(n) for p, n in self.pooled.items()},
+                "own_all": int(self.own_all),
                 "own": {p: int(n) for p, n in self.own.items()}, "samples_sha256": samples_sha256,
                 "overridden": bool(overridden)}
 
@@ -188,7 +190,7 @@ def release_problems(earlier: list[tuple[dict, np.ndarray]], new: Release, *, mi
                            f"by fewer than {min_delta}")
         if new.pooled is None:
             continue  # the pooled counts are not known yet
-        pooled = [("all samples", new.pooled_all, e.get("pooled_all"))]
+        pooled: list = [("all samples", new.pooled_all, e.get("pooled_all"))]
         pooled += [(f"phenotype {p}", n, e.get("pooled", {}).get(p)) for p, n in new.pooled.items()]
         for what, n, then in pooled:
             if then is not None and 0 < abs(int(n) - int(then)) < min_delta:

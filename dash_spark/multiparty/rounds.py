@@ -495,7 +495,7 @@ def read_signed(loc: Location, path: str, pub: PublicKeys, *, what: str, who: st
                                                    canonical_json(body, where=loc.show(path)))
     except (ValueError, InputError):
         ok = False
-    if not ok:
+    if not ok or not isinstance(body, dict):
         raise ProtocolError(f"{loc.show(path)}: the {what} of {who} does not verify with its key "
                             f"(fingerprint {fingerprint(pub)}); it was forged or altered. Nothing was used")
     return body
@@ -580,7 +580,7 @@ def close_round(uri: str, manifest: Manifest, coordinator: PrivateKeys, survivor
     loc = Location(uri)
     path = survivors_path(loc, manifest)
     old = record.get(manifest) if record is not None else None
-    if old is not None:
+    if old is not None and record is not None:
         if loc.exists(path):
             if loc.read(path, what="survivor set", exc_type=ProtocolError) != old:
                 raise ProtocolError(f"{loc.show(path)}: the exchange holds another survivor set than the one this "
@@ -588,7 +588,10 @@ def close_round(uri: str, manifest: Manifest, coordinator: PrivateKeys, survivor
                                     "coordinator's key was used elsewhere. Nothing was closed")
         else:
             loc.write_atomic(path, old, what="survivor set")  # the same signed bytes: nothing new to sign
-        return read_survivors(uri, manifest)
+        again = read_survivors(uri, manifest)
+        if again is None:  # pragma: no cover - written just above
+            raise ProtocolError(f"{loc.show(path)}: the survivor set could not be read back")
+        return again
     survivors = sorted(survivors)
     if len(survivors) < max(2, manifest.threshold):
         raise ProtocolError(f"close round {manifest.round_id!r}: {len(survivors)} share(s) published "
@@ -803,6 +806,8 @@ def pooled_counts(uri: str, manifest: Manifest, body: dict, *,
             raise ProtocolError(f"share of party {p!r}: its guard counts have {len(words)} values, another "
                                 f"survivor's {len(total)}; the parties disagree on the phenotypes")
         total = words if total is None else [(a + b) % ring for a, b in zip(total, words)]
+    if total is None:  # pragma: no cover - a closed round has survivors
+        raise ProtocolError(f"{loc.show(_round_path(loc, manifest, 'counts'))}: no survivor's counts")
     if any(len(k) != 32 for k, _ in keys):
         raise ProtocolError(f"{loc.show(_round_path(loc, manifest, 'counts'))}: malformed counts reveal (key length)")
     for key, subtract in keys:
@@ -1113,9 +1118,11 @@ class Publication:
                 raise InputError(f"{self.who}: a study round needs the party's own samples (OwnSamples) for the "
                                  "release guard")
         if manifest.self_masks:
+            assert own is not None  # noqa: S101 - checked above
             stats[GUARD_STAT] = own.vector()
         elif manifest.coordinator is not None:
             # revealed once every party published: only a step that extends this party's release
+            assert own is not None  # noqa: S101 - checked above
             check_step_release(manifest, self.ledger, own, who=self.who)
         check_staged(staged or {}, who=f"publish share of party {self.party!r}")  # before the ledger's mark
         encoded = {name: encode(v, manifest.frac_bits, max_abs_bits, name=name) for name, v in stats.items()}

@@ -268,8 +268,8 @@ class SufficientStats:
                 raise ModelError(f"statistics {op}: the {what} differ ({getattr(self, what)} vs "
                                  f"{getattr(other, what)}); only statistics of the same model add up")
         if (self.per_variant is None) != (other.per_variant is None) or (
-                self.per_variant is not None and (self.per_variant.shape != other.per_variant.shape
-                                                  or self.first_variant != other.first_variant)):
+                self.per_variant is not None and other.per_variant is not None
+                and (self.per_variant.shape != other.per_variant.shape or self.first_variant != other.first_variant)):
             raise ModelError(f"statistics {op}: they cover different variants ({self.n_variants} from "
                              f"{self.first_variant} vs {other.n_variants} from {other.first_variant})")
         if self.variants is not None and other.variants is not None and not self.variants.equals(other.variants):
@@ -279,7 +279,7 @@ class SufficientStats:
     def _combine(self, other: "SufficientStats", sign: float, op: str) -> "SufficientStats":
         self._check_compatible(other, op)
         if (self.offsets is None) != (other.offsets is None) or (
-                self.offsets is not None and set(self.offsets) != set(other.offsets)):
+                self.offsets is not None and other.offsets is not None and set(self.offsets) != set(other.offsets)):
             raise ModelError(f"statistics {op}: one has LOCO offsets (--pred) for chromosomes "
                              f"{sorted(self.offsets or ())}, the other for {sorted(other.offsets or ())}; "
                              "compress every batch or party with --pred, or none")
@@ -299,14 +299,22 @@ class SufficientStats:
             raise ModelError(f"statistics {op}: one models chrX/Y/MT as plink2 does, the other as autosomes; "
                              "compress every batch or party with this version of dash-spark")
         moments = tuple(a + b if sign > 0 else a - b for a, b in zip(self.moments, other.moments))
-        V = None if self.per_variant is None else self.per_variant + sign * other.per_variant
-        offsets = None if self.offsets is None else {
-            c: (a + sign * other.offsets[c][0], b + sign * other.offsets[c][1]) for c, (a, b) in self.offsets.items()}
-        sexchr = None if self.sexchr is None else self.sexchr.combine(other.sexchr, int(sign))
+        V = None
+        if self.per_variant is not None and other.per_variant is not None:
+            V = self.per_variant + sign * other.per_variant
+        offsets = None
+        if self.offsets is not None and other.offsets is not None:
+            their = other.offsets
+            offsets = {c: (a + sign * their[c][0], b + sign * their[c][1]) for c, (a, b) in self.offsets.items()}
+        sexchr = None
+        if self.sexchr is not None and other.sexchr is not None:
+            sexchr = self.sexchr.combine(other.sexchr, int(sign))
+        regenie = None
+        if self.regenie is not None and other.regenie is not None:
+            regenie = self.regenie.combine(other.regenie, int(sign))
         return replace(self, moments=moments, n_freq=self.n_freq + int(sign) * other.n_freq, per_variant=V,
                        variants=self.variants if self.variants is not None else other.variants, offsets=offsets,
-                       sexchr=sexchr, sources=sources,
-                       regenie=None if self.regenie is None else self.regenie.combine(other.regenie, int(sign)))
+                       sexchr=sexchr, sources=sources, regenie=regenie)
 
     def __add__(self, other: "SufficientStats") -> "SufficientStats":
         """Merge: the statistics of the union of two disjoint sample sets."""
@@ -365,6 +373,13 @@ class SufficientStats:
             named.append((name, _scatter(parts, V.shape[0])))
         return named
 
+    def _rows(self) -> np.ndarray:
+        """The per-variant rows (a ModelError for statistics without variants)."""
+        if self.per_variant is None:
+            raise ModelError("these statistics hold no variants (a covariates-only regression); use "
+                             "regression_table()")
+        return self.per_variant
+
     def _chroms(self) -> np.ndarray:
         if self.variants is None:
             raise ModelError("finalize: statistics with LOCO offsets or sex-chromosome models need the variants' "
@@ -377,6 +392,7 @@ class SufficientStats:
         samples of the phenotype have both sexes, as plink2), chrY with the males' moments; the
         haploid classes' A1 frequencies per allele."""
         sx, k = self.sexchr, len(self.covariates)
+        assert sx is not None  # noqa: S101 - called for statistics with sex-chromosome sums only
         lay = self.layout
         named = []
         for t, name in enumerate(self.phenotypes):
@@ -468,7 +484,7 @@ class SufficientStats:
         ``vidx`` their variant indices, ``cols`` their ``(chrom, id, pos, alt, ref)`` arrays."""
         from .results import results_batch
 
-        V, lay = self.per_variant, self.layout
+        V, lay = self._rows(), self.layout
         freq_alt, freq_called = V[:, lay.freq_alt], self.n_freq - V[:, lay.freq_miss]
         if self.regenie is not None:  # REGENIE's test: ALLELE1 is ALT, untested variants are left out
             tested, named = regenie_from_sums(self.regenie, self.moments, self.phenotypes,
@@ -520,7 +536,7 @@ class SufficientStats:
         if self.sexchr is not None or self.regenie is not None:
             raise ModelError("forward selection does not condition chrX/Y/MT (plink2's models) or REGENIE's test "
                              "yet; select on statistics of the autosomes with the Wald test")
-        V = augment_per_variant(self.layout, self.per_variant, phenotype, zx, zm, zmm, zmc)
+        V = augment_per_variant(self.layout, self._rows(), phenotype, zx, zm, zmm, zmc)
         return SufficientStats(phenotypes=(self.phenotypes[phenotype],), covariates=tuple(names), mode=self.mode,
                                moments=(dense_moments,), n_freq=self.n_freq, per_variant=V,
                                first_variant=self.first_variant, variants=self.variants)
@@ -604,7 +620,7 @@ class SufficientStats:
 def _scatter(parts, m: int) -> VariantStats:
     """One :class:`VariantStats` of ``m`` rows from ``(rows, VariantStats of those rows)`` pieces."""
     fields = ("beta", "se", "t_stat", "neg_log10_p", "p", "obs_ct", "alt_freq", "errcode", "mach_r2")
-    out = {}
+    out: dict = {}
     for f in fields:
         given = [getattr(st, f) for _, st in parts if getattr(st, f) is not None]
         if not given:
@@ -657,6 +673,7 @@ def augment_per_variant(layout: StatLayout, V: np.ndarray, t: int, zx: np.ndarra
         full = np.zeros((len(r), k2, k2))
         full[:, iu[0], iu[1]] = V[r][:, layout.of(t, "CmCm")]
         full[:, iu[1], iu[0]] = V[r][:, layout.of(t, "CmCm")]
+        assert zmc is not None and zmm is not None  # noqa: S101 - drop mode passes both
         full[:, k:, :k] = zmc[r, :, :k]
         full[:, :k, k:] = np.transpose(zmc[r, :, :k], (0, 2, 1))
         full[:, k:, k:] = zmm[r]
