@@ -421,10 +421,12 @@ def multi_data(tmp_path_factory):
         lines.append(f"1\t{100 * (j + 1)}\tv{j}\t{ref}\t{','.join(alts)}\t.\t.\t.\tGT\t" + "\t".join(calls))
     (tmp / "m.vcf").write_text("\n".join(lines) + "\n")
     plink2("--vcf", tmp / "m.vcf", "--make-pgen", "--out", tmp / "m")
-    with open(tmp / "m.pheno", "w") as fh:
-        fh.write("#IID\ty1\ty2\n")
+    with open(tmp / "m.pheno", "w") as fh:  # three missingness patterns: the shared-basis path
+        fh.write("#IID\ty1\ty2\ty3\n")
         for i in ids:
-            fh.write(f"{i}\t{rng.normal()!r}\t{'NA' if rng.random() < 0.1 else repr(rng.normal())}\n")
+            y2 = "NA" if rng.random() < 0.1 else repr(rng.normal())
+            y3 = "NA" if rng.random() < 0.15 else repr(rng.normal())
+            fh.write(f"{i}\t{rng.normal()!r}\t{y2}\t{y3}\n")
     with open(tmp / "m.covar", "w") as fh:
         fh.write("#IID\tc1\n" + "".join(f"{i}\t{rng.normal()!r}\n" for i in ids))
     return tmp
@@ -440,7 +442,7 @@ def test_multiallelic_variants_match_plink2(multi_data, spark, omit_ref):
            *(["omit-ref"] if omit_ref else []), "--out", tmp / f"plink-{name}")
     res = run_scan(ScanConfig(pfile=str(tmp / "m"), pheno=str(tmp / "m.pheno"), covar=str(tmp / "m.covar"),
                               out=str(tmp / f"ours-{name}"), plots=False, count_alt=omit_ref), spark=spark)
-    for p in ("y1", "y2"):
+    for p in ("y1", "y2", "y3"):
         theirs = read_plink2_glm(f"{tmp}/plink-{name}.{p}.glm.linear")
         ours = _read_ours(res.glm_paths[p])
         assert len(theirs["ID"]) == 1 + 2 + 3 + 2 + 1 + 3  # a row per tested allele
