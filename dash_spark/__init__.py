@@ -28,6 +28,7 @@ _EXPORTS = {
     "open_pfile": ("dash_spark.api", "open_pfile"),
     "open_bgen": ("dash_spark.api", "open_bgen"),
     "session": ("dash_spark.api", "session"),
+    "example_data": ("dash_spark.api", "example_data"),
     "DashError": ("dash_spark.errors", "DashError"),
     "ScanConfig": ("dash_spark.pipeline", "ScanConfig"),
     "ScanResult": ("dash_spark.pipeline", "ScanResult"),

@@ -56,7 +56,40 @@ from .stats.sufficient import SufficientStats
 
 log = logging.getLogger("dash_spark")
 
-__all__ = ["compress", "linear_regression", "open_bfile", "open_bgen", "open_features", "open_pfile", "session"]
+__all__ = ["compress", "example_data", "linear_regression", "open_bfile", "open_bgen", "open_features", "open_pfile",
+           "session"]
+
+
+def example_data(folder: str | None = None, *, n_samples: int = 300, n_variants: int = 120, seed: int = 7):
+    """A small simulated cohort for trying the API (and for the examples in these docstrings).
+
+    Parameters
+    ----------
+    folder : str, optional
+        Where to write it (default: a new temporary folder).
+    n_samples, n_variants : int
+        Its size; two phenotypes (``pheno1``, ``pheno2``) with a few missing values, covariates
+        ``age`` and ``sex``, missing calls and planted causal variants.
+    seed : int
+        The same seed gives the same files.
+
+    Returns
+    -------
+    Cohort
+        ``.bfile`` (a PLINK prefix), ``.pheno``, ``.covar`` (plink2-style tables).
+
+    Examples
+    --------
+    >>> data = example_data()
+    >>> geno = open_bfile(data.bfile)
+    >>> geno.fam.n_samples, geno.variants.n_variants
+    (300, 120)
+    """
+    from .io.simulate import simulate_cohort
+
+    folder = folder or tempfile.mkdtemp(prefix="dash-spark-example-")
+    return simulate_cohort(folder, n_samples=n_samples, n_variants=n_variants, n_covariates=2, n_phenotypes=2,
+                           n_causal=3, missing_rate=0.01, pheno_missing_rate=0.03, n_chrom=2, seed=seed)
 
 
 def session(master: str | None = None, conf: dict | None = None):
@@ -65,8 +98,24 @@ def session(master: str | None = None, conf: dict | None = None):
     The active session if there is one, checked: a warning says so when its Python workers run
     another interpreter than this one, or cannot import dash_spark (then set
     ``spark.pyspark.python``, or ``PYSPARK_PYTHON`` before the session starts, to this
-    interpreter). Otherwise a new session whose workers run this interpreter: ``master`` (default
-    ``local[*]``, or what spark-submit set) and ``conf`` (Spark properties).
+    interpreter). Otherwise a new session whose workers run this interpreter.
+
+    Parameters
+    ----------
+    master : str, optional
+        Spark master URL for a new session (default ``local[*]``, or what spark-submit set).
+    conf : dict, optional
+        Spark properties for a new session.
+
+    Returns
+    -------
+    pyspark.sql.SparkSession
+
+    Examples
+    --------
+    >>> spark = session()
+    >>> spark.sparkContext.defaultParallelism >= 1
+    True
     """
     import sys
 
@@ -256,6 +305,20 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
     each partition is a range of variants whose task reads its own genotypes and yields Arrow
     batches of results. Nothing runs until the DataFrame is used. The columns are those of the
     module docstring (``results.parquet``); the broadcast is released with the session.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        One row per variant and phenotype [rows: variants x phenotypes].
+
+    Examples
+    --------
+    >>> data = example_data()
+    >>> df = linear_regression(spark, open_bfile(data.bfile), data.pheno, data.covar, pheno_names="pheno1")
+    >>> df.count()
+    120
+    >>> sorted(df.columns)[:4]
+    ['a1', 'a1_freq', 'alt', 'beta']
     """
     from .pipeline import build_model, plan_scan
     from .spark.scan import map_ranges
@@ -288,6 +351,28 @@ def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool =
     Statistics of disjoint sample sets with the same variants, phenotypes and covariates add up:
     ``(S1 + S2).finalize()`` equals ``linear_regression`` on the pooled samples, and ``S - S_w``
     withdraws samples. The driver gathers ``S`` (variants x statistics).
+
+    Returns
+    -------
+    SufficientStats
+        Each phenotype's moments and the per-variant sums [shape: (variants, layout width)].
+
+    Examples
+    --------
+    >>> data = example_data()
+    >>> geno = open_bfile(data.bfile)
+    >>> ids = list(geno.fam.iids)
+    >>> S1 = compress(spark, geno, data.pheno, data.covar, keep=ids[:200])
+    >>> S2 = compress(spark, geno, data.pheno, data.covar, keep=ids[200:])
+    >>> S = S1 + S2
+    >>> S.n_samples("pheno1") == S1.n_samples("pheno1") + S2.n_samples("pheno1")
+    True
+    >>> S.finalize().num_rows  # 120 variants x 2 phenotypes
+    240
+    >>> S1 + S1
+    Traceback (most recent call last):
+        ...
+    dash_spark.errors.ModelError: statistics +: both hold the same batch (1 batch(es) in common); each batch's samples may be added once
     """
     from .pipeline import compress_model, statistics_model
 

@@ -216,3 +216,20 @@ def test_readme_python_section_runs_as_written(spark, tmp_path, monkeypatch, cap
     assert scope["table"].num_rows == 300 and scope["remaining"].num_rows == 300  # 2 phenotypes x 150
     _close(_sorted(scope["remaining"]), _sorted(scope["S1"].finalize()), rtol=1e-8)
     assert "SufficientStats(" in capsys.readouterr().out
+
+
+def test_docstring_examples_run(spark):
+    """The examples in the API's docstrings run as written (doctest), with the tests' session."""
+    import doctest
+
+    import dash_spark.api as api
+
+    import dash_spark.stats.sufficient as sufficient
+
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    res = doctest.testmod(api, extraglobs={"spark": spark}, optionflags=flags, verbose=False)
+    assert res.attempted >= 12 and res.failed == 0, res
+    res = doctest.testmod(sufficient, optionflags=flags, verbose=False,
+                          extraglobs={"spark": spark, "compress": api.compress, "example_data": api.example_data,
+                                      "open_bfile": api.open_bfile})
+    assert res.attempted >= 6 and res.failed == 0, res

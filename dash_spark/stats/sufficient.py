@@ -192,6 +192,23 @@ class SufficientStats:
     alone, note section 2) or cover a block of the variant list (rows ``first_variant ..``).
     ``variants`` optionally carries the variants' ``chrom, pos, id, ref, alt`` (an Arrow table),
     so that :meth:`finalize` can label its rows; sums require equal variant lists.
+
+    Examples
+    --------
+    (``compress``, ``example_data``, ``open_bfile``: :mod:`dash_spark.api`)
+
+    >>> data = example_data()
+    >>> S = compress(spark, open_bfile(data.bfile), data.pheno, data.covar)
+    >>> S.phenotypes, S.covariates
+    (('pheno1', 'pheno2'), ('(intercept)', 'age', 'sex'))
+    >>> S.per_variant.shape[0]  # one row of sums per variant
+    120
+    >>> S.regression_table("pheno1").column_names  # note section 2: y ~ C from the moments alone
+    ['covariate', 'beta', 'se', 't_stat', 'p', 'neg_log10_p', 'obs_ct']
+    >>> arrays = S.to_arrays()  # what the multi-party encoding masks, and its inverse
+    >>> T = SufficientStats.from_arrays(arrays, S.phenotypes, S.covariates, S.mode)
+    >>> bool((T.per_variant == S.per_variant).all())
+    True
     """
 
     phenotypes: tuple[str, ...]
