@@ -29,6 +29,7 @@ _EXPORTS = {
     "open_bgen": ("dash_spark.api", "open_bgen"),
     "session": ("dash_spark.api", "session"),
     "example_data": ("dash_spark.api", "example_data"),
+    "unpersist": ("dash_spark.api", "unpersist"),
     "DashError": ("dash_spark.errors", "DashError"),
     "ScanConfig": ("dash_spark.pipeline", "ScanConfig"),
     "ScanResult": ("dash_spark.pipeline", "ScanResult"),

@@ -57,7 +57,7 @@ from .stats.sufficient import SufficientStats
 log = logging.getLogger("dash_spark")
 
 __all__ = ["compress", "example_data", "linear_regression", "open_bfile", "open_bgen", "open_features", "open_pfile",
-           "session"]
+           "session", "unpersist"]
 
 
 def example_data(folder: str | None = None, *, n_samples: int = 300, n_variants: int = 120, seed: int = 7):
@@ -336,8 +336,28 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
                       linear_for_binary=linear_for_binary, pheno_01=pheno_01)
         model = build_model(cfg)
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
-    df, _broadcast = map_ranges(spark, model.W, ranges, partial(scan_ranges, plan), RESULT_SCHEMA_DDL)
+    df, broadcast = map_ranges(spark, model.W, ranges, partial(scan_ranges, plan), RESULT_SCHEMA_DDL)
+    df._dash_broadcast = broadcast  # unpersist(df) frees it
     return df
+
+
+def unpersist(df) -> None:
+    """Free the per-sample matrix a :func:`linear_regression` DataFrame broadcast to the executors
+    (samples x columns, kept until the session ends otherwise). Use neither the DataFrame nor the
+    ones derived from it afterwards; releasing twice, or another DataFrame, does nothing.
+
+    Examples
+    --------
+    >>> data = example_data()
+    >>> df = linear_regression(spark, open_bfile(data.bfile), data.pheno, pheno_names="pheno1")
+    >>> df.count()
+    120
+    >>> unpersist(df)
+    """
+    broadcast = getattr(df, "_dash_broadcast", None)
+    if broadcast is not None:
+        broadcast.destroy()
+        df._dash_broadcast = None
 
 
 def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool = True,

@@ -919,7 +919,7 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
         pos = np.searchsorted(model.variants, grp.variants)
         for run in np.split(grp.variants, np.flatnonzero(np.diff(pos) != 1) + 1):
             if len(run):
-                ranges += [(len(ranges) + i,) + tuple(row[1:])
+                ranges += [row._replace(part=len(ranges) + i)
                            for i, row in enumerate(plan_ranges(run, bv, model.bim.line_offsets))]
     # each variant's group, as runs of .bim rows (chromosomes are mostly contiguous: a few runs)
     starts = np.flatnonzero(np.diff(group, prepend=-2) != 0)

@@ -335,7 +335,9 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     if spark is None:
         spark = get_session(master=master, conf=spark_conf)
     par = spark.sparkContext.defaultParallelism
-    ranges = [(p, a, e, 0, 0, []) for p, (a, e) in enumerate(store.blocks)]
+    from .tasks import RangeRow
+
+    ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
     base_spec = {"k": k, "mode": mode, "t": t, "phenotypes": phenos, "covariates": list(s["covariates"]),
                  "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
                  "count_alt": s.get("source_kind") == "features",

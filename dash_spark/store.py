@@ -408,7 +408,9 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     try:
         plan, _, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
         offs = model.bim.line_offsets
-        ranges = [(p, s, e, int(offs[s]), int(offs[e]), []) for p, (s, e) in enumerate(blocks)]
+        from .tasks import RangeRow
+
+        ranges = [RangeRow(p, s, e, int(offs[s]), int(offs[e])) for p, (s, e) in enumerate(blocks)]
         minus_arg = (minus.dir, tuple(minus.record["blocks"])) if minus is not None else None
         write = partial(_write_blocks, plan, bdir, minus_arg, stat_columns(settings))
         rows = sorted(run_ranges(spark, model.W, ranges, write))  # only (part, sha256) pairs come back
@@ -619,7 +621,9 @@ def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a
             "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
             "count_alt": s.get("source_kind") == "features", "a1freq_floor": a1freq_floor,
             "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches]}
-    ranges = [(p, a, e, 0, 0, []) for p, (a, e) in enumerate(store.blocks)]
+    from .tasks import RangeRow
+
+    ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
     write_ranges(spark, G, ranges, partial(_finalize_task, spec), objects.path if objects else stage, s["phenotypes"])
     if objects is not None:
         objects.download(stage)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -141,18 +143,27 @@ class GroupedPlan:
         return self.run_groups[np.searchsorted(self.run_starts, vidx, side="right") - 1]
 
 
-def plan_ranges(variants: np.ndarray, block_variants: int, line_offsets: np.ndarray) -> list[tuple]:
-    """Split the selected variant indices (sorted) into partitions of at most ``block_variants``.
+class RangeRow(NamedTuple):
+    """One Spark partition's variants: the variant span ``[start, stop)``, its .bim (or .pvar) byte
+    span ``[bim_start, bim_stop)`` where the task reads its own lines (0, 0: none to read), and the
+    selected offsets within the span (empty when all of it is selected)."""
 
-    Each row is ``(part, start, stop, bim_start, bim_stop, rows)``: the .bim/.bed span
-    ``[start, stop)`` and the selected offsets within it (empty when all of the span is selected).
-    """
+    part: int
+    start: int
+    stop: int
+    bim_start: int = 0
+    bim_stop: int = 0
+    rows: Sequence[int] = ()
+
+
+def plan_ranges(variants: np.ndarray, block_variants: int, line_offsets: np.ndarray) -> list[RangeRow]:
+    """Split the selected variant indices (sorted) into partitions of at most ``block_variants``."""
     out = []
     for part, a in enumerate(range(0, len(variants), block_variants)):
         chunk = variants[a : a + block_variants]
         start, stop = int(chunk[0]), int(chunk[-1]) + 1
         rows = [] if stop - start == len(chunk) else (chunk - start).astype(int).tolist()
-        out.append((part, start, stop, int(line_offsets[start]), int(line_offsets[stop]), rows))
+        out.append(RangeRow(part, start, stop, int(line_offsets[start]), int(line_offsets[stop]), rows))
     return out
 
 

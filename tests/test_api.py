@@ -233,3 +233,16 @@ def test_docstring_examples_run(spark):
                           extraglobs={"spark": spark, "compress": api.compress, "example_data": api.example_data,
                                       "open_bfile": api.open_bfile})
     assert res.attempted >= 6 and res.failed == 0, res
+
+
+def test_unpersist_frees_the_broadcast(cohort, spark):
+    """unpersist(df) destroys the per-sample matrix the DataFrame broadcast: the DataFrame can no longer
+    run (its tasks find the broadcast gone), and a second release does nothing."""
+    files, _ = cohort
+    df = ds.linear_regression(spark, ds.open_bfile(files.bfile), files.pheno, files.covar, pheno_names="pheno1")
+    assert df.count() == 240
+    ds.unpersist(df)
+    with pytest.raises(Exception):  # noqa: B017 - Spark's own error for a destroyed broadcast
+        df.count()
+    ds.unpersist(df)
+    ds.unpersist(df.filter("p < 0.5"))  # a derived DataFrame holds no broadcast of its own
