@@ -218,6 +218,23 @@ def _cell(v, boolean_codes) -> str:
 
 
 @contextmanager
+def _private_file(name: str, text: str, shown_as: str):
+    """``text`` written to a private temporary file ``name``, removed afterwards; an error whose
+    message names the file names ``shown_as`` instead (the argument the user gave)."""
+    folder = tempfile.mkdtemp(prefix="dash-spark-arg-")
+    path = os.path.join(folder, name)
+    try:
+        with open(path, "w") as fh:
+            fh.write(text)
+        try:
+            yield path
+        except DashError as exc:
+            raise type(exc)(str(exc).replace(path, shown_as)) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
 def _table_path(table, kind: str):
     """A path for a plink2-style table given as a path, a pandas DataFrame or a pyarrow Table with
     an ``IID`` column or index (``FID`` optional); a table is written to a private temporary file,
@@ -230,20 +247,11 @@ def _table_path(table, kind: str):
     cols = [c for c in table.columns if c not in ("FID", "IID")]
     head = (["#FID", "IID"] if "FID" in table.columns else ["#IID"]) + [str(c) for c in cols]
     codes = {False: "1", True: "2"} if kind == "phenotypes" else {False: "0", True: "1"}
-    folder = tempfile.mkdtemp(prefix="dash-spark-table-")
-    path = os.path.join(folder, f"{kind}.tsv")
-    try:
-        with open(path, "w") as fh:
-            fh.write("\t".join(head) + "\n")
-            ids = (["FID"] if "FID" in table.columns else []) + ["IID"]
-            for row in table[ids + cols].itertuples(index=False):
-                fh.write("\t".join(_cell(v, codes) for v in row) + "\n")
-        try:
-            yield path
-        except DashError as exc:  # the message names the argument, not the temporary file
-            raise type(exc)(str(exc).replace(path, f"{kind} (the table given)")) from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    ids = (["FID"] if "FID" in table.columns else []) + ["IID"]
+    lines = ["\t".join(head)] + ["\t".join(_cell(v, codes) for v in row)
+                                  for row in table[ids + cols].itertuples(index=False)]
+    with _private_file(f"{kind}.tsv", "\n".join(lines) + "\n", f"{kind} (the table given)") as path:
+        yield path
 
 
 @contextmanager
@@ -254,17 +262,9 @@ def _id_list_path(ids, kind: str):
         yield None if ids is None else os.fspath(ids)
         return
     values = [str(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-    folder = tempfile.mkdtemp(prefix="dash-spark-ids-")
-    path = os.path.join(folder, f"{kind}.txt")
-    try:
-        with open(path, "w") as fh:
-            fh.write("#IID\n" + "".join(f"{i}\n" for i in values))
-        try:
-            yield path
-        except DashError as exc:
-            raise type(exc)(str(exc).replace(path, f"{kind} (the list given)")) from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with _private_file(f"{kind}.txt", "#IID\n" + "".join(f"{i}\n" for i in values),
+                       f"{kind} (the list given)") as path:
+        yield path
 
 
 def _names(value, kind: str):

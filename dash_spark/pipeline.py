@@ -645,10 +645,11 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
     regenie = cfg.pred_test == "regenie" and bool(cfg.pred)
     stat_regenie = regenie and party  # a statistics model: sums from which finalize runs the test
     reg_sums = None
-    if stat_regenie:
-        reg_sums = _regenie_sums(C, Y, Y_raw, base)
-    elif regenie:
+    if regenie:  # REGENIE's analysed samples: a phenotype and every covariate
         analysed = base & np.any(~np.isnan(Y), axis=1)
+    if stat_regenie:
+        reg_sums = _regenie_sums(C, Y_raw, analysed)
+    elif regenie:
         basis = covariate_basis(C, analysed, cov_names, where=f"--pred-test regenie: covariates ({cfg.covar})")
         nulls = []
         for t, name in enumerate(names):
@@ -721,7 +722,7 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
         idx = variants[rows]
         if stat_regenie:
             A_cols, B_cols, pats = _regenie_stat_columns(cfg, C, cov_names, Y, masks, names, offsets, reg_sums,
-                                                         members[0], base & np.any(~np.isnan(Y), axis=1))
+                                                         members[0], analysed)
             spec = None
         elif regenie:
             A_cols, B_cols, spec = regenie_weights(basis.Q, analysed, nulls, offsets)
@@ -792,16 +793,16 @@ def _check_multiallelic(cfg: ScanConfig, source, bim, variants, *, party: bool, 
                       "--make-pgen multiallelics=- --out NEW) or leave them out (plink2 --max-alleles 2)")
 
 
-def _regenie_sums(C: np.ndarray, Y: np.ndarray, Y_raw: np.ndarray, base: np.ndarray):
+def _regenie_sums(C: np.ndarray, Y_raw: np.ndarray, analysed: np.ndarray):
     """A statistics model's :class:`~dash_spark.stats.regenie.RegenieSums` without the chromosomes'
-    (added by :func:`_regenie_stat_columns`)."""
+    (added by :func:`_regenie_stat_columns`); ``analysed``: the samples with a phenotype and every
+    covariate."""
     from .stats.regenie import RegenieSums
 
-    analysed = base & np.any(~np.isnan(Y), axis=1)
     use = ~np.isnan(Y_raw)
     au = use & analysed[:, None]
     yr = np.nan_to_num(Y_raw)
-    T = Y.shape[1]
+    T = Y_raw.shape[1]
     CA = C[analysed]
     return RegenieSums(n_use=use.sum(axis=0).astype(np.float64), s_use=(yr * use).sum(axis=0),
                        n_au=au.sum(axis=0).astype(np.float64), s_au=(yr * au).sum(axis=0),
@@ -1007,7 +1008,9 @@ def _log_plan(cfg: ScanConfig, model: Model, spark):
 def object_store_out(uri: str) -> bool:
     """Whether an --out URI is object storage written through pyarrow (s3://, gs://); other URIs
     (hdfs://, s3a:// ...) go through Spark's writer."""
-    return uri.split("://", 1)[0] in ("s3", "gs", "gcs")
+    from .staging import object_store_uri
+
+    return object_store_uri(uri)
 
 
 def _run_scan_object_store(cfg: ScanConfig, spark, model: Model, stage, t0: float) -> ScanResult:

@@ -149,22 +149,29 @@ def statsmodels_oracle(files: Files, phenotype: str, mode: str = "mean", conditi
 
 
 def split_bed(files, tmp, parts):
-    """Write each party's own .bed/.bim/.fam (its samples only) with bed-reader's reader + our writer."""
+    """Write each part's own .bed/.bim/.fam (its samples only, their .fam sex kept) with bed-reader's
+    reader and our writer; ``files``: a :class:`Files` or a PLINK prefix."""
     from bed_reader import open_bed
 
     from dash_spark.io.simulate import write_bed
 
-    with open_bed(files.bfile + ".bed", count_A1=True) as bed:
+    bfile = files if isinstance(files, str) else files.bfile
+    with open_bed(bfile + ".bed", count_A1=True) as bed:
         X = bed.read(dtype="float32")
-        iids = list(bed.iid)
-    bim = [line.split() for line in open(files.bfile + ".bim")]
+    fam = [line.split() for line in open(bfile + ".fam") if line.strip()]
+    bim = [line.split() for line in open(bfile + ".bim") if line.strip()]
     prefixes = {}
     for name, idx in parts.items():
         G = np.where(np.isnan(X[idx]), -1, X[idx]).astype(np.int8)
         prefix = str(tmp / name)
-        write_bed(prefix, len(idx), [G], iids=[iids[i] for i in idx], chrom=[b[0] for b in bim],
+        write_bed(prefix, len(idx), [G], iids=[fam[i][1] for i in idx], chrom=[b[0] for b in bim],
                   pos=[int(b[3]) for b in bim], ids=[b[1] for b in bim], alt=[b[4] for b in bim],
                   ref=[b[5] for b in bim])
+        rows = [line.split() for line in open(prefix + ".fam") if line.strip()]
+        with open(prefix + ".fam", "w") as fh:
+            for r, i in zip(rows, idx):
+                r[4] = fam[i][4]
+                fh.write(" ".join(r) + "\n")
         prefixes[name] = prefix
     return prefixes
 

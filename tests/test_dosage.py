@@ -473,14 +473,15 @@ def test_bgen_without_bgi_matches_plink2_and_is_indexed_once(data, spark, tmp_pa
     (never beside the input), reused while the file is unchanged, and built again when it changes."""
     import logging
 
-    from dash_spark.io.bgen import cache_dir, cached_bgi_path
+    from dash_spark.io.bgen import cached_bgi_path
+    from dash_spark.io.files import cache_dir
 
     bgen, sample = _copy_bgen(data, tmp_path)
     os.remove(bgen + ".bgi")
     theirs = _plink2_glm(data, "b8-nobgi", "--bgen", bgen, "ref-first", "--sample", sample)
     before = sorted(p for p in os.listdir(tmp_path))
     cached = cached_bgi_path(bgen)
-    assert os.path.dirname(cached) == cache_dir() and not os.path.exists(cached)
+    assert os.path.dirname(cached) == cache_dir("bgi") and not os.path.exists(cached)
     cfg = ScanConfig(bgen=bgen, bgen_ref="ref-first", sample=sample, pheno=data["pheno"], covar=data["covar"],
                      out=str(tmp_path / "o1"), plots=False)
     with caplog.at_level(logging.INFO, logger="dash_spark"):
@@ -511,13 +512,11 @@ def test_bgen_without_bgi_matches_plink2_and_is_indexed_once(data, spark, tmp_pa
 
 
 def test_bgen_index_cache_that_cannot_be_written(data, tmp_path, capsys, monkeypatch):
-    from dash_spark.io import bgen as bgen_mod
-
     bgen, sample = _copy_bgen(data, tmp_path)
     os.remove(bgen + ".bgi")
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    monkeypatch.setattr(bgen_mod, "cache_dir", lambda: str(blocker / "bgi"))
+    monkeypatch.setenv("DASH_SPARK_CACHE", str(blocker))  # a file: the cache folder cannot be made
     err = _fails(capsys, tmp_path, "--bgen", bgen, "ref-first", "--sample", sample, "--pheno", data["pheno"])
     assert f"{bgen}: no index beside it" in err and "DASH_SPARK_CACHE" in err, err
 

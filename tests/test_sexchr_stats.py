@@ -21,35 +21,9 @@ from dash_spark.errors import ModelError
 from dash_spark.pipeline import ScanConfig, run_scan
 from dash_spark.store import run_compress, run_refresh
 
+from .oracle_data import split_bed
 from .test_sexchr import sexdata  # noqa: F401 - the fixture
 from .test_store import assert_same_results
-
-
-def _split(prefix: str, tmp, parts: dict) -> dict:
-    """Each part's own .bed/.bim/.fam (its samples, their sex kept), written with our writer from
-    bed-reader's read of the pooled fileset."""
-    from bed_reader import open_bed
-
-    from dash_spark.io.simulate import write_bed
-
-    with open_bed(prefix + ".bed", count_A1=True) as bed:
-        X = bed.read(dtype="float32")
-    fam = [line.split() for line in open(prefix + ".fam") if line.strip()]
-    bim = [line.split() for line in open(prefix + ".bim") if line.strip()]
-    out = {}
-    for name, idx in parts.items():
-        G = np.where(np.isnan(X[idx]), -1, X[idx]).astype(np.int8)
-        p = str(tmp / name)
-        write_bed(p, len(idx), [G], iids=[fam[i][1] for i in idx], chrom=[b[0] for b in bim],
-                  pos=[int(b[3]) for b in bim], ids=[b[1] for b in bim], alt=[b[4] for b in bim],
-                  ref=[b[5] for b in bim])
-        rows = [line.split() for line in open(p + ".fam")]
-        with open(p + ".fam", "w") as fh:
-            for r, i in zip(rows, idx):
-                r[4] = fam[i][4]
-                fh.write(" ".join(r) + "\n")
-        out[name] = p
-    return out
 
 
 def _sex(prefix: str) -> np.ndarray:
@@ -90,7 +64,7 @@ def test_store_of_one_sex_per_batch_equals_pooled_scan_and_plink2(sexdata, poole
     samples of both sexes equals the scan without them."""
     tmp, prefix, pheno, covar = sexdata
     sex = _sex(prefix)
-    parts = _split(prefix, tmp, {"bf": np.flatnonzero(sex != 1), "bm": np.flatnonzero(sex == 1)})
+    parts = split_bed(prefix, tmp, {"bf": np.flatnonzero(sex != 1), "bm": np.flatnonzero(sex == 1)})
     store = str(tmp / "store")
     run_compress(store, "f", {"bfile": parts["bf"], "pheno": pheno, "covar": covar}, spark=spark)
     out = str(tmp / "store-out")
@@ -123,7 +97,7 @@ def test_three_party_study_equals_pooled_scan(sexdata, pooled, tmp_path):  # noq
     # alice has no males, bob no females: the pooled samples decide, not any party's
     idx = {"alice": np.flatnonzero(sex != 1)[::2], "bob": np.flatnonzero(sex == 1)[::2]}
     idx["carol"] = np.setdiff1d(np.arange(len(sex)), np.concatenate(list(idx.values())))
-    files = _split(prefix, tmp_path, idx)
+    files = split_bed(prefix, tmp_path, idx)
     st = Study(tmp_path, parties)
     manifest = st.manifest(parties=parties)
     st.join(manifest, parties)
@@ -143,7 +117,7 @@ def test_pooled_samples_of_one_sex(sexdata, spark, tmp_path):  # noqa: F811
 
     _, prefix, pheno, covar = sexdata
     sex = _sex(prefix)
-    parts = _split(prefix, tmp_path, {"f": np.flatnonzero(sex == 2), "fu": np.flatnonzero(sex != 1)})
+    parts = split_bed(prefix, tmp_path, {"f": np.flatnonzero(sex == 2), "fu": np.flatnonzero(sex != 1)})
     scan = run_scan(ScanConfig(bfile=parts["f"], pheno=pheno, covar=covar, out=str(tmp_path / "scan-f"),
                                plots=False), spark=spark)
     import dash_spark as ds

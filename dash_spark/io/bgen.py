@@ -192,14 +192,10 @@ def bgi_path(path: str) -> str:
     return path + ".bgi"
 
 
-def cache_dir() -> str:
-    """Where the indexes we build for BGEN files without a ``.bgi`` live (:func:`files.cache_dir`)."""
-    return files.cache_dir("bgi")
-
-
 def cached_bgi_path(path: str) -> str:
-    """The private index of this version of ``path`` (its location, size and modification time)."""
-    return os.path.join(cache_dir(), os.path.basename(files.cached_path(path, "bgi", ".bgi")))
+    """The private index of this version of ``path`` (its location, size and modification time),
+    in :func:`files.cache_dir` ``("bgi")``."""
+    return files.cached_path(path, "bgi", ".bgi")
 
 
 def index_path(path: str, *, build: bool = True) -> str:
@@ -218,7 +214,7 @@ def index_path(path: str, *, build: bool = True) -> str:
     log.info("bgen: %s has no .bgi; indexing its %s variants into %s (once; reused while the file is "
              "unchanged)", path, f"{hdr.n_variants:,}", os.path.dirname(cached))
     try:
-        os.makedirs(cache_dir(), mode=0o700, exist_ok=True)
+        files.make_cache_dir("bgi")
         write_bgi(path, cached)
     except OSError as exc:
         raise InputError(f"{path}: no index beside it, and the private index cannot be written to "
@@ -565,11 +561,7 @@ _LOCK = threading.Lock()
 
 def _offsets(path: str) -> tuple[BgenHeader, np.ndarray]:
     """The header and record offsets of ``path`` (one copy per process and file version)."""
-    if files.is_uri(path):
-        key = (path, files.size(path), 0)
-    else:
-        st = os.stat(path)
-        key = (path, st.st_size, st.st_mtime_ns)
+    key = (path, *files.version(path))
     with _LOCK:
         got = _CACHE.get(key)
         if got is None:

@@ -69,15 +69,7 @@ def exists(path) -> bool:
 
 def size(path) -> int:
     """Size in bytes (OSError when missing)."""
-    if not is_uri(path):
-        return os.path.getsize(local_path(path))
-    from pyarrow import fs as pafs
-
-    fs, p = filesystem(str(path))
-    info = fs.get_file_info(p)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    return int(info.size)
+    return version(path)[0]
 
 
 def version(path) -> tuple[int, int]:

@@ -381,7 +381,7 @@ def open_pgen(path: str, n_samples: int, n_variants: int):
 def check_pgen(path: str, n_samples: int, n_variants: int, psam: str, pvar: str) -> None:
     """Open the .pgen with the .psam/.pvar counts and read its last variant (a truncated file fails)."""
     try:
-        size = files.version(path)[0]
+        size = files.size(path)
         magic = files.read_range(path, 0, 3)
     except OSError as exc:
         raise InputError(f"{path}: cannot open .pgen ({exc.strerror or exc}); check the --pfile prefix") from None
