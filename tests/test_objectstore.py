@@ -273,6 +273,10 @@ def test_pfile_from_s3_equals_local_pfile_scan(s3, uploaded, spark, tmp_path):
         for g in glms:
             assert (Path(local.out) / g).read_bytes() == (tmp_path / f"remote-{name}" / g).read_bytes(), (name, g)
     assert len(list((cache / "pgen").glob("*.pgen"))) == 2 and len(list((cache / "pvar").glob("*.pvar"))) == 1
+    import stat
+
+    for kind in ("pgen", "pvar"):  # genotype blocks and variant lists stay private to this user
+        assert stat.S_IMODE(os.stat(cache / kind).st_mode) == 0o700
     assert any("GET /cohort/pfile/p.pgen" in ln for ln in server_log.read_text().splitlines())
 
 
