@@ -11,11 +11,17 @@ Three writers make the same files:
 - :func:`write_outputs_local` (results already held by the driver as one Arrow table, as in
   ``combine``: no Spark).
 
-Same text format everywhere: numbers printed as Spark prints them (see :func:`java_double`).
+Same text everywhere: every writer formats lines with :func:`_glm_lines` (the Spark writer in its
+tasks), numbers printed as Java prints doubles (see :func:`java_double`).
 
 ``<phenotype>.glm.linear`` follows plink2 ``--glm hide-covar``'s layout::
 
     #CHROM POS ID REF ALT A1 TEST OBS_CT BETA SE T_STAT P ERRCODE
+
+and a case/control phenotype's ``<phenotype>.glm.logistic.hybrid`` plink2's logistic one (OR is
+exp(beta); FIRTH? says whether Firth regression gave the row)::
+
+    #CHROM POS ID REF ALT A1 FIRTH? TEST OBS_CT OR LOG(OR)_SE Z_STAT P ERRCODE
 
 numbers are printed with full float64 precision (plink2 prints 6 significant digits), ``NA`` where
 a statistic is missing, and P below float64's range is printed from ``neg_log10_p``.
@@ -51,43 +57,45 @@ class OutputModel:
     counts: dict = field(default_factory=dict)
     #: also write ``<phenotype>.regenie`` (REGENIE's test)
     regenie_outputs: bool = False
+    #: case/control phenotypes (logistic --glm): ``<phenotype>.glm.logistic.hybrid``
+    logistic_phenotypes: tuple[str, ...] = ()
 
 
 GLM_HEADER = "#CHROM\tPOS\tID\tREF\tALT\tA1\tTEST\tOBS_CT\tBETA\tSE\tT_STAT\tP\tERRCODE"
+#: plink2's ``.glm.logistic.hybrid`` (hide-covar): OR = exp(beta), FIRTH? Y where Firth regression gave the row
+GLM_LOGISTIC_HEADER = "#CHROM\tPOS\tID\tREF\tALT\tA1\tFIRTH?\tTEST\tOBS_CT\tOR\tLOG(OR)_SE\tZ_STAT\tP\tERRCODE"
 
 
-def _num(col: str) -> str:
-    return f"coalesce(cast({col} as string), 'NA')"
+def is_logistic(model, name: str) -> bool:
+    """Whether ``name`` is one of the ``model``'s case/control phenotypes (logistic --glm)."""
+    return name in getattr(model, "logistic_phenotypes", ())
 
 
-def _p_expr() -> str:
-    # p underflows to 0 below ~1e-308: print mantissa and exponent from -log10 p instead
-    return (
-        "CASE WHEN p IS NULL THEN 'NA' "
-        "WHEN p > 0 THEN cast(p as string) "
-        "WHEN neg_log10_p = double('inf') THEN '0' "
-        "ELSE concat(format_string('%.6f', pow(10D, ceil(neg_log10_p) - neg_log10_p)), "
-        "'E-', cast(cast(ceil(neg_log10_p) as long) as string)) END"
-    )
+def glm_file(model, name: str) -> str:
+    """A phenotype's plink2-style file name: ``<name>.glm.linear``, or ``<name>.glm.logistic.hybrid``
+    for a case/control phenotype."""
+    return f"{safe_name(name)}.glm.{'logistic.hybrid' if is_logistic(model, name) else 'linear'}"
 
 
-def glm_lines_sql() -> str:
-    return (
-        "concat_ws('\t', chrom, cast(pos as string), id, ref, alt, a1, 'ADD', cast(obs_ct as string), "
-        f"{_num('beta')}, {_num('se')}, {_num('t_stat')}, {_p_expr()}, errcode) AS value"
-    )
+def glm_header(model, name: str) -> str:
+    return GLM_LOGISTIC_HEADER if is_logistic(model, name) else GLM_HEADER
 
 
-def write_glm_linear(spark, fs, results, phenotypes, stage: str) -> dict[str, str]:
-    """Write every phenotype's ``<phenotype>.glm.linear`` under ``stage`` in one Spark job.
+def write_glm_linear(spark, fs, results, phenotypes, stage: str, model=None) -> dict[str, str]:
+    """Write every phenotype's ``<phenotype>.glm.linear`` (``.glm.logistic.hybrid``: the ``model``'s
+    case/control phenotypes) under ``stage`` in one Spark job.
 
     Rows are partitioned by phenotype and sorted by variant index within each partition, so each
     phenotype's lines (header first) land in exactly one part file, which is then renamed.
     """
     from pyspark.sql import functions as F
 
-    lines = results.select("phenotype", "variant_index", F.expr(glm_lines_sql()))
-    headers = spark.createDataFrame([(p, -1, GLM_HEADER) for p in phenotypes],
+    if "firth" not in results.columns:  # rows of a linear model written before the column existed
+        results = results.withColumn("firth", F.lit(None).cast("boolean"))
+    # the tasks format their rows with the local writers' code (:func:`_glm_lines`): one text everywhere
+    lines = results.select(*_LINE_COLUMNS).mapInArrow(_line_batches, "phenotype string, variant_index long, "
+                                                                       "value string")
+    headers = spark.createDataFrame([(p, -1, glm_header(model, p)) for p in phenotypes],
                                     "phenotype string, variant_index long, value string")
     tmp = f"{stage}/_glm_parts"
     (headers.unionByName(lines)
@@ -103,7 +111,7 @@ def write_glm_linear(spark, fs, results, phenotypes, stage: str) -> dict[str, st
         parts = [p for p in fs.list(folder) if p.startswith("part-")]
         if len(parts) != 1:  # pragma: no cover - one phenotype per shuffle partition
             raise RuntimeError(f"{folder}: expected one part file, found {len(parts)}")
-        path = f"{stage}/{safe_name(name)}.glm.linear"
+        path = f"{stage}/{glm_file(model, name)}"
         fs.rename(f"{folder}/{parts[0]}", path)
         paths[name] = path
     fs.delete(tmp)
@@ -151,7 +159,7 @@ def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
     n_rows = model.n_variants
     # the text files and the summaries are independent small Spark jobs: run them side by side
     with ThreadPoolExecutor(max_workers=1) as pool:
-        glm_future = pool.submit(write_glm_linear, spark, fs, results, list(model.phenotypes), stage)
+        glm_future = pool.submit(write_glm_linear, spark, fs, results, list(model.phenotypes), stage, model)
         for name in model.phenotypes:
             summ = report.summarize_phenotype(results, name, n_rows_hint=n_rows)
             summaries[name] = summ
@@ -213,7 +221,8 @@ def _java_fixed6(x: float) -> str:
 
 
 def _glm_p(p: float | None, nlp: float | None) -> str | None:
-    """The P field of :func:`glm_lines_sql`'s ``_p_expr`` (Spark orders NaN above every number)."""
+    """The P field of a line: ``p`` as Java prints it; where p underflowed to 0, from ``-log10 p``
+    (mantissa with 6 decimals, ``E-<exponent>``); ``0`` where -log10 p is infinite."""
     if p is None:
         return "NA"
     if p > 0 or math.isnan(p):
@@ -303,16 +312,17 @@ def _glm_p_strings(p, nlp):
 
 
 def glm_text(table) -> bytes:
-    """:func:`glm_lines_sql`'s lines of an Arrow table of result rows as one UTF-8 text (a newline
-    after each line; ``concat_ws`` skips nulls, as Spark does), built column-wise in Arrow, without a
-    Python string per field."""
+    """The ``.glm.linear`` / ``.glm.logistic.hybrid`` lines of an Arrow table of result rows as one
+    UTF-8 text (a newline after each line; null fields are skipped), built column-wise in Arrow,
+    without a Python string per field."""
     if table.num_rows == 0:
         return b""
     return _joined(_glm_lines(table))[0]
 
 
-def _glm_lines(table):
-    """The lines of :func:`glm_text` of a non-empty table, as an Arrow string array."""
+def _glm_lines(table, *, newline: bool = True):
+    """The lines of :func:`glm_text` of a non-empty table, as an Arrow string array (``newline``:
+    each with its newline)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -323,11 +333,39 @@ def _glm_lines(table):
         return pc.fill_null(_java_strings(col(name)), "NA")
 
     # the line's end rides on its last field (ERRCODE is never null)
-    end = pc.binary_join_element_wise(col("errcode"), pa.scalar(""), "\n")
-    fields = [col("chrom"), pc.cast(col("pos"), pa.string()), col("id"), col("ref"), col("alt"), col("a1"),
-              pa.scalar("ADD"), pc.cast(col("obs_ct"), pa.string()),
-              num("beta"), num("se"), num("t_stat"), _glm_p_strings(col("p"), col("neg_log10_p")), end]
-    return pc.binary_join_element_wise(*fields, "\t", null_handling="skip")
+    end = pc.binary_join_element_wise(col("errcode"), pa.scalar(""), "\n") if newline else col("errcode")
+    head = [col("chrom"), pc.cast(col("pos"), pa.string()), col("id"), col("ref"), col("alt"), col("a1")]
+    tail = [num("se"), num("t_stat"), _glm_p_strings(col("p"), col("neg_log10_p")), end]
+    firth = col("firth") if "firth" in table.column_names else None
+    linear = None
+    if firth is None or firth.null_count:
+        linear = pc.binary_join_element_wise(*head, pa.scalar("ADD"), pc.cast(col("obs_ct"), pa.string()),
+                                             num("beta"), *tail, "\t", null_handling="skip")
+        if firth is None or firth.null_count == len(firth):
+            return linear
+    odds = pc.fill_null(_java_strings(pc.exp(col("beta"))), "NA")  # plink2's OR column: exp(beta)
+    flag = pc.if_else(pc.fill_null(firth, False), "Y", "N")
+    logistic = pc.binary_join_element_wise(*head, flag, pa.scalar("ADD"), pc.cast(col("obs_ct"), pa.string()),
+                                           odds, *tail, "\t", null_handling="skip")
+    return logistic if linear is None else pc.if_else(firth.is_null(), linear, logistic)
+
+
+_LINE_COLUMNS = ("phenotype", "variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "obs_ct", "beta", "se",
+                 "t_stat", "p", "neg_log10_p", "errcode", "firth")
+
+
+def _line_batches(batches):
+    """Executor side of :func:`write_glm_linear`: each Arrow batch of result rows as
+    ``(phenotype, variant_index, line)`` rows (lines without their newline)."""
+    import pyarrow as pa
+
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        table = pa.Table.from_batches([batch])
+        yield pa.RecordBatch.from_arrays(
+            [table.column("phenotype").combine_chunks(), table.column("variant_index").combine_chunks(),
+             _glm_lines(table, newline=False)], names=["phenotype", "variant_index", "value"])
 
 
 def _joined(lines) -> tuple[bytes, np.ndarray]:
@@ -550,12 +588,12 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: in
     glm_paths = {}
     for i, name in enumerate(model.phenotypes):
         folder = os.path.join(stage, _GLM_PARTS, str(i))
-        path = os.path.join(stage, f"{safe_name(name)}.glm.linear")
+        path = os.path.join(stage, glm_file(model, name))
         # the tasks' chunks in range order (not temporary files a killed task may have left)
         chunks = sorted((int(m.group(1)), m.group(0)) for m in map(_CHUNK_RE.fullmatch, os.listdir(folder)) if m) \
             if os.path.isdir(folder) else []
         with open(path, "wb") as out:
-            out.write((GLM_HEADER + "\n").encode())
+            out.write((glm_header(model, name) + "\n").encode())
             for _, chunk in chunks:
                 with open(os.path.join(folder, chunk), "rb") as fh:
                     shutil.copyfileobj(fh, out, 1 << 22)
@@ -756,9 +794,9 @@ def write_outputs_local(stage: str, table, model, *, plots: bool = True):
     glm_paths = {}
     for name in model.phenotypes:
         rows = table.filter(pc.equal(table["phenotype"], name)).sort_by("variant_index")
-        path = os.path.join(stage, f"{safe_name(name)}.glm.linear")
+        path = os.path.join(stage, glm_file(model, name))
         with open(path, "wb") as fh:
-            fh.write((GLM_HEADER + "\n").encode())
+            fh.write((glm_header(model, name) + "\n").encode())
             fh.write(glm_text(rows))
         glm_paths[name] = path
     write_extra_outputs(stage, model)

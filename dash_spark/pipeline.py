@@ -201,6 +201,8 @@ class Model:
     sexchr_stats: object | None = None
     #: a statistics model's sums for REGENIE's test (:attr:`SufficientStats.regenie`)
     regenie_sums: object | None = None
+    #: case/control phenotypes, fitted by plink2's logistic --glm (``<phenotype>.glm.logistic.hybrid``)
+    logistic_phenotypes: tuple[str, ...] = ()
 
     @property
     def n_variants(self) -> int:
@@ -279,7 +281,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         raise InputError(f"{exc}{_id_hint(source, fam, tables[0])}") from None
     n = fam.n_samples
     kept = sample_mask(fam.iids, cfg.keep, cfg.remove)
-    pheno = _case_control(cfg, pheno, (rows[0] >= 0) & kept, rows[0])
+    pheno, logistic = _case_control(cfg, pheno, (rows[0] >= 0) & kept, rows[0], party=party)
     in_all = (rows >= 0).all(axis=0) & kept
     variants = np.flatnonzero(variant_mask(bim, chr_spec=cfg.chr, from_bp=cfg.from_bp, to_bp=cfg.to_bp,
                                            extract=cfg.extract, exclude=cfg.exclude))
@@ -328,6 +330,12 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
 
     masks = [base & ~np.isnan(Y[:, t]) for t in range(Y.shape[1])]
     for t, mask in enumerate(masks):
+        if pheno.names[t] in logistic and not (0 < Y[mask, t].sum() < mask.sum()):  # plink2 stops too
+            raise InputError(
+                f"{cfg.pheno}: case/control phenotype {pheno.names[t]!r}: all {int(mask.sum())} analysed samples "
+                f"are {'cases' if mask.any() and Y[mask, t].min() > 0 else 'controls'}; expected both cases and "
+                "controls. Check the column's coding (1 control, 2 case; --1: 0 control, 1 case) or leave it out "
+                "with --pheno-name")
         if not party and mask.sum() >= 2 and np.ptp(Y[mask, t]) == 0:  # plink2 stops on one too
             raise InputError(
                 f"{cfg.pheno}: phenotype {pheno.names[t]!r} has the same value for all {int(mask.sum())} "
@@ -359,17 +367,17 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
     if has_sexchr and not sexchr and (fam.sex is not None or party) and source.kind != "features":
         log.warning("chrX/Y/MT variants are tested as autosomes here (%s); plink2's sex-chromosome models "
                     "apply to scans, stores and studies without it", "REGENIE's test" if not party else "--pred")
-    _check_multiallelic(cfg, source, bim, variants, party=party, sexchr=sexchr)
+    _check_multiallelic(cfg, source, bim, variants, party=party, sexchr=sexchr, logistic=bool(logistic))
     grouped = bool(cfg.pred) or sexchr
     groups = offset_moments = shared = sexchr_stats = regenie_sums = None
     moments: list = []
-    if not grouped and not party and _use_shared(masks):
+    if not grouped and not party and not logistic and _use_shared(masks):
         A_cols, B_cols, patterns, shared = _shared_columns(cfg, C, cov_names, Y, masks, pheno.names)
         A = np.hstack(A_cols + tail)
         W = pad_weights(A, np.hstack(B_cols + tail_b))
     elif not grouped or party:  # a statistics model keeps its phenotypes' own moments (--pred: of y itself)
         A_cols, B_cols, patterns, moments = _pattern_columns(cfg, C, cov_names, Y, masks, pheno.names, party,
-                                                             quiet=grouped)
+                                                             quiet=grouped, logistic=logistic)
         A = np.hstack(A_cols + tail)
         W = pad_weights(A, np.hstack(B_cols + tail_b))
     if grouped:
@@ -381,7 +389,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
             Y_raw[has] = pheno.values[rows[0, has]]
         W, groups, A, patterns, offset_moments, variants, sexchr_stats, regenie_sums = _chrom_groups(
             cfg, fam, bim, variants, C, cov_names, Y, Y_raw, masks, base, kept, freq_mask, loco, pheno.names, tail,
-            party, sexchr, tail_b)
+            party, sexchr, tail_b, logistic)
     widths = [w.shape[1] for w in (W if groups else (W,))]
     log.info("model: %d phenotype(s) in %d missingness pattern(s)%s; broadcast matrix %d x %d (%.1f MB)%s",
              len(pheno.names), len(patterns), ", by downdates of one shared basis" if shared else "",
@@ -405,6 +413,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         missing_genotypes="mean" if regenie_sums is not None else cfg.missing_genotypes,
         extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie", offset_moments=offset_moments,
         shared=shared, sexchr_stats=sexchr_stats, regenie_sums=regenie_sums,
+        logistic_phenotypes=tuple(name for name in pheno.names if name in logistic),
         sample_ids=tuple(map(str, np.asarray(fam.iids)[np.logical_or.reduce(masks)])) if party and masks else None,
     )
 
@@ -423,11 +432,13 @@ def _use_shared(masks) -> bool:
     return len(_mask_patterns(masks)) >= SHARED_MIN_PATTERNS
 
 
-def _mask_patterns(masks) -> list[list[int]]:
-    """The phenotypes (indices) of each distinct sample mask, in order of first appearance."""
+def _mask_patterns(masks, flags=None) -> list[list[int]]:
+    """The phenotypes (indices) of each distinct sample mask (and ``flags[t]``: case/control
+    phenotypes have patterns of their own), in order of first appearance."""
     groups: dict[bytes, list[int]] = {}
     for t, mask in enumerate(masks):
-        groups.setdefault(np.packbits(mask).tobytes(), []).append(t)
+        flag = b"1" if flags is not None and flags[t] else b"0"
+        groups.setdefault(np.packbits(mask).tobytes() + flag, []).append(t)
     return list(groups.values())
 
 
@@ -491,11 +502,13 @@ def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.
 
 
 def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.ndarray, masks, names,
-                     party: bool, *, quiet: bool = False):
+                     party: bool, *, quiet: bool = False, logistic=frozenset()):
     """``(A columns, B columns, patterns, moments)`` of the phenotypes ``Y`` [shape: (n, p)] with
-    their sample ``masks``: one pattern per distinct mask (per phenotype for a statistics model)."""
+    their sample ``masks``: one pattern per distinct mask (per phenotype for a statistics model);
+    the case/control phenotypes named in ``logistic`` (y coded 0/1) in patterns of their own."""
     pheno_names = list(names)
-    groups = [[t] for t in range(len(masks))] if party else _mask_patterns(masks)
+    flags = [pheno_names[t] in logistic for t in range(len(masks))]
+    groups = [[t] for t in range(len(masks))] if party else _mask_patterns(masks, flags)
 
     A_cols, B_cols, patterns, moments = [], [], [], []
     a_off = 0
@@ -517,6 +530,18 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
             a_off += C.shape[1] + len(idx) + 1
             continue
         basis = covariate_basis(C, mask, cov_names, where=where)
+        if flags[idx[0]]:  # case/control: y stays 0/1, and the tasks fit on the raw covariates Q R
+            pat, cases = _logistic_pattern(C, Yg, mask, basis, names, a_off, g)
+            A_cols += [basis.Q, Yg, mask.astype(np.float64)[:, None]]
+            B_cols.append(mask.astype(np.float64)[:, None])
+            patterns.append(pat)
+            a_off += basis.k + len(idx) + 1
+            for name, n_cases in zip(() if quiet else names, cases):
+                lines.line(len(lines_seen), "phenotype %s: case/control, %d cases and %d controls, %d covariates: "
+                           "logistic regression, Firth fallback (plink2's --glm)", name, n_cases,
+                           basis.n - n_cases, basis.k)
+                lines_seen.append(name)
+            continue
         if not cfg.no_intercept:
             # the intercept spans the mean: centring changes no result and keeps the digits that
             # x'y - (Q'x)'(Q'y) would otherwise cancel away for a phenotype with a large mean
@@ -537,6 +562,27 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
     return A_cols, B_cols, patterns, moments
 
 
+def _logistic_pattern(C: np.ndarray, Yg: np.ndarray, mask: np.ndarray, basis, names, a_off: int, g: int):
+    """The :class:`Pattern` of case/control phenotypes (``Yg``: 0/1 on ``mask``) and each one's case
+    count, with plink2's warnings: fewer cases or controls than 10x the predictors, and a covariate
+    that separates the phenotype on its own (then every variant gets Firth regression, as in plink2)."""
+    from .stats.logistic import covariate_separates
+
+    firth, cases = [], []
+    n = int(mask.sum())
+    for t, name in enumerate(names):
+        y = Yg[mask, t]
+        cases.append(int(y.sum()))
+        firth.append(covariate_separates(C[mask], y))
+        if min(cases[-1], n - cases[-1]) < 10 * (basis.k + 1):
+            log.warning("phenotype %s: %d %s, fewer than 10 x the %d predictors (plink2 warns too)", name,
+                        min(cases[-1], n - cases[-1]), "cases" if 2 * cases[-1] < n else "controls", basis.k + 1)
+        if firth[-1]:
+            log.warning("phenotype %s: a covariate separates cases from controls; every variant is fitted by "
+                        "Firth regression (plink2's firth-fallback does the same)", name)
+    return Pattern(tuple(names), n, basis.k, a_off, g, logistic=True, R=basis.R, always_firth=tuple(firth)), cases
+
+
 def case_control_columns(values: np.ndarray, pheno_01: bool = False) -> np.ndarray:
     """Which phenotype columns plink2 reads as case/control [shape: (n_columns,), bool]: every value
     (NaN missing: NA and -9) is 1 or 2, or 0 (missing there), with at least one 1 or 2; with
@@ -550,26 +596,37 @@ def case_control_columns(values: np.ndarray, pheno_01: bool = False) -> np.ndarr
     return out
 
 
-def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarray):
-    """plink2's reading of case/control phenotypes (judged on the genotype samples' rows): refused
-    unless ``--linear-for-binary``, which analyses them linearly with plink2's missing codes (0 is
-    missing in the 1/2 coding). The log says which model each phenotype gets."""
+def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarray, *, party: bool = False):
+    """plink2's reading of case/control phenotypes (judged on the genotype samples' rows): returns
+    the table with those columns coded 0 control / 1 case (NaN missing: 0 is missing in the 1/2
+    coding) and their names, which get plink2's logistic --glm. With ``--linear-for-binary`` they
+    keep their values (plink2's missing codes applied) and are analysed linearly. The log says
+    which model each phenotype gets."""
     import dataclasses
+
+    from .logs import PhenotypeLines
 
     rows = row_of[present]
     binary = case_control_columns(pheno.values[rows], cfg.pheno_01)
     if not binary.any():
-        return pheno
+        return pheno, frozenset()
     names = [pheno.names[t] for t in np.flatnonzero(binary)]
     coding = "0 control, 1 case (--1)" if cfg.pheno_01 else "1 control, 2 case, 0 missing"
     if not cfg.linear_for_binary:
-        raise ConfigError(f"{cfg.pheno}: phenotype(s) {', '.join(names)} are case/control as plink2 reads them "
-                          f"({coding}); plink2 fits them by logistic regression, which dash-spark does not do yet. "
-                          "Pass --linear-for-binary to analyse them by linear regression (a linear probability "
-                          "model; its numbers are not plink2's), or leave them out with --pheno-name")
+        what = ("stored and multi-party statistics (compress, party compress, select) are linear"
+                if party else "--pred with case/control phenotypes (REGENIE's binary-trait test) is not built yet"
+                if cfg.pred else None)
+        if what is not None:
+            raise ConfigError(f"{cfg.pheno}: phenotype(s) {', '.join(names)} are case/control as plink2 reads them "
+                              f"({coding}), which plink2 fits by logistic regression; {what}. Pass "
+                              "--linear-for-binary to analyse them by linear regression (a linear probability "
+                              "model; its numbers are not plink2's), or leave them out with --pheno-name")
+        for flag, on in (("--gwas-ssf", cfg.gwas_ssf), ("--report-covariates", cfg.report_covariates)):
+            if on:
+                raise ConfigError(f"{flag}: phenotype(s) {', '.join(names)} are case/control ({coding}) and get "
+                                  f"logistic regression, which {flag} does not write yet; leave them out with "
+                                  "--pheno-name, or drop the flag")
     values = pheno.values.copy()
-    from .logs import PhenotypeLines
-
     lines = PhenotypeLines(log)
     for i, t in enumerate(np.flatnonzero(binary)):
         col = values[:, t]
@@ -577,12 +634,19 @@ def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarra
             col[col == 0] = np.nan
         v = col[rows]
         case = 1.0 if cfg.pheno_01 else 2.0
-        lines.line(i, "phenotype %s: case/control (%d cases, %d controls), analysed by linear regression "
-                   "(--linear-for-binary)", pheno.names[t], int((v == case).sum()), int((v == case - 1).sum()))
-    lines.done("case/control, analysed by linear regression")
-    log.info("models: %d phenotype(s) quantitative, %d case/control, all by linear regression",
-             int((~binary).sum()), int(binary.sum()))
-    return dataclasses.replace(pheno, values=values)
+        if cfg.linear_for_binary:
+            lines.line(i, "phenotype %s: case/control (%d cases, %d controls), analysed by linear regression "
+                       "(--linear-for-binary)", pheno.names[t], int((v == case).sum()), int((v == case - 1).sum()))
+        else:
+            col -= case - 1.0  # 0 control, 1 case
+    if cfg.linear_for_binary:
+        lines.done("case/control, analysed by linear regression")
+        log.info("models: %d phenotype(s) quantitative, %d case/control, all by linear regression",
+                 int((~binary).sum()), int(binary.sum()))
+        return dataclasses.replace(pheno, values=values), frozenset()
+    log.info("models: %d phenotype(s) quantitative (linear regression), %d case/control (logistic regression, "
+             "Firth fallback: .glm.logistic.hybrid)", int((~binary).sum()), int(binary.sum()))
+    return dataclasses.replace(pheno, values=values), frozenset(names)
 
 
 def _id_hint(source, fam, table) -> str:
@@ -622,7 +686,7 @@ def _read_locos(cfg: ScanConfig, fam, names, masks) -> list:
 
 def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray, cov_names, Y: np.ndarray,
                   Y_raw: np.ndarray, masks, base: np.ndarray, kept: np.ndarray, freq_mask: np.ndarray, loco,
-                  names, tail, party: bool = False, sexchr: bool = False, tail_b=()):
+                  names, tail, party: bool = False, sexchr: bool = False, tail_b=(), logistic=frozenset()):
     """``(W tuple, groups, A of the first group, patterns of the first group, offset moments, variants)``
     of a model whose variants need more than one weight matrix:
 
@@ -731,10 +795,10 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
             Yc = Y - np.column_stack(offsets) if offsets is not None else Y
             if with_sex is not None and len(with_sex) < len(names):
                 A_cols, B_cols, pats, mos = _split_sex_patterns(cfg, C, Cg, cov_names, cov_g, Yc, masks_g, names,
-                                                                with_sex, party)
+                                                                with_sex, party, logistic)
             else:
                 A_cols, B_cols, pats, mos = _pattern_columns(cfg, Cg, cov_g, Yc, masks_g, names, party,
-                                                             quiet=party or first is not None)
+                                                             quiet=party or first is not None, logistic=logistic)
                 if stat_sex and cls in ("X", "Y"):
                     class_moments[cls] = tuple(mos)
             pats, spec = tuple(pats), None
@@ -766,7 +830,8 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
             sexchr_stats, reg_sums)
 
 
-def _check_multiallelic(cfg: ScanConfig, source, bim, variants, *, party: bool, sexchr: bool) -> None:
+def _check_multiallelic(cfg: ScanConfig, source, bim, variants, *, party: bool, sexchr: bool,
+                        logistic: bool = False) -> None:
     """Multiallelic variants (a comma in ALT) are tested by a scan's joint model of their alleles
     (plink2's); the other models take biallelic variants only, and say so before any work."""
     alt = np.asarray(bim.alt, dtype=object)[variants]
@@ -781,6 +846,8 @@ def _check_multiallelic(cfg: ScanConfig, source, bim, variants, *, party: bool, 
         what = "--pred"
     elif cfg.gwas_ssf:
         what = "--gwas-ssf"
+    elif logistic:
+        what = "logistic regression (case/control phenotypes)"
     elif sexchr and any(sex_chrom_class(c) for c in set(chroms.tolist())):
         what = "chrX/Y/MT (plink2's sex-chromosome models)"
     if what is None:
@@ -830,7 +897,8 @@ def _regenie_stat_columns(cfg: ScanConfig, C, cov_names, Y, masks, names, offset
     return A_cols, B_cols, pats
 
 
-def _split_sex_patterns(cfg: ScanConfig, C, Cg, cov_names, cov_g, Y, masks, names, with_sex, party: bool):
+def _split_sex_patterns(cfg: ScanConfig, C, Cg, cov_names, cov_g, Y, masks, names, with_sex, party: bool,
+                        logistic=frozenset()):
     """chrX's pattern columns when only some phenotypes get the SEX covariate (``with_sex``: their
     indices; the others are analysed in one sex): the two sets' columns side by side."""
     rest = [t for t in range(len(names)) if t not in with_sex]
@@ -838,7 +906,7 @@ def _split_sex_patterns(cfg: ScanConfig, C, Cg, cov_names, cov_g, Y, masks, name
     for idx, CC, cn in ((with_sex, Cg, cov_g), (rest, C, cov_names)):
         if idx:
             parts.append(_pattern_columns(cfg, CC, cn, Y[:, idx], [masks[t] for t in idx], [names[t] for t in idx],
-                                          party, quiet=True))
+                                          party, quiet=True, logistic=logistic))
     A_cols, B_cols, pats, mos = [], [], [], []
     for a, b, p, mo in parts:
         na, nb = sum(x.shape[1] for x in A_cols), sum(x.shape[1] for x in B_cols)

@@ -59,6 +59,12 @@ class Pattern:
     cols: np.ndarray | None = None
     missing: np.ndarray | None = None
     T: np.ndarray | None = None
+    #: case/control phenotypes (plink2's logistic --glm, :mod:`dash_spark.stats.logistic`): their
+    #: columns of A hold y as 0/1 (not centred); the raw covariates are ``Q R`` on the pattern's
+    #: samples; ``always_firth``: per phenotype, a covariate separates it (Firth for every variant)
+    logistic: bool = False
+    R: np.ndarray | None = None
+    always_firth: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -304,6 +310,8 @@ def multiallelic_batch(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -
     for field in RESULT_SCHEMA:
         if field.name == "mach_r2":
             arrays.append(pa.array(np.full(len(cols["variant_index"]), np.nan), type=pa.float64()))
+        elif field.name == "firth":
+            arrays.append(pa.nulls(len(cols["variant_index"]), type=pa.bool_()))
         else:
             arrays.append(pa.array(cols[field.name], type=field.type, from_pandas=True))
     return pa.RecordBatch.from_arrays(arrays, schema=RESULT_SCHEMA)
@@ -342,6 +350,9 @@ def _scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Re
                              a1freq_floor=plan.a1freq_floor)
     named = []
     for pat in plan.patterns:
+        if pat.logistic:
+            named += logistic_stats(plan, W, pat, block, freq_alt, freq_called, called)
+            continue
         a, k, pg = pat.a_offset, pat.k, len(pat.phenotypes)
         sums = dict(Qx=SX[:, a : a + k], yx=SX[:, a + k : a + k + pg], sx=SX[:, a + k + pg],
                     sxx=SXX[:, pat.b_offset], Qm=SM[:, a : a + k], miss=SM[:, a + k + pg],
@@ -351,17 +362,73 @@ def _scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Re
         else:
             QmQm, Qmy, ymy = block_grams(block, W, a, k, pg, sums["miss"] > 0)
             stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymy, **sums)
-        if called is not None:
-            # A1_FREQ as plink2 reports it: the regressed dosages over 2 x (each called sample's factor)
-            mask = W[: plan.n_samples, plan.n_a + pat.b_offset]
-            n_called = called @ mask
-            weight = called @ (mask * plan.dosage_scale)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                fix = np.where(weight > 0, n_called / weight, np.nan)
-            stats = [replace(st, alt_freq=st.alt_freq * fix, mach_r2=None) for st in stats]
-        named += list(zip(pat.phenotypes, stats))
+        named += list(zip(pat.phenotypes, _haploid_freq(plan, W, pat, called, stats)))
     return results_batch(vidx, block.meta, freq_alt, freq_called, named, count_alt=plan.count_alt,
                          a1freq_floor=plan.a1freq_floor)
+
+
+def _haploid_freq(plan: ScanPlan, W: np.ndarray, pat: Pattern, called, stats: list) -> list:
+    """A1_FREQ as plink2 reports it on a sex chromosome (``called``: the raw block's calls; None
+    elsewhere): the regressed dosages over 2 x (each called sample's factor)."""
+    if called is None:
+        return stats
+    mask = W[: plan.n_samples, plan.n_a + pat.b_offset]
+    n_called = called @ mask
+    weight = called @ (mask * plan.dosage_scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fix = np.where(weight > 0, n_called / weight, np.nan)
+    return [replace(st, alt_freq=st.alt_freq * fix, mach_r2=None) for st in stats]
+
+
+#: variants fitted together by the logistic model (its per-variant matrices are (chunk, n))
+LOGISTIC_CHUNK = 128
+
+
+def logistic_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, freq_alt, freq_called, called) -> list:
+    """``(phenotype, VariantStats)`` of a case/control pattern: plink2's logistic-Firth hybrid
+    (:func:`dash_spark.stats.logistic.logistic_hybrid`) of each phenotype on the A1 dosage (A1 as
+    :func:`~dash_spark.stats.results.results_batch` picks it), missing calls dropped per variant
+    (or mean-imputed with ``missing_genotypes="mean"``). ``beta`` and ``t_stat`` are returned for
+    ALT, as the linear model's, and flipped back to A1 by the results' rows."""
+    from .stats.logistic import logistic_hybrid
+    from .stats.regression import VariantStats, mach_r2
+    from .stats.results import a1_flip
+
+    Q, Y, mask = _pattern_columns_of(plan, W, pat)
+    C = Q[mask] @ pat.R
+    X = block.dense()[:, mask]
+    present = ~np.isnan(X)
+    mean = plan.missing_genotypes == "mean"
+    n_obs = present.sum(axis=1)
+    sx = np.where(present, X, 0.0).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alt_freq = np.where(n_obs > 0, sx / (2.0 * n_obs), np.nan)
+    if mean:
+        X = np.where(present, X, (sx / np.maximum(n_obs, 1))[:, None])
+    flip = a1_flip(freq_alt, freq_called, alt_freq, count_alt=plan.count_alt)
+    scale = 2.0 * (plan.dosage_scale[mask] if plan.dosage_scale is not None else np.ones(int(mask.sum())))
+    A1 = np.where(flip[:, None], scale[None, :] - X, X)
+    obs = np.ones_like(present) if mean else present
+    sign = np.where(flip, -1.0, 1.0)
+    sxx = np.einsum("mn,mn->m", np.where(present, X, 0.0), np.where(present, X, 0.0))
+    mach = mach_r2(sx, sxx, n_obs)
+    out = []
+    for t, name in enumerate(pat.phenotypes):
+        y = Y[mask, t]
+        parts = [logistic_hybrid(C, y, A1[a : a + LOGISTIC_CHUNK], obs[a : a + LOGISTIC_CHUNK],
+                                 mask=np.ones(len(y), dtype=bool), always_firth=pat.always_firth[t])
+                 for a in range(0, len(A1), LOGISTIC_CHUNK)]
+
+        def cat(field):
+            return np.concatenate([getattr(f, field) for f in parts]) if parts else np.zeros(0)
+
+        st = VariantStats(beta=sign * cat("beta"), se=cat("se"), t_stat=sign * cat("z"),
+                          neg_log10_p=cat("neg_log10_p"), p=cat("p"), obs_ct=cat("obs_ct").astype(np.int64),
+                          alt_freq=alt_freq, errcode=cat("errcode").astype(np.uint8), mach_r2=mach,
+                          firth=cat("firth").astype(bool))
+        out.append((name, st))
+    stats = _haploid_freq(plan, W, pat, called, [st for _, st in out])
+    return list(zip(pat.phenotypes, stats))
 
 
 def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:

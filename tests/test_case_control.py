@@ -1,11 +1,12 @@
 """Case/control phenotypes are never analysed linearly by accident.
 
 plink2 reads a phenotype column whose values are all 1/2 (0, -9 and NA missing), or 0/1 with
-``--1``, as case/control and fits it by logistic regression. dash-spark does not fit that model
-yet: such a phenotype is refused with one line naming it, unless ``--linear-for-binary`` asks for
-linear regression, which then follows plink2's missing codes (checked against statsmodels). Which
-columns are case/control is checked against plink2's own reading of the same file (the phenotypes
-it writes a ``.glm.logistic.hybrid`` for).
+``--1``, as case/control and fits it by logistic regression. dash-spark does the same (the fit
+itself is checked in ``test_logistic.py``) and says which model each phenotype got; the statistics
+of stores and studies, which are linear, refuse such a phenotype with one line naming it, unless
+``--linear-for-binary`` asks for linear regression, which then follows plink2's missing codes
+(checked against statsmodels). Which columns are case/control is checked against plink2's own
+reading of the same file (the phenotypes it writes a ``.glm.logistic.hybrid`` for).
 """
 
 from __future__ import annotations
@@ -68,12 +69,24 @@ def test_detection_agrees_with_plink2(cc_files, ones):
     assert ours == ({"zero_one"} if ones else {"cc12", "cc_missing", "zero_one"})
 
 
-def test_case_control_refused_without_the_flag(cc_files, capsys, tmp_path):
+def test_case_control_gets_logistic_and_statistics_refuse(cc_files, capsys, tmp_path):
+    """A scan fits them by logistic regression, with plink2's file names, and logs each one's model;
+    a store batch or party (linear sums) refuses them before any Spark work, naming them."""
     _, files, pheno, _ = cc_files
-    out = str(tmp_path / "o")
-    rc, _, err = run_cli(capsys, ["-q", "scan", "--bfile", files.bfile, "--pheno", pheno, "--out", out])
-    line = assert_input_error(rc, err, out, "cc12, cc_missing, zero_one are case/control as plink2 reads them",
-                              "--linear-for-binary", "logistic")
+    out = tmp_path / "o"
+    # (zero_one, 1/2-coded, has no case: plink2 stops on it, and so do we, see test_logistic.py)
+    rc, _, said = run_cli(capsys, ["scan", "--bfile", files.bfile, "--pheno", pheno, "--pheno-name",
+                                   "cc12,cc_missing,three,halves,quant", "--out", str(out), "--no-plots"])
+    assert rc == 0, said
+    assert sorted(p.name for p in out.glob("*.glm.*")) == [
+        "cc12.glm.logistic.hybrid", "cc_missing.glm.logistic.hybrid", "halves.glm.linear", "quant.glm.linear",
+        "three.glm.linear"]
+    assert "3 phenotype(s) quantitative (linear regression), 2 case/control (logistic regression" in said
+    assert "phenotype cc12: case/control" in said and "logistic regression, Firth fallback" in said
+    rc, _, err = run_cli(capsys, ["-q", "compress", "--store", str(tmp_path / "s"), "--batch", "a", "--bfile",
+                                  files.bfile, "--pheno", pheno])
+    line = assert_input_error(rc, err, str(tmp_path / "s"), "cc12, cc_missing, zero_one are case/control as plink2 "
+                              "reads them", "--linear-for-binary", "logistic")
     assert "quant" not in line.split("are case/control")[0]
     from dash_spark.api import compress
     from dash_spark.sources import open_bfile

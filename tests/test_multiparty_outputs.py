@@ -25,13 +25,14 @@ from dash_spark.output import (
 )
 
 
-def _results(rng, phenotypes=("trait", "other trait")) -> pa.Table:
+def _results(rng, phenotypes=("trait", "other trait"), logistic=()) -> pa.Table:
+    """Result rows with awkward numbers; the ``logistic`` phenotypes' rows carry FIRTH? flags."""
     m = 400
     chrom = rng.choice(["1", "2", "10", "X"], m).astype(object)
     pos = rng.integers(1, 3_000_000, m)
     cols: dict[str, list] = {k: [] for k in ("variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq",
                                              "mach_r2", "obs_ct", "beta", "se", "t_stat", "p", "neg_log10_p", "phenotype",
-                                             "errcode")}
+                                             "errcode", "firth")}
     for name in phenotypes:
         beta = rng.standard_normal(m) * np.exp(rng.uniform(-25, 25, m))
         se = np.abs(rng.standard_normal(m)) * np.exp(rng.uniform(-12, 18, m))
@@ -62,10 +63,12 @@ def _results(rng, phenotypes=("trait", "other trait")) -> pa.Table:
         cols["neg_log10_p"].append(nlp)
         cols["phenotype"].append(np.array([name] * m, dtype=object))
         cols["errcode"].append(err)
+        cols["firth"].append(rng.random(m) < 0.1 if name in logistic else np.full(m, None, dtype=object))
     arrays = {}
     for k, parts in cols.items():
         v = np.concatenate(parts)
-        arrays[k] = (pa.array(v, type=pa.string()) if v.dtype == object else
+        arrays[k] = (pa.array(v, type=pa.bool_()) if k == "firth" else
+                     pa.array(v, type=pa.string()) if v.dtype == object else
                      pa.array(v, type=pa.float64(), from_pandas=True) if v.dtype.kind == "f" else
                      pa.array(v, type=pa.int64()))
     table = pa.table(arrays)
@@ -99,16 +102,18 @@ def test_java_double_and_fixed6_match_spark(spark, rng):
 def test_local_outputs_equal_spark_outputs(spark, rng, tmp_path):
     from dash_spark.spark.fs import HadoopFS
 
-    table = _results(rng)
+    table = _results(rng, logistic=("other trait",))
     model = OutputModel(phenotypes=("trait", "other trait"), covariates=("(intercept)", "age"),
-                        n_variants=400, counts={"pooled_samples": {"trait": 150}, "parties": 3})
+                        n_variants=400, counts={"pooled_samples": {"trait": 150}, "parties": 3},
+                        logistic_phenotypes=("other trait",))
     a, b = tmp_path / "spark", tmp_path / "local"
     a.mkdir()
     b.mkdir()
     pq.write_table(table, a / "results.parquet")
     glm_a, summ_a = write_reports(spark, HadoopFS(spark, str(a)), str(a), model, plots=False)
     glm_b, summ_b = write_outputs_local(str(b), table, model, plots=False)
-    assert sorted(p.rsplit("/", 1)[1] for p in glm_a.values()) == sorted(p.rsplit("/", 1)[1] for p in glm_b.values())
+    assert sorted(p.rsplit("/", 1)[1] for p in glm_a.values()) == sorted(p.rsplit("/", 1)[1] for p in glm_b.values()) \
+        == ["other_trait.glm.logistic.hybrid", "trait.glm.linear"]
     for name in model.phenotypes:
         text_a, text_b = open(glm_a[name]).read(), open(glm_b[name]).read()
         assert text_a == text_b, name

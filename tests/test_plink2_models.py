@@ -118,8 +118,14 @@ def _sparse_files(tmp: Path, rng) -> tuple[str, str, str, list[str]]:
 
 
 def test_errcode_names_and_order_are_plink2s():
-    assert ERRCODES == (".", "SAMPLE_CT<=PREDICTOR_CT", "CONST_OMITTED_ALLELE", "CORR_TOO_HIGH",
-                        "VIF_INFINITE", "VIF_TOO_HIGH")
+    """The codes we write are plink2's (its ``kGlmErrcodeStrs``, in its order), and UNFINISHED, which
+    plink2 prints in ERRCODE for a fit that reached its iteration limit."""
+    plink2 = ("", "SAMPLE_CT<=PREDICTOR_CT", "CONST_OMITTED_ALLELE", "CONST_ALLELE", "CORR_TOO_HIGH", "VIF_INFINITE",
+              "VIF_TOO_HIGH", "SEPARATION", "RANK_DEFICIENT", "LOGISTIC_CONVERGE_FAIL", "FIRTH_CONVERGE_FAIL",
+              "INVALID_RESULT")
+    assert ERRCODES[0] == "." and ERRCODES[-1] == "UNFINISHED"
+    positions = [plink2.index(code) for code in ERRCODES[1:-1]]
+    assert positions == sorted(positions)
 
 
 def test_sparse_variant_errcodes_match_plink2(tmp_path, spark, rng):
@@ -187,12 +193,13 @@ def test_hail_linreg_errcodes_match_plink2(tmp_path, spark):
 def test_no_intercept_no_covariates_matches_hail(tmp_path, spark):
     """Hail's test_linear_regression_without_intercept (covariates=[]): its values for position 1
     (R's lm(y ~ 0 + x)), with Hail's mean imputation. Its phenotype is coded 1/2, which plink2 reads
-    as case/control: Hail and R fit it linearly, so the test asks for that (--linear-for-binary)."""
+    as case/control (and fits by logistic regression, as we do without the flag): Hail and R fit it
+    linearly, so the test asks for that (--linear-for-binary)."""
     bfile, iids = _hail_linreg_bed(tmp_path)
     pheno, _ = _hail_tables(tmp_path, iids)
-    with pytest.raises(ConfigError, match="case/control"):
-        run_scan(ScanConfig(bfile=bfile, pheno=pheno, no_intercept=True, missing_genotypes="mean",
-                            out=str(tmp_path / "refused"), plots=False), spark=spark)
+    logistic = run_scan(ScanConfig(bfile=bfile, pheno=pheno, no_intercept=True, missing_genotypes="mean",
+                                   out=str(tmp_path / "logistic"), plots=False), spark=spark)
+    assert [p.rsplit(".glm.", 1)[1] for p in logistic.glm_paths.values()] == ["logistic.hybrid"]
     res = run_scan(ScanConfig(bfile=bfile, pheno=pheno, no_intercept=True, missing_genotypes="mean",
                               linear_for_binary=True, out=str(tmp_path / "ours"), plots=False), spark=spark)
     import pyarrow.parquet as pq
@@ -412,7 +419,7 @@ def test_gwas_ssf_underflow_uses_neg_log10_column(tmp_path):
         tested = err == "."
         vals = dict(variant_index=i, chrom=chrom, pos=pos, id=vid, ref=ref, alt=alt, a1=a1, a1_freq=0.25, mach_r2=0.9,
                     obs_ct=100, beta=0.5 if tested else None, se=0.1 if tested else None,
-                    t_stat=5.0 if tested else None, p=p, neg_log10_p=nlp, phenotype="y", errcode=err)
+                    t_stat=5.0 if tested else None, p=p, neg_log10_p=nlp, phenotype="y", errcode=err, firth=None)
         for k, v in vals.items():
             cols[k].append(v)
     (tmp_path / "r").mkdir()

@@ -136,6 +136,9 @@ class VariantStats:
     errcode: np.ndarray  # uint8, codes in ERRCODES
     #: MaCH imputation r-squared of the dosages over the samples with a call (plink2's MACH_R2)
     mach_r2: np.ndarray | None = None
+    #: a case/control phenotype's rows (logistic ``--glm``): which came from Firth regression;
+    #: ``beta`` is then the log odds ratio and ``t_stat`` the Wald z. None: a linear model
+    firth: np.ndarray | None = None
 
 
 def mach_r2(sx: np.ndarray, sxx: np.ndarray, n_called: np.ndarray) -> np.ndarray:
@@ -154,7 +157,10 @@ def mach_r2(sx: np.ndarray, sxx: np.ndarray, n_called: np.ndarray) -> np.ndarray
 #: ``CORR_TOO_HIGH`` / ``VIF_TOO_HIGH`` (plink2's --max-corr / --vif cut-offs; a variant's
 #: covariates singular on its samples is ``VIF_INFINITE``), ``VIF_INFINITE`` (the dosage is
 #: explained exactly by the covariates)
-ERRCODES = (".", "SAMPLE_CT<=PREDICTOR_CT", "CONST_OMITTED_ALLELE", "CORR_TOO_HIGH", "VIF_INFINITE", "VIF_TOO_HIGH")
+#: A logistic fit (:mod:`dash_spark.stats.logistic`) adds ``FIRTH_CONVERGE_FAIL``, ``INVALID_RESULT``
+#: and ``UNFINISHED`` (numbers reported: the iteration limit was reached).
+ERRCODES = (".", "SAMPLE_CT<=PREDICTOR_CT", "CONST_OMITTED_ALLELE", "CORR_TOO_HIGH", "VIF_INFINITE", "VIF_TOO_HIGH",
+            "LOGISTIC_CONVERGE_FAIL", "FIRTH_CONVERGE_FAIL", "INVALID_RESULT", "UNFINISHED")
 ERR_OK, ERR_FEW, ERR_CONST, ERR_CORR, ERR_COLLINEAR, ERR_VIF = range(6)
 
 #: plink2's defaults: --max-corr 0.999, --vif 50
@@ -261,7 +267,7 @@ def finalize_mean_imputed(
     sxi = sx + mu * miss
     xx_c = xxi - np.einsum("mk,mk->m", Qxi, Qxi)
     xx_centred = xxi - sxi * sxi / n
-    err = _first_errors(sx, sxx, n_obs, n, k)
+    err = first_errors(sx, sxx, n_obs, n, k)
     if cc is not None:
         err = np.where(err == 0, collinearity_errors(cc, Qxi, sxi, xx_centred), err).astype(np.uint8)
     yx_c = yxi - Qxi @ Qy  # (m, p)
@@ -305,7 +311,7 @@ def finalize_complete_case(
     b = np.broadcast_to(Qy, (m, k, p)) - Qmy
     rhs = np.concatenate([Qx[:, :, None], b], axis=2)
     z = rhs.copy()
-    err = _first_errors(sx, sxx, n_obs, n_obs, k)
+    err = first_errors(sx, sxx, n_obs, n_obs, k)
     xx_centred = sxx - sx * sx / np.where(n_obs > 0, n_obs, 1)
     if has.any() and k:
         G_obs = np.eye(k)[None] - QmQm[has]  # Q_O'Q_O of each variant with missing calls
@@ -318,7 +324,7 @@ def finalize_complete_case(
         checks = np.zeros(m, dtype=np.uint8)
         checks[~has] = collinearity_errors(cc, Qx[~has], sx[~has], xx_centred[~has])
         if has.any() and k and len(cc.cols):  # no covariate besides the intercept: nothing to check
-            checks[has] = _collinearity_errors_observed(
+            checks[has] = collinearity_errors_observed(
                 cc, Qx[has], sx[has], xx_centred[has], Qm[has], G_obs, n_obs[has])
         err = np.where(err == 0, checks, err).astype(np.uint8)
     xx_c = sxx - np.einsum("mk,mk->m", Qx, z[:, :, 0])
@@ -343,7 +349,7 @@ def _near_singular(G: np.ndarray, tol: float = 1e-10) -> np.ndarray:
     return out
 
 
-def _collinearity_errors_observed(cc, Qx, sx, xx_centred, Qm, G, n_obs):
+def collinearity_errors_observed(cc, Qx, sx, xx_centred, Qm, G, n_obs):
     """plink2's correlation/VIF checks with covariate moments downdated to each variant's calls."""
     R = cc.R
     cols = cc.cols
@@ -362,7 +368,7 @@ def _collinearity_errors_observed(cc, Qx, sx, xx_centred, Qm, G, n_obs):
     return _corr_vif_codes(r, np.einsum("mc,mcd->md", r, corr_inv), np.einsum("mii->mi", corr_inv))
 
 
-def _first_errors(sx, sxx, n_obs, n_fit, k: int) -> np.ndarray:
+def first_errors(sx, sxx, n_obs, n_fit, k: int) -> np.ndarray:
     """plink2's first two checks, in its order: SAMPLE_CT<=PREDICTOR_CT where the regression's
     ``n_fit`` samples do not exceed its k + 1 predictors, else CONST_OMITTED_ALLELE where every
     observed dosage is the same (or nothing was observed)."""

@@ -13,7 +13,7 @@ from .regression import ERRCODES
 RESULT_SCHEMA_DDL = (
     "variant_index long, chrom string, pos long, id string, ref string, alt string, a1 string, "
     "a1_freq double, mach_r2 double, obs_ct long, beta double, se double, t_stat double, p double, "
-    "neg_log10_p double, phenotype string, errcode string"
+    "neg_log10_p double, phenotype string, errcode string, firth boolean"
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -21,7 +21,26 @@ RESULT_SCHEMA = pa.schema([
     ("ref", pa.string()), ("alt", pa.string()), ("a1", pa.string()), ("a1_freq", pa.float64()),
     ("mach_r2", pa.float64()), ("obs_ct", pa.int64()), ("beta", pa.float64()), ("se", pa.float64()), ("t_stat", pa.float64()),
     ("p", pa.float64()), ("neg_log10_p", pa.float64()), ("phenotype", pa.string()), ("errcode", pa.string()),
+    ("firth", pa.bool_()),
 ])  # the same columns as RESULT_SCHEMA_DDL, for tasks that write Parquet themselves
+
+
+def a1_flip(freq_alt_sum, freq_called, alt_freq, *, count_alt: bool) -> np.ndarray:
+    """Which variants have REF as A1 [shape: (m,), bool]. plink2's default: A1 is the non-major
+    allele over the frequency samples (``freq_alt_sum``/``freq_called``: their ALT dosage sum and
+    called count). plink2 takes ref_freq = ref_count * (1 / (2 n)) and alt_freq = 1 - ref_freq, and
+    keeps REF as major on an exact tie; that arithmetic decides tied counts (either way, depending
+    on n), so it is reproduced as is. A variant with no call among them falls back to the
+    phenotype's samples (``alt_freq``). ``count_alt``: A1 is always ALT."""
+    m = len(freq_called)
+    if count_alt:
+        return np.zeros(m, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(freq_called > 0, 1.0 / (2.0 * freq_called), np.nan)
+        ref_freq = (2.0 * freq_called - freq_alt_sum) * inv
+    no_freq = np.isnan(ref_freq)
+    flip = (1.0 - ref_freq) > ref_freq
+    return np.where(no_freq, np.asarray(alt_freq) > 0.5, flip) if no_freq.any() else flip
 
 
 def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_alt: bool,
@@ -36,23 +55,12 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
     """
     chrom, ids, pos, alt, ref = meta
     m = len(vidx)
-    # plink2's default: A1 is the non-major allele over the frequency samples. plink2 takes
-    # ref_freq = ref_count * (1 / (2 n)) and alt_freq = 1 - ref_freq, and keeps REF as major on an
-    # exact tie; that arithmetic decides tied counts (either way, depending on n), so it is
-    # reproduced as is. A variant with no call among them falls back to the phenotype's samples
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(freq_called > 0, 1.0 / (2.0 * freq_called), np.nan)
-        ref_freq = (2.0 * freq_called - freq_alt_sum) * inv
-    no_freq = np.isnan(ref_freq)
-    flip_all = np.zeros(m, dtype=bool) if count_alt else (1.0 - ref_freq) > ref_freq
     P = len(named_stats)
     cols: dict[str, list] = {name: [] for name in (
         "variant_index", "pos", "a1_freq", "mach_r2", "obs_ct", "beta", "se", "t_stat", "p", "neg_log10_p")}
-    a1_index, codes = [], []
+    a1_index, codes, firth = [], [], []
     for _name, st in named_stats:
-        flip = flip_all
-        if not count_alt and no_freq.any():
-            flip = np.where(no_freq, st.alt_freq > 0.5, flip_all)
+        flip = a1_flip(freq_alt_sum, freq_called, st.alt_freq, count_alt=count_alt)
         sign = np.where(flip, -1.0, 1.0)
         cols["variant_index"].append(vidx)
         cols["pos"].append(pos)
@@ -69,6 +77,7 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
         cols["p"].append(st.p)
         cols["neg_log10_p"].append(st.neg_log10_p)
         codes.append(np.asarray(st.errcode))
+        firth.append(np.full(m, -1, dtype=np.int8) if st.firth is None else np.asarray(st.firth, dtype=np.int8))
     numbers = {}
     for name, parts in cols.items():
         values = np.concatenate(parts) if parts else np.zeros(0)
@@ -93,7 +102,10 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
             pa.array(np.concatenate(codes).astype(np.int32) if codes else np.zeros(0, dtype=np.int32)),
             pa.array(list(ERRCODES), type=pa.string())).cast(pa.string()),
     }
+    # FIRTH? of a logistic model's rows; null for a linear model's
+    flags = np.concatenate(firth) if firth else np.zeros(0, dtype=np.int8)
+    strings["firth"] = pa.array(flags > 0, type=pa.bool_(), mask=flags < 0)
     order = ("variant_index", "chrom", "pos", "id", "ref", "alt", "a1", "a1_freq", "mach_r2", "obs_ct", "beta",
-             "se", "t_stat", "p", "neg_log10_p", "phenotype", "errcode")
+             "se", "t_stat", "p", "neg_log10_p", "phenotype", "errcode", "firth")
     arrays = [numbers[c] if c in numbers else strings[c] for c in order]
     return pa.RecordBatch.from_arrays(arrays, names=list(order))
