@@ -89,15 +89,26 @@ def covariate_separates(C: np.ndarray, y: np.ndarray) -> bool:
 
 
 def _products(C: np.ndarray) -> np.ndarray:
-    """``[c_a c_b]`` per sample [shape: (n, k*k)]: weighted sums of these are the C'VC blocks."""
-    return np.einsum("na,nb->nab", C, C).reshape(C.shape[0], -1)
+    """``c_a c_b`` per sample for ``a <= b`` [shape: (n, k(k+1)/2)]: weighted sums of these are the
+    C'VC blocks."""
+    iu = np.triu_indices(C.shape[1])
+    return C[:, iu[0]] * C[:, iu[1]]
+
+
+def _unpack(tri: np.ndarray, k: int) -> np.ndarray:
+    """The symmetric (m, k, k) matrices of their ``a <= b`` entries [shape: (m, k(k+1)/2)]."""
+    out = np.empty((len(tri), k, k))
+    iu = np.triu_indices(k)
+    out[:, iu[0], iu[1]] = tri
+    out[:, iu[1], iu[0]] = tri
+    return out
 
 
 def _grams(V: np.ndarray, X: np.ndarray, C: np.ndarray, CC: np.ndarray) -> np.ndarray:
     """``D'diag(v)D`` of each variant's design ``D = [C | x]`` [shape: (m, k+1, k+1)]; ``V``, ``X``: (m, n)."""
     m, k = V.shape[0], C.shape[1]
     H = np.empty((m, k + 1, k + 1))
-    H[:, :k, :k] = (V @ CC).reshape(m, k, k)
+    H[:, :k, :k] = _unpack(V @ CC, k)
     VX = V * X
     cx = VX @ C
     H[:, :k, k] = cx
@@ -111,17 +122,24 @@ def _dt(r: np.ndarray, X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return np.concatenate([r @ C, np.einsum("mn,mn->m", r, X)[:, None]], axis=1)
 
 
-def _expit(coef: np.ndarray, X: np.ndarray, C: np.ndarray) -> np.ndarray:
+def _fitted(coef: np.ndarray, X: np.ndarray, C: np.ndarray, obs: np.ndarray, lin: np.ndarray):
+    """``(p, loglik)`` of each variant's coefficients: ``p = 1 / (1 + exp(-eta))`` [shape: (m, n)]
+    and the log-likelihood over its ``obs`` samples, ``sum -log(1 + e^-eta) - (1 - y) eta``, whose
+    linear part is ``coef . lin`` (``lin`` [shape: (m, k+1)]: ``D'((1 - y) obs)``, fixed per fit)."""
     k = C.shape[1]
-    eta = coef[:, :k] @ C.T + coef[:, k : k + 1] * X
+    eta = coef[:, :k] @ C.T
+    eta += coef[:, k : k + 1] * X
+    np.negative(eta, out=eta)
     with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-eta))
-
-
-def _loglik(y: np.ndarray, P: np.ndarray, obs: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        term = np.where(y[None, :] > 0, np.log(P), np.log1p(-P))
-    return np.where(obs > 0, term, 0.0).sum(axis=1)
+        e = np.exp(eta, out=eta)
+    if np.isinf(e.max(initial=0.0)):  # exp overflowed (eta < -709): the stable form
+        eta = -np.log(e)
+        e = np.exp(-eta)
+        ll = -np.where(obs > 0, np.logaddexp(0.0, -eta), 0.0).sum(axis=1) - np.einsum("mj,mj->m", coef, lin)
+        return 1.0 / (1.0 + e), ll
+    e += 1.0
+    ll = -np.einsum("mn,mn->m", np.log(e), obs) - np.einsum("mj,mj->m", coef, lin)
+    return np.reciprocal(e, out=e), ll
 
 
 def _solve(H: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,8 +192,8 @@ def logistic_regression(C, CC, y, X, obs):
     m, k = X.shape[0], C.shape[1]
     z = y * _START - 0.5 * _START
     coef, failed = _solve(_grams(obs, X, C, CC), _dt(obs * z[None, :], X, C))
-    P = _expit(np.nan_to_num(coef), X, C)
-    ll = _loglik(y, P, obs)
+    lin = _dt(obs * (1.0 - y)[None, :], X, C)
+    P, ll = _fitted(np.nan_to_num(coef), X, C, obs, lin)
     failed |= np.isnan(ll)
     H = np.full((m, k + 1, k + 1), np.nan)
     active = ~failed
@@ -183,17 +201,26 @@ def logistic_regression(C, CC, y, X, obs):
         idx = np.flatnonzero(active)
         if not len(idx):
             break
-        Pa, Xa, oa = P[idx], X[idx], obs[idx]
-        Ha = _grams(Pa * (1.0 - Pa) * oa, Xa, C, CC)
-        step, bad = _solve(Ha, _dt((Pa - y[None, :]) * oa, Xa, C))
+        whole = len(idx) == m  # no copies while every variant is still iterating
+        Pa, Xa, oa = (P, X, obs) if whole else (P[idx], X[idx], obs[idx])
+        R = Pa - y[None, :]
+        R *= oa
+        V = 1.0 - Pa
+        V *= Pa
+        V *= oa
+        Ha = _grams(V, Xa, C, CC)
+        step, bad = _solve(Ha, _dt(R, Xa, C))
         H[idx] = Ha
         coef[idx] -= np.nan_to_num(step)
-        Pn = _expit(coef[idx], Xa, C)
-        lln = _loglik(y, Pn, oa)
+        Pn, lln = _fitted(coef[idx], Xa, C, oa, lin[idx])
         bad |= np.isnan(lln)
         with np.errstate(invalid="ignore"):
             conv = np.abs(lln - ll[idx]) < 1e-8 * (0.05 + np.abs(lln))
-        P[idx], ll[idx] = Pn, lln
+        if whole:
+            P = Pn
+        else:
+            P[idx] = Pn
+        ll[idx] = lln
         failed[idx[bad]] = True
         active[idx[bad | conv]] = False
     unfinished = active.copy()
@@ -223,16 +250,16 @@ def firth_regression(C, CC, y, X, obs):
         if not len(idx):
             break
         Xa, oa = X[idx], obs[idx]
-        P = _expit(coef[idx], Xa, C)
+        P, ll = _fitted(coef[idx], Xa, C, oa, _dt(oa * (1.0 - y)[None, :], Xa, C))
         bad = ((oa > 0) & ((P == 0.0) | (P == 1.0))).any(axis=1)
-        ll = _loglik(y, P, oa)
         V = P * (1.0 - P) * oa
         H0inv, logdet, bad0 = _inverse_pd(_grams(V, Xa, C, CC))
         bad |= bad0
         ll = ll + 0.5 * logdet
         H0i = np.nan_to_num(H0inv)
-        quad = ((H0i[:, :k, :k].reshape(len(idx), -1) @ CC.T) + 2.0 * Xa * (H0i[:, :k, k] @ Ct)
-                + Xa * Xa * H0i[:, k, k][:, None])
+        iu = np.triu_indices(k)
+        weights = np.where(iu[0] == iu[1], 1.0, 2.0) * H0i[:, iu[0], iu[1]]  # c'Ac from the a <= b products
+        quad = (weights @ CC.T) + 2.0 * Xa * (H0i[:, :k, k] @ Ct) + Xa * Xa * H0i[:, k, k][:, None]
         h = V * quad
         ustar = _dt(((y[None, :] - P) + h * (0.5 - P)) * oa, Xa, C)
         done = np.zeros(len(idx), dtype=bool)
@@ -299,7 +326,7 @@ def logistic_hybrid(C: np.ndarray, y: np.ndarray, X: np.ndarray, obs: np.ndarray
         cc = CovariateCorrelation.build(C[base], np.eye(k))
         if len(todo) and len(cc.cols):
             on = o[todo]
-            G = (on @ CC).reshape(len(todo), k, k)  # C'C over each variant's samples
+            G = _unpack(on @ CC, k)  # C'C over each variant's samples
             Cm = (base[None, :] & ~obs[todo]).astype(np.float64) @ C  # the variant's missing samples' C'1
             xx_c = sxx[todo] - sx[todo] ** 2 / n_obs[todo]
             codes = collinearity_errors_observed(cc, Xo[todo] @ C, sx[todo], xx_c, Cm, G, n_obs[todo])
