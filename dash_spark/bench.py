@@ -29,6 +29,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="plink2 --threads")
     p.add_argument("--workdir", default="bench_out", help="where cohorts and outputs go (cohorts are reused)")
     p.add_argument("--plink2", default=shutil.which("plink2") or "plink2")
+    p.add_argument("--plink2-also", metavar="PATH",
+                   help="a second plink2 build timed in the same run (e.g. ../shared/tools/plink2-a7.4/plink2); the "
+                        "ratio is against the faster")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="alternating runs of each plink2 build and ours; medians are reported")
+    p.add_argument("--case-control", type=float, metavar="FRACTION",
+                   help="make each phenotype case/control (its top FRACTION cases, coded 1/2): plink2's and our "
+                        "logistic --glm (Firth fallback)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--parties", action="store_true",
@@ -82,7 +90,8 @@ def emit_figures(figures: dict, summary: str, json_path: str | None) -> None:
 
 
 def read_plink2_glm(path: str) -> dict[str, np.ndarray]:
-    """Columns of a plink2 .glm.linear (ADD rows only) as arrays; NA -> NaN."""
+    """Columns of a plink2 .glm.linear or .glm.logistic.hybrid (ADD rows only) as arrays; NA -> NaN.
+    A logistic file's LOG(OR)_SE and Z_STAT come back as SE and T_STAT, and BETA = log OR beside OR."""
     import pyarrow.csv as pcsv
 
     tbl = pcsv.read_csv(
@@ -92,6 +101,10 @@ def read_plink2_glm(path: str) -> dict[str, np.ndarray]:
                                             column_types={"#CHROM": "string", "ID": "string"}),
     )
     out = {name.lstrip("#"): tbl.column(name).to_numpy(zero_copy_only=False) for name in tbl.column_names}
+    if "OR" in out:
+        with np.errstate(divide="ignore"):
+            out["BETA"] = np.log(out["OR"].astype(float))
+        out["SE"], out["T_STAT"] = out.pop("LOG(OR)_SE"), out.pop("Z_STAT")
     keep = out["TEST"] == "ADD"
     return {k: v[keep] for k, v in out.items()}
 
@@ -113,12 +126,19 @@ def compare_to_plink2(ours_parquet: str, plink_glm: str, phenotype: str) -> dict
            "obs_ct_mismatch": int((theirs["OBS_CT"] != ours["obs_ct"]).sum()),
            "na_mismatch": int((np.isnan(theirs["BETA"].astype(float)) != np.isnan(ours["beta"].astype(float))).sum())}
     both = ~np.isnan(theirs["BETA"].astype(float)) & ~np.isnan(ours["beta"].astype(float))
+    beyond = np.zeros(int(both.sum()), dtype=bool)
     for ours_c, their_c in (("beta", "BETA"), ("se", "SE"), ("t_stat", "T_STAT"), ("p", "P")):
         a = ours[ours_c].astype(float)[both]
         b = theirs[their_c].astype(float)[both]
+        if ours_c == "beta" and "OR" in theirs:  # the printed digits are the odds ratio's
+            a, b = np.exp(a), theirs["OR"].astype(float)[both]
         # plink2 prints 6 significant digits: compare relative to the printed magnitude
         rel = np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
         res[f"{ours_c}_max_rel"] = float(rel.max()) if rel.size else 0.0
+        beyond |= rel > 1e-5
+    # rows off plink2's printed digits (plink2 a7.4's logistic fit carries some state from one
+    # variant into the next: such a row, run alone with --extract, prints our digits)
+    res["rows_beyond_printed_digits"] = int(beyond.sum())
     return res
 
 
@@ -152,26 +172,49 @@ def run_bench(args) -> int:
         if not os.path.exists(path):
             raise ConfigError(f"{path}: expected a simulated cohort file; delete {data} and rerun")
 
-    plink_out = os.path.join(work, "plink2_" + tag, "out")
-    os.makedirs(os.path.dirname(plink_out), exist_ok=True)
-    t_plink = timed([args.plink2, "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--glm", "hide-covar",
-                      "--threads", str(args.threads), "--memory", "8000", "--out", plink_out],
-                     plink_out + ".stdout")
+    if getattr(args, "case_control", None) is not None:
+        pheno = write_case_control(pheno, args.case_control)
+        tag += f"_cc{args.case_control}"
+    builds = [args.plink2] + ([args.plink2_also] if getattr(args, "plink2_also", None) else [])
+    for b in builds[1:]:
+        if shutil.which(b) is None:
+            raise ConfigError(f"--plink2-also {b}: not found or not executable")
+    repeat = max(1, int(getattr(args, "repeat", 1) or 1))
     ours_out = os.path.join(work, "ours_" + tag)
-    shutil.rmtree(ours_out, ignore_errors=True)  # the bench's own output (untimed; also one of an older version)
     cmd = [sys.executable, "-m", "dash_spark.cli", "scan", "--bfile", bfile, "--pheno", pheno,
            "--covar", covar, "--out", ours_out, "--overwrite", "--no-plots", *_spark_flags(args)]
-    t_ours = timed(cmd, ours_out + ".log")
+    plink_outs = [os.path.join(work, f"plink2_{i}_" + tag, "out") for i in range(len(builds))]
+    runs: dict[str, list[float]] = {b: [] for b in builds}
+    ours_runs: list[float] = []
+    for _ in range(repeat):  # alternating: each build, then ours, so drifts in the host hit all alike
+        for b, out in zip(builds, plink_outs):
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            runs[b].append(timed([b, "--bfile", bfile, "--pheno", pheno, "--covar", covar, "--glm", "hide-covar",
+                                  "--threads", str(args.threads), "--memory", "8000", "--out", out],
+                                 out + ".stdout"))
+        shutil.rmtree(ours_out, ignore_errors=True)  # the bench's own output (untimed; also one of an older version)
+        ours_runs.append(timed(cmd, ours_out + ".log"))
+    medians = {b: float(np.median(t)) for b, t in runs.items()}
+    fastest = min(builds, key=lambda b: medians[b])
+    t_plink, t_ours = medians[fastest], float(np.median(ours_runs))
 
     import glob
 
     figures = {"samples": args.samples, "variants": args.variants, "covariates": args.covariates,
                "phenotypes": args.phenotypes, "missing_rate": args.missing_rate,
-               "plink2_seconds": round(t_plink, 2), "ours_seconds": round(t_ours, 2),
-               "ratio": round(t_ours / t_plink, 3), "ours_phases": read_phases(ours_out + ".log"), "checks": {}}
-    for glm in sorted(glob.glob(plink_out + ".*.glm.linear")):
-        name = os.path.basename(glm)[len(os.path.basename(plink_out)) + 1 : -len(".glm.linear")]
-        figures["checks"][name] = compare_to_plink2(os.path.join(ours_out, "results.parquet"), glm, name)
+               "case_control": getattr(args, "case_control", None), "host_cpu": host_cpu(),
+               "repeats": repeat, "plink2_seconds": round(t_plink, 2), "ours_seconds": round(t_ours, 2),
+               "ratio": round(t_ours / t_plink, 3), "ours_runs": [round(t, 2) for t in ours_runs],
+               "plink2_builds": {b: {"version": plink2_version(b), "median_seconds": round(medians[b], 2),
+                                     "runs": [round(t, 2) for t in runs[b]],
+                                     "ratio_ours": round(t_ours / medians[b], 3)} for b in builds},
+               "plink2_fastest": fastest, "ours_phases": read_phases(ours_out + ".log"), "checks": {}}
+    for i, out in enumerate(plink_outs):
+        for glm in sorted(glob.glob(out + ".*.glm.linear") + glob.glob(out + ".*.glm.logistic.hybrid")):
+            base = os.path.basename(glm)[len(os.path.basename(out)) + 1 :]
+            name = base.rsplit(".glm.", 1)[0]
+            key = name if i == 0 else f"{name} ({os.path.basename(builds[i])} #{i + 1})"
+            figures["checks"][key] = compare_to_plink2(os.path.join(ours_out, "results.parquet"), glm, name)
     if getattr(args, "scaling", False):
         runs = {}
         for cores in (1, 2):
@@ -181,9 +224,59 @@ def run_bench(args) -> int:
             timed([*base, "--out", out, "--master", f"local[{cores}]"], out + ".log")
             runs[cores] = read_phases(out + ".log")
         figures["scaling"] = scale_model(runs[1], runs[2])
-    emit_figures(figures, f"plink2 --glm: {t_plink:.2f} s   dash-spark scan (Spark start included): {t_ours:.2f} s   "
-                          f"ratio ours/plink2 = {t_ours / t_plink:.2f}", args.json)
+    emit_figures(figures, f"host: {figures['host_cpu']}   plink2 --glm ({plink2_version(fastest)}, the faster"
+                          f"{' median' if repeat > 1 else ''}): {t_plink:.2f} s   dash-spark scan (Spark start "
+                          f"included): {t_ours:.2f} s   ratio ours/plink2 = {t_ours / t_plink:.2f}", args.json)
     return 0
+
+
+def write_case_control(pheno: str, fraction: float) -> str:
+    """A case/control copy of the simulated phenotype file (``<pheno>.cc<fraction>``): per column,
+    the samples above its ``1 - fraction`` quantile are cases (2), the others controls (1); missing
+    stays missing."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"--case-control: expected a fraction of cases between 0 and 1, found {fraction}")
+    out = f"{pheno}.cc{fraction}"
+    if os.path.exists(out):
+        return out
+    with open(pheno) as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        rows = [line.rstrip("\n").split("\t") for line in fh]
+    cols = []
+    for j in range(2, len(header)):
+        v = np.array([np.nan if r[j] in ("NA", "-9") else float(r[j]) for r in rows])
+        cut = np.nanquantile(v, 1.0 - fraction)
+        cols.append(np.where(np.isnan(v), "NA", np.where(v > cut, "2", "1")))
+    tmp = out + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write("\t".join(header) + "\n")
+        for i, r in enumerate(rows):
+            fh.write("\t".join([r[0], r[1], *(c[i] for c in cols)]) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def host_cpu() -> str:
+    """The host's CPU model (plink2's speed differs by vendor) and its core count."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def plink2_version(path: str) -> str:
+    """The first line of ``plink2 --version`` (e.g. ``PLINK v2.00a3.5 AVX2 (9 Aug 2022)``)."""
+    try:
+        run = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        return run.stdout.strip().splitlines()[0] if run.stdout.strip() else os.path.basename(path)
+    except (OSError, subprocess.SubprocessError):
+        return os.path.basename(path)
 
 
 def scale_model(one: dict, two: dict, cores: int = 64) -> dict:

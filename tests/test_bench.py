@@ -73,3 +73,25 @@ def test_dosage_bench(tmp_path):
         assert check["a1_mismatch"] == check["obs_ct_mismatch"] == check["na_mismatch"] == 0
         assert max(check[f"{c}_max_rel"] for c in ("beta", "se", "t_stat", "p")) < 1e-5
         assert figures[f"{kind}_ratio"] > 0 and figures[f"{kind}_plink2_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_case_control_bench_both_builds(tmp_path):
+    """--case-control: both plink2 builds and ours on a 1/2-coded phenotype (logistic, Firth fallback),
+    alternating runs, medians, the ratio against the faster build, the host's CPU named."""
+    from .test_logistic import PLINK2_A74, _a74_runs
+
+    extra = ["--plink2-also", str(PLINK2_A74)] if _a74_runs() else []
+    figures = _bench(tmp_path, "--case-control", "0.1", "--repeat", "2", "--missing-rate", "0.02", *extra)
+    assert figures["case_control"] == 0.1 and figures["repeats"] == 2 and "cores" in figures["host_cpu"]
+    builds = figures["plink2_builds"]
+    assert len(builds) == 1 + bool(extra) and all(len(b["runs"]) == 2 for b in builds.values())
+    assert figures["plink2_seconds"] == min(b["median_seconds"] for b in builds.values())
+    assert len(figures["ours_runs"]) == 2
+    for name, check in figures["checks"].items():
+        assert check["variants"] == 600
+        assert check["a1_mismatch"] == check["obs_ct_mismatch"] == check["na_mismatch"] == 0, name
+    if extra:  # the newest build fits as we do: its printed digits but for the rows its carried state
+        # moves (test_logistic.py reruns such rows alone)
+        check = next(c for name, c in figures["checks"].items() if "#2" in name)
+        assert check["rows_beyond_printed_digits"] <= 6, check
