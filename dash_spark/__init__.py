@@ -1,10 +1,11 @@
-"""dash-spark: genome-wide linear-regression scans on Spark from additive sufficient statistics.
+"""dash-spark: genome-wide association scans on Spark from additive sufficient statistics.
 
 The public API (see :mod:`dash_spark.api` for the model and every output column)::
 
     import dash_spark as ds
     geno = ds.open_bfile("cohort")                 # or open_pfile, open_bgen, open_features
     df = ds.linear_regression(spark, geno, "pheno.tsv", "covar.tsv")   # lazy Spark DataFrame
+    cc = ds.logistic_regression(spark, geno, "cases.tsv", "covar.tsv")  # case/control: plink2's logistic
     S = ds.compress(spark, geno, "pheno.tsv", "covar.tsv")             # additive statistics
     table = (S + S_other).finalize()                                    # pyarrow Table
     res = ds.scan(ds.ScanConfig(bfile="cohort", pheno="pheno.tsv", out="results/"))  # files
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "compress": ("dash_spark.api", "compress"),
     "linear_regression": ("dash_spark.api", "linear_regression"),
+    "logistic_regression": ("dash_spark.api", "logistic_regression"),
     "open_bfile": ("dash_spark.api", "open_bfile"),
     "open_features": ("dash_spark.api", "open_features"),
     "open_pfile": ("dash_spark.api", "open_pfile"),

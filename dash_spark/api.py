@@ -56,8 +56,8 @@ from .stats.sufficient import SufficientStats
 
 log = logging.getLogger("dash_spark")
 
-__all__ = ["compress", "example_data", "linear_regression", "open_bfile", "open_bgen", "open_features", "open_pfile",
-           "session", "unpersist"]
+__all__ = ["compress", "example_data", "linear_regression", "logistic_regression", "open_bfile", "open_bgen",
+           "open_features", "open_pfile", "session", "unpersist"]
 
 
 def example_data(folder: str | None = None, *, n_samples: int = 300, n_variants: int = 120, seed: int = 7):
@@ -320,6 +320,47 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
     >>> sorted(df.columns)[:4]
     ['a1', 'a1_freq', 'alt', 'beta']
     """
+    return _scan_frame(spark, genotypes, phenotypes, covariates, "linear", intercept=intercept,
+                       missing_genotypes=missing_genotypes, pheno_names=pheno_names, covar_names=covar_names,
+                       count_alt=count_alt, covar_variance_standardize=covar_variance_standardize, keep=keep,
+                       remove=remove, maf=maf, mac=mac, geno=geno, block_variants=block_variants,
+                       task_memory_mb=task_memory_mb, linear_for_binary=linear_for_binary, pheno_01=pheno_01)
+
+
+def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, intercept: bool = True,
+                        missing_genotypes: str = "drop", pheno_names=None, covar_names=None, count_alt: bool = False,
+                        covar_variance_standardize: bool = False, keep: str | None = None, remove: str | None = None,
+                        maf: float | None = None, mac: float | None = None, geno: float | None = None,
+                        block_variants: int | None = None, task_memory_mb: int = 256, pheno_01: bool = False):
+    """Per-variant logistic regression of every case/control phenotype (plink2's ``--glm``: Firth
+    regression where logistic regression cannot be trusted), as a lazy Spark DataFrame.
+
+    Arguments as :func:`linear_regression`'s; every selected phenotype must be case/control as
+    plink2 reads it (1 control, 2 case, 0/-9/NA missing; ``pheno_01=True``: 0 control, 1 case;
+    booleans in a DataFrame). The rows have the same columns: ``beta`` is the log odds ratio of A1,
+    ``se`` its standard error, ``t_stat`` the Wald z, and ``firth`` says whether Firth regression
+    gave the row.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> data = example_data()
+    >>> y = pd.read_csv(data.pheno, sep="\\t")
+    >>> y["case"] = y["pheno1"] > y["pheno1"].quantile(0.7)
+    >>> df = logistic_regression(spark, open_bfile(data.bfile), y[["IID", "case"]], data.covar)
+    >>> df.filter("errcode = '.'").count() > 100
+    True
+    """
+    return _scan_frame(spark, genotypes, phenotypes, covariates, "logistic", intercept=intercept,
+                       missing_genotypes=missing_genotypes, pheno_names=pheno_names, covar_names=covar_names,
+                       count_alt=count_alt, covar_variance_standardize=covar_variance_standardize, keep=keep,
+                       remove=remove, maf=maf, mac=mac, geno=geno, block_variants=block_variants,
+                       task_memory_mb=task_memory_mb, pheno_01=pheno_01)
+
+
+def _scan_frame(spark, genotypes, phenotypes, covariates, kind: str, *, pheno_names, covar_names, keep, remove,
+                **options):
+    """The scan's result rows as a lazy DataFrame; ``kind``: the model every phenotype must get."""
     from .pipeline import build_model, plan_scan
     from .spark.scan import map_ranges
     from .stats.results import RESULT_SCHEMA_DDL
@@ -328,13 +369,19 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
     source = _as_source(genotypes)
     with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar, \
             _id_list_path(keep, "keep") as keep, _id_list_path(remove, "remove") as remove:
-        cfg = _config(source, pheno, covar, intercept=intercept, missing_genotypes=missing_genotypes,
-                      pheno_name=_names(pheno_names, "pheno_names"), covar_name=_names(covar_names, "covar_names"),
-                      count_alt=count_alt,
-                      covar_variance_standardize=covar_variance_standardize, keep=keep, remove=remove, maf=maf,
-                      mac=mac, geno=geno, block_variants=block_variants, task_memory_mb=task_memory_mb,
-                      linear_for_binary=linear_for_binary, pheno_01=pheno_01)
+        cfg = _config(source, pheno, covar, pheno_name=_names(pheno_names, "pheno_names"),
+                      covar_name=_names(covar_names, "covar_names"), keep=keep, remove=remove, **options)
         model = build_model(cfg)
+    logistic = set(model.logistic_phenotypes)
+    other = [p for p in model.phenotypes if (p in logistic) != (kind == "logistic")]
+    if other and kind == "linear":
+        raise ConfigError(f"phenotypes: {', '.join(other)} are case/control as plink2 reads them; fit them with "
+                          "logistic_regression() (plink2's logistic --glm), or pass linear_for_binary=True for a "
+                          "linear probability model")
+    if other:
+        raise ConfigError(f"phenotypes: {', '.join(other)} are not case/control (expected only 1/2 with 0, -9 or NA "
+                          "missing, 0/1 with pheno_01=True, or booleans); fit them with linear_regression() or leave "
+                          "them out with pheno_names")
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
     df, broadcast = map_ranges(spark, model.W, ranges, partial(scan_ranges, plan), RESULT_SCHEMA_DDL)
     df._dash_broadcast = broadcast  # unpersist(df) frees it

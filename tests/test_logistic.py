@@ -326,3 +326,26 @@ def test_statistics_models_refuse_case_control(cc_data, tmp_path, capsys):
     assert rc == 2 and "cc are case/control" in err and "--linear-for-binary" in err
     assert not store.exists()
 
+
+
+def test_api_logistic_regression_equals_the_scan(cc_data, ours, spark):
+    """``ds.logistic_regression`` gives the scan's rows; each API function refuses the other's phenotypes."""
+    import dash_spark as ds
+    from dash_spark.errors import ConfigError
+
+    _, files, pheno, _, _ = cc_data
+    res, _ = ours
+    geno = ds.open_bfile(files.bfile)
+    df = ds.logistic_regression(spark, geno, pheno, files.covar, pheno_names=["cc", "cc2"])
+    got = df.toPandas().sort_values(["phenotype", "variant_index"]).reset_index(drop=True)
+    want = pq.read_table(res.results_path).to_pandas()
+    want = want[want.phenotype.isin(["cc", "cc2"])].sort_values(["phenotype", "variant_index"]).reset_index(drop=True)
+    assert list(got.columns) == list(want.columns)
+    import pandas as pd
+
+    for c in got.columns:  # the same values (Spark's toPandas keeps booleans as objects)
+        pd.testing.assert_series_equal(got[c], want[c], check_dtype=False, obj=c)
+    with pytest.raises(ConfigError, match="cc are case/control.*logistic_regression"):
+        ds.linear_regression(spark, geno, pheno, files.covar, pheno_names="cc")
+    with pytest.raises(ConfigError, match="q are not case/control.*linear_regression"):
+        ds.logistic_regression(spark, geno, pheno, files.covar, pheno_names=["cc", "q"])
