@@ -37,6 +37,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--case-control", type=float, metavar="FRACTION",
                    help="make each phenotype case/control (its top FRACTION cases, coded 1/2): plink2's and our "
                         "logistic --glm (Firth fallback)")
+    p.add_argument("--binary-test", choices=["hybrid", "score"], default="hybrid",
+                   help="with --case-control: our scan's test (score: the score test with SPA; plink2 has none, so "
+                        "it runs its logistic hybrid and the numbers are not compared)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--parties", action="store_true",
@@ -181,8 +184,12 @@ def run_bench(args) -> int:
             raise ConfigError(f"--plink2-also {b}: not found or not executable")
     repeat = max(1, int(getattr(args, "repeat", 1) or 1))
     ours_out = os.path.join(work, "ours_" + tag)
+    score = getattr(args, "case_control", None) is not None and getattr(args, "binary_test", "hybrid") == "score"
+    if score:
+        ours_out += "_score"
     cmd = [sys.executable, "-m", "dash_spark.cli", "scan", "--bfile", bfile, "--pheno", pheno,
-           "--covar", covar, "--out", ours_out, "--overwrite", "--no-plots", *_spark_flags(args)]
+           "--covar", covar, "--out", ours_out, "--overwrite", "--no-plots", *_spark_flags(args),
+           *(["--binary-test", "score"] if score else [])]
     plink_outs = [os.path.join(work, f"plink2_{i}_" + tag, "out") for i in range(len(builds))]
     runs: dict[str, list[float]] = {b: [] for b in builds}
     ours_runs: list[float] = []
@@ -203,13 +210,14 @@ def run_bench(args) -> int:
     figures = {"samples": args.samples, "variants": args.variants, "covariates": args.covariates,
                "phenotypes": args.phenotypes, "missing_rate": args.missing_rate,
                "case_control": getattr(args, "case_control", None), "host_cpu": host_cpu(),
+               "binary_test": "score" if score else ("hybrid" if getattr(args, "case_control", None) else None),
                "repeats": repeat, "plink2_seconds": round(t_plink, 2), "ours_seconds": round(t_ours, 2),
                "ratio": round(t_ours / t_plink, 3), "ours_runs": [round(t, 2) for t in ours_runs],
                "plink2_builds": {b: {"version": plink2_version(b), "median_seconds": round(medians[b], 2),
                                      "runs": [round(t, 2) for t in runs[b]],
                                      "ratio_ours": round(t_ours / medians[b], 3)} for b in builds},
                "plink2_fastest": fastest, "ours_phases": read_phases(ours_out + ".log"), "checks": {}}
-    for i, out in enumerate(plink_outs):
+    for i, out in enumerate([] if score else plink_outs):  # the score test has no plink2 counterpart
         for glm in sorted(glob.glob(out + ".*.glm.linear") + glob.glob(out + ".*.glm.logistic.hybrid")):
             base = os.path.basename(glm)[len(os.path.basename(out)) + 1 :]
             name = base.rsplit(".glm.", 1)[0]

@@ -93,8 +93,16 @@ def add_binary_args(p) -> None:
     p.add_argument("--1", dest="pheno_01", action="store_true", default=None,
                    help="case/control phenotypes are coded 0 control, 1 case (plink2's --1; default 1/2, 0 missing)")
     p.add_argument("--linear-for-binary", action="store_true", default=None,
-                   help="analyse case/control phenotypes by linear regression (plink2 fits them by logistic "
-                        "regression, which dash-spark does not do yet; without this flag they are refused)")
+                   help="analyse case/control phenotypes by linear regression (a linear probability model; "
+                        "by default they get plink2's logistic regression)")
+
+
+def add_binary_test_arg(p) -> None:
+    """A scan's test of case/control phenotypes (``--binary-test``)."""
+    p.add_argument("--binary-test", choices=["hybrid", "score"],
+                   help="case/control phenotypes: hybrid (default; plink2's logistic Wald test, Firth fallback: "
+                        ".glm.logistic.hybrid) or score (the score test from the null model, saddlepoint-corrected "
+                        "below p 0.05, as REGENIE and SAIGE: <phenotype>.regenie)")
 
 
 def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -176,14 +184,14 @@ SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_re
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
-               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model", "mach_r2_filter")
+               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model", "mach_r2_filter", "binary_test")
 
 
 def scan_config_from_args(args):
     from .config import load_scan_config
     from .pipeline import ScanConfig
 
-    values = {k: getattr(args, k) for k in SCAN_FIELDS}
+    values = {k: getattr(args, k, None) for k in SCAN_FIELDS}
     conf = _spark_conf(args)
     if getattr(args, "config", None):
         cfg = load_scan_config(args.config, **values)
@@ -525,9 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("scan", help="linear-regression scan of every variant (plink2 --glm on Spark)")
+    p = sub.add_parser("scan", help="association scan of every variant (plink2 --glm on Spark: linear, or logistic "
+                                    "for case/control phenotypes)")
     p.add_argument("--config", help="TOML job config ([scan] keys = these options)")
     add_scan_args(p, required=False)
+    add_binary_test_arg(p)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("demo", help="simulate a small cohort and scan it on local Spark")

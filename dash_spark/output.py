@@ -59,6 +59,8 @@ class OutputModel:
     regenie_outputs: bool = False
     #: case/control phenotypes (logistic --glm): ``<phenotype>.glm.logistic.hybrid``
     logistic_phenotypes: tuple[str, ...] = ()
+    #: ... of those, the ones tested by the score test: ``<phenotype>.regenie`` only
+    score_phenotypes: tuple[str, ...] = ()
 
 
 GLM_HEADER = "#CHROM\tPOS\tID\tREF\tALT\tA1\tTEST\tOBS_CT\tBETA\tSE\tT_STAT\tP\tERRCODE"
@@ -75,6 +77,13 @@ def glm_file(model, name: str) -> str:
     """A phenotype's plink2-style file name: ``<name>.glm.linear``, or ``<name>.glm.logistic.hybrid``
     for a case/control phenotype."""
     return f"{safe_name(name)}.glm.{'logistic.hybrid' if is_logistic(model, name) else 'linear'}"
+
+
+def text_phenotypes(model) -> list[str]:
+    """The phenotypes that get a ``.glm.*`` text file: all but those of the score test, whose text
+    file is REGENIE's ``.regenie``."""
+    score = set(getattr(model, "score_phenotypes", ()))
+    return [p for p in model.phenotypes if p not in score]
 
 
 def glm_header(model, name: str) -> str:
@@ -159,7 +168,7 @@ def write_reports(spark, fs, stage: str, model, *, plots: bool = True):
     n_rows = model.n_variants
     # the text files and the summaries are independent small Spark jobs: run them side by side
     with ThreadPoolExecutor(max_workers=1) as pool:
-        glm_future = pool.submit(write_glm_linear, spark, fs, results, list(model.phenotypes), stage, model)
+        glm_future = pool.submit(write_glm_linear, spark, fs, results, text_phenotypes(model), stage, model)
         for name in model.phenotypes:
             summ = report.summarize_phenotype(results, name, n_rows_hint=n_rows)
             summaries[name] = summ
@@ -586,7 +595,7 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: in
 
     open(os.path.join(stage, _PARTS, "_SUCCESS"), "wb").close()
     glm_paths = {}
-    for i, name in enumerate(model.phenotypes):
+    for i, name in enumerate(text_phenotypes(model)):
         folder = os.path.join(stage, _GLM_PARTS, str(i))
         path = os.path.join(stage, glm_file(model, name))
         # the tasks' chunks in range order (not temporary files a killed task may have left)
@@ -604,7 +613,13 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: in
     summarize = _light_summaries(parts, os.path.join(stage, _TOP_PARTS), model)
     shutil.rmtree(os.path.join(stage, _TOP_PARTS), ignore_errors=True)
     write_extra_outputs(stage, model)
+    glm_paths.update(_score_texts(stage, model))
     return glm_paths, _summarize_and_plot(stage, model, rows_of, plots, plots_top, summarize=summarize)
+
+
+def _score_texts(stage: str, model) -> dict[str, str]:
+    """The score-tested phenotypes' text files (``<phenotype>.regenie``), as ``glm_paths`` entries."""
+    return {name: os.path.join(stage, f"{safe_name(name)}.regenie") for name in getattr(model, "score_phenotypes", ())}
 
 
 def _light_summaries(parts: str, top_dir: str, model):
@@ -687,6 +702,8 @@ def write_extra_outputs(stage: str, model) -> None:
         gwas_ssf.write_extra_outputs(stage, os.path.join(stage, _PARTS), extra, model.phenotypes, safe_name)
     if getattr(model, "regenie_outputs", False):
         write_regenie_files(stage, model.phenotypes)
+    elif getattr(model, "score_phenotypes", ()):
+        write_regenie_files(stage, model.score_phenotypes)
 
 
 REGENIE_HEADER = "CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ TEST BETA SE CHISQ LOG10P"
@@ -792,7 +809,7 @@ def write_outputs_local(stage: str, table, model, *, plots: bool = True):
                    compression="snappy")
     open(os.path.join(rdir, "_SUCCESS"), "wb").close()
     glm_paths = {}
-    for name in model.phenotypes:
+    for name in text_phenotypes(model):
         rows = table.filter(pc.equal(table["phenotype"], name)).sort_by("variant_index")
         path = os.path.join(stage, glm_file(model, name))
         with open(path, "wb") as fh:
@@ -800,4 +817,5 @@ def write_outputs_local(stage: str, table, model, *, plots: bool = True):
             fh.write(glm_text(rows))
         glm_paths[name] = path
     write_extra_outputs(stage, model)
+    glm_paths.update(_score_texts(stage, model))
     return glm_paths, _summarize_and_plot(stage, model, lambda _name: table, plots)

@@ -42,6 +42,7 @@ log = logging.getLogger("dash_spark")
 
 MISSING_GENOTYPE_MODES = ("drop", "mean")
 PRED_TESTS = ("wald", "regenie")
+BINARY_TESTS = ("hybrid", "score")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class ScanConfig:
     #: analyse case/control phenotypes by linear regression (a linear probability model); without it
     #: they are refused, since plink2 fits them by logistic regression
     linear_for_binary: bool = False
+    #: case/control phenotypes: "hybrid" (plink2's logistic Wald test, Firth fallback) or "score"
+    #: (the score test with the saddlepoint correction, :mod:`dash_spark.stats.score`)
+    binary_test: str = "hybrid"
     pheno_name: tuple[str, ...] | None = None
     covar_name: tuple[str, ...] | None = None
     no_intercept: bool = False
@@ -141,6 +145,11 @@ class ScanConfig:
                 raise ConfigError(f"--mach-r2-filter: expected 0 <= MIN <= MAX, found {lo:g} {hi:g}")
         if self.xchr_model not in (0, 1, 2):
             raise ConfigError(f"--xchr-model: expected 0, 1 or 2 (as plink2), found {self.xchr_model!r}")
+        if self.binary_test not in BINARY_TESTS:
+            raise ConfigError(f"--binary-test: expected one of {', '.join(BINARY_TESTS)}, found {self.binary_test!r}")
+        if self.binary_test == "score" and not (tasks_can_write(self.out) or object_store_out(self.out)):
+            raise ConfigError("--binary-test score writes its .regenie files to a local, shared or object-storage "
+                              f"(s3://, gs://) --out; found {self.out}")
         if self.pred_test not in PRED_TESTS:
             raise ConfigError(f"--pred-test: expected one of {', '.join(PRED_TESTS)}, found {self.pred_test!r}")
         if self.pred_test == "regenie" and not self.pred:
@@ -203,6 +212,8 @@ class Model:
     regenie_sums: object | None = None
     #: case/control phenotypes, fitted by plink2's logistic --glm (``<phenotype>.glm.logistic.hybrid``)
     logistic_phenotypes: tuple[str, ...] = ()
+    #: ... those tested by the score test instead (``--binary-test score``: ``<phenotype>.regenie``)
+    score_phenotypes: tuple[str, ...] = ()
 
     @property
     def n_variants(self) -> int:
@@ -412,6 +423,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         # REGENIE imputes missing calls with the mean: its statistics model keeps no missing-call Grams
         missing_genotypes="mean" if regenie_sums is not None else cfg.missing_genotypes,
         extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie", offset_moments=offset_moments,
+        score_phenotypes=tuple(name for name in pheno.names if name in logistic) if cfg.binary_test == "score" else (),
         shared=shared, sexchr_stats=sexchr_stats, regenie_sums=regenie_sums,
         logistic_phenotypes=tuple(name for name in pheno.names if name in logistic),
         sample_ids=tuple(map(str, np.asarray(fam.iids)[np.logical_or.reduce(masks)])) if party and masks else None,
@@ -432,13 +444,12 @@ def _use_shared(masks) -> bool:
     return len(_mask_patterns(masks)) >= SHARED_MIN_PATTERNS
 
 
-def _mask_patterns(masks, flags=None) -> list[list[int]]:
-    """The phenotypes (indices) of each distinct sample mask (and ``flags[t]``: case/control
-    phenotypes have patterns of their own), in order of first appearance."""
+def _mask_patterns(masks, keys=None) -> list[list[int]]:
+    """The phenotypes (indices) of each distinct sample mask and ``keys[t]`` (bytes; phenotypes
+    with other keys have patterns of their own), in order of first appearance."""
     groups: dict[bytes, list[int]] = {}
     for t, mask in enumerate(masks):
-        flag = b"1" if flags is not None and flags[t] else b"0"
-        groups.setdefault(np.packbits(mask).tobytes() + flag, []).append(t)
+        groups.setdefault(np.packbits(mask).tobytes() + (keys[t] if keys is not None else b""), []).append(t)
     return list(groups.values())
 
 
@@ -508,7 +519,11 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
     the case/control phenotypes named in ``logistic`` (y coded 0/1) in patterns of their own."""
     pheno_names = list(names)
     flags = [pheno_names[t] in logistic for t in range(len(masks))]
-    groups = [[t] for t in range(len(masks))] if party else _mask_patterns(masks, flags)
+    # case/control phenotypes share patterns among themselves; under the score test each has its own
+    # (its null model's weights)
+    score = cfg.binary_test == "score"
+    keys = [(b"s%d" % t if score else b"1") if flag else b"0" for t, flag in enumerate(flags)]
+    groups = [[t] for t in range(len(masks))] if party else _mask_patterns(masks, keys)
 
     A_cols, B_cols, patterns, moments = [], [], [], []
     a_off = 0
@@ -530,6 +545,18 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
             a_off += C.shape[1] + len(idx) + 1
             continue
         basis = covariate_basis(C, mask, cov_names, where=where)
+        if flags[idx[0]] and score:  # the score test: the null model's weights, fitted here
+            pat, A, w, cases = _score_pattern(cfg, C, Yg[:, 0], mask, basis, names[0], a_off, g)
+            A_cols.append(A)
+            B_cols.append(w)
+            patterns.append(pat)
+            a_off += A.shape[1]
+            if not quiet:
+                lines.line(len(lines_seen), "phenotype %s: case/control, %d cases and %d controls, %d covariates: "
+                           "score test, saddlepoint-corrected below p %g (null model: %d Newton steps)", names[0],
+                           cases, basis.n - cases, basis.k, pat.spa_threshold, pat.null_iterations)
+                lines_seen.append(names[0])
+            continue
         if flags[idx[0]]:  # case/control: y stays 0/1, and the tasks fit on the raw covariates Q R
             pat, cases = _logistic_pattern(C, Yg, mask, basis, names, a_off, g)
             A_cols += [basis.Q, Yg, mask.astype(np.float64)[:, None]]
@@ -560,6 +587,31 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
             lines_seen.append(name)
     lines.done("modelled (their sample counts: summary.json, counts.phenotype_samples)")
     return A_cols, B_cols, patterns, moments
+
+
+def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarray, basis, name: str, a_off: int,
+                   g: int):
+    """A case/control phenotype's score-test :class:`Pattern`, its weight columns ``A`` and ``B``
+    (:func:`dash_spark.stats.score.score_weights`) and its case count: the null model ``logit(mu) =
+    C gamma`` is fitted here, from sums over its samples."""
+    from .stats.score import SPA_THRESHOLD, fit_null, null_sums, score_weights
+
+    n = int(mask.sum())
+    fit = fit_null(null_sums(C[mask], y[mask]), C.shape[1])
+    if not fit.converged:
+        raise ModelError(f"{_pattern_where(cfg, (name,))}: the null model (the phenotype on the covariates alone) "
+                         f"did not converge in {fit.iterations} Newton steps; a covariate may separate cases from "
+                         "controls. Remove it (--covar-name) or use --binary-test hybrid (Firth regression)")
+    mu = np.where(mask, 1.0 / (1.0 + np.exp(-(C @ fit.gamma))), 0.0)
+    A, w = score_weights(C, y, mu, mask)
+    CtWC = C[mask].T @ (C[mask] * w[mask])
+    cases = int(y[mask].sum())
+    if min(cases, n - cases) < 10 * (basis.k + 1):
+        log.warning("phenotype %s: %d %s, fewer than 10 x the %d predictors", name, min(cases, n - cases),
+                    "cases" if 2 * cases < n else "controls", basis.k + 1)
+    pat = Pattern((name,), n, basis.k, a_off, g, logistic=True, score=True, CtWC=CtWC,
+                  spa_threshold=SPA_THRESHOLD, null_iterations=fit.iterations)
+    return pat, A, w, cases
 
 
 def _logistic_pattern(C: np.ndarray, Yg: np.ndarray, mask: np.ndarray, basis, names, a_off: int, g: int):
@@ -1033,7 +1085,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         model = build_model(cfg)
         return _run_scan_hadoop(cfg, spark if starter is None else starter.get(), model, t0)
     with staged_output(cfg.out, overwrite=cfg.overwrite, inputs=config_inputs(cfg), command="scan") as stage:
-        from .output import finish_local_outputs
+        from .output import finish_local_outputs, text_phenotypes
 
         # the JVM starts (and warms its Python workers) while the driver builds the model
         starter = early or (SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None)
@@ -1045,7 +1097,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         plan, ranges = _log_plan(cfg, model, spark)
         t_stage = time.time()
         # a local (or shared) directory: tasks write their own parts, no SQL job
-        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, list(model.phenotypes),
+        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, text_phenotypes(model),
                               timings=phases)
         phases["scan_stage_seconds"] = round(time.time() - t_stage, 2)
         if n_rows == 0 and plan.filters.active:  # --maf/--mac/--geno removed every variant
@@ -1088,11 +1140,11 @@ def _run_scan_object_store(cfg: ScanConfig, spark, model: Model, stage, t0: floa
     (:class:`dash_spark.staging.ObjectStage`)."""
     import tempfile
 
-    from .output import finish_local_outputs
+    from .output import finish_local_outputs, text_phenotypes
 
     try:
         plan, ranges = _log_plan(cfg, model, spark)
-        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, list(model.phenotypes))
+        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, text_phenotypes(model))
         if n_rows == 0 and plan.filters.active:
             raise plan.filters.none_passed(model.n_variants)
         log.info("scan: results written to %s (%.1f s since start)", stage.path, time.time() - t0)

@@ -65,6 +65,12 @@ class Pattern:
     logistic: bool = False
     R: np.ndarray | None = None
     always_firth: tuple[bool, ...] = ()
+    #: the score test of one case/control phenotype (:mod:`dash_spark.stats.score`): its columns of
+    #: A are ``[y - mu | W C | W | 1 | mu]`` (k + 4), of B ``[W]``; ``CtWC`` = C'WC of its null model
+    score: bool = False
+    CtWC: np.ndarray | None = None
+    spa_threshold: float = 0.05
+    null_iterations: int = 0
 
 
 @dataclass(frozen=True)
@@ -350,6 +356,9 @@ def _scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Re
                              a1freq_floor=plan.a1freq_floor)
     named = []
     for pat in plan.patterns:
+        if pat.score:
+            named += score_test_stats(plan, W, pat, block, SX, SXX, SM, called)
+            continue
         if pat.logistic:
             named += logistic_stats(plan, W, pat, block, freq_alt, freq_called, called)
             continue
@@ -367,12 +376,14 @@ def _scan_block(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -> pa.Re
                          a1freq_floor=plan.a1freq_floor)
 
 
-def _haploid_freq(plan: ScanPlan, W: np.ndarray, pat: Pattern, called, stats: list) -> list:
+def _haploid_freq(plan: ScanPlan, W: np.ndarray, pat: Pattern, called, stats: list, mask=None) -> list:
     """A1_FREQ as plink2 reports it on a sex chromosome (``called``: the raw block's calls; None
-    elsewhere): the regressed dosages over 2 x (each called sample's factor)."""
+    elsewhere): the regressed dosages over 2 x (each called sample's factor). ``mask``: the
+    pattern's samples (default: its column of B)."""
     if called is None:
         return stats
-    mask = W[: plan.n_samples, plan.n_a + pat.b_offset]
+    if mask is None:
+        mask = W[: plan.n_samples, plan.n_a + pat.b_offset]
     n_called = called @ mask
     weight = called @ (mask * plan.dosage_scale)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -436,6 +447,50 @@ def logistic_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, freq_alt,
                                   alt_freq=whole["alt_freq"], errcode=cat("errcode").astype(np.uint8),
                                   mach_r2=whole["mach"], firth=cat("firth").astype(bool)))
     return list(zip(pat.phenotypes, _haploid_freq(plan, W, pat, called, stats)))
+
+
+def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX, SM, called) -> list:
+    """``(phenotype, VariantStats)`` of a score-tested case/control phenotype from the kernel's
+    sums (:func:`dash_spark.stats.score.score_stats`); variants whose p is below the pattern's
+    threshold get the saddlepoint p, from their dense dosages (missing calls at the mean). BETA is
+    U / V, T_STAT the signed square root of the chi-square, for ALT (the rows flip them to A1)."""
+    from scipy import stats as sps
+
+    from .stats.regression import ERR_COLLINEAR, ERR_CONST, ERR_FEW, ERR_OK, VariantStats
+    from .stats.score import adjusted_genotypes, score_stats, spa_pvalues
+
+    a, k, n = pat.a_offset, pat.k, plan.n_samples
+    st = score_stats(SX[:, a : a + k + 4], SXX[:, pat.b_offset], SM[:, a : a + k + 4], pat.CtWC, pat.n,
+                     float(W[:n, a + k + 1].sum()))
+    p, nlp, se, chisq = st.p.copy(), st.neg_log10_p.copy(), st.se.copy(), st.chisq.copy()
+    # a constant dosage, else one the covariates explain (V ~ 0): plink2's names for the two
+    err = np.where(st.const, ERR_CONST, np.where(np.isnan(st.chisq), ERR_COLLINEAR, ERR_OK)).astype(np.uint8)
+    if pat.n <= k + 1:
+        err[:] = ERR_FEW
+    spa = np.flatnonzero((err == ERR_OK) & (st.p < pat.spa_threshold))
+    if len(spa):
+        cols = W[:n, a : a + k + 4]
+        mask = cols[:, k + 2] > 0
+        w = cols[mask, k + 1]
+        C = cols[mask, 1 : k + 1] / w[:, None]
+        mu = cols[mask, k + 3]
+        X = block.take(spa).dense()[:, mask]
+        X = np.where(np.isnan(X), st.mean[spa][:, None], X)
+        p_spa = spa_pvalues(adjusted_genotypes(X, C, w, pat.CtWC), mu, st.U[spa])
+        ok = np.isfinite(p_spa) & (p_spa > 0)
+        rows = spa[ok]
+        p[rows] = p_spa[ok]
+        nlp[rows] = -np.log10(p_spa[ok])
+        chisq[rows] = sps.chi2.isf(p_spa[ok], 1)
+        se[rows] = np.abs(st.beta[rows]) / np.sqrt(chisq[rows])
+    with np.errstate(invalid="ignore"):
+        z = np.sign(st.U) * np.sqrt(chisq)
+    good = err == ERR_OK
+    out = VariantStats(beta=np.where(good, st.beta, np.nan), se=np.where(good, se, np.nan),
+                       t_stat=np.where(good, z, np.nan), neg_log10_p=np.where(good, nlp, np.nan),
+                       p=np.where(good, p, np.nan), obs_ct=st.obs_ct, alt_freq=st.mean / 2.0,
+                       errcode=err, mach_r2=None, firth=np.zeros(len(err), dtype=bool))
+    return list(zip(pat.phenotypes, _haploid_freq(plan, W, pat, called, [out], mask=W[:n, a + k + 2])))
 
 
 def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:

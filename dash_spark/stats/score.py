@@ -1,0 +1,235 @@
+"""The score test of a case/control phenotype, from additive sums (REGENIE's and SAIGE's approach).
+
+Null model ``logit(mu) = C gamma (+ offset)`` over a phenotype's samples, fitted by Newton steps
+whose only inputs are sums over samples: ``C'WC``, ``C'(y - mu)`` and the log-likelihood (``W =
+diag(mu (1 - mu))``). Parties can therefore fit it together, one masked sum per step
+(:func:`fit_null` takes the sums as a callable). It starts where R's glm.fit (and plink2) start
+and stops when the Newton step is below 1e-10 of the coefficients.
+
+Then, for every variant ``x`` (missing calls take the mean of the variant's calls over the
+phenotype's samples, as REGENIE imputes them), the efficient score and its variance are sums of
+the same shape as the linear scan's, with per-sample weights::
+
+    U = x'(y - mu)       V = x'Wx - (x'WC) (C'WC)^-1 (C'Wx)       chisq = U^2 / V ~ chi2(1)
+
+so a scan task gets them from the packed-genotype kernel with weight columns ``[y - mu | W C | W |
+1]`` (:func:`score_weights`, :func:`score_stats`). ``BETA = U / V`` (the one-step estimate of the
+log odds ratio from 0) and ``SE = 1 / sqrt(V)``.
+
+Where the score test's p is below ``spa_threshold`` (REGENIE's ``--pThresh`` default, 0.05), the
+p-value is the saddlepoint approximation (SPA; Dey et al. 2017) of ``U = sum g_i (y_i - mu_i)``
+with ``g = x - C (C'WC)^-1 C'W x`` and ``y_i ~ Bernoulli(mu_i)``: the cumulant generating function
+``K(t) = sum log(1 - mu_i + mu_i e^(t g_i)) - t sum mu_i g_i`` is a sum over samples too. With
+``K'(t) = u``, ``w = sign(t) sqrt(2 (t u - K(t)))`` and ``v = t sqrt(K''(t))``, a tail is
+``P(U >= u) = 1 - Phi(w + log(v / w) / w)`` (Lugannani-Rice); the two tails at ``|u|`` and
+``-|u|`` are added. The SE is then reported as ``|BETA| / sqrt(chisq)`` of that p, as REGENIE does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special, stats
+
+from .regression import LN10
+
+#: REGENIE's --pThresh default: the score test's p below which SPA corrects it
+SPA_THRESHOLD = 0.05
+
+
+@dataclass(frozen=True)
+class NullModel:
+    """A fitted null model: coefficients, iterations, and whether the rule was met."""
+
+    gamma: np.ndarray
+    iterations: int
+    converged: bool
+    loglik: float
+
+
+def null_sums(C: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None) -> Callable:
+    """The sums a Newton step of the null model needs, from one party's samples: for
+    coefficients ``gamma`` (None: the start's), ``(C'WC, C'(y - mu), loglik)``, or for the start
+    ``(C'C, C'z, 0)`` with glm.fit's working response ``z = 4.8639 (y - 1/2)``. Sums over
+    samples: parties add theirs."""
+    C = np.asarray(C, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    off = np.zeros(len(y)) if offset is None else np.asarray(offset, dtype=np.float64)
+
+    def sums(gamma: np.ndarray | None):
+        if gamma is None:
+            z = 4.863891244002886 * (y - 0.5) - off
+            return C.T @ C, C.T @ z, 0.0
+        eta = C @ gamma + off
+        mu = special.expit(eta)
+        w = mu * (1.0 - mu)
+        loglik = float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+        return C.T @ (C * w[:, None]), C.T @ (y - mu), loglik
+
+    return sums
+
+
+def fit_null(sums: Callable, k: int, *, max_iter: int = 50) -> NullModel:
+    """Newton's method on the null model from ``sums`` (:func:`null_sums`, or a secure sum of
+    every party's): start from the least-squares fit of glm.fit's working response, step
+    ``gamma += (C'WC)^-1 C'(y - mu)`` until a step moves no coefficient by more than
+    ``1e-10 (1 + |gamma|)`` (Newton converges quadratically: one step past plink2's log-likelihood
+    rule, so that the scores are exact to float64's digits, not to that rule's). One call of
+    ``sums`` per step."""
+    CtC, Ctz, _ = sums(None)
+    gamma = np.linalg.solve(CtC, Ctz) if k else np.zeros(0)
+    loglik = float("nan")
+    for it in range(1, max_iter + 1):
+        H, grad, loglik = sums(gamma)
+        if not np.isfinite(loglik) or k == 0:
+            return NullModel(gamma, it, bool(np.isfinite(loglik)), loglik)
+        step = np.linalg.solve(H, grad)
+        gamma = gamma + step
+        if np.max(np.abs(step)) <= 1e-10 * (1.0 + np.max(np.abs(gamma))):
+            return NullModel(gamma, it, True, loglik)
+    return NullModel(gamma, max_iter, False, loglik)
+
+
+def score_weights(C: np.ndarray, y: np.ndarray, mu: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's weight columns for one phenotype: A = ``[y - mu | W C | W | 1 | mu]`` and
+    B = ``[W]``, each zero outside ``mask`` (its samples), so that ``X'A``, ``(X^2)'B`` and the
+    missing calls' ``M'A`` give every sum :func:`score_stats` needs (``mu`` rides along for the
+    saddlepoint correction of the tasks)."""
+    m = mask.astype(np.float64)
+    w = mu * (1.0 - mu) * m
+    A = np.column_stack([(y - mu) * m, C * w[:, None], w, m, mu * m])
+    return A, w[:, None]
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    """Per-variant score test [shape: (m,)]: U, V, chi-square, p, -log10 p, BETA = U / V, SE, the
+    variant's mean dosage over the phenotype's called samples, OBS_CT, and which got SPA."""
+
+    U: np.ndarray
+    V: np.ndarray
+    chisq: np.ndarray
+    p: np.ndarray
+    neg_log10_p: np.ndarray
+    beta: np.ndarray
+    se: np.ndarray
+    mean: np.ndarray
+    obs_ct: np.ndarray
+    spa: np.ndarray
+    #: the (imputed) dosage is constant on the phenotype's samples (else, with V ~ 0: explained
+    #: by the covariates)
+    const: np.ndarray | None = None
+
+
+def chisq_pvalues(chisq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """p and -log10 p of a chi-square(1) statistic (exact far below float64's range)."""
+    z = np.sqrt(np.maximum(chisq, 0.0))
+    ln_p = np.log(2.0) + special.log_ndtr(-z)
+    return np.exp(ln_p), -ln_p / LN10
+
+
+def score_stats(SX: np.ndarray, SXX: np.ndarray, SM: np.ndarray, CtWC: np.ndarray, n: int,
+                wsum: float) -> ScoreStats:
+    """The score test from the kernel's sums with :func:`score_weights`'s columns (k covariates):
+    ``SX`` (m, k+4) = X'A over the called samples, ``SXX`` (m,) = (X^2)'W, ``SM`` (m, k+4) = M'A
+    over the missing calls; ``CtWC`` (k, k); ``n`` the phenotype's samples and ``wsum`` their
+    weights' sum (1'W1). A missing call takes
+    the mean ``a = sum x / n_called``: ``U = x'r + a M'r``, ``C'Wx = SX + a SM``, ``x'Wx = SXX +
+    a^2 M'w``."""
+    k = CtWC.shape[0]
+    miss = SM[:, k + 2]
+    called = n - miss
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(called > 0, SX[:, k + 2] / called, np.nan)
+    U = SX[:, 0] + a * SM[:, 0]
+    CWx = SX[:, 1 : k + 1] + a[:, None] * SM[:, 1 : k + 1]
+    xWx = SXX + a * a * SM[:, k + 1]
+    V = xWx - np.einsum("mi,mi->m", CWx, np.linalg.solve(CtWC, CWx.T).T) if k else xWx
+    sw = SX[:, k + 1] + a * SM[:, k + 1]  # sum w x
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = xWx - sw * sw / wsum  # the weighted spread of x: zero for a constant dosage
+    const = ~(spread > 1e-12 * np.maximum(xWx, 1e-300)) | np.isnan(a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ok = V > 1e-12 * np.maximum(xWx, 1e-300)
+        chisq = np.where(ok, U * U / np.where(ok, V, 1.0), np.nan)
+        beta = np.where(ok, U / np.where(ok, V, 1.0), np.nan)
+        se = np.where(ok, 1.0 / np.sqrt(np.where(ok, V, 1.0)), np.nan)
+    p, nlp = chisq_pvalues(chisq)
+    p, nlp = np.where(ok, p, np.nan), np.where(ok, nlp, np.nan)
+    return ScoreStats(U=U, V=V, chisq=chisq, p=p, neg_log10_p=nlp, beta=beta, se=se, mean=a,
+                      obs_ct=np.full(len(U), n, dtype=np.int64), spa=np.zeros(len(U), dtype=bool), const=const)
+
+
+def adjusted_genotypes(X: np.ndarray, C: np.ndarray, w: np.ndarray, CtWC: np.ndarray) -> np.ndarray:
+    """``g = x - C (C'WC)^-1 C'W x`` of each row of ``X`` [shape: (m, n)] (no missing value)."""
+    if C.shape[1] == 0:
+        return X
+    coef = np.linalg.solve(CtWC, ((X * w[None, :]) @ C).T)  # (k, m)
+    return X - (C @ coef).T
+
+
+def spa_pvalues(G: np.ndarray, mu: np.ndarray, u: np.ndarray, *, tol: float = 1e-10) -> np.ndarray:
+    """Two-sided saddlepoint p-values [shape: (m,)] of the scores ``u`` of ``U = sum g_i (y_i - mu_i)``,
+    ``G`` [shape: (m, n)] the adjusted genotypes; NaN where the saddlepoint equation fails."""
+    out = np.full(len(u), np.nan)
+    for j in range(len(u)):
+        g = G[j]
+        lo, hi = _tail(g, mu, abs(u[j]), tol), _tail(g, mu, -abs(u[j]), tol)
+        out[j] = min(1.0, lo + hi)
+    return out
+
+
+def _cgf(t: float, g: np.ndarray, mu: np.ndarray) -> tuple[float, float, float]:
+    """K(t), K'(t), K''(t) of ``U = sum g_i (y_i - mu_i)``."""
+    e = np.exp(np.clip(t * g, -700.0, 700.0))
+    den = 1.0 - mu + mu * e
+    K = float(np.sum(np.log(den)) - t * np.sum(mu * g))
+    K1 = float(np.sum(mu * g * e / den) - np.sum(mu * g))
+    K2 = float(np.sum((1.0 - mu) * mu * g * g * e / (den * den)))
+    return K, K1, K2
+
+
+def _tail(g: np.ndarray, mu: np.ndarray, q: float, tol: float) -> float:
+    """P(U >= q) for q >= 0, P(U <= q) for q < 0, by Lugannani-Rice at the saddlepoint."""
+    t = _saddlepoint(g, mu, q, tol)
+    if t is None:
+        return float("nan")
+    K, _, K2 = _cgf(t, g, mu)
+    w2 = 2.0 * (t * q - K)
+    if t == 0.0 or w2 <= 0.0 or K2 <= 0.0:  # at the mean: the normal tail
+        var = float(np.sum(mu * (1.0 - mu) * g * g))
+        return float(stats.norm.sf(abs(q) / np.sqrt(var))) if var > 0 else float("nan")
+    w = np.sign(t) * np.sqrt(w2)
+    v = t * np.sqrt(K2)
+    z = w + np.log(v / w) / w
+    return float(stats.norm.sf(z) if q >= 0 else stats.norm.cdf(z))
+
+
+def _saddlepoint(g: np.ndarray, mu: np.ndarray, q: float, tol: float) -> float | None:
+    """The root of K'(t) = q: Newton's method, kept inside a bracket that bisection shrinks."""
+    lo, hi = -1.0, 1.0
+    for _ in range(200):  # widen until K'(lo) < q < K'(hi) (K' is increasing)
+        if _cgf(lo, g, mu)[1] < q:
+            break
+        lo *= 2.0
+    for _ in range(200):
+        if _cgf(hi, g, mu)[1] > q:
+            break
+        hi *= 2.0
+    t = 0.0
+    for _ in range(200):
+        _, K1, K2 = _cgf(t, g, mu)
+        f = K1 - q
+        if abs(f) <= tol * max(1.0, abs(q)):
+            return t
+        if f > 0:
+            hi = t
+        else:
+            lo = t
+        step = t - f / K2 if K2 > 0 else 0.5 * (lo + hi)
+        t = step if lo < step < hi else 0.5 * (lo + hi)
+        if hi - lo < 1e-14 * max(1.0, abs(t)):
+            return t
+    return None

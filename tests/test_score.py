@@ -1,0 +1,119 @@
+"""The score test of case/control phenotypes (``--binary-test score``), REGENIE's and SAIGE's approach.
+
+Oracles, none sharing code with dash_spark: statsmodels' GLM (the null model) and its
+``score_test`` (the chi-square per variant, missing calls at the variant's mean as REGENIE imputes
+them), and for the saddlepoint-corrected rows an independent saddlepoint approximation (the
+cumulant generating function's root by scipy's ``brentq``, then Lugannani-Rice). The data is
+``test_logistic``'s: missing calls, missing phenotypes, awkward variants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from scipy import optimize, special, stats
+
+from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.stats.score import fit_null, null_sums
+
+from .test_logistic import _analysed, cc_data  # noqa: F401 - the shared cohort fixture
+
+
+@pytest.fixture(scope="module")
+def scored(cc_data, tmp_path_factory, spark):  # noqa: F811
+    _, files, pheno, _, _ = cc_data
+    out = tmp_path_factory.mktemp("score") / "o"
+    res = run_scan(ScanConfig(bfile=files.bfile, pheno=pheno, covar=files.covar, pheno_name=("cc", "cc2", "q"),
+                              binary_test="score", out=str(out), plots=False), spark=spark)
+    return res, out
+
+
+def test_null_model_equals_statsmodels(cc_data):  # noqa: F811
+    import statsmodels.api as sm
+
+    y, C, base, _ = _analysed(cc_data, "cc")
+    fit = fit_null(null_sums(C[base], y[base]), C.shape[1])
+    ref = sm.GLM(y[base], C[base], family=sm.families.Binomial()).fit(tol=1e-13)
+    assert fit.converged
+    np.testing.assert_allclose(fit.gamma, ref.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fit.loglik, ref.llf, rtol=1e-12)
+
+
+def _spa_oracle(g, mu, q):
+    """Two-sided saddlepoint p of U = sum g (y - mu) at |q|: K'(t) = q by brentq, Lugannani-Rice."""
+    def K(t):
+        return np.sum(np.log1p(mu * np.expm1(t * g))) - t * np.sum(mu * g)
+
+    def K1(t):
+        e = np.exp(t * g)
+        return np.sum(mu * g * e / (1 - mu + mu * e)) - np.sum(mu * g)
+
+    def K2(t):
+        e = np.exp(t * g)
+        return np.sum((1 - mu) * mu * g * g * e / (1 - mu + mu * e) ** 2)
+
+    total = 0.0
+    for x in (abs(q), -abs(q)):
+        t = optimize.brentq(lambda t: K1(t) - x, -50, 50, xtol=1e-14, rtol=1e-14)
+        w = np.sign(t) * np.sqrt(2 * (t * x - K(t)))
+        v = t * np.sqrt(K2(t))
+        z = w + np.log(v / w) / w
+        total += stats.norm.sf(z) if x > 0 else stats.norm.cdf(z)
+    return total
+
+
+def test_score_test_equals_statsmodels_and_spa_an_independent_one(cc_data, scored):  # noqa: F811
+    import statsmodels.api as sm
+
+    res, _ = scored
+    got = pq.read_table(res.results_path).to_pandas()
+    got = got[got.phenotype == "cc"].sort_values("variant_index")
+    y, C, base, G = _analysed(cc_data, "cc")
+    null = sm.GLM(y[base], C[base], family=sm.families.Binomial()).fit(tol=1e-13)
+    mu = special.expit(C[base] @ null.params)
+    w = mu * (1 - mu)
+    n_score = n_spa = 0
+    for row in got.itertuples():
+        x = G[base, row.variant_index].copy()
+        x[np.isnan(x)] = np.nanmean(x)  # REGENIE's imputation: the mean of the calls
+        assert row.obs_ct == base.sum()
+        if row.errcode != ".":  # constant, or explained by the covariates (2 x sex)
+            assert row.errcode == ("CONST_OMITTED_ALLELE" if np.ptp(x) == 0 else "VIF_INFINITE"), row
+            continue
+        chisq, p_score = null.score_test(exog_extra=x[:, None])[:2]
+        chisq, p_score = float(np.squeeze(chisq)), float(np.squeeze(p_score))
+        sign = 1.0 if row.a1 == row.alt else -1.0
+        g = x - C[base] @ np.linalg.solve(C[base].T @ (C[base] * w[:, None]), C[base].T @ (w * x))
+        u = float(g @ (y[base] - mu))
+        v = float(np.sum(w * g * g))
+        np.testing.assert_allclose(sign * row.beta, u / v, rtol=1e-8)
+        if p_score >= 0.05:
+            np.testing.assert_allclose(row.t_stat ** 2, chisq, rtol=1e-8)
+            np.testing.assert_allclose(row.p, p_score, rtol=1e-8)
+            np.testing.assert_allclose(row.se, 1 / np.sqrt(v), rtol=1e-8)
+            n_score += 1
+        else:  # the saddlepoint p; SE and chi-square follow from it, as REGENIE reports them
+            p_spa = _spa_oracle(g, mu, u)
+            np.testing.assert_allclose(row.p, p_spa, rtol=1e-6)
+            np.testing.assert_allclose(row.t_stat ** 2, stats.chi2.isf(p_spa, 1), rtol=1e-6)
+            np.testing.assert_allclose(row.se, abs(row.beta) / abs(row.t_stat), rtol=1e-9)
+            n_spa += 1
+    assert n_score > 200 and n_spa >= 5
+
+
+def test_files_of_the_score_test(scored):
+    """REGENIE's .regenie for the score-tested phenotypes, .glm.linear for the quantitative one."""
+    res, out = scored
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".regenie", ".linear", ".hybrid")) == [
+        "cc.regenie", "cc2.regenie", "q.glm.linear"]
+    assert sorted(res.glm_paths) == ["cc", "cc2", "q"] and res.glm_paths["cc"].endswith("cc.regenie")
+    lines = (out / "cc.regenie").read_text().splitlines()
+    assert lines[0] == "CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ TEST BETA SE CHISQ LOG10P"
+    table = pq.read_table(res.results_path).to_pandas()
+    cc = table[(table.phenotype == "cc")].sort_values("variant_index")
+    assert len(lines) == 1 + len(cc)
+    first = lines[1].split()
+    row = cc.iloc[0]
+    assert first[2] == row.id and first[4] == row.a1 and float(first[7]) == pytest.approx(row.beta, rel=1e-5)
+    assert float(first[10]) == pytest.approx(row.neg_log10_p, rel=1e-5)
