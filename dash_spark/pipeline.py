@@ -513,10 +513,11 @@ def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.
 
 
 def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.ndarray, masks, names,
-                     party: bool, *, quiet: bool = False, logistic=frozenset()):
+                     party: bool, *, quiet: bool = False, logistic=frozenset(), offsets: np.ndarray | None = None):
     """``(A columns, B columns, patterns, moments)`` of the phenotypes ``Y`` [shape: (n, p)] with
     their sample ``masks``: one pattern per distinct mask (per phenotype for a statistics model);
-    the case/control phenotypes named in ``logistic`` (y coded 0/1) in patterns of their own."""
+    the case/control phenotypes named in ``logistic`` (y coded 0/1) in patterns of their own, their
+    score test's null model with the ``offsets`` [shape: (n, p)] (``--pred``: LOCO, logit scale)."""
     pheno_names = list(names)
     flags = [pheno_names[t] in logistic for t in range(len(masks))]
     # case/control phenotypes share patterns among themselves; under the score test each has its own
@@ -546,7 +547,8 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
             continue
         basis = covariate_basis(C, mask, cov_names, where=where)
         if flags[idx[0]] and score:  # the score test: the null model's weights, fitted here
-            pat, A, w, cases = _score_pattern(cfg, C, Yg[:, 0], mask, basis, names[0], a_off, g)
+            off = None if offsets is None else np.nan_to_num(offsets[:, idx[0]])
+            pat, A, w, cases = _score_pattern(cfg, C, Yg[:, 0], mask, basis, names[0], a_off, g, off)
             A_cols.append(A)
             B_cols.append(w)
             patterns.append(pat)
@@ -590,19 +592,20 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
 
 
 def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarray, basis, name: str, a_off: int,
-                   g: int):
+                   g: int, offset: np.ndarray | None = None):
     """A case/control phenotype's score-test :class:`Pattern`, its weight columns ``A`` and ``B``
     (:func:`dash_spark.stats.score.score_weights`) and its case count: the null model ``logit(mu) =
-    C gamma`` is fitted here, from sums over its samples."""
+    C gamma (+ offset)`` is fitted here, from sums over its samples."""
     from .stats.score import SPA_THRESHOLD, fit_null, null_sums, score_weights
 
     n = int(mask.sum())
-    fit = fit_null(null_sums(C[mask], y[mask]), C.shape[1])
+    off = np.zeros(len(y)) if offset is None else offset
+    fit = fit_null(null_sums(C[mask], y[mask], off[mask]), C.shape[1])
     if not fit.converged:
         raise ModelError(f"{_pattern_where(cfg, (name,))}: the null model (the phenotype on the covariates alone) "
                          f"did not converge in {fit.iterations} Newton steps; a covariate may separate cases from "
                          "controls. Remove it (--covar-name) or use --binary-test hybrid (Firth regression)")
-    mu = np.where(mask, 1.0 / (1.0 + np.exp(-(C @ fit.gamma))), 0.0)
+    mu = np.where(mask, 1.0 / (1.0 + np.exp(-(C @ fit.gamma + off))), 0.0)
     A, w = score_weights(C, y, mu, mask)
     CtWC = C[mask].T @ (C[mask] * w[mask])
     cases = int(y[mask].sum())
@@ -666,8 +669,10 @@ def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarra
     coding = "0 control, 1 case (--1)" if cfg.pheno_01 else "1 control, 2 case, 0 missing"
     if not cfg.linear_for_binary:
         what = ("stored and multi-party statistics (compress, party compress, select) are linear"
-                if party else "--pred with case/control phenotypes (REGENIE's binary-trait test) is not built yet"
-                if cfg.pred else None)
+                if party else "with --pred they take REGENIE's test: add --binary-test score (the score test with "
+                "the LOCO offsets in the null model)" if cfg.pred and cfg.binary_test != "score"
+                else "--pred-test regenie is REGENIE's quantitative-trait test: leave it out (--binary-test score "
+                "is REGENIE's binary-trait test)" if cfg.pred and cfg.pred_test == "regenie" else None)
         if what is not None:
             raise ConfigError(f"{cfg.pheno}: phenotype(s) {', '.join(names)} are case/control as plink2 reads them "
                               f"({coding}), which plink2 fits by logistic regression; {what}. Pass "
@@ -844,13 +849,18 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
             A_cols, B_cols, spec = regenie_weights(basis.Q, analysed, nulls, offsets)
             pats = ()
         else:
-            Yc = Y - np.column_stack(offsets) if offsets is not None else Y
+            O = np.column_stack(offsets) if offsets is not None else None
+            Yc = Y
+            if O is not None:  # y - o for a linear model; a case/control phenotype's null model takes o
+                lin = np.array([name not in logistic for name in names])
+                Yc = np.where(lin[None, :], Y - O, Y)
             if with_sex is not None and len(with_sex) < len(names):
                 A_cols, B_cols, pats, mos = _split_sex_patterns(cfg, C, Cg, cov_names, cov_g, Yc, masks_g, names,
                                                                 with_sex, party, logistic)
             else:
                 A_cols, B_cols, pats, mos = _pattern_columns(cfg, Cg, cov_g, Yc, masks_g, names, party,
-                                                             quiet=party or first is not None, logistic=logistic)
+                                                             quiet=party or first is not None, logistic=logistic,
+                                                             offsets=O)
                 if stat_sex and cls in ("X", "Y"):
                     class_moments[cls] = tuple(mos)
             pats, spec = tuple(pats), None
@@ -1042,6 +1052,9 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
             if len(run):
                 ranges += [row._replace(part=len(ranges) + i)
                            for i, row in enumerate(plan_ranges(run, bv, model.bim.line_offsets))]
+    # parts in variant order (the text files join the parts' lines in part order, as plink2 writes
+    # variants in .bim order: chrX between chr22 and XY, not after the autosomes' group)
+    ranges = [row._replace(part=i) for i, row in enumerate(sorted(ranges, key=lambda r: r.start))]
     # each variant's group, as runs of .bim rows (chromosomes are mostly contiguous: a few runs)
     starts = np.flatnonzero(np.diff(group, prepend=-2) != 0)
     return GroupedPlan(tuple(plans), starts, group[starts]), ranges, bv

@@ -117,3 +117,61 @@ def test_files_of_the_score_test(scored):
     row = cc.iloc[0]
     assert first[2] == row.id and first[4] == row.a1 and float(first[7]) == pytest.approx(row.beta, rel=1e-5)
     assert float(first[10]) == pytest.approx(row.neg_log10_p, rel=1e-5)
+
+
+def test_pred_offsets_in_the_null_model_equal_statsmodels(cc_data, spark, tmp_path):  # noqa: F811
+    """--pred with the score test (REGENIE's binary-trait step 2): each chromosome's LOCO prediction
+    (logit scale) is the null model's offset, as statsmodels' GLM(offset=) fits it."""
+    import statsmodels.api as sm
+
+    _, files, pheno, _, _ = cc_data
+    fam = [line.split() for line in open(files.bfile + ".fam")]
+    keys = [f"{f[0]}_{f[1]}" for f in fam]
+    rng = np.random.default_rng(77)
+    offsets = {c: rng.normal(0, 0.4, len(keys)) for c in range(1, 24)}
+    loco = tmp_path / "cc.loco"
+    loco.write_text("FID_IID " + " ".join(keys) + "\n"
+                    + "".join(f"{c} " + " ".join(repr(float(v)) for v in offsets[c]) + "\n" for c in range(1, 24)))
+    pred = tmp_path / "pred.list"
+    pred.write_text(f"cc {loco}\n")
+    res = run_scan(ScanConfig(bfile=files.bfile, pheno=pheno, covar=files.covar, pheno_name=("cc",), pred=str(pred),
+                              binary_test="score", out=str(tmp_path / "o"), plots=False), spark=spark)
+    got = pq.read_table(res.results_path).to_pandas().sort_values("variant_index")
+    y, C, base, G = _analysed(cc_data, "cc")
+    nulls = {}
+    checked = spa = 0
+    for row in got.itertuples():
+        if row.errcode != ".":
+            continue
+        c = int(row.chrom)
+        if c not in nulls:
+            nulls[c] = sm.GLM(y[base], C[base], family=sm.families.Binomial(), offset=offsets[c][base]).fit(tol=1e-13)
+        null = nulls[c]
+        x = G[base, row.variant_index].copy()
+        x[np.isnan(x)] = np.nanmean(x)
+        chisq, p_score = null.score_test(exog_extra=x[:, None])[:2]
+        chisq, p_score = float(np.squeeze(chisq)), float(np.squeeze(p_score))
+        if p_score >= 0.05:
+            np.testing.assert_allclose(row.t_stat ** 2, chisq, rtol=1e-8)
+            np.testing.assert_allclose(row.p, p_score, rtol=1e-8)
+        else:
+            mu = special.expit(C[base] @ null.params + offsets[c][base])
+            w = mu * (1 - mu)
+            g = x - C[base] @ np.linalg.solve(C[base].T @ (C[base] * w[:, None]), C[base].T @ (w * x))
+            np.testing.assert_allclose(row.p, _spa_oracle(g, mu, float(g @ (y[base] - mu))), rtol=1e-6)
+            spa += 1
+        checked += 1
+    assert checked > 250 and spa >= 3 and len(nulls) == 2
+    assert (tmp_path / "o" / "cc.regenie").exists()
+
+
+def test_pred_needs_the_score_test(cc_data, tmp_path, capsys):  # noqa: F811
+    from .test_bad_input import assert_input_error, run_cli
+
+    _, files, pheno, _, _ = cc_data
+    out = tmp_path / "o"
+    pred = tmp_path / "pred.list"
+    pred.write_text("cc cc.loco\n")
+    rc, _, err = run_cli(capsys, ["-q", "scan", "--bfile", files.bfile, "--pheno", pheno, "--pheno-name", "cc",
+                                  "--pred", str(pred), "--out", str(out)])
+    assert_input_error(rc, err, str(out), "cc are case/control", "--binary-test score")
