@@ -280,7 +280,7 @@ def _names(value, kind: str):
 
 
 def _config(source: GenotypeSource, pheno: str, covar: str | None, **options):
-    from .pipeline import ScanConfig
+    from .config import ScanConfig
 
     intercept = options.pop("intercept", True)
     names: dict = {k: tuple(options.pop(k)) if options.get(k) else None for k in ("pheno_name", "covar_name")}

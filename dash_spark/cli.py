@@ -189,7 +189,7 @@ SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_re
 
 def scan_config_from_args(args):
     from .config import load_scan_config
-    from .pipeline import ScanConfig
+    from .config import ScanConfig
 
     values = {k: getattr(args, k, None) for k in SCAN_FIELDS}
     conf = _spark_conf(args)
@@ -233,7 +233,8 @@ def cmd_demo(args) -> int:
     import os
 
     from .io.simulate import simulate_cohort
-    from .pipeline import ScanConfig, run_scan
+    from .config import ScanConfig
+    from .pipeline import run_scan
     from .report import format_top_hits
 
     from .staging import check_out_dir

@@ -1,4 +1,5 @@
-"""Job configs in TOML: one ``[scan]`` table whose keys are :class:`ScanConfig` fields.
+"""A scan's settings (:class:`ScanConfig`, validated once) and job configs in TOML: one ``[scan]``
+table whose keys are :class:`ScanConfig` fields. A leaf: nothing here imports the drivers.
 
 Relative paths are resolved against the config file's directory; unknown keys are rejected with a
 did-you-mean hint. A ``[spark]`` table (string values) is passed to the session builder, and an
@@ -10,10 +11,154 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from dataclasses import dataclass, field
 
 from .errors import ConfigError, did_you_mean
-from .pipeline import ScanConfig
 from .spark.session import read_properties
+
+
+def tasks_can_write(uri: str) -> bool:
+    """Whether the tasks write a scan's output files themselves (a local or shared path, file://);
+    other filesystems (hdfs://, s3a:// ...) go through Spark's writer."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def object_store_out(uri: str) -> bool:
+    """Whether an --out URI is object storage written through pyarrow (s3://, gs://); other URIs
+    (hdfs://, s3a:// ...) go through Spark's writer."""
+    from .staging import object_store_uri
+
+    return object_store_uri(uri)
+
+
+MISSING_GENOTYPE_MODES = ("drop", "mean")
+PRED_TESTS = ("wald", "regenie")
+BINARY_TESTS = ("hybrid", "score")
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Settings of one scan (CLI flags and job-config keys have the same names)."""
+
+    pheno: str
+    out: str
+    bfile: str | None = None
+    covar: str | None = None
+    features: str | None = None
+    feature_samples: str | None = None
+    pfile: str | None = None
+    bgen: str | None = None
+    bgen_ref: str | None = None
+    sample: str | None = None
+    #: plink2's --id-delim: the BGEN's own sample IDs are FID<delim>IID (REGENIE writes FID_IID)
+    id_delim: str | None = None
+    #: a statistics model's chrX/Y/MT as plink2 models them (False: as autosomes, as the batches of
+    #: a store made before these models were added)
+    sex_chromosomes: bool = True
+    #: plink2's --1: a case/control phenotype is coded 0 control, 1 case (default 1/2, 0 missing)
+    pheno_01: bool = False
+    #: analyse case/control phenotypes by linear regression (a linear probability model); without it
+    #: they are refused, since plink2 fits them by logistic regression
+    linear_for_binary: bool = False
+    #: case/control phenotypes: "hybrid" (plink2's logistic Wald test, Firth fallback) or "score"
+    #: (the score test with the saddlepoint correction, :mod:`dash_spark.stats.score`)
+    binary_test: str = "hybrid"
+    pheno_name: tuple[str, ...] | None = None
+    covar_name: tuple[str, ...] | None = None
+    no_intercept: bool = False
+    overwrite: bool = False
+    block_variants: int | None = None
+    task_memory_mb: int = 256
+    missing_genotypes: str = "drop"
+    count_alt: bool = False
+    plots: bool = True
+    keep: str | None = None
+    remove: str | None = None
+    extract: str | None = None
+    exclude: str | None = None
+    chr: str | None = None
+    from_bp: int | None = None
+    to_bp: int | None = None
+    maf: float | None = None
+    mac: float | None = None
+    geno: float | None = None
+    covar_variance_standardize: bool = False
+    a1freq_lower_limit: float = 0.0
+    plots_top: int | None = None
+    gwas_ssf: bool = False
+    genome_assembly: str | None = None
+    report_covariates: bool = False
+    pred: str | None = None
+    pred_test: str = "wald"
+    xchr_model: int = 2
+    mach_r2_filter: tuple[float, float] | None = None
+    master: str | None = None
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if sum(bool(x) for x in (self.bfile, self.features, self.pfile, self.bgen)) != 1:
+            raise ConfigError("give exactly one genotype source: --bfile PREFIX, --pfile PREFIX, --bgen FILE "
+                              "ref-first|ref-last, or --features FILE.parquet (with --feature-samples)")
+        if self.bgen and self.bgen_ref not in ("ref-first", "ref-last"):
+            raise ConfigError(f"--bgen {self.bgen}: expected 'ref-first' or 'ref-last' after the file name (which "
+                              f"allele is REF, as plink2's --bgen), found {self.bgen_ref!r}")
+        if self.id_delim is not None and not self.bgen:
+            raise ConfigError("--id-delim splits the sample IDs stored in a --bgen file; give --bgen FILE too")
+        if self.id_delim is not None and self.sample:
+            raise ConfigError("--id-delim splits the sample IDs stored in the .bgen, but --sample gives the IDs "
+                              "(ID_1 and ID_2 are FID and IID already); drop one of them")
+        if self.id_delim is not None and (len(self.id_delim) != 1 or self.id_delim.isspace()):
+            raise ConfigError(f"--id-delim {self.id_delim!r}: expected one character that is not a space, e.g. _")
+        if self.sample and not self.bgen:
+            raise ConfigError("--sample names the samples of a --bgen file; give --bgen FILE ref-first|ref-last too")
+        if self.features and not self.feature_samples:
+            raise ConfigError("--features needs --feature-samples FILE (the sample IDs, in the order of the values)")
+        if self.missing_genotypes not in MISSING_GENOTYPE_MODES:
+            raise ConfigError(
+                f"missing_genotypes: expected one of {', '.join(MISSING_GENOTYPE_MODES)}, "
+                f"found {self.missing_genotypes!r}"
+            )
+        if self.block_variants is not None and self.block_variants < 1:
+            raise ConfigError(f"block_variants: expected a positive integer, found {self.block_variants}")
+        for name in ("maf", "geno"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise ConfigError(f"--{name}: expected a fraction between 0 and 1, found {v}")
+        if self.mac is not None and self.mac < 0:
+            raise ConfigError(f"--mac: expected a non-negative count, found {self.mac}")
+        if self.plots_top is not None and self.plots_top < 1:
+            raise ConfigError(f"--plots-top: expected a positive number of phenotypes, found {self.plots_top}")
+        if not 0 <= self.a1freq_lower_limit < 0.5:
+            raise ConfigError(f"--a1freq-lower-limit: expected a frequency in [0, 0.5), found {self.a1freq_lower_limit}")
+        if self.mach_r2_filter is not None:
+            lo, hi = self.mach_r2_filter
+            if not 0 <= lo <= hi:
+                raise ConfigError(f"--mach-r2-filter: expected 0 <= MIN <= MAX, found {lo:g} {hi:g}")
+        if self.xchr_model not in (0, 1, 2):
+            raise ConfigError(f"--xchr-model: expected 0, 1 or 2 (as plink2), found {self.xchr_model!r}")
+        if self.binary_test not in BINARY_TESTS:
+            raise ConfigError(f"--binary-test: expected one of {', '.join(BINARY_TESTS)}, found {self.binary_test!r}")
+        if self.binary_test == "score" and not (tasks_can_write(self.out) or object_store_out(self.out)):
+            raise ConfigError("--binary-test score writes its .regenie files to a local, shared or object-storage "
+                              f"(s3://, gs://) --out; found {self.out}")
+        if self.pred_test not in PRED_TESTS:
+            raise ConfigError(f"--pred-test: expected one of {', '.join(PRED_TESTS)}, found {self.pred_test!r}")
+        if self.pred_test == "regenie" and not self.pred:
+            raise ConfigError("--pred-test regenie needs --pred FILE_pred.list (REGENIE's step-1 predictions)")
+        if self.pred_test == "regenie" and not (tasks_can_write(self.out) or object_store_out(self.out)):
+            raise ConfigError("--pred-test regenie writes its .regenie files to a local, shared or object-storage "
+                              f"(s3://, gs://) --out; found {self.out}")
+        if self.pred and self.pred_test == "regenie" and self.no_intercept:
+            raise ConfigError("--pred-test regenie: REGENIE's test always has an intercept; drop --no-intercept")
+        if self.task_memory_mb < 16:
+            raise ConfigError(f"task_memory_mb: expected at least 16, found {self.task_memory_mb}")
+        if self.gwas_ssf or self.genome_assembly or self.report_covariates:
+            from .gwas_ssf import check_ssf_options
+
+            check_ssf_options(self.gwas_ssf, self.genome_assembly, self.out, features=bool(self.features),
+                              report_covariates=self.report_covariates)
+
+
 
 PATH_KEYS = ("pred", "bfile", "features", "feature_samples", "pfile", "bgen", "sample", "pheno", "covar", "out", "keep",
              "remove", "extract", "exclude")

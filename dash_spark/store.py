@@ -334,7 +334,7 @@ SETTING_KEYS = ("phenotypes", "covariates", "intercept", "missing_genotypes", "p
 
 def batch_config(settings: dict, source: dict, *, keep: str | None = None):
     """The party-model scan config of a batch's source files (``keep``: only these samples)."""
-    from .pipeline import ScanConfig
+    from .config import ScanConfig
 
     return ScanConfig(bfile=source.get("bfile"), features=source.get("features"),
                       feature_samples=source.get("feature_samples"), pfile=source.get("pfile"), bgen=source.get("bgen"),

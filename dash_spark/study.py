@@ -223,7 +223,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
     else:
         from .multiparty.exchange import StagedStat
         from .multiparty.rounds import open_publication
-        from .pipeline import ScanConfig, model_statistics, stage_model_share, statistics_model
+        from .config import ScanConfig
+        from .pipeline import model_statistics, stage_model_share, statistics_model
 
         from .spark.session import SessionStarter
 

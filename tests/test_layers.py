@@ -156,3 +156,12 @@ def test_every_public_exception_class_lives_in_errors():
             errors.translate_task_error(RuntimeError(f"worker traceback\n[dash-spark {name}] the message"))
         except errors.DashError as exc:
             assert type(exc) is cls and str(exc) == "the message"
+
+
+def test_config_imports_no_driver():
+    """A scan's settings (``config.ScanConfig``) are a leaf: ``config`` imports none of the drivers,
+    writers or commands (only errors, the Spark properties reader and two small helpers)."""
+    allowed = {"dash_spark.errors", "dash_spark.spark.session", "dash_spark.staging", "dash_spark.gwas_ssf"}
+    found = {t for t, _ in _imports("dash_spark.config", MODULES["dash_spark.config"])
+             if t.startswith("dash_spark") and t != "dash_spark.config"}
+    assert found <= allowed, sorted(found - allowed)
