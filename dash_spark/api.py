@@ -331,9 +331,13 @@ def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, interc
                         missing_genotypes: str = "drop", pheno_names=None, covar_names=None, count_alt: bool = False,
                         covar_variance_standardize: bool = False, keep: str | None = None, remove: str | None = None,
                         maf: float | None = None, mac: float | None = None, geno: float | None = None,
-                        block_variants: int | None = None, task_memory_mb: int = 256, pheno_01: bool = False):
+                        block_variants: int | None = None, task_memory_mb: int = 256, pheno_01: bool = False,
+                        test: str = "hybrid"):
     """Per-variant logistic regression of every case/control phenotype (plink2's ``--glm``: Firth
-    regression where logistic regression cannot be trusted), as a lazy Spark DataFrame.
+    regression where logistic regression cannot be trusted), as a lazy Spark DataFrame; with
+    ``test="score"``, the score test from the null model with the saddlepoint correction below
+    p 0.05 (``dash-spark scan --binary-test score``: ``beta`` = U / V, ``t_stat`` the signed root of
+    the chi-square).
 
     Arguments as :func:`linear_regression`'s; every selected phenotype must be case/control as
     plink2 reads it (1 control, 2 case, 0/-9/NA missing; ``pheno_01=True``: 0 control, 1 case;
@@ -355,7 +359,7 @@ def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, interc
                        missing_genotypes=missing_genotypes, pheno_names=pheno_names, covar_names=covar_names,
                        count_alt=count_alt, covar_variance_standardize=covar_variance_standardize, keep=keep,
                        remove=remove, maf=maf, mac=mac, geno=geno, block_variants=block_variants,
-                       task_memory_mb=task_memory_mb, pheno_01=pheno_01)
+                       task_memory_mb=task_memory_mb, pheno_01=pheno_01, binary_test=test)
 
 
 def _scan_frame(spark, genotypes, phenotypes, covariates, kind: str, *, pheno_names, covar_names, keep, remove,

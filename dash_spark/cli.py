@@ -225,7 +225,7 @@ def cmd_scan(args) -> int:
         print(format_top_hits(summ))
     print(f"results: {res.results_path}")
     for path in res.glm_paths.values():
-        print(f"plink2-style: {path}")
+        print(f"{'REGENIE-style' if path.endswith('.regenie') else 'plink2-style'}: {path}")
     return 0
 
 

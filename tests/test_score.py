@@ -175,3 +175,20 @@ def test_pred_needs_the_score_test(cc_data, tmp_path, capsys):  # noqa: F811
     rc, _, err = run_cli(capsys, ["-q", "scan", "--bfile", files.bfile, "--pheno", pheno, "--pheno-name", "cc",
                                   "--pred", str(pred), "--out", str(out)])
     assert_input_error(rc, err, str(out), "cc are case/control", "--binary-test score")
+
+
+def test_api_score_test_equals_the_scan(cc_data, scored, spark):  # noqa: F811
+    """``ds.logistic_regression(..., test="score")`` gives the scan's score-test rows."""
+    import pandas as pd
+
+    import dash_spark as ds
+
+    _, files, pheno, _, _ = cc_data
+    res, _ = scored
+    df = ds.logistic_regression(spark, ds.open_bfile(files.bfile), pheno, files.covar, pheno_names=["cc", "cc2"],
+                                test="score")
+    got = df.toPandas().sort_values(["phenotype", "variant_index"]).reset_index(drop=True)
+    want = pq.read_table(res.results_path).to_pandas()
+    want = want[want.phenotype.isin(["cc", "cc2"])].sort_values(["phenotype", "variant_index"]).reset_index(drop=True)
+    for c in got.columns:
+        pd.testing.assert_series_equal(got[c], want[c], check_dtype=False, obj=c)
