@@ -432,7 +432,7 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
         basis = covariate_basis(C, mask, cov_names, where=where)
         if flags[idx[0]] and score:  # the score test: the null model's weights, fitted here
             off = None if offsets is None else np.nan_to_num(offsets[:, idx[0]])
-            pat, A, w, cases = _score_pattern(cfg, C, Yg[:, 0], mask, basis, names[0], a_off, g, off)
+            pat, A, w, cases = _score_pattern(cfg, C, Yg[:, 0], mask, basis, names[0], a_off, g, off, quiet=quiet)
             A_cols.append(A)
             B_cols.append(w)
             patterns.append(pat)
@@ -444,7 +444,7 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
                 lines_seen.append(names[0])
             continue
         if flags[idx[0]]:  # case/control: y stays 0/1, and the tasks fit on the raw covariates Q R
-            pat, cases = _logistic_pattern(C, Yg, mask, basis, names, a_off, g)
+            pat, cases = _logistic_pattern(C, Yg, mask, basis, names, a_off, g, quiet=quiet)
             A_cols += [basis.Q, Yg, mask.astype(np.float64)[:, None]]
             B_cols.append(mask.astype(np.float64)[:, None])
             patterns.append(pat)
@@ -476,7 +476,7 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
 
 
 def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarray, basis, name: str, a_off: int,
-                   g: int, offset: np.ndarray | None = None):
+                   g: int, offset: np.ndarray | None = None, *, quiet: bool = False):
     """A case/control phenotype's score-test :class:`Pattern`, its weight columns ``A`` and ``B``
     (:func:`dash_spark.stats.score.score_weights`) and its case count: the null model ``logit(mu) =
     C gamma (+ offset)`` is fitted here, from sums over its samples."""
@@ -493,7 +493,7 @@ def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarr
     A, w = score_weights(C, y, mu, mask)
     CtWC = C[mask].T @ (C[mask] * w[mask])
     cases = int(y[mask].sum())
-    if min(cases, n - cases) < 10 * (basis.k + 1):
+    if min(cases, n - cases) < 10 * (basis.k + 1) and not quiet:  # (once: not again per chromosome group)
         log.warning("phenotype %s: %d %s, fewer than 10 x the %d predictors", name, min(cases, n - cases),
                     "cases" if 2 * cases < n else "controls", basis.k + 1)
     pat = Pattern((name,), n, basis.k, a_off, g, logistic=True, score=True, CtWC=CtWC,
@@ -501,7 +501,8 @@ def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarr
     return pat, A, w, cases
 
 
-def _logistic_pattern(C: np.ndarray, Yg: np.ndarray, mask: np.ndarray, basis, names, a_off: int, g: int):
+def _logistic_pattern(C: np.ndarray, Yg: np.ndarray, mask: np.ndarray, basis, names, a_off: int, g: int, *,
+                      quiet: bool = False):
     """The :class:`Pattern` of case/control phenotypes (``Yg``: 0/1 on ``mask``) and each one's case
     count, with plink2's warnings: fewer cases or controls than 10x the predictors, and a covariate
     that separates the phenotype on its own (then every variant gets Firth regression, as in plink2)."""
@@ -513,12 +514,13 @@ def _logistic_pattern(C: np.ndarray, Yg: np.ndarray, mask: np.ndarray, basis, na
         y = Yg[mask, t]
         cases.append(int(y.sum()))
         firth.append(covariate_separates(C[mask], y))
-        if min(cases[-1], n - cases[-1]) < 10 * (basis.k + 1):
+        if min(cases[-1], n - cases[-1]) < 10 * (basis.k + 1) and not quiet:
             log.warning("phenotype %s: %d %s, fewer than 10 x the %d predictors (plink2 warns too)", name,
                         min(cases[-1], n - cases[-1]), "cases" if 2 * cases[-1] < n else "controls", basis.k + 1)
         if firth[-1]:
-            log.warning("phenotype %s: a covariate separates cases from controls; every variant is fitted by "
-                        "Firth regression (plink2's firth-fallback does the same)", name)
+            log.warning("phenotype %s: a covariate separates cases from controls%s; every variant is fitted by "
+                        "Firth regression (plink2's firth-fallback does the same)", name,
+                        " on a sex chromosome's samples" if quiet else "")
     return Pattern(tuple(names), n, basis.k, a_off, g, logistic=True, R=basis.R, always_firth=tuple(firth)), cases
 
 
