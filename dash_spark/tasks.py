@@ -454,10 +454,8 @@ def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX
     sums (:func:`dash_spark.stats.score.score_stats`); variants whose p is below the pattern's
     threshold get the saddlepoint p, from their dense dosages (missing calls at the mean). BETA is
     U / V, T_STAT the signed square root of the chi-square, for ALT (the rows flip them to A1)."""
-    from scipy import stats as sps
-
     from .stats.regression import ERR_COLLINEAR, ERR_CONST, ERR_FEW, ERR_OK, VariantStats
-    from .stats.score import adjusted_genotypes, score_stats, spa_pvalues
+    from .stats.score import adjusted_genotypes, chisq_of_log_p, score_stats, spa_log_pvalues
 
     a, k, n = pat.a_offset, pat.k, plan.n_samples
     st = score_stats(SX[:, a : a + k + 4], SXX[:, pat.b_offset], SM[:, a : a + k + 4], pat.CtWC, pat.n,
@@ -476,12 +474,12 @@ def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX
         mu = cols[mask, k + 3]
         X = block.take(spa).dense()[:, mask]
         X = np.where(np.isnan(X), st.mean[spa][:, None], X)
-        p_spa = spa_pvalues(adjusted_genotypes(X, C, w, pat.CtWC), mu, st.U[spa])
-        ok = np.isfinite(p_spa) & (p_spa > 0)
+        ln_p = np.minimum(spa_log_pvalues(adjusted_genotypes(X, C, w, pat.CtWC), mu, st.U[spa]), 0.0)
+        ok = np.isfinite(ln_p)  # (the score test's p stays where the saddlepoint equation fails)
         rows = spa[ok]
-        p[rows] = p_spa[ok]
-        nlp[rows] = -np.log10(p_spa[ok])
-        chisq[rows] = sps.chi2.isf(p_spa[ok], 1)
+        p[rows] = np.exp(ln_p[ok])
+        nlp[rows] = -ln_p[ok] / np.log(10.0)
+        chisq[rows] = chisq_of_log_p(ln_p[ok])
         se[rows] = np.abs(st.beta[rows]) / np.sqrt(chisq[rows])
     with np.errstate(invalid="ignore"):
         z = np.sign(st.U) * np.sqrt(chisq)

@@ -192,3 +192,21 @@ def test_api_score_test_equals_the_scan(cc_data, scored, spark):  # noqa: F811
     want = want[want.phenotype.isin(["cc", "cc2"])].sort_values(["phenotype", "variant_index"]).reset_index(drop=True)
     for c in got.columns:
         pd.testing.assert_series_equal(got[c], want[c], check_dtype=False, obj=c)
+
+
+def test_saddlepoint_p_below_float64(cc_data):  # noqa: F811
+    """The saddlepoint tail is carried in logarithms: a score far in the tail keeps an exact -log10 p
+    and chi-square where p itself underflows, and agrees with the oracle where p is representable."""
+    from dash_spark.stats.score import chisq_of_log_p, spa_log_pvalues
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    mu = special.expit(rng.normal(-2.0, 0.5, n))
+    g = rng.binomial(2, 0.3, n) - 0.6
+    sd = np.sqrt(np.sum(mu * (1 - mu) * g * g))
+    for u in (3.0 * sd, 8.0 * sd):  # representable p: the oracle's own
+        ln_p = spa_log_pvalues(g[None], mu, np.array([u]))[0]
+        np.testing.assert_allclose(np.exp(ln_p), _spa_oracle(g, mu, u), rtol=1e-6)
+        np.testing.assert_allclose(chisq_of_log_p(ln_p), stats.chi2.isf(np.exp(ln_p), 1), rtol=1e-9)
+    ln_p = spa_log_pvalues(g[None], mu, np.array([45.0 * sd]))[0]  # p far below 1e-308
+    assert np.isfinite(ln_p) and ln_p < np.log(1e-308) and chisq_of_log_p(ln_p) > 1400

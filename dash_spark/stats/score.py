@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from .regression import LN10
 
@@ -173,12 +173,21 @@ def adjusted_genotypes(X: np.ndarray, C: np.ndarray, w: np.ndarray, CtWC: np.nda
 def spa_pvalues(G: np.ndarray, mu: np.ndarray, u: np.ndarray, *, tol: float = 1e-10) -> np.ndarray:
     """Two-sided saddlepoint p-values [shape: (m,)] of the scores ``u`` of ``U = sum g_i (y_i - mu_i)``,
     ``G`` [shape: (m, n)] the adjusted genotypes; NaN where the saddlepoint equation fails."""
+    return np.minimum(1.0, np.exp(spa_log_pvalues(G, mu, u, tol=tol)))
+
+
+def spa_log_pvalues(G: np.ndarray, mu: np.ndarray, u: np.ndarray, *, tol: float = 1e-10) -> np.ndarray:
+    """:func:`spa_pvalues` as natural logarithms, exact where p underflows float64."""
     out = np.full(len(u), np.nan)
     for j in range(len(u)):
         g = G[j]
-        lo, hi = _tail(g, mu, abs(u[j]), tol), _tail(g, mu, -abs(u[j]), tol)
-        out[j] = min(1.0, lo + hi)
+        out[j] = np.logaddexp(_tail(g, mu, abs(u[j]), tol), _tail(g, mu, -abs(u[j]), tol))
     return out
+
+
+def chisq_of_log_p(ln_p: np.ndarray) -> np.ndarray:
+    """The chi-square(1) statistic whose two-sided p is ``exp(ln_p)`` (exact where p underflows)."""
+    return special.ndtri_exp(np.minimum(np.asarray(ln_p, dtype=np.float64), 0.0) - np.log(2.0)) ** 2
 
 
 def _cgf(t: float, g: np.ndarray, mu: np.ndarray) -> tuple[float, float, float]:
@@ -192,7 +201,7 @@ def _cgf(t: float, g: np.ndarray, mu: np.ndarray) -> tuple[float, float, float]:
 
 
 def _tail(g: np.ndarray, mu: np.ndarray, q: float, tol: float) -> float:
-    """P(U >= q) for q >= 0, P(U <= q) for q < 0, by Lugannani-Rice at the saddlepoint."""
+    """log P(U >= q) for q >= 0, log P(U <= q) for q < 0, by Lugannani-Rice at the saddlepoint."""
     t = _saddlepoint(g, mu, q, tol)
     if t is None:
         return float("nan")
@@ -200,11 +209,11 @@ def _tail(g: np.ndarray, mu: np.ndarray, q: float, tol: float) -> float:
     w2 = 2.0 * (t * q - K)
     if t == 0.0 or w2 <= 0.0 or K2 <= 0.0:  # at the mean: the normal tail
         var = float(np.sum(mu * (1.0 - mu) * g * g))
-        return float(stats.norm.sf(abs(q) / np.sqrt(var))) if var > 0 else float("nan")
+        return float(special.log_ndtr(-abs(q) / np.sqrt(var))) if var > 0 else float("nan")
     w = np.sign(t) * np.sqrt(w2)
     v = t * np.sqrt(K2)
     z = w + np.log(v / w) / w
-    return float(stats.norm.sf(z) if q >= 0 else stats.norm.cdf(z))
+    return float(special.log_ndtr(-z) if q >= 0 else special.log_ndtr(z))
 
 
 def _saddlepoint(g: np.ndarray, mu: np.ndarray, q: float, tol: float) -> float | None:
