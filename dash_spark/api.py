@@ -158,6 +158,27 @@ def open_features(features, samples, *, stage_dir: str | None = None) -> Feature
 
     A DataFrame is written once as Parquet under ``stage_dir`` (default: a temporary directory;
     on a cluster give a path every executor can read), so that tasks read variant ranges.
+
+    Parameters
+    ----------
+    features : str or pyspark.sql.DataFrame
+        The Parquet path, or the DataFrame.
+    samples : str or sequence of str
+        A file of sample IDs, or the IIDs, in the order of the values.
+    stage_dir : str, optional
+        Where a DataFrame is written once.
+
+    Returns
+    -------
+    FeatureSource
+        Its samples and features (``.variants``: one per feature).
+
+    Examples
+    --------
+    >>> df = spark.createDataFrame([("f1", [0.5, 1.0, 2.0]), ("f2", [1.5, None, 0.0])], "id string, values array<double>")
+    >>> feats = open_features(df, ["s1", "s2", "s3"])
+    >>> feats.fam.n_samples, feats.variants.n_variants
+    (3, 2)
     """
     staged = None
     if not isinstance(samples, (str, os.PathLike)):
@@ -296,9 +317,23 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
                       pheno_01: bool = False):
     """Per-variant linear regression of every phenotype, as a lazy Spark DataFrame.
 
-    ``genotypes``: :func:`open_bfile` / :func:`open_features` (or a PLINK prefix);
-    ``phenotypes`` / ``covariates``: plink2-style text files or pandas DataFrames with an ``IID``
-    column (``FID`` optional; NaN missing). The other options are ``dash-spark scan``'s.
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+        The session (:func:`session` makes a local one).
+    genotypes
+        :func:`open_bfile`, :func:`open_pfile`, :func:`open_bgen` or :func:`open_features` (or a
+        PLINK prefix).
+    phenotypes, covariates : str, pandas.DataFrame or pyarrow.Table
+        plink2-style text files, or tables with ``IID`` (a column, ``#IID``, or the index; ``FID``
+        optional; NaN missing). Case/control phenotypes are refused here
+        (:func:`logistic_regression`), unless ``linear_for_binary=True``.
+    pheno_names, covar_names : str or list of str, optional
+        The columns to use (default: all).
+    keep, remove : str or list of str, optional
+        A file of IIDs, or the IIDs.
+    **options
+        The other options are ``dash-spark scan``'s, by their field names.
 
     What runs where: the driver reads the samples, the tables and the variant list and builds the
     covariate bases; one per-sample matrix (the bases, phenotypes and masks) is broadcast once;
@@ -344,6 +379,18 @@ def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, interc
     booleans in a DataFrame). The rows have the same columns: ``beta`` is the log odds ratio of A1,
     ``se`` its standard error, ``t_stat`` the Wald z, and ``firth`` says whether Firth regression
     gave the row.
+
+    Parameters
+    ----------
+    test : {"hybrid", "score"}
+        plink2's Wald test with Firth fallback, or the score test with the saddlepoint correction.
+    other
+        As for :func:`linear_regression`.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        One row per variant and phenotype [rows: variants x phenotypes].
 
     Examples
     --------
@@ -397,6 +444,11 @@ def unpersist(df) -> None:
     (samples x columns, kept until the session ends otherwise). Use neither the DataFrame nor the
     ones derived from it afterwards; releasing twice, or another DataFrame, does nothing.
 
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame
+        A DataFrame of :func:`linear_regression` or :func:`logistic_regression`.
+
     Examples
     --------
     >>> data = example_data()
@@ -417,7 +469,11 @@ def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool =
              task_memory_mb: int = 256, linear_for_binary: bool = False, pheno_01: bool = False) -> SufficientStats:
     """The additive statistics ``S`` of one batch of samples (DESIGN.md section 2).
 
-    Arguments as for :func:`linear_regression`. ``S`` holds each phenotype's global moments and
+    Parameters
+    ----------
+    spark, genotypes, phenotypes, covariates, **options
+        As for :func:`linear_regression` (case/control phenotypes only with ``linear_for_binary``).
+ ``S`` holds each phenotype's global moments and
     every variant's sums; its size depends on the variants and the model, not on the samples.
     Statistics of disjoint sample sets with the same variants, phenotypes and covariates add up:
     ``(S1 + S2).finalize()`` equals ``linear_regression`` on the pooled samples, and ``S - S_w``

@@ -38,7 +38,34 @@ BINARY_TESTS = ("hybrid", "score")
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Settings of one scan (CLI flags and job-config keys have the same names)."""
+    """Settings of one scan (CLI flags and job-config keys have the same names), validated once.
+
+    Parameters
+    ----------
+    pheno, out : str
+        The phenotype table and the output directory (``--pheno``, ``--out``).
+    bfile, pfile, bgen, features : str, optional
+        Exactly one genotype source (``bgen`` with ``bgen_ref``; ``features`` with
+        ``feature_samples``).
+    **other
+        Every other ``dash-spark scan`` option by its field name (``--covar`` is ``covar``,
+        ``--binary-test`` is ``binary_test`` ...).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the option and what it expects.
+
+    Examples
+    --------
+    >>> cfg = ScanConfig(bfile="cohort", pheno="pheno.tsv", out="results", maf=0.01)
+    >>> cfg.missing_genotypes, cfg.binary_test
+    ('drop', 'hybrid')
+    >>> ScanConfig(bfile="cohort", pfile="cohort", pheno="pheno.tsv", out="results")
+    Traceback (most recent call last):
+    ...
+    dash_spark.errors.ConfigError: give exactly one genotype source: ...
+    """
 
     pheno: str
     out: str

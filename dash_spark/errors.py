@@ -10,7 +10,18 @@ import re
 
 
 class DashError(Exception):
-    """Base class of every error dash-spark raises on purpose."""
+    """Base class of every error dash-spark raises on purpose: its message is one line naming the
+    file, line, sample or option at fault and what to do (the command line prints it and exits 2).
+
+    Examples
+    --------
+    >>> import dash_spark as ds
+    >>> try:
+    ...     ds.open_bfile("no/such/cohort")
+    ... except ds.DashError as exc:
+    ...     print(type(exc).__name__, str(exc).split(":")[0])
+    InputError no/such/cohort.bed
+    """
 
 
 class InputError(DashError, ValueError):

@@ -122,6 +122,24 @@ class VariantGroup:
 
 @dataclass(frozen=True)
 class ScanResult:
+    """What :func:`run_scan` wrote: the output directory, ``results.parquet``, each phenotype's text
+    file (``.glm.linear``, ``.glm.logistic.hybrid`` or ``.regenie``), each phenotype's summary
+    (:class:`dash_spark.report.PhenotypeSummary`: tests, error codes, lambda_GC, top hits) and the
+    wall time in seconds.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from dash_spark.api import example_data
+    >>> data = example_data()
+    >>> res = run_scan(ScanConfig(bfile=data.bfile, pheno=data.pheno, covar=data.covar, plots=False,
+    ...                           out=os.path.join(tempfile.mkdtemp(), "out")), spark=spark)
+    >>> sorted(os.path.basename(p) for p in res.glm_paths.values())
+    ['pheno1.glm.linear', 'pheno2.glm.linear']
+    >>> res.summaries["pheno1"].n_tests
+    120
+    """
+
     out: str
     results_path: str
     glm_paths: dict[str, str]
@@ -954,7 +972,31 @@ def _shared_gram_width(model: Model) -> int:
 
 
 def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
-    """Run a scan end to end; outputs appear under ``cfg.out`` only if everything succeeded.
+    """Run a scan end to end; outputs appear under ``cfg.out`` only if everything succeeded
+    (``ds.scan``, the ``dash-spark scan`` command).
+
+    Parameters
+    ----------
+    cfg : ScanConfig
+        The scan's settings.
+    spark : pyspark.sql.SparkSession, optional
+        The session to run on (default: one started for the scan, as the command does).
+
+    Returns
+    -------
+    ScanResult
+        The files written and each phenotype's summary (see :class:`ScanResult`).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from dash_spark.api import example_data
+    >>> data = example_data()
+    >>> out = os.path.join(tempfile.mkdtemp(), "out")
+    >>> res = run_scan(ScanConfig(bfile=data.bfile, pheno=data.pheno, pheno_name=("pheno2",), out=out,
+    ...                           plots=False), spark=spark)
+    >>> sorted(os.listdir(out))[:3]
+    ['.dash-spark-output', 'pheno2.glm.linear', 'results.parquet']
 
     A local (or shared, ``file://``) ``--out`` is staged by :func:`dash_spark.staging.staged_output`
     and the tasks write their own parts; another filesystem (hdfs://, s3a:// ...) goes through

@@ -359,24 +359,112 @@ GENOTYPE_SOURCES = (BedSource, FeatureSource, PgenSource, BgenSource)
 
 
 def open_bfile(prefix: str) -> BedSource:
-    """A PLINK 1 fileset ``PREFIX.bed/.bim/.fam``, checked (the .bed's size against the .fam and .bim)."""
+    """A PLINK 1 fileset ``PREFIX.bed/.bim/.fam``, checked (the .bed's size against the .fam and .bim).
+
+    Parameters
+    ----------
+    prefix : str
+        The fileset's path without extension (local, or s3:// gs:// ...).
+
+    Returns
+    -------
+    BedSource
+        Its samples (``.fam``: ``n_samples`` rows) and variants (``.variants``: ``n_variants``).
+
+    Examples
+    --------
+    >>> from dash_spark.api import example_data
+    >>> geno = open_bfile(example_data().bfile)
+    >>> geno.fam.n_samples, geno.variants.n_variants
+    (300, 120)
+    >>> open_bfile("no/such/cohort")
+    Traceback (most recent call last):
+    ...
+    dash_spark.errors.InputError: no/such/cohort.bed: ...
+    """
     return BedSource(str(prefix)).check()
 
 
 def open_features(path: str, samples: str) -> FeatureSource:
-    """Real-valued features from Parquet (see :class:`FeatureSource`), checked against ``samples``."""
+    """Real-valued features from Parquet (see :class:`FeatureSource`), checked against ``samples``.
+
+    Parameters
+    ----------
+    path : str
+        A Parquet file (or a directory of parts): one row per feature, ``id`` (string) and
+        ``values`` (list<double>, one per sample, null/NaN missing), optional ``chrom``, ``pos``.
+    samples : str
+        A file of the sample IDs, in the order of the values.
+
+    Returns
+    -------
+    FeatureSource
+        Its samples and features (``.variants``: one per row).
+
+    Examples
+    --------
+    >>> import os, tempfile, pyarrow as pa, pyarrow.parquet as pq
+    >>> folder = tempfile.mkdtemp()
+    >>> pq.write_table(pa.table({"id": ["f1", "f2"], "values": [[0.5, 1.0, 2.0], [1.5, None, 0.0]]}),
+    ...                os.path.join(folder, "f.parquet"))
+    >>> _ = open(os.path.join(folder, "ids.txt"), "w").write("s1\\ns2\\ns3\\n")
+    >>> feats = open_features(os.path.join(folder, "f.parquet"), os.path.join(folder, "ids.txt"))
+    >>> feats.fam.n_samples, feats.variants.n_variants
+    (3, 2)
+    """
     return FeatureSource(str(path), str(samples)).check()
 
 
 def open_pfile(prefix: str) -> PgenSource:
-    """A plink2 fileset ``PREFIX.pgen/.pvar/.psam``, checked (the .pgen against the .psam and .pvar)."""
+    """A plink2 fileset ``PREFIX.pgen/.pvar/.psam``, checked (the .pgen against the .psam and .pvar).
+
+    Parameters
+    ----------
+    prefix : str
+        The fileset's path without extension (``.pvar`` or ``.pvar.zst``; local or object storage).
+
+    Returns
+    -------
+    PgenSource
+        Its samples (``.fam``) and variants (``.variants``); dosages are read by the tasks.
+
+    Examples
+    --------
+    >>> open_pfile("no/such/cohort")
+    Traceback (most recent call last):
+    ...
+    dash_spark.errors.InputError: no/such/cohort...
+    """
     return PgenSource(str(prefix)).check()
 
 
 def open_bgen(path: str, ref: str = "ref-first", sample: str | None = None,
               id_delim: str | None = None) -> BgenSource:
-    """A BGEN file, checked (indexed once when it has no ``.bgi``); ``ref`` as plink2's --bgen
-    modifier, ``id_delim`` as plink2's --id-delim (the file's IDs are FID<delim>IID)."""
+    """A BGEN file, checked (indexed once when it has no ``.bgi``).
+
+    Parameters
+    ----------
+    path : str
+        The ``.bgen`` (v1.2, layout 2; local or object storage).
+    ref : {"ref-first", "ref-last"}
+        Which allele is REF, as plink2's ``--bgen`` modifier.
+    sample : str, optional
+        A ``.sample`` file naming the samples (else the IDs stored in the file).
+    id_delim : str, optional
+        plink2's ``--id-delim``: the stored IDs are ``FID<delim>IID`` (REGENIE writes ``FID_IID``).
+
+    Returns
+    -------
+    BgenSource
+        Its samples and variants.
+
+    Examples
+    --------
+    >>> open_bgen("cohort.bgen", "ref-middle")
+    Traceback (most recent call last):
+    ...
+    dash_spark.errors.ConfigError: ...expected 'ref-first' or 'ref-last'...
+    """
     return BgenSource(str(path), ref, None if sample is None else str(sample), id_delim).check()
 
 

@@ -233,6 +233,32 @@ def test_docstring_examples_run(spark):
                           extraglobs={"spark": spark, "compress": api.compress, "example_data": api.example_data,
                                       "open_bfile": api.open_bfile})
     assert res.attempted >= 6 and res.failed == 0, res
+    import dash_spark.config as config
+    import dash_spark.errors as errors
+    import dash_spark.pipeline as pipeline
+    import dash_spark.sources as sources
+
+    for module, least in ((sources, 8), (config, 3), (pipeline, 4), (errors, 2)):
+        res = doctest.testmod(module, extraglobs={"spark": spark}, optionflags=flags, verbose=False)
+        assert res.attempted >= least and res.failed == 0, (module.__name__, res)
+
+
+def test_every_exported_name_has_an_example():
+    """numpy-style docstrings on every public name: an Examples section (run by the doctest test),
+    and Parameters or Returns for the functions."""
+    import inspect
+
+    import dash_spark as ds
+
+    missing = []
+    for name in ds._EXPORTS:
+        obj = getattr(ds, name)
+        doc = inspect.getdoc(obj) or ""
+        if ">>>" not in doc or "Examples" not in doc:
+            missing.append(f"{name}: no Examples")
+        if inspect.isfunction(obj) and "Parameters" not in doc and "Returns" not in doc:
+            missing.append(f"{name}: no Parameters/Returns")
+    assert not missing, missing
 
 
 def test_unpersist_frees_the_broadcast(cohort, spark):

@@ -51,6 +51,12 @@ class StatLayout:
 
     ``k`` covariate columns, ``n_phenotypes`` phenotypes, ``mode`` ``"drop"`` (exact complete
     cases: the missing calls' Gram blocks are kept) or ``"mean"`` (mean imputation).
+
+    Examples
+    --------
+    >>> lay = StatLayout(k=3, n_phenotypes=2, mode="mean")
+    >>> lay.width > 0, StatLayout(k=3, n_phenotypes=2, mode="drop").width > lay.width
+    (True, True)
     """
 
     k: int
@@ -113,7 +119,18 @@ class StatLayout:
 
 @dataclass(frozen=True, eq=False)
 class Moments:
-    """Global moments of one phenotype's samples: ``n``, ``C'C``, ``C'1``, ``C'y``, ``y'y``."""
+    """Global moments of one phenotype's samples: ``n``, ``C'C`` [shape: (k, k)], ``C'1`` [shape:
+    (k,)], ``C'y`` [shape: (k,)], ``y'y``; additive (``+``, ``-``) over disjoint sample sets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> C = np.column_stack([np.ones(4), [1.0, 2.0, 3.0, 4.0]])
+    >>> y = np.array([1.0, 0.0, 2.0, 1.0])
+    >>> m = Moments.of(C[:2], y[:2]) + Moments.of(C[2:], y[2:])
+    >>> m.n, m.CtC.tolist(), m.yty
+    (4, [[4.0, 10.0], [10.0, 30.0]], 6.0)
+    """
 
     n: int
     CtC: np.ndarray
