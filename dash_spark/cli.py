@@ -129,6 +129,9 @@ def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="A1 is always ALT (plink2's omit-ref); default: the non-major allele")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None,
                    help="skip the Manhattan and QQ plots")
+    p.add_argument("--no-text", dest="text", action="store_false", default=None,
+                   help="skip the per-phenotype text files (.glm.linear, .glm.logistic.hybrid, .regenie): "
+                        "results.parquet, the summaries and plots only (large runs)")
     p.add_argument("--plots-top", type=_positive, metavar="N",
                    help="plot only the N phenotypes with the smallest p-values (PheWAS runs); summaries cover all")
     p.add_argument("--a1freq-lower-limit", type=float, metavar="F",
@@ -184,7 +187,7 @@ SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_re
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
-               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model", "mach_r2_filter", "binary_test")
+               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model", "mach_r2_filter", "binary_test", "text")
 
 
 def scan_config_from_args(args):

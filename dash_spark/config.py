@@ -99,6 +99,9 @@ class ScanConfig:
     missing_genotypes: str = "drop"
     count_alt: bool = False
     plots: bool = True
+    #: write the per-phenotype text files (.glm.linear, .glm.logistic.hybrid, .regenie); False
+    #: (--no-text): results.parquet, the summaries and plots only (large runs: no text formatting)
+    text: bool = True
     keep: str | None = None
     remove: str | None = None
     extract: str | None = None

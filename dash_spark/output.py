@@ -81,7 +81,9 @@ def glm_file(model, name: str) -> str:
 
 def text_phenotypes(model) -> list[str]:
     """The phenotypes that get a ``.glm.*`` text file: all but those of the score test, whose text
-    file is REGENIE's ``.regenie``."""
+    file is REGENIE's ``.regenie`` (none with ``--no-text``)."""
+    if not getattr(model, "text_outputs", True):
+        return []
     score = set(getattr(model, "score_phenotypes", ()))
     return [p for p in model.phenotypes if p not in score]
 
@@ -619,6 +621,8 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: in
 
 def _score_texts(stage: str, model) -> dict[str, str]:
     """The score-tested phenotypes' text files (``<phenotype>.regenie``), as ``glm_paths`` entries."""
+    if not getattr(model, "text_outputs", True):
+        return {}
     return {name: os.path.join(stage, f"{safe_name(name)}.regenie") for name in getattr(model, "score_phenotypes", ())}
 
 
@@ -700,6 +704,8 @@ def write_extra_outputs(stage: str, model) -> None:
         from . import gwas_ssf
 
         gwas_ssf.write_extra_outputs(stage, os.path.join(stage, _PARTS), extra, model.phenotypes, safe_name)
+    if not getattr(model, "text_outputs", True):
+        return
     if getattr(model, "regenie_outputs", False):
         write_regenie_files(stage, model.phenotypes)
     elif getattr(model, "score_phenotypes", ()):

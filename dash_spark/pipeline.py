@@ -98,6 +98,8 @@ class Model:
     logistic_phenotypes: tuple[str, ...] = ()
     #: ... those tested by the score test instead (``--binary-test score``: ``<phenotype>.regenie``)
     score_phenotypes: tuple[str, ...] = ()
+    #: write the per-phenotype text files (``--no-text``: False)
+    text_outputs: bool = True
 
     @property
     def n_variants(self) -> int:
@@ -327,7 +329,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
         extra_outputs=extra, regenie_outputs=cfg.pred_test == "regenie", offset_moments=offset_moments,
         score_phenotypes=tuple(name for name in pheno.names if name in logistic) if cfg.binary_test == "score" else (),
         shared=shared, sexchr_stats=sexchr_stats, regenie_sums=regenie_sums,
-        logistic_phenotypes=tuple(name for name in pheno.names if name in logistic),
+        logistic_phenotypes=tuple(name for name in pheno.names if name in logistic), text_outputs=cfg.text,
         sample_ids=tuple(map(str, np.asarray(fam.iids)[np.logical_or.reduce(masks)])) if party and masks else None,
     )
 

@@ -389,3 +389,19 @@ def test_sex_chromosomes_equal_newest_plink2(sexdata, model, spark, tmp_path):  
     assert alone <= 3
     chroms = {mine[v]["#CHROM"] for v in order}
     assert {"X", "Y", "MT", "XY"} <= chroms
+
+
+def test_no_text_writes_the_same_results_without_text_files(cc_data, ours, spark, tmp_path):
+    """--no-text (large runs): results.parquet and the summaries as before, no per-phenotype text file."""
+    from dash_spark.cli import main
+
+    _, files, pheno, _, _ = cc_data
+    res, out = ours
+    quiet = tmp_path / "o"
+    assert main(["-q", "scan", "--bfile", files.bfile, "--pheno", pheno, "--covar", files.covar, "--out", str(quiet),
+                 "--no-plots", "--no-text"]) == 0
+    assert not list(quiet.glob("*.glm.*")) and not list(quiet.glob("*.regenie"))
+    a = pq.read_table(quiet / "results.parquet").sort_by([("phenotype", "ascending"), ("variant_index", "ascending")])
+    b = pq.read_table(res.results_path).sort_by([("phenotype", "ascending"), ("variant_index", "ascending")])
+    assert a.equals(b)
+    assert (quiet / "summary.tsv").read_text() == (out / "summary.tsv").read_text()
