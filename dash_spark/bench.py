@@ -37,6 +37,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--case-control", type=float, metavar="FRACTION",
                    help="make each phenotype case/control (its top FRACTION cases, coded 1/2): plink2's and our "
                         "logistic --glm (Firth fallback)")
+    p.add_argument("--no-text", action="store_true",
+                   help="our scan without its per-phenotype text files (plink2 still writes its own)")
     p.add_argument("--binary-test", choices=["hybrid", "score"], default="hybrid",
                    help="with --case-control: our scan's test (score: the score test with SPA; plink2 has none, so "
                         "it runs its logistic hybrid and the numbers are not compared)")
@@ -189,7 +191,7 @@ def run_bench(args) -> int:
         ours_out += "_score"
     cmd = [sys.executable, "-m", "dash_spark.cli", "scan", "--bfile", bfile, "--pheno", pheno,
            "--covar", covar, "--out", ours_out, "--overwrite", "--no-plots", *_spark_flags(args),
-           *(["--binary-test", "score"] if score else [])]
+           *(["--binary-test", "score"] if score else []), *(["--no-text"] if getattr(args, "no_text", False) else [])]
     plink_outs = [os.path.join(work, f"plink2_{i}_" + tag, "out") for i in range(len(builds))]
     runs: dict[str, list[float]] = {b: [] for b in builds}
     ours_runs: list[float] = []
