@@ -61,6 +61,8 @@ class OutputModel:
     logistic_phenotypes: tuple[str, ...] = ()
     #: ... of those, the ones tested by the score test: ``<phenotype>.regenie`` only
     score_phenotypes: tuple[str, ...] = ()
+    #: write the per-phenotype text files (``--no-text``: False)
+    text_outputs: bool = True
 
 
 GLM_HEADER = "#CHROM\tPOS\tID\tREF\tALT\tA1\tTEST\tOBS_CT\tBETA\tSE\tT_STAT\tP\tERRCODE"
@@ -101,6 +103,8 @@ def write_glm_linear(spark, fs, results, phenotypes, stage: str, model=None) -> 
     """
     from pyspark.sql import functions as F
 
+    if not phenotypes:  # --no-text, or only score-tested phenotypes (their .regenie files)
+        return {}
     if "firth" not in results.columns:  # rows of a linear model written before the column existed
         results = results.withColumn("firth", F.lit(None).cast("boolean"))
     # the tasks format their rows with the local writers' code (:func:`_glm_lines`): one text everywhere

@@ -208,3 +208,14 @@ def test_glm_text_is_glm_lines_byte_for_byte(rng):
     assert glm_text(table.slice(5, 100)) == "".join(
         line + "\n" for line in glm_lines(table.slice(5, 100).to_pydict())).encode()  # an offset slice
     assert glm_text(table.slice(0, 0)) == b""
+
+
+def test_spark_writer_without_text_files(spark, rng, tmp_path):
+    """The Spark writer (hdfs://, s3a:// outputs) with no text phenotype (--no-text): summaries only."""
+    from dash_spark.spark.fs import HadoopFS
+
+    table = _results(rng, phenotypes=("trait",))
+    model = OutputModel(phenotypes=("trait",), covariates=("(intercept)",), n_variants=400, text_outputs=False)
+    pq.write_table(table, tmp_path / "results.parquet")
+    glm, summ = write_reports(spark, HadoopFS(spark, str(tmp_path)), str(tmp_path), model, plots=False)
+    assert glm == {} and summ["trait"].n_tests > 0 and not list(tmp_path.glob("*.glm.*"))
