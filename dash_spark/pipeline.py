@@ -607,8 +607,10 @@ def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarra
         log.info("models: %d phenotype(s) quantitative, %d case/control, all by linear regression",
                  int((~binary).sum()), int(binary.sum()))
         return dataclasses.replace(pheno, values=values), frozenset()
-    log.info("models: %d phenotype(s) quantitative (linear regression), %d case/control (logistic regression, "
-             "Firth fallback: .glm.logistic.hybrid)", int((~binary).sum()), int(binary.sum()))
+    log.info("models: %d phenotype(s) quantitative (linear regression), %d case/control (%s)",
+             int((~binary).sum()), int(binary.sum()),
+             "the score test, saddlepoint-corrected: .regenie" if cfg.binary_test == "score"
+             else "logistic regression, Firth fallback: .glm.logistic.hybrid")
     return dataclasses.replace(pheno, values=values), frozenset(names)
 
 
