@@ -513,12 +513,18 @@ def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarr
     A, w = score_weights(C, y, mu, mask)
     CtWC = C[mask].T @ (C[mask] * w[mask])
     cases = int(y[mask].sum())
-    if min(cases, n - cases) < 10 * (basis.k + 1) and not quiet:  # (once: not again per chromosome group)
-        log.warning("phenotype %s: %d %s, fewer than 10 x the %d predictors", name, min(cases, n - cases),
-                    "cases" if 2 * cases < n else "controls", basis.k + 1)
+    if not quiet:  # (once: not again per chromosome group)
+        _warn_few_cases(name, cases, n, basis.k + 1)
     pat = Pattern((name,), n, basis.k, a_off, g, logistic=True, score=True, CtWC=CtWC,
                   spa_threshold=SPA_THRESHOLD, null_iterations=fit.iterations)
     return pat, A, w, cases
+
+
+def _warn_few_cases(name: str, cases: int, n: int, predictors: int) -> None:
+    """plink2's warning: fewer cases (or controls) than 10x the predictors."""
+    if min(cases, n - cases) < 10 * predictors:
+        log.warning("phenotype %s: %d %s, fewer than 10 x the %d predictors (plink2 warns too)", name,
+                    min(cases, n - cases), "cases" if 2 * cases < n else "controls", predictors)
 
 
 def _logistic_pattern(C: np.ndarray, Yg: np.ndarray, mask: np.ndarray, basis, names, a_off: int, g: int, *,
@@ -534,9 +540,8 @@ def _logistic_pattern(C: np.ndarray, Yg: np.ndarray, mask: np.ndarray, basis, na
         y = Yg[mask, t]
         cases.append(int(y.sum()))
         firth.append(covariate_separates(C[mask], y))
-        if min(cases[-1], n - cases[-1]) < 10 * (basis.k + 1) and not quiet:
-            log.warning("phenotype %s: %d %s, fewer than 10 x the %d predictors (plink2 warns too)", name,
-                        min(cases[-1], n - cases[-1]), "cases" if 2 * cases[-1] < n else "controls", basis.k + 1)
+        if not quiet:
+            _warn_few_cases(name, cases[-1], n, basis.k + 1)
         if firth[-1]:
             log.warning("phenotype %s: a covariate separates cases from controls%s; every variant is fitted by "
                         "Firth regression (plink2's firth-fallback does the same)", name,
@@ -574,11 +579,15 @@ def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarra
     names = [pheno.names[t] for t in np.flatnonzero(binary)]
     coding = "0 control, 1 case (--1)" if cfg.pheno_01 else "1 control, 2 case, 0 missing"
     if not cfg.linear_for_binary:
-        what = ("stored and multi-party statistics (compress, party compress, select) are linear"
-                if party else "with --pred they take REGENIE's test: add --binary-test score (the score test with "
-                "the LOCO offsets in the null model)" if cfg.pred and cfg.binary_test != "score"
-                else "--pred-test regenie is REGENIE's quantitative-trait test: leave it out (--binary-test score "
-                "is REGENIE's binary-trait test)" if cfg.pred and cfg.pred_test == "regenie" else None)
+        what = None
+        if party:
+            what = "stored and multi-party statistics (compress, party compress, select) are linear"
+        elif cfg.pred and cfg.binary_test != "score":
+            what = ("with --pred they take REGENIE's test: add --binary-test score (the score test with the LOCO "
+                    "offsets in the null model)")
+        elif cfg.pred and cfg.pred_test == "regenie":
+            what = ("--pred-test regenie is REGENIE's quantitative-trait test: leave it out (--binary-test score is "
+                    "REGENIE's binary-trait test)")
         if what is not None:
             raise ConfigError(f"{cfg.pheno}: phenotype(s) {', '.join(names)} are case/control as plink2 reads them "
                               f"({coding}), which plink2 fits by logistic regression; {what}. Pass "

@@ -33,15 +33,15 @@ import numpy as np
 from scipy import special
 
 from .regression import (
+    ERR_FIRTH_FAIL,
+    ERR_INVALID,
     ERR_OK,
+    ERR_UNFINISHED,
     LN10,
     CovariateCorrelation,
     collinearity_errors_observed,
     first_errors,
 )
-
-#: plink2's error codes of a logistic fit, after the linear ones (:data:`~dash_spark.stats.regression.ERRCODES`)
-ERR_LOGISTIC_FAIL, ERR_FIRTH_FAIL, ERR_INVALID, ERR_UNFINISHED = 6, 7, 8, 9
 
 #: z = (y - 1/2) * 2 (ln 3 + 4/3): glm.fit's start (the linear fit of the first working response)
 _START = 4.863891244002886
@@ -304,7 +304,7 @@ def _invalid(cov: np.ndarray) -> np.ndarray:
 
 
 def logistic_hybrid(C: np.ndarray, y: np.ndarray, X: np.ndarray, obs: np.ndarray, *, mask: np.ndarray | None = None,
-                    always_firth: bool = False, check_corr: bool = True) -> LogisticFit:
+                    always_firth: bool = False) -> LogisticFit:
     """plink2's ``--glm`` (firth-fallback) for the variants of one phenotype.
 
     ``C`` [shape: (n, k)]: raw covariates (with the intercept column); ``y`` [shape: (n,)]: 0/1;
@@ -320,7 +320,7 @@ def logistic_hybrid(C: np.ndarray, y: np.ndarray, X: np.ndarray, obs: np.ndarray
     sx, sxx = Xo.sum(axis=1), np.einsum("mn,mn->m", Xo, Xo)
     err = first_errors(sx, sxx, n_obs, n_obs, k)
     CC = _products(C)
-    if check_corr and k:
+    if k:
         todo = np.flatnonzero(err == ERR_OK)
         base = np.asarray(obs.any(axis=0) if mask is None else mask, dtype=bool)
         cc = CovariateCorrelation.build(C[base], np.eye(k))

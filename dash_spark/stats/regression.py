@@ -162,6 +162,8 @@ def mach_r2(sx: np.ndarray, sxx: np.ndarray, n_called: np.ndarray) -> np.ndarray
 ERRCODES = (".", "SAMPLE_CT<=PREDICTOR_CT", "CONST_OMITTED_ALLELE", "CORR_TOO_HIGH", "VIF_INFINITE", "VIF_TOO_HIGH",
             "LOGISTIC_CONVERGE_FAIL", "FIRTH_CONVERGE_FAIL", "INVALID_RESULT", "UNFINISHED")
 ERR_OK, ERR_FEW, ERR_CONST, ERR_CORR, ERR_COLLINEAR, ERR_VIF = range(6)
+ERR_FIRTH_FAIL, ERR_INVALID, ERR_UNFINISHED = (ERRCODES.index(c) for c in ("FIRTH_CONVERGE_FAIL", "INVALID_RESULT",
+                                                                          "UNFINISHED"))
 
 #: plink2's defaults: --max-corr 0.999, --vif 50
 MAX_CORR = 0.999
