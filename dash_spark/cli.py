@@ -337,7 +337,8 @@ def cmd_manifest(args) -> int:
         from .study import variant_hash, variant_table
 
         settings["variant_hash"] = variant_hash(variant_table(read_bim(args.bim)))
-        settings["kind"] = "scan"
+        if settings["kind"] != "score":
+            settings["kind"] = "scan"
     from .multiparty.keys import load_private
     from .multiparty.rounds import sign_manifest
 
@@ -374,7 +375,15 @@ def cmd_party_compress(args) -> int:
     from .multiparty.exchange import locate_manifest
     from .study import run_party_compress
 
-    if locate_manifest(args.manifest)[1].settings.get("kind") == "select-step":
+    kind = locate_manifest(args.manifest)[1].settings.get("kind")
+    if kind in ("score", "null-step", "score-scan"):
+        from .score_study import run_party_score
+
+        print(run_party_score(args.manifest, args.party, args.key, source=_batch_source(args), spark=starter,
+                              master=args.master, spark_conf=_spark_conf(args), trust=args.trust, wait=args.wait,
+                              share_stage=args.share_stage))
+        return 0
+    if kind == "select-step":
         from .select import run_party_select_step
 
         print(run_party_select_step(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
@@ -394,8 +403,29 @@ def cmd_party_compress(args) -> int:
 
 
 def cmd_combine(args) -> int:
+    from .multiparty.exchange import locate_manifest
     from .study import run_combine
 
+    if locate_manifest(args.manifest)[1].settings.get("kind") == "score":
+        from .score_study import run_score_combine
+
+        res = run_score_combine(args.manifest, args.out, pheno_name=args.pheno_name, sign_key=args.sign_key,
+                                trust=args.trust, overwrite=args.overwrite, plots=args.plots,
+                                a1freq_lower_limit=args.a1freq_lower_limit)
+        if res.get("closed"):
+            print(f"base round closed: survivors {', '.join(res['closed']['survivors'])}; each survivor now runs "
+                  "`dash-spark party unmask --manifest ...`, then run this combine again")
+        elif res["next_manifest"]:
+            print(f"{res['round']}: every party now runs `dash-spark party compress --manifest "
+                  f"{res['next_manifest']} ...`, then run this combine again")
+            print(res["next_manifest"])
+        else:
+            for name, path in res["glm_paths"].items():
+                print(f"{name}: {path}")
+        return 0
+    if args.pheno_name:
+        raise ConfigError("combine: --pheno-name chooses the phenotype of a score study (party manifest --kind "
+                          "score); other studies combine every phenotype")
     written = run_combine(args.manifest, args.out, overwrite=args.overwrite, plots=args.plots,
                           sign_key=args.sign_key, allow_dropouts=args.allow_dropouts, trust=args.trust,
                           wait=args.wait, a1freq_lower_limit=args.a1freq_lower_limit)
@@ -577,7 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-test", choices=["wald", "regenie"],
                    help="for parties giving --pred: wald (default) or regenie (REGENIE's step-2 score test of the "
                         "pooled samples; combine also writes <phenotype>.regenie)")
-    p.add_argument("--kind", choices=["scan", "regression"], help="fix the study kind (default: from compress)")
+    p.add_argument("--kind", choices=["scan", "regression", "score"],
+                   help="fix the study kind (default: from compress); score: a case/control study by the score "
+                        "test, its null model fitted by rounds (combine --pheno-name, one round per call)")
     p.add_argument("--bim", help="bind the variant list of this .bim (every party must have the same)")
     p.add_argument("--threshold", type=int, metavar="T",
                    help="the least number of survivors a round closes with (default: at least 3 and more than "
@@ -633,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for every party's share (the coordinator, without --allow-dropouts), "
                         "close the round, then for the survivors' reveals, and finish")
+    p.add_argument("--pheno-name", help="a score study (--kind score): the phenotype whose null model and scan "
+                                        "this combine advances (required when there are several)")
     add_a1freq_arg(p)
     p.set_defaults(func=cmd_combine)  # no Spark: the pooled statistics are variants x statistics
 

@@ -580,7 +580,7 @@ def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarra
     coding = "0 control, 1 case (--1)" if cfg.pheno_01 else "1 control, 2 case, 0 missing"
     if not cfg.linear_for_binary:
         what = None
-        if party:
+        if party and cfg.binary_test != "score":  # (a score study's parties: dash_spark.score_study)
             what = "stored and multi-party statistics (compress, party compress, select) are linear"
         elif cfg.pred and cfg.binary_test != "score":
             what = ("with --pred they take REGENIE's test: add --binary-test score (the score test with the LOCO "

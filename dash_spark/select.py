@@ -555,8 +555,9 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     from .multiparty import ProtocolError
     from .multiparty.exchange import Location, Manifest, locate_manifest, read_share_file, write_manifest
     from .multiparty.keys import load_private
-    from .multiparty.rounds import (CloseRecord, TrustFile, close_if_complete, combine, key_fingerprint, read_signed,
+    from .multiparty.rounds import (TrustFile, close_if_complete, combine, key_fingerprint, read_signed,
                                     read_survivors, sign_manifest, signed_record, verify_manifest)
+    from .study import close_base_round
     from .staging import check_out_dir
 
     uri, base = locate_manifest(manifest_path)
@@ -565,12 +566,12 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     inputs = (uri,) if "://" not in uri else ()
     out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     coordinator = load_private(sign_key) if sign_key else None
-    record = CloseRecord(sign_key) if sign_key else None
-    if base.self_masks and record is not None and record.get(base) is not None:
-        close_if_complete(uri, base, coordinator, record=record)  # the set it signed (written back if lost)
+    if sign_key:
+        body = close_base_round(uri, base, sign_key)
+        if body is not None:
+            return {"closed": body, "next_manifest": None, "selected": []}
     elif base.self_masks and read_survivors(uri, base) is None:
-        body = close_if_complete(uri, base, coordinator, record=record)
-        return {"closed": body, "next_manifest": None, "selected": []}
+        close_if_complete(uri, base, None)  # (no key: refused, naming --sign-key)
     headers, pooled = combine(uri, base, must_agree=["phenotypes", "covariates", "kind", "variant_hash",
                                                      "missing_genotypes"])
     counted = sorted(headers)

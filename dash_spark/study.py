@@ -277,7 +277,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
             staged = {"variants": StagedStat((len(model.variants), S.layout.width, 2), tuple(parts), stage)}
             share = pub.publish(S.to_arrays(), extra, files=files, staged=staged, own=model_own_samples(model))
         finally:
-            _remove_stage(stage)
+            remove_stage(stage)
         log.info("party %s: share published in %.1f s: %s", party, time.time() - t0, share)
         return share
     wait_for_keys(uri, manifest, wait, who=who)
@@ -291,7 +291,7 @@ def model_own_samples(model) -> OwnSamples:
     return OwnSamples(tuple(model.phenotypes), tuple(m.n for m in model.moments), model.sample_ids or ())
 
 
-def _remove_stage(stage: str) -> None:
+def remove_stage(stage: str) -> None:
     """Remove the stage directory this run created (after publishing it holds nothing)."""
     from .multiparty.exchange import Location
 
@@ -334,6 +334,20 @@ def run_unmask(manifest_path: str, party: str, key_path: str, *, trust: str | No
         # each step waits for a few small signed files (the close, the others' steps): often on a local
         # or shared file system (a stat call), less often on an object store (a request each)
         time.sleep(SHARE_POLL_SECONDS if "://" not in uri or uri.startswith("file://") else POLL_SECONDS)
+
+
+def close_base_round(uri: str, base: Manifest, sign_key: str) -> dict | None:
+    """A multi-round protocol's base round (selection, a score study): the coordinator's first call
+    closes it and returns the signed survivor set (the survivors then run ``party unmask``); later
+    calls write back the set this coordinator signed should the exchange have lost it, and return
+    None."""
+    coordinator = load_private(sign_key)
+    record = CloseRecord(sign_key)
+    if base.self_masks and record.get(base) is not None:
+        close_if_complete(uri, base, coordinator, record=record)  # the set it signed (written back if lost)
+    elif base.self_masks and read_survivors(uri, base) is None:
+        return close_if_complete(uri, base, coordinator, record=record)
+    return None
 
 
 def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_dropouts: bool = False,

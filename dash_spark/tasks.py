@@ -452,42 +452,25 @@ def logistic_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, freq_alt,
 def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX, SM, called) -> list:
     """``(phenotype, VariantStats)`` of a score-tested case/control phenotype from the kernel's
     sums (:func:`dash_spark.stats.score.score_stats`); variants whose p is below the pattern's
-    threshold get the saddlepoint p, from their dense dosages (missing calls at the mean). BETA is
-    U / V, T_STAT the signed square root of the chi-square, for ALT (the rows flip them to A1)."""
-    from .stats.regression import ERR_COLLINEAR, ERR_CONST, ERR_FEW, ERR_OK, VariantStats
-    from .stats.score import adjusted_genotypes, chisq_of_log_p, score_stats, spa_log_pvalues
+    threshold get the saddlepoint p, from their dense dosages (missing calls at the mean)
+    (:func:`dash_spark.stats.score.score_variant_stats`)."""
+    from .stats.score import adjusted_genotypes, score_stats, score_variant_stats, spa_log_pvalues
 
     a, k, n = pat.a_offset, pat.k, plan.n_samples
     st = score_stats(SX[:, a : a + k + 4], SXX[:, pat.b_offset], SM[:, a : a + k + 4], pat.CtWC, pat.n,
                      float(W[:n, a + k + 1].sum()))
-    p, nlp, se, chisq = st.p.copy(), st.neg_log10_p.copy(), st.se.copy(), st.chisq.copy()
-    # a constant dosage, else one the covariates explain (V ~ 0): plink2's names for the two
-    err = np.where(st.const, ERR_CONST, np.where(np.isnan(st.chisq), ERR_COLLINEAR, ERR_OK)).astype(np.uint8)
-    if pat.n <= k + 1:
-        err[:] = ERR_FEW
-    spa = np.flatnonzero((err == ERR_OK) & (st.p < pat.spa_threshold))
-    if len(spa):
+
+    def spa(rows: np.ndarray) -> np.ndarray:
         cols = W[:n, a : a + k + 4]
         mask = cols[:, k + 2] > 0
         w = cols[mask, k + 1]
         C = cols[mask, 1 : k + 1] / w[:, None]
         mu = cols[mask, k + 3]
-        X = block.take(spa).dense()[:, mask]
-        X = np.where(np.isnan(X), st.mean[spa][:, None], X)
-        ln_p = np.minimum(spa_log_pvalues(adjusted_genotypes(X, C, w, pat.CtWC), mu, st.U[spa]), 0.0)
-        ok = np.isfinite(ln_p)  # (the score test's p stays where the saddlepoint equation fails)
-        rows = spa[ok]
-        p[rows] = np.exp(ln_p[ok])
-        nlp[rows] = -ln_p[ok] / np.log(10.0)
-        chisq[rows] = chisq_of_log_p(ln_p[ok])
-        se[rows] = np.abs(st.beta[rows]) / np.sqrt(chisq[rows])
-    with np.errstate(invalid="ignore"):
-        z = np.sign(st.U) * np.sqrt(chisq)
-    good = err == ERR_OK
-    out = VariantStats(beta=np.where(good, st.beta, np.nan), se=np.where(good, se, np.nan),
-                       t_stat=np.where(good, z, np.nan), neg_log10_p=np.where(good, nlp, np.nan),
-                       p=np.where(good, p, np.nan), obs_ct=st.obs_ct, alt_freq=st.mean / 2.0,
-                       errcode=err, mach_r2=None, firth=np.zeros(len(err), dtype=bool))
+        X = block.take(rows).dense()[:, mask]
+        X = np.where(np.isnan(X), st.mean[rows][:, None], X)
+        return spa_log_pvalues(adjusted_genotypes(X, C, w, pat.CtWC), mu, st.U[rows])
+
+    out = score_variant_stats(st, few=pat.n <= k + 1, spa_threshold=pat.spa_threshold, spa=spa)
     return list(zip(pat.phenotypes, _haploid_freq(plan, W, pat, called, [out], mask=W[:n, a + k + 2])))
 
 
@@ -574,3 +557,13 @@ def share_ranges(plan: ScanPlan, writer, W: np.ndarray, ranges):
     by ``writer`` (:class:`dash_spark.multiparty.rounds.PartWriter`); yields their header entries."""
     for first, block in statistics_ranges(plan, W, ranges):
         yield writer.write(first, block)
+
+
+def score_share_ranges(plan: ScanPlan, writer, W: np.ndarray, ranges):
+    """A party's share of a score study's scan round, executor side: per variant, the kernel's sums
+    ``[X'A | (X^2)'B | M'A]`` with the weights of
+    :func:`dash_spark.score_study.score_share_weights`, encoded, masked and staged by ``writer``;
+    yields the parts' header entries."""
+    for vidx, block in _sub_blocks(plan, ranges, meta=False):
+        SX, SXX, SM = block_sums(block, W, plan.n_a)
+        yield writer.write(int(vidx[0]), np.hstack([SX, SXX, SM]))

@@ -355,14 +355,14 @@ def test_stage_is_private_beside_the_ledger_and_emptied_by_publish(lab3, tmp_pat
 
 
 def test_a_failure_before_publishing_leaves_nothing_and_the_party_can_retry(lab3):
-    from dash_spark.study import _remove_stage
+    from dash_spark.study import remove_stage
 
     lab = lab3
     first = open_publication(lab.uri, lab.manifest, "a", lab.keys["a"], ledger=lab.ledger("a"))
     stage = first.new_stage()
     parts = stage_parts(first, stage, "a", [0, 10, 20])  # rows 20..37: the task that failed
     assert len(os.listdir(stage)) == 2
-    _remove_stage(stage)  # what run_party_compress does when the Spark job fails
+    remove_stage(stage)  # what run_party_compress does when the Spark job fails
     assert not os.path.exists(stage)
     assert not os.path.exists(share_dir(lab, "a"))
     assert not lab.ledger("a").entry(lab.manifest)["published"]

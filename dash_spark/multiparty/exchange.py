@@ -53,6 +53,8 @@ MANIFEST_VERSION = 2  # 2: a coordinator entry (the key that signs the manifest 
 MAX_PARTIES = 1 << HEADROOM_BITS  # the encoding's headroom covers sums over this many parties
 _STUDY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ROUND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+#: what a round id is (it names a folder of the exchange: no separator, no dot)
+ROUND_ID_RE = _ROUND_RE
 _SIG_RE = re.compile(r"[0-9a-f]{128}")
 
 

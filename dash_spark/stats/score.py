@@ -162,6 +162,39 @@ def score_stats(SX: np.ndarray, SXX: np.ndarray, SM: np.ndarray, CtWC: np.ndarra
                       obs_ct=np.full(len(U), n, dtype=np.int64), spa=np.zeros(len(U), dtype=bool), const=const)
 
 
+def score_variant_stats(st: ScoreStats, *, few: bool, spa_threshold: float = SPA_THRESHOLD,
+                        spa: Callable[[np.ndarray], np.ndarray] | None = None):
+    """A phenotype's :class:`~dash_spark.stats.regression.VariantStats` from its score test: plink2's
+    error codes (a constant dosage; one the covariates explain, V ~ 0; ``few``: no more samples than
+    predictors), and where the score test's p is below ``spa_threshold``, the saddlepoint p from
+    ``spa(rows)`` (natural logs, NaN where the saddlepoint equation fails: the score test's p stays)
+    with its chi-square and ``SE = |BETA| / sqrt(chisq)``, as REGENIE reports them. BETA is U / V,
+    T_STAT the signed square root of the chi-square, for ALT (the result rows flip them to A1)."""
+    from .regression import ERR_COLLINEAR, ERR_CONST, ERR_FEW, ERR_OK, VariantStats
+
+    p, nlp, se, chisq = st.p.copy(), st.neg_log10_p.copy(), st.se.copy(), st.chisq.copy()
+    const = st.const if st.const is not None else np.zeros(len(p), dtype=bool)
+    err = np.where(const, ERR_CONST, np.where(np.isnan(st.chisq), ERR_COLLINEAR, ERR_OK)).astype(np.uint8)
+    if few:
+        err[:] = ERR_FEW
+    rows = np.flatnonzero((err == ERR_OK) & (st.p < spa_threshold))
+    if len(rows) and spa is not None:
+        ln_p = np.minimum(np.asarray(spa(rows), dtype=np.float64), 0.0)
+        ok = np.isfinite(ln_p)
+        rows = rows[ok]
+        p[rows] = np.exp(ln_p[ok])
+        nlp[rows] = -ln_p[ok] / LN10
+        chisq[rows] = chisq_of_log_p(ln_p[ok])
+        se[rows] = np.abs(st.beta[rows]) / np.sqrt(chisq[rows])
+    with np.errstate(invalid="ignore"):
+        z = np.sign(st.U) * np.sqrt(chisq)
+    good = err == ERR_OK
+    return VariantStats(beta=np.where(good, st.beta, np.nan), se=np.where(good, se, np.nan),
+                        t_stat=np.where(good, z, np.nan), neg_log10_p=np.where(good, nlp, np.nan),
+                        p=np.where(good, p, np.nan), obs_ct=st.obs_ct, alt_freq=st.mean / 2.0,
+                        errcode=err, mach_r2=None, firth=np.zeros(len(err), dtype=bool))
+
+
 def adjusted_genotypes(X: np.ndarray, C: np.ndarray, w: np.ndarray, CtWC: np.ndarray) -> np.ndarray:
     """``g = x - C (C'WC)^-1 C'W x`` of each row of ``X`` [shape: (m, n)] (no missing value)."""
     if C.shape[1] == 0:
