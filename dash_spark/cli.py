@@ -376,7 +376,9 @@ def cmd_party_compress(args) -> int:
     from .study import run_party_compress
 
     kind = locate_manifest(args.manifest)[1].settings.get("kind")
-    if kind in ("score", "null-step", "score-scan"):
+    from .score_study import KINDS as SCORE_KINDS
+
+    if kind in SCORE_KINDS:
         from .score_study import run_party_score
 
         print(run_party_score(args.manifest, args.party, args.key, source=_batch_source(args), spark=starter,
@@ -409,6 +411,9 @@ def cmd_combine(args) -> int:
     if locate_manifest(args.manifest)[1].settings.get("kind") == "score":
         from .score_study import run_score_combine
 
+        if args.allow_dropouts or args.wait:
+            raise ConfigError("combine: a score study advances one round per call, and every round after the base "
+                              "needs every survivor; --allow-dropouts and --wait are for single-round studies")
         res = run_score_combine(args.manifest, args.out, pheno_name=args.pheno_name, sign_key=args.sign_key,
                                 trust=args.trust, overwrite=args.overwrite, plots=args.plots,
                                 a1freq_lower_limit=args.a1freq_lower_limit)

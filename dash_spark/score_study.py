@@ -1,4 +1,4 @@
-"""A case/control study by the score test: the null model fitted by secure rounds, then one scan round.
+"""A case/control study by the score test: the null model, the scan and the saddlepoint correction by secure rounds.
 
 The score test of a case/control phenotype (:mod:`dash_spark.stats.score`) needs the null model
 ``logit(mu) = C gamma`` of the pooled samples, and then, per variant, sums over samples with
@@ -15,22 +15,29 @@ weights from that model. Both are additive, so a study runs them as rounds of th
    holds (one call of combine and one ``party compress`` per party each step).
 3. **The scan round**: every party publishes, per variant, ``x'(y - mu)``, ``x'WC``, ``x'W``,
    ``sum x``, the founders' ``sum x``, ``x'Wx`` and the same sums over its missing calls (staged
-   by its Spark tasks, as a scan study's shares are), with ``C'WC`` and ``1'W1``; the last combine
-   writes ``<phenotype>.regenie`` and ``results.parquet`` of the pooled score test.
+   by its Spark tasks, as a scan study's shares are), with ``C'WC`` and ``1'W1``.
+4. **The saddlepoint rounds**: for the variants whose score-test p is below 0.05, the two tails'
+   saddlepoint equations ``K'(t) = +-|U|`` are solved by the same Newton-with-bracket solver as a
+   single party's (:func:`~dash_spark.stats.score.tail_steps`), every variant in lockstep: each
+   round, every party publishes ``K, K', K''`` of its own samples at the requested ``t`` values
+   (the CGF is a sum over samples; ``g = x - C b`` with the pooled ``b``); the bracket's ends and
+   ``t = 0`` are asked at once, then one Newton point per round (typically 5 to 8 rounds). The last
+   combine writes ``<phenotype>.regenie`` and ``results.parquet`` of the pooled score test.
 
-The steps and the scan extend the base round's release (the same parties, the same samples:
-:func:`~dash_spark.multiparty.rounds.check_step_release`) and carry no self-masks: each sum is
-revealed as soon as every party published. **No party takes the coordinator's word for a step**:
-before it publishes, it verifies every earlier round of the chain (signed manifests of the same
-base, phenotype and coordinator, in order), adds their shares itself and replays the Newton steps;
-the step's coefficients must be the ones it computed (it then uses its own), a step after the fit
-converged and a scan before it are refused, and so is a chain of more than :data:`MAX_NULL_STEPS`.
-A coordinator therefore cannot make parties reveal their sums at coefficients of its choosing,
-which would reveal far more of their samples than the fit.
+The steps, the scan and the saddlepoint rounds extend the base round's release (the same parties,
+the same samples: :func:`~dash_spark.multiparty.rounds.check_step_release`) and carry no
+self-masks: each sum is revealed as soon as every party published. **No party takes the
+coordinator's word for a round**: before it publishes, it verifies every earlier round of the chain
+(signed manifests of the same base, phenotype, coordinator and roster, in order), adds their
+shares itself and replays the Newton steps and the saddlepoint solver; a step's coefficients must
+be the ones it computed (it then uses its own), the ``t`` values it evaluates are its own replay's,
+and a step after the fit converged, a scan before it, a saddlepoint round after the equations were
+solved or beyond :data:`MAX_SPA_ROUNDS` are refused, as is a chain of more than
+:data:`MAX_NULL_STEPS`. A coordinator therefore cannot make parties reveal sums at coefficients or
+``t`` values of its choosing, which would reveal far more of their samples than the fit.
 
-What the study does not do yet: the saddlepoint correction (the study's p is the score test's,
-REGENIE's default without ``--spa``), LOCO offsets (``--pred``) and sex chromosomes (the variant
-list must be autosomal).
+What the study does not do yet: LOCO offsets (``--pred``) and sex chromosomes (the variant list
+must be autosomal).
 """
 
 from __future__ import annotations
@@ -49,9 +56,12 @@ from .multiparty import ProtocolError
 log = logging.getLogger("dash_spark")
 
 #: the study kinds of a score study's rounds
-KIND_BASE, KIND_NULL, KIND_SCAN = "score", "null-step", "score-scan"
+KIND_BASE, KIND_NULL, KIND_SCAN, KIND_SPA = "score", "null-step", "score-scan", "spa-step"
+KINDS = (KIND_BASE, KIND_NULL, KIND_SCAN, KIND_SPA)
 #: the most Newton steps a party takes part in (fit_null's own limit)
 MAX_NULL_STEPS = 50
+#: the most saddlepoint rounds (a tail still unsolved after them keeps the score test's p)
+MAX_SPA_ROUNDS = 40
 #: header values every party's share of a round must agree on
 BASE_AGREE = ["phenotypes", "covariates", "kind", "variant_hash", "n_variants"]
 STEP_AGREE = ["kind", "phenotype", "step", "variant_hash"]
@@ -102,6 +112,39 @@ def start_sums(moments) -> tuple:
 
 def _step_sums(pooled: dict) -> tuple:
     return pooled["H"], pooled["grad"], float(pooled["loglik"][0])
+
+
+@dataclasses.dataclass(frozen=True)
+class PooledScan:
+    """The scan round's pooled sums, finalized: the score test (:class:`~dash_spark.stats.score.ScoreStats`),
+    the variants the saddlepoint corrects (``rows``) and, for each, ``b = (C'WC)^-1 C'Wx``
+    [shape: (len(rows), k)], so that ``g = x - C b`` (missing calls at the pooled mean)."""
+
+    sums: dict
+    st: object
+    few: bool
+    rows: np.ndarray
+    coef: np.ndarray
+
+    @classmethod
+    def of(cls, pooled: dict, k: int, n: int) -> PooledScan:
+        from .stats.score import score_stats, spa_rows
+
+        V = pooled["variants"]
+        a = k + 4
+        SX, SXX, SM = V[:, :a], V[:, a], V[:, a + 1 :]
+        st = score_stats(SX, SXX, SM, pooled["CtWC"], n, float(pooled["wsum"][0]))
+        few = n <= k + 1
+        rows = spa_rows(st, few=few)
+        CWx = SX[rows, 1 : k + 1] + st.mean[rows][:, None] * SM[rows, 1 : k + 1]
+        coef = np.linalg.solve(pooled["CtWC"], CWx.T).T if len(rows) else np.zeros((0, k))
+        return cls({"SX": SX, "SM": SM, "n_freq": float(pooled["n_freq"][0])}, st, few, rows, coef)
+
+    def tails(self):
+        """The saddlepoint tails of the corrected variants' scores, not yet fed (:class:`LockstepTails`)."""
+        from .stats.score import LockstepTails
+
+        return LockstepTails(self.st.U[self.rows])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,9 +214,29 @@ def _load_round(uri: str, study: str, round_id, trust, *, who: str):
     return manifest
 
 
+def _chain_round(uri: str, manifest, round_id, trust, *, who: str, kind: str, what: str, **expect):
+    """A round the chain names: verified (:func:`_load_round`), of ``kind``, with the settings
+    ``expect``, the same coordinator and roster as ``manifest``."""
+    m = _load_round(uri, manifest.study, round_id, trust, who=who)
+    ms = m.settings
+    if (ms.get("kind") != kind or any(ms.get(key) != value for key, value in expect.items())
+            or m.coordinator != manifest.coordinator or m.parties != manifest.parties):
+        raise ProtocolError(f"{who}: round {round_id!r} is not {what} of this chain (another kind, base, phenotype, "
+                            "step, coordinator or roster); nothing was published")
+    return m
+
+
+def _round_list(value, limit: int, what: str, who: str) -> list:
+    if not isinstance(value, list) or len(value) > limit:
+        raise ProtocolError(f"{who}: the round names no valid chain of {what} (at most {limit}); nothing was "
+                            "published")
+    return value
+
+
 class Chain:
-    """A step or scan round's verified chain: the base round, its pooled sums and the null model's
-    replay over the earlier steps."""
+    """A step, scan or saddlepoint round's verified chain: the base round, its pooled sums and the
+    null model's replay over the Newton steps; for a saddlepoint round, the scan round's pooled sums
+    and the saddlepoint's replay over the earlier saddlepoint rounds."""
 
     def __init__(self, uri: str, manifest, trust, *, who: str):
         from .multiparty.rounds import combine
@@ -185,10 +248,7 @@ class Chain:
         if self.base.settings.get("kind") != KIND_BASE or self.base.coordinator != manifest.coordinator:
             raise ProtocolError(f"{who}: the base round {self.base.round_id!r} is not a score study's base round of "
                                 "this coordinator; nothing was published")
-        rounds = s.get("null_rounds")
-        if not isinstance(rounds, list) or len(rounds) > MAX_NULL_STEPS:
-            raise ProtocolError(f"{who}: the round names no valid chain of Newton steps (at most {MAX_NULL_STEPS}); "
-                                "nothing was published")
+        rounds = _round_list(s.get("null_rounds"), MAX_NULL_STEPS, "Newton steps", who)
         headers, pooled = combine(uri, self.base, must_agree=BASE_AGREE)
         first = headers[sorted(headers)[0]]["extra"]
         self.phenotypes, self.covariates = list(first["phenotypes"]), list(first["covariates"])
@@ -201,19 +261,13 @@ class Chain:
         S = SufficientStats.from_arrays(pooled, self.phenotypes, self.covariates, "mean")
         self.moments = S.moments[t]
         self.k = len(self.covariates)
+        mine = {"base_round": self.base.round_id, "phenotype": name, "phenotype_index": t}
         steps = []
         for i, rid in enumerate(rounds):
-            m = _load_round(uri, manifest.study, rid, trust, who=who)
-            ms = m.settings
-            if (ms.get("kind") != KIND_NULL or ms.get("base_round") != self.base.round_id
-                    or ms.get("phenotype") != name or ms.get("phenotype_index") != t or ms.get("step") != i + 1
-                    or ms.get("null_rounds") != rounds[:i] or m.coordinator != manifest.coordinator
-                    or m.parties != manifest.parties):
-                raise ProtocolError(f"{who}: round {rid!r} is not step {i + 1} of this null model's chain (another "
-                                    "base, phenotype, step, coordinator or roster); nothing was published")
+            m = _chain_round(uri, manifest, rid, trust, who=who, kind=KIND_NULL, what=f"step {i + 1}", step=i + 1,
+                             null_rounds=rounds[:i], **mine)
             steps.append(_step_sums(combine(uri, m, must_agree=STEP_AGREE)[1]))
         self.fit, self.need = replay_null(start_sums(self.moments), steps, self.k)
-        self.n_steps = len(steps)
         if kind == KIND_NULL:
             if s.get("step") != len(steps) + 1:
                 raise ProtocolError(f"{who}: the round is step {s.get('step')!r} but its chain holds {len(steps)} "
@@ -233,6 +287,23 @@ class Chain:
                 <= GAMMA_RTOL * (1.0 + np.max(np.abs(self.gamma), initial=0.0))):
             raise ProtocolError(f"{who}: the round's coefficients are not those of the pooled Newton steps this party "
                                 "replayed from the chain's shares; nothing was published")
+        self.scan = self.tails = None
+        if kind == KIND_SPA:
+            scan = _chain_round(uri, manifest, s.get("scan_round"), trust, who=who, kind=KIND_SCAN,
+                                what="the scan round", null_rounds=rounds, **mine)
+            self.scan = PooledScan.of(combine(uri, scan, must_agree=STEP_AGREE)[1], self.k, self.moments.n)
+            spa = _round_list(s.get("spa_rounds"), MAX_SPA_ROUNDS - 1, "saddlepoint rounds", who)
+            self.tails = self.scan.tails()
+            for i, rid in enumerate(spa):
+                m = _chain_round(uri, manifest, rid, trust, who=who, kind=KIND_SPA, what=f"saddlepoint round {i + 1}",
+                                 step=i + 1, scan_round=scan.round_id, spa_rounds=spa[:i], null_rounds=rounds, **mine)
+                self.tails.feed(combine(uri, m, must_agree=STEP_AGREE + ["requests"])[1]["K"])
+            if s.get("step") != len(spa) + 1:
+                raise ProtocolError(f"{who}: the round is saddlepoint round {s.get('step')!r} but its chain holds "
+                                    f"{len(spa)}; a round follows the one before it. Nothing was published")
+            if not self.tails.requests:
+                raise ProtocolError(f"{who}: the saddlepoint equations were solved after {len(spa)} round(s); a "
+                                    "further round would reveal sums no p-value needs. Nothing was published")
 
 
 def run_party_score(manifest_path: str, party: str, key_path: str, *, source: dict, spark=None,
@@ -296,6 +367,9 @@ def run_party_score(manifest_path: str, party: str, key_path: str, *, source: di
         log.info("party %s: null model of %s, Newton step %d published", party, chain.phenotype,
                  manifest.settings["step"])
         return share
+    if kind == KIND_SPA:
+        return _publish_spa(uri, manifest, party, keys, ledger, chain, data, extra, own, spark=spark, master=master,
+                            spark_conf=spark_conf, wait=wait, who=who)
     return _publish_scan(uri, manifest, party, keys, ledger, chain, data, extra, own, spark=spark, master=master,
                          spark_conf=spark_conf, share_stage=share_stage, t0=t0, wait=wait, who=who)
 
@@ -311,7 +385,7 @@ def score_share_weights(C: np.ndarray, y: np.ndarray, mask: np.ndarray, gamma: n
 
     mu = np.where(mask, special.expit(C @ gamma), 0.0)
     A, w = score_weights(C, y, mu, mask)
-    A = np.column_stack([A[:, :-1], freq])  # (mu itself is not summed: no saddlepoint in a study yet)
+    A = np.column_stack([A[:, :-1], freq])  # (mu is not summed: the saddlepoint rounds use it at the party)
     return A, w, C[mask].T @ (C[mask] * w[mask])
 
 
@@ -351,6 +425,53 @@ def _publish_scan(uri, manifest, party, keys, ledger, chain, data, extra, own, *
     finally:
         remove_stage(stage)
     log.info("party %s: score test share published in %.1f s: %s", party, time.time() - t0, share)
+    return share
+
+
+def _publish_spa(uri, manifest, party, keys, ledger, chain, data, extra, own, *, spark, master, spark_conf, wait,
+                 who) -> str:
+    """A saddlepoint round: ``(K, K', K'')`` over this party's samples at each requested ``t`` of the
+    replayed tails (:class:`~dash_spark.stats.score.LockstepTails`), from its Spark tasks (the
+    corrected variants' genotypes: ``g = x - C b``); a few numbers per corrected variant, published
+    as one masked statistic."""
+    from scipy import special
+
+    from .multiparty.rounds import publish_stats
+    from .pipeline import plan_scan
+    from .spark.scan import run_ranges
+    from .spark.session import get_session, resolve_session
+    from .study import wait_for_keys
+    from .tasks import RangeRow, spa_cgf_ranges
+
+    model, t = data.model, chain.t
+    scan = chain.scan
+    requests = chain.tails.requests
+    spec: dict[int, tuple] = {}
+    for j, tt in requests:  # per variant: its mean, b, and the t values asked of it (in request order)
+        v = int(model.variants[scan.rows[j]])
+        mean, coef, ts = spec.setdefault(v, (float(scan.st.mean[scan.rows[j]]), scan.coef[j], []))
+        ts.append(float(tt))
+    mask = data.mask[t]
+    C = data.C[t][mask]
+    mu = special.expit(C @ chain.gamma)
+    spark = get_session(master=master, conf=spark_conf) if spark is None else resolve_session(spark)
+    plan, _, _ = plan_scan(data.cfg, model, spark.sparkContext.defaultParallelism)
+    variants = np.array(sorted(spec), dtype=np.int64)
+    chunks = np.array_split(variants, max(1, min(len(variants), spark.sparkContext.defaultParallelism)))
+    ranges = [RangeRow(i, int(c[0]), int(c[-1]) + 1, 0, 0, (c - c[0]).astype(int).tolist())
+              for i, c in enumerate(chunks) if len(c)]
+    got = dict(run_ranges(spark, (C, mu, mask), ranges, partial(spa_cgf_ranges, spec, plan)))
+    at = {v: 0 for v in spec}
+    values = np.empty((len(requests), 3))
+    for r, (j, _) in enumerate(requests):
+        v = int(model.variants[scan.rows[j]])
+        values[r] = got[v][at[v]]
+        at[v] += 1
+    wait_for_keys(uri, manifest, wait, who=who)
+    share = publish_stats(uri, manifest, party, keys, {"K": values}, dict(extra, requests=len(requests)),
+                          ledger=ledger, own=own)
+    log.info("party %s: saddlepoint round %d of %s: %d values of %d variant(s) published", party,
+             manifest.settings["step"], chain.phenotype, len(requests), len(spec))
     return share
 
 
@@ -433,7 +554,7 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
     if loc.exists(state_path):
         state = read_signed(loc, state_path, ck, what="score study state", who=f"coordinator {ck.party!r}")
     else:
-        state = {"phenotype": pheno_name, "null_rounds": [], "scan": None}
+        state = {"phenotype": pheno_name, "null_rounds": [], "scan": None, "spa_rounds": []}
     steps = []
     for rid in state["null_rounds"]:
         _, m = locate_manifest(loc.show(loc.join(base.study, rid, "manifest.json")))
@@ -448,8 +569,10 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
         sign_manifest(uri, nxt, coordinator)
         if settings["kind"] == KIND_NULL:
             state["null_rounds"].append(nxt.round_id)
-        else:
+        elif settings["kind"] == KIND_SCAN:
             state["scan"] = nxt.round_id
+        else:
+            state["spa_rounds"].append(nxt.round_id)
         loc.mkdir(state_path.rsplit("/", 1)[0])
         loc.write_atomic(state_path, signed_record(state, coordinator), what="score study state")
         log.info("combine: score study %s, %s: %s; parties: party compress --manifest %s", base.study, pheno_name,
@@ -467,14 +590,28 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
         return next_round({"kind": KIND_SCAN, "step": None, "gamma": [float(g) for g in fit.gamma]}, "scan")
     _, scan = locate_manifest(loc.show(loc.join(base.study, state["scan"], "manifest.json")))
     sh, sp = combine(uri, scan, must_agree=STEP_AGREE)
+    if int(round(float(sp["n"][0]))) != mom.n:
+        raise ProtocolError(f"round {scan.round_id!r}: its pooled sample count differs from the base round's")
+    pscan = PooledScan.of(sp, k, mom.n)
+    tails = pscan.tails()
+    spa = state.setdefault("spa_rounds", [])
+    for rid in spa:
+        _, m = locate_manifest(loc.show(loc.join(base.study, rid, "manifest.json")))
+        tails.feed(combine(uri, m, must_agree=STEP_AGREE + ["requests"])[1]["K"])
+    if tails.requests and len(spa) < MAX_SPA_ROUNDS:
+        j = len(spa) + 1
+        return next_round({"kind": KIND_SPA, "step": j, "scan_round": scan.round_id, "spa_rounds": list(spa),
+                           "gamma": [float(g) for g in fit.gamma]}, f"saddlepoint round {j}")
     vt = pq.read_table(pa.BufferReader(read_share_file(uri, base, counted[0], headers[counted[0]],
                                                        "variants.parquet")))
     if variant_hash(vt) != first["variant_hash"]:
         raise ProtocolError(f"{uri}: the published variant list does not match the parties' declared hash; the "
                             "exchange was altered")
-    if int(round(float(sp["n"][0]))) != mom.n:
-        raise ProtocolError(f"round {scan.round_id!r}: its pooled sample count differs from the base round's")
-    table = score_results(sp, vt, pheno_name, k, mom.n, a1freq_lower_limit=a1freq_lower_limit)
+    ln_p = tails.log_pvalues()
+    if len(ln_p) and not np.isfinite(ln_p).all():
+        log.warning("combine: %d of %d saddlepoint p-values unsolved after %d rounds; those variants keep the "
+                    "score test's p", int((~np.isfinite(ln_p)).sum()), len(ln_p), len(spa))
+    table = score_results(pscan, vt, pheno_name, ln_p, a1freq_lower_limit=a1freq_lower_limit)
     from .output import OutputModel, write_outputs_local
     from .staging import staged_output
 
@@ -482,31 +619,39 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
                         logistic_phenotypes=(pheno_name,), score_phenotypes=(pheno_name,),
                         counts={"pooled_samples": {pheno_name: mom.n}, "cases": {pheno_name: cases},
                                 "parties": len(counted), "survivors": counted,
-                                "null_model_steps": len(steps)})
+                                "null_model_steps": len(steps), "saddlepoint_rounds": len(spa),
+                                "saddlepoint_variants": int(len(pscan.rows))})
     with staged_output(out, overwrite=overwrite, inputs=inputs, command="combine") as stage:
         glm, _ = write_outputs_local(stage.path, table, model, plots=plots)
         written = {name: stage.final(path) for name, path in glm.items()}
-    log.info("combine: score study %s, %s: %d variants, %d pooled samples (%d cases), null model in %d steps; "
-             "outputs in %s", base.study, pheno_name, vt.num_rows, mom.n, cases, len(steps), out)
+    log.info("combine: score study %s, %s: %d variants, %d pooled samples (%d cases), null model in %d steps, "
+             "%d variant(s) saddlepoint-corrected in %d rounds; outputs in %s", base.study, pheno_name, vt.num_rows,
+             mom.n, cases, len(steps), len(pscan.rows), len(spa), out)
     return {"next_manifest": None, "out": out, "glm_paths": written}
 
 
-def score_results(pooled: dict, variants, phenotype: str, k: int, n: int, *, a1freq_lower_limit: float = 0.0):
-    """The results table of the pooled score test (the scan round's pooled sums, the variant list)."""
+def score_results(pscan: PooledScan, variants, phenotype: str, spa_log_p: np.ndarray, *,
+                  a1freq_lower_limit: float = 0.0):
+    """The results table of the pooled score test: the scan round's :class:`PooledScan`, the variant
+    list, and the saddlepoint log p of its corrected variants (``pscan.rows``; NaN: the score test's
+    p stays)."""
     import pyarrow as pa
 
     from .stats.results import results_batch
-    from .stats.score import score_stats, score_variant_stats
+    from .stats.score import score_variant_stats
 
-    V = pooled["variants"]
-    a = k + 4
-    SX, SXX, SM = V[:, :a], V[:, a], V[:, a + 1 :]
-    st = score_stats(SX, SXX, SM, pooled["CtWC"], n, float(pooled["wsum"][0]))
-    vs = score_variant_stats(st, few=n <= k + 1, spa=None)
-    m = V.shape[0]
+    ln_p = np.asarray(spa_log_p, dtype=np.float64)
+
+    def spa(rows: np.ndarray) -> np.ndarray:
+        assert np.array_equal(rows, pscan.rows)  # noqa: S101 - the same rule chose them
+        return ln_p
+
+    vs = score_variant_stats(pscan.st, few=pscan.few, spa=spa)
+    SX, SM = pscan.sums["SX"], pscan.sums["SM"]
+    k = SX.shape[1] - 4
+    m = SX.shape[0]
     meta = tuple(np.asarray(variants.column(c).to_numpy(zero_copy_only=False)) for c in ("chrom", "id", "pos", "alt",
                                                                                        "ref"))
-    freq_called = float(pooled["n_freq"][0]) - SM[:, k + 3]
-    batch = results_batch(np.arange(m, dtype=np.int64), meta, SX[:, k + 3], freq_called, [(phenotype, vs)],
-                          count_alt=False, a1freq_floor=a1freq_lower_limit)
+    batch = results_batch(np.arange(m, dtype=np.int64), meta, SX[:, k + 3], pscan.sums["n_freq"] - SM[:, k + 3],
+                          [(phenotype, vs)], count_alt=False, a1freq_floor=a1freq_lower_limit)
     return pa.Table.from_batches([batch])

@@ -567,3 +567,20 @@ def score_share_ranges(plan: ScanPlan, writer, W: np.ndarray, ranges):
     for vidx, block in _sub_blocks(plan, ranges, meta=False):
         SX, SXX, SM = block_sums(block, W, plan.n_a)
         yield writer.write(int(vidx[0]), np.hstack([SX, SXX, SM]))
+
+
+def spa_cgf_ranges(spec: dict, plan: ScanPlan, value, ranges):
+    """A party's saddlepoint values, executor side: for each variant ``v`` of ``spec`` (``{v: (mean,
+    b, [t, ...])}``) in the ranges, ``g = x - C b`` over the party's samples (``value = (C, mu,
+    mask)``: their covariates, null-model means and their mask in .fam order; a missing call takes
+    the pooled mean) and :func:`dash_spark.stats.score.cgf` at each ``t``; yields ``(v, [(K, K',
+    K''), ...])``."""
+    from .stats.score import cgf
+
+    C, mu, mask = value
+    for vidx, block in _sub_blocks(plan, ranges, meta=False):
+        X = block.dense()[:, mask]
+        for r, v in enumerate(vidx):
+            mean, coef, ts = spec[int(v)]
+            g = np.where(np.isnan(X[r]), mean, X[r]) - C @ coef
+            yield int(v), [cgf(t, g, mu) for t in ts]

@@ -21,6 +21,7 @@ from dash_spark.config import ScanConfig
 from dash_spark.pipeline import run_scan
 
 from .oracle_data import make_files, split_bed
+from .test_score import _spa_oracle
 from .party_flow import Study
 
 PARTIES = ("alice", "bob", "carol")
@@ -138,19 +139,25 @@ def test_the_pooled_score_test_equals_the_pooled_scan_and_statsmodels(cohort, st
     assert ok.sum() > 290
     for col in ("beta", "a1_freq"):
         np.testing.assert_allclose(got[col], pooled[col], rtol=1e-9, atol=1e-14)
-    # the saddlepoint correction is not a study's yet: its rows keep the score test's p
-    no_spa = ok & (pooled["p"].to_numpy() >= 0.05)
-    assert no_spa.sum() > 250 and (ok & ~no_spa).sum() >= 5
+    spa = ok & (pooled["p"].to_numpy() < 0.05)  # saddlepoint-corrected (by rounds in the study)
+    assert (ok & ~spa).sum() > 250 and spa.sum() >= 5
     for col in ("se", "t_stat", "p", "neg_log10_p"):
-        np.testing.assert_allclose(got[col][no_spa], pooled[col][no_spa], rtol=1e-9)
+        np.testing.assert_allclose(got[col][ok & ~spa], pooled[col][ok & ~spa], rtol=1e-9)
+        np.testing.assert_allclose(got[col][spa], pooled[col][spa], rtol=1e-8)
     y, C, base, G = _analysed(cohort)
     null = sm.GLM(y[base], C[base], family=sm.families.Binomial()).fit(tol=1e-13)
+    mu = special.expit(C[base] @ null.params)
+    w = mu * (1 - mu)
     for row in got[ok].itertuples():
         x = G[base, row.variant_index].copy()
         x[np.isnan(x)] = np.nanmean(x)
         chisq, p = null.score_test(exog_extra=x[:, None])[:2]
-        np.testing.assert_allclose(row.t_stat ** 2, float(np.squeeze(chisq)), rtol=1e-8)
-        np.testing.assert_allclose(row.p, float(np.squeeze(p)), rtol=1e-8)
+        if row.p >= 0.05:
+            np.testing.assert_allclose(row.t_stat ** 2, float(np.squeeze(chisq)), rtol=1e-8)
+            np.testing.assert_allclose(row.p, float(np.squeeze(p)), rtol=1e-8)
+        else:  # the saddlepoint p of an independent solver (brentq on the pooled samples' CGF)
+            g = x - C[base] @ np.linalg.solve(C[base].T @ (C[base] * w[:, None]), C[base].T @ (w * x))
+            np.testing.assert_allclose(row.p, _spa_oracle(g, mu, float(g @ (y[base] - mu))), rtol=1e-6)
     regenie = open(out / "cc.regenie").read().splitlines()
     assert regenie[0].split() == "CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ TEST BETA SE CHISQ LOG10P".split()
     assert len(regenie) == 301
@@ -162,8 +169,12 @@ def test_the_null_model_equals_statsmodels(cohort, study):
     from dash_spark.multiparty.exchange import locate_manifest
 
     _, _, _, rounds = study
-    _, scan = locate_manifest(rounds[-1])
-    assert scan.settings["kind"] == "score-scan" and len(scan.settings["null_rounds"]) == len(rounds) - 1
+    kinds = [locate_manifest(r)[1].settings["kind"] for r in rounds]
+    n_steps, n_spa = kinds.count("null-step"), kinds.count("spa-step")
+    # the Newton steps, the scan round, then the saddlepoint rounds (bracket and 0 at once, then Newton)
+    assert kinds == ["null-step"] * n_steps + ["score-scan"] + ["spa-step"] * n_spa and 3 <= n_spa <= 12, kinds
+    _, scan = locate_manifest(rounds[n_steps])
+    assert len(scan.settings["null_rounds"]) == n_steps
     y, C, base, _ = _analysed(cohort)
     ref = sm.GLM(y[base], C[base], family=sm.families.Binomial()).fit(tol=1e-13)
     np.testing.assert_allclose(scan.settings["gamma"], ref.params, rtol=1e-9)
@@ -258,7 +269,7 @@ def test_a_step_after_convergence_and_replays_are_refused(cohort, study, tmp_pat
     st, base, out, rounds = study
     from dash_spark.multiparty.exchange import locate_manifest
 
-    _, scan = locate_manifest(rounds[-1])
+    scan = next(m for m in (locate_manifest(r)[1] for r in rounds) if m.settings["kind"] == "score-scan")
     chain = scan.settings["null_rounds"]
     # one more Newton step after the fit converged (at the final coefficients)
     extra = _forge(st, base, {"step": len(chain) + 1, "null_rounds": chain, "gamma": scan.settings["gamma"]})
@@ -316,3 +327,25 @@ def test_an_altered_chain_state_is_refused(cohort, study, tmp_path):
     finally:
         with open(path, "wb") as fh:
             fh.write(saved)
+
+
+def test_saddlepoint_rounds_follow_the_replayed_solver_only(cohort, study):
+    """A saddlepoint round after the equations were solved, out of order, or on another round than
+    the scan round, is refused: the t values a party evaluates its samples' CGF at are its own
+    replay's, never the coordinator's."""
+    from dash_spark.multiparty.exchange import locate_manifest
+
+    st, base, _, rounds = study
+    ms = [locate_manifest(r)[1] for r in rounds]
+    scan = next(m for m in ms if m.settings["kind"] == "score-scan")
+    spa = [m.round_id for m in ms if m.settings["kind"] == "spa-step"]
+    common = {"kind": "spa-step", "scan_round": scan.round_id, "null_rounds": scan.settings["null_rounds"],
+              "gamma": scan.settings["gamma"]}
+    done = _forge(st, base, dict(common, step=len(spa) + 1, spa_rounds=spa))
+    assert "were solved" in _refused(st, cohort, done)
+    skipped = _forge(st, base, dict(common, step=len(spa), spa_rounds=spa[:-2]))
+    assert "its chain holds" in _refused(st, cohort, skipped)
+    on_a_step = _forge(st, base, dict(common, step=1, spa_rounds=[], scan_round=scan.settings["null_rounds"][-1]))
+    assert "is not the scan round of this chain" in _refused(st, cohort, on_a_step)
+    for m in (done, skipped, on_a_step):
+        assert not os.path.exists(os.path.join(os.path.dirname(m), "shares"))

@@ -162,6 +162,26 @@ def score_stats(SX: np.ndarray, SXX: np.ndarray, SM: np.ndarray, CtWC: np.ndarra
                       obs_ct=np.full(len(U), n, dtype=np.int64), spa=np.zeros(len(U), dtype=bool), const=const)
 
 
+def score_errcodes(st: ScoreStats, *, few: bool) -> np.ndarray:
+    """plink2's error code of each variant's score test [shape: (m,), uint8]: CONST_OMITTED_ALLELE
+    for a constant dosage, VIF_INFINITE for one the covariates explain (V ~ 0), and with ``few`` (no
+    more samples than predictors) SAMPLE_CT<=PREDICTOR_CT for all."""
+    from .regression import ERR_COLLINEAR, ERR_CONST, ERR_FEW, ERR_OK
+
+    const = st.const if st.const is not None else np.zeros(len(st.p), dtype=bool)
+    err = np.where(const, ERR_CONST, np.where(np.isnan(st.chisq), ERR_COLLINEAR, ERR_OK)).astype(np.uint8)
+    if few:
+        err[:] = ERR_FEW
+    return err
+
+
+def spa_rows(st: ScoreStats, *, few: bool, spa_threshold: float = SPA_THRESHOLD) -> np.ndarray:
+    """The variants whose p the saddlepoint corrects: tested, and the score test's p below the threshold."""
+    from .regression import ERR_OK
+
+    return np.flatnonzero((score_errcodes(st, few=few) == ERR_OK) & (st.p < spa_threshold))
+
+
 def score_variant_stats(st: ScoreStats, *, few: bool, spa_threshold: float = SPA_THRESHOLD,
                         spa: Callable[[np.ndarray], np.ndarray] | None = None):
     """A phenotype's :class:`~dash_spark.stats.regression.VariantStats` from its score test: plink2's
@@ -170,14 +190,11 @@ def score_variant_stats(st: ScoreStats, *, few: bool, spa_threshold: float = SPA
     ``spa(rows)`` (natural logs, NaN where the saddlepoint equation fails: the score test's p stays)
     with its chi-square and ``SE = |BETA| / sqrt(chisq)``, as REGENIE reports them. BETA is U / V,
     T_STAT the signed square root of the chi-square, for ALT (the result rows flip them to A1)."""
-    from .regression import ERR_COLLINEAR, ERR_CONST, ERR_FEW, ERR_OK, VariantStats
+    from .regression import ERR_OK, VariantStats
 
     p, nlp, se, chisq = st.p.copy(), st.neg_log10_p.copy(), st.se.copy(), st.chisq.copy()
-    const = st.const if st.const is not None else np.zeros(len(p), dtype=bool)
-    err = np.where(const, ERR_CONST, np.where(np.isnan(st.chisq), ERR_COLLINEAR, ERR_OK)).astype(np.uint8)
-    if few:
-        err[:] = ERR_FEW
-    rows = np.flatnonzero((err == ERR_OK) & (st.p < spa_threshold))
+    err = score_errcodes(st, few=few)
+    rows = spa_rows(st, few=few, spa_threshold=spa_threshold)
     if len(rows) and spa is not None:
         ln_p = np.minimum(np.asarray(spa(rows), dtype=np.float64), 0.0)
         ok = np.isfinite(ln_p)
@@ -214,7 +231,7 @@ def spa_log_pvalues(G: np.ndarray, mu: np.ndarray, u: np.ndarray, *, tol: float 
     out = np.full(len(u), np.nan)
     for j in range(len(u)):
         g = G[j]
-        out[j] = np.logaddexp(_tail(g, mu, abs(u[j]), tol), _tail(g, mu, -abs(u[j]), tol))
+        out[j] = np.logaddexp(_run_tail(abs(u[j]), g, mu, tol), _run_tail(-abs(u[j]), g, mu, tol))
     return out
 
 
@@ -223,8 +240,8 @@ def chisq_of_log_p(ln_p: np.ndarray) -> np.ndarray:
     return special.ndtri_exp(np.minimum(np.asarray(ln_p, dtype=np.float64), 0.0) - np.log(2.0)) ** 2
 
 
-def _cgf(t: float, g: np.ndarray, mu: np.ndarray) -> tuple[float, float, float]:
-    """K(t), K'(t), K''(t) of ``U = sum g_i (y_i - mu_i)``."""
+def cgf(t: float, g: np.ndarray, mu: np.ndarray) -> tuple[float, float, float]:
+    """K(t), K'(t), K''(t) of ``U = sum g_i (y_i - mu_i)`` (sums over samples: parties add theirs)."""
     e = np.exp(np.clip(t * g, -700.0, 700.0))
     den = 1.0 - mu + mu * e
     K = float(np.sum(np.log(den)) - t * np.sum(mu * g))
@@ -233,15 +250,56 @@ def _cgf(t: float, g: np.ndarray, mu: np.ndarray) -> tuple[float, float, float]:
     return K, K1, K2
 
 
-def _tail(g: np.ndarray, mu: np.ndarray, q: float, tol: float) -> float:
-    """log P(U >= q) for q >= 0, log P(U <= q) for q < 0, by Lugannani-Rice at the saddlepoint."""
-    t = _saddlepoint(g, mu, q, tol)
-    if t is None:
+def tail_steps(q: float, tol: float = 1e-10):
+    """log P(U >= q) for q >= 0, log P(U <= q) for q < 0, by Lugannani-Rice at the saddlepoint, as
+    a generator: it yields tuples of ``t`` at which it needs ``(K, K', K'')`` (:func:`cgf`), is sent
+    their list, and returns the log tail (NaN where the saddlepoint equation fails).
+
+    The root of ``K'(t) = q`` is found by Newton's method from 0, kept inside a bracket that
+    bisection shrinks; the bracket's ends (doubled from -1 and 1 until ``K'(lo) < q < K'(hi)``) and
+    ``t = 0`` are asked for together, then one Newton point at a time. One process runs it with its
+    own samples' :func:`cgf`; a study runs every top hit's two tails in lockstep, each request a
+    round of masked sums (:class:`LockstepTails`), and every party replays it."""
+    lo, hi = -1.0, 1.0
+    lo_ok = hi_ok = False
+    at0 = None
+    for _ in range(200):  # widen until K'(lo) < q < K'(hi) (K' is increasing), with K at 0 asked at once
+        pts = ([] if lo_ok else [lo]) + ([] if hi_ok else [hi]) + ([0.0] if at0 is None else [])
+        vals = list((yield tuple(pts)))
+        if not lo_ok:
+            lo_ok = vals.pop(0)[1] < q
+            lo = lo if lo_ok else 2.0 * lo
+        if not hi_ok:
+            hi_ok = vals.pop(0)[1] > q
+            hi = hi if hi_ok else 2.0 * hi
+        if at0 is None:
+            at0 = vals.pop(0)
+        if lo_ok and hi_ok:
+            break
+    assert at0 is not None  # noqa: S101 - asked in the first request
+    t, cur, root = 0.0, at0, None
+    for _ in range(200):
+        _, K1, K2 = cur
+        f = K1 - q
+        if abs(f) <= tol * max(1.0, abs(q)):
+            root = t
+            break
+        if f > 0:
+            hi = t
+        else:
+            lo = t
+        step = t - f / K2 if K2 > 0 else 0.5 * (lo + hi)
+        t = step if lo < step < hi else 0.5 * (lo + hi)
+        cur = (yield (t,))[0]
+        if hi - lo < 1e-14 * max(1.0, abs(t)):
+            root = t
+            break
+    if root is None:
         return float("nan")
-    K, _, K2 = _cgf(t, g, mu)
+    K, _, K2 = cur
     w2 = 2.0 * (t * q - K)
-    if t == 0.0 or w2 <= 0.0 or K2 <= 0.0:  # at the mean: the normal tail
-        var = float(np.sum(mu * (1.0 - mu) * g * g))
+    if t == 0.0 or w2 <= 0.0 or K2 <= 0.0:  # at the mean: the normal tail (K''(0) is the score's variance)
+        var = at0[2]
         return float(special.log_ndtr(-abs(q) / np.sqrt(var))) if var > 0 else float("nan")
     w = np.sign(t) * np.sqrt(w2)
     v = t * np.sqrt(K2)
@@ -249,29 +307,51 @@ def _tail(g: np.ndarray, mu: np.ndarray, q: float, tol: float) -> float:
     return float(special.log_ndtr(-z) if q >= 0 else special.log_ndtr(z))
 
 
-def _saddlepoint(g: np.ndarray, mu: np.ndarray, q: float, tol: float) -> float | None:
-    """The root of K'(t) = q: Newton's method, kept inside a bracket that bisection shrinks."""
-    lo, hi = -1.0, 1.0
-    for _ in range(200):  # widen until K'(lo) < q < K'(hi) (K' is increasing)
-        if _cgf(lo, g, mu)[1] < q:
-            break
-        lo *= 2.0
-    for _ in range(200):
-        if _cgf(hi, g, mu)[1] > q:
-            break
-        hi *= 2.0
-    t = 0.0
-    for _ in range(200):
-        _, K1, K2 = _cgf(t, g, mu)
-        f = K1 - q
-        if abs(f) <= tol * max(1.0, abs(q)):
-            return t
-        if f > 0:
-            hi = t
-        else:
-            lo = t
-        step = t - f / K2 if K2 > 0 else 0.5 * (lo + hi)
-        t = step if lo < step < hi else 0.5 * (lo + hi)
-        if hi - lo < 1e-14 * max(1.0, abs(t)):
-            return t
-    return None
+def _run_tail(q: float, g: np.ndarray, mu: np.ndarray, tol: float) -> float:
+    """:func:`tail_steps` with one process's own samples."""
+    steps = tail_steps(q, tol)
+    try:
+        pts = next(steps)
+        while True:
+            pts = steps.send([cgf(t, g, mu) for t in pts])
+    except StopIteration as done:
+        return float(done.value)
+
+
+class LockstepTails:
+    """The two saddlepoint tails of several scores, run in lockstep (:func:`tail_steps`): each
+    round asks for ``(K, K', K'')`` at :attr:`requests` (pairs ``(score, t)``, in order) and is fed
+    their pooled values; :meth:`log_pvalues` once none is left."""
+
+    def __init__(self, u: np.ndarray, *, tol: float = 1e-10):
+        self.u = np.asarray(u, dtype=np.float64)
+        self.steps = [tail_steps(q, tol) for x in self.u for q in (abs(float(x)), -abs(float(x)))]
+        self.pending: list = [next(s) for s in self.steps]
+        self.done = [float("nan")] * len(self.steps)
+
+    @property
+    def requests(self) -> list[tuple[int, float]]:
+        """``(score index, t)`` of every value this round needs."""
+        return [(i // 2, t) for i, pts in enumerate(self.pending) if pts is not None for t in pts]
+
+    def feed(self, values: np.ndarray) -> None:
+        """The pooled ``(K, K', K'')`` [shape: (len(requests), 3)] of this round's requests."""
+        values = np.asarray(values, dtype=np.float64).reshape(-1, 3)
+        if len(values) != len(self.requests):
+            raise ValueError(f"saddlepoint round: {len(values)} values for {len(self.requests)} requests")
+        at = 0
+        for i, pts in enumerate(self.pending):
+            if pts is None:
+                continue
+            got = [tuple(map(float, v)) for v in values[at : at + len(pts)]]
+            at += len(pts)
+            try:
+                self.pending[i] = self.steps[i].send(got)
+            except StopIteration as end:
+                self.pending[i] = None
+                self.done[i] = float(end.value)
+
+    def log_pvalues(self) -> np.ndarray:
+        """The two-sided saddlepoint log p of each score (NaN where a tail failed or is unfinished)."""
+        d = np.asarray(self.done).reshape(-1, 2)
+        return np.logaddexp(d[:, 0], d[:, 1])
