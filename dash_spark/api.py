@@ -367,7 +367,7 @@ def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, interc
                         covar_variance_standardize: bool = False, keep: str | None = None, remove: str | None = None,
                         maf: float | None = None, mac: float | None = None, geno: float | None = None,
                         block_variants: int | None = None, task_memory_mb: int = 256, pheno_01: bool = False,
-                        test: str = "hybrid"):
+                        test: str = "hybrid", correction: str = "spa", p_thresh: float = 0.05):
     """Per-variant logistic regression of every case/control phenotype (plink2's ``--glm``: Firth
     regression where logistic regression cannot be trusted), as a lazy Spark DataFrame; with
     ``test="score"``, the score test from the null model with the saddlepoint correction below
@@ -384,6 +384,12 @@ def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, interc
     ----------
     test : {"hybrid", "score"}
         plink2's Wald test with Firth fallback, or the score test with the saddlepoint correction.
+    correction : {"spa", "firth", "none"}
+        The score test's correction of p-values below ``p_thresh`` (``--score-correction``): the
+        saddlepoint approximation, REGENIE's approximate Firth test (``beta`` is then Firth's
+        estimate and ``firth`` is set), or none.
+    p_thresh : float
+        ``--score-p-thresh`` (REGENIE's ``--pThresh``).
     other
         As for :func:`linear_regression`.
 
@@ -406,7 +412,8 @@ def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, interc
                        missing_genotypes=missing_genotypes, pheno_names=pheno_names, covar_names=covar_names,
                        count_alt=count_alt, covar_variance_standardize=covar_variance_standardize, keep=keep,
                        remove=remove, maf=maf, mac=mac, geno=geno, block_variants=block_variants,
-                       task_memory_mb=task_memory_mb, pheno_01=pheno_01, binary_test=test)
+                       task_memory_mb=task_memory_mb, pheno_01=pheno_01, binary_test=test,
+                       score_correction=correction, score_p_thresh=p_thresh)
 
 
 def _scan_frame(spark, genotypes, phenotypes, covariates, kind: str, *, pheno_names, covar_names, keep, remove,

@@ -103,6 +103,12 @@ def add_binary_test_arg(p) -> None:
                    help="case/control phenotypes: hybrid (default; plink2's logistic Wald test, Firth fallback: "
                         ".glm.logistic.hybrid) or score (the score test from the null model, saddlepoint-corrected "
                         "below p 0.05, as REGENIE and SAIGE: <phenotype>.regenie)")
+    p.add_argument("--score-correction", choices=["spa", "firth", "none"],
+                   help="with --binary-test score: the correction of p-values below --score-p-thresh: spa (default; "
+                        "the saddlepoint approximation, REGENIE's --spa), firth (REGENIE's --firth --approx) or none "
+                        "(the score test alone, REGENIE's default)")
+    p.add_argument("--score-p-thresh", type=float, metavar="P",
+                   help="with --binary-test score: correct p-values below P (REGENIE's --pThresh; default 0.05)")
 
 
 def add_scan_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -187,7 +193,7 @@ SCAN_FIELDS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_re
                "block_variants", "task_memory_mb", "missing_genotypes", "count_alt", "plots", "master",
                "keep", "remove", "extract", "exclude", "chr", "from_bp", "to_bp", "maf", "mac", "geno",
                "covar_variance_standardize", "gwas_ssf", "genome_assembly", "report_covariates",
-               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model", "mach_r2_filter", "binary_test", "text")
+               "a1freq_lower_limit", "plots_top", "pred", "pred_test", "xchr_model", "mach_r2_filter", "binary_test", "score_correction", "score_p_thresh", "text")
 
 
 def scan_config_from_args(args):

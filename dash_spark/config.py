@@ -34,6 +34,8 @@ def object_store_out(uri: str) -> bool:
 MISSING_GENOTYPE_MODES = ("drop", "mean")
 PRED_TESTS = ("wald", "regenie")
 BINARY_TESTS = ("hybrid", "score")
+#: the score test's correction of its small p-values (REGENIE's --spa, --firth --approx, neither)
+SCORE_CORRECTIONS = ("spa", "firth", "none")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ class ScanConfig:
     #: case/control phenotypes: "hybrid" (plink2's logistic Wald test, Firth fallback) or "score"
     #: (the score test with the saddlepoint correction, :mod:`dash_spark.stats.score`)
     binary_test: str = "hybrid"
+    #: the score test's correction below ``score_p_thresh`` (REGENIE's --pThresh): "spa" (the
+    #: saddlepoint approximation), "firth" (REGENIE's --firth --approx) or "none"
+    score_correction: str = "spa"
+    score_p_thresh: float = 0.05
     pheno_name: tuple[str, ...] | None = None
     covar_name: tuple[str, ...] | None = None
     no_intercept: bool = False
@@ -168,6 +174,14 @@ class ScanConfig:
             raise ConfigError(f"--xchr-model: expected 0, 1 or 2 (as plink2), found {self.xchr_model!r}")
         if self.binary_test not in BINARY_TESTS:
             raise ConfigError(f"--binary-test: expected one of {', '.join(BINARY_TESTS)}, found {self.binary_test!r}")
+        if self.score_correction not in SCORE_CORRECTIONS:
+            raise ConfigError(f"--score-correction: expected one of {', '.join(SCORE_CORRECTIONS)}, found "
+                              f"{self.score_correction!r}")
+        if not 0 < self.score_p_thresh <= 1:
+            raise ConfigError(f"--score-p-thresh: expected a p-value in (0, 1], found {self.score_p_thresh!r}")
+        if (self.score_correction, self.score_p_thresh) != ("spa", 0.05) and self.binary_test != "score":
+            raise ConfigError("--score-correction/--score-p-thresh: they set the score test's correction; add "
+                              "--binary-test score")
         if self.binary_test == "score" and not (tasks_can_write(self.out) or object_store_out(self.out)):
             raise ConfigError("--binary-test score writes its .regenie files to a local, shared or object-storage "
                               f"(s3://, gs://) --out; found {self.out}")

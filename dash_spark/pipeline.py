@@ -458,9 +458,12 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
             patterns.append(pat)
             a_off += A.shape[1]
             if not quiet:
+                how = {"spa": "saddlepoint-corrected below p %g" % pat.spa_threshold,
+                       "firth": "Firth-corrected (REGENIE's approximate Firth) below p %g" % pat.spa_threshold,
+                       "none": "uncorrected"}[pat.correction]
                 lines.line(len(lines_seen), "phenotype %s: case/control, %d cases and %d controls, %d covariates: "
-                           "score test, saddlepoint-corrected below p %g (null model: %d Newton steps)", names[0],
-                           cases, basis.n - cases, basis.k, pat.spa_threshold, pat.null_iterations)
+                           "score test, %s (null model: %d Newton steps)", names[0],
+                           cases, basis.n - cases, basis.k, how, pat.null_iterations)
                 lines_seen.append(names[0])
             continue
         if flags[idx[0]]:  # case/control: y stays 0/1, and the tasks fit on the raw covariates Q R
@@ -500,7 +503,7 @@ def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarr
     """A case/control phenotype's score-test :class:`Pattern`, its weight columns ``A`` and ``B``
     (:func:`dash_spark.stats.score.score_weights`) and its case count: the null model ``logit(mu) =
     C gamma (+ offset)`` is fitted here, from sums over its samples."""
-    from .stats.score import SPA_THRESHOLD, fit_null, null_sums, score_weights
+    from .stats.score import fit_null, null_sums, score_weights
 
     n = int(mask.sum())
     off = np.zeros(len(y)) if offset is None else offset
@@ -511,12 +514,21 @@ def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarr
                          "controls. Remove it (--covar-name) or use --binary-test hybrid (Firth regression)")
     mu = np.where(mask, 1.0 / (1.0 + np.exp(-(C @ fit.gamma + off))), 0.0)
     A, w = score_weights(C, y, mu, mask)
+    if cfg.score_correction == "firth":  # REGENIE's approximate Firth: the null model's Firth offsets ride along
+        from .stats.score import firth_null_offset
+
+        fo = firth_null_offset(C[mask], y[mask], off[mask], intercept=not cfg.no_intercept)
+        if fo is None:
+            raise ModelError(f"{_pattern_where(cfg, (name,))}: the null model's Firth fit (--score-correction firth) "
+                             "did not converge; use --score-correction spa")
+        A = np.column_stack([A, np.zeros(len(y))])
+        A[mask, -1] = fo
     CtWC = C[mask].T @ (C[mask] * w[mask])
     cases = int(y[mask].sum())
     if not quiet:  # (once: not again per chromosome group)
         _warn_few_cases(name, cases, n, basis.k + 1)
     pat = Pattern((name,), n, basis.k, a_off, g, logistic=True, score=True, CtWC=CtWC,
-                  spa_threshold=SPA_THRESHOLD, null_iterations=fit.iterations)
+                  spa_threshold=cfg.score_p_thresh, null_iterations=fit.iterations, correction=cfg.score_correction)
     return pat, A, w, cases
 
 

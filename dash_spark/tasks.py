@@ -71,6 +71,10 @@ class Pattern:
     CtWC: np.ndarray | None = None
     spa_threshold: float = 0.05
     null_iterations: int = 0
+    #: the correction below ``spa_threshold``: "spa", "firth" (REGENIE's --firth --approx: every
+    #: sample's covariate offset from the null model's Firth fit in ``firth_offset``) or "none"
+    correction: str = "spa"
+    firth_offset: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -454,7 +458,7 @@ def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX
     sums (:func:`dash_spark.stats.score.score_stats`); variants whose p is below the pattern's
     threshold get the saddlepoint p, from their dense dosages (missing calls at the mean)
     (:func:`dash_spark.stats.score.score_variant_stats`)."""
-    from .stats.score import adjusted_genotypes, score_stats, score_variant_stats, spa_log_pvalues
+    from .stats.score import adjusted_genotypes, approx_firth, score_stats, score_variant_stats, spa_log_pvalues
 
     a, k, n = pat.a_offset, pat.k, plan.n_samples
     st = score_stats(SX[:, a : a + k + 4], SXX[:, pat.b_offset], SM[:, a : a + k + 4], pat.CtWC, pat.n,
@@ -470,7 +474,22 @@ def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX
         X = np.where(np.isnan(X), st.mean[rows][:, None], X)
         return spa_log_pvalues(adjusted_genotypes(X, C, w, pat.CtWC), mu, st.U[rows])
 
-    out = score_variant_stats(st, few=pat.n <= k + 1, spa_threshold=pat.spa_threshold, spa=spa)
+    def firth(rows: np.ndarray):
+        cols = W[:n, a : a + k + 5]
+        mask = cols[:, k + 2] > 0
+        w = cols[mask, k + 1]
+        C = cols[mask, 1 : k + 1] / w[:, None]
+        y = cols[mask, 0] + cols[mask, k + 3]  # (y - mu) + mu
+        X = block.take(rows).dense()[:, mask]
+        X = np.where(np.isnan(X), st.mean[rows][:, None], X)
+        if k:  # the covariates projected out of the dosages (least squares), as REGENIE does for Firth
+            Q, _ = np.linalg.qr(C)
+            X = X - (X @ Q) @ Q.T
+        return approx_firth(X, y, cols[mask, k + 4])
+
+    out = score_variant_stats(st, few=pat.n <= k + 1, spa_threshold=pat.spa_threshold,
+                              spa=spa if pat.correction == "spa" else None,
+                              firth=firth if pat.correction == "firth" else None)
     return list(zip(pat.phenotypes, _haploid_freq(plan, W, pat, called, [out], mask=W[:n, a + k + 2])))
 
 

@@ -177,6 +177,46 @@ def test_pred_needs_the_score_test(cc_data, tmp_path, capsys):  # noqa: F811
     assert_input_error(rc, err, str(out), "cc are case/control", "--binary-test score")
 
 
+def test_score_correction_needs_the_score_test(cc_data, tmp_path, capsys):  # noqa: F811
+    from .test_bad_input import assert_input_error, run_cli
+
+    _, files, pheno, _, _ = cc_data
+    out = tmp_path / "o"
+    rc, _, err = run_cli(capsys, ["-q", "scan", "--bfile", files.bfile, "--pheno", pheno, "--pheno-name", "cc",
+                                  "--score-correction", "firth", "--out", str(out)])
+    assert_input_error(rc, err, str(out), "--score-correction", "--binary-test score")
+    rc, _, err = run_cli(capsys, ["-q", "scan", "--bfile", files.bfile, "--pheno", pheno, "--pheno-name", "cc",
+                                  "--binary-test", "score", "--score-p-thresh", "0", "--out", str(out)])
+    assert_input_error(rc, err, str(out), "--score-p-thresh", "(0, 1]")
+
+
+def test_firth_and_no_correction_on_the_api(cc_data, scored, spark):  # noqa: F811
+    """REGENIE's approximate Firth (``correction="firth"``) replaces BETA, SE and p of the rows below
+    the threshold, with the ``firth`` flag; ``correction="none"`` keeps the score test's rows."""
+    import pandas as pd
+
+    from dash_spark import api
+
+    _, files, pheno, _, _ = cc_data
+    y = pd.read_csv(pheno, sep="\t")[["IID", "cc"]]
+    kw = dict(pheno_names=["cc"])
+    plain = api.logistic_regression(spark, api.open_bfile(files.bfile), y, files.covar, test="score",
+                                    correction="none", **kw).toPandas().sort_values("variant_index")
+    firth = api.logistic_regression(spark, api.open_bfile(files.bfile), y, files.covar, test="score",
+                                    correction="firth", p_thresh=0.05, **kw).toPandas().sort_values("variant_index")
+    res, _ = scored
+    spa = pq.read_table(res.results_path).to_pandas()
+    spa = spa[spa.phenotype == "cc"].sort_values("variant_index")
+    low = (plain.p < 0.05).to_numpy() & (plain.errcode == ".").to_numpy()
+    assert low.sum() >= 5 and not plain.firth.any()
+    np.testing.assert_allclose(plain.beta, spa.beta, rtol=1e-12)  # U / V either way
+    np.testing.assert_allclose(plain.p[~low], spa.p[~low], rtol=1e-12)
+    assert (firth.firth.to_numpy() == low).all()
+    np.testing.assert_allclose(firth.p[~low], plain.p[~low], rtol=1e-12)
+    assert np.all(np.sign(firth.beta[low]) == np.sign(plain.beta[low]))
+    assert not np.allclose(firth.beta[low], plain.beta[low])
+
+
 def test_api_score_test_equals_the_scan(cc_data, scored, spark):  # noqa: F811
     """``ds.logistic_regression(..., test="score")`` gives the scan's score-test rows."""
     import pandas as pd

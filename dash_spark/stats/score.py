@@ -183,17 +183,25 @@ def spa_rows(st: ScoreStats, *, few: bool, spa_threshold: float = SPA_THRESHOLD)
 
 
 def score_variant_stats(st: ScoreStats, *, few: bool, spa_threshold: float = SPA_THRESHOLD,
-                        spa: Callable[[np.ndarray], np.ndarray] | None = None):
+                        spa: Callable[[np.ndarray], np.ndarray] | None = None,
+                        firth: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None):
     """A phenotype's :class:`~dash_spark.stats.regression.VariantStats` from its score test: plink2's
     error codes (a constant dosage; one the covariates explain, V ~ 0; ``few``: no more samples than
     predictors), and where the score test's p is below ``spa_threshold``, the saddlepoint p from
     ``spa(rows)`` (natural logs, NaN where the saddlepoint equation fails: the score test's p stays)
     with its chi-square and ``SE = |BETA| / sqrt(chisq)``, as REGENIE reports them. BETA is U / V,
-    T_STAT the signed square root of the chi-square, for ALT (the result rows flip them to A1)."""
+    T_STAT the signed square root of the chi-square, for ALT (the result rows flip them to A1).
+
+    With ``firth(rows)`` instead (REGENIE's ``--firth --approx``: ``(beta, chi-square)`` of each
+    row's approximate Firth fit and likelihood-ratio test, NaN where the fit failed), those rows'
+    BETA is Firth's, their p the test's, ``SE = |BETA| / sqrt(chisq)``, and their ``firth`` flag is
+    set."""
     from .regression import ERR_OK, VariantStats
 
     p, nlp, se, chisq = st.p.copy(), st.neg_log10_p.copy(), st.se.copy(), st.chisq.copy()
+    beta, sign = st.beta.copy(), np.sign(st.U)
     err = score_errcodes(st, few=few)
+    flag = np.zeros(len(err), dtype=bool)
     rows = spa_rows(st, few=few, spa_threshold=spa_threshold)
     if len(rows) and spa is not None:
         ln_p = np.minimum(np.asarray(spa(rows), dtype=np.float64), 0.0)
@@ -203,13 +211,99 @@ def score_variant_stats(st: ScoreStats, *, few: bool, spa_threshold: float = SPA
         nlp[rows] = -ln_p[ok] / LN10
         chisq[rows] = chisq_of_log_p(ln_p[ok])
         se[rows] = np.abs(st.beta[rows]) / np.sqrt(chisq[rows])
+    elif len(rows) and firth is not None:
+        b, q, s = (np.asarray(v, dtype=np.float64) for v in firth(rows))
+        ok = np.isfinite(b) & np.isfinite(q)
+        rows, b, q = rows[ok], b[ok], np.maximum(q[ok], 0.0)
+        ln_p = np.log(2.0) + special.log_ndtr(-np.sqrt(q))
+        beta[rows], chisq[rows], sign[rows], se[rows] = b, q, np.sign(b), s[ok]
+        p[rows], nlp[rows] = np.exp(ln_p), -ln_p / LN10
+        flag[rows] = True
     with np.errstate(invalid="ignore"):
-        z = np.sign(st.U) * np.sqrt(chisq)
+        z = sign * np.sqrt(chisq)
     good = err == ERR_OK
-    return VariantStats(beta=np.where(good, st.beta, np.nan), se=np.where(good, se, np.nan),
+    return VariantStats(beta=np.where(good, beta, np.nan), se=np.where(good, se, np.nan),
                         t_stat=np.where(good, z, np.nan), neg_log10_p=np.where(good, nlp, np.nan),
                         p=np.where(good, p, np.nan), obs_ct=st.obs_ct, alt_freq=st.mean / 2.0,
-                        errcode=err, mach_r2=None, firth=np.zeros(len(err), dtype=bool))
+                        errcode=err, mach_r2=None, firth=flag)
+
+
+# ------------------------------------------------------------------------------------------------
+# REGENIE's approximate Firth correction (--firth --approx)
+
+#: REGENIE's Firth settings: convergence of the penalized score, the deviance margin of a step
+#: halving, the most iterations, the largest step of a coefficient, the most halvings
+FIRTH_TOL, FIRTH_DEV_TOL, FIRTH_MAX_ITER, FIRTH_MAX_STEP, FIRTH_MAX_HALVES = 1e-5, 1e-6, 250, 5.0, 25
+
+
+def _firth_deviance(X: np.ndarray, y: np.ndarray, eta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """-2 x the penalized log-likelihood (log-likelihood + log|X'WX| / 2) at the linear predictor
+    ``eta``; with the means and the information ``X'WX``."""
+    pi = special.expit(eta)
+    info = X.T @ (X * (pi * (1.0 - pi))[:, None])
+    sign, logdet = np.linalg.slogdet(info)
+    loglik = float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+    return -2.0 * (loglik + 0.5 * logdet) if sign > 0 else float("inf"), pi, info
+
+
+def firth_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray, beta0: np.ndarray):
+    """Firth's penalized logistic regression of ``y`` on ``X`` [shape: (n, k)] with ``offset``, as
+    REGENIE fits it: from ``beta0``, a step ``(X'WX)^+ X'(y - pi + h (1/2 - pi))`` (``h``: the hat
+    values), scaled so that no coefficient moves by more than 5, halved while the penalized deviance
+    does not drop below its value plus 1e-6 (at most 25 times); stop once the penalized score is below
+    1e-5 in every coefficient (the step taken), at most 250 iterations. Returns ``(beta, deviance,
+    X'WX)`` at the estimate, or None when it does not converge."""
+    beta = np.array(beta0, dtype=np.float64)
+    dev, pi, info = _firth_deviance(X, y, X @ beta + offset)
+    for _ in range(FIRTH_MAX_ITER):
+        inv = np.linalg.pinv(info)
+        Xw = X * np.sqrt(pi * (1.0 - pi))[:, None]
+        h = np.einsum("ij,jk,ik->i", Xw, inv, Xw)
+        score = X.T @ (y - pi + h * (0.5 - pi))
+        step = inv @ score
+        big = np.max(np.abs(step)) / FIRTH_MAX_STEP
+        if big > 1.0:
+            step = step / big
+        for _ in range(FIRTH_MAX_HALVES):
+            new = _firth_deviance(X, y, X @ (beta + step) + offset)
+            if new[0] < dev + FIRTH_DEV_TOL:
+                break
+            step = step / 2.0
+        beta = beta + step
+        dev, pi, info = new
+        if np.max(np.abs(score)) < FIRTH_TOL:
+            return beta, dev, info
+    return None
+
+
+def firth_null_offset(C: np.ndarray, y: np.ndarray, offset: np.ndarray, *, intercept: bool) -> np.ndarray | None:
+    """REGENIE's null model for the approximate Firth test: Firth's fit of ``y`` on the covariates
+    ``C`` with ``offset`` (from the intercept at the logit of ``(1/2 + cases) / (n + 1)`` less the
+    offset's mean, the other coefficients at 0); returns ``offset + C beta`` (None: no convergence)."""
+    beta0 = np.zeros(C.shape[1])
+    if intercept and C.shape[1]:
+        f = (0.5 + y.sum()) / (len(y) + 1.0)
+        beta0[0] = np.log(f / (1.0 - f)) - offset.mean()
+    fit = firth_fit(C, y, offset, beta0)
+    return None if fit is None else offset + C @ fit[0]
+
+
+def approx_firth(X: np.ndarray, y: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """REGENIE's approximate Firth test of each row of ``X`` [shape: (m, n)] (dosages with the
+    covariates projected out): the one-coefficient Firth fit with the null model's ``offset`` and
+    the likelihood-ratio chi-square of the penalized deviances at 0 and at the estimate, and the
+    standard error from the information ``x'Wx`` at the estimate; ``(beta, chisq, se)``, NaN where
+    the fit failed."""
+    beta, chisq, se = np.full(len(X), np.nan), np.full(len(X), np.nan), np.full(len(X), np.nan)
+    for j, x in enumerate(X):
+        col = x[:, None]
+        fit = firth_fit(col, y, offset, np.zeros(1))
+        if fit is None:
+            continue
+        beta[j] = fit[0][0]
+        chisq[j] = _firth_deviance(col, y, offset)[0] - fit[1]
+        se[j] = 1.0 / np.sqrt(fit[2][0, 0])
+    return beta, chisq, se
 
 
 def adjusted_genotypes(X: np.ndarray, C: np.ndarray, w: np.ndarray, CtWC: np.ndarray) -> np.ndarray:
