@@ -504,8 +504,8 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
 
     from .multiparty.exchange import Location, Manifest, locate_manifest, read_share_file, write_manifest
     from .multiparty.keys import load_private
-    from .multiparty.rounds import (TrustFile, combine, key_fingerprint, read_signed, sign_manifest, signed_record,
-                                    verify_manifest)
+    from .multiparty.rounds import (TrustFile, check_manifest_signature, combine, key_fingerprint, read_signed,
+                                    sign_manifest, signed_record, verify_manifest)
     from .stats.sufficient import SufficientStats
     from .staging import check_out_dir
     from .study import close_base_round, variant_hash
@@ -555,10 +555,19 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
         state = read_signed(loc, state_path, ck, what="score study state", who=f"coordinator {ck.party!r}")
     else:
         state = {"phenotype": pheno_name, "null_rounds": [], "scan": None, "spa_rounds": []}
+    def own_round(rid: str, kind: str):
+        """A round of this chain, as this coordinator signed it (an exchange writer's copy is refused)."""
+        _, m = locate_manifest(loc.show(loc.join(base.study, rid, "manifest.json")))
+        check_manifest_signature(uri, m, ck, who=f"combine, round {rid!r}")
+        if (m.settings.get("kind"), m.settings.get("base_round"), m.settings.get("phenotype"), m.parties,
+                m.coordinator) != (kind, base.round_id, pheno_name, roster, base.coordinator):
+            raise ProtocolError(f"round {rid!r}: not a {kind} round of this study's {pheno_name} chain; the exchange "
+                                "was altered")
+        return m
+
     steps = []
     for rid in state["null_rounds"]:
-        _, m = locate_manifest(loc.show(loc.join(base.study, rid, "manifest.json")))
-        steps.append(_step_sums(combine(uri, m, must_agree=STEP_AGREE)[1]))
+        steps.append(_step_sums(combine(uri, own_round(rid, KIND_NULL), must_agree=STEP_AGREE)[1]))
     fit, need = replay_null(start_sums(mom), steps, k)
     common = {"base_round": base.round_id, "phenotype": pheno_name, "phenotype_index": t,
               "null_rounds": list(state["null_rounds"]), "variant_hash": first["variant_hash"], "self_masks": False}
@@ -588,16 +597,15 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
                          "separate cases from controls")
     if state["scan"] is None:
         return next_round({"kind": KIND_SCAN, "step": None, "gamma": [float(g) for g in fit.gamma]}, "scan")
-    _, scan = locate_manifest(loc.show(loc.join(base.study, state["scan"], "manifest.json")))
-    sh, sp = combine(uri, scan, must_agree=STEP_AGREE)
+    scan = own_round(state["scan"], KIND_SCAN)
+    _, sp = combine(uri, scan, must_agree=STEP_AGREE)
     if int(round(float(sp["n"][0]))) != mom.n:
         raise ProtocolError(f"round {scan.round_id!r}: its pooled sample count differs from the base round's")
     pscan = PooledScan.of(sp, k, mom.n)
     tails = pscan.tails()
     spa = state.setdefault("spa_rounds", [])
     for rid in spa:
-        _, m = locate_manifest(loc.show(loc.join(base.study, rid, "manifest.json")))
-        tails.feed(combine(uri, m, must_agree=STEP_AGREE + ["requests"])[1]["K"])
+        tails.feed(combine(uri, own_round(rid, KIND_SPA), must_agree=STEP_AGREE + ["requests"])[1]["K"])
     if tails.requests and len(spa) < MAX_SPA_ROUNDS:
         j = len(spa) + 1
         return next_round({"kind": KIND_SPA, "step": j, "scan_round": scan.round_id, "spa_rounds": list(spa),

@@ -349,3 +349,22 @@ def test_saddlepoint_rounds_follow_the_replayed_solver_only(cohort, study):
     assert "is not the scan round of this chain" in _refused(st, cohort, on_a_step)
     for m in (done, skipped, on_a_step):
         assert not os.path.exists(os.path.join(os.path.dirname(m), "shares"))
+
+
+def test_an_altered_step_manifest_is_refused_by_the_coordinator(cohort, study, tmp_path):
+    """An exchange writer's edit of a step's manifest (its signature no longer verifies): the
+    coordinator's combine refuses it before adding any share."""
+    st, base, _, rounds = study
+    path = rounds[0]
+    saved = open(path, "rb").read()
+    obj = json.loads(saved)
+    obj["settings"]["gamma"] = [g + 1.0 for g in obj["settings"]["gamma"]]
+    try:
+        with open(path, "w") as fh:
+            json.dump(obj, fh)
+        code, _, err = st.run("combine", "--manifest", base, "--out", tmp_path / "o4", "--sign-key", st.coord)
+        assert code == 2 and "does not verify" in err, err
+        assert not (tmp_path / "o4").exists()
+    finally:
+        with open(path, "wb") as fh:
+            fh.write(saved)

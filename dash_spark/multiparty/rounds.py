@@ -227,6 +227,13 @@ def verify_manifest(uri: str, manifest: Manifest, trust: TrustFile, *, who: str)
         raise ProtocolError(f"{who}: the manifest names no coordinator, so it cannot be authenticated; ask the "
                             "coordinator for a manifest made with `party manifest --sign-key`")
     trust.check(ck.party, ck, role="coordinator", where=who)
+    check_manifest_signature(uri, manifest, ck, who=who)
+    for name in manifest.party_names:
+        trust.check(name, manifest.public_keys(name), role="party", where=who)
+
+
+def check_manifest_signature(uri: str, manifest: Manifest, ck: PublicKeys, *, who: str) -> None:
+    """``manifest.sig`` verifies with the coordinator key ``ck``; else :class:`ProtocolError`."""
     loc = Location(uri)
     path = manifest_signature_path(loc, manifest)
     sig = parse_json(loc.read(path, what="manifest signature", exc_type=ProtocolError), where=loc.show(path),
@@ -239,8 +246,6 @@ def verify_manifest(uri: str, manifest: Manifest, trust: TrustFile, *, who: str)
     if not ok:
         raise ProtocolError(f"{who}: the manifest's signature ({loc.show(path)}) does not verify with coordinator "
                             f"{ck.party!r}'s key; the manifest was changed after it was signed. Nothing was done")
-    for name in manifest.party_names:
-        trust.check(name, manifest.public_keys(name), role="party", where=who)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -288,7 +288,7 @@ def firth_null_offset(C: np.ndarray, y: np.ndarray, offset: np.ndarray, *, inter
     return None if fit is None else offset + C @ fit[0]
 
 
-def approx_firth(X: np.ndarray, y: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def approx_firth(X: np.ndarray, y: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """REGENIE's approximate Firth test of each row of ``X`` [shape: (m, n)] (dosages with the
     covariates projected out): the one-coefficient Firth fit with the null model's ``offset`` and
     the likelihood-ratio chi-square of the penalized deviances at 0 and at the estimate, and the
@@ -432,7 +432,10 @@ class LockstepTails:
         """The pooled ``(K, K', K'')`` [shape: (len(requests), 3)] of this round's requests."""
         values = np.asarray(values, dtype=np.float64).reshape(-1, 3)
         if len(values) != len(self.requests):
-            raise ValueError(f"saddlepoint round: {len(values)} values for {len(self.requests)} requests")
+            from ..errors import ProtocolError
+
+            raise ProtocolError(f"saddlepoint round: {len(values)} pooled values for {len(self.requests)} requests; "
+                                "the round's shares answer another round's requests")
         at = 0
         for i, pts in enumerate(self.pending):
             if pts is None:
