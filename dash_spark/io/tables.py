@@ -286,6 +286,57 @@ def _numeric_column(tokens: list[str]) -> np.ndarray | None:
         return None
 
 
+def _tab_table(path: str, header: list[str], n_id: int, picked: list[int], kind: str):
+    """The fast path of :func:`read_sample_table` for a tab-separated file whose every selected
+    cell is a number or a missing token and whose IIDs are unique: Arrow's C++ reader parses it
+    (1,000 phenotype columns of 10,000 samples: about 0.3 s instead of 2 s). Returns the
+    table's parts, or None for anything else (spaces, ragged rows, categorical or bad cells,
+    duplicate IDs, a non-finite value): the line-by-line reader then reads it and names the
+    line of any error."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    try:
+        with _open_text(path, "table") as fh:
+            first = fh.readline().rstrip("\r\n")
+    except (InputError, OSError, UnicodeDecodeError, EOFError):
+        return None
+    if first.split("\t") != header:
+        return None
+    names = [f"c{i}" for i in range(len(header))]
+    ids = [names[i] for i in range(n_id)]
+    data = [names[n_id + j] for j in picked]
+    types = {n: pa.string() for n in ids}
+    types.update({n: pa.float64() for n in data})  # Arrow's C++ string-to-float, as _numeric_column_arrow
+    try:
+        stream = pa.input_stream(path, compression="gzip" if path.endswith(".gz") else None)
+        tbl = pcsv.read_csv(
+            stream,
+            read_options=pcsv.ReadOptions(skip_rows=1, column_names=names),
+            parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False,
+                                            escape_char=False, newlines_in_values=False),
+            convert_options=pcsv.ConvertOptions(column_types=types, include_columns=ids + data,
+                                                null_values=sorted(_MISSING_TOKENS), strings_can_be_null=False,
+                                                quoted_strings_can_be_null=False))
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    n_rows = tbl.num_rows
+    iids = tbl.column(names[n_id - 1]).to_pylist()
+    if n_rows == 0 or len(set(iids)) != n_rows or "" in iids:
+        return None
+    fids = tbl.column(names[0]).to_pylist() if n_id == 2 else None
+    values = np.empty((n_rows, len(data)))
+    for c, name in enumerate(data):
+        values[:, c] = tbl.column(name).to_numpy(zero_copy_only=False)  # nulls (missing tokens) -> NaN
+    if np.isinf(values).any():
+        return None
+    if kind == "pheno":
+        values[values == -9.0] = np.nan
+    n_missing = int(np.isnan(values).sum())
+    out_names = [header[n_id + j] for j in picked]
+    return iids, fids, out_names, [np.ascontiguousarray(values)], [], 0, n_missing, 1, n_rows
+
+
 def _categorical_column(
     path: str, header_line: int, name: str, tokens: list[str]
 ) -> tuple[list[str], np.ndarray]:
@@ -398,6 +449,9 @@ def read_sample_table(
     n_fields = len(header)
     columns = header[n_id:]
     picked = _select(path, header_line, columns, names, kind)
+    fast = _tab_table(path, header, n_id, picked, kind) if header_line == 1 else None
+    if fast is not None:
+        return _table(path, what, columns, picked, *fast)
 
     flat: list[str] = []
     linenos: list[int] = []
@@ -464,6 +518,13 @@ def read_sample_table(
         out_names.append(name)
         blocks.append(col[:, None])
 
+    return _table(path, what, columns, picked, iids, fids, out_names, blocks, categorical, n_dummy, n_missing,
+                  header_line, n_rows)
+
+
+def _table(path: str, what: str, columns: list[str], picked: list[int], iids, fids, out_names, blocks,
+           categorical, n_dummy: int, n_missing: int, header_line: int, n_rows: int) -> SampleTable:
+    """The :class:`SampleTable` of a read file's selected columns (names checked, the log line)."""
     seen: set[str] = set()
     for name in out_names:
         if name in seen:
