@@ -368,3 +368,27 @@ def test_an_altered_step_manifest_is_refused_by_the_coordinator(cohort, study, t
     finally:
         with open(path, "wb") as fh:
             fh.write(saved)
+
+
+def test_bad_inputs_of_a_score_study(cohort, tmp_path, spark):
+    """A quantitative phenotype, sex-chromosome variants and --pheno-name outside a score study are
+    one-line errors (exit 2) naming the fix; nothing is published."""
+    _, files, pheno, prefixes, _ = cohort
+    st = Study(tmp_path, PARTIES, name="bad")
+    base = st.manifest("--kind", "score", "--bim", files.bfile + ".bim")
+    st.join(base)
+    code, _, err = st.compress(base, "alice", "--pheno", files.pheno, "--covar", files.covar, "--bfile",
+                               prefixes["alice"])
+    assert code == 2 and "not case/control" in err and "Traceback" not in err, err
+    x = tmp_path / "alice_x"
+    for ext in ("bed", "fam"):
+        shutil.copyfile(f"{prefixes['alice']}.{ext}", f"{x}.{ext}")
+    lines = open(prefixes["alice"] + ".bim").read().splitlines()
+    with open(f"{x}.bim", "w") as fh:
+        fh.write("\n".join(["X" + ln[ln.index("\t"):] if i < 3 else ln for i, ln in enumerate(lines)]) + "\n")
+    code, _, err = st.compress(base, "alice", "--pheno", pheno, "--covar", files.covar, "--bfile", str(x))
+    assert code == 2 and "autosomes only" in err, err
+    assert not os.path.exists(os.path.join(os.path.dirname(base), "shares"))
+    lin = st.manifest("--bim", files.bfile + ".bim")
+    code, _, err = st.run("combine", "--manifest", lin, "--out", tmp_path / "o", "--pheno-name", "cc")
+    assert code == 2 and "score study" in err, err
