@@ -50,8 +50,8 @@ from functools import partial
 import numpy as np
 
 from .errors import ConfigError, DashError, InputError
-from .sources import GENOTYPE_SOURCES, FeatureSource, GenotypeSource, open_bfile, open_bgen, open_pfile
-from .sources import open_features as _open_feature_files
+from .scanner.sources import GENOTYPE_SOURCES, FeatureSource, GenotypeSource, open_bfile, open_bgen, open_pfile
+from .scanner.sources import open_features as _open_feature_files
 from .stats.sufficient import SufficientStats
 
 log = logging.getLogger("dash_spark")
@@ -85,7 +85,7 @@ def example_data(folder: str | None = None, *, n_samples: int = 300, n_variants:
     >>> geno.fam.n_samples, geno.variants.n_variants
     (300, 120)
     """
-    from .io.simulate import simulate_cohort
+    from .bench.simulate import simulate_cohort
 
     folder = folder or tempfile.mkdtemp(prefix="dash-spark-example-")
     return simulate_cohort(folder, n_samples=n_samples, n_variants=n_variants, n_covariates=2, n_phenotypes=2,
@@ -419,10 +419,10 @@ def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, interc
 def _scan_frame(spark, genotypes, phenotypes, covariates, kind: str, *, pheno_names, covar_names, keep, remove,
                 **options):
     """The scan's result rows as a lazy DataFrame; ``kind``: the model every phenotype must get."""
-    from .pipeline import build_model, plan_scan
-    from .spark.scan import map_ranges
+    from .scanner.pipeline import build_model, plan_scan
+    from .scanner.jobs import map_ranges
     from .stats.results import RESULT_SCHEMA_DDL
-    from .tasks import scan_ranges
+    from .scanner.tasks import scan_ranges
 
     source = _as_source(genotypes)
     with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar, \
@@ -508,7 +508,7 @@ def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool =
         ...
     dash_spark.errors.ModelError: statistics +: both hold the same batch (1 batch(es) in common); each batch's samples may be added once
     """
-    from .pipeline import compress_model, statistics_model
+    from .scanner.pipeline import compress_model, statistics_model
 
     source = _as_source(genotypes)
     with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar, \
@@ -521,7 +521,7 @@ def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool =
         model = statistics_model(cfg)
     from dataclasses import replace
 
-    from .study import variant_table
+    from .studies.study import variant_table
 
     import uuid
 

@@ -225,8 +225,8 @@ def cmd_scan(args) -> int:
         from .spark.session import SessionStarter
 
         starter = SessionStarter(args.master, _spark_conf(args))
-    from .pipeline import run_scan
-    from .report import format_top_hits
+    from .scanner.pipeline import run_scan
+    from .outputs.report import format_top_hits
 
     res = run_scan(scan_config_from_args(args), spark=starter)
     for name, summ in res.summaries.items():
@@ -241,12 +241,12 @@ def cmd_scan(args) -> int:
 def cmd_demo(args) -> int:
     import os
 
-    from .io.simulate import simulate_cohort
+    from .bench.simulate import simulate_cohort
     from .config import ScanConfig
-    from .pipeline import run_scan
-    from .report import format_top_hits
+    from .scanner.pipeline import run_scan
+    from .outputs.report import format_top_hits
 
-    from .staging import check_out_dir
+    from .outputs.staging import check_out_dir
 
     out = check_out_dir(args.out, overwrite=bool(args.overwrite))  # before minutes of simulation
     data = os.path.join(out + "-data")
@@ -340,7 +340,7 @@ def cmd_manifest(args) -> int:
         settings["threshold"] = args.threshold
     if args.bim:
         from .io.plink import read_bim
-        from .study import variant_hash, variant_table
+        from .studies.study import variant_hash, variant_table
 
         settings["variant_hash"] = variant_hash(variant_table(read_bim(args.bim)))
         if settings["kind"] != "score":
@@ -357,14 +357,14 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_join(args) -> int:
-    from .study import run_join
+    from .studies.study import run_join
 
     print(run_join(args.manifest, args.party, args.key, trust=args.trust))
     return 0
 
 
 def cmd_unmask(args) -> int:
-    from .study import run_unmask
+    from .studies.study import run_unmask
 
     print(run_unmask(args.manifest, args.party, args.key, trust=args.trust, wait=args.wait,
                      min_release_delta=args.min_release_delta, min_n=args.min_n,
@@ -379,20 +379,20 @@ def cmd_party_compress(args) -> int:
 
         starter = SessionStarter(args.master, _spark_conf(args), share=True)
     from .multiparty.exchange import locate_manifest
-    from .study import run_party_compress
+    from .studies.study import run_party_compress
 
     kind = locate_manifest(args.manifest)[1].settings.get("kind")
-    from .score_study import KINDS as SCORE_KINDS
+    from .studies.score import KINDS as SCORE_KINDS
 
     if kind in SCORE_KINDS:
-        from .score_study import run_party_score
+        from .studies.score import run_party_score
 
         print(run_party_score(args.manifest, args.party, args.key, source=_batch_source(args), spark=starter,
                               master=args.master, spark_conf=_spark_conf(args), trust=args.trust, wait=args.wait,
                               share_stage=args.share_stage))
         return 0
     if kind == "select-step":
-        from .select import run_party_select_step
+        from .studies.select import run_party_select_step
 
         print(run_party_select_step(args.manifest, args.party, args.key, pheno=args.pheno, covar=args.covar,
                                     bfile=args.bfile, features=args.features, feature_samples=args.feature_samples,
@@ -412,10 +412,10 @@ def cmd_party_compress(args) -> int:
 
 def cmd_combine(args) -> int:
     from .multiparty.exchange import locate_manifest
-    from .study import run_combine
+    from .studies.study import run_combine
 
     if locate_manifest(args.manifest)[1].settings.get("kind") == "score":
-        from .score_study import run_score_combine
+        from .studies.score import run_score_combine
 
         if args.allow_dropouts or args.wait:
             raise ConfigError("combine: a score study advances one round per call, and every round after the base "
@@ -458,7 +458,7 @@ def _batch_source(args) -> dict:
 
 
 def cmd_compress(args) -> int:
-    from .store import run_compress
+    from .studies.store import run_compress
 
     store = run_compress(args.store, args.batch, _batch_source(args),
                          intercept=None if args.no_intercept is None else not args.no_intercept,
@@ -471,8 +471,8 @@ def cmd_compress(args) -> int:
 
 
 def cmd_refresh(args) -> int:
-    from .report import format_top_hits
-    from .store import run_refresh
+    from .outputs.report import format_top_hits
+    from .studies.store import run_refresh
 
     add = None
     if args.add_batch:
@@ -495,7 +495,7 @@ def cmd_refresh(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from .select import run_select, run_select_study
+    from .studies.select import run_select, run_select_study
 
     if bool(args.store) == bool(args.manifest):
         raise ConfigError("select: give --store DIR (stored statistics) or --manifest PATH (a multi-party scan study)")
@@ -564,10 +564,10 @@ def _add_batch_inputs(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 def cmd_bench(args) -> int:
     if args.refresh:
-        from .bench_store import run_refresh_bench
+        from .bench.store import run_refresh_bench
 
         return run_refresh_bench(args)
-    from .bench import run_bench
+    from .bench.run import run_bench
 
     return run_bench(args)
 
@@ -727,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("bench", help="time our scan against plink2 --glm on the same simulated files")
-    from .bench import add_bench_args
+    from .bench.run import add_bench_args
 
     add_bench_args(p)
     p.add_argument("--refresh", action="store_true",

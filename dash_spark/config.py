@@ -26,7 +26,7 @@ def tasks_can_write(uri: str) -> bool:
 def object_store_out(uri: str) -> bool:
     """Whether an --out URI is object storage written through pyarrow (s3://, gs://); other URIs
     (hdfs://, s3a:// ...) go through Spark's writer."""
-    from .staging import object_store_uri
+    from .outputs.staging import object_store_uri
 
     return object_store_uri(uri)
 
@@ -197,7 +197,7 @@ class ScanConfig:
         if self.task_memory_mb < 16:
             raise ConfigError(f"task_memory_mb: expected at least 16, found {self.task_memory_mb}")
         if self.gwas_ssf or self.genome_assembly or self.report_covariates:
-            from .gwas_ssf import check_ssf_options
+            from .outputs.gwas_ssf import check_ssf_options
 
             check_ssf_options(self.gwas_ssf, self.genome_assembly, self.out, features=bool(self.features),
                               report_covariates=self.report_covariates)

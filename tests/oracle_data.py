@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dash_spark.io.simulate import write_bed
+from dash_spark.bench.simulate import write_bed
 
 COVARS = ("age", "sex", "PC1")
 PHENOS = ("pheno1", "pheno2", "pheno3")
@@ -153,7 +153,7 @@ def split_bed(files, tmp, parts):
     reader and our writer; ``files``: a :class:`Files` or a PLINK prefix."""
     from bed_reader import open_bed
 
-    from dash_spark.io.simulate import write_bed
+    from dash_spark.bench.simulate import write_bed
 
     bfile = files if isinstance(files, str) else files.bfile
     with open_bed(bfile + ".bed", count_A1=True) as bed:

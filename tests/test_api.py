@@ -203,7 +203,7 @@ def test_readme_python_section_runs_as_written(spark, tmp_path, monkeypatch, cap
     import re
     from pathlib import Path
 
-    from dash_spark.io.simulate import simulate_cohort
+    from dash_spark.bench.simulate import simulate_cohort
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Python API", 1)[1]
@@ -235,8 +235,8 @@ def test_docstring_examples_run(spark):
     assert res.attempted >= 6 and res.failed == 0, res
     import dash_spark.config as config
     import dash_spark.errors as errors
-    import dash_spark.pipeline as pipeline
-    import dash_spark.sources as sources
+    import dash_spark.scanner.pipeline as pipeline
+    import dash_spark.scanner.sources as sources
 
     for module, least in ((sources, 8), (config, 3), (pipeline, 4), (errors, 2)):
         res = doctest.testmod(module, extraglobs={"spark": spark}, optionflags=flags, verbose=False)

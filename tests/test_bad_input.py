@@ -13,9 +13,9 @@ import os
 import numpy as np
 import pytest
 
-import dash_spark.pipeline as pipeline
+import dash_spark.scanner.pipeline as pipeline
 from dash_spark.cli import main
-from dash_spark.io.simulate import simulate_cohort, write_bed
+from dash_spark.bench.simulate import simulate_cohort, write_bed
 
 N_SAMPLES = 61  # 61 = 4 * 15 + 1: one sample fewer changes the .bed's bytes per variant
 N_VARIANTS = 40
@@ -280,7 +280,7 @@ def test_existing_outdir_with_overwrite(tmp_path, capsys, spark):
     os.mkdir(out)
     with open(os.path.join(out, "keep.txt"), "w") as fh:
         fh.write("earlier results\n")
-    from dash_spark.staging import write_marker
+    from dash_spark.outputs.staging import write_marker
 
     write_marker(out, "scan")  # an earlier dash-spark output (--overwrite replaces only those)
     argv = ["-q", "scan", "--bfile", cohort.bfile, "--pheno", cohort.pheno, "--covar", cohort.covar,

@@ -176,7 +176,7 @@ def test_phenotype_names_sharing_an_output_file(tmp_path, capsys, columns, needl
 
 
 def test_task_error_reaches_the_driver_as_itself(spark):
-    from dash_spark.spark.scan import run_ranges
+    from dash_spark.scanner.jobs import run_ranges
 
     def per_ranges(value, rows):
         for row in rows:
@@ -199,7 +199,7 @@ def test_task_error_reaches_the_driver_as_itself(spark):
 
 
 def test_task_error_of_a_dataframe_job_is_tagged(spark):
-    from dash_spark.spark.scan import map_ranges
+    from dash_spark.scanner.jobs import map_ranges
 
     def per_ranges(W, rows):
         for row in rows:
@@ -218,7 +218,7 @@ def test_task_error_of_a_dataframe_job_is_tagged(spark):
 
 
 def test_translate_task_error_text():
-    from dash_spark.store import StoreError
+    from dash_spark.studies.store import StoreError
 
     with pytest.raises(StoreError, match=r"^s/blocks/1: checksum differs$"):
         translate_task_error(RuntimeError("Traceback ...\nRuntimeError: [dash-spark StoreError] s/blocks/1: checksum differs\n"))

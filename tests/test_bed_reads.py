@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dash_spark.io.plink import read_bed_rows
-from dash_spark.io.simulate import write_bed
+from dash_spark.bench.simulate import write_bed
 
 
 def test_reused_buffer_reads_equal_fresh_reads(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dash_spark.bench_waves import simulate_waves
+from dash_spark.bench.waves import simulate_waves
 from dash_spark.io.tables import read_sample_table
 
 

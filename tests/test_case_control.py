@@ -19,7 +19,7 @@ import pytest
 
 from dash_spark.cli import main
 from dash_spark.errors import ConfigError
-from dash_spark.pipeline import ScanConfig, case_control_columns, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, case_control_columns, run_scan
 
 from .oracle_data import make_files
 from .test_bad_input import assert_input_error, run_cli
@@ -89,7 +89,7 @@ def test_case_control_gets_logistic_and_statistics_refuse(cc_files, capsys, tmp_
                               "reads them", "--linear-for-binary", "logistic")
     assert "quant" not in line.split("are case/control")[0]
     from dash_spark.api import compress
-    from dash_spark.sources import open_bfile
+    from dash_spark.scanner.sources import open_bfile
 
     with pytest.raises(ConfigError, match="case/control"):
         compress(None, open_bfile(files.bfile), pheno)  # a batch or party refuses before any Spark work
@@ -128,7 +128,7 @@ def test_linear_for_binary_equals_statsmodels(cc_files, spark, tmp_path):
 
 def test_store_records_the_flag(cc_files, spark, tmp_path):
     """A store fixes --linear-for-binary at creation: its batches are analysed alike."""
-    from dash_spark.store import open_store
+    from dash_spark.studies.store import open_store
 
     _, files, pheno, _ = cc_files
     store = str(tmp_path / "store")

@@ -61,8 +61,8 @@ def spark_properties(event_log_dir: Path, app_id: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_standalone_cluster_matches_local(tmp_path_factory, spark):
-    from dash_spark.io.simulate import simulate_cohort
-    from dash_spark.pipeline import ScanConfig, run_scan
+    from dash_spark.bench.simulate import simulate_cohort
+    from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
     t0 = time.monotonic()
     data = tmp_path_factory.mktemp("cluster-cohort")

@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import dash_spark as ds
-from dash_spark.bench import read_plink2_glm
+from dash_spark.bench.run import read_plink2_glm
 from dash_spark.cli import main
 from dash_spark.io.bgen import BgenHeader, read_bgen_rows, write_bgi
-from dash_spark.pipeline import ScanConfig, run_scan
-from dash_spark.store import run_compress, run_refresh
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
+from dash_spark.studies.store import run_compress, run_refresh
 
 from .test_plink2 import _plink2, _read_ours
 from .test_store import assert_same_results
@@ -458,7 +458,7 @@ def test_multiallelic_variants_match_plink2(multi_data, spark, omit_ref):
 
 def test_multiallelic_variants_refused_where_not_modelled(multi_data, tmp_path, capsys):
     tmp = multi_data
-    from dash_spark.store import run_compress
+    from dash_spark.studies.store import run_compress
 
     with pytest.raises(ds.DashError, match=r"multiallelic variant\(s\), e\.g\. v1 .*multiallelics=-"):
         run_compress(str(tmp_path / "store"), "a", {"pfile": str(tmp / "m"), "pheno": str(tmp / "m.pheno")})

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dash_spark.errors import InputError
-from dash_spark.pipeline import ScanConfig, build_model, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, build_model, run_scan
 
 from .oracle_data import make_files
 
@@ -102,8 +102,8 @@ def test_two_parties_with_features_equal_the_pooled_feature_scan(feature_files, 
 @pytest.mark.slow
 def test_feature_store_refresh_and_select(feature_files, spark):
     """A store of --features batches finalizes to the features scan, and selects what a .bed store selects."""
-    from dash_spark.select import run_select
-    from dash_spark.store import run_compress, run_refresh
+    from dash_spark.studies.select import run_select
+    from dash_spark.studies.store import run_compress, run_refresh
 
     files, tmp = feature_files
     src = {"features": str(tmp / "features.parquet"), "feature_samples": str(tmp / "samples.txt"),

@@ -7,11 +7,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from dash_spark.bench import read_plink2_glm
+from dash_spark.bench.run import read_plink2_glm
 from dash_spark.cli import main
 from dash_spark.errors import ConfigError, InputError, ModelError
-from dash_spark.filters import parse_chr_spec
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.filters import parse_chr_spec
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
 from .oracle_data import make_files
 from .test_plink2 import _plink2, _read_ours
@@ -126,7 +126,7 @@ def test_keep_leaving_too_few_samples_names_the_numbers(files, tmp_path):
     f, _ = files
     iids = [line.split()[1] for line in open(f.bfile + ".fam")][:4]
     (tmp_path / "few.txt").write_text("\n".join(iids) + "\n")
-    from dash_spark.pipeline import build_model
+    from dash_spark.scanner.pipeline import build_model
 
     with pytest.raises(ModelError, match=r"samples with complete data, but 4 covariates need at least 6"):
         build_model(ScanConfig(bfile=f.bfile, pheno=f.pheno, covar=f.covar, out=str(tmp_path / "o"),
@@ -137,7 +137,7 @@ def test_unknown_ids_in_filter_files_are_counted_and_warned(files, tmp_path, cap
     import logging
 
     from dash_spark.io.plink import read_bim
-    from dash_spark.filters import variant_mask
+    from dash_spark.scanner.filters import variant_mask
 
     f, tmp = files
     with caplog.at_level(logging.WARNING, logger="dash_spark"):

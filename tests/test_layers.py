@@ -1,7 +1,7 @@
 """The package's layers import one way (function-level imports included).
 
 Units are the top-level modules and subpackages of ``dash_spark`` (``dash_spark.stats``,
-``dash_spark.pipeline`` ...). The rules:
+``dash_spark.scanner.pipeline`` ...). The rules:
 
 - no import cycle among units;
 - ``stats`` and ``io`` import nothing of the package but ``errors`` (and each other's modules
@@ -102,7 +102,7 @@ def test_kernels_and_readers_are_spark_free_and_low():
         ours = {d for d in deps if d.startswith("dash_spark")}
         assert ours <= {"dash_spark.errors"}, f"{unit} imports {sorted(ours - {'dash_spark.errors'})}"
         assert not {d for d in deps if d.split(".")[0] == "pyspark"}, f"{unit} imports pyspark"
-    for module in ("dash_spark.tasks", "dash_spark.sources"):
+    for module in ("dash_spark.scanner.tasks", "dash_spark.scanner.sources"):
         deps = {t for t, _ in _imports(module, MODULES[module])}
         assert not {d for d in deps if d.split(".")[0] == "pyspark"}, f"{module} imports pyspark"
         assert not {d for d in deps if _unit(d) == "dash_spark.spark"}, f"{module} imports the Spark layer"
@@ -125,11 +125,11 @@ def test_no_private_name_crosses_modules():
 def test_the_rules_see_a_violation(tmp_path, monkeypatch):
     """The graph walker finds function-level imports (so the rules above can fail)."""
     mod = "dash_spark.stats.kernel"
-    src = "def f():\n    from ..pipeline import build_model\n    from pyspark.sql import functions\n"
+    src = "def f():\n    from ..scanner.pipeline import build_model\n    from pyspark.sql import functions\n"
     path = tmp_path / "kernel.py"
     path.write_text(src)
     found = dict(_imports(mod, path))
-    assert "dash_spark.pipeline" in found and "pyspark.sql" in found
+    assert "dash_spark.scanner.pipeline" in found and "pyspark.sql" in found
 
 
 def test_every_public_exception_class_lives_in_errors():
@@ -161,7 +161,23 @@ def test_every_public_exception_class_lives_in_errors():
 def test_config_imports_no_driver():
     """A scan's settings (``config.ScanConfig``) are a leaf: ``config`` imports none of the drivers,
     writers or commands (only errors, the Spark properties reader and two small helpers)."""
-    allowed = {"dash_spark.errors", "dash_spark.spark.session", "dash_spark.staging", "dash_spark.gwas_ssf"}
+    allowed = {"dash_spark.errors", "dash_spark.spark.session", "dash_spark.outputs.staging", "dash_spark.outputs.gwas_ssf"}
     found = {t for t, _ in _imports("dash_spark.config", MODULES["dash_spark.config"])
              if t.startswith("dash_spark") and t != "dash_spark.config"}
     assert found <= allowed, sorted(found - allowed)
+
+
+def test_the_package_root_shows_the_layers():
+    """``ls dash_spark`` shows the layers: the public surface and entry points at the top, every
+    other module in the folder of its layer (kernels, readers, Spark session, outputs, the scanner,
+    studies and stores, simulation and benchmarks, the multi-party protocol)."""
+    top = sorted(p.name for p in PKG.glob("*.py"))
+    assert top == ["__init__.py", "api.py", "cli.py", "config.py", "errors.py"], top
+    folders = sorted(p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert folders == ["bench", "io", "multiparty", "outputs", "scanner", "spark", "stats", "studies"], folders
+    # the layers, lowest first: each imports only those below it (and errors/config at the top)
+    order = ["stats", "io", "multiparty", "spark", "outputs", "scanner", "studies", "bench"]
+    rank = {f"dash_spark.{u}": i for i, u in enumerate(order)}
+    edges = _graph()
+    upward = sorted(f"{a} -> {b}" for a, bs in edges.items() for b in bs if a in rank and b in rank and rank[b] > rank[a])
+    assert not upward, upward

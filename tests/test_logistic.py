@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dash_spark.cli import main
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
 from .oracle_data import make_files
 from .test_sexchr import sexdata  # noqa: F401 - the sex-chromosome fileset fixture

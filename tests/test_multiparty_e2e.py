@@ -12,7 +12,7 @@ import pytest
 
 from dash_spark.cli import main
 from dash_spark.multiparty.exchange import locate_manifest
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
 from .oracle_data import make_split_files
 from .party_flow import Study, run_subprocess

@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from dash_spark import report
-from dash_spark.output import (
+from dash_spark.outputs import report
+from dash_spark.outputs.writers import (
     OutputModel,
     _java_fixed6,
     finish_local_outputs,
@@ -100,7 +100,7 @@ def test_java_double_and_fixed6_match_spark(spark, rng):
 
 
 def test_local_outputs_equal_spark_outputs(spark, rng, tmp_path):
-    from dash_spark.spark.fs import HadoopFS
+    from dash_spark.scanner.fs import HadoopFS
 
     table = _results(rng, logistic=("other trait",))
     model = OutputModel(phenotypes=("trait", "other trait"), covariates=("(intercept)", "age"),
@@ -173,7 +173,7 @@ def test_local_plots_are_written(rng, tmp_path):
 def glm_lines(rows) -> list[str]:
     """The .glm.linear lines built one value at a time with java_double and _glm_p (Spark's
     concat_ws skips nulls): the oracle of the column-wise writer."""
-    from dash_spark.output import _glm_p, java_double
+    from dash_spark.outputs.writers import _glm_p, java_double
 
     def text(values):
         return [None if v is None else str(v) for v in values]
@@ -192,7 +192,7 @@ def test_glm_text_is_glm_lines_byte_for_byte(rng):
     """The tasks' column-wise formatter (Arrow) writes exactly the lines of the per-value one, on
     values of every magnitude, integral values, zeros of both signs, NaN, infinities, nulls and
     p-values that underflow."""
-    from dash_spark.output import glm_text
+    from dash_spark.outputs.writers import glm_text
 
     table = _results(rng)
     m = table.num_rows
@@ -212,7 +212,7 @@ def test_glm_text_is_glm_lines_byte_for_byte(rng):
 
 def test_spark_writer_without_text_files(spark, rng, tmp_path):
     """The Spark writer (hdfs://, s3a:// outputs) with no text phenotype (--no-text): summaries only."""
-    from dash_spark.spark.fs import HadoopFS
+    from dash_spark.scanner.fs import HadoopFS
 
     table = _results(rng, phenotypes=("trait",))
     model = OutputModel(phenotypes=("trait",), covariates=("(intercept)",), n_variants=400, text_outputs=False)

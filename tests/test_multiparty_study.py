@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from dash_spark.io.plink import read_bed_range
-from dash_spark.pipeline import ScanConfig, build_model, model_statistics, statistics_model
-from dash_spark.sources import BedReader
+from dash_spark.scanner.pipeline import ScanConfig, build_model, model_statistics, statistics_model
+from dash_spark.scanner.sources import BedReader
 from dash_spark.stats.blocks import PackedBlock
 from dash_spark.stats.regression import ERRCODES
-from dash_spark.tasks import ScanPlan, block_stats, plan_ranges, scan_ranges
+from dash_spark.scanner.tasks import ScanPlan, block_stats, plan_ranges, scan_ranges
 
 from .oracle_data import make_files
 
@@ -70,7 +70,7 @@ def test_section2_regression_equals_statsmodels_on_pooled_data(split):
     import pandas as pd
     import statsmodels.api as sm
 
-    from dash_spark.study import regression_party_stats
+    from dash_spark.studies.study import regression_party_stats
 
     files, _ = split
     # split the phenotype file's rows into two "parties" with their own files

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
 from .oracle_data import make_files
 
@@ -332,8 +332,8 @@ def test_refresh_select_and_combine_write_to_s3_as_locally(s3, uploaded, spark, 
     """refresh, select and combine with an s3:// --out: the same files as their local outputs (the
     tasks of refresh and select write their parts under the stage prefix themselves); nothing is
     left under a stage prefix."""
-    from dash_spark.select import run_select
-    from dash_spark.store import run_compress, run_refresh
+    from dash_spark.studies.select import run_select
+    from dash_spark.studies.store import run_compress, run_refresh
 
     from .oracle_data import split_bed
     from .party_flow import Study

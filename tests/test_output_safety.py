@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from dash_spark.staging import MARKER, STAGE_MARKER, clean_stale_stages, write_marker
+from dash_spark.outputs.staging import MARKER, STAGE_MARKER, clean_stale_stages, write_marker
 
 from .helpers import snapshot
 from .test_bad_input import Inputs, run_cli, staging_dirs
@@ -93,7 +93,7 @@ def test_stale_staging_directories_are_cleaned_and_only_those(tmp_path):
 
 @pytest.mark.slow
 def test_refresh_out_equal_to_the_store_is_refused(tmp_path, capsys, spark):
-    from dash_spark.store import run_compress
+    from dash_spark.studies.store import run_compress
 
     (tmp_path / "in").mkdir()
     inp = Inputs(tmp_path / "in")
@@ -111,7 +111,7 @@ def test_refresh_out_equal_to_the_store_is_refused(tmp_path, capsys, spark):
 
 @pytest.mark.slow
 def test_overwrite_replaces_an_earlier_output_and_marks_every_output(tmp_path, capsys, spark):
-    from dash_spark.pipeline import ScanConfig, run_scan
+    from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
     inp = Inputs(tmp_path)
     cfg = ScanConfig(bfile=inp.bfile, pheno=inp.pheno, covar=inp.covar, out=inp.out, plots=False)

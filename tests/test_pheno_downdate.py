@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dash_spark.bench import read_plink2_glm
+from dash_spark.bench.run import read_plink2_glm
 from dash_spark.errors import ModelError
-from dash_spark.io.simulate import write_bed
-from dash_spark.pipeline import ScanConfig, build_model, plan_scan, run_scan
+from dash_spark.bench.simulate import write_bed
+from dash_spark.scanner.pipeline import ScanConfig, build_model, plan_scan, run_scan
 from dash_spark.stats import kernel
 from dash_spark.stats.blocks import downdate_dense
-from dash_spark.tasks import scan_ranges
+from dash_spark.scanner.tasks import scan_ranges
 
 from .test_plink2 import _plink2, _read_ours
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dash_spark.output import PhenotypeGroups
+from dash_spark.outputs.writers import PhenotypeGroups
 
 
 @pytest.mark.parametrize("budget", [1, 250, 10**9])
@@ -36,7 +36,7 @@ def test_plots_top_draws_only_the_strongest_phenotypes(tmp_path, spark):
     import json
     import os
 
-    from dash_spark.pipeline import ScanConfig, run_scan
+    from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
     from .oracle_data import make_files
 
@@ -56,8 +56,8 @@ def test_summaries_from_task_candidates_equal_full_reads(seed):
     keep them, reduced again) equal those of the whole table: ties at the cut, invalid rows, errors."""
     import pyarrow.compute as pc
 
-    from dash_spark import report
-    from dash_spark.output import top_candidates
+    from dash_spark.outputs import report
+    from dash_spark.outputs.writers import top_candidates
 
     rng = np.random.default_rng(seed)
     names = ["a", "b", "c"]
@@ -100,7 +100,7 @@ def test_logs_stay_readable_with_many_phenotypes(tmp_path, spark, caplog):
     import json
     import logging
 
-    from dash_spark.pipeline import ScanConfig, run_scan
+    from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
     from .oracle_data import make_files
 

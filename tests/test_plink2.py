@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from dash_spark.bench import read_plink2_glm
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.bench.run import read_plink2_glm
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
 from .oracle_data import PHENOS, make_files
 
@@ -83,7 +83,7 @@ def test_parity_covers_awkward_cases(both):
 
 def test_collinearity_error_codes_match_plink2(tmp_path, spark):
     """Variants increasingly correlated with a covariate: plink2's CORR_TOO_HIGH / VIF_TOO_HIGH cut-offs."""
-    from dash_spark.io.simulate import write_bed
+    from dash_spark.bench.simulate import write_bed
 
     rng = np.random.default_rng(3)
     n = 500

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dash_spark.bench import read_plink2_glm
+from dash_spark.bench.run import read_plink2_glm
 from dash_spark.errors import ConfigError, InputError
-from dash_spark.io.simulate import write_bed
-from dash_spark.pipeline import ScanConfig, build_model, run_scan
+from dash_spark.bench.simulate import write_bed
+from dash_spark.scanner.pipeline import ScanConfig, build_model, run_scan
 from dash_spark.stats.regression import ERRCODES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -358,7 +358,7 @@ def test_gwas_ssf_options_are_checked(tmp_path):
 
 
 def test_ssf_chromosome_codes():
-    from dash_spark.gwas_ssf import ssf_chromosomes
+    from dash_spark.outputs.gwas_ssf import ssf_chromosomes
 
     names = np.array(["1", "chr22", "X", "chrX", "23", "XY", "25", "Y", "24", "MT", "chrM", "26", "GL000192.1", "0"])
     assert ssf_chromosomes(names).tolist() == [1, 22, 23, 23, 23, 23, 23, 24, 24, 25, 25, 25, 0, 0]
@@ -400,7 +400,7 @@ def test_gwas_ssf_underflow_uses_neg_log10_column(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dash_spark.gwas_ssf import ExtraOutputs, write_ssf
+    from dash_spark.outputs.gwas_ssf import ExtraOutputs, write_ssf
     from dash_spark.stats.results import RESULT_SCHEMA
 
     rows = [  # chrom, pos, id, ref, alt, a1, p, nlp, errcode
@@ -455,7 +455,7 @@ def test_gwas_ssf_of_a_100k_variant_scan_passes_the_catalog_validator(tmp_path, 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from dash_spark.io.simulate import simulate_cohort
+    from dash_spark.bench.simulate import simulate_cohort
 
     # the validator wants >= 100,000 rows and all 22 autosomes; ~2% of variants are untested
     co = simulate_cohort(tmp_path / "data", n_samples=200, n_variants=104_000, n_phenotypes=2, n_chrom=22,

@@ -18,7 +18,7 @@ import pytest
 
 from dash_spark.cli import main
 from dash_spark.errors import InputError
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
 from .oracle_data import COVARS, PHENOS, make_files, statsmodels_oracle
 
@@ -446,7 +446,7 @@ def test_store_refresh_withdraw_and_study_with_pred_equal_pooled_scan(spark, tmp
     samples' predictions, equal to the pooled --pred scan at 1e-9 (distinct phenotype missingness,
     samples absent from the .loco files, missing calls). ``regenie``: REGENIE's test from pooled
     sums in one round, ``.regenie`` files included."""
-    from dash_spark.store import run_compress, run_refresh
+    from dash_spark.studies.store import run_compress, run_refresh
 
     from .oracle_data import make_split_files
     from .party_flow import Study
@@ -514,8 +514,8 @@ def test_select_on_a_store_with_pred_equals_statsmodels(pred_data, spark, tmp_pa
 
     import pyarrow.parquet as pq
 
-    from dash_spark.select import run_select
-    from dash_spark.store import run_compress
+    from dash_spark.studies.select import run_select
+    from dash_spark.studies.store import run_compress
 
     from .oracle_data import statsmodels_oracle
 

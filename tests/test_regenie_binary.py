@@ -17,7 +17,7 @@ import pytest
 from scipy import optimize, special
 
 from dash_spark.config import ScanConfig
-from dash_spark.pipeline import run_scan
+from dash_spark.scanner.pipeline import run_scan
 from dash_spark.stats.score import approx_firth, firth_null_offset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dash_spark.cli import main
-from dash_spark.store import LOCK_FILE, open_store, run_compress
+from dash_spark.studies.store import LOCK_FILE, open_store, run_compress
 
 from .helpers import snapshot
 from .oracle_data import make_split_files

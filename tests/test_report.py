@@ -1,4 +1,4 @@
-"""Tests of dash_spark.report: summaries, bounded plot points, PNG and summary files."""
+"""Tests of dash_spark.outputs.report: summaries, bounded plot points, PNG and summary files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import chi2
 
 from dash_spark.errors import InputError
-from dash_spark.report import (
+from dash_spark.outputs.report import (
     PhenotypeSummary,
     chrom_sort_key,
     format_p,
@@ -350,7 +350,7 @@ def test_one_job_summary_with_row_hint_equals_default(data, trait_summary, hint)
 
 def test_phewas_overview_plot(tmp_path):
     """One point per phenotype's top hit; written only for 2+ phenotypes with tests."""
-    from dash_spark.report import PhenotypeSummary, plot_phewas
+    from dash_spark.outputs.report import PhenotypeSummary, plot_phewas
 
     def summ(name, nlp, n=100):
         return PhenotypeSummary(phenotype=name, n_tests=n, n_errors=0, errcode_counts={}, median_p=0.5,

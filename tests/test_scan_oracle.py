@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
 from .oracle_data import PHENOS, make_files, statsmodels_oracle
 
@@ -162,7 +162,7 @@ def test_spark_writer_branch_writes_the_same_files(scanned_drop, spark, tmp_path
     they are the tasks' files byte for byte (text, summaries) and the same rows."""
     import os
 
-    from dash_spark import pipeline
+    from dash_spark.scanner import pipeline
 
     files, res, base = scanned_drop
     monkeypatch.setattr(pipeline, "tasks_can_write", lambda uri: False)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import optimize, special, stats
 
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 from dash_spark.stats.score import fit_null, null_sums
 
 from .test_logistic import _analysed, cc_data  # noqa: F401 - the shared cohort fixture

@@ -18,7 +18,7 @@ import pytest
 from scipy import special
 
 from dash_spark.config import ScanConfig
-from dash_spark.pipeline import run_scan
+from dash_spark.scanner.pipeline import run_scan
 
 from .oracle_data import make_files, split_bed
 from .test_score import _spa_oracle

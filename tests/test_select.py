@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dash_spark.cli import main
-from dash_spark.io.simulate import write_bed
-from dash_spark.select import run_select
-from dash_spark.store import run_compress
+from dash_spark.bench.simulate import write_bed
+from dash_spark.studies.select import run_select
+from dash_spark.studies.store import run_compress
 
 from .oracle_data import make_split_files, statsmodels_oracle
 
@@ -134,7 +134,7 @@ def test_planted_causal_variants_in_ld_are_recovered(tmp_path, spark, capsys):
 @pytest.mark.slow
 def test_selection_after_a_withdrawal(two_batch_data, spark):
     """Withdrawn samples stay out of the selection's genotype passes too (statsmodels without them)."""
-    from dash_spark.store import run_refresh
+    from dash_spark.studies.store import run_refresh
 
     files, tmp, prefixes = two_batch_data
     store = str(tmp / "store_withdrawn")

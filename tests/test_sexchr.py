@@ -14,9 +14,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from dash_spark.bench import read_plink2_glm
-from dash_spark.io.simulate import write_bed
-from dash_spark.pipeline import ScanConfig, run_scan
+from dash_spark.bench.run import read_plink2_glm
+from dash_spark.bench.simulate import write_bed
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
 
 CHROMS = ["1"] * 30 + ["X"] * 40 + ["Y"] * 20 + ["MT"] * 20 + ["XY"] * 20
 
@@ -97,7 +97,7 @@ def test_chr_accepts_plink2_names():
     """--chr X = 23, Y = 24, XY = 25, MT = 26, with or without 'chr', in names and in ranges."""
     from types import SimpleNamespace
 
-    from dash_spark.filters import variant_mask
+    from dash_spark.scanner.filters import variant_mask
 
     bim = SimpleNamespace(chrom=np.array(["1", "2", "X", "23", "Y", "chrMT", "XY", "25", "GL000"]), n_variants=9,
                           path="t.bim")

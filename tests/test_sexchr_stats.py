@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dash_spark.bench import read_plink2_glm
+from dash_spark.bench.run import read_plink2_glm
 from dash_spark.errors import ModelError
-from dash_spark.pipeline import ScanConfig, run_scan
-from dash_spark.store import run_compress, run_refresh
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
+from dash_spark.studies.store import run_compress, run_refresh
 
 from .oracle_data import split_bed
 from .test_sexchr import sexdata  # noqa: F401 - the fixture
@@ -81,7 +81,7 @@ def test_store_of_one_sex_per_batch_equals_pooled_scan_and_plink2(sexdata, poole
                                  out=str(tmp / "scan-removed")), spark=spark)
     assert_same_results(expect.results_path, f"{out_w}/results.parquet")
     # forward selection does not condition these models yet: refused, nothing written
-    from dash_spark.select import run_select
+    from dash_spark.studies.select import run_select
 
     with pytest.raises(ModelError, match="chrX/Y/MT variants, which forward selection does not model"):
         run_select(store, str(tmp / "selected"), pheno_name="y1", spark=spark)

@@ -355,7 +355,7 @@ def test_stage_is_private_beside_the_ledger_and_emptied_by_publish(lab3, tmp_pat
 
 
 def test_a_failure_before_publishing_leaves_nothing_and_the_party_can_retry(lab3):
-    from dash_spark.study import remove_stage
+    from dash_spark.studies.study import remove_stage
 
     lab = lab3
     first = open_publication(lab.uri, lab.manifest, "a", lab.keys["a"], ledger=lab.ledger("a"))
@@ -508,7 +508,7 @@ def test_a_gathered_sum_is_not_used_when_a_header_changed(lab3):
 
 
 def test_cli_compress_stages_privately_and_a_failed_job_leaves_nothing(tmp_path, spark, monkeypatch):
-    from dash_spark import pipeline
+    from dash_spark.scanner import pipeline
     from dash_spark.multiparty.rounds import Ledger
 
     from .oracle_data import make_files

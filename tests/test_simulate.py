@@ -1,4 +1,4 @@
-"""Tests of dash_spark.io.simulate: the PLINK 1 writer and the simulated cohort."""
+"""Tests of dash_spark.bench.simulate: the PLINK 1 writer and the simulated cohort."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from bed_reader import open_bed
 
-from dash_spark.io import simulate
-from dash_spark.io.simulate import BED_MAGIC, Cohort, simulate_cohort, write_bed
+from dash_spark.bench import simulate
+from dash_spark.bench.simulate import BED_MAGIC, Cohort, simulate_cohort, write_bed
 
 
 # ---------------------------------------------------------------------------------------------

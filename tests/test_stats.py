@@ -8,7 +8,7 @@ from bed_reader import open_bed
 
 from dash_spark.errors import ModelError
 from dash_spark.io.plink import read_bed_range
-from dash_spark.io.simulate import write_bed
+from dash_spark.bench.simulate import write_bed
 from dash_spark.stats.kernel import compress_block, decode, pad_weights
 from dash_spark.stats.regression import ERRCODES, covariate_basis, finalize_mean_imputed, t_pvalues
 

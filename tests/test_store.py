@@ -12,8 +12,8 @@ import pytest
 
 from dash_spark.cli import main
 from dash_spark.errors import DashError
-from dash_spark.pipeline import ScanConfig, run_scan
-from dash_spark.store import open_store, run_compress, run_refresh
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
+from dash_spark.studies.store import open_store, run_compress, run_refresh
 
 from .oracle_data import make_split_files
 
@@ -205,7 +205,7 @@ def test_refusals_leave_the_store_as_it_was(cohort, small_store, spark, capsys):
     before = _snapshot(store)
     refused(match="store.json: checksum mismatch")
     # a store written by another format version (a consistent index, as that version wrote it)
-    from dash_spark.store import _canonical, _sha256
+    from dash_spark.studies.store import _canonical, _sha256
 
     doc = {k: v for k, v in json.loads(text).items() if k != "checksum"}
     doc["format"] = 1

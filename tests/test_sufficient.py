@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from dash_spark.errors import ModelError
-from dash_spark.pipeline import ScanConfig, model_statistics, plan_scan, statistics_model
+from dash_spark.scanner.pipeline import ScanConfig, model_statistics, plan_scan, statistics_model
 from dash_spark.stats.sufficient import Moments, StatLayout, SufficientStats
-from dash_spark.tasks import block_stats
+from dash_spark.scanner.tasks import block_stats
 
 from .oracle_data import PHENOS, make_files, statsmodels_oracle
 

@@ -13,7 +13,7 @@ writer who does not follow the protocol) and README's table. Out of scope: parti
 their own data (they can always bias the sum); collusion of all parties but one (from the sum and
 their own data they recover the remaining party's statistics: inherent to revealing the sum).
 This package knows only arrays, manifests, keys and the exchange; composing it with Spark and
-files happens in :mod:`dash_spark.study`.
+files happens in :mod:`dash_spark.studies.study`.
 """
 
 from __future__ import annotations

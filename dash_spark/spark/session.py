@@ -445,7 +445,7 @@ def _warm_worker(_) -> None:
     from dash_spark.spark.daemon import preload
 
     preload()
-    importlib.import_module("dash_spark.tasks")  # pyarrow and the statistics' helpers
+    importlib.import_module("dash_spark.scanner.tasks")  # pyarrow and the statistics' helpers
 
 
 def _warm_share_worker(_) -> None:

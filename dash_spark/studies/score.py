@@ -50,8 +50,8 @@ from functools import partial
 
 import numpy as np
 
-from .errors import ConfigError, ModelError
-from .multiparty import ProtocolError
+from ..errors import ConfigError, ModelError
+from ..multiparty import ProtocolError
 
 log = logging.getLogger("dash_spark")
 
@@ -82,7 +82,7 @@ def replay_null(start: tuple, steps: list[tuple], k: int):
     Returns ``(fit, None)`` when the fit ended on exactly these steps (converged or not), or
     ``(None, gamma)`` when it needs another step at ``gamma``; a step recorded after the fit ended
     is a :class:`ProtocolError` (nobody needed its sums)."""
-    from .stats.score import fit_null
+    from ..stats.score import fit_null
 
     used = [0]
 
@@ -128,7 +128,7 @@ class PooledScan:
 
     @classmethod
     def of(cls, pooled: dict, k: int, n: int) -> PooledScan:
-        from .stats.score import score_stats, spa_rows
+        from ..stats.score import score_stats, spa_rows
 
         V = pooled["variants"]
         a = k + 4
@@ -142,7 +142,7 @@ class PooledScan:
 
     def tails(self):
         """The saddlepoint tails of the corrected variants' scores, not yet fed (:class:`LockstepTails`)."""
-        from .stats.score import LockstepTails
+        from ..stats.score import LockstepTails
 
         return LockstepTails(self.st.U[self.rows])
 
@@ -172,8 +172,8 @@ class PartyData:
 
     @classmethod
     def build(cls, settings: dict, source: dict, *, where: str) -> PartyData:
-        from .pipeline import statistics_model
-        from .stats.sexchrom import sex_chrom_class
+        from ..scanner.pipeline import statistics_model
+        from ..stats.sexchrom import sex_chrom_class
 
         cfg = party_config(settings, source)
         model = statistics_model(cfg)
@@ -200,8 +200,8 @@ class PartyData:
 def _load_round(uri: str, study: str, round_id, trust, *, who: str):
     """A round of the chain: a valid round id, its manifest at its place in this exchange, signed by
     the pinned coordinator."""
-    from .multiparty.exchange import ROUND_ID_RE, Location, locate_manifest
-    from .multiparty.rounds import verify_manifest
+    from ..multiparty.exchange import ROUND_ID_RE, Location, locate_manifest
+    from ..multiparty.rounds import verify_manifest
 
     if not isinstance(round_id, str) or not ROUND_ID_RE.fullmatch(round_id):  # it becomes a path of the exchange
         raise ProtocolError(f"{who}: the chain names round {round_id!r}, which is not a round id; nothing was "
@@ -239,8 +239,8 @@ class Chain:
     and the saddlepoint's replay over the earlier saddlepoint rounds."""
 
     def __init__(self, uri: str, manifest, trust, *, who: str):
-        from .multiparty.rounds import combine
-        from .stats.sufficient import SufficientStats
+        from ..multiparty.rounds import combine
+        from ..stats.sufficient import SufficientStats
 
         s = manifest.settings
         kind = s.get("kind")
@@ -311,7 +311,7 @@ def run_party_score(manifest_path: str, party: str, key_path: str, *, source: di
                     wait: float = 0.0, share_stage: str | None = None) -> str:
     """``party compress`` on a score study's round (base, Newton step or scan): verify, compute,
     publish; returns the share's path."""
-    from .multiparty.rounds import TrustFile, publish_stats
+    from ..multiparty.rounds import TrustFile, publish_stats
     from .study import model_own_samples, open_round_to_publish, variant_hash, variant_table, wait_for_keys
 
     t0 = time.time()
@@ -335,7 +335,7 @@ def run_party_score(manifest_path: str, party: str, key_path: str, *, source: di
                             "published")
     own = model_own_samples(model)
     if chain is None:
-        from .pipeline import model_statistics
+        from ..scanner.pipeline import model_statistics
         import pyarrow.parquet as pq
 
         if settings.get("pheno_names") and list(model.phenotypes) != list(settings["pheno_names"]):
@@ -359,7 +359,7 @@ def run_party_score(manifest_path: str, party: str, key_path: str, *, source: di
     C, y, mask = data.C[t], data.y[t], data.mask[t]
     extra = {"kind": kind, "phenotype": chain.phenotype, "step": manifest.settings.get("step"), "variant_hash": vh}
     if kind == KIND_NULL:
-        from .stats.score import null_sums
+        from ..stats.score import null_sums
 
         H, grad, loglik = null_sums(C[mask], y[mask])(chain.gamma)
         share = publish_stats(uri, manifest, party, keys, {"H": H, "grad": grad, "loglik": np.array([loglik])},
@@ -381,7 +381,7 @@ def score_share_weights(C: np.ndarray, y: np.ndarray, mask: np.ndarray, gamma: n
     ``1'W1``."""
     from scipy import special
 
-    from .stats.score import score_weights
+    from ..stats.score import score_weights
 
     mu = np.where(mask, special.expit(C @ gamma), 0.0)
     A, w = score_weights(C, y, mu, mask)
@@ -391,14 +391,14 @@ def score_share_weights(C: np.ndarray, y: np.ndarray, mask: np.ndarray, gamma: n
 
 def _publish_scan(uri, manifest, party, keys, ledger, chain, data, extra, own, *, spark, master, spark_conf,
                   share_stage, t0, wait, who) -> str:
-    from .multiparty.exchange import StagedStat
-    from .multiparty.rounds import open_publication
-    from .pipeline import plan_scan
-    from .spark.scan import run_ranges
-    from .spark.session import get_session, resolve_session
-    from .stats.kernel import pad_weights
+    from ..multiparty.exchange import StagedStat
+    from ..multiparty.rounds import open_publication
+    from ..scanner.pipeline import plan_scan
+    from ..scanner.jobs import run_ranges
+    from ..spark.session import get_session, resolve_session
+    from ..stats.kernel import pad_weights
     from .study import remove_stage, wait_for_keys
-    from .tasks import score_share_ranges
+    from ..scanner.tasks import score_share_ranges
 
     model, t = data.model, chain.t
     n = model.n_samples
@@ -436,12 +436,12 @@ def _publish_spa(uri, manifest, party, keys, ledger, chain, data, extra, own, *,
     as one masked statistic."""
     from scipy import special
 
-    from .multiparty.rounds import publish_stats
-    from .pipeline import plan_scan
-    from .spark.scan import run_ranges
-    from .spark.session import get_session, resolve_session
+    from ..multiparty.rounds import publish_stats
+    from ..scanner.pipeline import plan_scan
+    from ..scanner.jobs import run_ranges
+    from ..spark.session import get_session, resolve_session
     from .study import wait_for_keys
-    from .tasks import RangeRow, spa_cgf_ranges
+    from ..scanner.tasks import RangeRow, spa_cgf_ranges
 
     model, t = data.model, chain.t
     scan = chain.scan
@@ -502,12 +502,12 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .multiparty.exchange import Location, Manifest, locate_manifest, read_share_file, write_manifest
-    from .multiparty.keys import load_private
-    from .multiparty.rounds import (TrustFile, check_manifest_signature, combine, key_fingerprint, read_signed,
+    from ..multiparty.exchange import Location, Manifest, locate_manifest, read_share_file, write_manifest
+    from ..multiparty.keys import load_private
+    from ..multiparty.rounds import (TrustFile, check_manifest_signature, combine, key_fingerprint, read_signed,
                                     sign_manifest, signed_record, verify_manifest)
-    from .stats.sufficient import SufficientStats
-    from .staging import check_out_dir
+    from ..stats.sufficient import SufficientStats
+    from ..outputs.staging import check_out_dir
     from .study import close_base_round, variant_hash
 
     uri, base = locate_manifest(manifest_path)
@@ -620,8 +620,8 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
         log.warning("combine: %d of %d saddlepoint p-values unsolved after %d rounds; those variants keep the "
                     "score test's p", int((~np.isfinite(ln_p)).sum()), len(ln_p), len(spa))
     table = score_results(pscan, vt, pheno_name, ln_p, a1freq_lower_limit=a1freq_lower_limit)
-    from .output import OutputModel, write_outputs_local
-    from .staging import staged_output
+    from ..outputs.writers import OutputModel, write_outputs_local
+    from ..outputs.staging import staged_output
 
     model = OutputModel(phenotypes=(pheno_name,), covariates=tuple(covs), n_variants=vt.num_rows,
                         logistic_phenotypes=(pheno_name,), score_phenotypes=(pheno_name,),
@@ -645,8 +645,8 @@ def score_results(pscan: PooledScan, variants, phenotype: str, spa_log_p: np.nda
     p stays)."""
     import pyarrow as pa
 
-    from .stats.results import results_batch
-    from .stats.score import score_variant_stats
+    from ..stats.results import results_batch
+    from ..stats.score import score_variant_stats
 
     ln_p = np.asarray(spa_log_p, dtype=np.float64)
 

@@ -33,12 +33,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, ModelError
-from .io import files
-from .staging import staged_output
-from .stats.blocks import block_grams, block_sums
-from .stats.results import results_batch
-from .stats.sufficient import SufficientStats, moments_regression
+from ..errors import ConfigError, ModelError
+from ..io import files
+from ..outputs.staging import staged_output
+from ..stats.blocks import block_grams, block_sums
+from ..stats.results import results_batch
+from ..stats.sufficient import SufficientStats, moments_regression
 from .store import (VARIANTS_FILE, Store, id_file, batch_config, open_store, pooled_block, pooled_globals,
                     read_block, store_inputs)
 
@@ -125,7 +125,7 @@ def batch_products(step: BatchStep, q: int, k: int, vidx: np.ndarray, mode: str)
 def step_inputs(model, plan, t: int, sel: np.ndarray, mu: np.ndarray, mode: str):
     """A party model's ``Z`` for phenotype ``t`` (selected variants ``sel``, missing calls set to
     ``mu``): the broadcast of a step and the dense products ``CZ, ZZ, Z1, Zy``."""
-    from .stats.kernel import pad_weights
+    from ..stats.kernel import pad_weights
 
     pat = model.patterns[t]
     a, k = pat.a_offset, pat.k
@@ -153,7 +153,7 @@ def batch_model(store: Store, batch, t: int, spark_parallelism: int):
     moments stored for it; built once per selection and used by every step's :func:`step_inputs`."""
     from dataclasses import replace
 
-    from .pipeline import plan_scan, statistics_model
+    from ..scanner.pipeline import plan_scan, statistics_model
 
     remove = None
     if batch.withdrawn:
@@ -288,9 +288,9 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     (the scan conditional on every selected variant) under ``out``."""
     import pyarrow.compute as pc
 
-    from .spark.scan import write_ranges
-    from .spark.session import get_session
-    from .staging import check_out_dir
+    from ..scanner.jobs import write_ranges
+    from ..spark.session import get_session
+    from ..outputs.staging import check_out_dir
     from .store import check_pooled
 
     t0 = time.time()
@@ -335,7 +335,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     if spark is None:
         spark = get_session(master=master, conf=spark_conf)
     par = spark.sparkContext.defaultParallelism
-    from .tasks import RangeRow
+    from ..scanner.tasks import RangeRow
 
     ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
     base_spec = {"k": k, "mode": mode, "t": t, "phenotypes": phenos, "covariates": list(s["covariates"]),
@@ -458,7 +458,7 @@ def _write_tsv(path: str, rows: list[dict], cols: list[str]) -> None:
 
 def safe_state_name(phenotype: str) -> str:
     """A phenotype name as a file name of the exchange (no path separators, no dot-only names)."""
-    from .output import safe_name
+    from ..outputs.writers import safe_name
 
     name = safe_name(phenotype)
     return name if name.strip(".") else "_" + name
@@ -493,11 +493,11 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
                           wait: float = 0.0) -> str:
     """A party's share of one selection step: its products with the selected variants, masked with
     the step round's own keys (joined here if need be), once per round (the party's ledger)."""
-    from .multiparty import ProtocolError
-    from .multiparty.rounds import publish_stats
-    from .pipeline import plan_scan, statistics_model
-    from .spark.compress import collect_ranges
-    from .spark.session import get_session, resolve_session
+    from ..multiparty import ProtocolError
+    from ..multiparty.rounds import publish_stats
+    from ..scanner.pipeline import plan_scan, statistics_model
+    from ..scanner.compress import collect_ranges
+    from ..spark.session import get_session, resolve_session
     from .study import open_round_to_publish, variant_hash, variant_table, wait_for_keys
 
     uri, manifest, keys, ledger, who = open_round_to_publish(manifest_path, party, key_path, trust, wait)
@@ -516,7 +516,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     if list(model.covariates) != s["covariates"] or list(model.phenotypes) != s["phenotypes"]:
         raise ProtocolError(f"{party}: phenotypes/covariates {list(model.phenotypes)}/{list(model.covariates)} "
                             f"differ from the study's {s['phenotypes']}/{s['covariates']}. Nothing was published")
-    from .multiparty.rounds import check_step_release
+    from ..multiparty.rounds import check_step_release
     from .study import model_own_samples
 
     # the step's sum is revealed once every party published: before that, it must extend this party's
@@ -552,13 +552,13 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     round's parties and coordinator. The base round must be closed and unmasked first: the first
     call closes it (returns ``{"closed": ...}``) and the survivors run ``party unmask``.
     """
-    from .multiparty import ProtocolError
-    from .multiparty.exchange import Location, Manifest, locate_manifest, read_share_file, write_manifest
-    from .multiparty.keys import load_private
-    from .multiparty.rounds import (TrustFile, close_if_complete, combine, key_fingerprint, read_signed,
+    from ..multiparty import ProtocolError
+    from ..multiparty.exchange import Location, Manifest, locate_manifest, read_share_file, write_manifest
+    from ..multiparty.keys import load_private
+    from ..multiparty.rounds import (TrustFile, close_if_complete, combine, key_fingerprint, read_signed,
                                     read_survivors, sign_manifest, signed_record, verify_manifest)
     from .study import close_base_round
-    from .staging import check_out_dir
+    from ..outputs.staging import check_out_dir
 
     uri, base = locate_manifest(manifest_path)
     if trust:

@@ -2,11 +2,11 @@
 
 What runs where:
 
-- driver: plans ranges of variants (one Spark partition each; :mod:`dash_spark.tasks`) and
+- driver: plans ranges of variants (one Spark partition each; :mod:`dash_spark.scanner.tasks`) and
   broadcasts the per-sample weight matrix ``W = [A | B]`` (covariate bases Q, phenotypes Y and
   sample masks; see :mod:`dash_spark.stats.kernel`) once. It never reads genotype bytes and
   collects nothing per variant unless the caller asks for statistics (a party, a store batch).
-- each task: runs a Spark-free function of :mod:`dash_spark.tasks` on its range rows: it reads its
+- each task: runs a Spark-free function of :mod:`dash_spark.scanner.tasks` on its range rows: it reads its
   own variants (the paths must be readable by executors), walks its range in sub-blocks sized from
   the memory budget, and yields Arrow record batches, statistics blocks, or written file counts.
 """
@@ -48,7 +48,7 @@ def run_ranges(spark, value, ranges: list[tuple], per_ranges) -> list:
     (``value`` broadcast once) and what the tasks yield is collected. After a failure it waits for
     the job's cancelled tasks before re-raising, since they may still be writing files the caller
     is about to remove; one of our errors raised in a task is re-raised as such (one line)."""
-    from .session import wait_for_running_tasks
+    from ..spark.session import wait_for_running_tasks
 
     sc = spark.sparkContext
     bc = sc.broadcast(value)
@@ -73,12 +73,12 @@ def run_ranges(spark, value, ranges: list[tuple], per_ranges) -> list:
 def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phenotypes,
                  timings: dict | None = None) -> int:
     """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
-    which the task writes under ``stage`` with :func:`dash_spark.output.write_result_parts`
+    which the task writes under ``stage`` with :func:`dash_spark.outputs.writers.write_result_parts`
     (:func:`run_ranges`; only row counts come back). Returns the number of result rows; with
     ``timings``, its ``kernel_task_seconds`` is set to the tasks' time in the kernels (summed) and
     ``worker_peak_rss_mb`` to the largest peak resident memory of the executors' Python workers."""
-    from .. import tasks
-    from ..output import prepare_result_dirs, write_result_parts
+    from . import tasks
+    from ..outputs.writers import prepare_result_dirs, write_result_parts
 
     prepare_result_dirs(stage, phenotypes)
     kernel = spark.sparkContext.accumulator(0.0)

@@ -41,12 +41,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, DashError, InputError, OutputError, StoreError
-from .output import OutputModel
+from ..errors import ConfigError, DashError, InputError, OutputError, StoreError
+from ..outputs.writers import OutputModel
 from .release import DEFAULT_MIN_DELTA, check_sample_release, record_sample_release
-from .sources import source_from_options
-from .staging import staged_output
-from .stats.sufficient import StatLayout, SufficientStats
+from ..scanner.sources import source_from_options
+from ..outputs.staging import staged_output
+from ..stats.sufficient import StatLayout, SufficientStats
 
 log = logging.getLogger("dash_spark")
 
@@ -334,7 +334,7 @@ SETTING_KEYS = ("phenotypes", "covariates", "intercept", "missing_genotypes", "p
 
 def batch_config(settings: dict, source: dict, *, keep: str | None = None):
     """The party-model scan config of a batch's source files (``keep``: only these samples)."""
-    from .config import ScanConfig
+    from ..config import ScanConfig
 
     return ScanConfig(bfile=source.get("bfile"), features=source.get("features"),
                       feature_samples=source.get("feature_samples"), pfile=source.get("pfile"), bgen=source.get("bgen"),
@@ -361,7 +361,7 @@ def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, co
     With ``minus = (batch_dir, block_sha256s)`` the block written is that batch's stored block minus
     the statistics computed here (a withdrawal).
     """
-    from .tasks import block_stats
+    from ..scanner.tasks import block_stats
 
     for part, start, stop, _bs, _be, _rows in ranges:
         pieces = []
@@ -385,9 +385,9 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     against the batch before anything is computed). The directory is not registered in the store:
     the caller commits it, or removes it on failure.
     """
-    from .pipeline import model_statistics, plan_scan, statistics_model
-    from .spark.scan import run_ranges
-    from .spark.session import resolve_session
+    from ..scanner.pipeline import model_statistics, plan_scan, statistics_model
+    from ..scanner.jobs import run_ranges
+    from ..spark.session import resolve_session
     from .study import variant_hash, variant_table
 
     cfg = batch_config(settings, source, keep=keep)
@@ -408,7 +408,7 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     try:
         plan, _, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
         offs = model.bim.line_offsets
-        from .tasks import RangeRow
+        from ..scanner.tasks import RangeRow
 
         ranges = [RangeRow(p, s, e, int(offs[s]), int(offs[e])) for p, (s, e) in enumerate(blocks)]
         minus_arg = (minus.dir, tuple(minus.record["blocks"])) if minus is not None else None
@@ -467,10 +467,10 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
                  block_variants: int | None = None, pheno_01: bool = False, linear_for_binary: bool = False,
                  pred_test: str | None = None) -> Store:
     """Create ``root`` holding one batch (refuses an existing store)."""
-    from .pipeline import statistics_model
-    from .spark.session import resolve_session
+    from ..scanner.pipeline import statistics_model
+    from ..spark.session import resolve_session
     from .study import variant_hash, variant_table
-    from .tasks import default_block_variants
+    from ..scanner.tasks import default_block_variants
 
     root = os.path.abspath(root)
     check_batch_name(name)
@@ -605,14 +605,14 @@ def check_pooled(store: Store, G: SufficientStats) -> None:
 
 def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a1freq_floor: float = 0.0) -> dict:
     """Write the scan outputs of the pooled ``batches`` under ``stage`` (a local directory, or a
-    :class:`~dash_spark.staging.ObjectOutput`: the tasks then write their parts under its object
+    :class:`~dash_spark.outputs.staging.ObjectOutput`: the tasks then write their parts under its object
     stage, which the driver fetches to finish the files); return the glm paths. One Spark job: each
     task sums its block over the batches, finalizes it and writes its results part and text lines
     itself."""
     objects = getattr(stage, "objects", None)
     stage = getattr(stage, "path", stage)
-    from .output import finish_local_outputs
-    from .spark.scan import write_ranges
+    from ..outputs.writers import finish_local_outputs
+    from ..scanner.jobs import write_ranges
 
     G = pooled_globals(store, batches)
     check_pooled(store, G)
@@ -621,7 +621,7 @@ def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a
             "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
             "count_alt": s.get("source_kind") == "features", "a1freq_floor": a1freq_floor,
             "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches]}
-    from .tasks import RangeRow
+    from ..scanner.tasks import RangeRow
 
     ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
     write_ranges(spark, G, ranges, partial(_finalize_task, spec), objects.path if objects else stage, s["phenotypes"])
@@ -747,12 +747,12 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
     directories; finalize into a staged output; then commit ``store.json`` and move the output into
     place. Any failure before the commit leaves the store exactly as it was.
     """
-    from .spark.session import SessionStarter, resolve_session
+    from ..spark.session import SessionStarter, resolve_session
 
     t0 = time.time()
     if sum(x is not None for x in (add, remove, withdraw)) > 1:
         raise ConfigError("refresh: give at most one of --add-batch, --remove-batch and --withdraw per run")
-    from .staging import check_out_dir
+    from ..outputs.staging import check_out_dir
 
     store = open_store(store_root)
     clean_orphans(store)
@@ -842,7 +842,7 @@ def run_compress(store_root: str, name: str, source: dict, *, intercept: bool | 
                  linear_for_binary: bool | None = None, pred_test: str | None = None) -> Store:
     """``dash-spark compress --store``: persist a batch's statistics (creating the store with its
     first batch). Nothing is finalized; ``refresh`` does that."""
-    from .spark.session import SessionStarter
+    from ..spark.session import SessionStarter
 
     root = os.path.abspath(store_root)
     if not os.path.exists(os.path.join(root, STORE_FILE)):

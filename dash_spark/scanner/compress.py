@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scan import run_ranges
+from .jobs import run_ranges
 
 
 def collect_ranges(spark, W, ranges: list[tuple], per_ranges) -> np.ndarray:

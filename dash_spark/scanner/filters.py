@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, InputError, not_utf8_error
-from .io.tables import read_sample_ids
+from ..errors import ConfigError, InputError, not_utf8_error
+from ..io.tables import read_sample_ids
 
 log = logging.getLogger("dash_spark")
 
@@ -59,7 +59,7 @@ class CallFilters:
         (``None``: not applied to these variants)."""
         ok = np.ones(len(alt_sum), dtype=bool)
         if self.mach_r2 is not None and kept_sums is not None:
-            from .stats.regression import mach_r2
+            from ..stats.regression import mach_r2
 
             r2 = mach_r2(kept_sums[0], kept_sums[1], n_kept - missing_kept)
             ok &= np.isnan(r2) | ((r2 >= self.mach_r2[0]) & (r2 <= self.mach_r2[1]))
@@ -133,7 +133,7 @@ def parse_chr_spec(spec: str) -> tuple[set[str], list[tuple[int, int]]]:
 
 
 def _read_variant_ids(path: str) -> list[str]:
-    from .io import files
+    from ..io import files
 
     try:
         data = files.read_bytes(path)

@@ -26,7 +26,7 @@ from functools import partial
 
 import numpy as np
 
-from .config import (  # noqa: F401 - re-exported: the settings live in the leaf config.py
+from ..config import (  # noqa: F401 - re-exported: the settings live in the leaf config.py
     BINARY_TESTS,
     MISSING_GENOTYPE_MODES,
     PRED_TESTS,
@@ -34,16 +34,16 @@ from .config import (  # noqa: F401 - re-exported: the settings live in the leaf
     object_store_out,
     tasks_can_write,
 )
-from .errors import ConfigError, InputError, ModelError, OutputError
+from ..errors import ConfigError, InputError, ModelError, OutputError
 from .filters import CallFilters, sample_mask, variant_mask
-from .io.tables import match_samples, read_sample_table
+from ..io.tables import match_samples, read_sample_table
 from .sources import BedSource, GenotypeSource, qualify, source_from_options
-from .spark.scan import map_ranges, write_ranges
-from .stats.kernel import pad_weights
-from .stats.regression import CovariateCorrelation, covariate_basis
-from .stats.results import RESULT_SCHEMA_DDL
-from .stats.sexchrom import sex_chrom_class
-from .stats.sufficient import Moments, SufficientStats
+from .jobs import map_ranges, write_ranges
+from ..stats.kernel import pad_weights
+from ..stats.regression import CovariateCorrelation, covariate_basis
+from ..stats.results import RESULT_SCHEMA_DDL
+from ..stats.sexchrom import sex_chrom_class
+from ..stats.sufficient import Moments, SufficientStats
 from .tasks import GroupedPlan, Pattern, ScanPlan, SharedBasis, default_block_variants, plan_ranges, scan_ranges, sub_block_size
 
 log = logging.getLogger("dash_spark")
@@ -76,7 +76,7 @@ class Model:
     counts: dict
     moments: tuple[Moments, ...] | None = None
     missing_genotypes: str = "drop"
-    #: extra per-phenotype outputs of a scan: GWAS-SSF files (:mod:`dash_spark.gwas_ssf`) and the
+    #: extra per-phenotype outputs of a scan: GWAS-SSF files (:mod:`dash_spark.outputs.gwas_ssf`) and the
     #: null models' covariate effects (``--report-covariates``), written by the output writers
     extra_outputs: object | None = None
     #: ``--pred`` (one :class:`VariantGroup` per chromosome) or sex chromosomes (one per class): the
@@ -86,7 +86,7 @@ class Model:
     regenie_outputs: bool = False
     #: a statistics model's LOCO offsets (``--pred``): :attr:`SufficientStats.offsets`
     offset_moments: dict | None = None
-    #: phenotype missingness by downdates of one shared basis (:class:`~dash_spark.tasks.SharedBasis`)
+    #: phenotype missingness by downdates of one shared basis (:class:`~dash_spark.scanner.tasks.SharedBasis`)
     shared: SharedBasis | None = None
     #: a statistics model's IIDs analysed for at least one phenotype (a party's release guard)
     sample_ids: tuple[str, ...] | None = None
@@ -126,7 +126,7 @@ class VariantGroup:
 class ScanResult:
     """What :func:`run_scan` wrote: the output directory, ``results.parquet``, each phenotype's text
     file (``.glm.linear``, ``.glm.logistic.hybrid`` or ``.regenie``), each phenotype's summary
-    (:class:`dash_spark.report.PhenotypeSummary`: tests, error codes, lambda_GC, top hits) and the
+    (:class:`dash_spark.outputs.report.PhenotypeSummary`: tests, error codes, lambda_GC, top hits) and the
     wall time in seconds.
 
     Examples
@@ -180,7 +180,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
              "features" if source.kind == "features" else "variants")
 
     pheno = read_sample_table(cfg.pheno, kind="pheno", names=list(cfg.pheno_name) if cfg.pheno_name else None)
-    from .output import check_output_names  # each phenotype's output files need a name of their own
+    from ..outputs.writers import check_output_names  # each phenotype's output files need a name of their own
 
     check_output_names(pheno.names, cfg.pheno)
     tables = [pheno]
@@ -316,7 +316,7 @@ def build_model(cfg: ScanConfig, *, party: bool = False, subset_of_fam: bool = F
                   phenotype_samples={name: int(m.sum()) for name, m in zip(pheno.names, masks)})
     extra = None
     if not party and (cfg.gwas_ssf or cfg.report_covariates):
-        from .gwas_ssf import ExtraOutputs
+        from ..outputs.gwas_ssf import ExtraOutputs
 
         extra = ExtraOutputs.build(cfg, C, Y, masks, tuple(pheno.names), tuple(cov_names))
     return Model(
@@ -375,7 +375,7 @@ def _shared_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np.
     CtC_u, Ct1_u = C[union].T @ C[union], C[union].sum(axis=0)
     Yc = np.zeros_like(Y)
     patterns = []
-    from .logs import PhenotypeLines
+    from ..outputs.logs import PhenotypeLines
 
     lines, lines_seen = PhenotypeLines(log), []
     for idx in _mask_patterns(masks):
@@ -432,7 +432,7 @@ def _pattern_columns(cfg: ScanConfig, C: np.ndarray, cov_names: list[str], Y: np
 
     A_cols, B_cols, patterns, moments = [], [], [], []
     a_off = 0
-    from .logs import PhenotypeLines
+    from ..outputs.logs import PhenotypeLines
 
     lines, lines_seen = PhenotypeLines(log), []
     for g, idx in enumerate(groups):
@@ -503,7 +503,7 @@ def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarr
     """A case/control phenotype's score-test :class:`Pattern`, its weight columns ``A`` and ``B``
     (:func:`dash_spark.stats.score.score_weights`) and its case count: the null model ``logit(mu) =
     C gamma (+ offset)`` is fitted here, from sums over its samples."""
-    from .stats.score import fit_null, null_sums, score_weights
+    from ..stats.score import fit_null, null_sums, score_weights
 
     n = int(mask.sum())
     off = np.zeros(len(y)) if offset is None else offset
@@ -515,7 +515,7 @@ def _score_pattern(cfg: ScanConfig, C: np.ndarray, y: np.ndarray, mask: np.ndarr
     mu = np.where(mask, 1.0 / (1.0 + np.exp(-(C @ fit.gamma + off))), 0.0)
     A, w = score_weights(C, y, mu, mask)
     if cfg.score_correction == "firth":  # REGENIE's approximate Firth: the null model's Firth offsets ride along
-        from .stats.score import firth_null_offset
+        from ..stats.score import firth_null_offset
 
         fo = firth_null_offset(C[mask], y[mask], off[mask], intercept=not cfg.no_intercept)
         if fo is None:
@@ -544,7 +544,7 @@ def _logistic_pattern(C: np.ndarray, Yg: np.ndarray, mask: np.ndarray, basis, na
     """The :class:`Pattern` of case/control phenotypes (``Yg``: 0/1 on ``mask``) and each one's case
     count, with plink2's warnings: fewer cases or controls than 10x the predictors, and a covariate
     that separates the phenotype on its own (then every variant gets Firth regression, as in plink2)."""
-    from .stats.logistic import covariate_separates
+    from ..stats.logistic import covariate_separates
 
     firth, cases = [], []
     n = int(mask.sum())
@@ -582,7 +582,7 @@ def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarra
     which model each phenotype gets."""
     import dataclasses
 
-    from .logs import PhenotypeLines
+    from ..outputs.logs import PhenotypeLines
 
     rows = row_of[present]
     binary = case_control_columns(pheno.values[rows], cfg.pheno_01)
@@ -592,7 +592,7 @@ def _case_control(cfg: ScanConfig, pheno, present: np.ndarray, row_of: np.ndarra
     coding = "0 control, 1 case (--1)" if cfg.pheno_01 else "1 control, 2 case, 0 missing"
     if not cfg.linear_for_binary:
         what = None
-        if party and cfg.binary_test != "score":  # (a score study's parties: dash_spark.score_study)
+        if party and cfg.binary_test != "score":  # (a score study's parties: dash_spark.studies.score)
             what = "stored and multi-party statistics (compress, party compress, select) are linear"
         elif cfg.pred and cfg.binary_test != "score":
             what = ("with --pred they take REGENIE's test: add --binary-test score (the score test with the LOCO "
@@ -652,7 +652,7 @@ def _read_locos(cfg: ScanConfig, fam, names, masks) -> list:
     REGENIE's ``FID_IID`` keys and checked on that phenotype's own samples (``masks``: REGENIE's step
     1 writes ``NA`` for samples missing the trait); samples without a prediction leave that
     phenotype, as in REGENIE."""
-    from .io.loco import read_loco, read_pred_list
+    from ..io.loco import read_loco, read_pred_list
 
     files = read_pred_list(cfg.pred, names)
     keys = [f"{f}_{i}" for f, i in zip(fam.fids, fam.iids)]
@@ -686,8 +686,8 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
 
     ``variants`` comes back without the variants no group tests (chrX under ``--xchr-model 0``,
     chrY without males)."""
-    from .io.loco import loco_chromosome
-    from .stats.regenie import null_phenotype, regenie_weights
+    from ..io.loco import loco_chromosome
+    from ..stats.regenie import null_phenotype, regenie_weights
 
     chroms = np.asarray(bim.chrom)[variants] if len(variants) else np.asarray([], dtype=object)
     groups, Ws, first = [], [], None
@@ -811,7 +811,7 @@ def _chrom_groups(cfg: ScanConfig, fam, bim, variants: np.ndarray, C: np.ndarray
                  "REGENIE's score" if regenie else "Wald", len(groups))
     sexchr_stats = None
     if stat_sex:
-        from .stats.sexchrom import SexChromStats
+        from ..stats.sexchrom import SexChromStats
 
         k1 = C.shape[1] + 1
         empty = tuple(Moments(0, np.zeros((k1, k1)), np.zeros(k1), np.zeros(k1), 0.0) for _ in names)
@@ -855,7 +855,7 @@ def _regenie_sums(C: np.ndarray, Y_raw: np.ndarray, analysed: np.ndarray):
     """A statistics model's :class:`~dash_spark.stats.regenie.RegenieSums` without the chromosomes'
     (added by :func:`_regenie_stat_columns`); ``analysed``: the samples with a phenotype and every
     covariate."""
-    from .stats.regenie import RegenieSums
+    from ..stats.regenie import RegenieSums
 
     use = ~np.isnan(Y_raw)
     au = use & analysed[:, None]
@@ -947,7 +947,7 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     """The tasks' plan and the partition ranges of a model (shared by the scan and a party's compress).
 
     Returns ``(plan, ranges, block_variants)``; a ``--pred`` model's plan is a
-    :class:`~dash_spark.tasks.GroupedPlan` (one plan per chromosome; ``model.W`` is the tuple of
+    :class:`~dash_spark.scanner.tasks.GroupedPlan` (one plan per chromosome; ``model.W`` is the tuple of
     their weight matrices) whose ranges never span two chromosomes.
     """
     bv = cfg.block_variants or default_block_variants(len(model.variants), parallelism)
@@ -1023,13 +1023,13 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     >>> sorted(os.listdir(out))[:3]
     ['.dash-spark-output', 'pheno2.glm.linear', 'results.parquet']
 
-    A local (or shared, ``file://``) ``--out`` is staged by :func:`dash_spark.staging.staged_output`
+    A local (or shared, ``file://``) ``--out`` is staged by :func:`dash_spark.outputs.staging.staged_output`
     and the tasks write their own parts; another filesystem (hdfs://, s3a:// ...) goes through
     Spark's writer and Hadoop's FileSystem API, with the same rules (marker, no overwrite of what
     dash-spark did not write).
     """
-    from .spark.session import SessionStarter
-    from .staging import staged_output
+    from ..spark.session import SessionStarter
+    from ..outputs.staging import staged_output
 
     t0 = time.time()
     early = spark if isinstance(spark, SessionStarter) else None  # started by the CLI before its imports
@@ -1037,7 +1037,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     if not tasks_can_write(cfg.out):
         starter = early or (SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None)
         if object_store_out(cfg.out):
-            from .staging import ObjectStage
+            from ..outputs.staging import ObjectStage
 
             stage = ObjectStage(cfg.out, overwrite=cfg.overwrite, inputs=config_inputs(cfg))  # refuses before work
             model = build_model(cfg)
@@ -1045,7 +1045,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         model = build_model(cfg)
         return _run_scan_hadoop(cfg, spark if starter is None else starter.get(), model, t0)
     with staged_output(cfg.out, overwrite=cfg.overwrite, inputs=config_inputs(cfg), command="scan") as stage:
-        from .output import finish_local_outputs, text_phenotypes
+        from ..outputs.writers import finish_local_outputs, text_phenotypes
 
         # the JVM starts (and warms its Python workers) while the driver builds the model
         starter = early or (SessionStarter(cfg.master, cfg.spark_conf) if spark is None else None)
@@ -1089,10 +1089,10 @@ def _run_scan_object_store(cfg: ScanConfig, spark, model: Model, stage, t0: floa
     """A scan whose --out is in object storage (s3://, gs://): the tasks write their parts under
     the stage prefix themselves; the driver reads them back into a local temporary folder, finishes
     the outputs there as for a local --out, puts them under the stage and commits it
-    (:class:`dash_spark.staging.ObjectStage`)."""
+    (:class:`dash_spark.outputs.staging.ObjectStage`)."""
     import tempfile
 
-    from .output import finish_local_outputs, text_phenotypes
+    from ..outputs.writers import finish_local_outputs, text_phenotypes
 
     try:
         plan, ranges = _log_plan(cfg, model, spark)
@@ -1119,10 +1119,10 @@ def _run_scan_hadoop(cfg: ScanConfig, spark, model: Model, t0: float) -> ScanRes
     """A scan whose --out is on a Hadoop filesystem (hdfs://, s3a:// ...): Spark writes the files."""
     import tempfile
 
-    from .errors import translate_task_error
-    from .output import write_reports
-    from .spark.fs import HadoopFS
-    from .staging import MARKER, write_marker
+    from ..errors import translate_task_error
+    from ..outputs.writers import write_reports
+    from .fs import HadoopFS
+    from ..outputs.staging import MARKER, write_marker
 
     fs = HadoopFS(spark, cfg.out)
     out = qualify(cfg.out).rstrip("/")
@@ -1180,7 +1180,7 @@ def model_statistics(model: Model, per_variant: np.ndarray | None) -> Sufficient
 def compress_model(spark, cfg: ScanConfig, model: Model) -> SufficientStats:
     """Run a statistics model's Spark job: ``S`` of every selected variant, gathered on the driver
     (variants x statistics, independent of the number of samples)."""
-    from .spark.compress import collect_ranges
+    from .compress import collect_ranges
     from .tasks import statistics_ranges
 
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
@@ -1194,7 +1194,7 @@ def stage_model_share(spark, cfg: ScanConfig, model: Model, writer) -> list[dict
     """Run a statistics model's Spark job for a party's share: each task encodes, masks and stages
     its rows of the per-variant statistics (``writer``: a
     :class:`~dash_spark.multiparty.rounds.PartWriter`); only the parts' header entries come back."""
-    from .spark.scan import run_ranges
+    from .jobs import run_ranges
     from .tasks import share_ranges
 
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger("dash_spark")
 
@@ -121,7 +121,7 @@ class ExtraOutputs:
         and each phenotype's sample mask."""
         null = None
         if cfg.report_covariates:
-            from .stats.sufficient import Moments, moments_regression
+            from ..stats.sufficient import Moments, moments_regression
 
             null = {}
             for t, name in enumerate(phenotypes):

@@ -23,15 +23,15 @@ from functools import cached_property
 
 import numpy as np
 
-from .errors import ConfigError, InputError
-from .io import files
-from .io.bgen import REF_MODES, check_bgen, read_bgen_rows, read_bgen_samples, read_bgi
-from .io.features import read_feature_meta, read_feature_rows
-from .io.pgen import (PvarLayout, check_pgen, pfile_paths, pvar_path, read_pgen_alleles, read_pgen_dosages, read_psam,
+from ..errors import ConfigError, InputError
+from ..io import files
+from ..io.bgen import REF_MODES, check_bgen, read_bgen_rows, read_bgen_samples, read_bgi
+from ..io.features import read_feature_meta, read_feature_rows
+from ..io.pgen import (PvarLayout, check_pgen, pfile_paths, pvar_path, read_pgen_alleles, read_pgen_dosages, read_psam,
                       read_pvar, read_pvar_range)
-from .io.plink import Bim, Fam, check_bed, read_bed_rows, read_bim, read_bim_range, read_fam
-from .io.tables import read_sample_ids
-from .stats.blocks import DenseBlock, PackedBlock
+from ..io.plink import Bim, Fam, check_bed, read_bed_rows, read_bim, read_bim_range, read_fam
+from ..io.tables import read_sample_ids
+from ..stats.blocks import DenseBlock, PackedBlock
 
 
 def qualify(path: str) -> str:

@@ -1,7 +1,7 @@
 """Simulated cohorts split by samples at biobank scale, for ``dash-spark bench --refresh`` (recruitment
 waves) and ``--parties`` (the biobanks of a study).
 
-:func:`dash_spark.io.simulate.simulate_cohort` draws every genotype from seeded PCG64 streams and
+:func:`dash_spark.bench.simulate.simulate_cohort` draws every genotype from seeded PCG64 streams and
 writes through dosage matrices: right for tests, slow for 10^11 genotypes. This generator writes
 the packed .bed bytes directly, with a splitmix64 stream per variant in a parallel numba kernel:
 
@@ -24,7 +24,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 CHUNK_VARIANTS = 2000
 
@@ -77,7 +77,7 @@ def simulate_waves(data: str, n: int, m: int, k: int, *, parts=WAVES, missing_ra
                    seed: int = 11) -> dict[str, str]:
     """Write the union and its ``parts`` (``(name, share)`` pairs, in sample order) under ``data``
     (see the module doc); returns every fileset's prefix."""
-    from .stats.kernel import decode
+    from ..stats.kernel import decode
 
     shares = np.array([share for _, share in parts], dtype=float)
     bounds = 4 * np.round(np.concatenate([[0.0], np.cumsum(shares)]) / shares.sum() * (n // 4)).astype(int)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from ..sources import qualify
+from .sources import qualify
 
 
 def delete_local_crc_files(folder: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, did_you_mean
+from ..errors import InputError, did_you_mean
 
 __all__ = [
     "DEFAULT_EXACT_MEDIAN_MAX_N",

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -148,7 +148,7 @@ def compare_to_plink2(ours_parquet: str, plink_glm: str, phenotype: str) -> dict
 
 
 def run_bench(args) -> int:
-    from .io.simulate import simulate_cohort
+    from .simulate import simulate_cohort
 
     if args.parties:
         return run_dash_bench(args)
@@ -319,7 +319,7 @@ def dosage_cohort(args, data: str) -> tuple[str, str, str, str]:
     plink2 --dummy writes the PGEN (fractional dosages at ``--dosage-fraction``, missing calls at
     ``--missing-rate``), plink2 --export the BGEN 1.2 (8 bits, REF first) and its .sample, our
     writer the .bgi; the phenotypes and covariates are simulated here."""
-    from .io.bgen import write_bgi
+    from ..io.bgen import write_bgi
 
     pfile, bgen = os.path.join(data, "cohort"), os.path.join(data, "cohort.bgen")
     pheno, covar = os.path.join(data, "cohort.pheno"), os.path.join(data, "cohort.covar")
@@ -406,7 +406,7 @@ def run_dash_bench(args) -> int:
     data of its own here) joins but never publishes: a study of 4 closes with 3 (the default
     threshold), so the coordinator closes the round without it after the others published
     (combine and unmask start then, their start-up on the critical path)."""
-    from .bench_waves import cached_split
+    from .waves import cached_split
 
     publishing = ("alice", "bob", "carol")
     parties = publishing + (("dave",) if args.dropout else ())

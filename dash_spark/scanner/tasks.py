@@ -2,7 +2,7 @@
 
 A plan (:class:`ScanPlan`, small, pickled with the task) and the broadcast weight matrix ``W``
 are all a task needs. It reads its own variants through the plan's source reader
-(:mod:`dash_spark.sources`), walks its range in sub-blocks sized from the memory budget, and
+(:mod:`dash_spark.scanner.sources`), walks its range in sub-blocks sized from the memory budget, and
 
 - :func:`scan_ranges`: finalizes each sub-block to per-variant results (Arrow record batches);
 - :func:`statistics_ranges`: yields each sub-block's rows of the additive statistics ``S``
@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 
 from .filters import CallFilters
-from .stats.blocks import DenseBlock, block_downdate, block_grams, block_sums
-from .stats.regenie import RegenieSpec, regenie_stats
-from .stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
-from .stats.results import RESULT_SCHEMA, results_batch
-from .stats.sufficient import StatLayout, block_statistics
+from ..stats.blocks import DenseBlock, block_downdate, block_grams, block_sums
+from ..stats.regenie import RegenieSpec, regenie_stats
+from ..stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
+from ..stats.results import RESULT_SCHEMA, results_batch
+from ..stats.sufficient import StatLayout, block_statistics
 
 
 #: seconds this process spent in the kernels' sums (block_sums), for the scan's phase split
@@ -93,8 +93,8 @@ class SharedBasis:
 class ScanPlan:
     """Everything a task needs besides the broadcast ``W`` (small; pickled with the closure).
 
-    ``reader`` reads the task's variants (:class:`~dash_spark.sources.BedReader` or
-    :class:`~dash_spark.sources.FeatureReader`). The last two columns of A are the masks of the
+    ``reader`` reads the task's variants (:class:`~dash_spark.scanner.sources.BedReader` or
+    :class:`~dash_spark.scanner.sources.FeatureReader`). The last two columns of A are the masks of the
     ``n_kept`` samples left by --keep/--remove (for --geno) and of the ``n_freq`` samples whose
     allele frequency decides which allele is major and feeds --maf/--mac (plink2: the founders
     among them).
@@ -257,7 +257,7 @@ def multiallelic_batch(plan: ScanPlan, W: np.ndarray, vidx: np.ndarray, block) -
     the dosages of every allele but the omitted one (the major allele over the frequency samples,
     or REF with ``count_alt``) jointly, on the samples with a call; one row per tested allele, in
     allele order (A1 = that allele, ALT the variant's whole ALT list)."""
-    from .stats.regression import ERR_COLLINEAR, ERR_FEW, ERRCODES, t_pvalues
+    from ..stats.regression import ERR_COLLINEAR, ERR_FEW, ERRCODES, t_pvalues
 
     n = plan.n_samples
     chrom, ids, pos, alt, ref = block.meta
@@ -407,9 +407,9 @@ def logistic_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, freq_alt,
     :func:`~dash_spark.stats.results.results_batch` picks it), missing calls dropped per variant
     (or mean-imputed with ``missing_genotypes="mean"``). ``beta`` and ``t_stat`` are returned for
     ALT, as the linear model's, and flipped back to A1 by the results' rows."""
-    from .stats.logistic import logistic_hybrid
-    from .stats.regression import VariantStats, mach_r2
-    from .stats.results import a1_flip
+    from ..stats.logistic import logistic_hybrid
+    from ..stats.regression import VariantStats, mach_r2
+    from ..stats.results import a1_flip
 
     Q, Y, mask = _pattern_columns_of(plan, W, pat)
     C = Q[mask] @ pat.R
@@ -458,7 +458,7 @@ def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX
     sums (:func:`dash_spark.stats.score.score_stats`); variants whose p is below the pattern's
     threshold get the saddlepoint p, from their dense dosages (missing calls at the mean)
     (:func:`dash_spark.stats.score.score_variant_stats`)."""
-    from .stats.score import adjusted_genotypes, approx_firth, score_stats, score_variant_stats, spa_log_pvalues
+    from ..stats.score import adjusted_genotypes, approx_firth, score_stats, score_variant_stats, spa_log_pvalues
 
     a, k, n = pat.a_offset, pat.k, plan.n_samples
     st = score_stats(SX[:, a : a + k + 4], SXX[:, pat.b_offset], SM[:, a : a + k + 4], pat.CtWC, pat.n,
@@ -581,7 +581,7 @@ def share_ranges(plan: ScanPlan, writer, W: np.ndarray, ranges):
 def score_share_ranges(plan: ScanPlan, writer, W: np.ndarray, ranges):
     """A party's share of a score study's scan round, executor side: per variant, the kernel's sums
     ``[X'A | (X^2)'B | M'A]`` with the weights of
-    :func:`dash_spark.score_study.score_share_weights`, encoded, masked and staged by ``writer``;
+    :func:`dash_spark.studies.score.score_share_weights`, encoded, masked and staged by ``writer``;
     yields the parts' header entries."""
     for vidx, block in _sub_blocks(plan, ranges, meta=False):
         SX, SXX, SM = block_sums(block, W, plan.n_a)
@@ -594,7 +594,7 @@ def spa_cgf_ranges(spec: dict, plan: ScanPlan, value, ranges):
     mask)``: their covariates, null-model means and their mask in .fam order; a missing call takes
     the pooled mean) and :func:`dash_spark.stats.score.cgf` at each ``t``; yields ``(v, [(K, K',
     K''), ...])``."""
-    from .stats.score import cgf
+    from ..stats.score import cgf
 
     C, mu, mask = value
     for vidx, block in _sub_blocks(plan, ranges, meta=False):

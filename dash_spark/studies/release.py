@@ -23,7 +23,7 @@ import logging
 import os
 from datetime import datetime, timezone
 
-from .errors import ReleaseError
+from ..errors import ReleaseError
 
 log = logging.getLogger("dash_spark")
 

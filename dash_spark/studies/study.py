@@ -23,20 +23,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ConfigError
-from .multiparty import ProtocolError
-from .multiparty.exchange import Manifest, locate_manifest, read_share_file
-from .multiparty.guard import OwnSamples
-from .multiparty.keys import fingerprint, load_private
-from .multiparty.rounds import (CloseRecord, GuardSettings, Ledger, TrustFile, close_if_complete, combine,
+from ..errors import ConfigError
+from ..multiparty import ProtocolError
+from ..multiparty.exchange import Manifest, locate_manifest, read_share_file
+from ..multiparty.guard import OwnSamples
+from ..multiparty.keys import fingerprint, load_private
+from ..multiparty.rounds import (CloseRecord, GuardSettings, Ledger, TrustFile, close_if_complete, combine,
                                 join_round, publish_stats, read_round_keys, read_survivors, unmask_round,
                                 verify_manifest, wait_for_shares)
 
 if TYPE_CHECKING:  # imported where used: a round's close loads neither Arrow's Parquet nor the statistics
     import pyarrow as pa
 
-    from .multiparty.exchange import ShareSum
-    from .stats.sufficient import SufficientStats
+    from ..multiparty.exchange import ShareSum
+    from ..stats.sufficient import SufficientStats
 
 #: how often a waiting step looks at the exchange again (each look is a few small reads)
 POLL_SECONDS = 0.2
@@ -104,8 +104,8 @@ def regression_party_stats(pheno: str, covar: str | None, settings: dict) -> Suf
 
 def _regression_party(pheno: str, covar: str | None, settings: dict) -> tuple[SufficientStats, OwnSamples]:
     """:func:`regression_party_stats` and the party's own samples (the release guard's)."""
-    from .io.tables import match_samples, read_sample_table
-    from .stats.sufficient import Moments, SufficientStats
+    from ..io.tables import match_samples, read_sample_table
+    from ..stats.sufficient import Moments, SufficientStats
 
     ph = read_sample_table(pheno, kind="pheno", names=settings.get("pheno_names"))
     tables = [ph]
@@ -215,18 +215,18 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
              fingerprint(keys), kind)
     files = None
     if kind == "regression":
-        from .output import check_output_names
+        from ..outputs.writers import check_output_names
 
         S, own = _regression_party(pheno, covar, settings)
         check_output_names(S.phenotypes, where=pheno)
         extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind}
     else:
-        from .multiparty.exchange import StagedStat
-        from .multiparty.rounds import open_publication
-        from .config import ScanConfig
-        from .pipeline import model_statistics, stage_model_share, statistics_model
+        from ..multiparty.exchange import StagedStat
+        from ..multiparty.rounds import open_publication
+        from ..config import ScanConfig
+        from ..scanner.pipeline import model_statistics, stage_model_share, statistics_model
 
-        from .spark.session import SessionStarter
+        from ..spark.session import SessionStarter
 
         starter = spark if isinstance(spark, SessionStarter) else None  # started by the command
         if spark is None:
@@ -293,7 +293,7 @@ def model_own_samples(model) -> OwnSamples:
 
 def remove_stage(stage: str) -> None:
     """Remove the stage directory this run created (after publishing it holds nothing)."""
-    from .multiparty.exchange import Location
+    from ..multiparty.exchange import Location
 
     import pyarrow as pa
 
@@ -305,7 +305,7 @@ def remove_stage(stage: str) -> None:
 
 
 def _load_encoding() -> None:
-    from .multiparty.encoding import encode
+    from ..multiparty.encoding import encode
 
     encode(np.zeros(1))
 
@@ -380,8 +380,8 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
         return manifest, {"closed": body}, None
     import pyarrow.parquet as pq
 
-    from .output import check_output_names
-    from .stats.sufficient import SufficientStats
+    from ..outputs.writers import check_output_names
+    from ..stats.sufficient import SufficientStats
 
     headers, pooled = combine(uri, manifest, must_agree=AGREE, wait=wait, poll=SHARE_POLL_SECONDS, partial=partial)
     if partial is not None and partial.used:
@@ -406,8 +406,8 @@ def combine_study(manifest_path: str, *, sign_key: str | None = None, allow_drop
 def _load_combine() -> None:
     import pyarrow as pa
 
-    from . import output  # noqa: F401 - scipy, the writers
-    from .stats import sufficient  # noqa: F401 - finalize
+    from ..outputs import writers  # noqa: F401 - scipy, the writers
+    from ..stats import sufficient  # noqa: F401 - finalize
 
     _load_encoding()  # the ring kernels' compiled code
     pa.array([""])  # pyarrow imports pandas the first time it converts Python objects
@@ -425,8 +425,8 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
     statistics, whatever the number of samples), and the outputs go to the local directory ``out``
     in the same files and format as ``dash-spark scan`` writes. Returns ``{phenotype: path}``.
     """
-    from .multiparty.exchange import ShareSum
-    from .staging import check_out_dir, staged_output
+    from ..multiparty.exchange import ShareSum
+    from ..outputs.staging import check_out_dir, staged_output
 
     t0 = time.time()
     # what the sum and the outputs need loads while the round is checked, closed and awaited
@@ -444,7 +444,7 @@ def run_combine(manifest_path: str, out: str, *, overwrite: bool = False, plots:
         # the shares not added yet are verified and added while the survivors reveal
         _, first, S = combine_study(manifest_path, trust=trust, wait=max(0.0, t0 + wait - time.time()),
                                     partial=partial)
-    from .output import OutputModel, safe_name, write_outputs_local
+    from ..outputs.writers import OutputModel, safe_name, write_outputs_local
 
     # no release check here: what combine can sum was released already, by each survivor's own
     # guard before it revealed anything (party unmask)

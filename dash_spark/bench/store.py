@@ -1,6 +1,6 @@
 """``dash-spark bench --refresh``: adding a batch of new samples vs recomputing the union.
 
-The cohort is simulated once (cached under ``--workdir``, see :mod:`dash_spark.bench_waves`): the
+The cohort is simulated once (cached under ``--workdir``, see :mod:`dash_spark.bench.waves`): the
 union, its first 90% of samples (``wave1``) and its last 10% (``wave2``), each fileset with its own
 phenotype and covariate tables. Untimed set-up: a store holding ``wave1`` (copied fresh for every
 timed refresh, since a refresh changes its store). Timed, each a fresh process, one after the
@@ -24,8 +24,8 @@ import sys
 
 
 def run_refresh_bench(args) -> int:
-    from .bench import timed, compare_results, emit_figures
-    from .bench_waves import WAVES, cached_split
+    from .run import timed, compare_results, emit_figures
+    from .waves import WAVES, cached_split
 
     data = cached_split(args, "waves", WAVES)
     cli = [sys.executable, "-m", "dash_spark.cli"]
@@ -73,7 +73,7 @@ def run_refresh_bench(args) -> int:
 
 
 def _usable(store: str) -> bool:
-    from .store import StoreError, open_store
+    from ..studies.store import StoreError, open_store
 
     try:
         open_store(store)

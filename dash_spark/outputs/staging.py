@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .errors import OutputError
+from ..errors import OutputError
 
 log = logging.getLogger("dash_spark")
 
@@ -234,7 +234,7 @@ class ObjectStage:
     is deleted. A prefix that holds objects but no marker is never replaced."""
 
     def __init__(self, out: str, *, overwrite: bool, inputs=(), what: str = "--out"):
-        from .io.files import filesystem
+        from ..io.files import filesystem
 
         self.out = out.rstrip("/")
         for p in inputs:

@@ -41,8 +41,8 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from .io.files import is_uri
-from .stats.results import RESULT_SCHEMA
+from ..io.files import is_uri
+from ..stats.results import RESULT_SCHEMA
 
 log = logging.getLogger("dash_spark")
 
@@ -142,7 +142,7 @@ def check_output_names(phenotypes, where: str) -> None:
     """Refuse phenotype names whose output files (``<safe_name>.glm.linear`` ...) would collide or be
     unusable: two names with the same :func:`safe_name`, or one that is empty or only dots.
     ``where`` (the phenotype file) starts the message."""
-    from .errors import InputError
+    from ..errors import InputError
 
     seen: dict[str, str] = {}
     for name in phenotypes:
@@ -496,7 +496,7 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
             open(tmp, "wb").close()
         texts = None
     else:
-        from .io.files import filesystem
+        from ..io.files import filesystem
 
         fs, base = filesystem(stage)
         stream = fs.open_output_stream(f"{base}/{pq_path}")
@@ -701,7 +701,7 @@ class PhenotypeGroups:
 
 
 def write_extra_outputs(stage: str, model) -> None:
-    """``--gwas-ssf`` and ``--report-covariates`` files (:mod:`dash_spark.gwas_ssf`) from the
+    """``--gwas-ssf`` and ``--report-covariates`` files (:mod:`dash_spark.outputs.gwas_ssf`) from the
     results Parquet under the local ``stage``, when the model asks for them."""
     extra = getattr(model, "extra_outputs", None)
     if extra is not None:
@@ -722,7 +722,7 @@ REGENIE_HEADER = "CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ TEST BETA SE CHISQ LOG1
 def regenie_lines(rows) -> list[str]:
     """REGENIE's step-2 lines (``--pred-test regenie``) for a ``{column: list}`` mapping of result
     rows, numbers with REGENIE's 6 significant digits; CHROM as REGENIE numbers it (X = 23)."""
-    from .io.loco import loco_chromosome
+    from ..io.loco import loco_chromosome
 
     def g(x):
         return "NA" if x is None or x != x else f"{x:.6g}"

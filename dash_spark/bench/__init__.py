@@ -1,0 +1,1 @@
+"""Benchmarks against plink2 and their cohorts."""

@@ -1,0 +1,1 @@
+"""Result files, summaries, plots, log lines and the staged output path."""

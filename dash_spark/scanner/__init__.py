@@ -1,0 +1,1 @@
+"""The scan: its model, plan, tasks and Spark jobs."""

@@ -1,0 +1,1 @@
+"""Stores and refreshes, forward selection, multi-party studies."""
