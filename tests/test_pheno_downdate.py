@@ -244,3 +244,48 @@ def test_downdates_on_dosages_equal_one_basis_per_pattern(cohort, monkeypatch):
     _, downdated = _scan_in_process(cfg, "on", monkeypatch)
     assert len(set(per_pattern["obs_ct"].tolist())) > 20
     _assert_equivalent(per_pattern, downdated)
+
+
+@pytest.mark.parametrize("mode", ["drop", "mean"])
+def test_patterns_finalized_side_by_side_equal_one_at_a_time(mode):
+    """The batched finalize of one-phenotype patterns (a sub-block without missing calls) gives each
+    pattern's rows bit for bit as the per-pattern finalize of the same mode does (every number,
+    every error code: a constant variant, one collinear with a covariate and a too-correlated one),
+    so the text files print the same digits."""
+    from dash_spark.stats.regression import (CovariateCorrelation, finalize_complete_case, finalize_mean_imputed,
+                                             finalize_no_missing)
+
+    rng = np.random.default_rng(11)
+    n, m, B = 300, 40, 7
+    C = np.column_stack([np.ones(n), rng.normal(size=n), rng.integers(0, 2, n).astype(float)])
+    X = rng.binomial(2, 0.3, size=(m, n)).astype(float)
+    X[3] = 1.0  # constant
+    X[5] = 2 * C[:, 2]  # collinear with a covariate
+    X[7] = C[:, 1] * 0.999 + 0.001 * rng.normal(size=n)  # too correlated
+    args, ref = [], []
+    for b in range(B):
+        mask = rng.random(n) > 0.1
+        Q, R = np.linalg.qr(C[mask])
+        y = rng.normal(size=mask.sum())
+        Xs = X[:, mask]
+        cc = CovariateCorrelation.build(C[mask], R)
+        Qx, yx, sx, sxx = Xs @ Q, Xs @ y, Xs.sum(axis=1), (Xs * Xs).sum(axis=1)
+        Qy, yy = Q.T @ y, float(y @ y)
+        k, nb = Q.shape[1], int(mask.sum())
+        common = dict(Qx=Qx, yx=yx[:, None], sx=sx, sxx=sxx, Qm=np.zeros((m, k)), miss=np.zeros(m),
+                      Qy=Qy[:, None], yy=np.array([yy]), n=nb, cc=cc)
+        if mode == "drop":
+            ref.append(finalize_complete_case(QmQm=np.zeros((m, k, k)), Qmy=np.zeros((m, k, 1)),
+                                              ymy=np.zeros((m, 1)), **common)[0])
+        else:
+            ref.append(finalize_mean_imputed(ym=np.zeros((m, 1)), **common)[0])
+        args.append((Qx, yx, sx, sxx, Qy, yy, nb, cc))
+    got = finalize_no_missing(*(np.stack([a[j] for a in args]) for j in range(4)), np.stack([a[4] for a in args]),
+                              np.array([a[5] for a in args]), np.array([a[6] for a in args]), [a[7] for a in args],
+                              mode=mode)
+    codes = set()
+    for r, g in zip(ref, got):
+        codes |= set(r.errcode.tolist())
+        for f in ("errcode", "beta", "se", "t_stat", "neg_log10_p", "p", "alt_freq", "mach_r2", "obs_ct"):
+            np.testing.assert_array_equal(getattr(g, f), getattr(r, f), err_msg=f)
+    assert len(codes) >= 3, codes  # OK, CONST_OMITTED_ALLELE and a collinearity code

@@ -25,7 +25,8 @@ import pyarrow as pa
 from .filters import CallFilters
 from ..stats.blocks import DenseBlock, block_downdate, block_grams, block_sums
 from ..stats.regenie import RegenieSpec, regenie_stats
-from ..stats.regression import CovariateCorrelation, finalize_complete_case, finalize_mean_imputed
+from ..stats.regression import (CovariateCorrelation, finalize_complete_case, finalize_mean_imputed,
+                                finalize_no_missing)
 from ..stats.results import RESULT_SCHEMA, results_batch
 from ..stats.sufficient import StatLayout, block_statistics
 
@@ -493,6 +494,10 @@ def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX
     return list(zip(pat.phenotypes, _haploid_freq(plan, W, pat, called, [out], mask=W[:n, a + k + 2])))
 
 
+#: one-phenotype patterns finalized side by side at a time (:func:`_shared_stats`)
+SIDE_BY_SIDE = 128
+
+
 def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:
     """Each pattern's statistics from the shared sums less its missing samples' share.
 
@@ -508,8 +513,13 @@ def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:
     anymiss = np.flatnonzero(missU > 0)  # variants with a missing call among U's samples
     if drop and len(anymiss):  # the missing calls' Grams, of those variants only (k x p each)
         QmQmA, QmyA, ymyA = block_grams(block.take(anymiss), W, 0, k, p, np.ones(len(anymiss), dtype=bool))
-    named = []
-    for pat in plan.patterns:
+    named: list = [None] * len(plan.patterns)
+    # no missing call in the sub-block: the one-phenotype patterns are finalized side by side
+    side = [] if len(anymiss) else [i for i, pat in enumerate(plan.patterns) if len(pat.cols) == 1]
+    at = {i: j for j, i in enumerate(side)}
+    if side:
+        QxS, sxS, sxxS = np.empty((len(side), m, k)), np.empty((len(side), m)), np.empty((len(side), m))
+    for i, pat in enumerate(plan.patterns):
         cols, T = pat.cols, pat.T
         Qx, sx, sxx, Qm, miss = QxU, sxU, sxxU, QmU, missU
         dQQ = None
@@ -518,6 +528,9 @@ def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:
             Qx, sx, sxx, miss = (Qx - dQx) @ T.T, sx - ds[:, 0], sxx - ds[:, 1], miss - ds[:, 2]
             Qm = np.zeros_like(QmU)
             Qm[anymiss] = (QmU[anymiss] - dQm[anymiss]) @ T.T
+        if i in at:
+            QxS[at[i]], sxS[at[i]], sxxS[at[i]] = Qx, sx, sxx
+            continue
         if drop:
             QmQm, Qmy, ymy = np.zeros((m, k, k)), np.zeros((m, k, len(cols))), np.zeros((m, len(cols)))
             if len(anymiss):
@@ -531,8 +544,18 @@ def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:
             stats = finalize_mean_imputed(ym=Ym[:, cols], **sums)
         else:
             stats = finalize_complete_case(QmQm=QmQm, Qmy=Qmy, ymy=ymy, **sums)
-        named += list(zip(pat.phenotypes, stats))
-    return named
+        named[i] = list(zip(pat.phenotypes, stats))
+    for a in range(0, len(side), SIDE_BY_SIDE):  # (in chunks: their temporaries stay a few MB per pattern)
+        chunk = side[a : a + SIDE_BY_SIDE]
+        pats = [plan.patterns[i] for i in chunk]
+        part = slice(a, a + len(chunk))
+        stats = finalize_no_missing(QxS[part], Yx[:, [int(p.cols[0]) for p in pats]].T, sxS[part], sxxS[part],
+                                    np.stack([p.Qy[:, 0] for p in pats]), np.array([p.yy[0] for p in pats]),
+                                    np.array([p.n for p in pats]), [p.cc for p in pats],
+                                    mode="drop" if drop else "mean")
+        for i, pat, st in zip(chunk, pats, stats):
+            named[i] = [(pat.phenotypes[0], st)]
+    return [pair for group in named for pair in group]
 
 
 def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
