@@ -375,9 +375,12 @@ def finalize_no_missing(Qx: np.ndarray, yx: np.ndarray, sx: np.ndarray, sxx: np.
         alt_freq = np.where(obs > 0, mu / 2.0, np.nan)
     flat = _finish(xx_c.ravel(), xx_centred.ravel(), yx_c.reshape(-1, 1), np.ascontiguousarray(yy_c).reshape(-1, 1),
                    (obs - k - 1).ravel(), err.ravel(), obs.ravel(), alt_freq.ravel(), mach_r2(sx, sxx, obs).ravel())[0]
-    fields = [f.name for f in dataclasses.fields(VariantStats)]
-    return [VariantStats(**{f: None if getattr(flat, f) is None else getattr(flat, f)[i * m : (i + 1) * m]
-                            for f in fields}) for i in range(B)]
+    def rows(i: int) -> VariantStats:  # pattern i's rows: views into the flat arrays
+        part = slice(i * m, (i + 1) * m)
+        return dataclasses.replace(flat, **{f.name: getattr(flat, f.name)[part] for f in dataclasses.fields(flat)
+                                            if getattr(flat, f.name) is not None})
+
+    return [rows(i) for i in range(B)]
 
 
 def collinearity_errors_batched(ccs: list, Qx: np.ndarray, sx: np.ndarray, xx_centred: np.ndarray) -> np.ndarray:
