@@ -8,6 +8,7 @@ forged chain), replays, re-publication and a party whose samples changed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -315,15 +316,22 @@ def test_an_altered_chain_state_is_refused(cohort, study, tmp_path):
     """The coordinator's chain (the step rounds) is signed: one altered on the exchange is not used."""
     st, base, _, _ = study
     path = os.path.join(os.path.dirname(base), "score", "cc.json")
-    saved = open(path, "rb").read()
-    obj = json.loads(saved)
-    obj["body"]["null_rounds"] = obj["body"]["null_rounds"][:-1]
-    try:
-        with open(path, "w") as fh:
-            json.dump(obj, fh)
+    with _edited(path, lambda obj: obj["body"].update(null_rounds=obj["body"]["null_rounds"][:-1])):
         code, _, err = st.run("combine", "--manifest", base, "--out", tmp_path / "o3", "--sign-key", st.coord)
         assert code == 2 and "forged or altered" in err, err
         assert not (tmp_path / "o3").exists()
+
+
+@contextlib.contextmanager
+def _edited(path, change):
+    """The JSON file ``path`` edited by ``change`` (as an exchange writer would) for the block."""
+    saved = open(path, "rb").read()
+    obj = json.loads(saved)
+    change(obj)
+    try:
+        with open(path, "w") as fh:
+            json.dump(obj, fh)
+        yield
     finally:
         with open(path, "wb") as fh:
             fh.write(saved)
@@ -355,19 +363,10 @@ def test_an_altered_step_manifest_is_refused_by_the_coordinator(cohort, study, t
     """An exchange writer's edit of a step's manifest (its signature no longer verifies): the
     coordinator's combine refuses it before adding any share."""
     st, base, _, rounds = study
-    path = rounds[0]
-    saved = open(path, "rb").read()
-    obj = json.loads(saved)
-    obj["settings"]["gamma"] = [g + 1.0 for g in obj["settings"]["gamma"]]
-    try:
-        with open(path, "w") as fh:
-            json.dump(obj, fh)
+    with _edited(rounds[0], lambda obj: obj["settings"].update(gamma=[g + 1.0 for g in obj["settings"]["gamma"]])):
         code, _, err = st.run("combine", "--manifest", base, "--out", tmp_path / "o4", "--sign-key", st.coord)
         assert code == 2 and "does not verify" in err, err
         assert not (tmp_path / "o4").exists()
-    finally:
-        with open(path, "wb") as fh:
-            fh.write(saved)
 
 
 def test_bad_inputs_of_a_score_study(cohort, tmp_path, spark):

@@ -508,6 +508,7 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
                                     sign_manifest, signed_record, verify_manifest)
     from ..stats.sufficient import SufficientStats
     from ..outputs.staging import check_out_dir
+    from .select import choose_phenotype
     from .study import close_base_round, variant_hash
 
     uri, base = locate_manifest(manifest_path)
@@ -534,14 +535,9 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
     roster = {p: base.parties[p] for p in counted}  # every later round's parties: the base round's survivors
     first = headers[counted[0]]["extra"]
     phenos, covs = list(first["phenotypes"]), list(first["covariates"])
-    if pheno_name is None:
-        if len(phenos) > 1:
-            raise ConfigError(f"{manifest_path}: the study has phenotypes {', '.join(phenos)}; choose one with "
-                              "--pheno-name (each has its own null model)")
-        pheno_name = phenos[0]
-    if pheno_name not in phenos:
-        raise ConfigError(f"--pheno-name {pheno_name}: not a phenotype of the study ({', '.join(phenos)})")
-    t, k = phenos.index(pheno_name), len(covs)
+    t, k = choose_phenotype(phenos, pheno_name, where=manifest_path, what="study",
+                            why=" (each has its own null model)"), len(covs)
+    pheno_name = phenos[t]
     S = SufficientStats.from_arrays(pooled, phenos, covs, "mean")
     mom = S.moments[t]
     cases = int(round(float(mom.yty)))  # y is 0/1: y'y counts the cases

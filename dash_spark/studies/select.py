@@ -45,6 +45,19 @@ from .store import (VARIANTS_FILE, Store, id_file, batch_config, open_store, poo
 log = logging.getLogger("dash_spark")
 
 
+def choose_phenotype(phenotypes: list[str], name: str | None, *, where: str, what: str, why: str = "") -> int:
+    """The index of ``--pheno-name`` among a store's or study's phenotypes (the only one when it is
+    not given); a missing or unknown choice is a :class:`ConfigError` naming them."""
+    if name is None:
+        if len(phenotypes) > 1:
+            raise ConfigError(f"{where}: the {what} has {len(phenotypes)} phenotypes ({', '.join(phenotypes)}); "
+                              f"choose one with --pheno-name{why}")
+        return 0
+    if name not in phenotypes:
+        raise ConfigError(f"--pheno-name {name}: not a phenotype of the {what} ({', '.join(phenotypes)})")
+    return phenotypes.index(name)
+
+
 # ----------------------------------------------------------------------------------------------
 # the algebra: stored statistics + products with Z -> statistics of the model with C+ = [C | Z]
 
@@ -307,14 +320,8 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
                           "regenie), which forward selection does not condition yet; select on a store made with the "
                           "Wald test (the default)")
     phenos = list(s["phenotypes"])
-    if pheno_name is None:
-        if len(phenos) > 1:
-            raise ConfigError(f"{store.root}: the store has {len(phenos)} phenotypes ({', '.join(phenos)}); "
-                              "choose one with --pheno-name")
-        pheno_name = phenos[0]
-    if pheno_name not in phenos:
-        raise ConfigError(f"--pheno-name {pheno_name}: not a phenotype of the store ({', '.join(phenos)})")
-    t = phenos.index(pheno_name)
+    t = choose_phenotype(phenos, pheno_name, where=store.root, what="store")
+    pheno_name = phenos[t]
     inputs = store_inputs(store)
     out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     batches = list(store.batches)
@@ -583,13 +590,8 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
     if first.get("loco_offsets"):
         raise ConfigError(f"select --manifest {manifest_path}: the study's statistics carry LOCO offsets (--pred); "
                           "forward selection does not take them yet")
-    if pheno_name is None:
-        if len(phenos) > 1:
-            raise ConfigError(f"{manifest_path}: the study has phenotypes {', '.join(phenos)}; choose one with --pheno-name")
-        pheno_name = phenos[0]
-    if pheno_name not in phenos:
-        raise ConfigError(f"--pheno-name {pheno_name}: not a phenotype of the study ({', '.join(phenos)})")
-    t, k = phenos.index(pheno_name), len(covs)
+    t, k = choose_phenotype(phenos, pheno_name, where=manifest_path, what="study"), len(covs)
+    pheno_name = phenos[t]
     loc = Location(uri)
     state_path = loc.join(base.study, base.round_id, "select", f"{safe_state_name(pheno_name)}.json")
     ck = base.coordinator_keys()
