@@ -328,6 +328,9 @@ def cmd_manifest(args) -> int:
     if len(parties) == 2 and args.threshold != 2:
         raise ConfigError("--party: a study of 2 parties reveals to each party the other's statistics (the pooled "
                           "result minus its own); pass --threshold 2 to start one deliberately")
+    if args.kind == "score" and (args.linear_for_binary or args.pred_test):
+        raise ConfigError("party manifest --kind score: a score study fits the logistic null model of case/control "
+                          "phenotypes; --linear-for-binary and --pred-test do not apply to it")
     settings = {"intercept": not args.no_intercept, "missing_genotypes": args.missing_genotypes,
                 "pheno_names": list(args.pheno_name) if args.pheno_name else None,
                 "covar_names": list(args.covar_name) if args.covar_name else None,

@@ -388,6 +388,10 @@ def test_bad_inputs_of_a_score_study(cohort, tmp_path, spark):
     code, _, err = st.compress(base, "alice", "--pheno", pheno, "--covar", files.covar, "--bfile", str(x))
     assert code == 2 and "autosomes only" in err, err
     assert not os.path.exists(os.path.join(os.path.dirname(base), "shares"))
+    code, _, err = st.run("party", "manifest", "--study", "bad", "--exchange", tmp_path / "exchange", "--kind", "score",
+                          "--linear-for-binary", "--sign-key", st.coord,
+                          *[x for p in PARTIES for x in ("--party", f"{p}={st.keys / p}.pub")])
+    assert code == 2 and "--linear-for-binary" in err, err
     lin = st.manifest("--bim", files.bfile + ".bim")
     code, _, err = st.run("combine", "--manifest", lin, "--out", tmp_path / "o", "--pheno-name", "cc")
     assert code == 2 and "score study" in err, err
