@@ -400,9 +400,22 @@ def phenotype_groups(column, names) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    code = pc.index_in(column, value_set=pa.array(list(names), pa.string()))
-    code = pc.fill_null(code, len(names)).to_numpy(zero_copy_only=False)
+    value_set = pa.array(list(names), pa.string())
+    if pa.types.is_dictionary(column.type):  # look up the dictionary's few values, not every row's
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        parts = []
+        for ch in chunks:
+            of_value = pc.fill_null(pc.index_in(ch.dictionary.cast(pa.string()), value_set=value_set), len(names))
+            lookup = np.append(np.asarray(of_value.to_numpy(zero_copy_only=False), dtype=np.int64), len(names))
+            # a null row points past the dictionary: "other phenotypes"
+            idx = pc.fill_null(ch.indices.cast(pa.int64()), len(lookup) - 1).to_numpy(zero_copy_only=False)
+            parts.append(lookup[idx])
+        code = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    else:
+        code = pc.fill_null(pc.index_in(column, value_set=value_set), len(names)).to_numpy(zero_copy_only=False)
     starts = np.concatenate([[0], np.cumsum(np.bincount(code, minlength=len(names) + 1))])
+    if len(names) < np.iinfo(np.int16).max:  # numpy's stable sort of 16-bit keys is a radix sort: linear
+        code = code.astype(np.int16)
     return np.argsort(code, kind="stable"), starts
 
 
@@ -641,7 +654,7 @@ def _light_summaries(parts: str, top_dir: str, model):
     from . import report
 
     names = list(model.phenotypes)
-    light = PhenotypeGroups(parts, names, model.n_variants, ["errcode", "neg_log10_p", "p", "phenotype"],
+    light = PhenotypeGroups(parts, names, model.n_variants, ["errcode", "neg_log10_p", "p"],
                             budget_rows=32_000_000, dictionary=["errcode"])
     files = sorted(f for f in os.listdir(top_dir) if _TOP_RE.fullmatch(f)) if os.path.isdir(top_dir) else []
     top = pa.concat_tables([pq.read_table(os.path.join(top_dir, f)) for f in files]) if files else None
@@ -675,7 +688,10 @@ class PhenotypeGroups:
     def __init__(self, path: str, phenotypes: list[str], rows_per_phenotype: int, columns: list[str],
                  budget_rows: int = 4_000_000, dictionary: list[str] | None = None):
         self.path, self.phenotypes, self.columns = path, phenotypes, columns
-        self.dictionary = dictionary
+        # the phenotype column is read to group the rows; it is given back only when asked for
+        self.keep_phenotype = "phenotype" in columns
+        self.read_columns = columns if self.keep_phenotype else [*columns, "phenotype"]
+        self.dictionary = list(dict.fromkeys([*(dictionary or []), "phenotype"]))
         self.group = max(1, budget_rows // max(1, rows_per_phenotype))
         self.cache: dict = {}
 
@@ -687,16 +703,18 @@ class PhenotypeGroups:
             self.cache.clear()
             i = self.phenotypes.index(name)
             chunk = self.phenotypes[i : i + self.group]
-            table = pq.read_table(self.path, columns=self.columns, read_dictionary=self.dictionary,
+            table = pq.read_table(self.path, columns=self.read_columns, read_dictionary=self.dictionary,
                                   filters=[("phenotype", "in", chunk)] if len(chunk) < len(self.phenotypes) else None)
             # group the rows by phenotype (a stable sort: file order within each); the phenotype
-            # column is rebuilt per slice, not moved: it is known from the group
+            # column is rebuilt per slice (when asked for), not moved: it is known from the group
             order, starts = phenotype_groups(table.column("phenotype"), chunk)
             at = table.column_names.index("phenotype")
             table = table.remove_column(at).take(pa.array(order))
             for c, n in enumerate(chunk):
                 rows = table.slice(starts[c], starts[c + 1] - starts[c])
-                self.cache[n] = rows.add_column(at, "phenotype", pa.repeat(pa.scalar(n, pa.string()), rows.num_rows))
+                if self.keep_phenotype:
+                    rows = rows.add_column(at, "phenotype", pa.repeat(pa.scalar(n, pa.string()), rows.num_rows))
+                self.cache[n] = rows
         return self.cache[name]
 
 
