@@ -387,6 +387,9 @@ def test_bad_inputs_of_a_score_study(cohort, tmp_path, spark):
         fh.write("\n".join(["X" + ln[ln.index("\t"):] if i < 3 else ln for i, ln in enumerate(lines)]) + "\n")
     code, _, err = st.compress(base, "alice", "--pheno", pheno, "--covar", files.covar, "--bfile", str(x))
     assert code == 2 and "autosomes only" in err, err
+    code, _, err = st.compress(base, "alice", "--pheno", pheno, "--covar", files.covar, "--bfile", prefixes["alice"],
+                               "--pred", str(tmp_path / "any_pred.list"))
+    assert code == 2 and "--pred" in err and "Traceback" not in err, err
     assert not os.path.exists(os.path.join(os.path.dirname(base), "shares"))
     code, _, err = st.run("party", "manifest", "--study", "bad", "--exchange", tmp_path / "exchange", "--kind", "score",
                           "--linear-for-binary", "--sign-key", st.coord,

@@ -317,6 +317,9 @@ def run_party_score(manifest_path: str, party: str, key_path: str, *, source: di
     t0 = time.time()
     uri, manifest, keys, ledger, who = open_round_to_publish(manifest_path, party, key_path, trust, wait)
     kind = manifest.settings.get("kind")
+    if source.get("pred"):
+        raise ConfigError(f"{manifest_path}: a score study fits its null model without LOCO offsets; --pred is not "
+                          "taken here yet (run REGENIE's binary-trait test per party, or the study without --pred)")
     if not any(source.get(k) for k in ("bfile", "pfile", "bgen")):
         raise ConfigError(f"{manifest_path}: a score study's rounds need this party's genotypes (their samples and "
                           "variants); pass --bfile PREFIX (or --pfile, --bgen)")
