@@ -554,6 +554,7 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
         state = read_signed(loc, state_path, ck, what="score study state", who=f"coordinator {ck.party!r}")
     else:
         state = {"phenotype": pheno_name, "null_rounds": [], "scan": None, "spa_rounds": []}
+
     def own_round(rid: str, kind: str):
         """A round of this chain, as this coordinator signed it (an exchange writer's copy is refused)."""
         _, m = locate_manifest(loc.show(loc.join(base.study, rid, "manifest.json")))
