@@ -465,28 +465,28 @@ def score_test_stats(plan: ScanPlan, W: np.ndarray, pat: Pattern, block, SX, SXX
     st = score_stats(SX[:, a : a + k + 4], SXX[:, pat.b_offset], SM[:, a : a + k + 4], pat.CtWC, pat.n,
                      float(W[:n, a + k + 1].sum()))
 
-    def spa(rows: np.ndarray) -> np.ndarray:
-        cols = W[:n, a : a + k + 4]
+    def samples(rows: np.ndarray):
+        """The rows' dosages on the phenotype's samples (missing calls at the mean) [shape: (rows, n_pat)],
+        those samples' weight columns (A's, with the Firth offsets where the pattern has them), their
+        raw covariates C and weights w."""
+        cols = W[:n, a : a + k + (5 if pat.correction == "firth" else 4)]
         mask = cols[:, k + 2] > 0
-        w = cols[mask, k + 1]
-        C = cols[mask, 1 : k + 1] / w[:, None]
-        mu = cols[mask, k + 3]
         X = block.take(rows).dense()[:, mask]
-        X = np.where(np.isnan(X), st.mean[rows][:, None], X)
-        return spa_log_pvalues(adjusted_genotypes(X, C, w, pat.CtWC), mu, st.U[rows])
+        cols = cols[mask]
+        w = cols[:, k + 1]
+        return np.where(np.isnan(X), st.mean[rows][:, None], X), cols, cols[:, 1 : k + 1] / w[:, None], w
+
+    def spa(rows: np.ndarray) -> np.ndarray:
+        X, cols, C, w = samples(rows)
+        return spa_log_pvalues(adjusted_genotypes(X, C, w, pat.CtWC), cols[:, k + 3], st.U[rows])
 
     def firth(rows: np.ndarray):
-        cols = W[:n, a : a + k + 5]
-        mask = cols[:, k + 2] > 0
-        w = cols[mask, k + 1]
-        C = cols[mask, 1 : k + 1] / w[:, None]
-        y = cols[mask, 0] + cols[mask, k + 3]  # (y - mu) + mu
-        X = block.take(rows).dense()[:, mask]
-        X = np.where(np.isnan(X), st.mean[rows][:, None], X)
+        X, cols, C, _ = samples(rows)
+        y = cols[:, 0] + cols[:, k + 3]  # (y - mu) + mu
         if k:  # the covariates projected out of the dosages (least squares), as REGENIE does for Firth
             Q, _ = np.linalg.qr(C)
             X = X - (X @ Q) @ Q.T
-        return approx_firth(X, y, cols[mask, k + 4])
+        return approx_firth(X, y, cols[:, k + 4])
 
     out = score_variant_stats(st, few=pat.n <= k + 1, spa_threshold=pat.spa_threshold,
                               spa=spa if pat.correction == "spa" else None,
