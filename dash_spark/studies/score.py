@@ -46,6 +46,7 @@ import dataclasses
 import io
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -197,11 +198,11 @@ class PartyData:
         return cls(cfg, model, tuple(Cs), tuple(ys), tuple(masks))
 
 
-def _load_round(uri: str, study: str, round_id, trust, *, who: str):
-    """A round of the chain: a valid round id, its manifest at its place in this exchange, signed by
-    the pinned coordinator."""
+def _load_round(uri: str, study: str, round_id, verify: Callable, *, who: str):
+    """A round of the chain: a valid round id, its manifest at its place in this exchange, accepted
+    by ``verify(manifest)`` (a party: signed by the pinned coordinator, every key pinned; the
+    coordinator: signed by its own key)."""
     from ..multiparty.exchange import ROUND_ID_RE, Location, locate_manifest
-    from ..multiparty.rounds import verify_manifest
 
     if not isinstance(round_id, str) or not ROUND_ID_RE.fullmatch(round_id):  # it becomes a path of the exchange
         raise ProtocolError(f"{who}: the chain names round {round_id!r}, which is not a round id; nothing was "
@@ -210,17 +211,18 @@ def _load_round(uri: str, study: str, round_id, trust, *, who: str):
     root, manifest = locate_manifest(loc.show(loc.join(study, round_id, "manifest.json")))
     if root.rstrip("/") != uri.rstrip("/") or (manifest.study, manifest.round_id) != (study, round_id):
         raise ProtocolError(f"{who}: round {round_id!r} of the chain is not in this exchange's study {study!r}")
-    verify_manifest(uri, manifest, trust, who=who)
+    verify(manifest)
     return manifest
 
 
-def _chain_round(uri: str, manifest, round_id, trust, *, who: str, kind: str, what: str, **expect):
+def _chain_round(uri: str, study: str, round_id, *, verify: Callable, who: str, kind: str, what: str, parties: dict,
+                 coordinator, **expect):
     """A round the chain names: verified (:func:`_load_round`), of ``kind``, with the settings
-    ``expect``, the same coordinator and roster as ``manifest``."""
-    m = _load_round(uri, manifest.study, round_id, trust, who=who)
+    ``expect``, the roster ``parties`` and the ``coordinator``."""
+    m = _load_round(uri, study, round_id, verify, who=who)
     ms = m.settings
     if (ms.get("kind") != kind or any(ms.get(key) != value for key, value in expect.items())
-            or m.coordinator != manifest.coordinator or m.parties != manifest.parties):
+            or m.coordinator != coordinator or m.parties != parties):
         raise ProtocolError(f"{who}: round {round_id!r} is not {what} of this chain (another kind, base, phenotype, "
                             "step, coordinator or roster); nothing was published")
     return m
@@ -239,12 +241,18 @@ class Chain:
     and the saddlepoint's replay over the earlier saddlepoint rounds."""
 
     def __init__(self, uri: str, manifest, trust, *, who: str):
-        from ..multiparty.rounds import combine
+        from ..multiparty.rounds import combine, verify_manifest
         from ..stats.sufficient import SufficientStats
 
         s = manifest.settings
         kind = s.get("kind")
-        self.base = _load_round(uri, manifest.study, s.get("base_round"), trust, who=who)
+
+        def verify(m) -> None:
+            verify_manifest(uri, m, trust, who=who)
+
+        link = partial(_chain_round, uri, manifest.study, verify=verify, who=who, parties=manifest.parties,
+                       coordinator=manifest.coordinator)
+        self.base = _load_round(uri, manifest.study, s.get("base_round"), verify, who=who)
         if self.base.settings.get("kind") != KIND_BASE or self.base.coordinator != manifest.coordinator:
             raise ProtocolError(f"{who}: the base round {self.base.round_id!r} is not a score study's base round of "
                                 "this coordinator; nothing was published")
@@ -264,8 +272,7 @@ class Chain:
         mine = {"base_round": self.base.round_id, "phenotype": name, "phenotype_index": t}
         steps = []
         for i, rid in enumerate(rounds):
-            m = _chain_round(uri, manifest, rid, trust, who=who, kind=KIND_NULL, what=f"step {i + 1}", step=i + 1,
-                             null_rounds=rounds[:i], **mine)
+            m = link(rid, kind=KIND_NULL, what=f"step {i + 1}", step=i + 1, null_rounds=rounds[:i], **mine)
             steps.append(_step_sums(combine(uri, m, must_agree=STEP_AGREE)[1]))
         self.fit, self.need = replay_null(start_sums(self.moments), steps, self.k)
         if kind == KIND_NULL:
@@ -289,14 +296,13 @@ class Chain:
                                 "replayed from the chain's shares; nothing was published")
         self.scan = self.tails = None
         if kind == KIND_SPA:
-            scan = _chain_round(uri, manifest, s.get("scan_round"), trust, who=who, kind=KIND_SCAN,
-                                what="the scan round", null_rounds=rounds, **mine)
+            scan = link(s.get("scan_round"), kind=KIND_SCAN, what="the scan round", null_rounds=rounds, **mine)
             self.scan = PooledScan.of(combine(uri, scan, must_agree=STEP_AGREE)[1], self.k, self.moments.n)
             spa = _round_list(s.get("spa_rounds"), MAX_SPA_ROUNDS - 1, "saddlepoint rounds", who)
             self.tails = self.scan.tails()
             for i, rid in enumerate(spa):
-                m = _chain_round(uri, manifest, rid, trust, who=who, kind=KIND_SPA, what=f"saddlepoint round {i + 1}",
-                                 step=i + 1, scan_round=scan.round_id, spa_rounds=spa[:i], null_rounds=rounds, **mine)
+                m = link(rid, kind=KIND_SPA, what=f"saddlepoint round {i + 1}", step=i + 1, scan_round=scan.round_id,
+                         spa_rounds=spa[:i], null_rounds=rounds, **mine)
                 self.tails.feed(combine(uri, m, must_agree=STEP_AGREE + ["requests"])[1]["K"])
             if s.get("step") != len(spa) + 1:
                 raise ProtocolError(f"{who}: the round is saddlepoint round {s.get('step')!r} but its chain holds "
@@ -555,15 +561,14 @@ def run_score_combine(manifest_path: str, out: str, *, pheno_name: str | None = 
     else:
         state = {"phenotype": pheno_name, "null_rounds": [], "scan": None, "spa_rounds": []}
 
+    def verify(m) -> None:  # a round of this chain as this coordinator signed it (an exchange writer's copy is refused)
+        check_manifest_signature(uri, m, ck, who=f"combine, round {m.round_id!r}")
+
+    chained = partial(_chain_round, uri, base.study, verify=verify, who=f"combine {manifest_path}", parties=roster,
+                      coordinator=base.coordinator, base_round=base.round_id, phenotype=pheno_name)
+
     def own_round(rid: str, kind: str):
-        """A round of this chain, as this coordinator signed it (an exchange writer's copy is refused)."""
-        _, m = locate_manifest(loc.show(loc.join(base.study, rid, "manifest.json")))
-        check_manifest_signature(uri, m, ck, who=f"combine, round {rid!r}")
-        if (m.settings.get("kind"), m.settings.get("base_round"), m.settings.get("phenotype"), m.parties,
-                m.coordinator) != (kind, base.round_id, pheno_name, roster, base.coordinator):
-            raise ProtocolError(f"round {rid!r}: not a {kind} round of this study's {pheno_name} chain; the exchange "
-                                "was altered")
-        return m
+        return chained(rid, kind=kind, what=f"a {kind} round of this study's {pheno_name} chain")
 
     steps = []
     for rid in state["null_rounds"]:
