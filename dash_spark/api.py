@@ -419,7 +419,8 @@ def logistic_regression(spark, genotypes, phenotypes, covariates=None, *, interc
 def _scan_frame(spark, genotypes, phenotypes, covariates, kind: str, *, pheno_names, covar_names, keep, remove,
                 **options):
     """The scan's result rows as a lazy DataFrame; ``kind``: the model every phenotype must get."""
-    from .scanner.pipeline import build_model, plan_scan
+    from .scanner.pipeline import plan_scan
+    from .scanner.model import scan_model
     from .scanner.jobs import map_ranges
     from .stats.results import RESULT_SCHEMA_DDL
     from .scanner.tasks import scan_ranges
@@ -429,7 +430,7 @@ def _scan_frame(spark, genotypes, phenotypes, covariates, kind: str, *, pheno_na
             _id_list_path(keep, "keep") as keep, _id_list_path(remove, "remove") as remove:
         cfg = _config(source, pheno, covar, pheno_name=_names(pheno_names, "pheno_names"),
                       covar_name=_names(covar_names, "covar_names"), keep=keep, remove=remove, **options)
-        model = build_model(cfg)
+        model = scan_model(cfg)
     logistic = set(model.logistic_phenotypes)
     other = [p for p in model.phenotypes if (p in logistic) != (kind == "logistic")]
     if other and kind == "linear":
@@ -508,7 +509,8 @@ def compress(spark, genotypes, phenotypes, covariates=None, *, intercept: bool =
         ...
     dash_spark.errors.ModelError: statistics +: both hold the same batch (1 batch(es) in common); each batch's samples may be added once
     """
-    from .scanner.pipeline import compress_model, statistics_model
+    from .scanner.pipeline import compress_model
+    from .scanner.model import statistics_model
 
     source = _as_source(genotypes)
     with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar, \

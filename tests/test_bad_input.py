@@ -333,15 +333,15 @@ def test_unknown_config_key(tmp_path, capsys):
 def test_task_failure_leaves_no_output(tmp_path, monkeypatch, spark):
     """A .bed truncated after the driver checked it fails in a task; nothing appears at OUTDIR."""
     inp = Inputs(tmp_path, n=60, m=40)
-    real_build_model = pipeline.build_model
+    real_scan_model = pipeline.scan_model
 
     def build_then_truncate(cfg):
-        model = real_build_model(cfg)  # the .bed is still complete here and passes check_bed
+        model = real_scan_model(cfg)  # the .bed is still complete here and passes check_bed
         with open(inp.bed, "r+b") as fh:
             fh.truncate(os.path.getsize(inp.bed) - 7)
         return model
 
-    monkeypatch.setattr(pipeline, "build_model", build_then_truncate)
+    monkeypatch.setattr(pipeline, "scan_model", build_then_truncate)
     cfg = pipeline.ScanConfig(bfile=inp.bfile, pheno=inp.pheno, covar=inp.covar, out=inp.out,
                               block_variants=10, plots=False, master="local[1]")
     with pytest.raises(Exception) as excinfo:

@@ -19,7 +19,8 @@ import pytest
 
 from dash_spark.cli import main
 from dash_spark.errors import ConfigError
-from dash_spark.scanner.pipeline import ScanConfig, case_control_columns, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.model import case_control_columns
 
 from .oracle_data import make_files
 from .test_bad_input import assert_input_error, run_cli

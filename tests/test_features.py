@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dash_spark.errors import InputError
-from dash_spark.scanner.pipeline import ScanConfig, build_model, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.model import scan_model
 
 from .oracle_data import make_files
 
@@ -60,11 +61,11 @@ def test_wrong_value_count_names_the_file(feature_files, tmp_path):
     files, tmp = feature_files
     pq.write_table(pa.table({"id": ["a"], "values": [[1.0, 2.0]]}), tmp_path / "short.parquet")
     with pytest.raises(InputError, match=r"short.parquet: row 1 has 2 values, but the sample-ID file lists 300"):
-        build_model(ScanConfig(features=str(tmp_path / "short.parquet"), feature_samples=str(tmp / "samples.txt"),
+        scan_model(ScanConfig(features=str(tmp_path / "short.parquet"), feature_samples=str(tmp / "samples.txt"),
                                pheno=files.pheno, covar=files.covar, out=str(tmp_path / "o")))
     pq.write_table(pa.table({"name": ["a"]}), tmp_path / "nocols.parquet")
     with pytest.raises(InputError, match="features need columns 'id' and 'values'; found name"):
-        build_model(ScanConfig(features=str(tmp_path / "nocols.parquet"), feature_samples=str(tmp / "samples.txt"),
+        scan_model(ScanConfig(features=str(tmp_path / "nocols.parquet"), feature_samples=str(tmp / "samples.txt"),
                                pheno=files.pheno, covar=files.covar, out=str(tmp_path / "o")))
 
 

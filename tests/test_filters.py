@@ -126,10 +126,10 @@ def test_keep_leaving_too_few_samples_names_the_numbers(files, tmp_path):
     f, _ = files
     iids = [line.split()[1] for line in open(f.bfile + ".fam")][:4]
     (tmp_path / "few.txt").write_text("\n".join(iids) + "\n")
-    from dash_spark.scanner.pipeline import build_model
+    from dash_spark.scanner.model import scan_model
 
     with pytest.raises(ModelError, match=r"samples with complete data, but 4 covariates need at least 6"):
-        build_model(ScanConfig(bfile=f.bfile, pheno=f.pheno, covar=f.covar, out=str(tmp_path / "o"),
+        scan_model(ScanConfig(bfile=f.bfile, pheno=f.pheno, covar=f.covar, out=str(tmp_path / "o"),
                                keep=str(tmp_path / "few.txt")))
 
 

@@ -125,7 +125,7 @@ def test_no_private_name_crosses_modules():
 def test_the_rules_see_a_violation(tmp_path, monkeypatch):
     """The graph walker finds function-level imports (so the rules above can fail)."""
     mod = "dash_spark.stats.kernel"
-    src = "def f():\n    from ..scanner.pipeline import build_model\n    from pyspark.sql import functions\n"
+    src = "def f():\n    from ..scanner.pipeline import scan_model\n    from pyspark.sql import functions\n"
     path = tmp_path / "kernel.py"
     path.write_text(src)
     found = dict(_imports(mod, path))
@@ -181,3 +181,24 @@ def test_the_package_root_shows_the_layers():
     edges = _graph()
     upward = sorted(f"{a} -> {b}" for a, bs in edges.items() for b in bs if a in rank and b in rank and rank[b] > rank[a])
     assert not upward, upward
+
+
+def test_no_builder_takes_a_meaning_flag():
+    """The model is built one way: :func:`read_samples` decides who is analysed (under rules that
+    say what is dropped or refused), and a scan's weights and a statistics model's come from their
+    own builders; no function takes the old ``party`` flag that turned one into the other, and the
+    two builders' models differ where they must (a statistics model carries moments, a scan's none)."""
+    offenders = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for a in node.args.args + node.args.kwonlyargs:  # (a party's *name* is fine)
+                    if a.arg in ("party", "statistics") and ast.unparse(a.annotation or ast.Constant(None)) == "bool":
+                        offenders.append(f"{module}.{node.name}({a.arg})")
+    assert not offenders, offenders
+    from dash_spark.scanner import model
+
+    assert not hasattr(model, "build_model")
+    assert set(model.SampleRules.__dataclass_fields__) == {"drop_uninformative_covariates",
+                                                           "refuse_constant_phenotypes", "linear_only",
+                                                           "subset_of_fam"}

@@ -23,10 +23,11 @@ def test_ruff_finds_nothing():
 
 
 def test_mypy_checks_the_core_packages(tmp_path):
-    """mypy type-checks the statistics, the readers, the multi-party layer and the Python API (the
-    code that runs everywhere: executors, parties, notebooks)."""
+    """mypy type-checks the statistics, the readers, the multi-party layer, the Python API (the
+    code that runs everywhere: executors, parties, notebooks), the settings and the model builders."""
     pytest.importorskip("mypy", reason="mypy is a test dependency (pip install -e '.[test]')")
     proc = subprocess.run([sys.executable, "-m", "mypy", "--ignore-missing-imports", "--follow-imports=silent",
                            "--cache-dir", str(tmp_path / "cache"), "dash_spark/stats", "dash_spark/io",
-                           "dash_spark/multiparty", "dash_spark/api.py"], cwd=ROOT, capture_output=True, text=True)
+                           "dash_spark/multiparty", "dash_spark/api.py", "dash_spark/config.py",
+                           "dash_spark/scanner/model.py"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

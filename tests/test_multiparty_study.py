@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dash_spark.io.plink import read_bed_range
-from dash_spark.scanner.pipeline import ScanConfig, build_model, model_statistics, statistics_model
+from dash_spark.scanner.pipeline import ScanConfig, model_statistics
+from dash_spark.scanner.model import scan_model, statistics_model
 from dash_spark.scanner.sources import BedReader
 from dash_spark.stats.blocks import PackedBlock
 from dash_spark.stats.regression import ERRCODES
@@ -41,7 +42,7 @@ def test_pooled_party_sums_equal_the_pooled_scan(split, tmp_path, mode):
     files, keeps = split
     cfg = ScanConfig(bfile=files.bfile, pheno=files.pheno, covar=files.covar, out=str(tmp_path / "o"),
                      missing_genotypes=mode)
-    model = build_model(cfg)
+    model = scan_model(cfg)
     batches = list(scan_ranges(_plan(model, files, mode), model.W, plan_ranges(model.variants, 1000,
                                                                                  model.bim.line_offsets)))
     ref = {k: np.concatenate([np.asarray(b.column(k).to_numpy(zero_copy_only=False)) for b in batches])

@@ -14,7 +14,8 @@ import pytest
 from dash_spark.bench.run import read_plink2_glm
 from dash_spark.errors import ModelError
 from dash_spark.bench.simulate import write_bed
-from dash_spark.scanner.pipeline import ScanConfig, build_model, plan_scan, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, plan_scan, run_scan
+from dash_spark.scanner.model import scan_model
 from dash_spark.stats import kernel
 from dash_spark.stats.blocks import downdate_dense
 from dash_spark.scanner.tasks import scan_ranges
@@ -77,7 +78,7 @@ def cohort(tmp_path_factory):
 
 def _scan_in_process(cfg: ScanConfig, mode: str, monkeypatch):
     monkeypatch.setenv("DASH_SPARK_PHENO_DOWNDATE", mode)
-    model = build_model(cfg)
+    model = scan_model(cfg)
     plan, ranges, _ = plan_scan(cfg, model, 2)
     table = pa.Table.from_batches(list(scan_ranges(plan, model.W, ranges)))
     table = table.sort_by([("phenotype", "ascending"), ("variant_index", "ascending")])
@@ -143,11 +144,11 @@ def test_auto_rule_and_forcing(cohort, monkeypatch):
     tmp, (bfile, pheno, covar) = cohort
     monkeypatch.delenv("DASH_SPARK_PHENO_DOWNDATE", raising=False)
     cfg = ScanConfig(bfile=bfile, pheno=pheno, covar=covar, out=str(tmp / "unused"))
-    assert build_model(cfg).shared is not None  # 6 patterns
+    assert scan_model(cfg).shared is not None  # 6 patterns
     two = ScanConfig(bfile=bfile, pheno=pheno, covar=covar, out=str(tmp / "unused"), pheno_name=("full", "few"))
-    assert build_model(two).shared is None  # 2 patterns: one basis each
+    assert scan_model(two).shared is None  # 2 patterns: one basis each
     monkeypatch.setenv("DASH_SPARK_PHENO_DOWNDATE", "on")
-    assert build_model(two).shared is not None
+    assert scan_model(two).shared is not None
 
 
 def test_downdated_scan_matches_plink2(cohort, spark):
@@ -216,7 +217,7 @@ def test_pattern_collinear_on_its_own_samples_is_named(tmp_path, monkeypatch):
     for mode in ("off", "on"):
         monkeypatch.setenv("DASH_SPARK_PHENO_DOWNDATE", mode)
         with pytest.raises(ModelError) as err:
-            build_model(cfg)
+            scan_model(cfg)
         messages.append(str(err.value))
     assert messages[0] == messages[1]
     assert "only_batch0" in messages[1] and "'batch'" in messages[1]

@@ -17,7 +17,8 @@ import pytest
 from dash_spark.bench.run import read_plink2_glm
 from dash_spark.errors import ConfigError, InputError
 from dash_spark.bench.simulate import write_bed
-from dash_spark.scanner.pipeline import ScanConfig, build_model, run_scan
+from dash_spark.scanner.pipeline import ScanConfig, run_scan
+from dash_spark.scanner.model import scan_model
 from dash_spark.stats.regression import ERRCODES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,7 +279,7 @@ def test_constant_phenotype_is_refused(tmp_path, rng):
     vals = [None if i % 7 == 0 else 1.5 for i in range(n)]  # constant once the missing values are dropped
     bfile, pheno, _, _ = _small_files(tmp_path, rng, y={"ok": [float(v) for v in rng.normal(size=n)], "flat": vals})
     with pytest.raises(InputError) as exc:
-        build_model(ScanConfig(bfile=bfile, pheno=pheno, out=str(tmp_path / "o")))
+        scan_model(ScanConfig(bfile=bfile, pheno=pheno, out=str(tmp_path / "o")))
     msg = str(exc.value)
     assert "'flat'" in msg and pheno in msg and "1.5" not in msg and "\n" not in msg
 
@@ -307,7 +308,7 @@ def test_no_intercept_keeps_a_constant_covariate(tmp_path, rng):
         return {"one": [1.0] * n, "zero": [0.0] * n, "age": [float(a) for a in rng.uniform(40, 70, n)]}
 
     bfile, pheno, cov, _ = _small_files(tmp_path, rng, covar=covar)
-    model = build_model(ScanConfig(bfile=bfile, pheno=pheno, covar=cov, no_intercept=True, out=str(tmp_path / "o")))
+    model = scan_model(ScanConfig(bfile=bfile, pheno=pheno, covar=cov, no_intercept=True, out=str(tmp_path / "o")))
     assert model.covariates == ("one", "age")
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from dash_spark.errors import ModelError
-from dash_spark.scanner.pipeline import ScanConfig, model_statistics, plan_scan, statistics_model
+from dash_spark.scanner.pipeline import ScanConfig, model_statistics, plan_scan
+from dash_spark.scanner.model import statistics_model
 from dash_spark.stats.sufficient import Moments, StatLayout, SufficientStats
 from dash_spark.scanner.tasks import block_stats
 

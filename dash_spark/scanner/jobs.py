@@ -20,7 +20,7 @@ from ..errors import DashError, tag_task_error, translate_task_error
 RANGE_SCHEMA_DDL = "part int, start long, stop long, bim_start long, bim_stop long, rows array<int>"
 
 
-def map_ranges(spark, W: np.ndarray, ranges: list[tuple], per_ranges, schema_ddl: str):
+def map_ranges(spark, W: np.ndarray | tuple[np.ndarray, ...], ranges: list[tuple], per_ranges, schema_ddl: str):
     """A DataFrame with one partition per range row: ``per_ranges(W, rows)`` yields its Arrow batches.
 
     ``W`` is broadcast once; the function and its small arguments travel with the task closure.

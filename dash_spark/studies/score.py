@@ -173,7 +173,7 @@ class PartyData:
 
     @classmethod
     def build(cls, settings: dict, source: dict, *, where: str) -> PartyData:
-        from ..scanner.pipeline import statistics_model
+        from ..scanner.model import statistics_model
         from ..stats.sexchrom import sex_chrom_class
 
         cfg = party_config(settings, source)

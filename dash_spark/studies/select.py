@@ -166,7 +166,8 @@ def batch_model(store: Store, batch, t: int, spark_parallelism: int):
     moments stored for it; built once per selection and used by every step's :func:`step_inputs`."""
     from dataclasses import replace
 
-    from ..scanner.pipeline import plan_scan, statistics_model
+    from ..scanner.pipeline import plan_scan
+    from ..scanner.model import statistics_model
 
     remove = None
     if batch.withdrawn:
@@ -502,7 +503,8 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     the step round's own keys (joined here if need be), once per round (the party's ledger)."""
     from ..multiparty import ProtocolError
     from ..multiparty.rounds import publish_stats
-    from ..scanner.pipeline import plan_scan, statistics_model
+    from ..scanner.pipeline import plan_scan
+    from ..scanner.model import statistics_model
     from ..scanner.compress import collect_ranges
     from ..spark.session import get_session, resolve_session
     from .study import open_round_to_publish, variant_hash, variant_table, wait_for_keys

@@ -385,7 +385,8 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     against the batch before anything is computed). The directory is not registered in the store:
     the caller commits it, or removes it on failure.
     """
-    from ..scanner.pipeline import model_statistics, plan_scan, statistics_model
+    from ..scanner.pipeline import model_statistics, plan_scan
+    from ..scanner.model import statistics_model
     from ..scanner.jobs import run_ranges
     from ..spark.session import resolve_session
     from .study import variant_hash, variant_table
@@ -467,7 +468,7 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
                  block_variants: int | None = None, pheno_01: bool = False, linear_for_binary: bool = False,
                  pred_test: str | None = None) -> Store:
     """Create ``root`` holding one batch (refuses an existing store)."""
-    from ..scanner.pipeline import statistics_model
+    from ..scanner.model import statistics_model
     from ..spark.session import resolve_session
     from .study import variant_hash, variant_table
     from ..scanner.tasks import default_block_variants

@@ -224,7 +224,8 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         from ..multiparty.exchange import StagedStat
         from ..multiparty.rounds import open_publication
         from ..config import ScanConfig
-        from ..scanner.pipeline import model_statistics, stage_model_share, statistics_model
+        from ..scanner.pipeline import model_statistics, stage_model_share
+        from ..scanner.model import statistics_model
 
         from ..spark.session import SessionStarter
 
