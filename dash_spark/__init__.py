@@ -32,6 +32,7 @@ _EXPORTS = {
     "session": ("dash_spark.api", "session"),
     "example_data": ("dash_spark.api", "example_data"),
     "unpersist": ("dash_spark.api", "unpersist"),
+    "task_errors": ("dash_spark.spark.frames", "task_errors"),
     "DashError": ("dash_spark.errors", "DashError"),
     "ScanConfig": ("dash_spark.scanner.pipeline", "ScanConfig"),
     "ScanResult": ("dash_spark.scanner.pipeline", "ScanResult"),

@@ -344,7 +344,10 @@ def linear_regression(spark, genotypes, phenotypes, covariates=None, *, intercep
     Returns
     -------
     pyspark.sql.DataFrame
-        One row per variant and phenotype [rows: variants x phenotypes].
+        One row per variant and phenotype [rows: variants x phenotypes]. Lazy: the scan runs at
+        its first action, and an error in a Spark task (a genotype block that does not decode)
+        is raised by that action, and by those of frames derived from it, as the same
+        :class:`~dash_spark.errors.DashError` the command line prints.
 
     Examples
     --------
@@ -424,6 +427,7 @@ def _scan_frame(spark, genotypes, phenotypes, covariates, kind: str, *, pheno_na
     from .scanner.jobs import map_ranges
     from .stats.results import RESULT_SCHEMA_DDL
     from .scanner.tasks import scan_ranges
+    from .spark.frames import adopt
 
     source = _as_source(genotypes)
     with _table_path(phenotypes, "phenotypes") as pheno, _table_path(covariates, "covariates") as covar, \
@@ -443,6 +447,7 @@ def _scan_frame(spark, genotypes, phenotypes, covariates, kind: str, *, pheno_na
                           "them out with pheno_names")
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
     df, broadcast = map_ranges(spark, model.W, ranges, partial(scan_ranges, plan), RESULT_SCHEMA_DDL)
+    df = adopt(df)  # its actions (and those of frames derived from it) raise our errors, one line each
     df._dash_broadcast = broadcast  # unpersist(df) frees it
     return df
 

@@ -237,8 +237,9 @@ def test_docstring_examples_run(spark):
     import dash_spark.errors as errors
     import dash_spark.scanner.pipeline as pipeline
     import dash_spark.scanner.sources as sources
+    import dash_spark.spark.frames as frames
 
-    for module, least in ((sources, 8), (config, 3), (pipeline, 4), (errors, 2)):
+    for module, least in ((sources, 8), (config, 3), (pipeline, 4), (errors, 2), (frames, 2)):
         res = doctest.testmod(module, extraglobs={"spark": spark}, optionflags=flags, verbose=False)
         assert res.attempted >= least and res.failed == 0, (module.__name__, res)
 
@@ -259,6 +260,64 @@ def test_every_exported_name_has_an_example():
         if inspect.isfunction(obj) and "Parameters" not in doc and "Returns" not in doc:
             missing.append(f"{name}: no Parameters/Returns")
     assert not missing, missing
+
+
+def test_a_task_error_reaches_the_user_as_our_error(tmp_path, spark):
+    """A .bed truncated after linear_regression() checked it fails inside a Spark task at the
+    DataFrame's first action: the user gets the InputError the command line prints (one line naming
+    the file), from the frame itself, from frames derived from it, and from its writer; a frame
+    built outside it gets the same through ds.task_errors()."""
+    import os
+    import shutil
+
+    files = make_files(tmp_path, np.random.default_rng(5), n=80, m=240, missing=0.0, name="t")
+    df = ds.linear_regression(spark, ds.open_bfile(files.bfile), files.pheno, files.covar, pheno_names="pheno1",
+                              block_variants=40)
+    bed = files.bfile + ".bed"
+    with open(bed, "r+b") as fh:
+        fh.truncate(os.path.getsize(bed) - 7)
+    try:
+        actions = {"toPandas": lambda: df.toPandas(), "count": lambda: df.count(),
+                   "filter.collect": lambda: df.filter("p < 0.5").collect(),
+                   "groupBy.agg": lambda: df.groupBy("phenotype").count().collect(),
+                   "write.parquet": lambda: df.write.mode("overwrite").parquet(str(tmp_path / "w.parquet")),
+                   "toLocalIterator": lambda: list(df.select("id").toLocalIterator())}
+        for what, action in actions.items():
+            with pytest.raises(ds.DashError) as excinfo:
+                action()
+            assert type(excinfo.value).__name__ == "InputError", what
+            message = str(excinfo.value)
+            assert "\n" not in message and bed in message and "truncated" in message, (what, message)
+        df.createOrReplaceTempView("t_results")
+        with pytest.raises(ds.DashError, match="truncated"):
+            with ds.task_errors():
+                spark.sql("SELECT count(*) FROM t_results").collect()
+        with pytest.raises(ValueError, match="^plain$"):  # any other error passes as it is
+            with ds.task_errors():
+                raise ValueError("plain")
+    finally:
+        ds.unpersist(df)
+        shutil.rmtree(tmp_path / "w.parquet", ignore_errors=True)
+
+
+def test_a_result_frame_behaves_as_a_dataframe(cohort, spark):
+    """The frame linear_regression() returns is a PySpark DataFrame in every way a user sees:
+    isinstance, columns and schema, derived frames, joins with plain frames, pandas."""
+    from pyspark.sql import DataFrame
+
+    files, _ = cohort
+    df = ds.linear_regression(spark, ds.open_bfile(files.bfile), files.pheno, files.covar, pheno_names="pheno1")
+    try:
+        assert isinstance(df, DataFrame) and "p" in df.columns and df.schema["p"].dataType.simpleString() == "double"
+        ids = spark.createDataFrame([(i,) for i in df.select("id").limit(5).toPandas()["id"]], "id string")
+        joined = df.join(ids, on="id")
+        assert joined.count() == 5 and isinstance(ids.join(df, on="id"), DataFrame)
+        top = df.where("p IS NOT NULL").orderBy("p").limit(3).toPandas()
+        assert list(top["p"]) == sorted(top["p"]) and len(top) == 3
+        assert df.na.drop().count() <= df.count() == 240
+        assert df.stat.approxQuantile("p", [0.5], 0.0)[0] > 0
+    finally:
+        ds.unpersist(df)
 
 
 def test_unpersist_frees_the_broadcast(cohort, spark):
