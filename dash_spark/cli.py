@@ -331,14 +331,14 @@ def cmd_manifest(args) -> int:
     if args.kind == "score" and (args.linear_for_binary or args.pred_test):
         raise ConfigError("party manifest --kind score: a score study fits the logistic null model of case/control "
                           "phenotypes; --linear-for-binary and --pred-test do not apply to it")
-    settings = {"intercept": not args.no_intercept, "missing_genotypes": args.missing_genotypes,
-                "pheno_names": list(args.pheno_name) if args.pheno_name else None,
-                "covar_names": list(args.covar_name) if args.covar_name else None,
-                "kind": args.kind, "variant_hash": None}
-    if args.pheno_01 or args.linear_for_binary:
-        settings.update(pheno_01=bool(args.pheno_01), linear_for_binary=bool(args.linear_for_binary))
-    if args.pred_test:
-        settings["pred_test"] = args.pred_test
+    from .config import ModelSettings
+
+    options = ModelSettings(intercept=not args.no_intercept, missing_genotypes=args.missing_genotypes,
+                            pheno_names=tuple(args.pheno_name) if args.pheno_name else None,
+                            covar_names=tuple(args.covar_name) if args.covar_name else None,
+                            pheno_01=bool(args.pheno_01), linear_for_binary=bool(args.linear_for_binary),
+                            pred_test=args.pred_test or "wald")
+    settings = {**options.to_json(), "kind": args.kind, "variant_hash": None}
     if args.threshold is not None:
         settings["threshold"] = args.threshold
     if args.bim:

@@ -204,6 +204,87 @@ class ScanConfig:
 
 
 
+#: the genotype and table files of a batch or party (``--bfile`` ... ``--pred``), by ScanConfig field
+SOURCE_KEYS = ("bfile", "features", "feature_samples", "pfile", "bgen", "bgen_ref", "sample", "id_delim", "pheno",
+               "covar", "pred")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model options a store fixes when it is created and a study's manifest fixes for every
+    party, so that every batch's or party's statistics have the same meaning and add up. Stored as
+    JSON (:meth:`to_json`) and read back checked (:meth:`from_json`).
+
+    Examples
+    --------
+    >>> m = ModelSettings.from_json({"intercept": True, "pheno_names": ["bmi"]}, where="store.json")
+    >>> m.pheno_names, m.missing_genotypes
+    (('bmi',), 'drop')
+    >>> ModelSettings.from_json({"missing_genotypes": "zero"}, where="store.json")
+    Traceback (most recent call last):
+    ...
+    dash_spark.errors.ConfigError: store.json: missing_genotypes: expected one of drop, mean, found 'zero'
+    """
+
+    intercept: bool = True
+    missing_genotypes: str = "drop"
+    #: the phenotypes and covariates selected by name (None: every column of the tables)
+    pheno_names: tuple[str, ...] | None = None
+    covar_names: tuple[str, ...] | None = None
+    pheno_01: bool = False
+    linear_for_binary: bool = False
+    pred_test: str = "wald"
+
+    def __post_init__(self):
+        for key in ("intercept", "pheno_01", "linear_for_binary"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}: expected true or false, found {getattr(self, key)!r}")
+        for key, allowed in (("missing_genotypes", MISSING_GENOTYPE_MODES), ("pred_test", PRED_TESTS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, found {getattr(self, key)!r}")
+        for key in ("pheno_names", "covar_names"):
+            names = getattr(self, key)
+            if names is not None and not (isinstance(names, tuple) and names and all(isinstance(n, str) and n
+                                                                                     for n in names)):
+                raise ConfigError(f"{key}: expected a list of column names, found {names!r}")
+
+    @classmethod
+    def from_json(cls, doc, *, where: str) -> ModelSettings:
+        """The settings in ``doc`` (a store's or a manifest's ``settings``; other keys are left to
+        their readers), checked; a missing key takes its default, as in stores made before it."""
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{where}: settings: expected a JSON object, found {type(doc).__name__}")
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            if doc.get(f.name) is None:
+                continue
+            v = doc[f.name]
+            values[f.name] = tuple(v) if f.name.endswith("_names") and isinstance(v, list) else v
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def to_json(self) -> dict:
+        """The settings as JSON (lists for names, None where unset)."""
+        out = dataclasses.asdict(self)
+        for key in ("pheno_names", "covar_names"):
+            out[key] = list(out[key]) if out[key] is not None else None
+        return out
+
+    def scan_config(self, source: dict, *, sex_chromosomes: bool, **options) -> ScanConfig:
+        """The scan settings of a batch's or party's files (``source``: :data:`SOURCE_KEYS`) under
+        these options, with plink2's sex-chromosome models or not (what the store or the study
+        fixed); ``options``: other :class:`ScanConfig` fields (``keep``, ``task_memory_mb`` ...).
+        Its ``out`` is nowhere: a statistics model writes no scan outputs."""
+        files: dict = {k: source.get(k) for k in SOURCE_KEYS}
+        return ScanConfig(**files, out=os.devnull, plots=False, sex_chromosomes=sex_chromosomes,
+                          pheno_name=self.pheno_names,
+                          covar_name=self.covar_names, no_intercept=not self.intercept,
+                          missing_genotypes=self.missing_genotypes, pred_test=self.pred_test,
+                          pheno_01=self.pheno_01, linear_for_binary=self.linear_for_binary, **options)
+
+
 PATH_KEYS = ("pred", "bfile", "features", "feature_samples", "pfile", "bgen", "sample", "pheno", "covar", "out", "keep",
              "remove", "extract", "exclude")
 

@@ -135,4 +135,4 @@ def test_store_records_the_flag(cc_files, spark, tmp_path):
     store = str(tmp_path / "store")
     assert main(["-q", "compress", "--store", store, "--batch", "a", "--bfile", files.bfile, "--pheno", pheno,
                  "--pheno-name", "cc12,quant", "--linear-for-binary"]) == 0
-    assert open_store(store).settings["linear_for_binary"] is True
+    assert open_store(store).settings.model.linear_for_binary is True

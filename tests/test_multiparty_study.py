@@ -71,6 +71,7 @@ def test_section2_regression_equals_statsmodels_on_pooled_data(split):
     import pandas as pd
     import statsmodels.api as sm
 
+    from dash_spark.config import ModelSettings
     from dash_spark.studies.study import regression_party_stats
 
     files, _ = split
@@ -80,7 +81,7 @@ def test_section2_regression_equals_statsmodels_on_pooled_data(split):
     for s, rows in enumerate((lines[1::2], lines[2::2])):
         path = files.pheno + f".part{s}"
         open(path, "w").write("\n".join([lines[0]] + rows) + "\n")
-        g = regression_party_stats(path, files.covar, {"intercept": True})
+        g = regression_party_stats(path, files.covar, ModelSettings())
         G = g if G is None else G + g
     phenos = G.phenotypes
     ph = pd.read_csv(files.pheno, sep="\t", na_values=["NA", "nan", "-9"], keep_default_na=False).set_index("IID")

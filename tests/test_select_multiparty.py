@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dash_spark.cli import main
+from dash_spark.config import ModelSettings
+from dash_spark.multiparty.exchange import locate_manifest
 
 from .oracle_data import make_split_files, statsmodels_oracle
 from .party_flow import Study, run_subprocess
@@ -58,6 +60,10 @@ def test_three_party_selection_equals_statsmodels(tmp_path, spark, capsys):
             break
         step_manifest = text.splitlines()[-1]
         rounds.add(os.path.basename(os.path.dirname(step_manifest)))
+        # a step carries the base round's model options whole (the parties' step statistics mean what theirs did)
+        base_settings, step_settings = (locate_manifest(m)[1].settings for m in (manifest, step_manifest))
+        options = ModelSettings.from_json(base_settings, where=manifest).to_json()
+        assert {k: step_settings[k] for k in options} == options
         parties(step_manifest)
     assert out.exists() and len(rounds) == 2 and real_cli  # a fresh round (fresh masks) per step
     sel = pd.read_csv(out / "selected.tsv", sep="\t")

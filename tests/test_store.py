@@ -247,3 +247,53 @@ def test_spark_submit_store_job_refreshes(cohort, small_store, spark):
     res = run_refresh(small_store, str(tmp / "in_process"), plots=False, spark=spark)
     assert_same_results(f"{res.out}/results.parquet", str(out / "results.parquet"))
     assert (out / "pheno2.glm.linear").read_text() == (tmp / "in_process" / "pheno2.glm.linear").read_text()
+
+
+def test_store_settings_are_read_checked(cohort, spark, tmp_path, capsys):
+    """store.json's settings are a typed record read back checked: a store whose settings were
+    rewritten (checksum recomputed, so only their content can tell) with a wrong kind of value or an
+    inconsistent width is refused with one line naming store.json, exit 2, and nothing is changed;
+    a store made before a key existed (no ``sexchr``) reads with its default."""
+    import json
+
+    from dash_spark.config import ModelSettings
+    from dash_spark.errors import ConfigError
+    from dash_spark.studies.store import STORE_FILE, StoreError, StoreSettings, _canonical, _sha256, open_store
+
+    with pytest.raises(ConfigError, match=r"^s\.json: missing_genotypes: expected one of drop, mean, found 'zero'$"):
+        ModelSettings.from_json({"missing_genotypes": "zero"}, where="s.json")
+    with pytest.raises(ConfigError, match=r"^s\.json: intercept: expected true or false, found 'yes'$"):
+        ModelSettings.from_json({"intercept": "yes"}, where="s.json")
+    with pytest.raises(ConfigError, match=r"^s\.json: pheno_names: expected a list of column names"):
+        ModelSettings.from_json({"pheno_names": "bmi"}, where="s.json")
+    m = ModelSettings(pheno_names=("a", "b"), pheno_01=True)
+    assert ModelSettings.from_json(m.to_json(), where="x") == m
+    doc = {**m.to_json(), "phenotypes": ["a"], "covariates": ["(intercept)"], "variant_hash": "h", "n_variants": 3}
+    old = StoreSettings.from_json({**doc, "width": StoreSettings(m, ("a",), ("(intercept)",), "h", 3).width},
+                                  where="x")
+    assert old.sexchr is False and old.pred is False and old.source_kind == "bfile"
+
+    files, _, prefixes, _ = cohort
+    root = str(tmp_path / "s")
+    run_compress(root, "w1", _src(files, prefixes["w1"]), spark=spark)
+    path = os.path.join(root, STORE_FILE)
+    good = open(path, "rb").read()
+    for change, message in (({"intercept": "yes"}, "intercept: expected true or false"),
+                            ({"width": 3}, "incomplete or inconsistent"),
+                            ({"phenotypes": None}, "incomplete or inconsistent")):
+        d = json.loads(good)
+        d["settings"].update(change)
+        body = {k: v for k, v in d.items() if k != "checksum"}
+        d["checksum"] = _sha256(_canonical(body))
+        with open(path, "w") as fh:
+            json.dump(d, fh)
+        forged = open(path, "rb").read()
+        with pytest.raises((StoreError, ConfigError), match=message):
+            open_store(root)
+        code = main(["-q", "refresh", "--store", root, "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and "store.json" in err and len(err.strip().splitlines()) == 1, err
+        assert open(path, "rb").read() == forged and not (tmp_path / "o").exists()
+    with open(path, "wb") as fh:
+        fh.write(good)
+    assert open_store(root).settings.phenotypes

@@ -51,6 +51,7 @@ from functools import partial
 
 import numpy as np
 
+from ..config import ModelSettings
 from ..errors import ConfigError, ModelError
 from ..multiparty import ProtocolError
 
@@ -152,12 +153,10 @@ class PooledScan:
 # the party's side
 
 
-def party_config(settings: dict, source: dict):
-    """The party's statistics-model config of a score study (the base round's settings): its
+def party_config(settings: ModelSettings, source: dict):
+    """The party's statistics-model config of a score study (the base round's model options): its
     case/control phenotypes coded 0/1, sex chromosomes not modelled (they are refused)."""
-    from .store import batch_config
-
-    return dataclasses.replace(batch_config(dict(settings, sexchr=False), source), binary_test="score")
+    return settings.scan_config(source, sex_chromosomes=False, binary_test="score")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +171,7 @@ class PartyData:
     mask: tuple
 
     @classmethod
-    def build(cls, settings: dict, source: dict, *, where: str) -> PartyData:
+    def build(cls, settings: ModelSettings, source: dict, *, where: str) -> PartyData:
         from ..scanner.model import statistics_model
         from ..stats.sexchrom import sex_chrom_class
 
@@ -333,7 +332,8 @@ def run_party_score(manifest_path: str, party: str, key_path: str, *, source: di
     if kind != KIND_BASE:
         chain = Chain(uri, manifest, TrustFile.load(trust), who=who)  # (trust: checked by the round's opening)
     settings = manifest.settings if chain is None else chain.base.settings
-    data = PartyData.build(settings, source, where=source.get("pheno") or manifest_path)
+    options = ModelSettings.from_json(settings, where=manifest_path)
+    data = PartyData.build(options, source, where=source.get("pheno") or manifest_path)
     model = data.model
     vt = variant_table(model.bim)
     vh = variant_hash(vt)
@@ -347,9 +347,9 @@ def run_party_score(manifest_path: str, party: str, key_path: str, *, source: di
         from ..scanner.pipeline import model_statistics
         import pyarrow.parquet as pq
 
-        if settings.get("pheno_names") and list(model.phenotypes) != list(settings["pheno_names"]):
+        if options.pheno_names and list(model.phenotypes) != list(options.pheno_names):
             raise ProtocolError(f"{who}: phenotypes {list(model.phenotypes)} differ from the manifest's "
-                                f"{list(settings['pheno_names'])}. Nothing was published")
+                                f"{list(options.pheno_names)}. Nothing was published")
         S = model_statistics(model, None)
         buf = io.BytesIO()
         pq.write_table(vt, buf)

@@ -39,7 +39,8 @@ from ..outputs.staging import staged_output
 from ..stats.blocks import block_grams, block_sums
 from ..stats.results import results_batch
 from ..stats.sufficient import SufficientStats, moments_regression
-from .store import (VARIANTS_FILE, Store, id_file, batch_config, open_store, pooled_block, pooled_globals,
+from ..config import ModelSettings
+from .store import (VARIANTS_FILE, Store, id_file, open_store, pooled_block, pooled_globals,
                     read_block, store_inputs)
 
 log = logging.getLogger("dash_spark")
@@ -173,7 +174,7 @@ def batch_model(store: Store, batch, t: int, spark_parallelism: int):
     if batch.withdrawn:
         remove = id_file(batch.withdrawn)
     try:
-        cfg = batch_config(store.settings, batch.record["source"])
+        cfg = store.settings.scan_config(batch.record["source"])
         if remove:
             cfg = replace(cfg, remove=remove)
         model = statistics_model(cfg)
@@ -316,11 +317,11 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
         raise ConfigError(f"--window-kb: expected a positive distance in kb, found {window_kb}")
     store = open_store(store_root)
     s = store.settings
-    if s.get("pred") and s.get("pred_test") == "regenie":
+    if s.pred and s.model.pred_test == "regenie":
         raise ConfigError(f"select --store {store_root}: the store's statistics are for REGENIE's test (--pred-test "
                           "regenie), which forward selection does not condition yet; select on a store made with the "
                           "Wald test (the default)")
-    phenos = list(s["phenotypes"])
+    phenos = list(s.phenotypes)
     t = choose_phenotype(phenos, pheno_name, where=store.root, what="store")
     pheno_name = phenos[t]
     inputs = store_inputs(store)
@@ -335,7 +336,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     log_entries = check_sample_release(releases_path(store), released, min_delta=min_release_delta,
                                        override=allow_small_release, where=f"select {store.root}")
     check_pooled(store, G)
-    k, mode = len(s["covariates"]), s["missing_genotypes"]
+    k, mode = len(s.covariates), s.model.missing_genotypes
     lay = G.layout
     n_t = float(G.n_samples(t))
     threshold = -math.log10(p_threshold)
@@ -346,9 +347,9 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     from ..scanner.tasks import RangeRow
 
     ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
-    base_spec = {"k": k, "mode": mode, "t": t, "phenotypes": phenos, "covariates": list(s["covariates"]),
+    base_spec = {"k": k, "mode": mode, "t": t, "phenotypes": phenos, "covariates": list(s.covariates),
                  "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
-                 "count_alt": s.get("source_kind") == "features",
+                 "count_alt": s.source_kind == "features",
                  "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches],
                  "window_bp": None if window_kb is None else window_kb * 1000.0,
                  "a1freq_floor": a1freq_lower_limit}
@@ -387,7 +388,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
             write_ranges(spark, {"batches": steps, "Gq": Gq, "G": G}, ranges, partial(_step_task, spec), task_stage,
                          ())
             if q:  # the joint model of everything selected so far
-                joint_rows += joint_statistics(Gq, list(s["covariates"]), sel_rows, pheno_name)
+                joint_rows += joint_statistics(Gq, list(s.covariates), sel_rows, pheno_name)
             if q >= max_steps:
                 break
             cand = _read_results(path, filters=[("errcode", "=", "."), ("neg_log10_p", ">=", threshold)])
@@ -514,9 +515,10 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     if not (bfile or features or pfile or bgen):
         raise ConfigError(f"{manifest_path}: a selection step needs this party's genotypes; pass --bfile PREFIX "
                           "(or --pfile, --bgen, --features)")
-    cfg = batch_config(s, {"bfile": bfile, "features": features, "feature_samples": feature_samples,
-                           "pfile": pfile, "bgen": bgen, "bgen_ref": bgen_ref, "sample": sample,
-                           "id_delim": id_delim, "pheno": pheno, "covar": covar})
+    options = ModelSettings.from_json(s, where=manifest_path)
+    cfg = options.scan_config({"bfile": bfile, "features": features, "feature_samples": feature_samples,
+                               "pfile": pfile, "bgen": bgen, "bgen_ref": bgen_ref, "sample": sample,
+                               "id_delim": id_delim, "pheno": pheno, "covar": covar}, sex_chromosomes=False)
     model = statistics_model(cfg)
     vh = variant_hash(variant_table(model.bim))
     if vh != s["variant_hash"]:
@@ -532,7 +534,7 @@ def run_party_select_step(manifest_path: str, party: str, key_path: str, *, phen
     # release of the base round (the same parties, the same own samples)
     own = model_own_samples(model)
     check_step_release(manifest, ledger, own, who=who)
-    t, mode, k = int(s["phenotype_index"]), s["missing_genotypes"], len(s["covariates"])
+    t, mode, k = int(s["phenotype_index"]), options.missing_genotypes, len(s["covariates"])
     sel = np.asarray(s["selected"], dtype=np.int64)
     spark = get_session(master=master, conf=spark_conf) if spark is None else resolve_session(spark)
     plan, ranges, _ = plan_scan(cfg, model, spark.sparkContext.defaultParallelism)
@@ -647,12 +649,12 @@ def run_select_study(manifest_path: str, out: str, *, pheno_name: str | None = N
         sel = selected + [best]
         Vs = V[sel]
         mu = Vs[:, lay.of(t, "sx")][:, 0] / (S.n_samples(t) - Vs[:, lay.of(t, "miss")][:, 0])
-        bs = base.settings
-        settings = {"kind": "select-step", "base_round": base.round_id, "phenotype": pheno_name,
+        # the base round's model options, whole (the parties' step statistics must mean what theirs did)
+        options = ModelSettings.from_json(base.settings, where=manifest_path).to_json()
+        settings = {**options, "kind": "select-step", "base_round": base.round_id, "phenotype": pheno_name,
                     "phenotype_index": t, "selected": sel, "mu": [float(x) for x in mu],
                     "phenotypes": phenos, "covariates": covs, "variant_hash": first["variant_hash"],
-                    "missing_genotypes": mode, "intercept": bs.get("intercept", True),
-                    "pheno_names": bs.get("pheno_names"), "covar_names": bs.get("covar_names")}
+                    "missing_genotypes": mode}
         # a step needs every survivor of the base round, and no one else (a missing one: restart the selection)
         settings["self_masks"] = False
         nxt = Manifest.new(base.study, roster, settings, coordinator=ck)

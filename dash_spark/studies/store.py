@@ -10,7 +10,7 @@ set of batches are a sum and a finalize away (DESIGN.md section 2). Layout::
                                            global moments, sha256 of every block file
     DIR/batches/<id>/blocks/block-NNNNN.parquet   per-variant statistics of one variant block:
                                            variant_index, then one float64 column per statistic
-                                           (:func:`stat_columns`), readable by Spark or pandas
+                                           (:meth:`StoreSettings.columns`), readable by Spark or pandas
 
 ``store.json`` is the only thing that says which batches the store holds, and it is replaced
 atomically (write, then rename) as the last step of a change: a failed or interrupted refresh
@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..config import ModelSettings
 from ..errors import ConfigError, DashError, InputError, OutputError, StoreError
 from ..outputs.writers import OutputModel
 from .release import DEFAULT_MIN_DELTA, check_sample_release, record_sample_release
@@ -99,24 +100,70 @@ def block_path(batch_dir: str, part: int) -> str:
     return os.path.join(batch_dir, "blocks", f"block-{part:05d}.parquet")
 
 
-def store_layout(settings: dict) -> StatLayout:
-    """The statistics layout of a store's block files."""
-    if settings.get("pred_test") == "regenie":  # with y, with the LOCO predictions, the analysed samples
-        return StatLayout(len(settings["covariates"]), 2 * len(settings["phenotypes"]) + 1, "mean")
-    k = len(settings["covariates"]) + (1 if settings.get("sexchr") else 0)  # SEX: chrX's column
-    return StatLayout(k, len(settings["phenotypes"]), settings["missing_genotypes"])
+@dataclass(frozen=True)
+class StoreSettings:
+    """A store's settings (``store.json``): the model options fixed when it was created, what its
+    batches hold (phenotypes, covariates, the variant list's hash and length), whether they carry
+    LOCO offsets (``--pred``) and plink2's sex-chromosome sums, and the genotype source's kind.
+    Read back checked (:meth:`from_json`); ``width``, the statistics per variant, follows from them."""
 
+    model: ModelSettings
+    phenotypes: tuple[str, ...]
+    covariates: tuple[str, ...]
+    variant_hash: str
+    n_variants: int
+    pred: bool = False
+    #: stores made before plink2's sex-chromosome models lack the key: their batches treat chrX/Y/MT as autosomes
+    sexchr: bool = False
+    #: ``features`` (a features table: the first allele is counted) or ``bfile`` (any genotype file)
+    source_kind: str = "bfile"
 
-def stat_columns(settings: dict) -> tuple[str, ...]:
-    """Column names of a block file, one per column of the store's :class:`StatLayout`
-    (``t0.Ctx.3``: the 4th entry of phenotype 0's ``C'x``; a one-wide statistic has no suffix)."""
-    return store_layout(settings).column_names()
+    @classmethod
+    def from_json(cls, doc, *, where: str) -> StoreSettings:
+        """The settings of ``store.json`` (``where``), checked; refused with one line when a
+        field is missing or of the wrong kind (the checksum passed: the store was written so)."""
+        model = ModelSettings.from_json(doc, where=where)
+        try:
+            out = cls(model=model, phenotypes=tuple(doc["phenotypes"]), covariates=tuple(doc["covariates"]),
+                      variant_hash=str(doc["variant_hash"]), n_variants=int(doc["n_variants"]),
+                      pred=bool(doc.get("pred", False)), sexchr=bool(doc.get("sexchr", False)),
+                      source_kind=str(doc.get("source_kind", "bfile")))
+            ok = all(isinstance(n, str) for n in out.phenotypes + out.covariates) and doc.get("width") == out.width
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise StoreError(f"{where}: the store's settings are incomplete or inconsistent (phenotypes, covariates, "
+                             "variants, width); the store is damaged. Restore it from a backup")
+        return out
 
+    def to_json(self) -> dict:
+        return {**self.model.to_json(), "phenotypes": list(self.phenotypes), "covariates": list(self.covariates),
+                "variant_hash": self.variant_hash, "n_variants": self.n_variants, "width": self.width,
+                "pred": self.pred, "sexchr": self.sexchr, "source_kind": self.source_kind}
 
-def settings_stats(settings: dict, arrays: dict) -> SufficientStats:
-    """A batch's global moments (``batch.json``'s ``globals``) as statistics without variants."""
-    return SufficientStats.from_arrays(arrays, settings["phenotypes"], settings["covariates"],
-                                       settings["missing_genotypes"])
+    def layout(self) -> StatLayout:
+        """The statistics layout of the store's block files."""
+        if self.model.pred_test == "regenie":  # with y, with the LOCO predictions, the analysed samples
+            return StatLayout(len(self.covariates), 2 * len(self.phenotypes) + 1, "mean")
+        k = len(self.covariates) + (1 if self.sexchr else 0)  # SEX: chrX's column
+        return StatLayout(k, len(self.phenotypes), self.model.missing_genotypes)
+
+    @property
+    def width(self) -> int:
+        return self.layout().width
+
+    def columns(self) -> tuple[str, ...]:
+        """Column names of a block file, one per column of the store's :class:`StatLayout`
+        (``t0.Ctx.3``: the 4th entry of phenotype 0's ``C'x``; a one-wide statistic has no suffix)."""
+        return self.layout().column_names()
+
+    def stats(self, arrays: dict) -> SufficientStats:
+        """A batch's global moments (``batch.json``'s ``globals``) as statistics without variants."""
+        return SufficientStats.from_arrays(arrays, self.phenotypes, self.covariates, self.model.missing_genotypes)
+
+    def scan_config(self, source: dict, **options):
+        """The statistics-model config of a batch's files (``options``: ``keep=`` ...)."""
+        return self.model.scan_config(source, sex_chromosomes=self.sexchr, **options)
 
 
 def read_block(batch_dir: str, part: int, sha256: str, columns: tuple[str, ...]) -> np.ndarray:
@@ -165,9 +212,9 @@ class Batch:
     def globals(self) -> dict[str, np.ndarray]:
         return {k: _decode_array(v) for k, v in self.record["globals"].items()}
 
-    def moments(self, settings: dict) -> SufficientStats:
+    def moments(self, settings: StoreSettings) -> SufficientStats:
         """The batch's global moments (no per-variant rows: those are in its block files)."""
-        return settings_stats(settings, self.globals())
+        return settings.stats(self.globals())
 
     @property
     def samples(self) -> list[str]:
@@ -181,18 +228,18 @@ class Batch:
 @dataclass(frozen=True)
 class Store:
     root: str
-    settings: dict
+    settings: StoreSettings
     blocks: list[tuple[int, int]]
     variants_sha256: str
     batches: tuple[Batch, ...]
 
     @property
     def width(self) -> int:
-        return int(self.settings["width"])
+        return self.settings.width
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return stat_columns(self.settings)
+        return self.settings.columns()
 
     def batch(self, name: str) -> Batch | None:
         return next((b for b in self.batches if b.name == name), None)
@@ -209,7 +256,7 @@ class Store:
 
 
 def _store_doc(settings, blocks, variants_sha, batches) -> dict:
-    doc = {"format": FORMAT_VERSION, "settings": settings, "blocks": [list(b) for b in blocks],
+    doc = {"format": FORMAT_VERSION, "settings": settings.to_json(), "blocks": [list(b) for b in blocks],
            "variants_sha256": variants_sha,
            "batches": [{"name": b.name, "dir": os.path.basename(b.dir), "sha256": b.sha256} for b in batches]}
     doc["checksum"] = _sha256(_canonical(doc))
@@ -249,7 +296,7 @@ def open_store(root: str) -> Store:
             raise StoreError(f"{bpath}: checksum mismatch for batch {entry['name']!r}; the store is damaged. "
                              "Restore it from a backup or remove the batch with --remove-batch")
         batches.append(Batch(entry["name"], bdir, entry["sha256"], json.loads(data)))
-    return Store(root=root, settings=doc["settings"], blocks=[tuple(b) for b in doc["blocks"]],
+    return Store(root=root, settings=StoreSettings.from_json(doc["settings"], where=path), blocks=[tuple(b) for b in doc["blocks"]],
                  variants_sha256=doc["variants_sha256"], batches=tuple(batches))
 
 
@@ -329,27 +376,6 @@ def commit(store: Store, batches: list[Batch]) -> Store:
 # computing a batch's statistics with Spark
 
 
-SETTING_KEYS = ("phenotypes", "covariates", "intercept", "missing_genotypes", "pheno_names", "covar_names")
-
-
-def batch_config(settings: dict, source: dict, *, keep: str | None = None):
-    """The party-model scan config of a batch's source files (``keep``: only these samples)."""
-    from ..config import ScanConfig
-
-    return ScanConfig(bfile=source.get("bfile"), features=source.get("features"),
-                      feature_samples=source.get("feature_samples"), pfile=source.get("pfile"), bgen=source.get("bgen"),
-                      bgen_ref=source.get("bgen_ref"), sample=source.get("sample"), id_delim=source.get("id_delim"),
-                      sex_chromosomes=bool(settings.get("sexchr", False)),
-                      pheno=source["pheno"], covar=source.get("covar"),
-                      out=os.devnull, pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
-                      covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
-                      no_intercept=not settings.get("intercept", True),
-                      missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False, keep=keep,
-                      pred=source.get("pred"), pred_test=settings.get("pred_test") or "wald",
-                      pheno_01=bool(settings.get("pheno_01")),
-                      linear_for_binary=bool(settings.get("linear_for_binary")))
-
-
 def _source_samples(source: dict) -> list[str]:
     return list(source_from_options(**source).fam.iids)
 
@@ -376,7 +402,7 @@ def _write_blocks(plan, dest: str, minus: tuple[str, tuple[str, ...]] | None, co
         yield part, _sha256(data)
 
 
-def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict, name: str, *,
+def compress_batch(spark, store_root: str, settings: StoreSettings, blocks, source: dict, name: str, *,
                    keep: str | None = None, minus: Batch | None = None, samples: list[str] | None = None,
                    withdrawn: list[str] | None = None):
     """Compute a batch's statistics into a new ``batches/<id>`` directory; return ``(Batch, model)``.
@@ -391,17 +417,17 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
     from ..spark.session import resolve_session
     from .study import variant_hash, variant_table
 
-    cfg = batch_config(settings, source, keep=keep)
+    cfg = settings.scan_config(source, keep=keep)
     model = statistics_model(cfg, subset_of_fam=keep is not None)
     what = f"batch {name!r}"
-    _agree(what, "phenotypes", list(model.phenotypes), settings["phenotypes"])
-    _agree(what, "covariates", list(model.covariates), settings["covariates"])
-    if (model.sexchr_stats is not None) != bool(settings.get("sexchr")):  # pragma: no cover - set by batch_config
+    _agree(what, "phenotypes", list(model.phenotypes), list(settings.phenotypes))
+    _agree(what, "covariates", list(model.covariates), list(settings.covariates))
+    if (model.sexchr_stats is not None) != settings.sexchr:  # pragma: no cover - set by scan_config
         raise ConfigError(f"{what}: its chrX/Y/MT statistics differ from the store's")
     src = source.get("bfile") or source.get("features") or source.get("pfile") or source.get("bgen")
-    if model.bim.n_variants != settings["n_variants"] or variant_hash(variant_table(model.bim)) != settings["variant_hash"]:
+    if model.bim.n_variants != settings.n_variants or variant_hash(variant_table(model.bim)) != settings.variant_hash:
         raise ConfigError(f"{what}: the variants of {src} differ from the store's ({model.bim.n_variants} vs "
-                          f"{settings['n_variants']} variants, or different IDs/positions/alleles/order); every batch "
+                          f"{settings.n_variants} variants, or different IDs/positions/alleles/order); every batch "
                           "must have the store's variants in the same order")
     spark = resolve_session(spark)
     bdir = os.path.join(store_root, "batches", f"{name}-{uuid.uuid4().hex[:12]}")
@@ -413,7 +439,7 @@ def compress_batch(spark, store_root: str, settings: dict, blocks, source: dict,
 
         ranges = [RangeRow(p, s, e, int(offs[s]), int(offs[e])) for p, (s, e) in enumerate(blocks)]
         minus_arg = (minus.dir, tuple(minus.record["blocks"])) if minus is not None else None
-        write = partial(_write_blocks, plan, bdir, minus_arg, stat_columns(settings))
+        write = partial(_write_blocks, plan, bdir, minus_arg, settings.columns())
         rows = sorted(run_ranges(spark, model.W, ranges, write))  # only (part, sha256) pairs come back
         shas = [sha for _, sha in rows]
         if len(shas) != len(blocks):  # pragma: no cover - one row per range
@@ -481,26 +507,22 @@ def create_store(spark, root: str, name: str, source: dict, *, intercept: bool =
     if os.path.exists(root) and [f for f in os.listdir(root) if f != LOCK_FILE]:
         raise OutputError(f"{root}: directory exists and is not empty; choose a new --store directory")
     source = _source(source)
-    settings = {"intercept": intercept, "missing_genotypes": missing_genotypes,
-                "pheno_names": list(pheno_names) if pheno_names else None,
-                "covar_names": list(covar_names) if covar_names else None,
-                "pred": bool(source.get("pred")), "sexchr": True, "pheno_01": bool(pheno_01),
-                "linear_for_binary": bool(linear_for_binary), "pred_test": pred_test or "wald"}
     if pred_test == "regenie" and not source.get("pred"):
         raise ConfigError("--pred-test regenie needs the batch's REGENIE step-1 predictions (--pred FILE_pred.list)")
-    if pred_test == "regenie":  # REGENIE imputes missing calls with the mean
-        settings["missing_genotypes"] = "mean"
-    model = statistics_model(batch_config(settings, source))
-    # plink2's sex-chromosome models where the variants have chrX/Y/MT (stores made before them
-    # lack the key: their batches treat those variants as autosomes, as they did)
-    settings["sexchr"] = model.sexchr_stats is not None
+    options = ModelSettings(intercept=intercept,
+                            # REGENIE imputes missing calls with the mean
+                            missing_genotypes="mean" if pred_test == "regenie" else missing_genotypes,
+                            pheno_names=tuple(pheno_names) if pheno_names else None,
+                            covar_names=tuple(covar_names) if covar_names else None, pheno_01=bool(pheno_01),
+                            linear_for_binary=bool(linear_for_binary), pred_test=pred_test or "wald")
+    # plink2's sex-chromosome models where the variants have chrX/Y/MT
+    model = statistics_model(options.scan_config(source, sex_chromosomes=True))
     m = model.bim.n_variants
     vt = variant_table(model.bim)
-    settings.update(phenotypes=list(model.phenotypes), covariates=list(model.covariates),
-                    variant_hash=variant_hash(vt), n_variants=int(m),
-                    width=store_layout({**settings, "phenotypes": model.phenotypes,
-                                        "covariates": model.covariates}).width,
-                    source_kind="features" if source.get("features") else "bfile")
+    settings = StoreSettings(model=options, phenotypes=tuple(model.phenotypes), covariates=tuple(model.covariates),
+                             variant_hash=variant_hash(vt), n_variants=int(m), pred=bool(source.get("pred")),
+                             sexchr=model.sexchr_stats is not None,
+                             source_kind="features" if source.get("features") else "bfile")
     spark = resolve_session(spark)
     bv = min(block_variants or default_block_variants(m, spark.sparkContext.defaultParallelism), MAX_BLOCK_VARIANTS)
     blocks = [(a, min(a + bv, m)) for a in range(0, m, bv)]
@@ -534,19 +556,19 @@ def check_settings(store: Store, **given) -> None:
     for key, value in given.items():
         if value is None:
             continue
-        have = store.settings.get(key, "wald" if key == "pred_test" else None)
+        have = getattr(store.settings.model, key)
         if isinstance(value, (tuple, list)):
-            value = list(value)
+            value, have = list(value), list(have or ())
         if have != value:
             raise ConfigError(f"{store.root}: the store was created with {key} = {have!r}, not {value!r}; "
                               "a store's model settings are fixed when it is created")
 
 
-def _check_pred(what: str, settings: dict, source: dict) -> None:
+def _check_pred(what: str, settings: StoreSettings, source: dict) -> None:
     """A store's batches all have LOCO offsets (``--pred``) or none do."""
-    if bool(source.get("pred")) != bool(settings.get("pred")):
-        raise ConfigError(f"{what}: the store's batches {'have' if settings.get('pred') else 'have no'} LOCO offsets "
-                          f"(--pred); {'give' if settings.get('pred') else 'leave out'} --pred for this batch too")
+    if bool(source.get("pred")) != settings.pred:
+        raise ConfigError(f"{what}: the store's batches {'have' if settings.pred else 'have no'} LOCO offsets "
+                          f"(--pred); {'give' if settings.pred else 'leave out'} --pred for this batch too")
 
 
 def check_new_batch(store: Store, name: str, source: dict) -> dict:
@@ -618,21 +640,19 @@ def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a
     G = pooled_globals(store, batches)
     check_pooled(store, G)
     s = store.settings
-    spec = {"phenotypes": s["phenotypes"], "covariates": s["covariates"], "mode": s["missing_genotypes"],
-            "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
-            "count_alt": s.get("source_kind") == "features", "a1freq_floor": a1freq_floor,
+    spec = {"columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
+            "count_alt": s.source_kind == "features", "a1freq_floor": a1freq_floor,
             "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches]}
     from ..scanner.tasks import RangeRow
 
     ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
-    write_ranges(spark, G, ranges, partial(_finalize_task, spec), objects.path if objects else stage, s["phenotypes"])
+    write_ranges(spark, G, ranges, partial(_finalize_task, spec), objects.path if objects else stage, s.phenotypes)
     if objects is not None:
         objects.download(stage)
     counts = {"batches": [b.name for b in batches],
-              "pooled_samples": {p: G.n_samples(t) for t, p in enumerate(s["phenotypes"])}}
-    model = OutputModel(phenotypes=tuple(s["phenotypes"]), covariates=tuple(s["covariates"]),
-                        regenie_outputs=s.get("pred_test") == "regenie",
-                        n_variants=int(s["n_variants"]), counts=counts)
+              "pooled_samples": {p: G.n_samples(t) for t, p in enumerate(s.phenotypes)}}
+    model = OutputModel(phenotypes=s.phenotypes, covariates=s.covariates, regenie_outputs=s.model.pred_test == "regenie",
+                        n_variants=s.n_variants, counts=counts)
     glm, summaries = finish_local_outputs(stage, model, plots=plots)
     return {"glm": glm, "summaries": summaries, "counts": counts}
 

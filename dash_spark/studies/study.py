@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import ModelSettings
 from ..errors import ConfigError
 from ..multiparty import ProtocolError
 from ..multiparty.exchange import Manifest, locate_manifest, read_share_file
@@ -96,26 +97,27 @@ def _agree(what: str, ours: list[str], declared, party: str) -> None:
                             "Nothing was published")
 
 
-def regression_party_stats(pheno: str, covar: str | None, settings: dict) -> SufficientStats:
+def regression_party_stats(pheno: str, covar: str | None, settings: ModelSettings) -> SufficientStats:
     """Note section 2: per-phenotype ``n, C'C, C'1, C'y, y'y`` over the party's samples with the
     phenotype and every covariate (samples matched by IID between the two tables)."""
     return _regression_party(pheno, covar, settings)[0]
 
 
-def _regression_party(pheno: str, covar: str | None, settings: dict) -> tuple[SufficientStats, OwnSamples]:
+def _regression_party(pheno: str, covar: str | None, settings: ModelSettings) -> tuple[SufficientStats, OwnSamples]:
     """:func:`regression_party_stats` and the party's own samples (the release guard's)."""
     from ..io.tables import match_samples, read_sample_table
     from ..stats.sufficient import Moments, SufficientStats
 
-    ph = read_sample_table(pheno, kind="pheno", names=settings.get("pheno_names"))
+    ph = read_sample_table(pheno, kind="pheno", names=list(settings.pheno_names) if settings.pheno_names else None)
     tables = [ph]
     if covar:
-        tables.append(read_sample_table(covar, kind="covar", names=settings.get("covar_names")))
+        tables.append(read_sample_table(covar, kind="covar",
+                                        names=list(settings.covar_names) if settings.covar_names else None))
     rows, _ = match_samples(ph.iids, tables)
     ok = (rows >= 0).all(axis=0)
     Y = ph.values[rows[0, ok]]
     parts, names = [], []
-    if settings.get("intercept", True):
+    if settings.intercept:
         parts.append(np.ones((int(ok.sum()), 1)))
         names.append("(intercept)")
     if covar:
@@ -207,6 +209,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
     t0 = time.time()
     uri, manifest, keys, ledger, who = open_round_to_publish(manifest_path, party, key_path, trust, wait)
     settings = manifest.settings
+    options = ModelSettings.from_json(settings, where=manifest_path)
     kind = "scan" if (bfile or features or pfile or bgen) else "regression"
     if settings.get("kind") and settings["kind"] not in (kind, "select-step"):
         raise ConfigError(f"{manifest_path}: study {manifest.study!r} is a {settings['kind']} study; "
@@ -217,13 +220,12 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
     if kind == "regression":
         from ..outputs.writers import check_output_names
 
-        S, own = _regression_party(pheno, covar, settings)
+        S, own = _regression_party(pheno, covar, options)
         check_output_names(S.phenotypes, where=pheno)
         extra = {"phenotypes": list(S.phenotypes), "covariates": list(S.covariates), "kind": kind}
     else:
         from ..multiparty.exchange import StagedStat
         from ..multiparty.rounds import open_publication
-        from ..config import ScanConfig
         from ..scanner.pipeline import model_statistics, stage_model_share
         from ..scanner.model import statistics_model
 
@@ -233,16 +235,10 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
         if spark is None:
             # the JVM starts (and warms its Python workers) while the driver reads the tables and builds the model
             starter = SessionStarter(master, spark_conf, share=True)
-        cfg = ScanConfig(bfile=bfile, features=features, feature_samples=feature_samples, pfile=pfile, bgen=bgen,
-                         bgen_ref=bgen_ref, sample=sample, id_delim=id_delim, pheno=pheno, covar=covar,
-                         out=os.devnull,
-                         pheno_name=tuple(settings["pheno_names"]) if settings.get("pheno_names") else None,
-                         covar_name=tuple(settings["covar_names"]) if settings.get("covar_names") else None,
-                         no_intercept=not settings.get("intercept", True),
-                         missing_genotypes=settings.get("missing_genotypes", "drop"), plots=False,
-                         task_memory_mb=task_memory_mb, pred=pred, pred_test=settings.get("pred_test") or "wald",
-                         pheno_01=bool(settings.get("pheno_01")),
-                         linear_for_binary=bool(settings.get("linear_for_binary")))
+        cfg = options.scan_config({"bfile": bfile, "features": features, "feature_samples": feature_samples,
+                                   "pfile": pfile, "bgen": bgen, "bgen_ref": bgen_ref, "sample": sample,
+                                   "id_delim": id_delim, "pheno": pheno, "covar": covar, "pred": pred},
+                                  sex_chromosomes=True, task_memory_mb=task_memory_mb)
         model = statistics_model(cfg)
         vt = variant_table(model.bim)
         vh = variant_hash(vt)
@@ -250,7 +246,7 @@ def run_party_compress(manifest_path: str, party: str, key_path: str, *, pheno: 
             raise ProtocolError(f"{party}: the variant list of {bfile or features or pfile or bgen} differs from the "
                                 f"manifest's (hash {vh[:12]} vs {settings['variant_hash'][:12]}); all parties must "
                                 "use the same variants in the same order. Nothing was published")
-        _agree("phenotypes", list(model.phenotypes), settings.get("pheno_names"), party)
+        _agree("phenotypes", list(model.phenotypes), options.pheno_names, party)
         # the encoding kernels load their compiled code while Spark starts; the tasks mask with every
         # party's round key, so all must be in before the job
         threading.Thread(target=_load_encoding, daemon=True).start()
