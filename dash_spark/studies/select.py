@@ -40,8 +40,7 @@ from ..stats.blocks import block_grams, block_sums
 from ..stats.results import results_batch
 from ..stats.sufficient import SufficientStats, moments_regression
 from ..config import ModelSettings
-from .store import (VARIANTS_FILE, Store, id_file, open_store, pooled_block, pooled_globals,
-                    read_block, store_inputs)
+from .store import Store, id_file, open_store, pooled_block, read_block
 
 log = logging.getLogger("dash_spark")
 
@@ -306,8 +305,6 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     from ..scanner.jobs import write_ranges
     from ..spark.session import get_session
     from ..outputs.staging import check_out_dir
-    from .store import check_pooled
-
     t0 = time.time()
     if not 0 < p_threshold <= 1:
         raise ConfigError(f"--p-threshold: expected a p-value in (0, 1], found {p_threshold}")
@@ -324,23 +321,21 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
     phenos = list(s.phenotypes)
     t = choose_phenotype(phenos, pheno_name, where=store.root, what="store")
     pheno_name = phenos[t]
-    inputs = store_inputs(store)
+    inputs = store.inputs()
     out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     batches = list(store.batches)
-    G = pooled_globals(store, batches)
+    G = store.pooled_globals(batches)
     _no_sex_chromosomes(G, store.root)
     from .release import check_sample_release, record_sample_release
-    from .store import active_ids, releases_path
-
-    released = active_ids(batches)
-    log_entries = check_sample_release(releases_path(store), released, min_delta=min_release_delta,
+    released = Store.active_ids(batches)
+    log_entries = check_sample_release(store.releases_path, released, min_delta=min_release_delta,
                                        override=allow_small_release, where=f"select {store.root}")
-    check_pooled(store, G)
+    store.check_pooled(G)
     k, mode = len(s.covariates), s.model.missing_genotypes
     lay = G.layout
     n_t = float(G.n_samples(t))
     threshold = -math.log10(p_threshold)
-    vt_all = pq.read_table(os.path.join(store.root, VARIANTS_FILE))
+    vt_all = pq.read_table(store.variants_path)
     if spark is None:
         spark = get_session(master=master, conf=spark_conf)
     par = spark.sparkContext.defaultParallelism
@@ -348,7 +343,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
 
     ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
     base_spec = {"k": k, "mode": mode, "t": t, "phenotypes": phenos, "covariates": list(s.covariates),
-                 "columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
+                 "columns": store.columns, "variants": store.variants_path,
                  "count_alt": s.source_kind == "features",
                  "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches],
                  "window_bp": None if window_kb is None else window_kb * 1000.0,
@@ -406,7 +401,7 @@ def _select(store_root: str, out: str, *, pheno_name: str | None = None, p_thres
             objects.download(stage)
         open(os.path.join(stage, "results.parquet", "_SUCCESS"), "wb").close()
         write_selection(stage, sel_rows, joint_rows)
-        record_sample_release(releases_path(store), log_entries, released, out=out, command="select",
+        record_sample_release(store.releases_path, log_entries, released, out=out, command="select",
                               overridden=allow_small_release)
     log.info("select: %d variant(s) selected in %.1f s; outputs in %s", len(selected), time.time() - t0, out)
     return SelectResult(out=out, selected=sel_rows, joint=joint_rows, steps=len(selected), seconds=time.time() - t0)

@@ -227,6 +227,9 @@ class Batch:
 
 @dataclass(frozen=True)
 class Store:
+    """An opened store (:func:`open_store`, every checksum checked): its settings, variant blocks and
+    batches, and what the commands on it ask of it (its files, its pooled moments, its inputs)."""
+
     root: str
     settings: StoreSettings
     blocks: list[tuple[int, int]]
@@ -243,6 +246,48 @@ class Store:
 
     def batch(self, name: str) -> Batch | None:
         return next((b for b in self.batches if b.name == name), None)
+
+    @property
+    def variants_path(self) -> str:
+        """The variant list (``variants.parquet``: one row group per block)."""
+        return os.path.join(self.root, VARIANTS_FILE)
+
+    @property
+    def releases_path(self) -> str:
+        """The store's release log (what each refresh or selection released: the samples it held)."""
+        return os.path.join(self.root, RELEASES_FILE)
+
+    def inputs(self, new_source: dict | None = None, *files: str | None) -> tuple[str, ...]:
+        """What a command on the store reads or keeps: the store itself, every batch's source files,
+        a new batch's and the given files (an output directory may be none of these, nor hold one)."""
+        paths = [self.root]
+        for source in [b.record["source"] for b in self.batches] + ([new_source] if new_source else []):
+            try:
+                paths += list(source_from_options(**source).input_paths())
+            except TypeError:  # pragma: no cover - a record without source options
+                continue
+            paths += [source.get("pheno"), source.get("covar")]
+        paths += list(files)
+        return tuple(p for p in paths if p)
+
+    @staticmethod
+    def active_ids(batches) -> list[str]:
+        """The IIDs whose data ``batches`` hold (withdrawn samples left out)."""
+        out = []
+        for b in batches:
+            gone = set(b.withdrawn)
+            out += [iid for iid in b.samples if iid not in gone]
+        return out
+
+    def pooled_globals(self, batches) -> SufficientStats:
+        """The global moments summed over ``batches`` (refused when there is none)."""
+        if not batches:
+            raise ConfigError(f"{self.root}: no batch left in the store; nothing to finalize")
+        return sum(b.moments(self.settings) for b in batches)
+
+    def check_pooled(self, G: SufficientStats) -> None:
+        """Driver-side checks before a finalize job: enough samples, full-rank covariates."""
+        G.check(where=self.root)
 
     def active_samples(self) -> dict[str, str]:
         """IID -> batch name, for the samples whose data the store holds (not withdrawn)."""
@@ -593,13 +638,6 @@ def check_new_batch(store: Store, name: str, source: dict) -> dict:
 # finalizing: pooled statistics -> the scan's outputs
 
 
-def pooled_globals(store: Store, batches) -> SufficientStats:
-    """The global moments summed over ``batches`` (refused when there is none)."""
-    if not batches:
-        raise ConfigError(f"{store.root}: no batch left in the store; nothing to finalize")
-    return sum(b.moments(store.settings) for b in batches)
-
-
 def pooled_block(spec: dict, vfile, part: int):
     """Executor side: block ``part``'s statistics added over ``spec["batches"]`` (each checked against
     its sha256) and its variants' ``(chrom, id, pos, alt, ref)`` from the store's variant list."""
@@ -621,11 +659,6 @@ def _finalize_task(spec: dict, G: SufficientStats, ranges):
                                               count_alt=spec["count_alt"], a1freq_floor=spec.get("a1freq_floor", 0.0))
 
 
-def check_pooled(store: Store, G: SufficientStats) -> None:
-    """Driver-side checks before a finalize job: enough samples, full-rank covariates."""
-    G.check(where=store.root)
-
-
 def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a1freq_floor: float = 0.0) -> dict:
     """Write the scan outputs of the pooled ``batches`` under ``stage`` (a local directory, or a
     :class:`~dash_spark.outputs.staging.ObjectOutput`: the tasks then write their parts under its object
@@ -637,10 +670,10 @@ def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a
     from ..outputs.writers import finish_local_outputs
     from ..scanner.jobs import write_ranges
 
-    G = pooled_globals(store, batches)
-    check_pooled(store, G)
+    G = store.pooled_globals(batches)
+    store.check_pooled(G)
     s = store.settings
-    spec = {"columns": store.columns, "variants": os.path.join(store.root, VARIANTS_FILE),
+    spec = {"columns": store.columns, "variants": store.variants_path,
             "count_alt": s.source_kind == "features", "a1freq_floor": a1freq_floor,
             "batches": [(b.dir, tuple(b.record["blocks"])) for b in batches]}
     from ..scanner.tasks import RangeRow
@@ -724,38 +757,10 @@ def clean_orphans(store: Store) -> int:
     return removed
 
 
-def store_inputs(store: Store, new_source: dict | None = None, *files: str | None) -> tuple[str, ...]:
-    """What a command on a store reads or keeps: the store itself, every batch's source files, a
-    new batch's and the given files (an output directory may be none of these, nor hold one)."""
-    paths = [store.root]
-    for source in [b.record["source"] for b in store.batches] + ([new_source] if new_source else []):
-        try:
-            paths += list(source_from_options(**source).input_paths())
-        except TypeError:  # pragma: no cover - a record without source options
-            continue
-        paths += [source.get("pheno"), source.get("covar")]
-    paths += list(files)
-    return tuple(p for p in paths if p)
-
-
 def run_refresh(store_root: str, out: str, **kwargs) -> RefreshResult:
     """:func:`_refresh` while holding the store's lock."""
     with store_lock(store_root):
         return _refresh(store_root, out, **kwargs)
-
-
-def releases_path(store: Store) -> str:
-    """The store's release log (what each refresh or selection released: the samples it held)."""
-    return os.path.join(store.root, RELEASES_FILE)
-
-
-def active_ids(batches) -> list[str]:
-    """The IIDs whose data ``batches`` hold (withdrawn samples left out)."""
-    out = []
-    for b in batches:
-        gone = set(b.withdrawn)
-        out += [iid for iid in b.samples if iid not in gone]
-    return out
 
 
 def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, remove: str | None = None,
@@ -777,7 +782,7 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
 
     store = open_store(store_root)
     clean_orphans(store)
-    inputs = store_inputs(store, add[1] if add is not None else None, withdraw)
+    inputs = store.inputs(add[1] if add is not None else None, withdraw)
     out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     if spark is None:  # the JVM starts while the driver checks the inputs and builds the batch's model
         spark = SessionStarter(master, spark_conf)
@@ -807,10 +812,10 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
         for iid in ids:
             withdrawals.setdefault(active[iid], []).append(iid)
     # the release guard, before any work: the samples these results will hold
-    released = set(active_ids(batches)) - {iid for v in withdrawals.values() for iid in v}
+    released = set(Store.active_ids(batches)) - {iid for v in withdrawals.values() for iid in v}
     if add is not None:
         released |= set(_source_samples(source))
-    log_entries = check_sample_release(releases_path(store), released, min_delta=min_release_delta,
+    log_entries = check_sample_release(store.releases_path, released, min_delta=min_release_delta,
                                        override=allow_small_release, where=f"refresh {store.root}")
 
     committed = False
@@ -839,7 +844,7 @@ def _refresh(store_root: str, out: str, *, add: tuple[str, dict] | None = None, 
                                     a1freq_floor=a1freq_lower_limit)
             commit(store, batches)
             committed = True
-            record_sample_release(releases_path(store), log_entries, released, out=out, command="refresh",
+            record_sample_release(store.releases_path, log_entries, released, out=out, command="refresh",
                                   overridden=allow_small_release)
             glm = {k: stage.final(v) for k, v in result["glm"].items()}
     except BaseException:
