@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from .jobs import run_ranges
+from .tasks import RangeRow
 
 
-def collect_ranges(spark, W, ranges: list[tuple], per_ranges) -> np.ndarray:
+def collect_ranges(spark, W, ranges: list[RangeRow], per_ranges) -> np.ndarray:
     """Run ``per_ranges(W, rows)`` (yielding ``(first index, block)``) over the ranges, one
     partition each, with ``W`` broadcast once; return the blocks stacked in variant order."""
     blocks = run_ranges(spark, W, ranges, per_ranges)

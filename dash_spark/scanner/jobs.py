@@ -16,11 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DashError, tag_task_error, translate_task_error
+from .tasks import RangeRow
 
 RANGE_SCHEMA_DDL = "part int, start long, stop long, bim_start long, bim_stop long, rows array<int>"
 
 
-def map_ranges(spark, W: np.ndarray | tuple[np.ndarray, ...], ranges: list[tuple], per_ranges, schema_ddl: str):
+def map_ranges(spark, W: np.ndarray | tuple[np.ndarray, ...], ranges: list[RangeRow], per_ranges, schema_ddl: str):
     """A DataFrame with one partition per range row: ``per_ranges(W, rows)`` yields its Arrow batches.
 
     ``W`` is broadcast once; the function and its small arguments travel with the task closure.
@@ -43,7 +44,7 @@ def map_ranges(spark, W: np.ndarray | tuple[np.ndarray, ...], ranges: list[tuple
     return ranges_df.mapInArrow(task, schema_ddl), W_bc
 
 
-def run_ranges(spark, value, ranges: list[tuple], per_ranges) -> list:
+def run_ranges(spark, value, ranges: list[RangeRow], per_ranges) -> list:
     """A plain RDD job with one partition per range row: each runs ``per_ranges(value, rows)``
     (``value`` broadcast once) and what the tasks yield is collected. After a failure it waits for
     the job's cancelled tasks before re-raising, since they may still be writing files the caller
@@ -70,7 +71,7 @@ def run_ranges(spark, value, ranges: list[tuple], per_ranges) -> list:
         bc.destroy()
 
 
-def write_ranges(spark, value, ranges: list[tuple], per_ranges, stage: str, phenotypes,
+def write_ranges(spark, value, ranges: list[RangeRow], per_ranges, stage: str, phenotypes,
                  timings: dict | None = None) -> int:
     """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
     which the task writes under ``stage`` with :func:`dash_spark.outputs.writers.write_result_parts`

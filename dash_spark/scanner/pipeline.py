@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from .filters import CallFilters
 from .jobs import map_ranges, write_ranges
 from .model import Model, named_source, scan_model
 from .sources import BedSource, qualify
-from .tasks import GroupedPlan, ScanPlan, default_block_variants, plan_ranges, scan_ranges, sub_block_size
+from .tasks import GroupedPlan, RangeRow, ScanPlan, default_block_variants, plan_ranges, scan_ranges, sub_block_size
 
 log = logging.getLogger("dash_spark")
 
@@ -65,10 +66,19 @@ def config_inputs(cfg: ScanConfig) -> tuple[str, ...]:
     return tuple(p for p in paths if p)
 
 
-def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan, list[tuple], int]:
+class ScanPlanning(NamedTuple):
+    """What :func:`plan_scan` returns: the tasks' plan, one range per Spark partition, and the
+    variants per range it aimed at."""
+
+    plan: ScanPlan | GroupedPlan
+    ranges: list[RangeRow]
+    block_variants: int
+
+
+def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> ScanPlanning:
     """The tasks' plan and the partition ranges of a model (shared by the scan and a party's compress).
 
-    Returns ``(plan, ranges, block_variants)``; a ``--pred`` model's plan is a
+    A grouped model's plan (``--pred``, sex chromosomes) is a
     :class:`~dash_spark.scanner.tasks.GroupedPlan` (one plan per chromosome; ``model.W`` is the tuple of
     their weight matrices) whose ranges never span two chromosomes.
     """
@@ -85,7 +95,7 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
         a1freq_floor=cfg.a1freq_lower_limit,
     )
     if not model.groups:
-        return plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv
+        return ScanPlanning(plan, plan_ranges(model.variants, bv, model.bim.line_offsets), bv)
     plans, ranges = [], []
     group = np.full(model.bim.n_variants, -1, dtype=np.int64)
     for g, grp in enumerate(model.groups):
@@ -108,7 +118,7 @@ def plan_scan(cfg: ScanConfig, model: Model, parallelism: int) -> tuple[ScanPlan
     ranges = [row._replace(part=i) for i, row in enumerate(sorted(ranges, key=lambda r: r.start))]
     # each variant's group, as runs of .bim rows (chromosomes are mostly contiguous: a few runs)
     starts = np.flatnonzero(np.diff(group, prepend=-2) != 0)
-    return GroupedPlan(tuple(plans), starts, group[starts]), ranges, bv
+    return ScanPlanning(GroupedPlan(tuple(plans), starts, group[starts]), ranges, bv)
 
 
 def _shared_gram_width(model: Model) -> int:

@@ -558,7 +558,7 @@ def _shared_stats(plan: ScanPlan, W: np.ndarray, block, SX, SXX, SM) -> list:
     return [pair for group in named for pair in group]
 
 
-def scan_ranges(plan: ScanPlan, W: np.ndarray, ranges):
+def scan_ranges(plan: ScanPlan | GroupedPlan, W: np.ndarray | tuple[np.ndarray, ...], ranges):
     """Yield Arrow batches of results for an iterable of range rows (executor side, no Spark)."""
     if isinstance(plan, GroupedPlan):
         for row in ranges:  # (part, start, ...): the range's group is its first variant's
