@@ -364,3 +364,40 @@ def test_phewas_overview_plot(tmp_path):
     assert plot_phewas({"only": summ("only", 5.0)}, tmp_path / "one.png") is None
     assert plot_phewas({"a": summ("a", 5.0), "b": summ("b", float("nan"), n=0)}, tmp_path / "two.png") is None
     assert not (tmp_path / "one.png").exists() and not (tmp_path / "two.png").exists()
+
+
+def test_top_candidates_by_blocks_equal_the_sorted_reduction(rng):
+    """A task keeps each phenotype's candidate top hits: in a results batch's layout (each
+    phenotype one run of equal length) they are found by one partition per run; the rows kept
+    (ties, missing p, error codes and runs with too few valid tests included) are exactly those
+    the general sort keeps, and a layout that is not one run per phenotype takes the sort."""
+    import pyarrow.compute as pc
+
+    from dash_spark.outputs import writers
+
+    P, m = 40, 57
+    nlp = np.round(rng.exponential(1.0, P * m), 1)  # rounding makes ties
+    nlp[rng.random(P * m) < 0.05] = np.nan
+    err = np.where(rng.random(P * m) < 0.05, "CONST_OMITTED_ALLELE", ".")
+    err[3 * m : 4 * m - 3] = "VIF_TOO_HIGH"  # a phenotype with 3 valid tests only
+    err[5 * m : 6 * m] = "VIF_TOO_HIGH"  # and one with none
+    n = P * m
+    table = pa.table({"variant_index": np.tile(np.arange(m), P), "id": [f"v{i % m}" for i in range(n)],
+                      "chrom": ["1"] * n, "pos": np.tile(np.arange(m), P), "a1": ["A"] * n,
+                      "beta": rng.normal(size=n), "se": np.ones(n), "t_stat": rng.normal(size=n),
+                      "obs_ct": np.full(n, 100), "a1_freq": np.full(n, 0.3), "p": 10.0 ** -nlp,
+                      "neg_log10_p": nlp, "phenotype": np.repeat([f"t{j}" for j in range(P)], m), "errcode": err})
+    calls = []
+    real = writers._top_in_blocks
+    try:
+        writers._top_in_blocks = lambda *a: calls.append(1) or None  # the general path
+        general = writers.top_candidates(table)
+    finally:
+        writers._top_in_blocks = real
+    fast = writers.top_candidates(table)
+    assert calls and fast.equals(general) and 10 * (P - 2) <= fast.num_rows < 12 * P
+    shuffled = table.take(pa.array(rng.permutation(n)))
+    assert writers._top_in_blocks(
+        np.asarray(pc.dictionary_encode(shuffled.column("phenotype")).combine_chunks().indices),
+        shuffled.column("neg_log10_p").to_numpy(), np.arange(n), 10) is None
+    assert sorted(writers.top_candidates(shuffled).column("id").to_pylist()) == sorted(general.column("id").to_pylist())

@@ -148,3 +148,40 @@ def test_finalize_equals_lstsq_with_mean_imputation_and_age_scale(rng):
         # a near-zero beta can only be known to float64's precision relative to its standard error
         assert abs(stats.beta[j] - coef[0]) <= 1e-9 * max(abs(coef[0]), se)
         assert stats.se[j] == pytest.approx(se, rel=1e-9)
+
+
+@pytest.mark.parametrize("case", ["plain", "correlated_covariates", "constant_instead_of_intercept", "no_mean"])
+def test_collinearity_screen_skips_only_variants_that_pass(rng, case):
+    """plink2's CORR_TOO_HIGH / VIF_TOO_HIGH checks skip the variants whose R^2 on the covariates
+    (from sums at hand) is below the bound of _r2_screen: on dosages from unrelated to collinear
+    with the covariates (and the VIF of the covariates themselves near the cut-off), every code
+    equals the full computation's, variant by variant, and the screen did skip most variants."""
+    from dash_spark.stats.regression import (CovariateCorrelation, _collinearity_codes, _maybe_collinear,
+                                             collinearity_errors, collinearity_errors_batched)
+
+    n = 500
+    Z = rng.normal(size=(n, 4))
+    if case == "correlated_covariates":  # covariates' own VIF ~ 40: little room before the cut-off of 50
+        Z[:, 1] = Z[:, 0] + rng.normal(size=n) * 0.16
+    first = {"plain": np.ones(n), "correlated_covariates": np.ones(n), "constant_instead_of_intercept": np.full(n, 3.0),
+             "no_mean": rng.normal(size=n)}[case]
+    C = np.column_stack([first, Z])
+    Q, R = np.linalg.qr(C)
+    cc = CovariateCorrelation.build(C, R)
+    assert (cc.r2_screen > 0) == (case != "no_mean")
+    m = 4000
+    t = np.linspace(0.0, 1.0, m) ** 4  # from unrelated (0) to collinear (1) with the covariates, dense near 1
+    X = (1 - t)[:, None] * rng.binomial(2, 0.3, size=(m, n)) + t[:, None] * (Z @ rng.normal(size=4) + 5.0)
+    X[::7] = X[::7] * (1 - 1e-4) + 1e-4 * Z[:, 0]  # and some just inside the cut-offs
+    Qx, sx = X @ Q, X.sum(axis=1)
+    xx_centred = np.einsum("mn,mn->m", X, X) - sx * sx / n
+    full = _collinearity_codes(cc, Qx, sx, xx_centred, 0.999, 50.0)
+    assert (full != 0).sum() > 100 and (full == 0).sum() > 100
+    np.testing.assert_array_equal(collinearity_errors(cc, Qx, sx, xx_centred), full)
+    batched = collinearity_errors_batched([cc, cc], np.stack([Qx, Qx]), np.stack([sx, sx]),
+                                          np.stack([xx_centred, xx_centred]))
+    np.testing.assert_array_equal(batched, np.stack([full, full]))
+    skipped = ~_maybe_collinear(cc, Qx, sx, xx_centred)
+    assert not full[skipped].any()
+    if case != "no_mean":
+        assert skipped.mean() > 0.5

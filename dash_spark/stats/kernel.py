@@ -285,19 +285,24 @@ def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, to
 
 
 @njit(cache=True, nogil=True)
-def _decode_selected(packed, idx, dosage, out, nmiss):  # pragma: no cover - jitted
-    """Dosages of the samples ``idx`` (0 for a missing call; no branch on the genotype) and each
-    variant's number of missing calls among them."""
+def _decode_selected(packed, idx, dosage, out, nmiss, sq):  # pragma: no cover - jitted
+    """Dosages of the samples ``idx`` (0 for a missing call; no branch on the genotype), each
+    variant's number of missing calls among them and the sum of their squared dosages (integers:
+    exact in any order)."""
     m = packed.shape[0]
     r = idx.shape[0]
     for j in range(m):
         cnt = 0
+        s2 = 0.0
         for a in range(r):
             i = idx[a]
             c = (packed[j, i >> 2] >> (2 * (i & 3))) & 3
-            out[j, a] = dosage[c]
+            d = dosage[c]
+            out[j, a] = d
+            s2 += d * d
             cnt += c == 1
         nmiss[j] += cnt
+        sq[j] += s2
 
 
 @njit(cache=True, nogil=True)
@@ -342,6 +347,7 @@ def downdate_packed(packed: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, 
     qm = np.zeros((m, k))
     qq = np.zeros((m, k, k) if want_qq else (1, 1, 1))
     nmiss = np.zeros(m, dtype=np.int64)
+    sq = np.zeros(m)
     step = max(64, DOWNDATE_CHUNK_BYTES // (8 * max(m, 1)))
     for a in range(0, len(idx), step):
         sel = idx[a : a + step]
@@ -349,11 +355,11 @@ def downdate_packed(packed: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, 
         QM1[:, :k] = W[sel, :k]
         QM1[:, k] = 1.0
         X = np.empty((m, len(sel)))
-        _decode_selected(packed, sel, _DOSAGE, X, nmiss)
+        _decode_selected(packed, sel, _DOSAGE, X, nmiss, sq)
         G = X @ QM1
         qx += G[:, :k]
         s[:, 0] += G[:, k]
-        s[:, 1] += np.einsum("ma,ma->m", X, X)
+    s[:, 1] = sq
     s[:, 2] = nmiss
     rows = np.flatnonzero(nmiss > 0)
     if len(rows):

@@ -187,6 +187,17 @@ class CovariateCorrelation:
     cols: np.ndarray
     sd: np.ndarray
     corr_inv: np.ndarray
+    #: a variant whose R^2 on the covariates (with the mean) is at most this passes both checks
+    #: (:func:`_r2_screen`); 0: every variant is checked in full
+    r2_screen: float = 0.0
+
+    @staticmethod
+    def _screen(corr_inv: np.ndarray, constant_nonzero: bool) -> float:
+        """The R^2 below which no variant can fail the checks, when the covariates span the mean
+        (``constant_nonzero``: the intercept, or a constant covariate); else 0."""
+        if not constant_nonzero or not len(corr_inv):
+            return 0.0
+        return _r2_screen(corr_inv)
 
     @classmethod
     def from_moments(cls, CtC: np.ndarray, Ct1: np.ndarray, n: int, R: np.ndarray) -> "CovariateCorrelation":
@@ -196,7 +207,10 @@ class CovariateCorrelation:
         cols = np.flatnonzero(sd > 1e-12 * np.maximum(np.sqrt(np.diag(CtC)), 1e-300))
         corr = cov[np.ix_(cols, cols)] / np.outer(sd[cols], sd[cols])
         corr_inv = np.linalg.inv(corr) if len(cols) else np.zeros((0, 0))
-        return cls(R=R, sums=Ct1.copy(), n=n, cols=cols, sd=sd[cols], corr_inv=corr_inv)
+        norm = np.sqrt(np.maximum(np.diag(CtC), 0.0))
+        constant = bool(np.any((norm > 0) & ~np.isin(np.arange(len(sd)), cols)))
+        return cls(R=R, sums=Ct1.copy(), n=n, cols=cols, sd=sd[cols], corr_inv=corr_inv,
+                   r2_screen=cls._screen(corr_inv, constant))
 
     @classmethod
     def build(cls, C_masked: np.ndarray, R: np.ndarray) -> "CovariateCorrelation":
@@ -207,7 +221,38 @@ class CovariateCorrelation:
         Z = centred[:, cols] / sd[cols]
         corr = Z.T @ Z
         corr_inv = np.linalg.inv(corr) if len(cols) else np.zeros((0, 0))
-        return cls(R=R, sums=C_masked.sum(axis=0), n=n, cols=cols, sd=sd[cols], corr_inv=corr_inv)
+        norm = np.linalg.norm(C_masked, axis=0)
+        constant = bool(np.any((norm > 0) & ~np.isin(np.arange(len(sd)), cols)))
+        return cls(R=R, sums=C_masked.sum(axis=0), n=n, cols=cols, sd=sd[cols], corr_inv=corr_inv,
+                   r2_screen=cls._screen(corr_inv, constant))
+
+
+def _r2_screen(corr_inv: np.ndarray, max_corr: float = MAX_CORR, max_vif: float = MAX_VIF) -> float:
+    """The largest R^2 (of a dosage on the covariates, with the mean) at which neither check can
+    fire, less a margin for rounding.
+
+    With r = corr(x, covariates), Sigma their correlation matrix and R^2 = r' Sigma^-1 r: every
+    r_j^2 <= R^2 (one covariate explains no more than all), VIF_x = 1/(1 - R^2), and with
+    u = Sigma^-1 r, u_j^2 <= |u|^2 <= lambda_max(Sigma^-1) R^2, so
+    VIF_c_j <= max diag(Sigma^-1) + lambda_max R^2 / (1 - R^2). Each bound is below its cut-off
+    for R^2 below the value returned."""
+    d_max = float(np.max(np.diag(corr_inv)))
+    lam = float(np.max(np.linalg.eigvalsh(corr_inv)))
+    if not (np.isfinite(d_max) and np.isfinite(lam)) or d_max >= max_vif or lam <= 0:
+        return 0.0
+    bound = min(max_corr * max_corr, 1.0 - 1.0 / max_vif, (max_vif - d_max) / (max_vif - d_max + lam))
+    return max(bound - 1e-6, 0.0)
+
+
+def _maybe_collinear(cc: CovariateCorrelation, Qx: np.ndarray, sx: np.ndarray, xx_centred: np.ndarray) -> np.ndarray:
+    """The variants that may fail plink2's checks [shape: Qx.shape[:-1], bool]: all but those whose
+    R^2 on the pattern's covariates, from sums at hand (x'Hx = |Q'x|^2 with Q spanning the mean:
+    R^2 = (|Q'x|^2 - (sum x)^2 / n) / centred x'x), is below ``cc.r2_screen``."""
+    if cc.r2_screen <= 0:
+        return np.ones(Qx.shape[:-1], dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = (np.einsum("...k,...k->...", Qx, Qx) - sx * sx / cc.n) / xx_centred
+    return ~(r2 <= cc.r2_screen)  # (NaN: checked in full)
 
 
 def collinearity_errors(cc: CovariateCorrelation, Qx: np.ndarray, sx: np.ndarray, xx_centred: np.ndarray,
@@ -219,6 +264,17 @@ def collinearity_errors(cc: CovariateCorrelation, Qx: np.ndarray, sx: np.ndarray
     ``u = corr_cc^{-1} r``, ``s = 1 - r'u``: VIF_x = 1/s and VIF_c = diag(corr_cc^{-1}) + u^2/s.
     Returns uint8 codes (0 where both checks pass). ``Qx`` (m, k), ``sx``/``xx_centred`` (m,).
     """
+    if max_corr != MAX_CORR or max_vif != MAX_VIF:  # (the screen is worked out for plink2's defaults)
+        return _collinearity_codes(cc, Qx, sx, xx_centred, max_corr, max_vif)
+    out = np.zeros(len(Qx), dtype=np.uint8)
+    todo = np.flatnonzero(_maybe_collinear(cc, Qx, sx, xx_centred))  # most variants pass on their R^2 alone
+    if len(todo):
+        out[todo] = _collinearity_codes(cc, Qx[todo], sx[todo], xx_centred[todo], max_corr, max_vif)
+    return out
+
+
+def _collinearity_codes(cc: CovariateCorrelation, Qx, sx, xx_centred, max_corr: float, max_vif: float) -> np.ndarray:
+    """:func:`collinearity_errors` computed in full for every variant given."""
     Cx = Qx @ cc.R  # rows: (C'x)' = (Q'x)' R
     sxx = np.sqrt(np.maximum(xx_centred, 1e-300))
     r = (Cx[:, cc.cols] - np.outer(sx, cc.sums[cc.cols]) / cc.n) / sxx[:, None] / cc.sd
@@ -394,6 +450,15 @@ def collinearity_errors_batched(ccs: list, Qx: np.ndarray, sx: np.ndarray, xx_ce
             groups.setdefault(tuple(cc.cols.tolist()), []).append(b)
     for cols, idx in groups.items():
         if not cols:
+            continue
+        # most (pattern, variant) pairs pass on their R^2 alone; the others are checked in full
+        todo = np.stack([_maybe_collinear(ccs[b], Qx[b], sx[b], xx_centred[b]) for b in idx])
+        if not todo.all():
+            for j, b in enumerate(idx):
+                rows = np.flatnonzero(todo[j])
+                if len(rows):
+                    out[b, rows] = _collinearity_codes(ccs[b], Qx[b, rows], sx[b, rows], xx_centred[b, rows],
+                                                       MAX_CORR, MAX_VIF)
             continue
         g = [ccs[b] for b in idx]
         R = np.stack([c.R for c in g])
