@@ -26,7 +26,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -519,11 +519,14 @@ def top_cut(nlp_valid: np.ndarray, top_n: int) -> float:
 def summarize_parts(phenotype: str, p: np.ndarray, nlp: np.ndarray, code_counts, valid: np.ndarray, top,
                     *, top_n: int = 10) -> PhenotypeSummary:
     """A :class:`PhenotypeSummary` from one phenotype's p and -log10 p [shape: (rows,)], its error
-    codes' ``value_counts`` (nulls as ``"NA"``), the valid tests' mask and ``top``: an Arrow table
+    codes' counts (a mapping, or Arrow's ``value_counts``; nulls as ``"NA"``), the valid tests' mask and ``top``: an Arrow table
     holding at least every valid row at or above :func:`top_cut` (more rows may be there, e.g.
     the candidates that tasks kept; ``None`` when there is no valid test)."""
-    counts = {str(v): int(n) for v, n in zip(code_counts.field("values").to_pylist(),
-                                            code_counts.field("counts").to_pylist())}
+    if isinstance(code_counts, Mapping):
+        counts = {str(v): int(n) for v, n in code_counts.items()}
+    else:
+        counts = {str(v): int(n) for v, n in zip(code_counts.field("values").to_pylist(),
+                                                code_counts.field("counts").to_pylist())}
     n_tests = counts.pop(TESTED, 0)
     errcode_counts = {k: counts[k] for k in sorted(counts)}
     median_p, max_nlp, method = math.nan, math.nan, "none"
@@ -773,8 +776,8 @@ def plot_phewas(summaries: dict, path, *, threshold: float = 5e-8, dpi: int = 12
 
 
 def _json_safe(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _json_safe(asdict(value))
+    if is_dataclass(value) and not isinstance(value, type):  # (field by field: asdict would deep-copy first)
+        return {f.name: _json_safe(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):

@@ -397,26 +397,35 @@ def phenotype_groups(column, names) -> tuple[np.ndarray, np.ndarray]:
     """``(order, starts)``: a stable order of the rows that groups them by phenotype in the order
     of ``names`` (rows of other phenotypes last), and where each group starts in it: the rows of
     ``names[c]`` are ``order[starts[c]:starts[c + 1]]``, in their original order."""
+
+    code = phenotype_codes(column, names)  # (16-bit keys where they fit: numpy's stable sort of them is a radix sort)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(code, minlength=len(names) + 1))])
+    return np.argsort(code, kind="stable"), starts
+
+
+def phenotype_codes(column, names) -> np.ndarray:
+    """Each row's phenotype as its index in ``names`` (``len(names)``: another phenotype, or null),
+    as 16-bit integers where they fit."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    width = np.int16 if len(names) < np.iinfo(np.int16).max else np.int64
     value_set = pa.array(list(names), pa.string())
     if pa.types.is_dictionary(column.type):  # look up the dictionary's few values, not every row's
         chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
         parts = []
         for ch in chunks:
             of_value = pc.fill_null(pc.index_in(ch.dictionary.cast(pa.string()), value_set=value_set), len(names))
-            lookup = np.append(np.asarray(of_value.to_numpy(zero_copy_only=False), dtype=np.int64), len(names))
+            lookup = np.append(np.asarray(of_value.to_numpy(zero_copy_only=False), dtype=width), len(names))
             # a null row points past the dictionary: "other phenotypes"
-            idx = pc.fill_null(ch.indices.cast(pa.int64()), len(lookup) - 1).to_numpy(zero_copy_only=False)
+            if ch.indices.null_count:
+                idx = pc.fill_null(ch.indices.cast(pa.int64()), len(lookup) - 1).to_numpy(zero_copy_only=False)
+            else:
+                idx = ch.indices.to_numpy(zero_copy_only=False)
             parts.append(lookup[idx])
-        code = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    else:
-        code = pc.fill_null(pc.index_in(column, value_set=value_set), len(names)).to_numpy(zero_copy_only=False)
-    starts = np.concatenate([[0], np.cumsum(np.bincount(code, minlength=len(names) + 1))])
-    if len(names) < np.iinfo(np.int16).max:  # numpy's stable sort of 16-bit keys is a radix sort: linear
-        code = code.astype(np.int16)
-    return np.argsort(code, kind="stable"), starts
+        return np.concatenate(parts).astype(width, copy=False) if parts else np.zeros(0, dtype=width)
+    codes = pc.fill_null(pc.index_in(column, value_set=value_set), len(names)).to_numpy(zero_copy_only=False)
+    return np.asarray(codes).astype(width)
 
 
 def glm_texts(table, phenotypes) -> list[bytes]:
@@ -704,14 +713,12 @@ def _light_summaries(parts: str, top_dir: str, model):
     (read in groups of phenotypes of up to 32 million rows: about 20 bytes a row) and the top-hit
     candidates the tasks kept (:func:`top_candidates`), so no string column is read for all rows."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from . import report
 
     names = list(model.phenotypes)
-    light = PhenotypeGroups(parts, names, model.n_variants, ["errcode", "neg_log10_p", "p"],
-                            budget_rows=32_000_000, dictionary=["errcode"])
+    light = _LightGroups(parts, names, model.n_variants)
     files = sorted(f for f in os.listdir(top_dir) if _TOP_RE.fullmatch(f)) if os.path.isdir(top_dir) else []
     top = pa.concat_tables([pq.read_table(os.path.join(top_dir, f)) for f in files]) if files else None
     top_rows: dict = {}
@@ -722,16 +729,65 @@ def _light_summaries(parts: str, top_dir: str, model):
             top_rows[name] = top.slice(starts[c], starts[c + 1] - starts[c])
 
     def summarize(name):
-        rows = light(name)
-        p = rows["p"].to_numpy(zero_copy_only=False).astype(np.float64)
-        nlp = rows["neg_log10_p"].to_numpy(zero_copy_only=False).astype(np.float64)
-        err = rows["errcode"].cast(pa.string())
-        valid = pc.fill_null(pc.equal(err, report.TESTED), False).to_numpy(zero_copy_only=False)
+        p, nlp, codes, labels = light(name)
+        counts = np.bincount(codes, minlength=len(labels))
+        valid = (codes == labels.index(report.TESTED)) if report.TESTED in labels else np.zeros(len(p), dtype=bool)
         valid = valid & ~np.isnan(p) & ~np.isnan(nlp)
-        return report.summarize_parts(name, p, nlp, pc.fill_null(err, "NA").value_counts(), valid,
-                                      top_rows.get(name), top_n=TOP_HITS)
+        return report.summarize_parts(name, p, nlp, {labels[c]: int(counts[c]) for c in np.flatnonzero(counts)},
+                                      valid, top_rows.get(name), top_n=TOP_HITS)
 
     return summarize
+
+
+class _LightGroups:
+    """Each phenotype's ``(p, -log10 p, error code indices, code labels)`` as numpy arrays, read in
+    groups of phenotypes of up to 32 million rows (about 20 bytes a row): the columns are moved
+    into phenotype order as numpy arrays, the error codes as dictionary indices (a null: "NA")."""
+
+    def __init__(self, path: str, phenotypes: list[str], rows_per_phenotype: int, budget_rows: int = 32_000_000):
+        self.path, self.phenotypes = path, phenotypes
+        self.group = max(1, budget_rows // max(1, rows_per_phenotype))
+        self.cache: dict = {}
+
+    def __call__(self, name: str):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        if name not in self.cache:
+            self.cache.clear()
+            i = self.phenotypes.index(name)
+            chunk = self.phenotypes[i : i + self.group]
+            table = pq.read_table(self.path, columns=["errcode", "neg_log10_p", "p", "phenotype"],
+                                  read_dictionary=["errcode", "phenotype"],
+                                  filters=[("phenotype", "in", chunk)] if len(chunk) < len(self.phenotypes) else None)
+            # the rows come in runs of one phenotype (a results batch is phenotype-major): each
+            # phenotype's values are its runs' slices put together, not a gather of every row
+            code = phenotype_codes(table.column("phenotype"), chunk)
+            cut = np.flatnonzero(np.diff(code)) + 1
+            run_start, run_end = np.r_[0, cut], np.r_[cut, len(code)]
+            run_code = code[run_start] if len(code) else np.zeros(0, dtype=np.int64)
+            by_code = np.argsort(run_code, kind="stable")
+            first = np.searchsorted(run_code[by_code], np.arange(len(chunk) + 1))
+            p = table.column("p").to_numpy()
+            nlp = table.column("neg_log10_p").to_numpy()
+            # the error codes: one label list, every chunk's dictionary indices mapped into it
+            labels: list[str] = ["NA"]
+            parts = []
+            for ch in table.column("errcode").chunks:
+                words = ch.dictionary.cast(pa.string()).to_pylist()
+                for w in words:
+                    if w not in labels:
+                        labels.append(w)
+                lookup = np.array([labels.index(w) for w in words] + [0], dtype=np.int64)  # (past the end: null)
+                parts.append(lookup[pc.fill_null(ch.indices.cast(pa.int64()), len(words)).to_numpy()])
+            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            for c, n in enumerate(chunk):
+                runs = by_code[first[c] : first[c + 1]]
+                pieces = [slice(a, b) for a, b in zip(run_start[runs], run_end[runs])]
+                self.cache[n] = tuple(np.concatenate([x[sl] for sl in pieces]) if pieces else x[:0]
+                                      for x in (p, nlp, codes)) + (labels,)
+        return self.cache[name]
 
 
 class PhenotypeGroups:
