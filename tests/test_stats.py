@@ -56,9 +56,14 @@ def test_kernel_transpose_on_a_big_endian_machine(rng, monkeypatch):
     assert np.array_equal(kernel.transpose_block(packed)[:, :13], packed.T)
 
 
-def test_kernel_missing_calls_in_every_word_position(tmp_path, rng):
+@pytest.mark.parametrize("little", [True, False])
+def test_kernel_missing_calls_in_every_word_position(tmp_path, rng, monkeypatch, little):
     """Missing calls at every sample position of the 32-call words and of the tail bytes, in blocks
-    whose variant count is not a multiple of 8."""
+    whose variant count is not a multiple of 8; also through the transpose a big-endian machine
+    takes (a plain copy)."""
+    from dash_spark.stats import kernel
+
+    monkeypatch.setattr(kernel.np, "little_endian", little)
     n, m = 4 * 8 * 3 + 4 * 5 + 3, 19  # 3 full words, 5 tail bytes, 3 samples in the last byte
     G = rng.binomial(2, 0.4, size=(n, m)).astype(np.int8)
     G[np.arange(n), np.arange(n) % m] = -1  # each sample missing once
@@ -75,6 +80,38 @@ def test_kernel_missing_calls_in_every_word_position(tmp_path, rng):
     np.testing.assert_allclose(SX, X0.T @ A, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(SXX, (X0**2).T @ B, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(SM, miss.T.astype(float) @ A, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("little", [True, False])
+def test_kernel_missing_grams_in_every_word_position(tmp_path, rng, monkeypatch, little):
+    """The missing calls' Grams (q q', q y', y^2 over each variant's missing calls), found 8
+    variants at a time in the transposed block: missing calls at every sample and word position,
+    a variant count not a multiple of 8, samples outside the pattern (zero weights) and variants
+    left out (``todo``) add nothing; also through the transpose a big-endian machine takes."""
+    from dash_spark.stats import kernel
+
+    monkeypatch.setattr(kernel.np, "little_endian", little)
+    n, m, k, p = 4 * 8 * 3 + 4 * 5 + 3, 19, 3, 2
+    G = rng.binomial(2, 0.4, size=(n, m)).astype(np.int8)
+    G[np.arange(n), np.arange(n) % m] = -1
+    G[rng.random((n, m)) < 0.1] = -1
+    G[:, 3] = -1
+    prefix = str(tmp_path / "g")
+    write_bed(prefix, n, [G], iids=[f"s{i}" for i in range(n)], chrom=["1"] * m,
+              pos=list(range(1, m + 1)), ids=[f"v{j}" for j in range(m)], alt=["A"] * m, ref=["C"] * m)
+    miss = np.isnan(open_bed(prefix + ".bed", count_A1=True).read(dtype="float64"))
+    QY = rng.normal(size=(n, 1 + k + p))  # a column before the pattern's: a0 = 1
+    QY[rng.random(n) < 0.2] = 0.0  # samples outside the pattern
+    todo = rng.random(m) < 0.7
+    qq, qy, yy = kernel.missing_grams(read_bed_range(prefix + ".bed", n, 0, m), pad_weights(QY, np.zeros((n, 0))),
+                                      1, k, p, todo)
+    Q, Y = QY[:, 1 : 1 + k], QY[:, 1 + k :]
+    for j in range(m):
+        rows = miss[:, j] if todo[j] else np.zeros(n, dtype=bool)
+        np.testing.assert_allclose(qq[j], Q[rows].T @ Q[rows], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(qy[j], Q[rows].T @ Y[rows], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(yy[j], (Y[rows] ** 2).sum(axis=0), rtol=1e-12, atol=1e-12)
+    assert (qq[~todo] == 0).all() and np.array_equal(qq, qq.transpose(0, 2, 1))
 
 
 def test_kernel_sums_add_over_variant_subblocks(tmp_path, rng):

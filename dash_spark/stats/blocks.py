@@ -12,10 +12,11 @@ module is indifferent to where the genotypes came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from .kernel import compress_block, decode, downdate_packed, missing_grams
+from .kernel import compress_block, decode, downdate_packed, missing_grams, transpose_block
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +34,12 @@ class PackedBlock:
     def dense(self) -> np.ndarray:
         """Dosages [shape: (m, n)], NaN for missing."""
         return decode(self.data, self.n_samples).T
+
+    @cached_property
+    def transposed(self) -> np.ndarray:
+        """The bytes with one byte position of every variant per row (:func:`transpose_block`),
+        made once for the kernel's sums and the missing calls' Grams."""
+        return transpose_block(np.ascontiguousarray(self.data))
 
     def take(self, rows: np.ndarray) -> "PackedBlock":
         meta = None if self.meta is None else tuple(x[rows] for x in self.meta)
@@ -89,14 +96,14 @@ def block_sums(block: Block, W: np.ndarray, n_a: int):
     """``(SX, SXX, SM)`` of a block (see :mod:`dash_spark.stats.kernel`), by the block's kernel."""
     if isinstance(block, DenseBlock):
         return compress_dense(block.values, W, n_a)
-    return compress_block(block.data, W, n_a)
+    return compress_block(block.data, W, n_a, packed_t=block.transposed)
 
 
 def block_grams(block: Block, W: np.ndarray, a0: int, k: int, p: int, todo: np.ndarray):
     """Missing calls' ``(QmQm, Qmy, ymy)`` of a block (see :func:`dash_spark.stats.kernel.missing_grams`)."""
     if isinstance(block, DenseBlock):
         return missing_grams_dense(block.values, W, a0, k, p, todo)
-    return missing_grams(block.data, W, a0, k, p, todo=todo)
+    return missing_grams(block.data, W, a0, k, p, todo=todo, packed_t=block.transposed)
 
 
 def downdate_dense(X: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, want_qq: bool):

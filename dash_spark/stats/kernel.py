@@ -167,33 +167,47 @@ def _accumulate(packed_t, W, n_a, out_x, dosage):  # pragma: no cover - jitted
                 out_x[j, f] += table[v, f]
 
 
-@njit(cache=True, nogil=True)
-def _missing_sums(packed, W, n_a, out_m, has_missing):  # pragma: no cover - jitted
-    """``out_m[j] += W[i, :n_a]`` for every missing call (code 01) of variant ``j``: each row is
-    tested 8 bytes (32 calls) at a time, and only words holding a missing call are visited."""
-    m, nb = packed.shape
-    nb8 = nb - nb % 8
+@njit(cache=True, nogil=True, inline="always")
+def _missing_in_row(packed_t, words, b, m, has_missing, hits):  # pragma: no cover - jitted
+    """The variants of transposed row ``b`` whose byte holds a missing call, in order, into
+    ``hits``; returns how many. Eight variants' bytes are tested as one 64-bit word (whatever its
+    byte order: the test is on all eight), so a row without missing calls costs m/8 tests."""
     low = np.uint64(0x5555555555555555)
     one = np.uint64(1)
-    for j in range(m):
-        for c in range(0, nb8, 8):
-            x = _word(packed, j, c)
-            miss = x & ~(x >> one) & low
-            if miss == 0:
-                continue
-            for s in range(32):
-                if (miss >> np.uint64(2 * s)) & one:
-                    i = 4 * c + s
+    n = 0
+    m8 = m - m % 8
+    for q in range(m8 // 8):
+        x = words[b, q]
+        if x & ~(x >> one) & low == 0:
+            continue
+        for j in range(8 * q, 8 * q + 8):
+            if has_missing[packed_t[b, j]]:
+                hits[n] = j
+                n += 1
+    for j in range(m8, m):
+        if has_missing[packed_t[b, j]]:
+            hits[n] = j
+            n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _missing_sums(packed_t, m, W, n_a, out_m, has_missing):  # pragma: no cover - jitted
+    """``out_m[j] += W[i, :n_a]`` for every missing call (code 01) of variant ``j``, found in the
+    transposed block (a row: one byte position of every variant, tested 8 variants at a time): the
+    row's four weight rows stay in cache, and each variant sums its calls in sample order."""
+    nbytes = packed_t.shape[0]
+    words = packed_t.view(np.uint64)
+    hits = np.empty(m, dtype=np.int64)
+    for b in range(nbytes):
+        for h in range(_missing_in_row(packed_t, words, b, m, has_missing, hits)):
+            j = hits[h]
+            v = packed_t[b, j]
+            for s in range(4):
+                if (v >> (2 * s)) & 3 == 1:
+                    i = 4 * b + s
                     for f in range(n_a):
                         out_m[j, f] += W[i, f]
-        for c in range(nb8, nb):
-            v = packed[j, c]
-            if has_missing[v]:
-                for s in range(4):
-                    if (v >> (2 * s)) & 3 == 1:
-                        i = 4 * c + s
-                        for f in range(n_a):
-                            out_m[j, f] += W[i, f]
 
 
 def pad_weights(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -206,21 +220,24 @@ def pad_weights(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return W
 
 
-def compress_block(packed: np.ndarray, W: np.ndarray, n_a: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def compress_block(packed: np.ndarray, W: np.ndarray, n_a: int,
+                   packed_t: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sums of one block of variants.
 
     packed [shape: (m, ceil(n/4))] uint8 bytes as in the .bed; W [shape: (4*ceil(n/4), F+G)] from
-    :func:`pad_weights`; ``n_a`` = F. Returns ``(SX (m, F), SXX (m, G), SM (m, F))``.
+    :func:`pad_weights`; ``n_a`` = F; ``packed_t``: its :func:`transpose_block`, when the caller
+    has it. Returns ``(SX (m, F), SXX (m, G), SM (m, F))``.
     """
     m = packed.shape[0]
     if W.shape[0] != 4 * packed.shape[1]:
         raise ValueError(f"compress_block: W has {W.shape[0]} rows, expected {4 * packed.shape[1]}")
     packed = np.ascontiguousarray(packed)
-    packed_t = transpose_block(packed)
+    if packed_t is None:
+        packed_t = transpose_block(packed)
     out_x = np.zeros((m, W.shape[1]))
     out_m = np.zeros((m, n_a))
     _accumulate(packed_t, W, n_a, out_x, _DOSAGE)
-    _missing_sums(packed, W, n_a, out_m, _HAS_MISSING)
+    _missing_sums(packed_t, m, W, n_a, out_m, _HAS_MISSING)
     return out_x[:, :n_a], out_x[:, n_a:], out_m
 
 
@@ -236,51 +253,82 @@ def decode(packed: np.ndarray, n_samples: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _missing_grams(packed, W, a0, k, p, has_missing, todo, out_qq, out_qy, out_yy):  # pragma: no cover - jitted
-    m, nbytes = packed.shape
-    buf = np.empty(k + p)
-    for j in range(m):
-        if not todo[j]:
-            continue
-        for b in range(nbytes):
-            v = packed[j, b]
-            if not has_missing[v]:
+def _missing_grams(packed_t, m, W, a0, k, p, has_missing, todo, acc):  # pragma: no cover - jitted
+    """The missing calls of each variant in ``todo``, found in the transposed block (one byte
+    position of every variant per row, :func:`transpose_block`). For a row's four samples, the
+    products of their weights are formed once: ``q q'`` (upper triangle), ``q y'`` and ``y^2``,
+    one vector each; a variant's missing call adds its sample's vector to the variant's row of
+    ``acc`` (contiguous adds). Each variant sums its calls in sample order, each product formed as
+    a single multiplication. Samples outside the pattern (zero weights) add nothing."""
+    nbytes = packed_t.shape[0]
+    w = acc.shape[1]
+    prod = np.empty((4, w))
+    live = np.zeros(4, dtype=np.bool_)
+    words = packed_t.view(np.uint64)
+    hits = np.empty(m, dtype=np.int64)
+    for b in range(nbytes):
+        row = packed_t[b]
+        ready = False
+        for h in range(_missing_in_row(packed_t, words, b, m, has_missing, hits)):
+            j = hits[h]
+            v = row[j]
+            if not todo[j]:
                 continue
-            for s in range(4):
-                if (v >> (2 * s)) & 3 != 1:
-                    continue
-                i = 4 * b + s
-                nz = False
-                for c in range(k + p):
-                    buf[c] = W[i, a0 + c]
-                    nz = nz or buf[c] != 0.0
-                if not nz:
-                    continue  # sample outside this pattern
-                for r in range(k):
-                    qr = buf[r]
-                    for c in range(k):
-                        out_qq[j, r, c] += qr * buf[c]
+            if not ready:
+                for s in range(4):
+                    i = 4 * b + s
+                    nz = False
+                    for c in range(k + p):
+                        nz = nz or W[i, a0 + c] != 0.0
+                    live[s] = nz
+                    f = 0
+                    for r in range(k):
+                        qr = W[i, a0 + r]
+                        for c in range(r, k):
+                            prod[s, f] = qr * W[i, a0 + c]
+                            f += 1
+                    for r in range(k):
+                        qr = W[i, a0 + r]
+                        for t in range(p):
+                            prod[s, f] = qr * W[i, a0 + k + t]
+                            f += 1
                     for t in range(p):
-                        out_qy[j, r, t] += qr * buf[k + t]
-                for t in range(p):
-                    out_yy[j, t] += buf[k + t] * buf[k + t]
+                        yt = W[i, a0 + k + t]
+                        prod[s, f] = yt * yt
+                        f += 1
+                ready = True
+            for s in range(4):
+                if (v >> (2 * s)) & 3 == 1 and live[s]:
+                    for f in range(w):
+                        acc[j, f] += prod[s, f]
 
 
-def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, todo: np.ndarray | None = None):
+def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, todo: np.ndarray | None = None,
+                  packed_t: np.ndarray | None = None):
     """Sums over each variant's missing calls of ``q_i q_i'``, ``q_i y_i'`` and ``y_i^2``.
 
     ``q_i`` = row i of the pattern's Q (``W[:, a0:a0+k]``), ``y_i`` = its p phenotype columns
     (``W[:, a0+k:a0+k+p]``); samples outside the pattern have zero rows and add nothing.
     Returns ``QmQm`` [shape: (m, k, k)], ``Qmy`` [shape: (m, k, p)], ``ymy`` [shape: (m, p)].
     Cost: one byte test per byte of the variants in ``todo`` (bool (m,), default all: pass the
-    variants that have missing calls in the pattern), then (k^2 + kp) per missing call.
+    variants that have missing calls in the pattern), then (k(k+1)/2 + kp) per missing call.
+    ``packed_t``: the block's :func:`transpose_block`, when the caller has it.
     """
     m = packed.shape[0]
     todo = np.ones(m, dtype=np.bool_) if todo is None else np.asarray(todo, dtype=np.bool_)
     qq = np.zeros((m, k, k))
     qy = np.zeros((m, k, p))
     yy = np.zeros((m, p))
-    _missing_grams(np.ascontiguousarray(packed), W, a0, k, p, _HAS_MISSING, todo, qq, qy, yy)
+    if packed_t is None:
+        packed_t = transpose_block(np.ascontiguousarray(packed))
+    upper = np.triu_indices(k)
+    nq = len(upper[0])
+    acc = np.zeros((m, nq + k * p + p))
+    _missing_grams(packed_t, m, W, a0, k, p, _HAS_MISSING, todo, acc)
+    qq[:, upper[0], upper[1]] = acc[:, :nq]
+    qq[:, upper[1], upper[0]] = acc[:, :nq]  # (the same sums: q_r q_c = q_c q_r)
+    qy[:] = acc[:, nq : nq + k * p].reshape(m, k, p)
+    yy[:] = acc[:, nq + k * p :]
     return qq, qy, yy
 
 
