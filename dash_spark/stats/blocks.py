@@ -127,4 +127,4 @@ def block_downdate(block: Block, W: np.ndarray, idx: np.ndarray, k: int, want_qq
     """The samples ``idx``'s share of a block's sums (see :func:`dash_spark.stats.kernel.downdate_packed`)."""
     if isinstance(block, DenseBlock):
         return downdate_dense(block.values, W, idx, k, want_qq)
-    return downdate_packed(block.data, W, idx, k, want_qq)
+    return downdate_packed(block.data, W, idx, k, want_qq, packed_t=block.transposed)

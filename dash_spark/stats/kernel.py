@@ -333,24 +333,24 @@ def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, to
 
 
 @njit(cache=True, nogil=True)
-def _decode_selected(packed, idx, dosage, out, nmiss, sq):  # pragma: no cover - jitted
-    """Dosages of the samples ``idx`` (0 for a missing call; no branch on the genotype), each
-    variant's number of missing calls among them and the sum of their squared dosages (integers:
-    exact in any order)."""
-    m = packed.shape[0]
+def _decode_selected_t(packed_t, m, idx, out_t, nmiss, sq):  # pragma: no cover - jitted
+    """Dosages of the samples ``idx`` (0 for a missing call; no branch on the genotype), from the
+    transposed block (one contiguous row per byte position): sample ``idx[a]``'s dosages of every
+    variant into row ``a`` of ``out_t`` [shape: (len(idx), m)]; each variant's number of missing
+    calls among them and the sum of their squared dosages (integers: exact in any order)."""
     r = idx.shape[0]
-    for j in range(m):
-        cnt = 0
-        s2 = 0.0
-        for a in range(r):
-            i = idx[a]
-            c = (packed[j, i >> 2] >> (2 * (i & 3))) & 3
-            d = dosage[c]
-            out[j, a] = d
-            s2 += d * d
-            cnt += c == 1
-        nmiss[j] += cnt
-        sq[j] += s2
+    for a in range(r):
+        i = idx[a]
+        row = packed_t[i >> 2]
+        shift = 2 * (i & 3)
+        for j in range(m):
+            c = (row[j] >> shift) & 3
+            lo = c & 1
+            hi = c >> 1
+            d = np.float64((1 - lo) * (2 - hi))  # the table's 2, 0, 1, 0 without a lookup
+            out_t[a, j] = d
+            sq[j] += d * d
+            nmiss[j] += lo & (1 - hi)
 
 
 @njit(cache=True, nogil=True)
@@ -375,7 +375,8 @@ def _missing_selected(packed, idx, rows, QM, k, want_qq, out_qm, out_qq):  # pra
 DOWNDATE_CHUNK_BYTES = 32 << 20
 
 
-def downdate_packed(packed: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, want_qq: bool):
+def downdate_packed(packed: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, want_qq: bool,
+                    packed_t: np.ndarray | None = None):
     """The contribution of the samples ``idx`` (sorted .fam rows) to one block's sums: what a
     phenotype's missing samples take out of the sums over all analysed samples.
 
@@ -386,8 +387,12 @@ def downdate_packed(packed: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, 
     q_i q_i' over the missing calls (else None). The selected samples' dosages are decoded
     (without a branch per genotype) in chunks and multiplied by ``[Q_idx | 1]`` as one matrix
     product; the missing calls are then visited one by one, only for variants that have any.
+    A sample's dosages are decoded from one contiguous row of the transposed block (``packed_t``:
+    the block's :func:`transpose_block`, made here when not given).
     """
     packed = np.ascontiguousarray(packed)
+    if packed_t is None:
+        packed_t = transpose_block(packed)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     m = packed.shape[0]
     qx = np.zeros((m, k))
@@ -402,9 +407,9 @@ def downdate_packed(packed: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, 
         QM1 = np.empty((len(sel), k + 1))
         QM1[:, :k] = W[sel, :k]
         QM1[:, k] = 1.0
-        X = np.empty((m, len(sel)))
-        _decode_selected(packed, sel, _DOSAGE, X, nmiss, sq)
-        G = X @ QM1
+        XT = np.empty((len(sel), m))  # each sample's dosages from one contiguous row; BLAS reads X transposed
+        _decode_selected_t(packed_t, m, sel, XT, nmiss, sq)
+        G = XT.T @ QM1
         qx += G[:, :k]
         s[:, 0] += G[:, k]
     s[:, 1] = sq
