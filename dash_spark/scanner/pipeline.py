@@ -201,6 +201,10 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         final = {k: stage.final(v) for k, v in glm.items()}
     out = stage.out
     phases["total_seconds"] = round(time.time() - t0, 2)
+    import resource
+
+    # the driver's Python process (a local session's JVM and Python workers are other processes)
+    phases["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     # one JSON line, read by `dash-spark bench` (kernel: the tasks' seconds in the kernels, summed)
     log.info("phases: %s", json.dumps(phases))
     log.info("done in %.1f s: %s", time.time() - t0, out)
