@@ -739,57 +739,6 @@ def _light_summaries(parts: str, top_dir: str, model):
     return summarize
 
 
-class _LightGroups:
-    """Each phenotype's ``(p, -log10 p, error code indices, code labels)`` as numpy arrays, read in
-    groups of phenotypes of up to 32 million rows (about 20 bytes a row): the columns are moved
-    into phenotype order as numpy arrays, the error codes as dictionary indices (a null: "NA")."""
-
-    def __init__(self, path: str, phenotypes: list[str], rows_per_phenotype: int, budget_rows: int = 32_000_000):
-        self.path, self.phenotypes = path, phenotypes
-        self.group = max(1, budget_rows // max(1, rows_per_phenotype))
-        self.cache: dict = {}
-
-    def __call__(self, name: str):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        if name not in self.cache:
-            self.cache.clear()
-            i = self.phenotypes.index(name)
-            chunk = self.phenotypes[i : i + self.group]
-            table = pq.read_table(self.path, columns=["errcode", "neg_log10_p", "p", "phenotype"],
-                                  read_dictionary=["errcode", "phenotype"],
-                                  filters=[("phenotype", "in", chunk)] if len(chunk) < len(self.phenotypes) else None)
-            # the rows come in runs of one phenotype (a results batch is phenotype-major): each
-            # phenotype's values are its runs' slices put together, not a gather of every row
-            code = phenotype_codes(table.column("phenotype"), chunk)
-            cut = np.flatnonzero(np.diff(code)) + 1
-            run_start, run_end = np.r_[0, cut], np.r_[cut, len(code)]
-            run_code = code[run_start] if len(code) else np.zeros(0, dtype=np.int64)
-            by_code = np.argsort(run_code, kind="stable")
-            first = np.searchsorted(run_code[by_code], np.arange(len(chunk) + 1))
-            p = table.column("p").to_numpy()
-            nlp = table.column("neg_log10_p").to_numpy()
-            # the error codes: one label list, every chunk's dictionary indices mapped into it
-            labels: list[str] = ["NA"]
-            parts = []
-            for ch in table.column("errcode").chunks:
-                words = ch.dictionary.cast(pa.string()).to_pylist()
-                for w in words:
-                    if w not in labels:
-                        labels.append(w)
-                lookup = np.array([labels.index(w) for w in words] + [0], dtype=np.int64)  # (past the end: null)
-                parts.append(lookup[pc.fill_null(ch.indices.cast(pa.int64()), len(words)).to_numpy()])
-            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-            for c, n in enumerate(chunk):
-                runs = by_code[first[c] : first[c + 1]]
-                pieces = [slice(a, b) for a, b in zip(run_start[runs], run_end[runs])]
-                self.cache[n] = tuple(np.concatenate([x[sl] for sl in pieces]) if pieces else x[:0]
-                                      for x in (p, nlp, codes)) + (labels,)
-        return self.cache[name]
-
-
 class PhenotypeGroups:
     """Each phenotype's result rows for the summaries and plots, read from the results Parquet in
     groups of phenotypes sized from a row budget: one pass over the files per group (not one per
@@ -808,7 +757,6 @@ class PhenotypeGroups:
         self.cache: dict = {}
 
     def __call__(self, name: str):
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if name not in self.cache:
@@ -817,17 +765,63 @@ class PhenotypeGroups:
             chunk = self.phenotypes[i : i + self.group]
             table = pq.read_table(self.path, columns=self.read_columns, read_dictionary=self.dictionary,
                                   filters=[("phenotype", "in", chunk)] if len(chunk) < len(self.phenotypes) else None)
-            # group the rows by phenotype (a stable sort: file order within each); the phenotype
-            # column is rebuilt per slice (when asked for), not moved: it is known from the group
-            order, starts = phenotype_groups(table.column("phenotype"), chunk)
-            at = table.column_names.index("phenotype")
-            table = table.remove_column(at).take(pa.array(order))
-            for c, n in enumerate(chunk):
-                rows = table.slice(starts[c], starts[c + 1] - starts[c])
-                if self.keep_phenotype:
-                    rows = rows.add_column(at, "phenotype", pa.repeat(pa.scalar(n, pa.string()), rows.num_rows))
-                self.cache[n] = rows
+            self._fill(chunk, table)
         return self.cache[name]
+
+    def _fill(self, chunk: list[str], table) -> None:
+        """Each phenotype of ``chunk``: its rows of ``table`` into the cache."""
+        import pyarrow as pa
+
+        # group the rows by phenotype (a stable sort: file order within each); the phenotype
+        # column is rebuilt per slice (when asked for), not moved: it is known from the group
+        order, starts = phenotype_groups(table.column("phenotype"), chunk)
+        at = table.column_names.index("phenotype")
+        table = table.remove_column(at).take(pa.array(order))
+        for c, n in enumerate(chunk):
+            rows = table.slice(starts[c], starts[c + 1] - starts[c])
+            if self.keep_phenotype:
+                rows = rows.add_column(at, "phenotype", pa.repeat(pa.scalar(n, pa.string()), rows.num_rows))
+            self.cache[n] = rows
+
+
+class _LightGroups(PhenotypeGroups):
+    """Each phenotype's ``(p, -log10 p, error code indices, code labels)`` as numpy arrays, read in
+    groups of phenotypes of up to 32 million rows (about 20 bytes a row); the error codes as
+    indices into one label list (a null: "NA")."""
+
+    def __init__(self, path: str, phenotypes: list[str], rows_per_phenotype: int):
+        super().__init__(path, phenotypes, rows_per_phenotype, ["errcode", "neg_log10_p", "p"],
+                         budget_rows=32_000_000, dictionary=["errcode"])
+
+    def _fill(self, chunk: list[str], table) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        # the rows come in runs of one phenotype (a results batch is phenotype-major): each
+        # phenotype's values are its runs' slices put together, not a gather of every row
+        code = phenotype_codes(table.column("phenotype"), chunk)
+        cut = np.flatnonzero(np.diff(code)) + 1
+        run_start, run_end = np.r_[0, cut], np.r_[cut, len(code)]
+        run_code = code[run_start] if len(code) else np.zeros(0, dtype=np.int64)
+        by_code = np.argsort(run_code, kind="stable")
+        first = np.searchsorted(run_code[by_code], np.arange(len(chunk) + 1))
+        p = table.column("p").to_numpy()
+        nlp = table.column("neg_log10_p").to_numpy()
+        labels: list[str] = ["NA"]
+        parts = []
+        for ch in table.column("errcode").chunks:  # every chunk's dictionary indices into one label list
+            words = ch.dictionary.cast(pa.string()).to_pylist()
+            for w in words:
+                if w not in labels:
+                    labels.append(w)
+            lookup = np.array([labels.index(w) for w in words] + [0], dtype=np.int64)  # (past the end: null)
+            parts.append(lookup[pc.fill_null(ch.indices.cast(pa.int64()), len(words)).to_numpy()])
+        codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        for c, n in enumerate(chunk):
+            runs = by_code[first[c] : first[c + 1]]
+            pieces = [slice(a, b) for a, b in zip(run_start[runs], run_end[runs])]
+            self.cache[n] = tuple(np.concatenate([x[sl] for sl in pieces]) if pieces else x[:0]
+                                  for x in (p, nlp, codes)) + (labels,)
 
 
 def write_extra_outputs(stage: str, model) -> None:
