@@ -132,3 +132,43 @@ def test_marker_says_what_wrote_it(tmp_path):
     write_marker(str(tmp_path), "scan")
     info = json.loads((tmp_path / MARKER).read_text())
     assert info["tool"] == "dash-spark" and info["command"] == "scan"
+
+
+def test_text_chunks_are_put_in_place_by_parts(tmp_path):
+    """The executors' join of a scan's text files: the driver writes each header and sizes each
+    file, then each range part's copies (every phenotype's chunk of that part, in any task order)
+    fill disjoint byte ranges; the files equal header + chunks in range order, empty chunks and a
+    phenotype without chunks included; a chunk that changed after the plan is an OutputError."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dash_spark.errors import OutputError
+    from dash_spark.outputs import writers
+
+    stage = tmp_path / "stage"
+    model = SimpleNamespace(phenotypes=("a", "b", "c"), text_outputs=True, logistic_phenotypes=(),
+                            score_phenotypes=(), regenie_outputs=False)
+    writers.prepare_result_dirs(str(stage), model.phenotypes)
+    rng = np.random.default_rng(3)
+    expected = {}
+    for i, name in enumerate(("a", "b")):  # c: no chunk at all
+        body = b""
+        for part in (2, 0, 10, 1):  # listed out of order; part 10 sorts after 2 (numerically)
+            data = bytes(rng.integers(32, 127, int(rng.integers(0, 5000)), dtype=np.uint8)) if part != 1 else b""
+            (stage / "_glm_parts" / str(i) / f"part-{part:05d}.txt").write_bytes(data)
+        for part in (0, 1, 2, 10):
+            body += (stage / "_glm_parts" / str(i) / f"part-{part:05d}.txt").read_bytes()
+        expected[name] = (writers.glm_header(model, name) + "\n").encode() + body
+    (stage / "_glm_parts" / "0" / ".part-00003.txt.dead").write_bytes(b"left by a killed task")
+    copies = writers.text_join_plan(str(stage), model)
+    assert sorted(copies) == [0, 1, 2, 10]
+    for part in (10, 0, 2, 1):  # tasks finish in any order
+        writers.copy_text_chunks(copies[part])
+    for name in ("a", "b"):
+        assert (stage / writers.glm_file(model, name)).read_bytes() == expected[name]
+    assert (stage / writers.glm_file(model, "c")).read_bytes() == (writers.glm_header(model, "c") + "\n").encode()
+    copies = writers.text_join_plan(str(stage), model)
+    (stage / "_glm_parts" / "1" / "part-00002.txt").write_bytes(b"x")
+    with pytest.raises(OutputError, match="the chunk changed after the scan's tasks wrote it"):
+        writers.copy_text_chunks(copies[2])

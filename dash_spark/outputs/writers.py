@@ -41,6 +41,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from ..errors import OutputError
 from ..io.files import is_uri
 from ..stats.results import RESULT_SCHEMA
 
@@ -657,12 +658,76 @@ def _append_file(src, dst) -> None:
     dst.flush()
 
 
-def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: int | None = None):
+def _text_chunks(stage: str, i: int) -> list[str]:
+    """Phenotype ``i``'s text chunks, in range order (not temporary files a killed task may have left)."""
+    folder = os.path.join(stage, _GLM_PARTS, str(i))
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, name) for _, name in
+            sorted((int(m.group(1)), m.group(0)) for m in map(_CHUNK_RE.fullmatch, os.listdir(folder)) if m)]
+
+
+def text_join_plan(stage: str, model) -> dict[int, list[tuple[str, str, int, int]]]:
+    """Driver side, after every task ran :func:`write_result_parts` under the local ``stage``: each
+    phenotype's text file laid out (its header written, the file sized to header + chunks) and,
+    per range part, the copies that put its chunks in place, ``(chunk, file, offset, size)``, for
+    :func:`copy_text_chunks` in the executors. The driver handles sizes (phenotypes x parts), no line."""
+    copies: dict[int, list[tuple[str, str, int, int]]] = {}
+    for i, name in enumerate(text_phenotypes(model)):
+        path = os.path.join(stage, glm_file(model, name))
+        header = (glm_header(model, name) + "\n").encode()
+        offset = len(header)
+        with open(path, "wb") as out:
+            out.write(header)
+        for chunk in _text_chunks(stage, i):
+            part = int(_CHUNK_RE.fullmatch(os.path.basename(chunk)).group(1))
+            size = os.path.getsize(chunk)
+            copies.setdefault(part, []).append((chunk, path, offset, size))
+            offset += size
+        os.truncate(path, offset)
+    return copies
+
+
+def copy_text_chunks(copies) -> int:
+    """Executor side: each ``(chunk, file, offset, size)`` copied into place (in the kernel where the
+    OS can); returns the bytes copied. Copies of one file go to disjoint ranges, so tasks need no
+    lock; a chunk whose size is not the planned one is an :class:`OutputError` (nothing is guessed)."""
+    done = 0
+    for chunk, path, offset, size in copies:
+        if os.path.getsize(chunk) != size:
+            raise OutputError(f"{chunk}: {os.path.getsize(chunk)} bytes, planned {size}; the chunk changed "
+                              "after the scan's tasks wrote it")
+        src, dst = os.open(chunk, os.O_RDONLY), os.open(path, os.O_WRONLY)
+        try:
+            at = 0
+            copy = getattr(os, "copy_file_range", None)
+            while at < size and copy is not None:
+                try:
+                    n = copy(src, dst, size - at, at, offset + at)
+                except OSError:  # another filesystem, or no support: the rest through a buffer
+                    break
+                if n <= 0:
+                    break
+                at += n
+            while at < size:
+                data = os.pread(src, min(size - at, 1 << 22), at)
+                if not data:
+                    raise OutputError(f"{chunk}: shorter than when its copy was planned")
+                at += os.pwrite(dst, data, offset + at)
+        finally:
+            os.close(src)
+            os.close(dst)
+        done += size
+    return done
+
+
+def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: int | None = None,
+                         texts_joined: bool = False):
     """Driver side, after every task ran :func:`write_result_parts` under the local ``stage``: join
-    each phenotype's line chunks (header first, parts in order) into ``<phenotype>.glm.linear``,
-    then summarise and plot each phenotype from the Parquet parts (pyarrow, one phenotype's rows in
-    memory at a time: about 100 bytes per variant). Returns ``(glm paths, summaries)`` like
-    :func:`write_reports`."""
+    each phenotype's line chunks (header first, parts in order) into ``<phenotype>.glm.linear``
+    (unless ``texts_joined``: the executors did, :func:`text_join_plan`), then summarise and plot
+    each phenotype from the Parquet parts (pyarrow, one phenotype's rows in memory at a time: about
+    100 bytes per variant). Returns ``(glm paths, summaries)`` like :func:`write_reports`."""
     import shutil
 
     from . import report
@@ -671,16 +736,14 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: in
     glm_paths = {}
 
     def join(i: int, name: str) -> str:
-        folder = os.path.join(stage, _GLM_PARTS, str(i))
         path = os.path.join(stage, glm_file(model, name))
-        # the tasks' chunks in range order (not temporary files a killed task may have left)
-        chunks = sorted((int(m.group(1)), m.group(0)) for m in map(_CHUNK_RE.fullmatch, os.listdir(folder)) if m) \
-            if os.path.isdir(folder) else []
+        if texts_joined:
+            return path
         with open(path, "wb") as out:
             out.write((glm_header(model, name) + "\n").encode())
             out.flush()
-            for _, chunk in chunks:
-                with open(os.path.join(folder, chunk), "rb") as fh:
+            for chunk in _text_chunks(stage, i):
+                with open(chunk, "rb") as fh:
                     _append_file(fh, out)
         return path
 

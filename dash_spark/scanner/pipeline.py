@@ -196,7 +196,9 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
             raise plan.filters.none_passed(model.n_variants)
         log.info("scan: results written (%.1f s since start)", time.time() - t0)
         t_out = time.time()
-        glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots, plots_top=cfg.plots_top)
+        joined = _join_texts(spark, stage.path, model)
+        glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots, plots_top=cfg.plots_top,
+                                              texts_joined=joined)
         phases["outputs_seconds"] = round(time.time() - t_out, 2)
         final = {k: stage.final(v) for k, v in glm.items()}
     out = stage.out
@@ -210,6 +212,25 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     log.info("done in %.1f s: %s", time.time() - t0, out)
     return ScanResult(out=out, results_path=f"{out}/results.parquet", glm_paths=final,
                       summaries=summaries, seconds=time.time() - t0)
+
+
+def _join_texts(spark, stage: str, model: Model) -> bool:
+    """Put each phenotype's text chunks in place in its file with a Spark job: the driver lays the
+    files out (header, size: :func:`~dash_spark.outputs.writers.text_join_plan`), each task copies
+    its range's chunks (every phenotype's) to their offsets. Returns whether there were texts."""
+    from ..outputs.writers import copy_text_chunks, text_join_plan, text_phenotypes
+    from .jobs import run_ranges
+
+    if not text_phenotypes(model):
+        return False
+    copies = text_join_plan(stage, model)
+    if copies:
+        def per_ranges(plan, rows):
+            for row in rows:
+                yield copy_text_chunks(plan[row[0]])
+
+        run_ranges(spark, copies, [RangeRow(part, 0, 0) for part in sorted(copies)], per_ranges)
+    return True
 
 
 def _log_plan(cfg: ScanConfig, model: Model, spark):
