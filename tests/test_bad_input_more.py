@@ -330,3 +330,21 @@ def test_console_command_message_is_the_last_line(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert lines[-1].startswith("dash-spark: error: ") and "bad.pheno:2" in lines[-1], proc.stderr
         assert not os.path.exists(inp.out)
+
+
+@pytest.mark.parametrize("tree_from", [256, 2])
+def test_run_ranges_adds_the_tasks_results(spark, monkeypatch, tree_from):
+    """run_ranges with a reduce adds every task's results once, on the driver or (from
+    TREE_REDUCE_FROM partitions on) in a tree of executors; no range: None."""
+    from dash_spark.scanner import jobs
+
+    monkeypatch.setattr(jobs, "TREE_REDUCE_FROM", tree_from)
+
+    def per_ranges(value, rows):
+        for row in rows:
+            yield (row[0] + value, {row[0]})
+
+    ranges = [(p, 0, 1, 0, 0, []) for p in range(7)]
+    total = jobs.run_ranges(spark, 10, ranges, per_ranges, reduce=lambda a, b: (a[0] + b[0], a[1] | b[1]))
+    assert total == (sum(range(7)) + 70, set(range(7)))
+    assert jobs.run_ranges(spark, 10, [], per_ranges, reduce=lambda a, b: a) is None

@@ -401,3 +401,78 @@ def test_top_candidates_by_blocks_equal_the_sorted_reduction(rng):
         np.asarray(pc.dictionary_encode(shuffled.column("phenotype")).combine_chunks().indices),
         shuffled.column("neg_log10_p").to_numpy(), np.arange(n), 10) is None
     assert sorted(writers.top_candidates(shuffled).column("id").to_pylist()) == sorted(general.column("id").to_pylist())
+
+
+def _results_parts(tmp_path, rng):
+    """Results parts of 6 phenotypes with awkward p-values: ties, a phenotype whose p are all the
+    same, p clustered near 0, many p = 1, one valid test, none valid; error codes, nulls among them,
+    and NaN p or -log10 p."""
+    import pyarrow.parquet as pq
+
+    P = 6
+    paths, tables = [], []
+    for part in range(4):
+        n = 2500
+        ph = rng.integers(0, P, n)
+        p = np.round(rng.random(n), 3)  # ties
+        p[ph == 1] = 0.25
+        p[ph == 2] = rng.random(int((ph == 2).sum())) * 1e-12
+        p[(ph == 3) & (rng.random(n) < 0.6)] = 1.0
+        err = np.where(rng.random(n) < 0.05, "VIF_TOO_HIGH", ".").astype(object)
+        err[(ph == 4)] = "CONST_OMITTED_ALLELE"
+        if part == 0:
+            err[np.flatnonzero(ph == 4)[:1]] = "."
+        err[ph == 5] = None
+        nlp = -np.log10(np.maximum(p, 1e-300))
+        nlp[rng.random(n) < 0.02] = np.nan
+        table = pa.table({"phenotype": [f"t{j}" for j in ph], "p": p, "neg_log10_p": nlp,
+                          "errcode": pa.array(list(err), pa.string()), "variant_index": np.arange(n) + part * n,
+                          "id": [f"v{i}" for i in range(n)], "chrom": ["1"] * n, "pos": np.arange(n),
+                          "a1": ["A"] * n, "beta": rng.normal(size=n), "se": np.ones(n), "t_stat": rng.normal(size=n),
+                          "obs_ct": np.full(n, 100), "a1_freq": np.full(n, 0.3)})
+        path = str(tmp_path / f"part-{part:05d}.snappy.parquet")
+        pq.write_table(table, path)
+        paths.append(path)
+        tables.append(table)
+    return paths, pa.concat_tables(tables), [f"t{j}" for j in range(P)]
+
+
+@pytest.mark.parametrize("limit", [4096, 3])
+def test_summaries_from_task_sums_equal_the_whole_table(tmp_path, rng, monkeypatch, limit):
+    """The summaries a scan makes without reading every row (the tasks' error-code counts and p
+    histograms, exact medians found by passes over the result files, the top-hit candidates) equal
+    those made from the whole table, field by field: ties, identical p-values, p near 0 and at 1,
+    one valid test, none, null error codes; and with a collect limit of 3, the passes that refine
+    the median's bin."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from dash_spark.outputs import report, sums as S
+    from dash_spark.outputs.writers import top_candidates
+
+    monkeypatch.setattr(S, "COLLECT_LIMIT", limit)
+    paths, whole, names = _results_parts(tmp_path, rng)
+    total = S.SummarySums()
+    tops = []
+    for path in paths:
+        part = S.SummarySums()
+        table = pq.read_table(path)
+        part.add(table)
+        total = total.merged(part)
+        tops.append(top_candidates(table))
+    passes = []
+
+    def run_pass(searches, collect):
+        passes.append(len(collect))
+        found: dict = {}
+        for path in paths:
+            found = S.merge_pass(found, S.median_pass(path, searches, collect))
+        return found
+
+    medians = S.exact_medians(total, run_pass)
+    assert (len(passes) > 1) == (limit == 3)
+    top = pa.concat_tables(tops)
+    for name in names:
+        ours = report.summarize_sums(name, total.counts.get(name, {}), medians.get(name),
+                                     top.filter(pc.equal(top.column("phenotype"), name)))
+        assert ours == report.summarize_table(whole, name), name

@@ -536,11 +536,7 @@ def summarize_parts(phenotype: str, p: np.ndarray, nlp: np.ndarray, code_counts,
         median_p, max_nlp, method = float(0.5 * lo + 0.5 * hi), float(nlp[valid].max()), "exact"
     top_hits: list[dict[str, Any]] = []
     if top_n > 0 and n_tests > 0 and valid.any() and top is not None:
-        cut = top_cut(nlp[valid], top_n)
-        best = [r for r in top.select(list(_TOP_COLUMNS)).to_pylist() if r["neg_log10_p"] >= cut]  # ties kept
-        # Spark's order: -log10 p descending, then chrom, pos, id ascending (nulls first)
-        best.sort(key=lambda r: (-r["neg_log10_p"], *((r[c] is not None, r[c]) for c in ("chrom", "pos", "id"))))
-        top_hits = best[:top_n]
+        top_hits = _top_hits(top, top_cut(nlp[valid], top_n), top_n)
     return PhenotypeSummary(
         phenotype=phenotype,
         n_tests=n_tests,
@@ -549,6 +545,43 @@ def summarize_parts(phenotype: str, p: np.ndarray, nlp: np.ndarray, code_counts,
         median_p=median_p,
         median_method=method,
         lambda_gc=lambda_gc_from_median_p(median_p),
+        min_p_neg_log10=max_nlp,
+        top_hits=top_hits,
+    )
+
+
+def _top_hits(top, cut: float, top_n: int) -> list[dict[str, Any]]:
+    """The ``top_n`` strongest rows of ``top`` at or above ``cut`` (ties at the cut kept), in Spark's
+    order: -log10 p descending, then chrom, pos, id ascending (nulls first)."""
+    best = [r for r in top.select(list(_TOP_COLUMNS)).to_pylist() if r["neg_log10_p"] >= cut]
+    best.sort(key=lambda r: (-r["neg_log10_p"], *((r[c] is not None, r[c]) for c in ("chrom", "pos", "id"))))
+    return best[:top_n]
+
+
+def summarize_sums(phenotype: str, code_counts: dict, median_p: float | None, top, *,
+                   top_n: int = 10) -> PhenotypeSummary:
+    """A :class:`PhenotypeSummary` from sums the tasks added up (no row read): the error codes'
+    counts (``"NA"`` for nulls), the exact median of the valid p-values (None: no valid test) and
+    ``top``, the tasks' top-hit candidates (every valid row at or above each part's ``top_n``-th
+    strongest, so they hold the strongest test and the whole top ``top_n``, ties included)."""
+    counts = {str(k): int(v) for k, v in code_counts.items()}
+    n_tests = counts.pop(TESTED, 0)
+    errcode_counts = {k: counts[k] for k in sorted(counts)}
+    median_p_value, max_nlp, method = math.nan, math.nan, "none"
+    top_hits: list[dict[str, Any]] = []
+    if median_p is not None and top is not None and top.num_rows:
+        nlp = top.column("neg_log10_p").to_numpy(zero_copy_only=False).astype(np.float64)
+        median_p_value, max_nlp, method = float(median_p), float(nlp.max()), "exact"
+        if top_n > 0 and n_tests > 0:
+            top_hits = _top_hits(top, top_cut(nlp, top_n), top_n)
+    return PhenotypeSummary(
+        phenotype=phenotype,
+        n_tests=n_tests,
+        n_errors=sum(errcode_counts.values()),
+        errcode_counts=errcode_counts,
+        median_p=median_p_value,
+        median_method=method,
+        lambda_gc=lambda_gc_from_median_p(median_p_value),
         min_p_neg_log10=max_nlp,
         top_hits=top_hits,
     )

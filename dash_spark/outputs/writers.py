@@ -455,10 +455,11 @@ ROW_GROUP_ROWS = 131_072
 #: top hits per phenotype in the summaries
 TOP_HITS = 10
 _TOP_PARTS = "_top"
+_PART_RE = re.compile(r"part-(\d+)\.snappy\.parquet")
 _TOP_RE = re.compile(r"part-(\d+)\.parquet")
 
 
-def top_candidates(table, top_n: int = TOP_HITS):
+def top_candidates(table, top_n: int = TOP_HITS, phenotype=None):
     """The rows of a results ``table`` that may be a phenotype's top hit: per phenotype, its valid
     tests (ERRCODE ".", p and -log10 p known) at or above its own ``top_n``-th strongest, ties kept;
     the summary's columns and the phenotype. Candidates of parts of the rows, taken together, hold
@@ -477,7 +478,9 @@ def top_candidates(table, top_n: int = TOP_HITS):
     idx = np.flatnonzero(valid & ~np.isnan(p) & ~np.isnan(nlp))
     if len(idx) == 0:
         return table.select(cols).slice(0, 0)
-    code = pc.dictionary_encode(table.column("phenotype")).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    if phenotype is None:  # (the caller's dictionary encoding of the phenotype column, when it has one)
+        phenotype = pc.dictionary_encode(table.column("phenotype")).combine_chunks()
+    code = phenotype.indices.to_numpy(zero_copy_only=False)
     fast = _top_in_blocks(code, nlp, idx, top_n)
     if fast is not None:
         return table.take(pa.array(fast)).select(cols)
@@ -509,7 +512,7 @@ def _top_in_blocks(code: np.ndarray, nlp: np.ndarray, valid_rows: np.ndarray, to
     return np.flatnonzero(((v >= cut[:, None]) & valid.reshape(runs, length)).ravel())
 
 
-def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
+def write_result_parts(stage: str, phenotypes, part: int, batches, sums=None) -> int:
     """Executor side: one range's result ``batches`` as ``results.parquet/part-NNNNN.snappy.parquet``
     and, per phenotype, its ``.glm.linear`` lines as ``_glm_parts/<i>/part-NNNNN.txt`` (rows in
     variant order, as the range yields them), in the folders :func:`prepare_result_dirs` made.
@@ -519,8 +522,10 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
     holds one sub-block's results, not its range's. Local files are written under temporary names
     and renamed at the end, so a retried task replaces its own files; in object storage the Parquet
     part streams to its object and each phenotype's lines are put at the end (one PUT each).
-    Returns the number of result rows."""
+    ``sums`` (a :class:`~dash_spark.outputs.sums.SummarySums`) gains every batch's error-code counts
+    and valid p histograms. Returns the number of result rows."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     name = f"part-{part:05d}"
@@ -566,7 +571,10 @@ def write_result_parts(stage: str, phenotypes, part: int, batches) -> int:
                 flush()
             n_rows += batch.num_rows
             one = pa.Table.from_batches([batch], schema=RESULT_SCHEMA)
-            candidates.append(top_candidates(one))
+            phenotype = pc.dictionary_encode(one.column("phenotype")).combine_chunks()
+            candidates.append(top_candidates(one, phenotype=phenotype))
+            if sums is not None:  # (:class:`~dash_spark.outputs.sums.SummarySums`: the summaries' counts and histograms)
+                sums.add(one, phenotype=phenotype)
             if sum(t.num_rows for t in candidates) > ROW_GROUP_ROWS:
                 candidates = [top_candidates(pa.concat_tables(candidates))]
             texts_of = glm_texts(one, phenotypes) if phenotypes else []
@@ -658,6 +666,12 @@ def _append_file(src, dst) -> None:
     dst.flush()
 
 
+def result_part_files(stage: str) -> list[str]:
+    """The results Parquet parts the tasks wrote under the local ``stage`` (not temporary files)."""
+    folder = os.path.join(stage, _PARTS)
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if _PART_RE.fullmatch(f))
+
+
 def _text_chunks(stage: str, i: int) -> list[str]:
     """Phenotype ``i``'s text chunks, in range order (not temporary files a killed task may have left)."""
     folder = os.path.join(stage, _GLM_PARTS, str(i))
@@ -722,12 +736,14 @@ def copy_text_chunks(copies) -> int:
 
 
 def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: int | None = None,
-                         texts_joined: bool = False):
+                         texts_joined: bool = False, sums=None, medians: dict | None = None):
     """Driver side, after every task ran :func:`write_result_parts` under the local ``stage``: join
     each phenotype's line chunks (header first, parts in order) into ``<phenotype>.glm.linear``
     (unless ``texts_joined``: the executors did, :func:`text_join_plan`), then summarise and plot
-    each phenotype from the Parquet parts (pyarrow, one phenotype's rows in memory at a time: about
-    100 bytes per variant). Returns ``(glm paths, summaries)`` like :func:`write_reports`."""
+    each phenotype. The summaries come from the tasks' ``sums`` and the ``medians`` found from them
+    (:mod:`dash_spark.outputs.sums`) when given, else from the Parquet parts' p, -log10 p and error
+    codes; plots read their phenotypes' rows (pyarrow, one phenotype's rows in memory at a time:
+    about 100 bytes per variant). Returns ``(glm paths, summaries)`` like :func:`write_reports`."""
     import shutil
 
     from . import report
@@ -757,7 +773,10 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: in
     shutil.rmtree(os.path.join(stage, _GLM_PARTS), ignore_errors=True)
     parts = os.path.join(stage, _PARTS)
     rows_of = PhenotypeGroups(parts, list(model.phenotypes), model.n_variants, sorted(set(report.SUMMARY_COLUMNS)))
-    summarize = _light_summaries(parts, os.path.join(stage, _TOP_PARTS), model)
+    if sums is not None and medians is not None:
+        summarize = _summed_summaries(os.path.join(stage, _TOP_PARTS), model, sums, medians)
+    else:
+        summarize = _light_summaries(parts, os.path.join(stage, _TOP_PARTS), model)
     shutil.rmtree(os.path.join(stage, _TOP_PARTS), ignore_errors=True)
     write_extra_outputs(stage, model)
     glm_paths.update(_score_texts(stage, model))
@@ -775,21 +794,12 @@ def _light_summaries(parts: str, top_dir: str, model):
     """``summarize(name)``: each phenotype's summary from its p, -log10 p and error codes alone
     (read in groups of phenotypes of up to 32 million rows: about 20 bytes a row) and the top-hit
     candidates the tasks kept (:func:`top_candidates`), so no string column is read for all rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from . import report
 
     names = list(model.phenotypes)
     light = _LightGroups(parts, names, model.n_variants)
-    files = sorted(f for f in os.listdir(top_dir) if _TOP_RE.fullmatch(f)) if os.path.isdir(top_dir) else []
-    top = pa.concat_tables([pq.read_table(os.path.join(top_dir, f)) for f in files]) if files else None
-    top_rows: dict = {}
-    if top is not None and top.num_rows:
-        order, starts = phenotype_groups(top.column("phenotype"), names)
-        top = top.take(pa.array(order))
-        for c, name in enumerate(names):
-            top_rows[name] = top.slice(starts[c], starts[c + 1] - starts[c])
+    top_rows = _top_rows(top_dir, names)
 
     def summarize(name):
         p, nlp, codes, labels = light(name)
@@ -845,6 +855,36 @@ class PhenotypeGroups:
             if self.keep_phenotype:
                 rows = rows.add_column(at, "phenotype", pa.repeat(pa.scalar(n, pa.string()), rows.num_rows))
             self.cache[n] = rows
+
+
+def _top_rows(top_dir: str, names: list[str]) -> dict:
+    """Each phenotype's top-hit candidates that the tasks kept (:func:`top_candidates`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(f for f in os.listdir(top_dir) if _TOP_RE.fullmatch(f)) if os.path.isdir(top_dir) else []
+    top = pa.concat_tables([pq.read_table(os.path.join(top_dir, f)) for f in files]) if files else None
+    top_rows: dict = {}
+    if top is not None and top.num_rows:
+        order, starts = phenotype_groups(top.column("phenotype"), names)
+        top = top.take(pa.array(order))
+        for c, name in enumerate(names):
+            top_rows[name] = top.slice(starts[c], starts[c + 1] - starts[c])
+    return top_rows
+
+
+def _summed_summaries(top_dir: str, model, sums, medians: dict):
+    """``summarize(name)`` from the tasks' sums (:class:`~dash_spark.outputs.sums.SummarySums`),
+    the exact medians found from them and the top-hit candidates: no result row is read."""
+    from . import report
+
+    top_rows = _top_rows(top_dir, list(model.phenotypes))
+
+    def summarize(name):
+        return report.summarize_sums(name, sums.counts.get(name, {}), medians.get(name), top_rows.get(name),
+                                     top_n=TOP_HITS)
+
+    return summarize
 
 
 class _LightGroups(PhenotypeGroups):

@@ -13,11 +13,16 @@ What runs where:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..errors import DashError, tag_task_error, translate_task_error
+from ..outputs.sums import SummarySums
 from .tasks import RangeRow
 
+#: from this many partitions on, :func:`run_ranges` adds the tasks' results in a tree of executors
+TREE_REDUCE_FROM = 256
 RANGE_SCHEMA_DDL = "part int, start long, stop long, bim_start long, bim_stop long, rows array<int>"
 
 
@@ -44,11 +49,14 @@ def map_ranges(spark, W: np.ndarray | tuple[np.ndarray, ...], ranges: list[Range
     return ranges_df.mapInArrow(task, schema_ddl), W_bc
 
 
-def run_ranges(spark, value, ranges: list[RangeRow], per_ranges) -> list:
+def run_ranges(spark, value, ranges: list[RangeRow], per_ranges, reduce=None):
     """A plain RDD job with one partition per range row: each runs ``per_ranges(value, rows)``
-    (``value`` broadcast once) and what the tasks yield is collected. After a failure it waits for
-    the job's cancelled tasks before re-raising, since they may still be writing files the caller
-    is about to remove; one of our errors raised in a task is re-raised as such (one line)."""
+    (``value`` broadcast once) and what the tasks yield is collected, or, with ``reduce(a, b)``,
+    added up (each partition's in its task; across partitions on the driver, or from
+    :data:`TREE_REDUCE_FROM` partitions on in a tree of executors; None without rows).
+    After a failure it waits for the job's cancelled tasks before re-raising, since they may still
+    be writing files the caller is about to remove; one of our errors raised in a task is re-raised
+    as such (one line)."""
     from ..spark.session import wait_for_running_tasks
 
     sc = spark.sparkContext
@@ -61,7 +69,13 @@ def run_ranges(spark, value, ranges: list[RangeRow], per_ranges) -> list:
             raise tag_task_error(exc) from exc
 
     try:
-        return sc.parallelize(ranges, len(ranges)).mapPartitions(task).collect()
+        rdd = sc.parallelize(ranges, max(1, len(ranges))).mapPartitions(task)
+        if reduce is None:
+            return rdd.collect()
+        if not ranges:
+            return None
+        # a few hundred partitions' results are added on the driver (no shuffle); more, in a tree
+        return rdd.reduce(reduce) if len(ranges) <= TREE_REDUCE_FROM else rdd.treeReduce(reduce, depth=2)
     except BaseException as exc:
         wait_for_running_tasks(spark)
         if isinstance(exc, Exception):
@@ -71,11 +85,23 @@ def run_ranges(spark, value, ranges: list[RangeRow], per_ranges) -> list:
         bc.destroy()
 
 
+class RangesWritten(NamedTuple):
+    """What :func:`write_ranges` wrote: the result rows, and the tasks' summary sums added up
+    (:class:`~dash_spark.outputs.sums.SummarySums`: error-code counts, valid p histograms)."""
+
+    rows: int
+    sums: SummarySums
+
+
+def _add_written(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], max(a[1], b[1]), a[2].merged(b[2])
+
+
 def write_ranges(spark, value, ranges: list[RangeRow], per_ranges, stage: str, phenotypes,
-                 timings: dict | None = None) -> int:
+                 timings: dict | None = None) -> RangesWritten:
     """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
     which the task writes under ``stage`` with :func:`dash_spark.outputs.writers.write_result_parts`
-    (:func:`run_ranges`; only row counts come back). Returns the number of result rows; with
+    (:func:`run_ranges`; row counts and summary sums come back, added up in the executors). With
     ``timings``, its ``kernel_task_seconds`` is set to the tasks' time in the kernels (summed) and
     ``worker_peak_rss_mb`` to the largest peak resident memory of the executors' Python workers."""
     from . import tasks
@@ -89,14 +115,14 @@ def write_ranges(spark, value, ranges: list[RangeRow], per_ranges, stage: str, p
 
         for row in rows:
             before = tasks.KERNEL_SECONDS[0]
-            n = write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]))
+            sums = SummarySums()
+            n = write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]), sums=sums)
             kernel.add(tasks.KERNEL_SECONDS[0] - before)
             # the Python worker's peak resident memory so far (KiB on Linux)
-            yield n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            yield n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sums
 
-    out = run_ranges(spark, value, ranges, write)
-    n_rows = int(sum(n for n, _ in out))
+    n_rows, rss, sums = run_ranges(spark, value, ranges, write, reduce=_add_written) or (0, 0, SummarySums())
     if timings is not None:
         timings["kernel_task_seconds"] = round(float(kernel.value), 6)
-        timings["worker_peak_rss_mb"] = round(max((r for _, r in out), default=0) / 1024, 1)
-    return n_rows
+        timings["worker_peak_rss_mb"] = round(rss / 1024, 1)
+    return RangesWritten(int(n_rows), sums)

@@ -23,6 +23,7 @@ from ..config import ScanConfig, object_store_out, tasks_can_write
 from ..errors import OutputError
 from ..stats.results import RESULT_SCHEMA_DDL
 from ..stats.sufficient import SufficientStats
+from ..outputs.sums import exact_medians
 from .filters import CallFilters
 from .jobs import map_ranges, write_ranges
 from .model import Model, named_source, scan_model
@@ -189,16 +190,18 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         plan, ranges = _log_plan(cfg, model, spark)
         t_stage = time.time()
         # a local (or shared) directory: tasks write their own parts, no SQL job
-        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, text_phenotypes(model),
-                              timings=phases)
+        written = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path,
+                               text_phenotypes(model), timings=phases)
+        n_rows = written.rows
         phases["scan_stage_seconds"] = round(time.time() - t_stage, 2)
         if n_rows == 0 and plan.filters.active:  # --maf/--mac/--geno removed every variant
             raise plan.filters.none_passed(model.n_variants)
         log.info("scan: results written (%.1f s since start)", time.time() - t0)
         t_out = time.time()
         joined = _join_texts(spark, stage.path, model)
+        medians = exact_medians(written.sums, partial(_median_pass, spark, stage.path))
         glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots, plots_top=cfg.plots_top,
-                                              texts_joined=joined)
+                                              texts_joined=joined, sums=written.sums, medians=medians)
         phases["outputs_seconds"] = round(time.time() - t_out, 2)
         final = {k: stage.final(v) for k, v in glm.items()}
     out = stage.out
@@ -212,6 +215,25 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
     log.info("done in %.1f s: %s", time.time() - t0, out)
     return ScanResult(out=out, results_path=f"{out}/results.parquet", glm_paths=final,
                       summaries=summaries, seconds=time.time() - t0)
+
+
+def _median_pass(spark, stage: str, searches: dict, collect: frozenset) -> dict:
+    """One pass of :func:`~dash_spark.outputs.sums.exact_medians` in the executors: a task per
+    results Parquet part, their answers added up in a tree (the driver gets, per phenotype, a
+    histogram or the few values of its median's bin)."""
+    from ..outputs.sums import median_pass, merge_pass
+    from ..outputs.writers import result_part_files
+    from .jobs import run_ranges
+
+    files = result_part_files(stage)
+
+    def per_ranges(value, rows):
+        for row in rows:
+            yield median_pass(files[row[0]], value[0], value[1])
+
+    found = run_ranges(spark, (searches, collect), [RangeRow(i, 0, 0) for i in range(len(files))], per_ranges,
+                       reduce=merge_pass)
+    return found or {}
 
 
 def _join_texts(spark, stage: str, model: Model) -> bool:
@@ -253,7 +275,8 @@ def _run_scan_object_store(cfg: ScanConfig, spark, model: Model, stage, t0: floa
 
     try:
         plan, ranges = _log_plan(cfg, model, spark)
-        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path, text_phenotypes(model))
+        n_rows = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path,
+                              text_phenotypes(model)).rows
         if n_rows == 0 and plan.filters.active:
             raise plan.filters.none_passed(model.n_variants)
         log.info("scan: results written to %s (%.1f s since start)", stage.path, time.time() - t0)

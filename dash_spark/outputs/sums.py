@@ -1,0 +1,222 @@
+"""Per-phenotype summary sums that the tasks add up, so that the driver never reads every result row.
+
+A scan's summaries need, per phenotype, its error codes' counts, the exact median of its valid
+p-values (lambda_GC), its strongest test and its top hits. The top hits and the strongest test come
+from the tasks' top-hit candidates (:func:`dash_spark.outputs.writers.top_candidates`). The counts
+and the median come from :class:`SummarySums`: every task adds, for each result batch it writes,
+the error codes' counts and a histogram of the valid p-values over :data:`BINS` equal bins of
+[0, 1]; Spark adds the tasks' sums in a tree. The median's exact value then takes one more pass
+over the result files in the executors (:func:`median_pass`): each returns, per phenotype, the
+valid p-values inside the bin that holds the median's two middle ranks, or, when that bin holds
+more than :data:`COLLECT_LIMIT` of them, a finer histogram of that bin (and the pass repeats). The
+driver handles phenotypes x bins numbers and at most :data:`COLLECT_LIMIT` values per phenotype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: bins of a pass's histogram (the first over [0, 1], then within the median's bin)
+BINS = 64
+#: a median's bin with at most this many valid p-values has them collected; more: a finer pass
+COLLECT_LIMIT = 4096
+#: an error code that is null in the results counts as this
+NULL_CODE = "NA"
+TESTED = "."
+
+
+def _valid(table, with_tested: bool = False, phenotype=None) -> tuple:
+    """``(phenotype codes, valid mask, p, phenotype names)`` of a results table (and, ``with_tested``,
+    the rows whose error code is "."): valid tests have the error code "." and both p and -log10 p."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    phen = phenotype if phenotype is not None else pc.dictionary_encode(table.column("phenotype")).combine_chunks()
+    codes = phen.indices.to_numpy(zero_copy_only=False)
+    names = phen.dictionary.cast(pa.string()).to_pylist()
+    p = np.asarray(table.column("p").to_numpy(zero_copy_only=False), dtype=np.float64)
+    nlp = np.asarray(table.column("neg_log10_p").to_numpy(zero_copy_only=False), dtype=np.float64)
+    tested = pc.fill_null(pc.equal(table.column("errcode"), TESTED), False).to_numpy(zero_copy_only=False)
+    valid = tested & ~np.isnan(p) & ~np.isnan(nlp)
+    return (codes, valid, p, names, tested) if with_tested else (codes, valid, p, names)
+
+
+def _bins(p: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each value's bin: ``edges[b] <= p < edges[b + 1]`` (the last edge is +inf)."""
+    return np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+
+
+def first_edges() -> np.ndarray:
+    edges = np.linspace(0.0, 1.0, BINS + 1)
+    edges[-1] = np.inf  # (p = 1 falls in the last bin)
+    return edges
+
+
+@dataclass
+class SummarySums:
+    """Per phenotype: error-code counts ``{code: n}`` and the valid p-values' histogram over
+    :func:`first_edges` [shape: (BINS,)]. Additive (:meth:`merged`); a task fills one with
+    :meth:`add` for each result batch it writes."""
+
+    counts: dict = field(default_factory=dict)
+    hist: dict = field(default_factory=dict)
+
+    def add(self, table, phenotype=None) -> None:
+        """The counts and histograms of a results ``table`` added (``phenotype``: its phenotype
+        column's dictionary encoding, when the caller has it)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if table.num_rows == 0:
+            return
+        codes, valid, p, names, tested = _valid(table, with_tested=True, phenotype=phenotype)
+        codes = codes.astype(np.int64)
+        # "." by a count per phenotype; the other codes (a few rows) through their own encoding
+        n_tested = np.bincount(codes[tested], minlength=len(names))
+        for t in np.flatnonzero(n_tested):
+            c = self.counts.setdefault(names[t], {})
+            c[TESTED] = c.get(TESTED, 0) + int(n_tested[t])
+        other = np.flatnonzero(~tested)
+        if len(other):
+            err = pc.dictionary_encode(pc.fill_null(table.column("errcode").take(pa.array(other)), NULL_CODE))
+            err = err.combine_chunks() if isinstance(err, pa.ChunkedArray) else err
+            labels = err.dictionary.cast(pa.string()).to_pylist()
+            pairs = np.bincount(codes[other] * len(labels) + err.indices.to_numpy(zero_copy_only=False),
+                                minlength=len(names) * len(labels))
+            for flat in np.flatnonzero(pairs):
+                c = self.counts.setdefault(names[flat // len(labels)], {})
+                label = labels[flat % len(labels)]
+                c[label] = c.get(label, 0) + int(pairs[flat])
+        # the first bins are k/64 .. (k+1)/64: p * 64 is exact, so its floor is the bin of first_edges()
+        first = np.minimum((p[valid] * BINS).astype(np.int64), BINS - 1)
+        h = np.bincount(codes[valid] * BINS + first, minlength=len(names) * BINS).reshape(len(names), BINS)
+        for t in np.flatnonzero(h.sum(axis=1)):
+            self.hist[names[t]] = self.hist.get(names[t], 0) + h[t]
+
+    def merged(self, other: SummarySums) -> SummarySums:
+        out = SummarySums({k: dict(v) for k, v in self.counts.items()}, dict(self.hist))
+        for name, c in other.counts.items():
+            mine = out.counts.setdefault(name, {})
+            for label, n in c.items():
+                mine[label] = mine.get(label, 0) + n
+        for name, h in other.hist.items():
+            out.hist[name] = out.hist.get(name, 0) + h
+        return out
+
+
+@dataclass(frozen=True)
+class MedianSearch:
+    """One phenotype's search for the median of its ``n`` valid p-values: the two middle ranks
+    (0-based, in ascending order), the interval ``[lo, hi)`` that holds both (``hi`` may be +inf),
+    how many values lie below it and how many inside; ``tight``: the interval was last cut to the
+    values' own range (the bins had not split them); ``force``: the bins did not split them
+    within that range either, so the next pass collects them whatever their number."""
+
+    n: int
+    ranks: tuple[int, int]
+    lo: float
+    hi: float
+    below: int
+    inside: int
+    tight: bool = False
+    force: bool = False
+
+    @classmethod
+    def start(cls, hist: np.ndarray) -> MedianSearch:
+        n = int(hist.sum())
+        return cls(n, ((n - 1) // 2, n // 2), 0.0, math.inf, 0, n).narrowed(first_edges(), hist)
+
+    def narrowed(self, edges: np.ndarray, hist: np.ndarray) -> MedianSearch:
+        """The search inside the bins (of ``edges``, which split ``[lo, hi)``) that hold both ranks."""
+        cum = self.below + np.cumsum(hist)
+        first = int(np.searchsorted(cum, self.ranks[0], side="right"))
+        last = int(np.searchsorted(cum, self.ranks[1], side="right"))
+        below = self.below + int(np.sum(hist[:first]))
+        return MedianSearch(self.n, self.ranks, float(edges[first]), float(edges[last + 1]), below,
+                            int(np.sum(hist[first : last + 1])))
+
+    def edges(self) -> np.ndarray:
+        """:data:`BINS` bins splitting ``[lo, hi)`` (a last bin open to +inf stays so)."""
+        top = 1.0 if math.isinf(self.hi) else self.hi
+        edges = np.linspace(self.lo, top, BINS + 1)
+        edges[0], edges[-1] = self.lo, self.hi
+        return edges
+
+    def median(self, values: np.ndarray) -> float:
+        """The median from the valid p-values inside the interval: ``numpy.median`` of all of them."""
+        v = np.sort(values)
+        return float(0.5 * v[self.ranks[0] - self.below] + 0.5 * v[self.ranks[1] - self.below])
+
+
+def median_pass(path: str, searches: dict, collect: frozenset) -> dict:
+    """Executor side, over one results Parquet file: for each phenotype of ``searches`` (name ->
+    :class:`MedianSearch`), its valid p-values inside the search's interval (names in ``collect``),
+    else ``(histogram over MedianSearch.edges, smallest, largest)`` of them."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["phenotype", "p", "neg_log10_p", "errcode"],
+                          read_dictionary=["phenotype", "errcode"])
+    out: dict = {}
+    if table.num_rows == 0:
+        return out
+    codes, valid, p, names = _valid(table)
+    order = np.argsort(codes.astype(np.int64), kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    for t, name in enumerate(names):
+        search = searches.get(name)
+        if search is None:
+            continue
+        rows = order[starts[t] : starts[t + 1]]
+        v = p[rows[valid[rows]]]
+        v = v[(v >= search.lo) & (v < search.hi)]
+        if name in collect:
+            out[name] = v
+        elif len(v):
+            out[name] = (np.bincount(_bins(v, search.edges()), minlength=BINS), float(v.min()), float(v.max()))
+    return out
+
+
+def merge_pass(a: dict, b: dict) -> dict:
+    """Two files' :func:`median_pass` results added (values put together; histograms summed,
+    ranges widened)."""
+    out = dict(a)
+    for name, x in b.items():
+        y = out.get(name)
+        if y is None:
+            out[name] = x
+        elif isinstance(x, tuple):
+            out[name] = (y[0] + x[0], min(y[1], x[1]), max(y[2], x[2]))
+        else:
+            out[name] = np.concatenate([y, x])
+    return out
+
+
+def exact_medians(sums: SummarySums, run_pass) -> dict[str, float]:
+    """Each phenotype's exact median valid p (that of ``numpy.median``), by passes
+    ``run_pass(searches, collect)``: the merged :func:`median_pass` of every results file.
+    Phenotypes without a valid test are left out."""
+    searches = {name: MedianSearch.start(np.asarray(h)) for name, h in sums.hist.items() if np.sum(h) > 0}
+    done: dict[str, float] = {}
+    while searches:
+        collect = frozenset(n for n, s in searches.items() if s.inside <= COLLECT_LIMIT or s.force)
+        found = run_pass(searches, collect)
+        nxt = {}
+        for name, s in searches.items():
+            if name in collect:
+                done[name] = s.median(found.get(name, np.zeros(0)))
+                continue
+            hist, vmin, vmax = found[name]
+            if vmin == vmax:  # every value inside is the same: both middle values are it
+                done[name] = vmin
+                continue
+            narrowed = s.narrowed(s.edges(), hist)
+            if narrowed.inside < s.inside:
+                nxt[name] = narrowed
+            else:  # the bins did not split the values: cut the interval to their own range (once)
+                nxt[name] = MedianSearch(s.n, s.ranks, vmin, float(np.nextafter(vmax, np.inf)), s.below, s.inside,
+                                         tight=True, force=s.tight)
+        searches = nxt
+    return done
