@@ -198,8 +198,8 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
             raise plan.filters.none_passed(model.n_variants)
         log.info("scan: results written (%.1f s since start)", time.time() - t0)
         t_out = time.time()
-        joined = _join_texts(spark, stage.path, model)
-        medians = exact_medians(written.sums, partial(_median_pass, spark, stage.path))
+        joined = join_texts(spark, stage.path, model)
+        medians = exact_medians(written.sums, partial(median_job, spark, stage.path))
         glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots, plots_top=cfg.plots_top,
                                               texts_joined=joined, sums=written.sums, medians=medians)
         phases["outputs_seconds"] = round(time.time() - t_out, 2)
@@ -217,7 +217,7 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
                       summaries=summaries, seconds=time.time() - t0)
 
 
-def _median_pass(spark, stage: str, searches: dict, collect: frozenset) -> dict:
+def median_job(spark, stage: str, searches: dict, collect: frozenset) -> dict:
     """One pass of :func:`~dash_spark.outputs.sums.exact_medians` in the executors: a task per
     results Parquet part, their answers added up in a tree (the driver gets, per phenotype, a
     histogram or the few values of its median's bin)."""
@@ -236,7 +236,7 @@ def _median_pass(spark, stage: str, searches: dict, collect: frozenset) -> dict:
     return found or {}
 
 
-def _join_texts(spark, stage: str, model: Model) -> bool:
+def join_texts(spark, stage: str, model: Model) -> bool:
     """Put each phenotype's text chunks in place in its file with a Spark job: the driver lays the
     files out (header, size: :func:`~dash_spark.outputs.writers.text_join_plan`), each task copies
     its range's chunks (every phenotype's) to their offsets. Returns whether there were texts."""

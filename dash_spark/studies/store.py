@@ -679,14 +679,24 @@ def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a
     from ..scanner.tasks import RangeRow
 
     ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
-    write_ranges(spark, G, ranges, partial(_finalize_task, spec), objects.path if objects else stage, s.phenotypes)
+    written = write_ranges(spark, G, ranges, partial(_finalize_task, spec), objects.path if objects else stage,
+                           s.phenotypes)
     if objects is not None:
         objects.download(stage)
     counts = {"batches": [b.name for b in batches],
               "pooled_samples": {p: G.n_samples(t) for t, p in enumerate(s.phenotypes)}}
     model = OutputModel(phenotypes=s.phenotypes, covariates=s.covariates, regenie_outputs=s.model.pred_test == "regenie",
                         n_variants=s.n_variants, counts=counts)
-    glm, summaries = finish_local_outputs(stage, model, plots=plots)
+    if objects is None:  # the executors see the stage: they join the texts and find the medians
+        from ..outputs.sums import exact_medians
+        from ..scanner.pipeline import join_texts, median_job
+
+        joined = join_texts(spark, stage, model)
+        medians = exact_medians(written.sums, partial(median_job, spark, stage))
+        glm, summaries = finish_local_outputs(stage, model, plots=plots, texts_joined=joined, sums=written.sums,
+                                              medians=medians)
+    else:
+        glm, summaries = finish_local_outputs(stage, model, plots=plots)
     return {"glm": glm, "summaries": summaries, "counts": counts}
 
 
