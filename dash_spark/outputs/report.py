@@ -527,24 +527,34 @@ def summarize_parts(phenotype: str, p: np.ndarray, nlp: np.ndarray, code_counts,
     else:
         counts = {str(v): int(n) for v, n in zip(code_counts.field("values").to_pylist(),
                                                 code_counts.field("counts").to_pylist())}
+    if not valid.any():
+        return _summary(phenotype, counts, None, math.nan, None, [], top_n)
+    ps = np.sort(p[valid])
+    lo, hi = ps[(ps.size - 1) // 2], ps[ps.size // 2]
+    return _summary(phenotype, counts, float(0.5 * lo + 0.5 * hi), float(nlp[valid].max()), top,
+                    nlp[valid], top_n)
+
+
+def _summary(phenotype: str, counts: dict, median_p: float | None, max_nlp: float, top, nlp_valid,
+             top_n: int) -> PhenotypeSummary:
+    """The summary from the error codes' ``counts`` (including "."), the exact median valid p
+    (None: no valid test), the strongest test's -log10 p, and the top-hit rows ``top`` with the
+    valid -log10 p that set the top-hit cut."""
+    counts = dict(counts)
     n_tests = counts.pop(TESTED, 0)
     errcode_counts = {k: counts[k] for k in sorted(counts)}
-    median_p, max_nlp, method = math.nan, math.nan, "none"
-    if valid.any():
-        ps = np.sort(p[valid])
-        lo, hi = ps[(ps.size - 1) // 2], ps[ps.size // 2]
-        median_p, max_nlp, method = float(0.5 * lo + 0.5 * hi), float(nlp[valid].max()), "exact"
     top_hits: list[dict[str, Any]] = []
-    if top_n > 0 and n_tests > 0 and valid.any() and top is not None:
-        top_hits = _top_hits(top, top_cut(nlp[valid], top_n), top_n)
+    if median_p is not None and top_n > 0 and n_tests > 0 and top is not None:
+        top_hits = _top_hits(top, top_cut(nlp_valid, top_n), top_n)
+    median = math.nan if median_p is None else median_p
     return PhenotypeSummary(
         phenotype=phenotype,
         n_tests=n_tests,
         n_errors=sum(errcode_counts.values()),
         errcode_counts=errcode_counts,
-        median_p=median_p,
-        median_method=method,
-        lambda_gc=lambda_gc_from_median_p(median_p),
+        median_p=median,
+        median_method="none" if median_p is None else "exact",
+        lambda_gc=lambda_gc_from_median_p(median),
         min_p_neg_log10=max_nlp,
         top_hits=top_hits,
     )
@@ -565,26 +575,10 @@ def summarize_sums(phenotype: str, code_counts: dict, median_p: float | None, to
     ``top``, the tasks' top-hit candidates (every valid row at or above each part's ``top_n``-th
     strongest, so they hold the strongest test and the whole top ``top_n``, ties included)."""
     counts = {str(k): int(v) for k, v in code_counts.items()}
-    n_tests = counts.pop(TESTED, 0)
-    errcode_counts = {k: counts[k] for k in sorted(counts)}
-    median_p_value, max_nlp, method = math.nan, math.nan, "none"
-    top_hits: list[dict[str, Any]] = []
-    if median_p is not None and top is not None and top.num_rows:
-        nlp = top.column("neg_log10_p").to_numpy(zero_copy_only=False).astype(np.float64)
-        median_p_value, max_nlp, method = float(median_p), float(nlp.max()), "exact"
-        if top_n > 0 and n_tests > 0:
-            top_hits = _top_hits(top, top_cut(nlp, top_n), top_n)
-    return PhenotypeSummary(
-        phenotype=phenotype,
-        n_tests=n_tests,
-        n_errors=sum(errcode_counts.values()),
-        errcode_counts=errcode_counts,
-        median_p=median_p_value,
-        median_method=method,
-        lambda_gc=lambda_gc_from_median_p(median_p_value),
-        min_p_neg_log10=max_nlp,
-        top_hits=top_hits,
-    )
+    if median_p is None or top is None or not top.num_rows:
+        return _summary(phenotype, counts, None, math.nan, None, None, top_n)
+    nlp = top.column("neg_log10_p").to_numpy(zero_copy_only=False).astype(np.float64)
+    return _summary(phenotype, counts, float(median_p), float(nlp.max()), top, nlp, top_n)
 
 
 def plot_points_table(
