@@ -30,7 +30,7 @@ import zlib
 
 import numpy as np
 
-from ..errors import InputError, not_utf8_error
+from ..errors import InputError
 from . import files
 from .plink import Bim, Fam, sex_code
 
@@ -106,14 +106,7 @@ class BgenHeader:
 
 def read_oxford_sample(path: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """``(fids, iids, founder)`` of an Oxford ``.sample`` (``ID_1 ID_2 ...`` header, a types line)."""
-    try:
-        data = files.read_bytes(path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open .sample ({exc.strerror or exc}); check --sample") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise not_utf8_error(path, ".sample", data=data, exc=exc) from None
+    text = files.read_text(path, ".sample", advice="check --sample")
     fids, iids, founder = [], [], []
     seen: dict[str, int] = {}
     lines = [(i, ln.split()) for i, ln in enumerate(text.splitlines(), 1)]

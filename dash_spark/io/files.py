@@ -15,6 +15,8 @@ import os
 import threading
 from urllib.parse import urlparse
 
+from ..errors import InputError, not_utf8_error
+
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _FS: dict[str, object] = {}
 _FS_LOCK = threading.Lock()
@@ -130,6 +132,20 @@ def read_bytes(path) -> bytes:
         with open(local_path(path), "rb") as fh:
             return fh.read()
     return read_range(path, 0, size(path))
+
+
+def read_text(path, what: str, *, verb: str = "open", advice: str = "") -> str:
+    """The whole file as UTF-8 text. An :class:`~dash_spark.errors.InputError` when it cannot be
+    read (``{path}: cannot {verb} {what} ({reason}); {advice}``) or is not UTF-8 (naming the line)."""
+    try:
+        data = read_bytes(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot {verb} {what} ({exc.strerror or exc})"
+                         + (f"; {advice}" if advice else "")) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, what, data=data, exc=exc) from None
 
 
 def read_range(path, offset: int, length: int) -> bytes:

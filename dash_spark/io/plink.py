@@ -70,14 +70,7 @@ def read_fam(path: str) -> Fam:
     founder: list[bool] = []
     sex: list[int] = []
     seen: dict[str, int] = {}
-    try:
-        data = files.read_bytes(path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open .fam ({exc.strerror or exc}); check the --bfile prefix") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise not_utf8_error(path, ".fam", data=data, exc=exc) from None
+    text = files.read_text(path, ".fam", advice="check the --bfile prefix")
     for lineno, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:

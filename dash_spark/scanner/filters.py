@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, not_utf8_error
+from ..errors import ConfigError, InputError
 from ..io.tables import read_sample_ids
 
 log = logging.getLogger("dash_spark")
@@ -135,14 +135,7 @@ def parse_chr_spec(spec: str) -> tuple[set[str], list[tuple[int, int]]]:
 def _read_variant_ids(path: str) -> list[str]:
     from ..io import files
 
-    try:
-        data = files.read_bytes(path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read variant-ID file ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise not_utf8_error(path, "variant-ID file", data=data, exc=exc) from None
+    text = files.read_text(path, "variant-ID file", verb="read")
     return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
