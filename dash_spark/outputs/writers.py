@@ -641,31 +641,6 @@ def _replace_with(path: str, write) -> None:
         raise
 
 
-def _append_file(src, dst) -> None:
-    """Append the open file ``src`` to the open file ``dst`` (flushed), in the kernel where the OS
-    can (``os.copy_file_range``), else through a buffer."""
-    import shutil
-
-    copy = getattr(os, "copy_file_range", None)
-    if copy is not None:
-        size = os.fstat(src.fileno()).st_size
-        done = 0
-        try:
-            while done < size:
-                n = copy(src.fileno(), dst.fileno(), size - done)
-                if n <= 0:
-                    break
-                done += n
-        except OSError:  # another filesystem, or no support: the rest through a buffer
-            pass
-        if done == size:
-            return
-        src.seek(done)
-        dst.seek(0, os.SEEK_END)
-    shutil.copyfileobj(src, dst, 1 << 22)
-    dst.flush()
-
-
 def result_part_files(stage: str) -> list[str]:
     """The results Parquet parts the tasks wrote under the local ``stage`` (not temporary files)."""
     folder = os.path.join(stage, _PARTS)
@@ -749,27 +724,13 @@ def finish_local_outputs(stage: str, model, *, plots: bool = True, plots_top: in
     from . import report
 
     open(os.path.join(stage, _PARTS, "_SUCCESS"), "wb").close()
-    glm_paths = {}
+    if not texts_joined:  # the executors' join, here: the same plan and copies, parts on threads
+        from concurrent.futures import ThreadPoolExecutor
 
-    def join(i: int, name: str) -> str:
-        path = os.path.join(stage, glm_file(model, name))
-        if texts_joined:
-            return path
-        with open(path, "wb") as out:
-            out.write((glm_header(model, name) + "\n").encode())
-            out.flush()
-            for chunk in _text_chunks(stage, i):
-                with open(chunk, "rb") as fh:
-                    _append_file(fh, out)
-        return path
-
-    names = text_phenotypes(model)
-    from concurrent.futures import ThreadPoolExecutor
-
-    # the copies run in the kernel (copy_file_range): threads overlap them
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for name, path in zip(names, pool.map(join, range(len(names)), names)):
-            glm_paths[name] = path
+        copies = text_join_plan(stage, model)
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            list(pool.map(copy_text_chunks, copies.values()))
+    glm_paths = {name: os.path.join(stage, glm_file(model, name)) for name in text_phenotypes(model)}
     shutil.rmtree(os.path.join(stage, _GLM_PARTS), ignore_errors=True)
     parts = os.path.join(stage, _PARTS)
     rows_of = PhenotypeGroups(parts, list(model.phenotypes), model.n_variants, sorted(set(report.SUMMARY_COLUMNS)))
