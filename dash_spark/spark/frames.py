@@ -19,12 +19,14 @@ import functools
 from ..errors import translate_task_error
 
 
+@functools.cache
 def _frame_class():
     from pyspark.sql.classic.dataframe import DataFrame
 
     return DataFrame
 
 
+@functools.cache
 def _helper_classes() -> tuple[type, ...]:
     """What a DataFrame hands out whose methods run Spark jobs or return DataFrames (not its RDD:
     PySpark's own methods pass that on as it is)."""
@@ -116,27 +118,23 @@ def adopt(df):
     return df
 
 
-_RESULT_FRAME: list[type] = []
-
-
+@functools.cache
 def _result_frame_class() -> type:
     """:class:`ResultFrame`'s Spark-side class, made on first use (pyspark loads only then)."""
-    if not _RESULT_FRAME:
-        base = _frame_class()
+    base = _frame_class()
 
-        class _ResultFrame(base, ResultFrame):  # type: ignore[misc, valid-type]
-            def __getattribute__(self, name):
-                value = base.__getattribute__(self, name)
-                if name.startswith("_"):
-                    return value
-                if callable(value):
-                    return _translating(value)
-                return _adopt_value(value)  # (write, na, stat: properties)
+    class _ResultFrame(base, ResultFrame):  # type: ignore[misc, valid-type]
+        def __getattribute__(self, name):
+            value = base.__getattribute__(self, name)
+            if name.startswith("_"):
+                return value
+            if callable(value):
+                return _translating(value)
+            return _adopt_value(value)  # (write, na, stat: properties)
 
-        _ResultFrame.__name__ = _ResultFrame.__qualname__ = "DataFrame"
-        _ResultFrame.__module__ = base.__module__
-        _RESULT_FRAME.append(_ResultFrame)
-    return _RESULT_FRAME[0]
+    _ResultFrame.__name__ = _ResultFrame.__qualname__ = "DataFrame"
+    _ResultFrame.__module__ = base.__module__
+    return _ResultFrame
 
 
 class ResultFrame:
