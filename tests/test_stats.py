@@ -38,6 +38,42 @@ def test_kernel_sums_equal_bed_reader_products(tmp_path, rng, n):
     np.testing.assert_allclose(SM, miss.T.astype(float) @ A, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("n,width", [(58, 9), (61, 140), (4 * 16, 130), (5, 300)])
+def test_kernel_adds_byte_positions_in_order(rng, n, width):
+    """The kernel adds four byte positions' tables per pass over the variants and builds wide
+    tables only for the byte values that occur: each sum must still be the one-position-at-a-time
+    sum, bit for bit (a plain numpy loop over byte positions, each table row = low half + high
+    half), for narrow and wide weights and byte counts that leave a remainder."""
+    from dash_spark.stats import kernel
+
+    m, nb = 23, (n + 3) // 4
+    packed = rng.integers(0, 256, size=(m, nb), dtype=np.uint8)
+    packed[0] = 0xFF  # one variant with a single byte value everywhere
+    W = pad_weights(rng.normal(size=(n, width - 2)), rng.normal(size=(n, 2)))
+    n_a = width - 2
+    SX, SXX, _ = compress_block(packed, W, n_a)
+    dose = kernel._DOSAGE
+    expect = np.zeros((m, width))
+    for b in range(nb):
+        i0 = 4 * b
+        halves = []
+        for r in (i0, i0 + 2):
+            h = np.arange(16)
+            d0, d1 = dose[h & 3][:, None], dose[h >> 2][:, None]
+            t = np.empty((16, width))
+            t[:, :n_a] = d0 * W[r, :n_a] + d1 * W[r + 1, :n_a]
+            t[:, n_a:] = (d0 * d0) * W[r, n_a:] + (d1 * d1) * W[r + 1, n_a:]
+            halves.append(t)
+        v = np.arange(256)
+        table = halves[0][v & 15] + halves[1][v >> 4]
+        expect += table[packed[:, b]]
+    assert np.array_equal(SX, expect[:, :n_a]) and np.array_equal(SXX, expect[:, n_a:])
+    # each column's sums do not depend on the other columns (nor on which table path they took)
+    narrow = compress_block(packed, np.ascontiguousarray(W[:, [0, n_a]]), 1)
+    assert np.array_equal(narrow[0][:, 0], SX[:, 0]) and np.array_equal(narrow[1][:, 0], SXX[:, 0])
+    assert 9 < kernel.SPARSE_TABLE_COLUMNS <= 130  # the widths above take both table paths
+
+
 @pytest.mark.parametrize("m,nbytes", [(1, 1), (7, 9), (8, 8), (9, 17), (16, 3), (37, 64)])
 def test_kernel_transpose_equals_numpy(rng, m, nbytes):
     from dash_spark.stats.kernel import transpose_block

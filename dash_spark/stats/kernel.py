@@ -20,8 +20,11 @@ the 256 possible bytes' contributions (from two 16-entry half-byte tables) and t
 row per variant: ``n/4`` row additions per variant instead of ``n`` multiply-adds, with no float
 genotype matrix ever materialised. The block's bytes are first transposed (8 x 8 tiles in
 registers) so that one byte position of all variants is one contiguous row, and the loop has no
-branch on the genotype (a missing call adds the table's zero). Missing calls are then found 32 at a
-time in a second pass over the rows and visited one by one (cost grows with their count).
+branch on the genotype (a missing call adds the table's zero). Four byte positions' tables are
+added per pass over the variants, so each variant's row of sums is read and written once per four
+(the additions stay in byte order: the same sums). Wide tables (many phenotypes) are built only for
+the byte values that occur. Missing calls are then found 8 variants at a time in a second pass
+over the rows and visited one by one (cost grows with their count).
 Arithmetic is float64 throughout.
 """
 
@@ -128,43 +131,96 @@ def transpose_block(packed: np.ndarray) -> np.ndarray:
     return buf
 
 
+#: weight columns from which a byte position's table is built only for the byte values that occur
+#: in its row (wide tables: many phenotypes); narrower tables are built whole, which costs less
+#: than finding the values
+SPARSE_TABLE_COLUMNS = 128
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _halves(W, i0, n_a, nw, dosage, lo, hi):  # pragma: no cover - jitted
+    """The 16-entry tables of a byte's low and high half (two samples each): ``lo[h]`` = the
+    dosage-weighted sum of rows ``i0`` and ``i0+1`` of ``W`` for the codes of half-byte ``h``
+    (squared dosages for the ``B`` columns from ``n_a`` on); ``hi`` likewise for rows ``i0+2, i0+3``."""
+    for h in range(16):
+        d0 = dosage[h & 3]
+        d1 = dosage[h >> 2]
+        for f in range(n_a):
+            lo[h, f] = d0 * W[i0, f] + d1 * W[i0 + 1, f]
+            hi[h, f] = d0 * W[i0 + 2, f] + d1 * W[i0 + 3, f]
+        d0 *= d0
+        d1 *= d1
+        for f in range(n_a, nw):
+            lo[h, f] = d0 * W[i0, f] + d1 * W[i0 + 1, f]
+            hi[h, f] = d0 * W[i0 + 2, f] + d1 * W[i0 + 3, f]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _byte_table(W, b, n_a, nw, dosage, row, m, sparse, lo, hi, seen, table):  # pragma: no cover - jitted
+    """``table[v]`` = ``lo[v & 15] + hi[v >> 4]`` for byte position ``b``: every byte value, or with
+    ``sparse`` only those that occur in ``row`` (the others are not read)."""
+    _halves(W, 4 * b, n_a, nw, dosage, lo, hi)
+    if sparse:
+        seen[:] = 0
+        for j in range(m):
+            seen[row[j]] = 1
+    for v in range(256):
+        if sparse and not seen[v]:
+            continue
+        a = lo[v & 15]
+        c = hi[v >> 4]
+        t = table[v]
+        for f in range(nw):
+            t[f] = a[f] + c[f]
+
+
 @njit(cache=True, nogil=True)
 def _accumulate(packed_t, W, n_a, out_x, dosage):  # pragma: no cover - jitted
     """packed_t: (nbytes, >= m) uint8, the block's bytes with one byte position per row (from
     :func:`transpose_block`; m = ``out_x``'s rows); W: (4*nbytes, n_a + n_b) float64 = [A | B]
     padded rows. No branch on the genotype: a missing call's code adds the table's zero (its own
-    sums come from :func:`_missing_sums`)."""
+    sums come from :func:`_missing_sums`). Four byte positions are added per pass over the
+    variants (four tables, one read and one write of each variant's row), in byte order: each sum
+    is the same sequence of additions as one position at a time."""
     nbytes = packed_t.shape[0]
     m = out_x.shape[0]
     nw = W.shape[1]
+    sparse = nw >= SPARSE_TABLE_COLUMNS
     lo = np.empty((16, nw))
     hi = np.empty((16, nw))
-    table = np.empty((256, nw))
-    for b in range(nbytes):
-        i0 = 4 * b
-        for h in range(16):
-            c0 = h & 3
-            c1 = h >> 2
-            d0 = dosage[c0]
-            d1 = dosage[c1]
-            for f in range(n_a):
-                lo[h, f] = d0 * W[i0, f] + d1 * W[i0 + 1, f]
-                hi[h, f] = d0 * W[i0 + 2, f] + d1 * W[i0 + 3, f]
-            d0 *= d0
-            d1 *= d1
-            for f in range(n_a, nw):
-                lo[h, f] = d0 * W[i0, f] + d1 * W[i0 + 1, f]
-                hi[h, f] = d0 * W[i0 + 2, f] + d1 * W[i0 + 3, f]
-        for v in range(256):
-            l = v & 15
-            u = v >> 4
-            for f in range(nw):
-                table[v, f] = lo[l, f] + hi[u, f]
-        row = packed_t[b]
+    t0 = np.empty((256, nw))
+    t1 = np.empty((256, nw))
+    t2 = np.empty((256, nw))
+    t3 = np.empty((256, nw))
+    seen = np.zeros(256, dtype=np.uint8)
+    b = 0
+    while b + 3 < nbytes:
+        r0 = packed_t[b]
+        r1 = packed_t[b + 1]
+        r2 = packed_t[b + 2]
+        r3 = packed_t[b + 3]
+        _byte_table(W, b, n_a, nw, dosage, r0, m, sparse, lo, hi, seen, t0)
+        _byte_table(W, b + 1, n_a, nw, dosage, r1, m, sparse, lo, hi, seen, t1)
+        _byte_table(W, b + 2, n_a, nw, dosage, r2, m, sparse, lo, hi, seen, t2)
+        _byte_table(W, b + 3, n_a, nw, dosage, r3, m, sparse, lo, hi, seen, t3)
         for j in range(m):
-            v = row[j]
+            a0 = t0[r0[j]]
+            a1 = t1[r1[j]]
+            a2 = t2[r2[j]]
+            a3 = t3[r3[j]]
+            o = out_x[j]
             for f in range(nw):
-                out_x[j, f] += table[v, f]
+                o[f] = (((o[f] + a0[f]) + a1[f]) + a2[f]) + a3[f]
+        b += 4
+    while b < nbytes:
+        r0 = packed_t[b]
+        _byte_table(W, b, n_a, nw, dosage, r0, m, sparse, lo, hi, seen, t0)
+        for j in range(m):
+            a0 = t0[r0[j]]
+            o = out_x[j]
+            for f in range(nw):
+                o[f] += a0[f]
+        b += 1
 
 
 @njit(cache=True, nogil=True, inline="always")
