@@ -437,13 +437,13 @@ def _results_parts(tmp_path, rng):
     return paths, pa.concat_tables(tables), [f"t{j}" for j in range(P)]
 
 
-@pytest.mark.parametrize("limit", [4096, 3])
-def test_summaries_from_task_sums_equal_the_whole_table(tmp_path, rng, monkeypatch, limit):
+@pytest.mark.parametrize("limit,bins", [(4096, 64), (3, 64), (4096, 4096), (3, 1024)])
+def test_summaries_from_task_sums_equal_the_whole_table(tmp_path, rng, monkeypatch, limit, bins):
     """The summaries a scan makes without reading every row (the tasks' error-code counts and p
     histograms, exact medians found by passes over the result files, the top-hit candidates) equal
     those made from the whole table, field by field: ties, identical p-values, p near 0 and at 1,
-    one valid test, none, null error codes; and with a collect limit of 3, the passes that refine
-    the median's bin."""
+    one valid test, none, null error codes; with a collect limit of 3, the passes that refine
+    the median's bin; with histograms of 64 to 4,096 bins."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -452,10 +452,10 @@ def test_summaries_from_task_sums_equal_the_whole_table(tmp_path, rng, monkeypat
 
     monkeypatch.setattr(S, "COLLECT_LIMIT", limit)
     paths, whole, names = _results_parts(tmp_path, rng)
-    total = S.SummarySums()
+    total = S.SummarySums(bins=bins)
     tops = []
     for path in paths:
-        part = S.SummarySums()
+        part = S.SummarySums(bins=bins)
         table = pq.read_table(path)
         part.add(table)
         total = total.merged(part)
@@ -476,3 +476,39 @@ def test_summaries_from_task_sums_equal_the_whole_table(tmp_path, rng, monkeypat
         ours = report.summarize_sums(name, total.counts.get(name, {}), medians.get(name),
                                      top.filter(pc.equal(top.column("phenotype"), name)))
         assert ours == report.summarize_table(whole, name), name
+
+
+def test_histogram_bins_by_phenotype_count():
+    """Few phenotypes get fine first histograms (the median's bin is then usually collected at
+    once), many get coarse ones (the tasks' counts stay bounded); histograms of different bins do
+    not add."""
+    from dash_spark.outputs import sums as S
+
+    got = {n: S.first_bins(n) for n in (0, 1, 20, 64, 65, 100, 1000, 4096, 100_000)}
+    assert got == {0: 4096, 1: 4096, 20: 4096, 64: 4096, 65: 2048, 100: 2048, 1000: 256, 4096: 64, 100_000: 64}
+    assert all(b & (b - 1) == 0 for b in got.values())  # powers of two: p * bins is exact
+    with pytest.raises(ValueError, match="64 and 4096 bins"):
+        S.SummarySums(bins=64).merged(S.SummarySums(bins=4096))
+
+
+def test_texts_joined_when_no_phenotype_has_a_valid_test(tmp_path, spark):
+    """Every variant monomorphic: no valid test, so no median pass runs; the text parts are still
+    joined (by a job of their own): header and one line per variant, and lambda_GC is NA."""
+    from dash_spark.bench.simulate import write_bed
+    from dash_spark.cli import main
+
+    n, m = 40, 7
+    iids = [f"s{i}" for i in range(n)]
+    prefix = str(tmp_path / "mono")
+    write_bed(prefix, n, [np.zeros((n, m), dtype=np.int8)], iids=iids, chrom=["1"] * m,
+              pos=list(range(1, m + 1)), ids=[f"v{j}" for j in range(m)], alt=["A"] * m, ref=["C"] * m)
+    y = np.random.default_rng(3).normal(size=n)
+    (tmp_path / "y.pheno").write_text("#FID\tIID\ty\n" + "".join(f"{i}\t{i}\t{v}\n" for i, v in zip(iids, y)))
+    out = str(tmp_path / "out")
+    assert main(["-q", "scan", "--bfile", prefix, "--pheno", str(tmp_path / "y.pheno"), "--out", out,
+                 "--no-plots"]) == 0
+    lines = open(os.path.join(out, "y.glm.linear")).read().splitlines()
+    assert lines[0].startswith("#CHROM") and len(lines) == 1 + m
+    assert all(line.split("\t")[-1] != "." for line in lines[1:])  # every row has an error code
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["phenotypes"]["y"]["lambda_gc"] is None and summary["phenotypes"]["y"]["n_errors"] == m

@@ -4,8 +4,10 @@ A scan's summaries need, per phenotype, its error codes' counts, the exact media
 p-values (lambda_GC), its strongest test and its top hits. The top hits and the strongest test come
 from the tasks' top-hit candidates (:func:`dash_spark.outputs.writers.top_candidates`). The counts
 and the median come from :class:`SummarySums`: every task adds, for each result batch it writes,
-the error codes' counts and a histogram of the valid p-values over :data:`BINS` equal bins of
-[0, 1]; Spark adds the tasks' sums in a tree. The median's exact value then takes one more pass
+the error codes' counts and a histogram of the valid p-values over equal bins of [0, 1]
+(:func:`first_bins`: from :data:`BINS` for thousands of phenotypes to :data:`MAX_BINS` for a
+few, so that the median's bin usually holds few enough values to collect at once); Spark adds
+the tasks' sums in a tree. The median's exact value then takes one more pass
 over the result files in the executors (:func:`median_pass`): each returns, per phenotype, the
 valid p-values inside the bin that holds the median's two middle ranks, or, when that bin holds
 more than :data:`COLLECT_LIMIT` of them, a finer histogram of that bin (and the pass repeats). The
@@ -19,8 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: bins of a pass's histogram (the first over [0, 1], then within the median's bin)
+#: the fewest bins of a pass's histogram (the first over [0, 1], then within the median's bin)
 BINS = 64
+#: the most bins, and the most phenotypes x bins a task's histograms hold (2 MB of counts)
+MAX_BINS = 4096
+HIST_CELLS = 1 << 18
 #: a median's bin with at most this many valid p-values has them collected; more: a finer pass
 COLLECT_LIMIT = 4096
 #: an error code that is null in the results counts as this
@@ -49,8 +54,18 @@ def _bins(p: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
 
 
-def first_edges() -> np.ndarray:
-    edges = np.linspace(0.0, 1.0, BINS + 1)
+def first_bins(n_phenotypes: int) -> int:
+    """Histogram bins per phenotype for a scan of ``n_phenotypes``: a power of two (so that
+    ``p * bins`` is exact), :data:`MAX_BINS` up to 64 phenotypes, fewer beyond so that the
+    histograms stay :data:`HIST_CELLS` counts, at least :data:`BINS`."""
+    bins = MAX_BINS
+    while bins > BINS and bins * max(1, n_phenotypes) > HIST_CELLS:
+        bins //= 2
+    return bins
+
+
+def first_edges(bins: int = BINS) -> np.ndarray:
+    edges = np.linspace(0.0, 1.0, bins + 1)
     edges[-1] = np.inf  # (p = 1 falls in the last bin)
     return edges
 
@@ -58,11 +73,12 @@ def first_edges() -> np.ndarray:
 @dataclass
 class SummarySums:
     """Per phenotype: error-code counts ``{code: n}`` and the valid p-values' histogram over
-    :func:`first_edges` [shape: (BINS,)]. Additive (:meth:`merged`); a task fills one with
-    :meth:`add` for each result batch it writes."""
+    :func:`first_edges` [shape: (bins,)]. Additive (:meth:`merged`, with the same ``bins``); a
+    task fills one with :meth:`add` for each result batch it writes."""
 
     counts: dict = field(default_factory=dict)
     hist: dict = field(default_factory=dict)
+    bins: int = BINS
 
     def add(self, table, phenotype=None) -> None:
         """The counts and histograms of a results ``table`` added (``phenotype``: its phenotype
@@ -90,14 +106,18 @@ class SummarySums:
                 c = self.counts.setdefault(names[flat // len(labels)], {})
                 label = labels[flat % len(labels)]
                 c[label] = c.get(label, 0) + int(pairs[flat])
-        # the first bins are k/64 .. (k+1)/64: p * 64 is exact, so its floor is the bin of first_edges()
-        first = np.minimum((p[valid] * BINS).astype(np.int64), BINS - 1)
-        h = np.bincount(codes[valid] * BINS + first, minlength=len(names) * BINS).reshape(len(names), BINS)
+        # the first bins are k/bins .. (k+1)/bins: p * bins (a power of two) is exact, so its floor
+        # is the bin of first_edges(bins)
+        nb = self.bins
+        first = np.minimum((p[valid] * nb).astype(np.int64), nb - 1)
+        h = np.bincount(codes[valid] * nb + first, minlength=len(names) * nb).reshape(len(names), nb)
         for t in np.flatnonzero(h.sum(axis=1)):
             self.hist[names[t]] = self.hist.get(names[t], 0) + h[t]
 
     def merged(self, other: SummarySums) -> SummarySums:
-        out = SummarySums({k: dict(v) for k, v in self.counts.items()}, dict(self.hist))
+        if other.bins != self.bins:
+            raise ValueError(f"SummarySums: cannot add histograms of {self.bins} and {other.bins} bins")
+        out = SummarySums({k: dict(v) for k, v in self.counts.items()}, dict(self.hist), self.bins)
         for name, c in other.counts.items():
             mine = out.counts.setdefault(name, {})
             for label, n in c.items():
@@ -113,7 +133,8 @@ class MedianSearch:
     (0-based, in ascending order), the interval ``[lo, hi)`` that holds both (``hi`` may be +inf),
     how many values lie below it and how many inside; ``tight``: the interval was last cut to the
     values' own range (the bins had not split them); ``force``: the bins did not split them
-    within that range either, so the next pass collects them whatever their number."""
+    within that range either, so the next pass collects them whatever their number; ``bins``:
+    of each pass's histogram."""
 
     n: int
     ranks: tuple[int, int]
@@ -123,11 +144,14 @@ class MedianSearch:
     inside: int
     tight: bool = False
     force: bool = False
+    bins: int = BINS
 
     @classmethod
     def start(cls, hist: np.ndarray) -> MedianSearch:
+        """The search after the tasks' histogram over :func:`first_edges` (its length: the bins)."""
         n = int(hist.sum())
-        return cls(n, ((n - 1) // 2, n // 2), 0.0, math.inf, 0, n).narrowed(first_edges(), hist)
+        search = cls(n, ((n - 1) // 2, n // 2), 0.0, math.inf, 0, n, bins=len(hist))
+        return search.narrowed(first_edges(len(hist)), hist)
 
     def narrowed(self, edges: np.ndarray, hist: np.ndarray) -> MedianSearch:
         """The search inside the bins (of ``edges``, which split ``[lo, hi)``) that hold both ranks."""
@@ -136,12 +160,12 @@ class MedianSearch:
         last = int(np.searchsorted(cum, self.ranks[1], side="right"))
         below = self.below + int(np.sum(hist[:first]))
         return MedianSearch(self.n, self.ranks, float(edges[first]), float(edges[last + 1]), below,
-                            int(np.sum(hist[first : last + 1])))
+                            int(np.sum(hist[first : last + 1])), bins=self.bins)
 
     def edges(self) -> np.ndarray:
-        """:data:`BINS` bins splitting ``[lo, hi)`` (a last bin open to +inf stays so)."""
+        """``bins`` bins splitting ``[lo, hi)`` (a last bin open to +inf stays so)."""
         top = 1.0 if math.isinf(self.hi) else self.hi
-        edges = np.linspace(self.lo, top, BINS + 1)
+        edges = np.linspace(self.lo, top, self.bins + 1)
         edges[0], edges[-1] = self.lo, self.hi
         return edges
 
@@ -175,7 +199,7 @@ def median_pass(path: str, searches: dict, collect: frozenset) -> dict:
         if name in collect:
             out[name] = v
         elif len(v):
-            out[name] = (np.bincount(_bins(v, search.edges()), minlength=BINS), float(v.min()), float(v.max()))
+            out[name] = (np.bincount(_bins(v, search.edges()), minlength=search.bins), float(v.min()), float(v.max()))
     return out
 
 
@@ -217,6 +241,6 @@ def exact_medians(sums: SummarySums, run_pass) -> dict[str, float]:
                 nxt[name] = narrowed
             else:  # the bins did not split the values: cut the interval to their own range (once)
                 nxt[name] = MedianSearch(s.n, s.ranks, vmin, float(np.nextafter(vmax, np.inf)), s.below, s.inside,
-                                         tight=True, force=s.tight)
+                                         tight=True, force=s.tight, bins=s.bins)
         searches = nxt
     return done

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import DashError, tag_task_error, translate_task_error
-from ..outputs.sums import SummarySums
+from ..outputs.sums import BINS, SummarySums
 from .tasks import RangeRow
 
 #: from this many partitions on, :func:`run_ranges` adds the tasks' results in a tree of executors
@@ -98,10 +98,11 @@ def _add_written(a: tuple, b: tuple) -> tuple:
 
 
 def write_ranges(spark, value, ranges: list[RangeRow], per_ranges, stage: str, phenotypes,
-                 timings: dict | None = None) -> RangesWritten:
+                 timings: dict | None = None, bins: int = BINS) -> RangesWritten:
     """Every range row in its own task: ``per_ranges(value, [row])`` yields the row's result batches,
     which the task writes under ``stage`` with :func:`dash_spark.outputs.writers.write_result_parts`
-    (:func:`run_ranges`; row counts and summary sums come back, added up in the executors). With
+    (:func:`run_ranges`; row counts and summary sums, with p histograms of ``bins`` bins
+    (:func:`~dash_spark.outputs.sums.first_bins`), come back, added up in the executors). With
     ``timings``, its ``kernel_task_seconds`` is set to the tasks' time in the kernels (summed) and
     ``worker_peak_rss_mb`` to the largest peak resident memory of the executors' Python workers."""
     from . import tasks
@@ -115,13 +116,13 @@ def write_ranges(spark, value, ranges: list[RangeRow], per_ranges, stage: str, p
 
         for row in rows:
             before = tasks.KERNEL_SECONDS[0]
-            sums = SummarySums()
+            sums = SummarySums(bins=bins)
             n = write_result_parts(stage, phenotypes, row[0], per_ranges(v, [row]), sums=sums)
             kernel.add(tasks.KERNEL_SECONDS[0] - before)
             # the Python worker's peak resident memory so far (KiB on Linux)
             yield n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sums
 
-    n_rows, rss, sums = run_ranges(spark, value, ranges, write, reduce=_add_written) or (0, 0, SummarySums())
+    n_rows, rss, sums = run_ranges(spark, value, ranges, write, reduce=_add_written) or (0, 0, SummarySums(bins=bins))
     if timings is not None:
         timings["kernel_task_seconds"] = round(float(kernel.value), 6)
         timings["worker_peak_rss_mb"] = round(rss / 1024, 1)

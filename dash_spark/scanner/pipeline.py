@@ -23,7 +23,7 @@ from ..config import ScanConfig, object_store_out, tasks_can_write
 from ..errors import OutputError
 from ..stats.results import RESULT_SCHEMA_DDL
 from ..stats.sufficient import SufficientStats
-from ..outputs.sums import exact_medians
+from ..outputs.sums import exact_medians, first_bins
 from .filters import CallFilters
 from .jobs import map_ranges, write_ranges
 from .model import Model, named_source, scan_model
@@ -191,15 +191,14 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
         t_stage = time.time()
         # a local (or shared) directory: tasks write their own parts, no SQL job
         written = write_ranges(spark, model.W, ranges, partial(scan_ranges, plan), stage.path,
-                               text_phenotypes(model), timings=phases)
+                               text_phenotypes(model), timings=phases, bins=first_bins(len(model.phenotypes)))
         n_rows = written.rows
         phases["scan_stage_seconds"] = round(time.time() - t_stage, 2)
         if n_rows == 0 and plan.filters.active:  # --maf/--mac/--geno removed every variant
             raise plan.filters.none_passed(model.n_variants)
         log.info("scan: results written (%.1f s since start)", time.time() - t0)
         t_out = time.time()
-        joined = join_texts(spark, stage.path, model)
-        medians = exact_medians(written.sums, partial(median_job, spark, stage.path))
+        joined, medians = texts_and_medians(spark, stage.path, model, written.sums)
         glm, summaries = finish_local_outputs(stage.path, model, plots=cfg.plots, plots_top=cfg.plots_top,
                                               texts_joined=joined, sums=written.sums, medians=medians)
         phases["outputs_seconds"] = round(time.time() - t_out, 2)
@@ -217,42 +216,50 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
                       summaries=summaries, seconds=time.time() - t0)
 
 
-def median_job(spark, stage: str, searches: dict, collect: frozenset) -> dict:
+def median_job(spark, stage: str, searches: dict, collect: frozenset, copies: dict | None = None) -> dict:
     """One pass of :func:`~dash_spark.outputs.sums.exact_medians` in the executors: a task per
     results Parquet part, their answers added up in a tree (the driver gets, per phenotype, a
-    histogram or the few values of its median's bin)."""
+    histogram or the few values of its median's bin). ``copies``: the text parts' chunk copies
+    (:func:`~dash_spark.outputs.writers.text_join_plan`), done by more tasks of the same job."""
     from ..outputs.sums import median_pass, merge_pass
-    from ..outputs.writers import result_part_files
+    from ..outputs.writers import copy_text_chunks, result_part_files
     from .jobs import run_ranges
 
     files = result_part_files(stage)
+    copies = copies or {}
 
     def per_ranges(value, rows):
         for row in rows:
-            yield median_pass(files[row[0]], value[0], value[1])
+            if row[1]:  # (part, 1, 0): a text part's copies
+                copy_text_chunks(value[2][row[0]])
+                yield {}
+            else:
+                yield median_pass(files[row[0]], value[0], value[1])
 
-    found = run_ranges(spark, (searches, collect), [RangeRow(i, 0, 0) for i in range(len(files))], per_ranges,
-                       reduce=merge_pass)
+    rows = [RangeRow(i, 0, 0) for i in range(len(files))] + [RangeRow(part, 1, 0) for part in sorted(copies)]
+    found = run_ranges(spark, (searches, collect, copies), rows, per_ranges, reduce=merge_pass)
     return found or {}
 
 
-def join_texts(spark, stage: str, model: Model) -> bool:
-    """Put each phenotype's text chunks in place in its file with a Spark job: the driver lays the
-    files out (header, size: :func:`~dash_spark.outputs.writers.text_join_plan`), each task copies
-    its range's chunks (every phenotype's) to their offsets. Returns whether there were texts."""
-    from ..outputs.writers import copy_text_chunks, text_join_plan, text_phenotypes
-    from .jobs import run_ranges
+def texts_and_medians(spark, stage: str, model, sums) -> tuple[bool, dict]:
+    """Each phenotype's text chunks put in place in its file, and its exact median p, by jobs in the
+    executors: the driver lays the text files out (header, size:
+    :func:`~dash_spark.outputs.writers.text_join_plan`), and the tasks of the first median pass's
+    job (:func:`median_job`) also copy each part's chunks (every phenotype's) to their offsets;
+    where no pass runs (no valid test), a job of its own copies them. Returns ``(whether there
+    were texts, medians)``."""
+    from ..outputs.writers import text_join_plan, text_phenotypes
 
-    if not text_phenotypes(model):
-        return False
-    copies = text_join_plan(stage, model)
-    if copies:
-        def per_ranges(plan, rows):
-            for row in rows:
-                yield copy_text_chunks(plan[row[0]])
+    texts = bool(text_phenotypes(model))
+    pending = [text_join_plan(stage, model)] if texts else []
 
-        run_ranges(spark, copies, [RangeRow(part, 0, 0) for part in sorted(copies)], per_ranges)
-    return True
+    def run_pass(searches, collect):
+        return median_job(spark, stage, searches, collect, pending.pop() if pending else None)
+
+    medians = exact_medians(sums, run_pass)
+    if pending and pending[0]:
+        median_job(spark, stage, {}, frozenset(), pending.pop())
+    return texts, medians
 
 
 def _log_plan(cfg: ScanConfig, model: Model, spark):

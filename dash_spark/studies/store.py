@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from ..config import ModelSettings
 from ..errors import ConfigError, DashError, InputError, OutputError, StoreError
+from ..outputs.sums import first_bins
 from ..outputs.writers import OutputModel
 from .release import DEFAULT_MIN_DELTA, check_sample_release, record_sample_release
 from ..scanner.sources import source_from_options
@@ -680,7 +681,7 @@ def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a
 
     ranges = [RangeRow(p, a, e) for p, (a, e) in enumerate(store.blocks)]  # the stored blocks: no file lines
     written = write_ranges(spark, G, ranges, partial(_finalize_task, spec), objects.path if objects else stage,
-                           s.phenotypes)
+                           s.phenotypes, bins=first_bins(len(s.phenotypes)))
     if objects is not None:
         objects.download(stage)
     counts = {"batches": [b.name for b in batches],
@@ -688,11 +689,9 @@ def finalize_store(spark, store: Store, batches, stage, *, plots: bool = True, a
     model = OutputModel(phenotypes=s.phenotypes, covariates=s.covariates, regenie_outputs=s.model.pred_test == "regenie",
                         n_variants=s.n_variants, counts=counts)
     if objects is None:  # the executors see the stage: they join the texts and find the medians
-        from ..outputs.sums import exact_medians
-        from ..scanner.pipeline import join_texts, median_job
+        from ..scanner.pipeline import texts_and_medians
 
-        joined = join_texts(spark, stage, model)
-        medians = exact_medians(written.sums, partial(median_job, spark, stage))
+        joined, medians = texts_and_medians(spark, stage, model, written.sums)
         glm, summaries = finish_local_outputs(stage, model, plots=plots, texts_joined=joined, sums=written.sums,
                                               medians=medians)
     else:
