@@ -38,7 +38,8 @@ class PackedBlock:
     @cached_property
     def transposed(self) -> np.ndarray:
         """The bytes with one byte position of every variant per row (:func:`transpose_block`),
-        made once for the kernel's sums and the missing calls' Grams."""
+        made once (when the block has missing calls or downdates) for the missing calls' sums and
+        Grams and the phenotypes' downdates."""
         return transpose_block(np.ascontiguousarray(self.data))
 
     def take(self, rows: np.ndarray) -> "PackedBlock":
@@ -96,14 +97,14 @@ def block_sums(block: Block, W: np.ndarray, n_a: int):
     """``(SX, SXX, SM)`` of a block (see :mod:`dash_spark.stats.kernel`), by the block's kernel."""
     if isinstance(block, DenseBlock):
         return compress_dense(block.values, W, n_a)
-    return compress_block(block.data, W, n_a, packed_t=block.transposed)
+    return compress_block(block.data, W, n_a, packed_t=lambda: block.transposed)  # (made only if needed)
 
 
 def block_grams(block: Block, W: np.ndarray, a0: int, k: int, p: int, todo: np.ndarray):
     """Missing calls' ``(QmQm, Qmy, ymy)`` of a block (see :func:`dash_spark.stats.kernel.missing_grams`)."""
     if isinstance(block, DenseBlock):
         return missing_grams_dense(block.values, W, a0, k, p, todo)
-    return missing_grams(block.data, W, a0, k, p, todo=todo, packed_t=block.transposed)
+    return missing_grams(block.data, W, a0, k, p, todo=todo, packed_t=lambda: block.transposed)
 
 
 def downdate_dense(X: np.ndarray, W: np.ndarray, idx: np.ndarray, k: int, want_qq: bool):

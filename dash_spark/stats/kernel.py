@@ -18,17 +18,20 @@ samples, so they add over sample batches; samples outside the analysis have zero
 How it is fast: a .bed byte holds 4 samples, so for each byte position the kernel builds a table of
 the 256 possible bytes' contributions (from two 16-entry half-byte tables) and then adds one table
 row per variant: ``n/4`` row additions per variant instead of ``n`` multiply-adds, with no float
-genotype matrix ever materialised. The block's bytes are first transposed (8 x 8 tiles in
-registers) so that one byte position of all variants is one contiguous row, and the loop has no
-branch on the genotype (a missing call adds the table's zero). Four byte positions' tables are
-added per pass over the variants, so each variant's row of sums is read and written once per four
-(the additions stay in byte order: the same sums). Wide tables (many phenotypes) are built only for
-the byte values that occur. Missing calls are then found 8 variants at a time in a second pass
-over the rows and visited one by one (cost grows with their count).
+genotype matrix ever materialised. The loop has no branch on the genotype (a missing call adds
+the table's zero). Four byte positions' tables are added per pass over the variants, reading each
+variant's four adjacent bytes of the .bed row, so each variant's row of sums is read and written
+once per four (the additions stay in byte order: the same sums). Wide tables (many phenotypes)
+are built only for the byte values that occur. A block with missing calls is then transposed (8 x
+8 tiles in registers: one byte position of every variant per row), its missing calls found 8
+variants at a time and visited one by one (cost grows with their count); the missing calls'
+Grams and the phenotypes' downdates read the same transposed copy.
 Arithmetic is float64 throughout.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
@@ -175,52 +178,69 @@ def _byte_table(W, b, n_a, nw, dosage, row, m, sparse, lo, hi, seen, table):  # 
 
 
 @njit(cache=True, nogil=True)
-def _accumulate(packed_t, W, n_a, out_x, dosage):  # pragma: no cover - jitted
-    """packed_t: (nbytes, >= m) uint8, the block's bytes with one byte position per row (from
-    :func:`transpose_block`; m = ``out_x``'s rows); W: (4*nbytes, n_a + n_b) float64 = [A | B]
-    padded rows. No branch on the genotype: a missing call's code adds the table's zero (its own
-    sums come from :func:`_missing_sums`). Four byte positions are added per pass over the
-    variants (four tables, one read and one write of each variant's row), in byte order: each sum
-    is the same sequence of additions as one position at a time."""
-    nbytes = packed_t.shape[0]
-    m = out_x.shape[0]
+def _accumulate(packed, W, n_a, out_x, dosage):  # pragma: no cover - jitted
+    """packed: (m, nbytes) uint8, the block's bytes as in the .bed (m = ``out_x``'s rows); W:
+    (4*nbytes, n_a + n_b) float64 = [A | B] padded rows; ``out_x`` (m, >= n_a + n_b): columns
+    beyond W's get nothing (a width of whole 4-double vectors is ~12% faster). No branch on the genotype: a missing
+    call's code adds the table's zero (its own sums come from :func:`_missing_sums`). Four byte
+    positions are added per pass over the variants (four tables; each variant's four bytes are
+    adjacent in its row, and its row of sums is read and written once per four), in byte order:
+    each sum is the same sequence of additions as one position at a time."""
+    m, nbytes = packed.shape
     nw = W.shape[1]
+    wide = out_x.shape[1]  # nw rounded up to 4 (whole vectors): the tables' extra columns stay 0
     sparse = nw >= SPARSE_TABLE_COLUMNS
     lo = np.empty((16, nw))
     hi = np.empty((16, nw))
-    t0 = np.empty((256, nw))
-    t1 = np.empty((256, nw))
-    t2 = np.empty((256, nw))
-    t3 = np.empty((256, nw))
+    t0 = np.zeros((256, wide))
+    t1 = np.zeros((256, wide))
+    t2 = np.zeros((256, wide))
+    t3 = np.zeros((256, wide))
     seen = np.zeros(256, dtype=np.uint8)
+    col = np.empty(m, dtype=np.uint8)  # one byte position of every variant (a sparse table's values)
+    ncol = m if sparse else 0
     b = 0
     while b + 3 < nbytes:
-        r0 = packed_t[b]
-        r1 = packed_t[b + 1]
-        r2 = packed_t[b + 2]
-        r3 = packed_t[b + 3]
-        _byte_table(W, b, n_a, nw, dosage, r0, m, sparse, lo, hi, seen, t0)
-        _byte_table(W, b + 1, n_a, nw, dosage, r1, m, sparse, lo, hi, seen, t1)
-        _byte_table(W, b + 2, n_a, nw, dosage, r2, m, sparse, lo, hi, seen, t2)
-        _byte_table(W, b + 3, n_a, nw, dosage, r3, m, sparse, lo, hi, seen, t3)
+        tables = (t0, t1, t2, t3)
+        for q in range(4):
+            if sparse:
+                for j in range(m):
+                    col[j] = packed[j, b + q]
+            _byte_table(W, b + q, n_a, nw, dosage, col, ncol, sparse, lo, hi, seen, tables[q])
         for j in range(m):
-            a0 = t0[r0[j]]
-            a1 = t1[r1[j]]
-            a2 = t2[r2[j]]
-            a3 = t3[r3[j]]
+            row = packed[j]
+            a0 = t0[row[b]]
+            a1 = t1[row[b + 1]]
+            a2 = t2[row[b + 2]]
+            a3 = t3[row[b + 3]]
             o = out_x[j]
-            for f in range(nw):
+            for f in range(wide):
                 o[f] = (((o[f] + a0[f]) + a1[f]) + a2[f]) + a3[f]
         b += 4
     while b < nbytes:
-        r0 = packed_t[b]
-        _byte_table(W, b, n_a, nw, dosage, r0, m, sparse, lo, hi, seen, t0)
         for j in range(m):
-            a0 = t0[r0[j]]
+            col[j] = packed[j, b]
+        _byte_table(W, b, n_a, nw, dosage, col, m, sparse, lo, hi, seen, t0)
+        for j in range(m):
+            a0 = t0[col[j]]
             o = out_x[j]
-            for f in range(nw):
+            for f in range(wide):
                 o[f] += a0[f]
         b += 1
+
+
+@njit(cache=True, nogil=True)
+def _rows_with_missing(packed, out):  # pragma: no cover - jitted
+    """``out[j]``: whether row ``j`` of the packed bytes holds a missing call (a code 01: a set low
+    bit under a clear high bit), the row's bytes OR-ed together without a branch."""
+    m, nbytes = packed.shape
+    for j in range(m):
+        row = packed[j]
+        acc = np.uint8(0)
+        for b in range(nbytes):
+            v = row[b]
+            acc |= v & ~(v >> np.uint8(1))
+        out[j] = (acc & np.uint8(0x55)) != 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -277,24 +297,33 @@ def pad_weights(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def compress_block(packed: np.ndarray, W: np.ndarray, n_a: int,
-                   packed_t: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   packed_t: np.ndarray | Callable[[], np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sums of one block of variants.
 
     packed [shape: (m, ceil(n/4))] uint8 bytes as in the .bed; W [shape: (4*ceil(n/4), F+G)] from
-    :func:`pad_weights`; ``n_a`` = F; ``packed_t``: its :func:`transpose_block`, when the caller
-    has it. Returns ``(SX (m, F), SXX (m, G), SM (m, F))``.
+    :func:`pad_weights`; ``n_a`` = F. The missing calls' sums need the block's
+    :func:`transpose_block` (only when it has missing calls): ``packed_t`` is it, or a function
+    that makes it (a block's cached copy), else it is made here. Returns ``(SX (m, F), SXX (m, G),
+    SM (m, F))``.
     """
     m = packed.shape[0]
     if W.shape[0] != 4 * packed.shape[1]:
         raise ValueError(f"compress_block: W has {W.shape[0]} rows, expected {4 * packed.shape[1]}")
     packed = np.ascontiguousarray(packed)
-    if packed_t is None:
-        packed_t = transpose_block(packed)
-    out_x = np.zeros((m, W.shape[1]))
+    nw = W.shape[1]
+    out_x = np.zeros((m, (nw + 3) // 4 * 4))
     out_m = np.zeros((m, n_a))
-    _accumulate(packed_t, W, n_a, out_x, _DOSAGE)
-    _missing_sums(packed_t, m, W, n_a, out_m, _HAS_MISSING)
-    return out_x[:, :n_a], out_x[:, n_a:], out_m
+    _accumulate(packed, W, n_a, out_x, _DOSAGE)
+    flags = np.empty(m, dtype=np.bool_)
+    _rows_with_missing(packed, flags)
+    if flags.any():
+        if callable(packed_t):
+            packed_t = packed_t()
+        if packed_t is None:
+            packed_t = transpose_block(packed)
+        _missing_sums(packed_t, m, W, n_a, out_m, _HAS_MISSING)
+    return out_x[:, :n_a], out_x[:, n_a:nw], out_m
 
 
 def decode(packed: np.ndarray, n_samples: int) -> np.ndarray:
@@ -360,7 +389,7 @@ def _missing_grams(packed_t, m, W, a0, k, p, has_missing, todo, acc):  # pragma:
 
 
 def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, todo: np.ndarray | None = None,
-                  packed_t: np.ndarray | None = None):
+                  packed_t: np.ndarray | Callable[[], np.ndarray] | None = None):
     """Sums over each variant's missing calls of ``q_i q_i'``, ``q_i y_i'`` and ``y_i^2``.
 
     ``q_i`` = row i of the pattern's Q (``W[:, a0:a0+k]``), ``y_i`` = its p phenotype columns
@@ -368,13 +397,18 @@ def missing_grams(packed: np.ndarray, W: np.ndarray, a0: int, k: int, p: int, to
     Returns ``QmQm`` [shape: (m, k, k)], ``Qmy`` [shape: (m, k, p)], ``ymy`` [shape: (m, p)].
     Cost: one byte test per byte of the variants in ``todo`` (bool (m,), default all: pass the
     variants that have missing calls in the pattern), then (k(k+1)/2 + kp) per missing call.
-    ``packed_t``: the block's :func:`transpose_block`, when the caller has it.
+    ``packed_t``: the block's :func:`transpose_block`, or a function that makes it (called only
+    when some variant is to be visited).
     """
     m = packed.shape[0]
     todo = np.ones(m, dtype=np.bool_) if todo is None else np.asarray(todo, dtype=np.bool_)
     qq = np.zeros((m, k, k))
     qy = np.zeros((m, k, p))
     yy = np.zeros((m, p))
+    if not todo.any():  # no variant to visit: no transposed copy needed
+        return qq, qy, yy
+    if callable(packed_t):
+        packed_t = packed_t()
     if packed_t is None:
         packed_t = transpose_block(np.ascontiguousarray(packed))
     upper = np.triu_indices(k)
