@@ -217,6 +217,27 @@ def scan_config_from_args(args):
     return ScanConfig(**{k: v for k, v in values.items() if v is not None}, spark_conf=conf)
 
 
+def print_summaries(summaries: dict, out: str) -> None:
+    """Each phenotype's counts, lambda_GC and top hits on stdout, for the first
+    :data:`~dash_spark.outputs.logs.PER_PHENOTYPE_LINES` phenotypes; one line for the rest (their
+    range of lambda_GC, and where every phenotype's summary is)."""
+    import math
+
+    from .outputs.logs import PER_PHENOTYPE_LINES
+    from .outputs.report import format_top_hits
+
+    items = list(summaries.items())
+    for name, summ in items[:PER_PHENOTYPE_LINES]:
+        print(f"== {name}: {summ.n_tests:,} tests, lambda_GC {summ.lambda_gc:.4f}")
+        print(format_top_hits(summ))
+    rest = items[PER_PHENOTYPE_LINES:]
+    if rest:
+        lams = [s.lambda_gc for _, s in rest if s.lambda_gc is not None and math.isfinite(s.lambda_gc)]
+        span = f" (lambda_GC {min(lams):.4f} to {max(lams):.4f})" if lams else ""
+        print(f"== {len(rest):,} more phenotypes{span}: every phenotype's counts, lambda_GC and top hits are in "
+              f"{out}/summary.tsv and {out}/summary.json")
+
+
 def cmd_scan(args) -> int:
     starter = None
     named = args.pheno and args.out and any(getattr(args, k) for k in GENOTYPE_OPTIONS)
@@ -226,12 +247,9 @@ def cmd_scan(args) -> int:
 
         starter = SessionStarter(args.master, _spark_conf(args))
     from .scanner.pipeline import run_scan
-    from .outputs.report import format_top_hits
 
     res = run_scan(scan_config_from_args(args), spark=starter)
-    for name, summ in res.summaries.items():
-        print(f"== {name}: {summ.n_tests:,} tests, lambda_GC {summ.lambda_gc:.4f}")
-        print(format_top_hits(summ))
+    print_summaries(res.summaries, res.out)
     print(f"results: {res.results_path}")
     for path in res.glm_paths.values():
         print(f"{'REGENIE-style' if path.endswith('.regenie') else 'plink2-style'}: {path}")
@@ -474,7 +492,6 @@ def cmd_compress(args) -> int:
 
 
 def cmd_refresh(args) -> int:
-    from .outputs.report import format_top_hits
     from .studies.store import run_refresh
 
     add = None
@@ -487,9 +504,7 @@ def cmd_refresh(args) -> int:
                       overwrite=bool(args.overwrite), plots=args.plots, master=args.master,
                       spark_conf=_spark_conf(args), min_release_delta=args.min_release_delta,
                       allow_small_release=args.allow_small_release, a1freq_lower_limit=args.a1freq_lower_limit)
-    for name, summ in res.summaries.items():
-        print(f"== {name}: {summ.n_tests:,} tests, lambda_GC {summ.lambda_gc:.4f}")
-        print(format_top_hits(summ))
+    print_summaries(res.summaries, res.out)
     print(f"store batches: {', '.join(res.batches)}")
     print(f"results: {res.out}/results.parquet")
     for path in res.glm_paths.values():

@@ -94,9 +94,10 @@ def test_summaries_from_task_candidates_equal_full_reads(seed):
         assert ids == set(np.asarray(rows["id"].to_pylist(), dtype=object)[valid & (nv >= cut)].tolist())
 
 
-def test_logs_stay_readable_with_many_phenotypes(tmp_path, spark, caplog):
+def test_logs_stay_readable_with_many_phenotypes(tmp_path, spark, caplog, capsys):
     """12 phenotypes: five lines each for the model and the tests, then one line for the rest; the
-    figures of all of them are in summary.json (sample counts included)."""
+    figures of all of them are in summary.json (sample counts included); the command prints five
+    phenotypes' top hits and one line for the rest."""
     import json
     import logging
 
@@ -126,3 +127,14 @@ def test_logs_stay_readable_with_many_phenotypes(tmp_path, spark, caplog):
     samples = summary["extra"]["counts"]["phenotype_samples"]
     assert len(samples) == 12 and all(200 < v < 240 for v in samples.values())
     assert len(res.summaries) == 12
+    # the command's stdout: top hits of five phenotypes, then one line for the other seven
+    from dash_spark.cli import print_summaries
+
+    print_summaries(res.summaries, res.out)
+    out = capsys.readouterr().out.splitlines()
+    blocks = [line for line in out if line.startswith("== ")]
+    assert [b.split(":")[0] for b in blocks[:5]] == [f"== t{i}" for i in range(5)]
+    lams = [res.summaries[f"t{i}"].lambda_gc for i in range(5, 12)]
+    assert blocks[5] == (f"== 7 more phenotypes (lambda_GC {min(lams):.4f} to {max(lams):.4f}): every phenotype's "
+                         f"counts, lambda_GC and top hits are in {res.out}/summary.tsv and {res.out}/summary.json")
+    assert len(blocks) == 6 and len(out) < 5 * 15
