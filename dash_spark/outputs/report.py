@@ -803,6 +803,11 @@ def plot_phewas(summaries: dict, path, *, threshold: float = 5e-8, dpi: int = 12
 
 
 def _json_safe(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:  # (the common leaves first: a summary of 1,000 phenotypes has 100,000 of them)
+        return value if math.isfinite(value) else None
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
     if is_dataclass(value) and not isinstance(value, type):  # (field by field: asdict would deep-copy first)
         return {f.name: _json_safe(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):

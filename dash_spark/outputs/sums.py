@@ -181,8 +181,9 @@ def median_pass(path: str, searches: dict, collect: frozenset) -> dict:
     else ``(histogram over MedianSearch.edges, smallest, largest)`` of them."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["phenotype", "p", "neg_log10_p", "errcode"],
-                          read_dictionary=["phenotype", "errcode"])
+    # (one file: ParquetFile reads it without loading pyarrow's dataset module, ~0.4 s a worker)
+    table = pq.ParquetFile(path, read_dictionary=["phenotype", "errcode"]).read(
+        columns=["phenotype", "p", "neg_log10_p", "errcode"])
     out: dict = {}
     if table.num_rows == 0:
         return out

@@ -824,7 +824,8 @@ def _top_rows(top_dir: str, names: list[str]) -> dict:
     import pyarrow.parquet as pq
 
     files = sorted(f for f in os.listdir(top_dir) if _TOP_RE.fullmatch(f)) if os.path.isdir(top_dir) else []
-    top = pa.concat_tables([pq.read_table(os.path.join(top_dir, f)) for f in files]) if files else None
+    # (one file each: ParquetFile reads it without loading pyarrow's dataset module, ~0.4 s)
+    top = pa.concat_tables([pq.ParquetFile(os.path.join(top_dir, f)).read() for f in files]) if files else None
     top_rows: dict = {}
     if top is not None and top.num_rows:
         order, starts = phenotype_groups(top.column("phenotype"), names)

@@ -49,11 +49,12 @@ def map_ranges(spark, W: np.ndarray | tuple[np.ndarray, ...], ranges: list[Range
     return ranges_df.mapInArrow(task, schema_ddl), W_bc
 
 
-def run_ranges(spark, value, ranges: list[RangeRow], per_ranges, reduce=None):
-    """A plain RDD job with one partition per range row: each runs ``per_ranges(value, rows)``
-    (``value`` broadcast once) and what the tasks yield is collected, or, with ``reduce(a, b)``,
-    added up (each partition's in its task; across partitions on the driver, or from
-    :data:`TREE_REDUCE_FROM` partitions on in a tree of executors; None without rows).
+def run_ranges(spark, value, ranges: list[RangeRow], per_ranges, reduce=None, partitions: int | None = None):
+    """A plain RDD job with one partition per range row (or ``partitions`` partitions of
+    consecutive rows): each runs ``per_ranges(value, rows)`` (``value`` broadcast once) and what
+    the tasks yield is collected, or, with ``reduce(a, b)``, added up (each partition's in its
+    task; across partitions on the driver, or from :data:`TREE_REDUCE_FROM` partitions on in a
+    tree of executors; None without rows).
     After a failure it waits for the job's cancelled tasks before re-raising, since they may still
     be writing files the caller is about to remove; one of our errors raised in a task is re-raised
     as such (one line)."""
@@ -69,13 +70,14 @@ def run_ranges(spark, value, ranges: list[RangeRow], per_ranges, reduce=None):
             raise tag_task_error(exc) from exc
 
     try:
-        rdd = sc.parallelize(ranges, max(1, len(ranges))).mapPartitions(task)
+        n_parts = max(1, min(len(ranges), partitions or len(ranges)))
+        rdd = sc.parallelize(ranges, n_parts).mapPartitions(task)
         if reduce is None:
             return rdd.collect()
         if not ranges:
             return None
         # a few hundred partitions' results are added on the driver (no shuffle); more, in a tree
-        return rdd.reduce(reduce) if len(ranges) <= TREE_REDUCE_FROM else rdd.treeReduce(reduce, depth=2)
+        return rdd.reduce(reduce) if n_parts <= TREE_REDUCE_FROM else rdd.treeReduce(reduce, depth=2)
     except BaseException as exc:
         wait_for_running_tasks(spark)
         if isinstance(exc, Exception):

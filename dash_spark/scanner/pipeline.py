@@ -217,10 +217,12 @@ def run_scan(cfg: ScanConfig, spark=None) -> ScanResult:
 
 
 def median_job(spark, stage: str, searches: dict, collect: frozenset, copies: dict | None = None) -> dict:
-    """One pass of :func:`~dash_spark.outputs.sums.exact_medians` in the executors: a task per
-    results Parquet part, their answers added up in a tree (the driver gets, per phenotype, a
+    """One pass of :func:`~dash_spark.outputs.sums.exact_medians` in the executors over the
+    results Parquet parts, their answers added up in a tree (the driver gets, per phenotype, a
     histogram or the few values of its median's bin). ``copies``: the text parts' chunk copies
-    (:func:`~dash_spark.outputs.writers.text_join_plan`), done by more tasks of the same job."""
+    (:func:`~dash_spark.outputs.writers.text_join_plan`), done in the same job. The parts and
+    copies are shared among as many tasks as the session has cores (each task's start costs about
+    as much as a part's pass)."""
     from ..outputs.sums import median_pass, merge_pass
     from ..outputs.writers import copy_text_chunks, result_part_files
     from .jobs import run_ranges
@@ -236,8 +238,12 @@ def median_job(spark, stage: str, searches: dict, collect: frozenset, copies: di
             else:
                 yield median_pass(files[row[0]], value[0], value[1])
 
-    rows = [RangeRow(i, 0, 0) for i in range(len(files))] + [RangeRow(part, 1, 0) for part in sorted(copies)]
-    found = run_ranges(spark, (searches, collect, copies), rows, per_ranges, reduce=merge_pass)
+    passes = [RangeRow(i, 0, 0) for i in range(len(files))]
+    copying = [RangeRow(part, 1, 0) for part in sorted(copies)]
+    # interleaved, so that each task gets some of both
+    rows = [r for pair in zip(passes, copying) for r in pair] + passes[len(copying):] + copying[len(passes):]
+    found = run_ranges(spark, (searches, collect, copies), rows, per_ranges, reduce=merge_pass,
+                       partitions=spark.sparkContext.defaultParallelism)
     return found or {}
 
 
