@@ -649,17 +649,24 @@ def match_samples(
             message names the tables, the per-table overlap and up to 3 example IIDs
             from the .fam and from the first table.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     fam = list(fam_iids)
     n_fam = len(fam)
     rows = np.full((len(tables), n_fam), -1, dtype=np.int64)
     counts: dict = {"fam": n_fam}
-    fam_set = set(fam)
+    # (Arrow's hash lookups: IIDs are unique in the .fam and in each table, as their readers check)
+    fam_arr = pa.array(fam, type=pa.string())
     only_in_tables: set[str] = set()
     for t, table in enumerate(tables):
-        row_of = {iid: r for r, iid in enumerate(table.iids)}
-        rows[t] = np.fromiter((row_of.get(iid, -1) for iid in fam), dtype=np.int64, count=n_fam)
+        iids = pa.array(list(table.iids), type=pa.string())
+        found = pc.index_in(fam_arr, value_set=iids)
+        rows[t] = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         counts[table.path] = len(table.iids)
-        only_in_tables.update(iid for iid in table.iids if iid not in fam_set)
+        absent = pc.invert(pc.is_in(iids, value_set=fam_arr))
+        if pc.any(absent).as_py():
+            only_in_tables.update(iids.filter(absent).to_pylist())
     present = (rows >= 0).all(axis=0)
     counts["matched"] = int(present.sum())
     counts["only_in_tables"] = len(only_in_tables)

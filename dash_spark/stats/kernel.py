@@ -181,11 +181,12 @@ def _byte_table(W, b, n_a, nw, dosage, row, m, sparse, lo, hi, seen, table):  # 
 def _accumulate(packed, W, n_a, out_x, dosage):  # pragma: no cover - jitted
     """packed: (m, nbytes) uint8, the block's bytes as in the .bed (m = ``out_x``'s rows); W:
     (4*nbytes, n_a + n_b) float64 = [A | B] padded rows; ``out_x`` (m, >= n_a + n_b): columns
-    beyond W's get nothing (a width of whole 4-double vectors is ~12% faster). No branch on the genotype: a missing
-    call's code adds the table's zero (its own sums come from :func:`_missing_sums`). Four byte
-    positions are added per pass over the variants (four tables; each variant's four bytes are
-    adjacent in its row, and its row of sums is read and written once per four), in byte order:
-    each sum is the same sequence of additions as one position at a time."""
+    beyond W's get nothing (a width of whole 4-double vectors runs 3-8% faster). No branch on the
+    genotype: a missing call's code adds the table's zero (its own sums come from
+    :func:`_missing_sums`). Four byte positions are added per pass over the variants (four
+    tables; each variant's four bytes are adjacent in its row, and its row of sums is read and
+    written once per four), in byte order: each sum is the same sequence of additions as one
+    position at a time."""
     m, nbytes = packed.shape
     nw = W.shape[1]
     wide = out_x.shape[1]  # nw rounded up to 4 (whole vectors): the tables' extra columns stay 0
