@@ -258,3 +258,35 @@ def test_collinearity_screen_skips_only_variants_that_pass(rng, case):
     assert not full[skipped].any()
     if case != "no_mean":
         assert skipped.mean() > 0.5
+
+
+def test_results_batch_picks_each_phenotypes_a1(rng):
+    """Three phenotypes' rows at once: A1 is the minor allele over the frequency samples; where a
+    variant has no call among them, each phenotype's own frequency decides (one A1 per phenotype),
+    and BETA, T_STAT, A1_FREQ follow A1; rows as a1_flip gives them one phenotype at a time."""
+    from dash_spark.stats.regression import VariantStats
+    from dash_spark.stats.results import a1_flip, results_batch
+
+    m, P = 6, 3
+    freq_called = np.array([10.0, 10.0, 0.0, 10.0, 0.0, 10.0])
+    freq_alt_sum = np.array([4.0, 16.0, 0.0, 10.0, 0.0, 19.0])  # ALT freq 0.2, 0.8, -, 0.5 (tie), -, 0.95
+    stats = []
+    for t in range(P):
+        af = rng.uniform(0.05, 0.95, m)
+        af[2], af[4] = (0.3, 0.7) if t == 0 else (0.7, 0.3)
+        b = rng.normal(size=m)
+        stats.append((f"y{t}", VariantStats(beta=b, se=np.abs(b) + 1, t_stat=b / (np.abs(b) + 1), neg_log10_p=np.ones(m),
+                                            p=np.full(m, 0.1), obs_ct=np.full(m, 50), alt_freq=af,
+                                            errcode=np.zeros(m, dtype=np.uint8))))
+    meta = (np.array(["1"] * m, dtype=object), np.array([f"v{j}" for j in range(m)], dtype=object), np.arange(1, m + 1),
+            np.array(["A"] * m, dtype=object), np.array(["C"] * m, dtype=object))
+    batch = results_batch(np.arange(m), meta, freq_alt_sum, freq_called, stats, count_alt=False).to_pydict()
+    for t, (_, st) in enumerate(stats):
+        flip = a1_flip(freq_alt_sum, freq_called, st.alt_freq, count_alt=False)
+        rows = slice(t * m, (t + 1) * m)
+        assert batch["a1"][rows] == ["C" if f else "A" for f in flip]
+        assert np.array_equal(batch["beta"][rows], np.where(flip, -st.beta, st.beta))
+        assert np.array_equal(batch["t_stat"][rows], np.where(flip, -st.t_stat, st.t_stat))
+        assert np.array_equal(batch["a1_freq"][rows], np.where(flip, 1 - st.alt_freq, st.alt_freq))
+    assert batch["a1"][2] != batch["a1"][m + 2]  # no frequency call: the phenotypes' A1 differ
+    assert batch["a1"][:2] == ["A", "C"] and batch["a1"][m:m + 2] == ["A", "C"]

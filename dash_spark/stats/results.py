@@ -31,7 +31,8 @@ def a1_flip(freq_alt_sum, freq_called, alt_freq, *, count_alt: bool) -> np.ndarr
     called count). plink2 takes ref_freq = ref_count * (1 / (2 n)) and alt_freq = 1 - ref_freq, and
     keeps REF as major on an exact tie; that arithmetic decides tied counts (either way, depending
     on n), so it is reproduced as is. A variant with no call among them falls back to the
-    phenotype's samples (``alt_freq``). ``count_alt``: A1 is always ALT."""
+    phenotype's samples (``alt_freq`` [shape: (m,)], or (P, m) for P phenotypes at once: the
+    result is then (P, m) where any variant has no such call). ``count_alt``: A1 is always ALT."""
     m = len(freq_called)
     if count_alt:
         return np.zeros(m, dtype=bool)
@@ -56,31 +57,38 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
     chrom, ids, pos, alt, ref = meta
     m = len(vidx)
     P = len(named_stats)
-    cols: dict[str, list] = {name: [] for name in (
-        "variant_index", "pos", "a1_freq", "mach_r2", "obs_ct", "beta", "se", "t_stat", "p", "neg_log10_p")}
-    a1_index, codes, firth = [], [], []
-    for _name, st in named_stats:
-        flip = a1_flip(freq_alt_sum, freq_called, st.alt_freq, count_alt=count_alt)
-        sign = np.where(flip, -1.0, 1.0)
-        cols["variant_index"].append(vidx)
-        cols["pos"].append(pos)
-        a1_index.append(np.arange(m) + m * flip)  # into [alt | ref]
-        a1f = np.where(flip, 1.0 - st.alt_freq, st.alt_freq)
-        if a1freq_floor > 0:
-            a1f = np.where(np.isnan(a1f), a1f, np.clip(a1f, a1freq_floor, 1.0 - a1freq_floor))
-        cols["a1_freq"].append(a1f)
-        cols["mach_r2"].append(np.full(m, np.nan) if st.mach_r2 is None else np.asarray(st.mach_r2, dtype=np.float64))
-        cols["obs_ct"].append(st.obs_ct)
-        cols["beta"].append(sign * st.beta)
-        cols["se"].append(st.se)
-        cols["t_stat"].append(sign * st.t_stat)
-        cols["p"].append(st.p)
-        cols["neg_log10_p"].append(st.neg_log10_p)
-        codes.append(np.asarray(st.errcode))
-        firth.append(np.full(m, -1, dtype=np.int8) if st.firth is None else np.asarray(st.firth, dtype=np.int8))
+    stats = [st for _, st in named_stats]
+
+    def joined(attr: str, dtype=np.float64) -> np.ndarray:  # the phenotypes' arrays, one after another
+        return np.concatenate([np.asarray(getattr(st, attr), dtype=dtype) for st in stats]) if P else np.zeros(0, dtype)
+
+    alt_freq = joined("alt_freq")
+    # every phenotype's A1 at once: the frequency samples' counts are the variant's, a phenotype's
+    # own frequency [shape: (P, m)] decides only where they have no call
+    flip = np.broadcast_to(a1_flip(freq_alt_sum, freq_called, alt_freq.reshape(P, m), count_alt=count_alt),
+                           (P, m)).ravel()
+    sign = np.where(flip, -1.0, 1.0)
+    a1f = np.where(flip, 1.0 - alt_freq, alt_freq)
+    if a1freq_floor > 0:
+        a1f = np.where(np.isnan(a1f), a1f, np.clip(a1f, a1freq_floor, 1.0 - a1freq_floor))
+    cols = {
+        "variant_index": np.tile(np.asarray(vidx), P) if P else np.zeros(0),
+        "pos": np.tile(np.asarray(pos), P) if P else np.zeros(0),
+        "a1_freq": a1f,
+        "mach_r2": (np.concatenate([np.full(m, np.nan) if st.mach_r2 is None else np.asarray(st.mach_r2, dtype=np.float64)
+                                    for st in stats]) if P else np.zeros(0)),
+        "obs_ct": np.concatenate([st.obs_ct for st in stats]) if P else np.zeros(0),
+        "beta": sign * joined("beta"),
+        "se": joined("se"),
+        "t_stat": sign * joined("t_stat"),
+        "p": joined("p"),
+        "neg_log10_p": joined("neg_log10_p"),
+    }
+    a1_index = np.tile(np.arange(m), P) + m * flip  # into [alt | ref]
+    codes = [np.asarray(st.errcode) for st in stats]
+    firth = [np.full(m, -1, dtype=np.int8) if st.firth is None else np.asarray(st.firth, dtype=np.int8) for st in stats]
     numbers = {}
-    for name, parts in cols.items():
-        values = np.concatenate(parts) if parts else np.zeros(0)
+    for name, values in cols.items():
         if name in ("variant_index", "pos", "obs_ct"):
             numbers[name] = pa.array(values, type=pa.int64())
         else:
@@ -94,7 +102,7 @@ def results_batch(vidx, meta, freq_alt_sum, freq_called, named_stats, *, count_a
     strings = {
         "chrom": text(chrom).take(tile), "id": text(ids).take(tile), "ref": text(ref).take(tile),
         "alt": text(alt).take(tile),
-        "a1": alt_ref.take(pa.array(np.concatenate(a1_index) if a1_index else np.zeros(0, dtype=np.int64))),
+        "a1": alt_ref.take(pa.array(a1_index if P else np.zeros(0, dtype=np.int64))),
         "phenotype": pa.DictionaryArray.from_arrays(
             pa.array(np.repeat(np.arange(P, dtype=np.int32), m)),
             pa.array([name for name, _ in named_stats], type=pa.string())).cast(pa.string()),
