@@ -34,6 +34,8 @@ def test_reused_buffer_reads_equal_fresh_reads(tmp_path):
     ("F1  I1 0 0 1 -9\n", False),  # two spaces: Python's split reads it
     ("F1\tI1 0 0 1 -9\n", False),  # tabs and spaces
     ("F1 I1 0 0 1 -9\n\nF2 I2 0 0 2 1\n", False),  # an empty line
+    ("F1 I1\x1f 0 0 1 -9\n", False),  # \x1f: whitespace to Python's split, not to a CSV reader
+    ("F1 I1 0 0 1 -9\r\nF2 I2 0 0 2 1\r\n", False),  # Windows line ends
 ])
 def test_fam_fast_reader_equals_the_line_reader(tmp_path, monkeypatch, text, fast):
     """A plain .fam is read by Arrow's CSV reader; every field (FIDs, IIDs, founders, sex codes)

@@ -63,12 +63,19 @@ class Bim:
         return len(self.id)
 
 
+#: the bytes of a plain .fam: printable ASCII, spaces or tabs, line ends
+_FAM_PLAIN = bytes(range(0x21, 0x7F)) + b" \t\n"
+
+
 def _parse_fam_arrow(text: str) -> tuple | None:
     """The common case of :func:`read_fam` by Arrow's CSV reader (200,000 samples: ~0.05 s instead
     of ~0.35 s): ASCII lines of 6 fields separated by single spaces or by single tabs, no empty
     line, unique IIDs. ``None`` for anything else: the line-by-line reader then reads it, or names
     the line that is wrong."""
-    if not text or not text.isascii() or "\r" in text or "\n\n" in text or text.startswith("\n"):
+    if not text or not text.isascii() or "\n\n" in text or text.startswith("\n"):
+        return None
+    data = text.encode("ascii")
+    if data.translate(None, _FAM_PLAIN):  # other whitespace or control characters: Python's split decides
         return None
     sep = "\t" if "\t" in text else " "
     other = " " if sep == "\t" else "\t"
@@ -82,7 +89,7 @@ def _parse_fam_arrow(text: str) -> tuple | None:
     names = ["fid", "iid", "pat", "mat", "sex", "pheno"]
     try:
         table = csv.read_csv(
-            pa.py_buffer(text.encode("ascii")),
+            pa.py_buffer(data),
             read_options=csv.ReadOptions(column_names=names, use_threads=False),
             parse_options=csv.ParseOptions(delimiter=sep, quote_char=False, escape_char=False,
                                            ignore_empty_lines=False),
