@@ -190,6 +190,12 @@ def test_packed_downdate_equals_dense_sums(monkeypatch, chunk_bytes):
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(kernel.downdate_packed(packed, W, idx[:0], k, False)[0], np.zeros((m, k)))
+    # sums of x, x^2 and missing calls are integers: exact, whatever the count of samples (the
+    # decode takes four at a time, then the rest one by one)
+    for r in (1, 3, 4, 5, 9, 190):
+        sel = idx[:r]
+        got_s = kernel.downdate_packed(packed, W, sel, k, False)[1]
+        np.testing.assert_array_equal(got_s, downdate_dense(X, W, sel, k, False)[1])
 
 
 def test_pattern_collinear_on_its_own_samples_is_named(tmp_path, monkeypatch):
