@@ -63,6 +63,25 @@ class Bim:
         return len(self.id)
 
 
+def _plain_csv(data: bytes, names: list[str], sep: str, types: dict):
+    """Arrow's CSV reader over lines of ``len(names)`` fields separated by ``sep``, read as they are
+    (no quoting, no escapes, no empty line, no null); None where Arrow refuses a line (the callers'
+    line-by-line readers then read it, or name what is wrong)."""
+    import pyarrow as pa
+    from pyarrow import csv
+
+    try:
+        return csv.read_csv(
+            pa.py_buffer(data),
+            read_options=csv.ReadOptions(column_names=names, use_threads=False),
+            parse_options=csv.ParseOptions(delimiter=sep, quote_char=False, escape_char=False,
+                                           ignore_empty_lines=False),
+            convert_options=csv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False,
+                                               quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+
+
 #: the bytes of a plain .fam: printable ASCII, spaces or tabs, line ends
 _FAM_PLAIN = bytes(range(0x21, 0x7F)) + b" \t\n"
 
@@ -84,18 +103,10 @@ def _parse_fam_arrow(text: str) -> tuple | None:
         return None
     import pyarrow as pa
     import pyarrow.compute as pc
-    from pyarrow import csv
 
     names = ["fid", "iid", "pat", "mat", "sex", "pheno"]
-    try:
-        table = csv.read_csv(
-            pa.py_buffer(data),
-            read_options=csv.ReadOptions(column_names=names, use_threads=False),
-            parse_options=csv.ParseOptions(delimiter=sep, quote_char=False, escape_char=False,
-                                           ignore_empty_lines=False),
-            convert_options=csv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=[],
-                                               strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    table = _plain_csv(data, names, sep, {n: pa.string() for n in names})
+    if table is None:
         return None
     iids = table.column("iid").to_pylist()
     if not iids or len(set(iids)) != len(iids):
@@ -163,19 +174,10 @@ def _parse_bim_arrow(text: bytes) -> tuple[np.ndarray, ...] | None:
     if not text or text.translate(None, _BIM_PLAIN) or b"\n\n" in text or text.startswith(b"\n"):
         return None
     import pyarrow as pa
-    from pyarrow import csv
 
     names = ["chrom", "id", "cm", "pos", "alt", "ref"]
-    try:
-        table = csv.read_csv(
-            pa.py_buffer(text),
-            read_options=csv.ReadOptions(column_names=names, use_threads=False),
-            parse_options=csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
-                                           ignore_empty_lines=False),
-            convert_options=csv.ConvertOptions(
-                column_types={n: (pa.int64() if n == "pos" else pa.string()) for n in names},
-                null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    table = _plain_csv(text, names, "\t", {n: (pa.int64() if n == "pos" else pa.string()) for n in names})
+    if table is None:
         return None
     import pyarrow.compute as pc
 
