@@ -23,8 +23,9 @@ import numpy as np
 
 #: the fewest bins of a pass's histogram (the first over [0, 1], then within the median's bin)
 BINS = 64
-#: the most bins, and the most phenotypes x bins a task's histograms hold (2 MB of counts)
+#: the most bins of a phenotype's first histogram (:func:`first_bins`)
 MAX_BINS = 4096
+#: the most phenotypes x bins a task's first histograms hold (2 MB of counts)
 HIST_CELLS = 1 << 18
 #: a median's bin with at most this many valid p-values has them collected; more: a finer pass
 COLLECT_LIMIT = 4096
