@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+
+from .report import TESTED  # (the error code of a test that ran)
 
 #: the fewest bins of a pass's histogram (the first over [0, 1], then within the median's bin)
 BINS = 64
@@ -31,12 +34,24 @@ HIST_CELLS = 1 << 18
 COLLECT_LIMIT = 4096
 #: an error code that is null in the results counts as this
 NULL_CODE = "NA"
-TESTED = "."
 
 
-def _valid(table, with_tested: bool = False, phenotype=None) -> tuple:
-    """``(phenotype codes, valid mask, p, phenotype names)`` of a results table (and, ``with_tested``,
-    the rows whose error code is "."): valid tests have the error code "." and both p and -log10 p."""
+class ValidTests(NamedTuple):
+    """What the summaries' sums, the median passes and the top-hit candidates read of a results
+    table: each row's phenotype as an index into ``names`` (the table's dictionary of them), p and
+    -log10 p as float64, ``tested`` (error code ".") and ``valid`` (tested, with both p and -log10 p)."""
+
+    codes: np.ndarray
+    names: list
+    p: np.ndarray
+    nlp: np.ndarray
+    tested: np.ndarray
+    valid: np.ndarray
+
+
+def valid_tests(table, phenotype=None) -> ValidTests:
+    """:class:`ValidTests` of a results table (``phenotype``: its phenotype column's dictionary
+    encoding, when the caller has it)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -46,8 +61,7 @@ def _valid(table, with_tested: bool = False, phenotype=None) -> tuple:
     p = np.asarray(table.column("p").to_numpy(zero_copy_only=False), dtype=np.float64)
     nlp = np.asarray(table.column("neg_log10_p").to_numpy(zero_copy_only=False), dtype=np.float64)
     tested = pc.fill_null(pc.equal(table.column("errcode"), TESTED), False).to_numpy(zero_copy_only=False)
-    valid = tested & ~np.isnan(p) & ~np.isnan(nlp)
-    return (codes, valid, p, names, tested) if with_tested else (codes, valid, p, names)
+    return ValidTests(codes, names, p, nlp, tested, tested & ~np.isnan(p) & ~np.isnan(nlp))
 
 
 def _bins(p: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -81,15 +95,15 @@ class SummarySums:
     hist: dict = field(default_factory=dict)
     bins: int = BINS
 
-    def add(self, table, phenotype=None) -> None:
-        """The counts and histograms of a results ``table`` added (``phenotype``: its phenotype
-        column's dictionary encoding, when the caller has it)."""
+    def add(self, table, tests: ValidTests | None = None) -> None:
+        """The counts and histograms of a results ``table`` added (``tests``: its
+        :func:`valid_tests`, when the caller has them)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         if table.num_rows == 0:
             return
-        codes, valid, p, names, tested = _valid(table, with_tested=True, phenotype=phenotype)
+        codes, names, p, _, tested, valid = tests if tests is not None else valid_tests(table)
         codes = codes.astype(np.int64)
         # "." by a count per phenotype; the other codes (a few rows) through their own encoding
         n_tested = np.bincount(codes[tested], minlength=len(names))
@@ -185,13 +199,15 @@ def median_pass(path: str, searches: dict, collect: frozenset) -> dict:
     # (one file: ParquetFile reads it without loading pyarrow's dataset module, ~0.4 s a worker)
     table = pq.ParquetFile(path, read_dictionary=["phenotype", "errcode"]).read(
         columns=["phenotype", "p", "neg_log10_p", "errcode"])
+    from .writers import phenotype_groups
+
     out: dict = {}
     if table.num_rows == 0:
         return out
-    codes, valid, p, names = _valid(table)
-    order = np.argsort(codes.astype(np.int64), kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    for t, name in enumerate(names):
+    tests = valid_tests(table)
+    p, valid = tests.p, tests.valid
+    order, starts = phenotype_groups(table.column("phenotype"), tests.names)
+    for t, name in enumerate(tests.names):
         search = searches.get(name)
         if search is None:
             continue

@@ -459,28 +459,26 @@ _PART_RE = re.compile(r"part-(\d+)\.snappy\.parquet")
 _TOP_RE = re.compile(r"part-(\d+)\.parquet")
 
 
-def top_candidates(table, top_n: int = TOP_HITS, phenotype=None):
+def top_candidates(table, top_n: int = TOP_HITS, tests=None):
     """The rows of a results ``table`` that may be a phenotype's top hit: per phenotype, its valid
     tests (ERRCODE ".", p and -log10 p known) at or above its own ``top_n``-th strongest, ties kept;
     the summary's columns and the phenotype. Candidates of parts of the rows, taken together, hold
-    every top hit of the whole, so tasks keep these and the driver reads no string column for all rows."""
+    every top hit of the whole, so tasks keep these and the driver reads no string column for all rows.
+    ``tests``: the table's :func:`~dash_spark.outputs.sums.valid_tests`, when the caller has them."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from . import report
+    from .sums import valid_tests
 
     cols = list(dict.fromkeys(list(report._TOP_COLUMNS) + ["phenotype", "errcode"]))  # candidates reduce again
     if table.num_rows == 0:
         return table.select(cols)
-    p = table.column("p").to_numpy(zero_copy_only=False).astype(np.float64)
-    nlp = table.column("neg_log10_p").to_numpy(zero_copy_only=False).astype(np.float64)
-    valid = pc.fill_null(pc.equal(table.column("errcode"), report.TESTED), False).to_numpy(zero_copy_only=False)
-    idx = np.flatnonzero(valid & ~np.isnan(p) & ~np.isnan(nlp))
+    if tests is None:
+        tests = valid_tests(table)
+    code, nlp = tests.codes, tests.nlp
+    idx = np.flatnonzero(tests.valid)
     if len(idx) == 0:
         return table.select(cols).slice(0, 0)
-    if phenotype is None:  # (the caller's dictionary encoding of the phenotype column, when it has one)
-        phenotype = pc.dictionary_encode(table.column("phenotype")).combine_chunks()
-    code = phenotype.indices.to_numpy(zero_copy_only=False)
     fast = _top_in_blocks(code, nlp, idx, top_n)
     if fast is not None:
         return table.take(pa.array(fast)).select(cols)
@@ -525,8 +523,9 @@ def write_result_parts(stage: str, phenotypes, part: int, batches, sums=None) ->
     ``sums`` (a :class:`~dash_spark.outputs.sums.SummarySums`) gains every batch's error-code counts
     and valid p histograms. Returns the number of result rows."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
+    from .sums import valid_tests
 
     name = f"part-{part:05d}"
     local = not is_uri(stage)
@@ -571,10 +570,10 @@ def write_result_parts(stage: str, phenotypes, part: int, batches, sums=None) ->
                 flush()
             n_rows += batch.num_rows
             one = pa.Table.from_batches([batch], schema=RESULT_SCHEMA)
-            phenotype = pc.dictionary_encode(one.column("phenotype")).combine_chunks()
-            candidates.append(top_candidates(one, phenotype=phenotype))
+            tests = valid_tests(one)  # (read once for the top-hit candidates and the summary sums)
+            candidates.append(top_candidates(one, tests=tests))
             if sums is not None:  # (:class:`~dash_spark.outputs.sums.SummarySums`: the summaries' counts and histograms)
-                sums.add(one, phenotype=phenotype)
+                sums.add(one, tests)
             if sum(t.num_rows for t in candidates) > ROW_GROUP_ROWS:
                 candidates = [top_candidates(pa.concat_tables(candidates))]
             texts_of = glm_texts(one, phenotypes) if phenotypes else []
